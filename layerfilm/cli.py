@@ -1,0 +1,173 @@
+"""The ``layerfilm`` command: parses options, builds a config, calls the pipeline.
+
+Every :class:`~layerfilm.errors.LayerfilmError` becomes one line on stderr and
+a non-zero exit code; Ctrl-C exits with 130 and leaves no partial film.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import __version__
+from .config import COLOR_SCALES, PROJECTIONS, SUFFIXES, RenderConfig, parse_size
+from .errors import LayerfilmError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Turn a folder of training checkpoints into a lossless film of every layer.",
+    pretty_exceptions_enable=False,
+)
+
+
+def _fail(message: str, code: int) -> None:
+    typer.echo(f"layerfilm: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _one_line_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except LayerfilmError as e:
+            _fail(str(e), e.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted; no output was written", 130)
+        except MemoryError:
+            _fail("out of memory; try a smaller --max-points", 1)
+    return wrapper
+
+
+class _RichProgress:
+    """Rich progress bars, one per stage, on stderr; quiet when stderr is not a terminal."""
+
+    def __init__(self, quiet: bool):
+        from rich.console import Console
+
+        self.console = Console(stderr=True, quiet=quiet)
+
+    @contextlib.contextmanager
+    def stage(self, name: str, total: int):
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        columns = (TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=self.console, transient=False) as bar:
+            task = bar.add_task(name, total=total)
+            yield lambda n=1: bar.advance(task, n)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"layerfilm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
+                                                    help="Print the version and exit.")] = None,
+) -> None:
+    """Turn a folder of training checkpoints into a lossless film of every layer."""
+
+
+CkptArg = Annotated[Path, typer.Argument(
+    help="Folder of checkpoints (step_000100.safetensors, checkpoint-100/model.safetensors, ...).",
+    show_default=False)]
+
+
+@app.command()
+@_one_line_errors
+def render(
+    checkpoints: CkptArg,
+    output: Annotated[Path, typer.Argument(
+        help=f"Film to write; the suffix picks the lossless format: {', '.join(SUFFIXES)}.",
+        show_default=False)],
+    fps: Annotated[int, typer.Option(help="Frames per second of the film.")] = 25,
+    frames_per_keyframe: Annotated[Optional[int], typer.Option(
+        help="Frames between two checkpoints [default: fps, i.e. one checkpoint per second].",
+        show_default=False)] = None,
+    size: Annotated[str, typer.Option(help="Frame size WIDTHxHEIGHT in pixels.")] = "1280x720",
+    projection: Annotated[str, typer.Option(
+        help=f"2-D layout of each layer: {' | '.join(PROJECTIONS)} (umap is warm-started "
+             "from the previous checkpoint's layout; slower).")] = "pca",
+    max_points: Annotated[int, typer.Option(
+        help="Most points drawn per layer; larger layers are subsampled with a fixed seed, "
+             "the same points in every checkpoint.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Seed for subsampling and UMAP.")] = 0,
+    cmap: Annotated[str, typer.Option(help="Any matplotlib colormap, for point density.")] = "inferno",
+    color_scale: Annotated[str, typer.Option(
+        help=f"Density to colour: {' | '.join(COLOR_SCALES)}; one range for the whole film.")] = "log",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Render CHECKPOINTS into the lossless film OUTPUT, one panel per layer."""
+    from .pipeline import render as run
+
+    config = RenderConfig(
+        checkpoints=checkpoints, output=output, fps=fps, frames_per_keyframe=frames_per_keyframe,
+        size=parse_size(size), projection=projection, max_points=max_points, seed=seed, cmap=cmap,
+        color_scale=color_scale,
+    ).validated()
+    result = run(config, _RichProgress(quiet or not sys.stderr.isatty()))
+    mb = result.bytes / 1e6
+    s = result.seconds
+    typer.echo(
+        f"wrote {result.output} ({result.frames} frames, {result.frames / config.fps:.1f} s, "
+        f"{mb:.1f} MB) in {sum(s.values()):.1f} s "
+        f"[load+project {s['load+project']:.1f} s, render {s['render']:.1f} s, "
+        f"encode {s['encode']:.1f} s]"
+    )
+    if result.nonfinite:
+        typer.echo(f"warning: {result.nonfinite} point(s) had NaN/Inf weights and were not drawn",
+                   err=True)
+
+
+@app.command()
+@_one_line_errors
+def info(
+    checkpoints: CkptArg,
+    max_points: Annotated[int, typer.Option(help="As for render: most points drawn per layer.")] = 2000,
+    fps: Annotated[int, typer.Option(help="As for render, to show the film's length.")] = 25,
+    frames_per_keyframe: Annotated[Optional[int], typer.Option(
+        help="As for render [default: fps].", show_default=False)] = None,
+) -> None:
+    """Show the checkpoints, steps and layers that render would draw."""
+    from .pipeline import make_plan
+
+    RenderConfig(checkpoints, Path("x.webm"), fps=fps, frames_per_keyframe=frames_per_keyframe,
+                 max_points=max_points).validated()
+    plan = make_plan(checkpoints, max_points)
+    steps = plan.steps
+    gaps = sorted(set(int(g) for g in __import__("numpy").diff(steps)))
+    every = f"every {gaps[0]}" if len(gaps) == 1 else f"gaps {gaps[0]}..{gaps[-1]}"
+    fpk = frames_per_keyframe or fps
+    frames = (len(steps) - 1) * fpk + 1
+    out = typer.echo
+    out(f"folder      {checkpoints}")
+    out(f"keyframes   {len(steps)} checkpoints, steps {steps[0]:,} .. {steps[-1]:,} ({every})")
+    out(f"first/last  {plan.refs[0].path.name} .. {plan.refs[-1].path.name}")
+    loss = plan.loss
+    out(f"loss        {f'{len(loss.steps)} values from {loss.source}' if loss else 'none found'}")
+    out(f"film        {frames} frames, {frames / fps:.1f} s at {fps} fps, {fpk} frames per checkpoint")
+    out(f"panels      {len(plan.layers)}")
+    out("")
+    out(f"  {'panel':<10} {'drawn':>7} {'of':>7} {'width':>6}  tensors (rows R / columns C)")
+    for layer in plan.layers:
+        tensors = ", ".join(
+            f"{s.tensor[len(layer.prefix):] if layer.prefix and s.tensor.startswith(layer.prefix) else s.tensor}"
+            f" {'R' if s.axis == 0 else 'C'}" for s in layer.sources)
+        out(f"  {layer.label:<10} {layer.n_points:>7,} {layer.total:>7,} {layer.dim:>6}  {tensors}")
+    for path, why in plan.skipped:
+        out(f"skipped     {path}: {why}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,153 @@
+"""Panels, labels, the step/loss header -> one palette-indexed frame.
+
+Everything static (panel frames, labels, the title) is drawn once into a
+background frame; per frame only the points and the header's step/loss text
+change.  Text is rasterised with matplotlib's FreeType binding (no figure, no
+canvas), anti-aliased into the palette's grey ramp.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import numpy as np
+
+from . import shade
+
+
+@functools.lru_cache(maxsize=4)
+def _font(px: int):
+    from matplotlib import font_manager, ft2font
+
+    font = ft2font.FT2Font(font_manager.findfont("DejaVu Sans"))
+    font.set_size(px, 72)  # at 72 dpi one point is one pixel
+    return font
+
+
+@functools.lru_cache(maxsize=512)
+def text_mask(text: str, px: int) -> tuple[np.ndarray, int]:
+    """Anti-aliased coverage of ``text`` at ``px`` pixels: ``(mask (h, w) uint8, baseline row)``."""
+    font = _font(px)
+    font.clear()
+    font.set_text(text, 0.0)
+    font.draw_glyphs_to_bitmap(antialiased=True)
+    mask = np.array(font.get_image(), dtype=np.uint8)
+    return mask, mask.shape[0] - int(round(font.get_descent() / 64))
+
+
+def draw_text(frame: np.ndarray, text: str, px: int, x: int, baseline: int, align: str = "left",
+              dim: bool = False) -> None:
+    """Draw ``text`` into the index ``frame`` with its baseline at row ``baseline``."""
+    mask, base = text_mask(text, px)
+    if dim:
+        mask = (mask.astype(np.uint16) * 150 // 255).astype(np.uint8)
+    h, w = mask.shape
+    if align == "right":
+        x -= w
+    y = baseline - base
+    # Clip to the frame.
+    fy0, fx0 = max(y, 0), max(x, 0)
+    fy1, fx1 = min(y + h, frame.shape[0]), min(x + w, frame.shape[1])
+    if fy1 <= fy0 or fx1 <= fx0:
+        return
+    sub = mask[fy0 - y:fy1 - y, fx0 - x:fx1 - x]
+    idx = shade.text_index(sub)
+    region = frame[fy0:fy1, fx0:fx1]
+    np.copyto(region, idx, where=sub > 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where everything sits in a ``size = (W, H)`` frame.
+
+    rects: (L, 4) int64 ``[x0, y0, x1, y1)`` square drawing area of each panel;
+    header: height of the top strip; font/label_font: text sizes in pixels.
+    """
+
+    size: tuple[int, int]
+    rects: np.ndarray
+    header: int
+    font: int
+    label_font: int
+    label_height: int
+
+
+def grid_layout(n_panels: int, size: tuple[int, int]) -> Layout:
+    """Lay ``n_panels`` square panels on a grid that makes them as large as possible."""
+    w, h = size
+    font = max(9, round(min(h / 34, w / 40)))
+    label_font = max(8, round(font * 0.75))
+    header = round(font * 2.0)
+    label_h = round(label_font * 1.5)
+    pad = max(3, round(min(w, h) / 150))
+    best = None
+    for cols in range(1, n_panels + 1):
+        rows = math.ceil(n_panels / cols)
+        side = min((w - pad * (cols + 1)) / cols, (h - header - pad * (rows + 1)) / rows - label_h)
+        if best is None or side > best[0]:
+            best = (side, cols, rows)
+    side, cols, rows = best
+    side = int(side)
+    if side < 8:
+        raise ValueError(f"{n_panels} panels do not fit in {w}x{h}")
+    cell_h = side + label_h
+    used_w = cols * side + (cols - 1) * pad
+    used_h = rows * cell_h + (rows - 1) * pad
+    left = (w - used_w) // 2
+    top = header + (h - header - used_h) // 2
+    rects = np.empty((n_panels, 4), dtype=np.int64)
+    for i in range(n_panels):
+        r, c = divmod(i, cols)
+        x0 = left + c * (side + pad)
+        y0 = top + r * (cell_h + pad) + label_h
+        rects[i] = (x0, y0, x0 + side, y0 + side)
+    return Layout(size, rects, header, font, label_font, label_h)
+
+
+class FrameComposer:
+    """Builds each frame: the static background, the shaded points, the header text.
+
+    ``__call__(counts, step, loss, fraction)`` returns an ``(H, W)`` uint8 index
+    frame (a buffer reused from frame to frame) and resets ``counts``.
+    """
+
+    def __init__(self, layout: Layout, labels: list[str], notes: list[str], title: str,
+                 shader: shade.Shader):
+        self.layout = layout
+        self.shader = shader
+        w, h = layout.size
+        bg = np.full((h, w), shade.BACKGROUND, dtype=np.uint8)
+        border = shade.TEXT_BASE + 2  # a dim grey
+        for (x0, y0, x1, y1), label, note in zip(layout.rects, labels, notes):
+            bg[y0 - 1, x0 - 1:x1 + 1] = border
+            bg[y1, x0 - 1:x1 + 1] = border
+            bg[y0 - 1:y1 + 1, x0 - 1] = border
+            bg[y0 - 1:y1 + 1, x1] = border
+            base = y0 - 1 - round(layout.label_font * 0.4)
+            draw_text(bg, label, layout.label_font, x0, base)
+            draw_text(bg, note, layout.label_font, x1, base, align="right", dim=True)
+        self.baseline = round(layout.header * 0.68)
+        self.margin = max(4, layout.font // 2)
+        # Fixed fields, right-aligned, so digits never shift as the numbers change.
+        self.loss_right = w - self.margin
+        widest_loss = text_mask("loss 8.888e-08", layout.font)[0].shape[1]
+        self.step_right = self.loss_right - widest_loss - layout.font
+        draw_text(bg, title, layout.font, self.margin, self.baseline)
+        self.background = bg
+        self.frame = bg.copy()
+
+    def __call__(self, counts: np.ndarray, step: int, loss: float | None, fraction: float) -> np.ndarray:
+        frame = self.frame
+        np.copyto(frame, self.background)
+        self.shader(counts, frame)
+        w = self.layout.size[0]
+        font = self.layout.font
+        draw_text(frame, f"step {step:,}", font, self.step_right, self.baseline, align="right")
+        if loss is not None:
+            draw_text(frame, f"loss {loss:.4g}", font, self.loss_right, self.baseline, align="right")
+        # A thin progress line under the header shows where in the run we are.
+        y = self.layout.header - 2
+        frame[y:y + 1, :int(round(fraction * w))] = shade.TEXT_BASE + 5
+        return frame

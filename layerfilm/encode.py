@@ -1,0 +1,172 @@
+"""Stream palette-indexed frames to imageio-ffmpeg's bundled ffmpeg, losslessly.
+
+Every format here is bit-exact for RGB (``shared/ENCODERS.md`` has the
+measurements; the tests decode each output and compare it with what was sent):
+
+* ``.webm``  VP9 ``-lossless 1`` in ``gbrp`` (``yuv444p`` is *not* RGB-exact)
+* ``.gif``   the palette itself, frames sent as ``pal8`` indices, no dithering
+* ``.webp``  animated lossless WebP
+* ``.mp4``   ``libx264rgb -qp 0`` (4:4:4 RGB: most browsers will not play it)
+* ``.mkv``   FFV1, for archives
+
+The film is written to a hidden temporary file beside the output and renamed
+only when ffmpeg has finished successfully; on any error or Ctrl-C ffmpeg is
+killed, waited for, and the temporary file removed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import EncodeError
+
+
+@dataclasses.dataclass(frozen=True)
+class Encoder:
+    pix_fmt_in: str  # "rgb24" or "pal8"
+    args: tuple[str, ...]  # output codec arguments
+    muxer: str
+
+
+FORMATS: dict[str, Encoder] = {
+    "webm": Encoder("rgb24", ("-c:v", "libvpx-vp9", "-lossless", "1", "-pix_fmt", "gbrp",
+                              "-deadline", "realtime", "-cpu-used", "8", "-row-mt", "1"), "webm"),
+    "gif": Encoder("pal8", ("-c:v", "gif", "-loop", "0"), "gif"),
+    "webp": Encoder("rgb24", ("-c:v", "libwebp_anim", "-lossless", "1", "-compression_level", "1",
+                              "-pix_fmt", "bgra", "-loop", "0"), "webp"),
+    "mp4": Encoder("rgb24", ("-c:v", "libx264rgb", "-qp", "0", "-preset", "ultrafast",
+                             "-pix_fmt", "rgb24"), "mp4"),
+    "mkv": Encoder("rgb24", ("-c:v", "ffv1", "-level", "3", "-pix_fmt", "bgr0", "-slices", "4",
+                             "-g", "1"), "matroska"),
+}
+
+
+def ffmpeg_exe() -> str:
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def palette_bytes(palette: np.ndarray) -> bytes:
+    """ffmpeg's ``pal8`` palette: 256 little-endian ``0xFFRRGGBB`` words."""
+    p = palette.astype(np.uint32)
+    return ((0xFF << 24) | (p[:, 0] << 16) | (p[:, 1] << 8) | p[:, 2]).astype("<u4").tobytes()
+
+
+class FilmWriter:
+    """Context manager that writes ``(H, W)`` uint8 palette-index frames to ``path``.
+
+    >>> with FilmWriter("out.webm", (640, 360), 25, "webm", palette) as w:
+    ...     for frame in frames:
+    ...         w.write(frame)
+
+    ``palette`` is ``(256, 3)`` uint8.  RGB formats receive ``palette[frame]``;
+    GIF receives the indices with the palette.
+    """
+
+    def __init__(self, path: str | os.PathLike, size: tuple[int, int], fps: int, fmt: str,
+                 palette: np.ndarray):
+        self.path = Path(path)
+        self.size = size
+        self.fps = fps
+        self.encoder = FORMATS[fmt]
+        self.palette = np.ascontiguousarray(palette, dtype=np.uint8)
+        self._pal_bytes = palette_bytes(self.palette)
+        w, h = size
+        self._rgb = np.empty((h, w, 3), dtype=np.uint8)
+        self.frames_written = 0
+        self._proc: subprocess.Popen | None = None
+        self._tmp: Path | None = None
+        self._log = None
+
+    @property
+    def command(self) -> list[str]:
+        """The ffmpeg command, with ``OUTPUT`` standing for the output file."""
+        w, h = self.size
+        return [
+            ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
+            "-f", "rawvideo", "-pix_fmt", self.encoder.pix_fmt_in, "-s", f"{w}x{h}",
+            "-r", str(self.fps), "-i", "-",
+            "-an", *self.encoder.args, "-f", self.encoder.muxer, "OUTPUT",
+        ]
+
+    def __enter__(self) -> "FilmWriter":
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".part")
+        os.close(fd)
+        self._tmp = Path(tmp)
+        cmd = self.command
+        cmd[-1] = str(self._tmp)
+        self._log = tempfile.TemporaryFile()
+        try:
+            self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                          stderr=self._log)
+        except OSError as e:
+            self._cleanup()
+            raise EncodeError(f"cannot start ffmpeg: {e}") from None
+        return self
+
+    def write(self, frame: np.ndarray) -> None:
+        """Send one ``(H, W)`` uint8 index frame."""
+        try:
+            if self.encoder.pix_fmt_in == "pal8":
+                self._proc.stdin.write(memoryview(np.ascontiguousarray(frame)).cast("B"))
+                self._proc.stdin.write(self._pal_bytes)
+            else:
+                np.take(self.palette, frame, axis=0, out=self._rgb)
+                self._proc.stdin.write(memoryview(self._rgb).cast("B"))
+        except (BrokenPipeError, OSError):
+            self._proc.wait()
+            raise EncodeError(f"ffmpeg stopped after {self.frames_written} frames: {self._stderr()}",
+                              self.path) from None
+        self.frames_written += 1
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self._abort()
+            return
+        try:
+            self._proc.stdin.close()
+        except OSError:
+            pass
+        rc = self._proc.wait()
+        if rc != 0:
+            message = self._stderr()
+            self._abort()
+            raise EncodeError(f"ffmpeg failed (exit {rc}): {message}", self.path)
+        # mkstemp makes the file private (0600); give the film the usual umask-based mode.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self._tmp, 0o666 & ~umask)
+        os.replace(self._tmp, self.path)
+        self._tmp = None
+        self._cleanup()
+
+    def _stderr(self) -> str:
+        self._log.seek(0)
+        lines = self._log.read().decode(errors="replace").strip().splitlines()
+        return lines[-1] if lines else "no message"
+
+    def _abort(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+        if self._proc is not None:
+            try:
+                self._proc.stdin.close()
+            except OSError:
+                pass
+            self._proc.wait()
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+            self._tmp = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None

@@ -1,0 +1,174 @@
+"""Tensors -> named layers -> point clouds with a stable identity per point.
+
+A *plan* is made once, from the first checkpoint's tensor names and shapes:
+which tensors form which panel, and which row or column of each tensor is
+point number ``i`` of that panel.  Every keyframe is then read through the same
+plan, so point ``i`` is the same neuron in every keyframe.
+
+A block's points are the weight vectors that live in the residual stream: for
+each 2-D weight of shape ``(a, b)``, its rows when ``b == d_model`` (it reads
+from the residual: q/k/v, MLP up-projections) or its columns when
+``a == d_model`` (it writes to it: MLP down-projections, GPT-2's transposed
+Conv1D weights).  The token embedding is its own panel, one point per token.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import re
+import zlib
+
+import numpy as np
+
+from .checkpoints import TensorSource
+from .errors import CheckpointError
+
+# The shortest "<stack>.<N>." prefix: nanoGPT/GPT-2 "transformer.h.N.", Llama "model.layers.N.",
+# BERT "encoder.layer.N.", "blocks.N.", T5 "encoder.block.N.", nn.TransformerEncoder "layers.N.".
+BLOCK_RE = re.compile(
+    r"^(?P<stack>(?:[^.]+\.)*?(?:h|layers|layer|blocks|block|decoder_layers|encoder_layers))\.(?P<idx>\d+)\."
+)
+EMBED_RE = re.compile(
+    r"(?:^|\.)(?:wte|embed_tokens|tok_embeddings|word_embeddings|token_embedding|tok_emb|"
+    r"embed_in|shared|embeddings?|embed)(?:\.weight)?$"
+)
+POSITION_RE = re.compile(r"wpe|pos|position", re.I)
+
+
+@dataclasses.dataclass(frozen=True)
+class PointSource:
+    """Points taken from one tensor: its rows (``axis=0``) or columns (``axis=1``) at ``index``."""
+
+    tensor: str
+    axis: int
+    index: np.ndarray  # (k,) int64, sorted
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+    """One panel: a label, the residual width ``dim`` and where its points come from."""
+
+    label: str
+    prefix: str
+    dim: int
+    sources: tuple[PointSource, ...]
+    total: int  # points available before subsampling
+
+    @property
+    def n_points(self) -> int:
+        return sum(len(s.index) for s in self.sources)
+
+
+def plan_layers(
+    shapes: dict[str, tuple[int, ...]], max_points: int = 2000, seed: int = 0
+) -> list[Layer]:
+    """Group tensors into panels (token embedding first, then blocks in order).
+
+    ``shapes`` maps float tensor names to shapes.  Each panel keeps at most
+    ``max_points`` points, drawn with a generator seeded by ``seed`` and the
+    panel's name.  Raises :class:`CheckpointError` when no layer is recognised.
+    """
+    blocks: dict[tuple[str, int], list[str]] = collections.defaultdict(list)
+    outside: list[str] = []
+    for name, shape in shapes.items():
+        if len(shape) != 2 or 0 in shape:
+            continue
+        m = BLOCK_RE.match(name)
+        if m:
+            blocks[(m.group("stack"), int(m.group("idx")))].append(name)
+        else:
+            outside.append(name)
+
+    embed = _find_embedding(outside, shapes)
+    if embed:
+        d_model = shapes[embed][1]
+    else:
+        dims = collections.Counter(d for names in blocks.values() for n in names for d in shapes[n])
+        d_model = dims.most_common(1)[0][0] if dims else 0
+
+    layers: list[Layer] = []
+    if embed:
+        rows = shapes[embed][0]
+        layers.append(_subsample("embed", embed, d_model, [PointSource(embed, 0, np.arange(rows))],
+                                 max_points, seed))
+    stacks = sorted({stack for stack, _ in blocks}, key=_stack_order)
+    for stack, idx in sorted(blocks, key=lambda k: (_stack_order(k[0]), k[1])):
+        names = sorted(blocks[(stack, idx)])
+        dims = collections.Counter(d for n in names for d in shapes[n])
+        dim = d_model if d_model in dims else dims.most_common(1)[0][0]
+        sources = []
+        for n in names:
+            a, b = shapes[n]
+            if b == dim:
+                sources.append(PointSource(n, 0, np.arange(a)))
+            elif a == dim:
+                sources.append(PointSource(n, 1, np.arange(b)))
+        if not sources:
+            continue
+        label = f"L{idx}" if len(stacks) == 1 else f"{_stack_short(stack)} L{idx}"
+        layers.append(_subsample(label, f"{stack}.{idx}.", dim, sources, max_points, seed))
+    if not layers:
+        prefixes = sorted({n.split(".")[0] for n in shapes})
+        raise CheckpointError(
+            "no layers recognised: expected block names like 'h.N.', 'layers.N.', 'blocks.N.' or a "
+            f"token embedding; tensor-name prefixes found: {', '.join(prefixes[:12]) or 'none'}"
+        )
+    return layers
+
+
+def _find_embedding(names: list[str], shapes: dict[str, tuple[int, ...]]) -> str | None:
+    hits = [n for n in names if EMBED_RE.search(n) and not POSITION_RE.search(n)]
+    # The token embedding is the one with the most rows (the vocabulary).
+    return max(hits, key=lambda n: (shapes[n][0], n)) if hits else None
+
+
+def _stack_order(stack: str) -> tuple[int, str]:
+    # Encoders before decoders, otherwise alphabetical.
+    return (1 if "decoder" in stack else 0, stack)
+
+
+def _stack_short(stack: str) -> str:
+    first = stack.split(".")[0]
+    for word, short in (("encoder", "enc"), ("decoder", "dec")):
+        if word in stack:
+            return short
+    return first
+
+
+def _subsample(label: str, prefix: str, dim: int, sources: list[PointSource], max_points: int,
+               seed: int) -> Layer:
+    total = sum(len(s.index) for s in sources)
+    if total > max_points:
+        # Seeded by the panel's name too, so adding a panel never changes another's points.
+        rng = np.random.default_rng([seed, zlib.crc32(label.encode())])
+        keep = np.sort(rng.choice(total, size=max_points, replace=False))
+        picked, start = [], 0
+        for s in sources:
+            n = len(s.index)
+            mine = keep[(keep >= start) & (keep < start + n)] - start
+            if len(mine):
+                picked.append(PointSource(s.tensor, s.axis, s.index[mine]))
+            start += n
+        sources = picked
+    return Layer(label, prefix, dim, tuple(sources), total)
+
+
+def read_layer(ckpt: TensorSource, layer: Layer, shapes: dict[str, tuple[int, ...]]) -> np.ndarray:
+    """The layer's point cloud in one checkpoint: ``(layer.n_points, layer.dim)`` float32.
+
+    ``shapes`` is the checkpoint's own ``shapes()``; a tensor that is missing or
+    changed shape against the plan raises :class:`CheckpointError` naming the file.
+    """
+    parts = []
+    for s in layer.sources:
+        shape = shapes.get(s.tensor)
+        if shape is None:
+            raise CheckpointError(f"tensor {s.tensor!r} is missing", ckpt.path)
+        need = int(s.index[-1]) + 1
+        if len(shape) != 2 or shape[1 - s.axis] != layer.dim or shape[s.axis] < need:
+            raise CheckpointError(
+                f"tensor {s.tensor!r} has shape {list(shape)}, which no longer fits the layout "
+                f"planned from the first checkpoint", ckpt.path)
+        parts.append(ckpt.read(s.tensor, s.index, s.axis))
+    return np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
