@@ -90,7 +90,7 @@ def plan_layers(
     layers: list[Layer] = []
     if embed:
         rows = shapes[embed][0]
-        layers.append(_subsample("embed", embed, d_model, [PointSource(embed, 0, np.arange(rows))],
+        layers.append(_subsample("embed", "", d_model, [PointSource(embed, 0, np.arange(rows))],
                                  max_points, seed))
     stacks = sorted({stack for stack, _ in blocks}, key=_stack_order)
     for stack, idx in sorted(blocks, key=lambda k: (_stack_order(k[0]), k[1])):

@@ -1,0 +1,127 @@
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from layerfilm.checkpoints import (SafetensorsFile, discover, load_loss_curve, open_checkpoint,
+                                   parse_step)
+from layerfilm.errors import CheckpointError
+
+from conftest import write_run
+
+
+@pytest.mark.parametrize("name, step", [
+    ("step_000100.safetensors", 100),
+    ("checkpoint-300/model.safetensors", 300),
+    ("iter-2500.pt", 2500),
+    ("ckpt_700.pth", 700),
+    ("epoch=1-step=900.ckpt", 900),
+    ("model_12.safetensors", 12),
+    ("model.safetensors", None),
+])
+def test_parse_step(tmp_path, name, step):
+    assert parse_step(tmp_path / name, tmp_path) == step
+
+
+def test_discover_orders_by_step_not_name(tmp_path):
+    folder = tmp_path / "hf"
+    for s in (1000, 200, 30):  # name order would be 1000, 200, 30
+        write_run(folder, n=1, seed=s, name=f"checkpoint-{s}/model.safetensors")
+    write_run(folder, n=1, name="model.safetensors")  # the final model: no step in its name
+    refs, skipped = discover(folder)
+    assert [r.step for r in refs] == [30, 200, 1000]
+    assert refs[0].path == folder / "checkpoint-30" / "model.safetensors"
+    assert [(p.name, why) for p, why in skipped] == [("model.safetensors", "no training step in its name")]
+
+
+def test_discover_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="no such folder"):
+        discover(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="no checkpoints found"):
+        discover(tmp_path / "empty")
+    write_run(tmp_path / "one", n=1)
+    with pytest.raises(CheckpointError, match="only one checkpoint"):
+        discover(tmp_path / "one")
+    run = write_run(tmp_path / "dup", n=2)
+    (run / "step_000100.safetensors").rename(run / "iter_100.safetensors")
+    (run / "step_100.safetensors").write_bytes((run / "iter_100.safetensors").read_bytes())
+    with pytest.raises(CheckpointError, match=r"same step \(100\)"):
+        discover(run)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+def test_reader_matches_safetensors_library(tmp_path, dtype):
+    rng = np.random.default_rng(1)
+    tensors = {"a": rng.normal(size=(7, 5)).astype(dtype), "b": rng.normal(size=(3,)).astype(dtype),
+               "empty": np.zeros((0, 4), dtype)}
+    save_file(tensors, str(tmp_path / "x.safetensors"), metadata={"step": "5"})
+    ours, ref = SafetensorsFile(tmp_path / "x.safetensors"), load_file(str(tmp_path / "x.safetensors"))
+    assert ours.metadata == {"step": "5"}
+    assert ours.shapes() == {k: v.shape for k, v in ref.items()}
+    for k in ref:
+        np.testing.assert_array_equal(ours.read(k), ref[k].astype(np.float32))
+    idx = np.array([0, 3, 6])
+    np.testing.assert_array_equal(ours.read("a", idx, 0), ref["a"][idx].astype(np.float32))
+    np.testing.assert_array_equal(ours.read("a", np.array([1, 4]), 1), ref["a"][:, [1, 4]].T.astype(np.float32))
+
+
+def test_bf16_is_widened_exactly(tmp_path):
+    # bfloat16 is the top half of a float32: build the file by hand, numpy has no bf16.
+    values = np.array([[1.0, -2.5], [3.140625, 1e-3]], dtype=np.float32)
+    bf16 = (values.view(np.uint32) >> 16).astype("<u2")
+    header = json.dumps({"w": {"dtype": "BF16", "shape": [2, 2], "data_offsets": [0, 8]}}).encode()
+    (tmp_path / "b.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + bf16.tobytes())
+    got = SafetensorsFile(tmp_path / "b.safetensors").read("w")
+    expected = (bf16.astype(np.uint32) << 16).view(np.float32)
+    np.testing.assert_array_equal(got, expected)
+    assert got[0, 0] == 1.0 and got[0, 1] == -2.5
+
+
+def _header_file(path, header: dict, data: bytes = b"", declared=None):
+    raw = json.dumps(header).encode()
+    n = len(raw) if declared is None else declared
+    path.write_bytes(struct.pack("<Q", n) + raw + data)
+    return path
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p.write_bytes(b""), "empty file"),
+    (lambda p: p.write_bytes(b"\x01\x02"), "truncated header"),
+    (lambda p: _header_file(p, {}, declared=10**6), "corrupt safetensors header"),
+    (lambda p: p.write_bytes(struct.pack("<Q", 4) + b"{{{{"), "not valid JSON"),
+    (lambda p: _header_file(p, {"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}}, b"\0" * 8),
+     "truncated: tensor 'w'"),
+    (lambda p: _header_file(p, {"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 12]}}, b"\0" * 16),
+     "declares 12 bytes but its shape needs 16"),
+    (lambda p: _header_file(p, {"w": {"dtype": "F32", "shape": [-2, 2], "data_offsets": [0, 0]}}),
+     "invalid shape"),
+])
+def test_bad_safetensors_named_in_one_line(tmp_path, make, message):
+    path = tmp_path / "bad.safetensors"
+    make(path)
+    with pytest.raises(CheckpointError, match=message) as e:
+        open_checkpoint(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_loss_curve_sources(tmp_path):
+    run = write_run(tmp_path / "run", n=3)
+    curve = load_loss_curve(run, discover(run)[0])
+    assert curve.source == "checkpoint metadata"
+    assert curve.at(150) == pytest.approx(2.0) and curve.at(-1) is None
+    with open(run / "metrics.jsonl", "w") as f:
+        for s in range(0, 300, 10):
+            f.write(json.dumps({"step": s, "loss": 1.0 / (s + 1)}) + "\n")
+        f.write("not json\n")
+    curve = load_loss_curve(run)
+    assert len(curve.steps) == 30 and curve.at(25) == pytest.approx(1 / 21)
+    (run / "metrics.jsonl").unlink()
+    (run / "trainer_state.json").write_text(json.dumps(
+        {"global_step": 20, "log_history": [{"step": 10, "loss": 0.5}, {"step": 20, "eval_loss": 1},
+                                            {"step": 20, "loss": 0.25}]}))
+    curve = load_loss_curve(run)
+    assert list(curve.steps) == [10, 20] and curve.at(20) == 0.25

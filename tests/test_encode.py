@@ -1,0 +1,79 @@
+"""Every format decodes back bit-exact; failures leave no file and no ffmpeg behind."""
+
+import os
+import subprocess
+
+import numpy as np
+import pytest
+
+from layerfilm.encode import FORMATS, FilmWriter
+from layerfilm.errors import EncodeError
+from layerfilm.config import SUFFIXES
+from layerfilm.shade import palette
+
+from conftest import decode
+
+
+def frames(n, w=96, h=64, seed=0):
+    """Index frames that use the whole palette but 255, like real films."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        f = np.zeros((h, w), np.uint8)
+        f[rng.integers(0, h, 400), rng.integers(0, w, 400)] = rng.integers(1, 255, 400)
+        f[:, i % w] = 200  # a moving bar, so frames differ
+        out.append(f)
+    return out
+
+
+def test_suffixes_and_encoders_agree():
+    assert set(SUFFIXES.values()) == set(FORMATS)
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_lossless_roundtrip(tmp_path, fmt):
+    pal = palette("inferno")
+    sent = frames(12)
+    path = tmp_path / f"film.{fmt}"
+    with FilmWriter(path, (96, 64), 25, fmt, pal) as w:
+        for f in sent:
+            w.write(f)
+    got = decode(path)
+    assert got.shape == (12, 64, 96, 3)
+    for i, f in enumerate(sent):
+        np.testing.assert_array_equal(got[i], pal[f], err_msg=f"{fmt} frame {i}")
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left
+    assert oct(path.stat().st_mode & 0o777) != oct(0o600)
+
+
+def _ffmpeg_children():
+    out = subprocess.run(["ps", "-eo", "ppid,comm"], capture_output=True, text=True).stdout
+    return [l for l in out.splitlines() if l.split()[0] == str(os.getpid()) and "ffmpeg" in l]
+
+
+def test_error_mid_film_leaves_nothing(tmp_path):
+    path = tmp_path / "film.webm"
+    path.write_bytes(b"an older film")  # must survive a failed re-render
+    with pytest.raises(RuntimeError):
+        with FilmWriter(path, (96, 64), 25, "webm", palette("inferno")) as w:
+            for f in frames(3):
+                w.write(f)
+            raise RuntimeError("boom")
+    assert path.read_bytes() == b"an older film"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["film.webm"]
+    assert _ffmpeg_children() == []
+
+
+def test_ffmpeg_failure_is_an_encode_error(tmp_path, monkeypatch):
+    from layerfilm import encode
+
+    bad = encode.Encoder("rgb24", ("-c:v", "no-such-codec"), "webm")
+    monkeypatch.setitem(encode.FORMATS, "webm", bad)
+    path = tmp_path / "film.webm"
+    with pytest.raises(EncodeError) as e:
+        with FilmWriter(path, (96, 64), 25, "webm", palette("inferno")) as w:
+            for f in frames(50):
+                w.write(f)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+    assert list(tmp_path.iterdir()) == []
+    assert _ffmpeg_children() == []

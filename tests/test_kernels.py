@@ -1,0 +1,129 @@
+"""Every numba kernel against its numpy twin, plus the properties that matter on screen."""
+
+import numpy as np
+import pytest
+
+from layerfilm import _kernels as K
+from layerfilm.interpolate import Interpolator, frame_count, keyframe_times
+from layerfilm.raster import Rasterizer
+from layerfilm.shade import DENSITY_BASE, DENSITY_LEVELS, TEXT_BASE, TEXT_LEVELS, UNUSED, Shader, palette
+
+
+@pytest.fixture
+def track():
+    rng = np.random.default_rng(0)
+    P = rng.normal(size=(6, 40, 2)).astype(np.float32)
+    times = np.array([0.0, 3.0, 5.0, 11.0, 12.0, 20.0])  # uneven on purpose
+    return P, times
+
+
+def test_hermite_kernel_equals_numpy_twin(track):
+    P, times = track
+    out = np.empty((40, 2), np.float32)
+    for t in np.linspace(0, 20, 57):
+        k = min(int(np.searchsorted(times, t, side="right")) - 1, len(times) - 2)
+        K.hermite_kernel(P, times, k, t, out)
+        np.testing.assert_allclose(out, K.hermite_numpy(P, times, k, t), rtol=1e-6, atol=1e-6)
+
+
+def test_passes_exactly_through_every_keyframe(track):
+    P, times = track
+    interp = Interpolator(P, times)
+    for k, t in enumerate(times):
+        np.testing.assert_array_equal(interp.at(t), P[k])  # bit-exact, not approximately
+
+
+def test_velocity_is_continuous_at_keyframes(track):
+    P, times = track
+    interp = Interpolator(P, times)
+    h = 1e-4
+    for k in range(1, len(times) - 1):
+        t = times[k]
+        # One-sided derivatives from inside each neighbouring segment (float64 twin: no rounding noise).
+        left = (K.hermite_numpy(P, times, k - 1, t) - K.hermite_numpy(P, times, k - 1, t - h)) / h
+        right = (K.hermite_numpy(P, times, k, t + h) - K.hermite_numpy(P, times, k, t)) / h
+        np.testing.assert_allclose(left, right, atol=5e-3)
+        # ... and the shared tangent is the Catmull-Rom finite difference.
+        m = (P[k + 1].astype(np.float64) - P[k - 1]) / (times[k + 1] - times[k - 1])
+        np.testing.assert_allclose(right, m, atol=5e-3)
+    # Piecewise-linear motion would fail this: check the test can fail.
+    lin = lambda t, k: P[k] + (P[k + 1] - P[k]) * (t - times[k]) / (times[k + 1] - times[k])
+    left = (lin(times[1], 0) - lin(times[1] - h, 0)) / h
+    right = (lin(times[1] + h, 1) - lin(times[1], 1)) / h
+    assert np.abs(left - right).max() > 0.1
+
+
+def test_frame_times():
+    times = keyframe_times(4, 25)
+    assert list(times) == [0, 25, 50, 75] and frame_count(times) == 76
+
+
+def _panels():
+    rects = np.array([[2, 3, 42, 43], [50, 3, 90, 43]], np.int64)
+    starts = np.array([0, 300, 500], np.int64)
+    return rects, starts
+
+
+def test_splat_kernel_equals_numpy_twin():
+    rng = np.random.default_rng(1)
+    rects, starts = _panels()
+    r = Rasterizer((100, 50), rects, np.array([2.0, 1.0]), starts)
+    xy = (rng.normal(size=(500, 2)) * 1.2).astype(np.float32)  # some fall outside their panel
+    xy[5] = np.nan
+    a, b = np.zeros((50, 100), np.float32), np.zeros((50, 100), np.float32)
+    K.splat_kernel(xy, starts, r.xform, rects, a)
+    K.splat_numpy(xy, starts, r.xform, rects, b)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert a[:, :2].sum() == 0 and a[:3].sum() == 0 and a[:, 42:50].sum() == 0  # nothing outside panels
+
+
+def test_splat_conserves_weight_and_places_points():
+    rects, starts = _panels()
+    r = Rasterizer((100, 50), rects, np.array([2.0, 1.0]), starts)
+    xy = np.zeros((500, 2), np.float32)
+    xy[:300] = [0.5, 0.5]  # panel 0: 40 px for 4 units -> 10 px/unit; centre (22, 23)
+    xy[300:] = [-0.25, 0.0]  # panel 1: 40 px for 2 units -> 20 px/unit; centre (70, 23)
+    counts = r(xy)
+    assert counts.sum() == pytest.approx(500)
+    # (0.5, 0.5) -> (x, y) = (27.0, 18.0) in pixel units: the corner shared by pixels 26|27 and
+    # 17|18 (pixel centres sit at +0.5), so each of the four gets a quarter.
+    np.testing.assert_allclose(counts[17:19, 26:28], 75.0)
+    # (-0.25, 0) -> (65.0, 23.0): again a corner, a quarter of 200 each.
+    np.testing.assert_allclose(counts[22:24, 64:66], 50.0)
+
+
+def test_shade_kernel_equals_numpy_twin_and_resets():
+    rng = np.random.default_rng(2)
+    counts = np.where(rng.random((30, 40)) < 0.3, rng.exponential(3, (30, 40)), 0).astype(np.float32)
+    for log in (True, False):
+        span = float(np.log1p(10.0) if log else 10.0)
+        a, b = np.zeros((30, 40), np.uint8), np.zeros((30, 40), np.uint8)
+        ca, cb = counts.copy(), counts.copy()
+        K.shade_kernel(ca, span, log, DENSITY_BASE, DENSITY_LEVELS, a)
+        K.shade_numpy(cb, span, log, DENSITY_BASE, DENSITY_LEVELS, b)
+        np.testing.assert_array_equal(a, b)
+        assert not ca.any()
+        assert (a[counts > 0] >= DENSITY_BASE).all() and (a[counts == 0] == 0).all()
+        assert a.max() == DENSITY_BASE + DENSITY_LEVELS - 1  # counts above the span clip to the top
+        assert a.max() != UNUSED
+
+
+def test_log_scale_against_independent_formula():
+    counts = np.array([[0, 0.5, 1, 4, 9, 99]], np.float32)
+    frame = np.zeros_like(counts, dtype=np.uint8)
+    Shader(span=99.0, scale="log")(counts, frame)
+    v = np.log1p([0.5, 1, 4, 9, 99]) / np.log1p(99)
+    assert list(frame[0]) == [0] + list(DENSITY_BASE + np.round(v * (DENSITY_LEVELS - 1)).astype(int))
+
+
+def test_palette_layout():
+    pal = palette("viridis")
+    assert pal.shape == (256, 3) and pal.dtype == np.uint8
+    assert (pal[0] == 0).all()
+    grey = pal[TEXT_BASE:TEXT_BASE + TEXT_LEVELS]
+    assert (grey[:, 0] == grey[:, 1]).all() and (np.diff(grey[:, 0].astype(int)) > 0).all()
+    assert tuple(grey[-1]) == (255, 255, 255)
+    import matplotlib
+
+    np.testing.assert_allclose(pal[DENSITY_BASE + DENSITY_LEVELS - 1] / 255,
+                               matplotlib.colormaps["viridis"](1.0)[:3], atol=1 / 255)

@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+
+from layerfilm.project import align, axis_ranges, pca_2d, procrustes_rotation, project_keyframe
+
+
+def rot(theta):
+    c, s = np.cos(theta), np.sin(theta)
+    return np.array([[c, -s], [s, c]])
+
+
+@pytest.mark.parametrize("reflect", [False, True])
+def test_procrustes_recovers_rotation_and_reflection(reflect):
+    rng = np.random.default_rng(0)
+    B = rng.normal(size=(200, 2)) * [3, 1]
+    B -= B.mean(0)
+    Q = rot(1.1) @ (np.diag([1, -1]) if reflect else np.eye(2))
+    A = B @ Q.T  # B rotated (and reflected)
+    R = procrustes_rotation(A, B)
+    np.testing.assert_allclose(R, Q, atol=1e-12)
+    np.testing.assert_allclose(R @ R.T, np.eye(2), atol=1e-12)
+    np.testing.assert_allclose(np.linalg.det(R), -1 if reflect else 1, atol=1e-12)
+    np.testing.assert_allclose(align(A, B), B, atol=1e-10)
+
+
+def test_alignment_never_rescales():
+    rng = np.random.default_rng(1)
+    B = rng.normal(size=(100, 2))
+    B -= B.mean(0)
+    A = 5.0 * B @ rot(0.3).T + [2.0, -1.0]  # grown and shifted
+    out = align(A, B)
+    # Rotation + centring only: the cloud keeps its grown size ...
+    np.testing.assert_allclose(np.linalg.norm(out), 5.0 * np.linalg.norm(B), rtol=1e-12)
+    # ... and lands on 5*B.
+    np.testing.assert_allclose(out, 5.0 * B, atol=1e-10)
+
+
+def test_pca_matches_sklearn_up_to_sign():
+    from sklearn.decomposition import PCA
+
+    rng = np.random.default_rng(2)
+    for n, d in [(300, 10), (6, 40)]:  # covariance path and Gram path
+        X = rng.normal(size=(n, d)) @ rng.normal(size=(d, d))
+        ours = pca_2d(X)
+        ref = PCA(n_components=2, svd_solver="full").fit_transform(X)
+        for j in range(2):
+            sign = np.sign(ours[:, j] @ ref[:, j])
+            np.testing.assert_allclose(ours[:, j] * sign, ref[:, j], atol=1e-8)
+
+
+def test_keyframes_do_not_flip():
+    # The same cloud twice: PCA's arbitrary signs must not make the second keyframe jump.
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(150, 6)) * [5, 2, 1, 1, 1, 1]
+    first = project_keyframe(X, "pca", None, 0)
+    second = project_keyframe(-X[:, ::-1] + 3, "pca", first, 0)  # sign flips + a shift
+    np.testing.assert_allclose(second, first, atol=1e-4)
+
+
+def test_nonfinite_rows_are_hidden_not_spread():
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(50, 5))
+    X[7, 2] = np.nan
+    X[9, 0] = np.inf
+    out = project_keyframe(X, "pca", None, 0)
+    assert np.isnan(out[[7, 9]]).all() and np.isfinite(np.delete(out, [7, 9], 0)).all()
+
+
+def test_axis_ranges_cover_all_keyframes():
+    P = np.zeros((3, 4, 2), np.float32)
+    P[2, :2] = [[3, 0], [0, -4]]
+    P[1, 2:] = [[1, 1], [0.5, 0]]
+    half = axis_ranges(P, np.array([0, 2, 4]), quantile=1.0, margin=1.0)
+    np.testing.assert_allclose(half, [4.0, 1.0])
