@@ -72,3 +72,19 @@ def test_axis_ranges_cover_all_keyframes():
     P[1, 2:] = [[1, 1], [0.5, 0]]
     half = axis_ranges(P, np.array([0, 2, 4]), quantile=1.0, margin=1.0)
     np.testing.assert_allclose(half, [4.0, 1.0])
+
+
+def test_umap_is_warm_started_and_aligned():
+    rng = np.random.default_rng(5)
+    centers = rng.normal(size=(3, 8)) * 6
+    X = np.concatenate([c + rng.normal(size=(40, 8)) for c in centers])
+    first = project_keyframe(X, "umap", None, 0)
+    second = project_keyframe(X + 0.01 * rng.normal(size=X.shape), "umap", first, 0)
+    assert first.shape == second.shape == (120, 2)
+    # Three clusters stay three clusters, and a barely-changed cloud barely moves.
+    labels = np.repeat(np.arange(3), 40)
+    spread = max(first[labels == i].std(0).max() for i in range(3))
+    gaps = min(np.linalg.norm(first[labels == i].mean(0) - first[labels == j].mean(0))
+               for i in range(3) for j in range(i))
+    assert gaps > 3 * spread
+    assert np.median(np.linalg.norm(second - first, axis=1)) < 0.25 * gaps

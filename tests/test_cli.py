@@ -1,0 +1,164 @@
+"""The command line, end to end: films decode bit-exact to the frames sent; bad input is one line."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from layerfilm import encode, pipeline
+from layerfilm.cli import app
+from layerfilm.config import RenderConfig
+
+from conftest import SAMPLE, decode, write_run
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def sent(monkeypatch):
+    """Record every frame handed to the encoder, as the RGB it stands for."""
+    frames = []
+    original = encode.FilmWriter.write
+
+    def write(self, frame):
+        frames.append(self.palette[frame])
+        original(self, frame)
+
+    monkeypatch.setattr(encode.FilmWriter, "write", write)
+    return frames
+
+
+@pytest.mark.parametrize("suffix", [".webm", ".gif"])
+def test_sample_film_is_bit_exact(tmp_path, sent, suffix):
+    out = tmp_path / f"sample{suffix}"
+    result = runner.invoke(app, ["render", str(SAMPLE), str(out), "--size", "320x180",
+                                 "--frames-per-keyframe", "2", "--quiet"])
+    assert result.exit_code == 0, result.output
+    n_keys = len(list(SAMPLE.glob("step_*.safetensors")))
+    assert len(sent) == 2 * (n_keys - 1) + 1
+    got = decode(out)
+    assert got.shape == (len(sent), 180, 320, 3)
+    for i, frame in enumerate(sent):
+        assert np.array_equal(got[i], frame), f"frame {i} differs"
+    assert f"{len(sent)} frames" in result.output
+
+
+def test_film_shows_motion_labels_and_header(tmp_path, run_dir, sent):
+    out = tmp_path / "f.gif"
+    assert runner.invoke(app, ["render", str(run_dir), str(out), "--size", "400x240", "--fps", "4",
+                               "-q"]).exit_code == 0
+    first, last = sent[0], sent[-1]
+    assert not np.array_equal(first, last)
+    # Consecutive frames differ (points move every frame, no frozen stretches) ...
+    assert all(not np.array_equal(a, b) for a, b in zip(sent, sent[1:]))
+    # ... and text is drawn in the header strip and above panels.
+    assert (first[:20] > 0).any()
+
+
+def test_color_range_fixed_for_the_whole_film(tmp_path, run_dir, monkeypatch):
+    spans = []
+    original = pipeline.shade.Shader.__call__
+
+    def shade(self, counts, frame):
+        spans.append(self.span)
+        original(self, counts, frame)
+
+    monkeypatch.setattr(pipeline.shade.Shader, "__call__", shade)
+    runner.invoke(app, ["render", str(run_dir), str(tmp_path / "f.gif"), "--fps", "3", "-q"])
+    assert len(spans) == 10 and len(set(spans)) == 1
+
+
+def test_options_reach_the_config(tmp_path, run_dir, monkeypatch):
+    seen = {}
+
+    def fake_render(config, progress):
+        seen["config"] = config
+        raise SystemExit(0)
+
+    monkeypatch.setattr(pipeline, "render", fake_render)
+    runner.invoke(app, ["render", str(run_dir), str(tmp_path / "x.gif"), "--fps", "50",
+                        "--frames-per-keyframe", "10", "--size", "640x360", "--projection", "umap",
+                        "--max-points", "77", "--seed", "5", "--cmap", "viridis",
+                        "--color-scale", "linear"])
+    assert seen["config"] == RenderConfig(run_dir, tmp_path / "x.gif", fps=50, frames_per_keyframe=10,
+                                          size=(640, 360), projection="umap", max_points=77, seed=5,
+                                          cmap="viridis", color_scale="linear")
+
+
+def test_help_documents_every_option():
+    text = runner.invoke(app, ["render", "--help"], env={"COLUMNS": "200"}).output
+    for opt in ["--fps", "--frames-per-keyframe", "--size", "--projection", "--max-points", "--seed",
+                "--cmap", "--color-scale", "--quiet"]:
+        assert opt in text
+
+
+def test_info_on_sample():
+    result = runner.invoke(app, ["info", str(SAMPLE)])
+    assert result.exit_code == 0, result.output
+    assert "embed" in result.output and "L0" in result.output and "L3" in result.output
+    assert "transformer.wte.weight R" in result.output
+    assert "loss" in result.output and "none found" not in result.output
+
+
+def _bad_inputs(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    one = write_run(tmp_path / "one", n=1)
+    corrupt = write_run(tmp_path / "corrupt", n=3)
+    (corrupt / "step_000100.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    truncated = write_run(tmp_path / "trunc", n=3)
+    p = truncated / "step_000200.safetensors"
+    p.write_bytes(p.read_bytes()[:-100])
+    return [
+        (["render", str(tmp_path / "nope"), "o.webm"], "nope: no such folder"),
+        (["render", str(empty), "o.webm"], "no checkpoints found"),
+        (["render", str(one), "o.webm"], "only one checkpoint"),
+        (["render", str(corrupt), "o.webm"], "step_000100.safetensors: corrupt safetensors header"),
+        (["render", str(truncated), "o.webm"], "step_000200.safetensors: truncated"),
+        (["render", str(one), "o.avi"], "unknown output format '.avi'"),
+        (["render", str(one), "o.webm", "--size", "big"], "--size must look like"),
+        (["render", str(one), "o.webm", "--cmap", "nosuch"], "'nosuch' is not a matplotlib colormap"),
+        (["render", str(one), "o.webm", "--fps", "0"], "--fps must be between"),
+        (["info", str(empty)], "no checkpoints found"),
+    ]
+
+
+def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for args, message in _bad_inputs(tmp_path):
+        result = runner.invoke(app, args)
+        assert result.exit_code != 0, args
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("layerfilm: error: "), result.output
+        assert message in lines[0], (message, lines[0])
+        assert "Traceback" not in result.output
+        assert not list(tmp_path.glob("o.*")) and not list(tmp_path.glob(".o.*"))
+
+
+def test_ctrl_c_kills_ffmpeg_and_leaves_no_file(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = write_run(tmp_path / "run", n=6)
+    out = tmp_path / "out" / "film.webm"
+    out.parent.mkdir()
+    # Its own session, so only layerfilm gets the SIGINT: it must stop ffmpeg itself.
+    proc = subprocess.Popen([sys.executable, "-m", "layerfilm", "render", str(run), str(out),
+                             "--fps", "200", "--size", "1280x720", "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 60
+    while not list(out.parent.glob(".film.webm.*.part")) and time.time() < deadline \
+            and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.5)  # mid-film
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.decode().strip() == "layerfilm: error: interrupted; no output was written"
+    assert list(out.parent.iterdir()) == []
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(out.parent) not in ps  # no ffmpeg still writing there
