@@ -15,11 +15,18 @@ import numpy as np
 from .errors import ConfigError
 
 
-def pca_2d(X: np.ndarray) -> np.ndarray:
+# Above this width a dense eigendecomposition (O(d^3)) costs more than a few passes of
+# randomized subspace iteration over the data (O(n d k) each).
+_DENSE_MAX_DIM = 256
+
+
+def pca_2d(X: np.ndarray, seed: int = 0) -> np.ndarray:
     """Scores on the top two principal axes: ``(n, d)`` -> ``(n, 2)`` float64, centred.
 
-    Uses the ``d x d`` covariance when ``n >= d`` and the ``n x n`` Gram matrix
-    otherwise; fewer than two non-zero directions give zero columns.
+    Exact (``d x d`` covariance or ``n x n`` Gram matrix) for narrow layers;
+    randomized subspace iteration (Halko et al. 2011, 10 directions, 6 power
+    passes, fixed seed) when both ``n`` and ``d`` exceed 256.  Fewer than two
+    non-zero directions give zero columns.
     """
     Xc = np.asarray(X, dtype=np.float64)
     Xc = Xc - Xc.mean(axis=0)
@@ -29,12 +36,18 @@ def pca_2d(X: np.ndarray) -> np.ndarray:
         if d >= 1:
             out[:, 0] = Xc[:, 0]
         return out
-    if n >= d:
-        w, V = np.linalg.eigh(Xc.T @ Xc)
-        return Xc @ V[:, ::-1][:, :2]
-    w, U = np.linalg.eigh(Xc @ Xc.T)
-    w, U = w[::-1][:2], U[:, ::-1][:, :2]
-    return U * np.sqrt(np.clip(w, 0, None))
+    if min(n, d) <= _DENSE_MAX_DIM:
+        if n >= d:
+            _, V = np.linalg.eigh(Xc.T @ Xc)
+            return Xc @ V[:, ::-1][:, :2]
+        w, U = np.linalg.eigh(Xc @ Xc.T)
+        return U[:, ::-1][:, :2] * np.sqrt(np.clip(w[::-1][:2], 0, None))
+    Q = np.random.default_rng(seed).standard_normal((d, 10))
+    for _ in range(6):
+        Q, _ = np.linalg.qr(Xc.T @ (Xc @ Q))
+    B = Xc @ Q  # (n, 10): the data in the found subspace
+    _, _, Vt = np.linalg.svd(B, full_matrices=False)
+    return B @ Vt[:2].T
 
 
 def umap_2d(X: np.ndarray, init: np.ndarray | None, seed: int) -> np.ndarray:
@@ -99,7 +112,7 @@ def project_keyframe(X: np.ndarray, method: str, previous: np.ndarray | None, se
         init = None if previous is None or not finite.all() else previous
         raw = umap_2d(Xf, init, seed)
     else:
-        raw = pca_2d(Xf)
+        raw = pca_2d(Xf, seed)
     if not finite.all():
         full = np.full((len(X), 2), np.nan)
         full[finite] = raw
