@@ -23,9 +23,9 @@ BACKGROUND = 0
 TEXT_BASE, TEXT_LEVELS = 1, 15
 DENSITY_BASE, DENSITY_LEVELS = 16, 239
 UNUSED = 255
-# Where on the colormap the faintest density starts: low enough to read as a dim halo on
-# black, high enough that a lone point is still visible.
-CMAP_LOW = 0.12
+# Where on the colormap the faintest density starts: high enough that a lone dot (its weight
+# split over four pixels) stays clearly visible on black, low enough to leave room for density.
+CMAP_LOW = 0.3
 
 
 def palette(cmap: str) -> np.ndarray:
