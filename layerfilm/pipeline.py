@@ -72,7 +72,19 @@ class Keyframes:
 
 def keyframe_layouts(plan: Plan, projection: str = "pca", seed: int = 0,
                      progress: Progress = Progress()) -> Keyframes:
-    """Read, extract and project every keyframe, one checkpoint in memory at a time."""
+    """Read, extract and project every keyframe, one checkpoint in memory at a time.
+
+    BLAS runs single-threaded here: the matrices are small, and a multi-threaded OpenBLAS
+    sharing cores with any other busy process (a training run, ffmpeg) was measured 20-60x
+    slower than one thread.
+    """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _keyframe_layouts(plan, projection, seed, progress)
+
+
+def _keyframe_layouts(plan: Plan, projection: str, seed: int, progress: Progress) -> Keyframes:
     starts = plan.starts
     P = np.empty((len(plan.refs), starts[-1], 2), dtype=np.float32)
     previous: list[np.ndarray | None] = [None] * len(plan.layers)

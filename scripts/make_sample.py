@@ -37,57 +37,66 @@ SIZE_LIMIT_BYTES = 15 * 1000 * 1000
 
 # --------------------------------------------------------------------------- model
 class CausalSelfAttention(nn.Module):
-    def __init__(self, d_model: int, n_head: int, n_ctx: int):
+    def __init__(self, d_model: int, n_head: int, n_ctx: int, bias: bool):
         super().__init__()
         assert d_model % n_head == 0
         self.n_head = n_head
-        self.c_attn = nn.Linear(d_model, 3 * d_model)
-        self.c_proj = nn.Linear(d_model, d_model)
+        self.c_attn = nn.Linear(d_model, 3 * d_model, bias=bias)
+        self.c_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.register_buffer(
+            "mask", torch.tril(torch.ones(n_ctx, n_ctx, dtype=torch.bool)), persistent=False
+        )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        # The context is only 3 tokens long, so broadcasted element-wise products
+        # are faster on CPU than (flash) batched matmuls and need no transposes.
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
         hs = C // self.n_head
-        q = q.view(B, T, self.n_head, hs).transpose(1, 2)
-        k = k.view(B, T, self.n_head, hs).transpose(1, 2)
-        v = v.view(B, T, self.n_head, hs).transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        y = y.transpose(1, 2).reshape(B, T, C)
-        return self.c_proj(y)
+        q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, hs).unbind(2)  # (B, T, H, hs)
+        mask = self.mask[:T, :T]
+        if last_only:  # only the query at the last position is needed
+            q, mask = q[:, -1:], mask[-1:]
+        att = (q[:, :, None] * k[:, None]).sum(-1) / math.sqrt(hs)  # (B, Tq, Tk, H)
+        att = att.masked_fill(~mask[:, :, None], float("-inf")).softmax(dim=2)
+        y = (att[..., None] * v[:, None]).sum(2)  # (B, Tq, H, hs)
+        return self.c_proj(y.reshape(B, -1, C))
 
 
 class MLP(nn.Module):
-    def __init__(self, d_model: int, d_ff: int):
+    def __init__(self, d_model: int, d_ff: int, bias: bool):
         super().__init__()
-        self.c_fc = nn.Linear(d_model, d_ff)
-        self.c_proj = nn.Linear(d_ff, d_model)
+        self.c_fc = nn.Linear(d_model, d_ff, bias=bias)
+        self.c_proj = nn.Linear(d_ff, d_model, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.c_proj(F.relu(self.c_fc(x)))
 
 
 class Block(nn.Module):
-    def __init__(self, d_model: int, n_head: int, d_ff: int, n_ctx: int):
+    def __init__(self, d_model: int, n_head: int, d_ff: int, n_ctx: int, bias: bool):
         super().__init__()
         self.ln_1 = nn.LayerNorm(d_model)
-        self.attn = CausalSelfAttention(d_model, n_head, n_ctx)
+        self.attn = CausalSelfAttention(d_model, n_head, n_ctx, bias)
         self.ln_2 = nn.LayerNorm(d_model)
-        self.mlp = MLP(d_model, d_ff)
+        self.mlp = MLP(d_model, d_ff, bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        a = self.attn(self.ln_1(x), last_only)
+        x = (x[:, -1:] if last_only else x) + a
         x = x + self.mlp(self.ln_2(x))
         return x
 
 
 class GPT(nn.Module):
-    def __init__(self, vocab: int, n_ctx: int, n_layer: int, d_model: int, n_head: int, d_ff: int):
+    def __init__(
+        self, vocab: int, n_ctx: int, n_layer: int, d_model: int, n_head: int, d_ff: int, bias: bool = True
+    ):
         super().__init__()
         self.transformer = nn.ModuleDict(
             dict(
                 wte=nn.Embedding(vocab, d_model),
                 wpe=nn.Embedding(n_ctx, d_model),
-                h=nn.ModuleList([Block(d_model, n_head, d_ff, n_ctx) for _ in range(n_layer)]),
+                h=nn.ModuleList([Block(d_model, n_head, d_ff, n_ctx, bias) for _ in range(n_layer)]),
                 ln_f=nn.LayerNorm(d_model),
             )
         )
@@ -105,9 +114,11 @@ class GPT(nn.Module):
         T = idx.shape[1]
         pos = torch.arange(T, device=idx.device)
         x = self.transformer.wte(idx) + self.transformer.wpe(pos)
-        for block in self.transformer.h:
-            x = block(x)
-        x = self.transformer.ln_f(x[:, -1, :])  # only the '=' position is trained
+        n = len(self.transformer.h)
+        for i, block in enumerate(self.transformer.h):
+            # only the '=' position is trained, so the last block skips the others
+            x = block(x, last_only=(i == n - 1))
+        x = self.transformer.ln_f(x[:, -1, :])
         return self.lm_head(x)
 
 
@@ -149,9 +160,14 @@ def main(argv=None) -> int:
     ap.add_argument("--d-model", type=int, default=48)
     ap.add_argument("--n-head", type=int, default=4)
     ap.add_argument("--d-ff", type=int, default=192)
+    ap.add_argument("--bias", action=argparse.BooleanOptionalAction, default=True,
+                    help="biases in the Linear layers (LayerNorms always have them)")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--wd", type=float, default=1.0)
+    ap.add_argument("--decay-all", action="store_true",
+                    help="also decay 1-D params (LayerNorm, biases); default: matrices only")
     ap.add_argument("--beta2", type=float, default=0.98)
+    ap.add_argument("--eps", type=float, default=1e-8, help="AdamW epsilon")
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--ckpt-every", type=int, default=100)
     ap.add_argument("--log-every", type=int, default=10)
@@ -171,7 +187,7 @@ def main(argv=None) -> int:
 
     p = args.p
     xtr, ytr, xva, yva = make_data(p, args.train_frac, args.seed)
-    model = GPT(p + 1, 3, args.n_layer, args.d_model, args.n_head, args.d_ff)
+    model = GPT(p + 1, 3, args.n_layer, args.d_model, args.n_head, args.d_ff, bias=args.bias)
     n_params = sum(t.numel() for t in model.state_dict().values())
     n_ckpt = args.steps // args.ckpt_every + 1
     est = n_ckpt * (2 * n_params + 2500)
@@ -184,9 +200,12 @@ def main(argv=None) -> int:
         print(f"error: estimated size {est / 1e6:.1f} MB exceeds the 15 MB budget", file=sys.stderr)
         return 2
 
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=args.lr, weight_decay=args.wd, betas=(0.9, args.beta2)
-    )
+    decay = [t for t in model.parameters() if t.dim() >= 2 or args.decay_all]
+    no_decay = [t for t in model.parameters() if not (t.dim() >= 2 or args.decay_all)]
+    groups = [{"params": decay, "weight_decay": args.wd}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, args.beta2), eps=args.eps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, args.warmup)))
 
     metrics_path = out / "metrics.jsonl"

@@ -1,0 +1,203 @@
+"""layerfilm benchmark: end-to-end time per format against the encode-only floor and a naive
+matplotlib peer, all measured in this one run.  Prints ratios; asserts nothing.
+
+    python bench/bench.py            # the full scale: 128 blocks x ~1,000 points, 180 keyframes, 1080p
+    python bench/bench.py --quick    # a small run to check the machinery (~1 minute)
+
+Columns:
+  layerfilm   wall time of `layerfilm render` (a fresh process, numba cache warm), split into
+              load+project / render / encode as the pipeline reports them
+  floor       the same ffmpeg command fed the same frames from a raw file (encode-only)
+  lf/floor    layerfilm / floor  (1.0 = layerfilm costs nothing beyond ffmpeg itself)
+  peer        a matplotlib loop (one subplot per layer, set_offsets, canvas.draw, FFMpegWriter),
+              timed on a sample of frames and extrapolated to the whole film
+  peer/lf     how many times faster layerfilm is than the peer
+  RSS         peak resident memory of the layerfilm process
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+FORMATS = ("gif", "webm", "webp", "mp4", "mkv")
+
+
+def make_series(folder: Path, blocks: int, d: int, keyframes: int, seed: int = 0) -> Path:
+    """Synthetic nanoGPT-style checkpoints (fp16): every block has 8*d points of width d.
+
+    Weights drift along a smooth random path, with a slow rotation, so layouts keep changing.
+    Reused when a series with the same parameters already exists.
+    """
+    from safetensors.numpy import save_file
+
+    stamp = folder / ".params"
+    params = f"{blocks} {d} {keyframes} {seed}"
+    if stamp.exists() and stamp.read_text() == params:
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.safetensors"):
+        old.unlink()
+    rng = np.random.default_rng(seed)
+    shapes = {"attn.c_attn.weight": (3 * d, d), "attn.c_proj.weight": (d, d),
+              "mlp.c_fc.weight": (2 * d, d), "mlp.c_proj.weight": (d, 2 * d)}
+    base = {f"transformer.h.{i}.{n}": rng.standard_normal(s, dtype=np.float32)
+            for i in range(blocks) for n, s in shapes.items()}
+    base["transformer.wte.weight"] = rng.standard_normal((512, d), dtype=np.float32)
+    drift = {k: rng.standard_normal(v.shape, dtype=np.float32) for k, v in base.items()}
+    for k in range(keyframes):
+        a = k / max(keyframes - 1, 1)
+        sd = {n: (v * (1 + a) + np.sin(3 * a + i % 7) * drift[n]).astype(np.float16)
+              for i, (n, v) in enumerate(base.items())}
+        save_file(sd, str(folder / f"step_{k * 100:06d}.safetensors"), metadata={"loss": str(3 * (1 - a) + 0.1)})
+    stamp.write_text(params)
+    return folder
+
+
+RENDER = r"""
+import json, resource, sys, time
+from pathlib import Path
+from layerfilm.config import RenderConfig
+from layerfilm.pipeline import render
+from layerfilm import encode
+a = json.loads(sys.argv[1])
+capture = a.get("capture")
+if capture:  # record the exact bytes sent to ffmpeg, for the encode-only floor
+    sink = open(capture, "wb")
+    original = encode.FilmWriter.write
+    def write(self, frame):
+        if self.encoder.pix_fmt_in == "pal8":
+            sink.write(frame.tobytes()); sink.write(self._pal_bytes)
+        else:
+            sink.write(self.palette[frame].tobytes())
+        original(self, frame)
+    encode.FilmWriter.write = write
+t = time.perf_counter()
+r = render(RenderConfig(Path(a["ckpts"]), Path(a["out"]), fps=a["fps"], frames_per_keyframe=a["fpk"],
+                        size=tuple(a["size"]), max_points=a["max_points"]))
+wall = time.perf_counter() - t
+print(json.dumps(dict(wall=wall, seconds=r.seconds, frames=r.frames, bytes=r.bytes, command=r.command,
+                      rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))
+"""
+
+
+def run_layerfilm(args: dict) -> dict:
+    out = subprocess.run([sys.executable, "-c", RENDER, json.dumps(args)], capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"layerfilm render failed:\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_floor(command: list[str], raw: Path, out: Path) -> float:
+    cmd = [c if c != "OUTPUT" else str(out) for c in command]
+    t = time.perf_counter()
+    with open(raw, "rb") as f:
+        subprocess.run(cmd, stdin=f, check=True)
+    return time.perf_counter() - t
+
+
+def run_peer(ckpts: Path, size, fpk: int, sample_frames: int, max_points: int, workdir: Path) -> float:
+    """Seconds per frame of the hand-written matplotlib loop people use today."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.animation import FFMpegWriter
+
+    from layerfilm.interpolate import Interpolator, keyframe_times
+    from layerfilm.pipeline import keyframe_layouts, make_plan
+
+    plan = make_plan(ckpts, max_points)
+    two = plan.__class__(plan.folder, plan.refs[:2], [], plan.layers, None)  # two keyframes suffice
+    P = keyframe_layouts(two).P
+    starts = plan.starts
+    interp = Interpolator(P, keyframe_times(2, fpk))
+    n = len(plan.layers)
+    cols = int(np.ceil(np.sqrt(n * size[0] / size[1])))
+    rows = int(np.ceil(n / cols))
+    dpi = 100
+    fig, axes = plt.subplots(rows, cols, figsize=(size[0] / dpi, size[1] / dpi), dpi=dpi)
+    axes = np.atleast_1d(axes).ravel()
+    scatters = []
+    for l, ax in enumerate(axes):
+        ax.set_xticks([]), ax.set_yticks([])
+        if l < n:
+            pts = P[0, starts[l]:starts[l + 1]]
+            r = np.abs(P[:, starts[l]:starts[l + 1]]).max()
+            ax.set_xlim(-r, r), ax.set_ylim(-r, r)
+            scatters.append(ax.scatter(pts[:, 0], pts[:, 1], s=1, c="orange"))
+    matplotlib.rcParams["animation.ffmpeg_path"] = __import__("imageio_ffmpeg").get_ffmpeg_exe()
+    writer = FFMpegWriter(fps=25)
+    t = time.perf_counter()
+    with writer.saving(fig, str(workdir / "peer.mp4"), dpi):
+        for f in range(sample_frames):
+            xy = interp.at(f % fpk)
+            for l, sc in enumerate(scatters):
+                sc.set_offsets(xy[starts[l]:starts[l + 1]])
+            writer.grab_frame()
+    plt.close(fig)
+    return (time.perf_counter() - t) / sample_frames
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="16 blocks, 30 keyframes, 960x540")
+    ap.add_argument("--formats", default=",".join(FORMATS))
+    ap.add_argument("--fpk", type=int, default=5, help="frames per keyframe (default 5)")
+    ap.add_argument("--peer-frames", type=int, default=12, help="frames to time the peer on")
+    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "layerfilm-bench")
+    a = ap.parse_args()
+    blocks, keyframes, size = (16, 30, (960, 540)) if a.quick else (128, 180, (1920, 1080))
+    d, max_points = 128, 2000
+    work = a.workdir
+    work.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    ckpts = make_series(work / f"ckpts-{blocks}x{keyframes}", blocks, d, keyframes)
+    print(f"series: {blocks} blocks x {8 * d} points (d_model {d}), {keyframes} keyframes "
+          f"[{time.perf_counter() - t:.0f} s to make]; film {size[0]}x{size[1]}, {a.fpk} frames per keyframe")
+    base = dict(ckpts=str(ckpts), fps=25, fpk=a.fpk, size=size, max_points=max_points)
+    # Warm numba's on-disk cache so no row pays for compilation.
+    run_layerfilm(dict(base, out=str(work / "warm.gif"), fpk=1))
+
+    rows = []
+    raws: dict[str, Path] = {}
+    for fmt in a.formats.split(","):
+        pix = "pal8" if fmt == "gif" else "rgb24"
+        capture = None if pix in raws else work / f"frames.{pix}"
+        r = run_layerfilm(dict(base, out=str(work / f"film.{fmt}"), capture=str(capture) if capture else None))
+        if capture:
+            raws[pix] = capture
+            # The capture run paid for writing the raw file: time the format again, clean.
+            r = run_layerfilm(dict(base, out=str(work / f"film.{fmt}")))
+        floor = run_floor(r["command"], raws[pix], work / f"floor.{fmt}")
+        rows.append((fmt, r, floor))
+    peer = run_peer(ckpts, size, a.fpk, a.peer_frames, max_points, work)
+    for raw in raws.values():
+        raw.unlink()
+
+    frames = rows[0][1]["frames"]
+    print(f"\n{frames} frames per film; peer measured on {a.peer_frames} frames: {peer * 1e3:.0f} ms/frame\n")
+    head = f"{'format':<6} {'layerfilm':>9} {'load+proj':>9} {'render':>7} {'encode':>7} {'floor':>7} " \
+           f"{'lf/floor':>8} {'peer':>8} {'peer/lf':>7} {'MB':>7} {'RSS MB':>7}"
+    print(head)
+    print("-" * len(head))
+    for fmt, r, floor in rows:
+        s = r["seconds"]
+        print(f"{fmt:<6} {r['wall']:>8.1f}s {s['load+project']:>8.1f}s {s['render']:>6.1f}s {s['encode']:>6.1f}s "
+              f"{floor:>6.1f}s {r['wall'] / floor:>8.2f} {peer * frames:>7.0f}s {peer * frames / r['wall']:>7.1f} "
+              f"{r['bytes'] / 1e6:>7.1f} {r['rss_mb']:>7.0f}")
+    lp = rows[0][1]["seconds"]["load+project"] / rows[0][1]["wall"]
+    print(f"\nload+project share of the {rows[0][0]} run: {lp:.1%}")
+
+
+if __name__ == "__main__":
+    main()
