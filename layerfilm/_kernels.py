@@ -160,3 +160,21 @@ def shade_numpy(counts, span_scaled, log_scale, base, levels, frame):
     j = np.minimum(np.floor(v * (levels - 1) + 0.5), levels - 1).astype(np.int64)
     frame[hit] = (base + j).astype(np.uint8)
     counts[...] = 0
+
+
+# --- palette lookup --------------------------------------------------------------------------
+
+@ngjit
+def palette_rgb_kernel(frame, palette, out):
+    """``out[y, x] = palette[frame[y, x]]``: (H, W) uint8 indices -> (H, W, 3) uint8 RGB."""
+    for y in range(frame.shape[0]):
+        for x in range(frame.shape[1]):
+            i = frame[y, x]
+            out[y, x, 0] = palette[i, 0]
+            out[y, x, 1] = palette[i, 1]
+            out[y, x, 2] = palette[i, 2]
+
+
+def palette_rgb_numpy(frame, palette, out):
+    """The numpy twin of :func:`palette_rgb_kernel`."""
+    np.take(palette, frame, axis=0, out=out)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._kernels import palette_rgb_kernel
 from .errors import EncodeError
 
 
@@ -118,7 +119,7 @@ class FilmWriter:
                 self._proc.stdin.write(memoryview(np.ascontiguousarray(frame)).cast("B"))
                 self._proc.stdin.write(self._pal_bytes)
             else:
-                np.take(self.palette, frame, axis=0, out=self._rgb)
+                palette_rgb_kernel(frame, self.palette, self._rgb)
                 self._proc.stdin.write(memoryview(self._rgb).cast("B"))
         except (BrokenPipeError, OSError):
             self._proc.wait()

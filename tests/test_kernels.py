@@ -127,3 +127,14 @@ def test_palette_layout():
 
     np.testing.assert_allclose(pal[DENSITY_BASE + DENSITY_LEVELS - 1] / 255,
                                matplotlib.colormaps["viridis"](1.0)[:3], atol=1 / 255)
+
+
+def test_palette_rgb_kernel_equals_numpy_twin():
+    rng = np.random.default_rng(3)
+    frame = rng.integers(0, 256, (37, 53)).astype(np.uint8)
+    pal = rng.integers(0, 256, (256, 3)).astype(np.uint8)
+    a, b = np.empty((37, 53, 3), np.uint8), np.empty((37, 53, 3), np.uint8)
+    K.palette_rgb_kernel(frame, pal, a)
+    K.palette_rgb_numpy(frame, pal, b)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, pal[frame])
