@@ -106,6 +106,9 @@ def render(
     cmap: Annotated[str, typer.Option(help="Any matplotlib colormap, for point density.")] = "inferno",
     color_scale: Annotated[str, typer.Option(
         help=f"Density to colour: {' | '.join(COLOR_SCALES)}; one range for the whole film.")] = "log",
+    jobs: Annotated[int, typer.Option(
+        "--jobs", "-j", help="Render and encode the film in this many chunks in parallel, joined "
+        "without re-encoding (.webp always uses 1).")] = 1,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Render CHECKPOINTS into the lossless film OUTPUT, one panel per layer."""
@@ -114,17 +117,20 @@ def render(
     config = RenderConfig(
         checkpoints=checkpoints, output=output, fps=fps, frames_per_keyframe=frames_per_keyframe,
         size=parse_size(size), projection=projection, max_points=max_points, seed=seed, cmap=cmap,
-        color_scale=color_scale,
+        color_scale=color_scale, jobs=jobs,
     ).validated()
     result = run(config, _RichProgress(quiet or not sys.stderr.isatty()))
     mb = result.bytes / 1e6
     s = result.seconds
     typer.echo(
         f"wrote {result.output} ({result.frames} frames, {result.frames / config.fps:.1f} s, "
-        f"{mb:.1f} MB) in {sum(s.values()):.1f} s "
+        f"{mb:.1f} MB) in {s['wall']:.1f} s "
         f"[load+project {s['load+project']:.1f} s, render {s['render']:.1f} s, "
-        f"encode {s['encode']:.1f} s]"
+        f"encode {s['encode']:.1f} s{f', {result.jobs} jobs' if result.jobs > 1 else ''}]"
     )
+    if jobs > 1 and result.jobs == 1:
+        typer.echo(f"note: {config.format} chunks cannot be joined without re-encoding; used 1 job",
+                   err=True)
     if result.nonfinite:
         typer.echo(f"warning: {result.nonfinite} point(s) had NaN/Inf weights and were not drawn",
                    err=True)

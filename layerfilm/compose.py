@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import threading
 
 import numpy as np
 
@@ -26,15 +27,19 @@ def _font(px: int):
     return font
 
 
+_FONT_LOCK = threading.Lock()  # one FreeType face is shared by all render threads
+
+
 @functools.lru_cache(maxsize=512)
 def text_mask(text: str, px: int) -> tuple[np.ndarray, int]:
     """Anti-aliased coverage of ``text`` at ``px`` pixels: ``(mask (h, w) uint8, baseline row)``."""
-    font = _font(px)
-    font.clear()
-    font.set_text(text, 0.0)
-    font.draw_glyphs_to_bitmap(antialiased=True)
-    mask = np.array(font.get_image(), dtype=np.uint8)
-    return mask, mask.shape[0] - int(round(font.get_descent() / 64))
+    with _FONT_LOCK:
+        font = _font(px)
+        font.clear()
+        font.set_text(text, 0.0)
+        font.draw_glyphs_to_bitmap(antialiased=True)
+        mask = np.array(font.get_image(), dtype=np.uint8)
+        return mask, mask.shape[0] - int(round(font.get_descent() / 64))
 
 
 def draw_text(frame: np.ndarray, text: str, px: int, x: int, baseline: int, align: str = "left",

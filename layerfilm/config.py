@@ -45,6 +45,7 @@ class RenderConfig:
     seed: int = 0
     cmap: str = "inferno"
     color_scale: str = "log"
+    jobs: int = 1
 
     @property
     def format(self) -> str:
@@ -85,6 +86,8 @@ class RenderConfig:
             raise ConfigError(
                 f"--color-scale must be one of {', '.join(COLOR_SCALES)}, got {self.color_scale!r}"
             )
+        if not 1 <= self.jobs <= 64:
+            raise ConfigError(f"--jobs must be between 1 and 64, got {self.jobs}")
         import matplotlib
 
         if self.cmap not in matplotlib.colormaps:

@@ -33,6 +33,7 @@ class Encoder:
     pix_fmt_in: str  # "rgb24" or "pal8"
     args: tuple[str, ...]  # output codec arguments
     muxer: str
+    joinable: bool = True  # chunks can be joined by ffmpeg's concat demuxer without re-encoding
 
 
 FORMATS: dict[str, Encoder] = {
@@ -40,7 +41,7 @@ FORMATS: dict[str, Encoder] = {
                               "-deadline", "realtime", "-cpu-used", "8", "-row-mt", "1"), "webm"),
     "gif": Encoder("pal8", ("-c:v", "gif", "-loop", "0"), "gif"),
     "webp": Encoder("rgb24", ("-c:v", "libwebp_anim", "-lossless", "1", "-compression_level", "1",
-                              "-pix_fmt", "bgra", "-loop", "0"), "webp"),
+                              "-pix_fmt", "bgra", "-loop", "0"), "webp", joinable=False),
     "mp4": Encoder("rgb24", ("-c:v", "libx264rgb", "-qp", "0", "-preset", "ultrafast",
                              "-pix_fmt", "rgb24"), "mp4"),
     "mkv": Encoder("rgb24", ("-c:v", "ffv1", "-level", "3", "-pix_fmt", "bgr0", "-slices", "4",
@@ -98,9 +99,7 @@ class FilmWriter:
         ]
 
     def __enter__(self) -> "FilmWriter":
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".part")
-        os.close(fd)
-        self._tmp = Path(tmp)
+        self._tmp = _temporary_beside(self.path)
         cmd = self.command
         cmd[-1] = str(self._tmp)
         self._log = tempfile.TemporaryFile()
@@ -140,11 +139,7 @@ class FilmWriter:
             message = self._stderr()
             self._abort()
             raise EncodeError(f"ffmpeg failed (exit {rc}): {message}", self.path)
-        # mkstemp makes the file private (0600); give the film the usual umask-based mode.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self._tmp, 0o666 & ~umask)
-        os.replace(self._tmp, self.path)
+        _publish(self._tmp, self.path)
         self._tmp = None
         self._cleanup()
 
@@ -171,3 +166,39 @@ class FilmWriter:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+def _temporary_beside(path: Path) -> Path:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(fd)
+    return Path(tmp)
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    """Atomically move a finished file into place, with the usual umask-based mode
+    (mkstemp makes files private)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+
+
+def join(chunks: list[Path], path: Path, fmt: str) -> list[str]:
+    """Join encoded chunks into ``path`` with the concat demuxer, copying packets (no
+    re-encoding); atomic like :class:`FilmWriter`.  Returns the ffmpeg command used."""
+    enc = FORMATS[fmt]
+    tmp = _temporary_beside(path)
+    listing = tmp.with_suffix(".txt")
+    listing.write_text("".join(f"file '{c.resolve()}'\n" for c in chunks))
+    cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "concat", "-safe", "0",
+           "-i", str(listing), "-c", "copy", "-f", enc.muxer, str(tmp)]
+    try:
+        out = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        if out.returncode != 0:
+            last = (out.stderr.strip().splitlines() or ["no message"])[-1]
+            raise EncodeError(f"ffmpeg could not join the chunks (exit {out.returncode}): {last}", path)
+        _publish(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        listing.unlink(missing_ok=True)
+    return cmd

@@ -7,8 +7,10 @@ memory, and frames stream into ffmpeg as they are made.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -106,48 +108,129 @@ class RenderResult:
     output: Path
     frames: int
     keyframes: int
-    seconds: dict[str, float]  # per stage: load+project, render, encode
+    seconds: dict[str, float]  # load+project, render, encode (summed over jobs), wall
     bytes: int
     nonfinite: int
     command: list[str]
+    jobs: int = 1
 
 
-def render(config: RenderConfig, progress: Progress = Progress()) -> RenderResult:
-    """Render the film described by ``config`` (validated here) to ``config.output``."""
-    cfg = config.validated()
-    seconds: dict[str, float] = {}
-    t0 = time.perf_counter()
-    plan = make_plan(cfg.checkpoints, cfg.max_points, cfg.seed)
-    keys = keyframe_layouts(plan, cfg.projection, cfg.seed, progress)
-    seconds["load+project"] = time.perf_counter() - t0
+@dataclasses.dataclass(frozen=True)
+class _Film:
+    """Everything fixed before the first frame; shared read-only by all render jobs."""
 
-    t0 = time.perf_counter()
+    P: np.ndarray
+    times: np.ndarray
+    steps: np.ndarray
+    loss: checkpoints.LossCurve | None
+    layout: compose.Layout
+    half: np.ndarray
+    starts: np.ndarray
+    shader: shade.Shader
+    labels: list[str]
+    notes: list[str]
+    title: str
+    n_frames: int
+
+
+class _FrameMaker:
+    """Frame ``f`` of the film as an ``(H, W)`` uint8 index frame; owns its buffers, so each
+    render job has its own."""
+
+    def __init__(self, film: _Film):
+        self.film = film
+        self.rasterize = raster.Rasterizer(film.layout.size, film.layout.rects, film.half, film.starts)
+        self.compose = compose.FrameComposer(film.layout, film.labels, film.notes, film.title, film.shader)
+        self.interp = interpolate.Interpolator(film.P, film.times)
+
+    def __call__(self, f: int) -> np.ndarray:
+        film = self.film
+        step = int(round(np.interp(f, film.times, film.steps)))
+        loss = film.loss.at(step) if film.loss else None
+        return self.compose(self.rasterize(self.interp.at(f)), step, loss, f / max(film.n_frames - 1, 1))
+
+
+def _prepare(plan: Plan, keys: Keyframes, cfg: RenderConfig) -> _Film:
     starts = plan.starts
     times = interpolate.keyframe_times(len(plan.refs), cfg.keyframe_frames)
-    n_frames = interpolate.frame_count(times)
     layout = compose.grid_layout(len(plan.layers), cfg.size)
-    rasterize = raster.Rasterizer(cfg.size, layout.rects, project.axis_ranges(keys.P, starts), starts)
-    shader = shade.Shader(rasterize.span(keys.P), cfg.color_scale)
-    notes = [f"{l.n_points:,} pts" for l in plan.layers]
-    composer = compose.FrameComposer(layout, [l.label for l in plan.layers], notes,
-                                     plan.folder.resolve().name, shader)
-    interp = interpolate.Interpolator(keys.P, times)
-    steps = plan.steps.astype(np.float64)
-    encode_s = 0.0
-    writer = encode.FilmWriter(cfg.output, cfg.size, cfg.fps, cfg.format, shade.palette(cfg.cmap))
-    with progress.stage(f"Rendering {cfg.output.name}", n_frames) as advance, writer:
-        for f in range(n_frames):
-            step = int(round(np.interp(f, times, steps)))
-            loss = plan.loss.at(step) if plan.loss else None
-            frame = composer(rasterize(interp.at(f)), step, loss, f / max(n_frames - 1, 1))
+    half = project.axis_ranges(keys.P, starts)
+    span = raster.Rasterizer(cfg.size, layout.rects, half, starts).span(keys.P)
+    return _Film(keys.P, times, plan.steps.astype(np.float64), plan.loss, layout, half, starts,
+                 shade.Shader(span, cfg.color_scale), [l.label for l in plan.layers],
+                 [f"{l.n_points:,} pts" for l in plan.layers], plan.folder.resolve().name,
+                 interpolate.frame_count(times))
+
+
+def _write_frames(film: _Film, frames: range, path: Path, cfg: RenderConfig, palette: np.ndarray,
+                  advance: Callable[[int], None], stop: threading.Event) -> tuple[float, float, list[str]]:
+    """Render ``frames`` into one film at ``path``; returns (render s, encode s, ffmpeg command)."""
+    make = _FrameMaker(film)
+    render_s = encode_s = 0.0
+    writer = encode.FilmWriter(path, cfg.size, cfg.fps, cfg.format, palette)
+    with writer:
+        for f in frames:
+            if stop.is_set():
+                raise _Stopped()
+            t0 = time.perf_counter()
+            frame = make(f)
             t1 = time.perf_counter()
             writer.write(frame)
+            render_s += t1 - t0
             encode_s += time.perf_counter() - t1
             advance(1)
         t1 = time.perf_counter()
     encode_s += time.perf_counter() - t1  # ffmpeg finishing the file
-    total = time.perf_counter() - t0
-    seconds["render"] = total - encode_s
-    seconds["encode"] = encode_s
-    return RenderResult(cfg.output, n_frames, len(plan.refs), seconds, cfg.output.stat().st_size,
-                        keys.nonfinite, writer.command)
+    return render_s, encode_s, writer.command
+
+
+class _Stopped(Exception):
+    """Another render job failed or the user pressed Ctrl-C."""
+
+
+def render(config: RenderConfig, progress: Progress = Progress()) -> RenderResult:
+    """Render the film described by ``config`` (validated here) to ``config.output``.
+
+    With ``config.jobs > 1`` the frames are split into that many contiguous chunks, rendered
+    and encoded in parallel (the numba kernels release the GIL; each chunk has its own
+    ffmpeg), then joined without re-encoding.  Formats that cannot be joined that way
+    (animated WebP) use one job.
+    """
+    cfg = config.validated()
+    t_start = time.perf_counter()
+    plan = make_plan(cfg.checkpoints, cfg.max_points, cfg.seed)
+    keys = keyframe_layouts(plan, cfg.projection, cfg.seed, progress)
+    loaded = time.perf_counter() - t_start
+
+    film = _prepare(plan, keys, cfg)
+    palette = shade.palette(cfg.cmap)
+    n = film.n_frames
+    jobs = min(cfg.jobs, n) if encode.FORMATS[cfg.format].joinable else 1
+    bounds = np.linspace(0, n, jobs + 1).round().astype(int)
+    chunks = [range(bounds[j], bounds[j + 1]) for j in range(jobs)]
+    stop = threading.Event()
+    with progress.stage(f"Rendering {cfg.output.name}", n) as advance:
+        if jobs == 1:
+            results = [_write_frames(film, chunks[0], cfg.output, cfg, palette, advance, stop)]
+            command = results[0][2]
+        else:
+            parts = [cfg.output.with_name(f".{cfg.output.name}.chunk{j}{cfg.output.suffix}")
+                     for j in range(jobs)]
+            try:
+                with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+                    futures = [pool.submit(_write_frames, film, c, p, cfg, palette, advance, stop)
+                               for c, p in zip(chunks, parts)]
+                    try:
+                        results = [f.result() for f in futures]
+                    except BaseException:
+                        stop.set()  # the other jobs stop at their next frame and clean up
+                        raise
+                command = encode.join(parts, cfg.output, cfg.format)
+            finally:
+                for p in parts:
+                    p.unlink(missing_ok=True)
+    wall = time.perf_counter() - t_start
+    seconds = {"load+project": loaded, "render": sum(r[0] for r in results),
+               "encode": sum(r[1] for r in results), "wall": wall}
+    return RenderResult(cfg.output, n, len(plan.refs), seconds, cfg.output.stat().st_size,
+                        keys.nonfinite, command, jobs)

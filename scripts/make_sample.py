@@ -166,6 +166,8 @@ def main(argv=None) -> int:
     ap.add_argument("--wd", type=float, default=1.0)
     ap.add_argument("--decay-all", action="store_true",
                     help="also decay 1-D params (LayerNorm, biases); default: matrices only")
+    ap.add_argument("--emb-wd", type=float, default=None,
+                    help="weight decay for wte/wpe (default: same as --wd)")
     ap.add_argument("--beta2", type=float, default=0.98)
     ap.add_argument("--eps", type=float, default=1e-8, help="AdamW epsilon")
     ap.add_argument("--warmup", type=int, default=10)
@@ -200,11 +202,17 @@ def main(argv=None) -> int:
         print(f"error: estimated size {est / 1e6:.1f} MB exceeds the 15 MB budget", file=sys.stderr)
         return 2
 
-    decay = [t for t in model.parameters() if t.dim() >= 2 or args.decay_all]
-    no_decay = [t for t in model.parameters() if not (t.dim() >= 2 or args.decay_all)]
-    groups = [{"params": decay, "weight_decay": args.wd}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
+    emb_wd = args.wd if args.emb_wd is None else args.emb_wd
+    groups = {"decay": [], "emb": [], "no_decay": []}
+    for name, t in model.named_parameters():
+        if name.startswith(("transformer.wte", "transformer.wpe")):
+            groups["emb"].append(t)
+        elif t.dim() >= 2 or args.decay_all:
+            groups["decay"].append(t)
+        else:
+            groups["no_decay"].append(t)
+    wds = {"decay": args.wd, "emb": emb_wd, "no_decay": 0.0}
+    groups = [{"params": ps, "weight_decay": wds[k]} for k, ps in groups.items() if ps]
     opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, args.beta2), eps=args.eps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, args.warmup)))
 

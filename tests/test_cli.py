@@ -80,16 +80,16 @@ def test_options_reach_the_config(tmp_path, run_dir, monkeypatch):
     runner.invoke(app, ["render", str(run_dir), str(tmp_path / "x.gif"), "--fps", "50",
                         "--frames-per-keyframe", "10", "--size", "640x360", "--projection", "umap",
                         "--max-points", "77", "--seed", "5", "--cmap", "viridis",
-                        "--color-scale", "linear"])
+                        "--color-scale", "linear", "--jobs", "2"])
     assert seen["config"] == RenderConfig(run_dir, tmp_path / "x.gif", fps=50, frames_per_keyframe=10,
                                           size=(640, 360), projection="umap", max_points=77, seed=5,
-                                          cmap="viridis", color_scale="linear")
+                                          cmap="viridis", color_scale="linear", jobs=2)
 
 
 def test_help_documents_every_option():
     text = runner.invoke(app, ["render", "--help"], env={"COLUMNS": "200"}).output
     for opt in ["--fps", "--frames-per-keyframe", "--size", "--projection", "--max-points", "--seed",
-                "--cmap", "--color-scale", "--quiet"]:
+                "--cmap", "--color-scale", "--jobs", "--quiet"]:
         assert opt in text
 
 
@@ -162,3 +162,59 @@ def test_ctrl_c_kills_ffmpeg_and_leaves_no_file(tmp_path):
     assert list(out.parent.iterdir()) == []
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert str(out.parent) not in ps  # no ffmpeg still writing there
+
+
+@pytest.fixture
+def sent_by_file(monkeypatch):
+    """Frames handed to each ffmpeg, per output file (jobs write chunks in parallel)."""
+    frames = {}
+    original = encode.FilmWriter.write
+
+    def write(self, frame):
+        frames.setdefault(self.path.name, []).append(self.palette[frame])
+        original(self, frame)
+
+    monkeypatch.setattr(encode.FilmWriter, "write", write)
+    return frames
+
+
+@pytest.mark.parametrize("suffix", [".webm", ".gif", ".mp4", ".mkv"])
+def test_jobs_join_chunks_into_one_bit_exact_stream(tmp_path, run_dir, sent_by_file, suffix):
+    out = tmp_path / f"film{suffix}"
+    result = runner.invoke(app, ["render", str(run_dir), str(out), "--size", "256x144", "--fps", "7",
+                                 "--jobs", "3", "-q"])
+    assert result.exit_code == 0, result.output
+    assert "3 jobs" in result.output
+    names = sorted(sent_by_file)
+    assert names == [f".film{suffix}.chunk{j}{suffix}" for j in range(3)]
+    sent = [f for name in names for f in sent_by_file[name]]
+    assert len(sent) == 3 * 7 + 1
+    got = decode(out)
+    assert got.shape[0] == len(sent)
+    for i, frame in enumerate(sent):
+        assert np.array_equal(got[i], frame), f"frame {i}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["film" + suffix, "run"]
+
+
+def test_jobs_fall_back_to_one_for_webp(tmp_path, run_dir):
+    result = runner.invoke(app, ["render", str(run_dir), str(tmp_path / "f.webp"), "--size", "128x96",
+                                 "--fps", "2", "--jobs", "2", "-q"])
+    assert result.exit_code == 0 and "used 1 job" in result.output
+    assert decode(tmp_path / "f.webp").shape[0] == 7
+
+
+def test_a_failing_job_leaves_nothing(tmp_path, run_dir, monkeypatch):
+    original = encode.FilmWriter.write
+
+    def write(self, frame):
+        if self.path.name.endswith("chunk1.gif") and self.frames_written == 2:
+            raise encode.EncodeError("disk full", self.path)
+        original(self, frame)
+
+    monkeypatch.setattr(encode.FilmWriter, "write", write)
+    out = tmp_path / "out"
+    out.mkdir()
+    result = runner.invoke(app, ["render", str(run_dir), str(out / "f.gif"), "--size", "128x96",
+                                 "--fps", "9", "--jobs", "2", "-q"])
+    assert result.exit_code == 1 and "disk full" in result.output
+    assert list(out.iterdir()) == []
