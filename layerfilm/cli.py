@@ -109,6 +109,11 @@ def render(
     jobs: Annotated[int, typer.Option(
         "--jobs", "-j", help="Render and encode the film in this many chunks in parallel, joined "
         "without re-encoding (.webp always uses 1).")] = 1,
+    cache: Annotated[bool, typer.Option(
+        help="Reuse keyframe layouts cached on disk (keyed by the checkpoints' path, size and "
+             "mtime and the layout options), so re-rendering with another colormap, size or "
+             "format skips loading and projection. Cache: $LAYERFILM_CACHE_DIR or "
+             "~/.cache/layerfilm.")] = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Render CHECKPOINTS into the lossless film OUTPUT, one panel per layer."""
@@ -117,7 +122,7 @@ def render(
     config = RenderConfig(
         checkpoints=checkpoints, output=output, fps=fps, frames_per_keyframe=frames_per_keyframe,
         size=parse_size(size), projection=projection, max_points=max_points, seed=seed, cmap=cmap,
-        color_scale=color_scale, jobs=jobs,
+        color_scale=color_scale, jobs=jobs, cache=cache,
     ).validated()
     result = run(config, _RichProgress(quiet or not sys.stderr.isatty()))
     mb = result.bytes / 1e6

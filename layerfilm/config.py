@@ -46,6 +46,7 @@ class RenderConfig:
     cmap: str = "inferno"
     color_scale: str = "log"
     jobs: int = 1
+    cache: bool = True
 
     @property
     def format(self) -> str:

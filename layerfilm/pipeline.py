@@ -10,6 +10,8 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import hashlib
+import os
 import threading
 import time
 from pathlib import Path
@@ -17,7 +19,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from . import checkpoints, compose, encode, extract, interpolate, project, raster, shade
+from . import __version__, checkpoints, compose, encode, extract, interpolate, project, raster, shade
 from .config import RenderConfig
 from .errors import CheckpointError
 
@@ -70,6 +72,57 @@ class Keyframes:
 
     P: np.ndarray
     nonfinite: int  # points hidden because their weights had NaN/Inf
+
+
+def cache_dir() -> Path:
+    """Where keyframe layouts are cached: ``$LAYERFILM_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/layerfilm``, else ``~/.cache/layerfilm``."""
+    if os.environ.get("LAYERFILM_CACHE_DIR"):
+        return Path(os.environ["LAYERFILM_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "layerfilm"
+
+
+def _cache_key(plan: Plan, projection: str, seed: int) -> str:
+    """Checkpoint identity (resolved path, size, mtime, step) + everything that shapes a layout."""
+    h = hashlib.sha256()
+    for ref in plan.refs:
+        st = ref.path.stat()
+        h.update(f"{ref.path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{ref.step}\n".encode())
+    h.update(f"{__version__}|{projection}|{seed}\n".encode())
+    for layer in plan.layers:
+        for src in layer.sources:
+            h.update(f"{layer.label}|{layer.dim}|{src.tensor}|{src.axis}|".encode())
+            h.update(np.ascontiguousarray(src.index, dtype=np.int64).tobytes())
+    return h.hexdigest()[:32]
+
+
+def cached_keyframe_layouts(plan: Plan, projection: str = "pca", seed: int = 0,
+                            progress: Progress = Progress(), use_cache: bool = True) -> Keyframes:
+    """:func:`keyframe_layouts`, memoised on disk (see :func:`cache_dir`).
+
+    A cache that cannot be read or written is ignored: it only ever saves time.
+    """
+    if not use_cache:
+        return keyframe_layouts(plan, projection, seed, progress)
+    path = cache_dir() / f"layouts-{_cache_key(plan, projection, seed)}.npz"
+    try:
+        with np.load(path) as z:
+            keys = Keyframes(z["P"], int(z["nonfinite"]))
+        if keys.P.shape == (len(plan.refs), plan.starts[-1], 2):
+            return keys
+    except (OSError, ValueError, KeyError):
+        pass
+    keys = keyframe_layouts(plan, projection, seed, progress)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+        with open(tmp, "wb") as f:
+            np.savez(f, P=keys.P, nonfinite=keys.nonfinite)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return keys
 
 
 def keyframe_layouts(plan: Plan, projection: str = "pca", seed: int = 0,
@@ -199,7 +252,7 @@ def render(config: RenderConfig, progress: Progress = Progress()) -> RenderResul
     cfg = config.validated()
     t_start = time.perf_counter()
     plan = make_plan(cfg.checkpoints, cfg.max_points, cfg.seed)
-    keys = keyframe_layouts(plan, cfg.projection, cfg.seed, progress)
+    keys = cached_keyframe_layouts(plan, cfg.projection, cfg.seed, progress, cfg.cache)
     loaded = time.perf_counter() - t_start
 
     film = _prepare(plan, keys, cfg)

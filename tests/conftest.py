@@ -44,6 +44,12 @@ def write_run(folder: Path, n=4, seed=0, name="step_{step:06d}.safetensors", eve
     return folder
 
 
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """Each test gets its own layout cache, never the user's."""
+    monkeypatch.setenv("LAYERFILM_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
 @pytest.fixture
 def run_dir(tmp_path) -> Path:
     return write_run(tmp_path / "run")

@@ -89,7 +89,7 @@ def test_options_reach_the_config(tmp_path, run_dir, monkeypatch):
 def test_help_documents_every_option():
     text = runner.invoke(app, ["render", "--help"], env={"COLUMNS": "200"}).output
     for opt in ["--fps", "--frames-per-keyframe", "--size", "--projection", "--max-points", "--seed",
-                "--cmap", "--color-scale", "--jobs", "--quiet"]:
+                "--cmap", "--color-scale", "--jobs", "--no-cache", "--quiet"]:
         assert opt in text
 
 
@@ -218,3 +218,40 @@ def test_a_failing_job_leaves_nothing(tmp_path, run_dir, monkeypatch):
                                  "--fps", "9", "--jobs", "2", "-q"])
     assert result.exit_code == 1 and "disk full" in result.output
     assert list(out.iterdir()) == []
+
+
+def test_layout_cache_skips_loading_and_is_invalidated(tmp_path, run_dir, monkeypatch):
+    import os
+
+    opened = []
+    original = pipeline.checkpoints.open_checkpoint
+    monkeypatch.setattr(pipeline.checkpoints, "open_checkpoint", lambda p: opened.append(p) or original(p))
+    first = pipeline.cached_keyframe_layouts(pipeline.make_plan(run_dir))
+    assert len(opened) == 1 + 4  # the plan's header read + one per keyframe
+    opened.clear()
+    again = pipeline.cached_keyframe_layouts(pipeline.make_plan(run_dir))
+    assert len(opened) == 1 and np.array_equal(first.P, again.P)
+    # Another colormap / size / format through the CLI: still no keyframe is read.
+    args = ["render", str(run_dir), str(tmp_path / "a.gif"), "--fps", "2", "-q"]
+    assert runner.invoke(app, args + ["--cmap", "viridis", "--size", "320x200"]).exit_code == 0
+    assert len(opened) == 2
+    # Other layout options, a touched checkpoint, or --no-cache: read again.
+    opened.clear()
+    pipeline.cached_keyframe_layouts(pipeline.make_plan(run_dir), seed=1)
+    assert len(opened) == 5
+    ckpt = run_dir / "step_000200.safetensors"
+    os.utime(ckpt, ns=(ckpt.stat().st_atime_ns, ckpt.stat().st_mtime_ns + 10**9))
+    opened.clear()
+    pipeline.cached_keyframe_layouts(pipeline.make_plan(run_dir))
+    assert len(opened) == 5
+    opened.clear()
+    assert runner.invoke(app, args + ["--no-cache"]).exit_code == 0
+    assert len(opened) == 5
+
+
+def test_corrupt_cache_is_ignored(tmp_path, run_dir):
+    keys = pipeline.cached_keyframe_layouts(pipeline.make_plan(run_dir))
+    for f in pipeline.cache_dir().glob("*.npz"):
+        f.write_bytes(b"garbage")
+    again = pipeline.cached_keyframe_layouts(pipeline.make_plan(run_dir))
+    assert np.array_equal(keys.P, again.P)
