@@ -109,6 +109,9 @@ def render(
     jobs: Annotated[int, typer.Option(
         "--jobs", "-j", help="Render and encode the film in this many chunks in parallel, joined "
         "without re-encoding (.webp always uses 1).")] = 1,
+    frames: Annotated[Optional[Path], typer.Option(
+        "--frames", help="Also write every frame as a lossless PNG (frame_000000.png, ...) into "
+        "this new or empty folder.", show_default=False)] = None,
     cache: Annotated[bool, typer.Option(
         help="Reuse keyframe layouts cached on disk (keyed by the checkpoints' path, size and "
              "mtime and the layout options), so re-rendering with another colormap, size or "
@@ -122,7 +125,7 @@ def render(
     config = RenderConfig(
         checkpoints=checkpoints, output=output, fps=fps, frames_per_keyframe=frames_per_keyframe,
         size=parse_size(size), projection=projection, max_points=max_points, seed=seed, cmap=cmap,
-        color_scale=color_scale, jobs=jobs, cache=cache,
+        color_scale=color_scale, jobs=jobs, cache=cache, frames_dir=frames,
     ).validated()
     result = run(config, _RichProgress(quiet or not sys.stderr.isatty()))
     mb = result.bytes / 1e6

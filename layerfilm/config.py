@@ -47,6 +47,7 @@ class RenderConfig:
     color_scale: str = "log"
     jobs: int = 1
     cache: bool = True
+    frames_dir: Path | None = None
 
     @property
     def format(self) -> str:
@@ -87,6 +88,12 @@ class RenderConfig:
             raise ConfigError(
                 f"--color-scale must be one of {', '.join(COLOR_SCALES)}, got {self.color_scale!r}"
             )
+        if self.frames_dir is not None:
+            d = self.frames_dir
+            if d.exists() and (not d.is_dir() or any(d.iterdir())):
+                raise ConfigError("--frames needs a new or empty folder", d)
+            if not d.resolve().parent.exists():
+                raise ConfigError("the parent folder of --frames does not exist", d)
         if not 1 <= self.jobs <= 64:
             raise ConfigError(f"--jobs must be between 1 and 64, got {self.jobs}")
         import matplotlib

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -47,6 +48,9 @@ FORMATS: dict[str, Encoder] = {
     "mkv": Encoder("rgb24", ("-c:v", "ffv1", "-level", "3", "-pix_fmt", "bgr0", "-slices", "4",
                              "-g", "1"), "matroska"),
 }
+# PNG frames (--frames DIR): written into a folder, numbered frame_000000.png, ...
+PNG_FRAMES = Encoder("rgb24", ("-c:v", "png", "-pix_fmt", "rgb24"), "image2")
+FRAME_PATTERN = "frame_%06d.png"
 
 
 def ffmpeg_exe() -> str:
@@ -73,11 +77,12 @@ class FilmWriter:
     """
 
     def __init__(self, path: str | os.PathLike, size: tuple[int, int], fps: int, fmt: str,
-                 palette: np.ndarray):
+                 palette: np.ndarray, start_number: int = 0):
         self.path = Path(path)
         self.size = size
         self.fps = fps
-        self.encoder = FORMATS[fmt]
+        self.encoder = PNG_FRAMES if fmt == "png" else FORMATS[fmt]
+        self.start_number = start_number
         self.palette = np.ascontiguousarray(palette, dtype=np.uint8)
         self._pal_bytes = palette_bytes(self.palette)
         w, h = size
@@ -95,13 +100,19 @@ class FilmWriter:
             ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
             "-f", "rawvideo", "-pix_fmt", self.encoder.pix_fmt_in, "-s", f"{w}x{h}",
             "-r", str(self.fps), "-i", "-",
-            "-an", *self.encoder.args, "-f", self.encoder.muxer, "OUTPUT",
+            "-an", *self.encoder.args, "-f", self.encoder.muxer,
+            *(("-start_number", str(self.start_number)) if self.encoder is PNG_FRAMES else ()),
+            "OUTPUT",
         ]
 
     def __enter__(self) -> "FilmWriter":
-        self._tmp = _temporary_beside(self.path)
         cmd = self.command
-        cmd[-1] = str(self._tmp)
+        if self.encoder is PNG_FRAMES:
+            # ``path`` is a folder that already exists (see FramesFolder); nothing to rename.
+            cmd[-1] = str(self.path / FRAME_PATTERN)
+        else:
+            self._tmp = _temporary_beside(self.path)
+            cmd[-1] = str(self._tmp)
         self._log = tempfile.TemporaryFile()
         try:
             self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
@@ -139,8 +150,9 @@ class FilmWriter:
             message = self._stderr()
             self._abort()
             raise EncodeError(f"ffmpeg failed (exit {rc}): {message}", self.path)
-        _publish(self._tmp, self.path)
-        self._tmp = None
+        if self._tmp is not None:
+            _publish(self._tmp, self.path)
+            self._tmp = None
         self._cleanup()
 
     def _stderr(self) -> str:
@@ -177,9 +189,7 @@ def _temporary_beside(path: Path) -> Path:
 def _publish(tmp: Path, path: Path) -> None:
     """Atomically move a finished file into place, with the usual umask-based mode
     (mkstemp makes files private)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    os.chmod(tmp, 0o666 & ~_umask())
     os.replace(tmp, path)
 
 
@@ -202,3 +212,33 @@ def join(chunks: list[Path], path: Path, fmt: str) -> list[str]:
         tmp.unlink(missing_ok=True)
         listing.unlink(missing_ok=True)
     return cmd
+
+
+class FramesFolder:
+    """A hidden temporary folder beside ``path`` that becomes ``path`` only on success.
+
+    ``path`` must not exist or be an empty folder, so no earlier frames are mixed in or lost.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.tmp: Path | None = None
+
+    def __enter__(self) -> Path:
+        self.tmp = Path(tempfile.mkdtemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".part"))
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            if self.path.exists():
+                self.path.rmdir()  # empty, checked by the config
+            os.chmod(self.tmp, 0o777 & ~_umask())
+            os.replace(self.tmp, self.path)
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask

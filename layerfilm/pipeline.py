@@ -216,12 +216,16 @@ def _prepare(plan: Plan, keys: Keyframes, cfg: RenderConfig) -> _Film:
 
 
 def _write_frames(film: _Film, frames: range, path: Path, cfg: RenderConfig, palette: np.ndarray,
-                  advance: Callable[[int], None], stop: threading.Event) -> tuple[float, float, list[str]]:
-    """Render ``frames`` into one film at ``path``; returns (render s, encode s, ffmpeg command)."""
+                  advance: Callable[[int], None], stop: threading.Event,
+                  png_dir: Path | None) -> tuple[float, float, list[str]]:
+    """Render ``frames`` into one film at ``path`` (and PNGs into ``png_dir``); returns
+    (render s, encode s, ffmpeg command)."""
     make = _FrameMaker(film)
     render_s = encode_s = 0.0
     writer = encode.FilmWriter(path, cfg.size, cfg.fps, cfg.format, palette)
-    with writer:
+    pngs = (encode.FilmWriter(png_dir, cfg.size, cfg.fps, "png", palette, frames.start)
+            if png_dir is not None else contextlib.nullcontext())
+    with writer, pngs:
         for f in frames:
             if stop.is_set():
                 raise _Stopped()
@@ -229,6 +233,8 @@ def _write_frames(film: _Film, frames: range, path: Path, cfg: RenderConfig, pal
             frame = make(f)
             t1 = time.perf_counter()
             writer.write(frame)
+            if png_dir is not None:
+                pngs.write(frame)
             render_s += t1 - t0
             encode_s += time.perf_counter() - t1
             advance(1)
@@ -262,17 +268,18 @@ def render(config: RenderConfig, progress: Progress = Progress()) -> RenderResul
     bounds = np.linspace(0, n, jobs + 1).round().astype(int)
     chunks = [range(bounds[j], bounds[j + 1]) for j in range(jobs)]
     stop = threading.Event()
-    with progress.stage(f"Rendering {cfg.output.name}", n) as advance:
+    folder = encode.FramesFolder(cfg.frames_dir) if cfg.frames_dir else contextlib.nullcontext()
+    with progress.stage(f"Rendering {cfg.output.name}", n) as advance, folder as png_dir:
         if jobs == 1:
-            results = [_write_frames(film, chunks[0], cfg.output, cfg, palette, advance, stop)]
+            results = [_write_frames(film, chunks[0], cfg.output, cfg, palette, advance, stop, png_dir)]
             command = results[0][2]
         else:
             parts = [cfg.output.with_name(f".{cfg.output.name}.chunk{j}{cfg.output.suffix}")
                      for j in range(jobs)]
             try:
                 with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
-                    futures = [pool.submit(_write_frames, film, c, p, cfg, palette, advance, stop)
-                               for c, p in zip(chunks, parts)]
+                    futures = [pool.submit(_write_frames, film, c, p, cfg, palette, advance, stop,
+                                           png_dir) for c, p in zip(chunks, parts)]
                     try:
                         results = [f.result() for f in futures]
                     except BaseException:

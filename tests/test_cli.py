@@ -89,7 +89,7 @@ def test_options_reach_the_config(tmp_path, run_dir, monkeypatch):
 def test_help_documents_every_option():
     text = runner.invoke(app, ["render", "--help"], env={"COLUMNS": "200"}).output
     for opt in ["--fps", "--frames-per-keyframe", "--size", "--projection", "--max-points", "--seed",
-                "--cmap", "--color-scale", "--jobs", "--no-cache", "--quiet"]:
+                "--cmap", "--color-scale", "--jobs", "--frames", "--no-cache", "--quiet"]:
         assert opt in text
 
 
@@ -255,3 +255,28 @@ def test_corrupt_cache_is_ignored(tmp_path, run_dir):
         f.write_bytes(b"garbage")
     again = pipeline.cached_keyframe_layouts(pipeline.make_plan(run_dir))
     assert np.array_equal(keys.P, again.P)
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_png_frames_equal_the_film(tmp_path, run_dir, sent, jobs):
+    import imageio_ffmpeg  # noqa: F401  (decode below uses it)
+
+    pngs = tmp_path / "frames"
+    result = runner.invoke(app, ["render", str(run_dir), str(tmp_path / "f.mkv"), "--size", "160x96",
+                                 "--fps", "3", "--frames", str(pngs), "--jobs", jobs, "-q"])
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in pngs.iterdir())
+    assert names == [f"frame_{i:06d}.png" for i in range(10)]
+    film = decode(tmp_path / "f.mkv")
+    for i, name in enumerate(names):
+        assert np.array_equal(decode(pngs / name)[0], film[i]), name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.mkv", "frames", "run"]
+
+
+def test_frames_folder_must_be_new_or_empty(tmp_path, run_dir):
+    pngs = tmp_path / "frames"
+    pngs.mkdir()
+    (pngs / "keep.txt").write_text("mine")
+    result = runner.invoke(app, ["render", str(run_dir), str(tmp_path / "f.gif"), "--frames", str(pngs)])
+    assert result.exit_code == 2 and "--frames needs a new or empty folder" in result.output
+    assert [p.name for p in pngs.iterdir()] == ["keep.txt"]
