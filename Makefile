@@ -30,6 +30,10 @@ demo: $(VENV)/.base
 test: $(VENV)/.dev
 	$(PY) -m pytest -q
 
+# Benchmarks (prints ratios; see bench/bench.py). BENCH_ARGS=--quick for a small run.
+bench: $(VENV)/.dev
+	$(PY) bench/bench.py $(BENCH_ARGS)
+
 # Regenerate sample_checkpoints/ (trains the small grokking transformer; a few minutes on CPU).
 sample: $(VENV)/.dev
 	$(PY) scripts/make_sample.py --out sample_checkpoints

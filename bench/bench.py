@@ -5,8 +5,8 @@ matplotlib peer, all measured in this one run.  Prints ratios; asserts nothing.
     python bench/bench.py --quick    # a small run to check the machinery (~1 minute)
 
 Columns:
-  layerfilm   wall time of `layerfilm render` (a fresh process, numba cache warm), split into
-              load+project / render / encode as the pipeline reports them
+  layerfilm   wall time of `layerfilm render` (a fresh process, numba cache warm, layout cache
+              off), split into load+project / render / encode as the pipeline reports them
   floor       the same ffmpeg command fed the same frames from a raw file (encode-only)
   lf/floor    layerfilm / floor  (1.0 = layerfilm costs nothing beyond ffmpeg itself)
   peer        a matplotlib loop (one subplot per layer, set_offsets, canvas.draw, FFMpegWriter),
@@ -83,18 +83,23 @@ if capture:  # record the exact bytes sent to ffmpeg, for the encode-only floor
     encode.FilmWriter.write = write
 t = time.perf_counter()
 r = render(RenderConfig(Path(a["ckpts"]), Path(a["out"]), fps=a["fps"], frames_per_keyframe=a["fpk"],
-                        size=tuple(a["size"]), max_points=a["max_points"]))
+                        size=tuple(a["size"]), max_points=a["max_points"], jobs=a.get("jobs", 1),
+                        cache=a.get("cache", False)))
 wall = time.perf_counter() - t
 print(json.dumps(dict(wall=wall, seconds=r.seconds, frames=r.frames, bytes=r.bytes, command=r.command,
                       rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))
 """
 
 
-def run_layerfilm(args: dict) -> dict:
-    out = subprocess.run([sys.executable, "-c", RENDER, json.dumps(args)], capture_output=True, text=True)
+def run_layerfilm(args: dict, env: dict | None = None) -> dict:
+    t = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", RENDER, json.dumps(args)], capture_output=True, text=True,
+                         env=None if env is None else {**os.environ, **env})
     if out.returncode != 0:
         sys.exit(f"layerfilm render failed:\n{out.stderr}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    r["process"] = time.perf_counter() - t  # including interpreter start, imports, numba load
+    return r
 
 
 def run_floor(command: list[str], raw: Path, out: Path) -> float:
@@ -165,7 +170,14 @@ def main() -> None:
     print(f"series: {blocks} blocks x {8 * d} points (d_model {d}), {keyframes} keyframes "
           f"[{time.perf_counter() - t:.0f} s to make]; film {size[0]}x{size[1]}, {a.fpk} frames per keyframe")
     base = dict(ckpts=str(ckpts), fps=25, fpk=a.fpk, size=size, max_points=max_points)
-    # Warm numba's on-disk cache so no row pays for compilation.
+    # Start-up: a tiny render with an empty numba cache (compiles), then again (loads the cache).
+    tiny = make_series(work / "ckpts-tiny", 2, 16, 2)
+    small = dict(ckpts=str(tiny), fps=2, fpk=1, size=(128, 96), max_points=100, out=str(work / "tiny.gif"))
+    with tempfile.TemporaryDirectory() as numba_cache:
+        env = {"NUMBA_CACHE_DIR": numba_cache}
+        cold = run_layerfilm(small, env)["process"]
+        warm = run_layerfilm(small, env)["process"]
+    # Warm numba's own on-disk cache so no row pays for compilation.
     run_layerfilm(dict(base, out=str(work / "warm.gif"), fpk=1))
 
     rows = []
@@ -180,6 +192,14 @@ def main() -> None:
             r = run_layerfilm(dict(base, out=str(work / f"film.{fmt}")))
         floor = run_floor(r["command"], raws[pix], work / f"floor.{fmt}")
         rows.append((fmt, r, floor))
+    # --jobs 2 against the 1-job rows above.
+    jobs2 = {fmt: run_layerfilm(dict(base, out=str(work / f"film2.{fmt}"), jobs=2))
+             for fmt in a.formats.split(",") if fmt in ("gif", "webm")}
+    # Layout cache: the first render fills it, a re-render with another colormap/size reuses it.
+    with tempfile.TemporaryDirectory() as cache:
+        env = {"LAYERFILM_CACHE_DIR": cache}
+        fill = run_layerfilm(dict(base, out=str(work / "c1.gif"), cache=True), env)
+        reuse = run_layerfilm(dict(base, out=str(work / "c2.gif"), cache=True), env)
     peer = run_peer(ckpts, size, a.fpk, a.peer_frames, max_points, work)
     for raw in raws.values():
         raw.unlink()
@@ -197,6 +217,14 @@ def main() -> None:
               f"{r['bytes'] / 1e6:>7.1f} {r['rss_mb']:>7.0f}")
     lp = rows[0][1]["seconds"]["load+project"] / rows[0][1]["wall"]
     print(f"\nload+project share of the {rows[0][0]} run: {lp:.1%}")
+    one = {fmt: r for fmt, r, _ in rows}
+    for fmt, r in jobs2.items():
+        print(f"--jobs 2, {fmt}: {r['wall']:.1f} s; 1 job / 2 jobs = {one[fmt]['wall'] / r['wall']:.2f}x")
+    print(f"layout cache, gif: {fill['wall']:.1f} s filling it, {reuse['wall']:.1f} s reusing it "
+          f"(load+project {fill['seconds']['load+project']:.1f} s -> {reuse['seconds']['load+project']:.2f} s; "
+          f"speed-up {fill['wall'] / reuse['wall']:.2f}x)")
+    print(f"start-up (tiny render, whole process): {cold:.1f} s with an empty numba cache, "
+          f"{warm:.1f} s with it filled ({cold / warm:.1f}x)")
 
 
 if __name__ == "__main__":

@@ -171,6 +171,7 @@ class SafetensorsFile:
         meta = header.pop("__metadata__", None) or {}
         self.metadata = {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
         self._data_start = 8 + n
+        self._map: np.memmap | None = None
         data_len = size - self._data_start
         self._entries: dict[str, tuple[str, tuple[int, ...], int]] = {}
         for name, e in header.items():
@@ -207,9 +208,11 @@ class SafetensorsFile:
         if math.prod(shape) == 0:
             arr = np.zeros(shape, dtype=np.float32)
         else:
-            arr = np.memmap(
-                self.path, dtype=_DTYPES[dtype], mode="r", offset=self._data_start + begin, shape=shape
-            )
+            if self._map is None:  # one mapping per file, views per tensor
+                self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
+            start = self._data_start + begin
+            nbytes = math.prod(shape) * _DTYPES[dtype].itemsize
+            arr = self._map[start:start + nbytes].view(_DTYPES[dtype]).reshape(shape)
         if index is not None:
             arr = arr[index] if axis == 0 else arr[:, index].T
         return _to_float32(np.asarray(arr), dtype)
