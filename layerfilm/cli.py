@@ -160,7 +160,7 @@ def info(
                  max_points=max_points).validated()
     plan = make_plan(checkpoints, max_points)
     steps = plan.steps
-    gaps = sorted(set(int(g) for g in __import__("numpy").diff(steps)))
+    gaps = sorted({int(b - a) for a, b in zip(steps[:-1], steps[1:])})
     every = f"every {gaps[0]}" if len(gaps) == 1 else f"gaps {gaps[0]}..{gaps[-1]}"
     fpk = frames_per_keyframe or fps
     frames = (len(steps) - 1) * fpk + 1
