@@ -133,6 +133,7 @@ def keyframe_layouts(plan: Plan, projection: str = "pca", seed: int = 0,
     sharing cores with any other busy process (a training run, ffmpeg) was measured 20-60x
     slower than one thread.
     """
+    import scipy.linalg  # noqa: F401  (scipy has its own BLAS: load it before limiting threads)
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1, user_api="blas"):

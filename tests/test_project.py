@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from conftest import write_run  # noqa: F401
 from layerfilm.project import align, axis_ranges, pca_2d, procrustes_rotation, project_keyframe
 
 
@@ -99,3 +100,23 @@ def test_umap_is_warm_started_and_aligned():
                for i in range(3) for j in range(i))
     assert gaps > 3 * spread
     assert np.median(np.linalg.norm(second - first, axis=1)) < 0.25 * gaps
+
+
+def test_projection_runs_every_blas_single_threaded(run_dir, monkeypatch):
+    # numpy and scipy each bundle an OpenBLAS; a multi-threaded one beside any busy process
+    # (training, ffmpeg) made projection 20-60x slower.  Both must be limited while projecting.
+    from threadpoolctl import threadpool_info
+
+    import layerfilm.project as project
+    from layerfilm.pipeline import keyframe_layouts, make_plan
+
+    seen = []
+    original = project.pca_2d
+
+    def spy(X, seed=0):
+        seen.append([i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"])
+        return original(X, seed)
+
+    monkeypatch.setattr(project, "pca_2d", spy)
+    keyframe_layouts(make_plan(run_dir))
+    assert seen and all(threads and set(threads) == {1} for threads in seen)
