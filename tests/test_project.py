@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 
-from conftest import write_run  # noqa: F401
 from layerfilm.project import align, axis_ranges, pca_2d, procrustes_rotation, project_keyframe
 
 
