@@ -3,15 +3,16 @@
 
 Trains a pre-LN GPT-style decoder (nanoGPT parameter names) on ``a + b mod p``
 with full-batch AdamW and strong weight decay, the classic grokking recipe
-(Power et al. 2022; Nanda et al. 2023). Writes into ``--out``:
+(Power et al. 2022; Nanda et al. 2023). Clears the old ``step_*.safetensors`` in
+``--out``, then writes:
 
 * ``step_XXXXXX.safetensors`` every ``--ckpt-every`` steps (float16, with
   step / loss / val_loss / train_acc / val_acc in the header metadata),
 * ``metrics.jsonl`` with one JSON object every ``--log-every`` steps,
 * ``README.md`` describing the run.
 
-Everything is seeded and runs on one CPU thread, so a rerun reproduces the
-same numbers (given the same torch build).
+Everything is seeded and runs on one CPU thread, so a rerun with the same torch
+build reproduces the files byte for byte (about 10 minutes).
 
 Usage:  python scripts/make_sample.py [--out sample_checkpoints] [--steps N] [--seed S]
 """
@@ -20,8 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
+import struct
 import sys
 import time
 from pathlib import Path
@@ -148,29 +149,61 @@ def fourier_summary(wte: np.ndarray, p: int, top: int = 6):
     return [(int(k + 1), float(frac[k])) for k in order]
 
 
+def ring_alignment(wte: np.ndarray, p: int, k: int) -> float:
+    """Project ``wte[:p]`` onto the plane of its frequency-k Fourier component and
+    return |mean exp(i(angle_a - 2 pi k a / p))|, best over both orientations:
+    1.0 when residue a sits at angle 2 pi k a / p on a ring (up to rotation)."""
+    E = wte[:p].astype(np.float64)
+    E = E - E.mean(axis=0, keepdims=True)
+    Fk = np.fft.rfft(E, axis=0)[k]
+    Q, _ = np.linalg.qr(np.stack([Fk.real, Fk.imag], axis=1))
+    X = E @ Q
+    theta = np.arctan2(X[:, 1], X[:, 0])
+    a = np.arange(p)
+    return max(float(abs(np.mean(np.exp(1j * (theta - s * 2 * np.pi * k * a / p))))) for s in (1, -1))
+
+
+# --------------------------------------------------------------------------- output
+def save_checkpoint(tensors: dict, path: Path, meta: dict) -> None:
+    """``safetensors.torch.save_file``, then put the JSON header in a fixed key order.
+
+    safetensors writes the metadata in hash-map order, which differs from run to
+    run; rewriting the header (same content, same length) in a canonical order
+    makes reruns byte-identical.
+    """
+    save_file(tensors, str(path), metadata=meta)
+    with open(path, "r+b") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(n))
+        md = header.pop("__metadata__")
+        canon = {"__metadata__": {k: md[k] for k in meta}}
+        for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"]):
+            canon[name] = info
+        raw = json.dumps(canon, separators=(",", ":")).encode()
+        if len(raw) <= n:  # always true: same content, without whitespace
+            fh.seek(8)
+            fh.write(raw + b" " * (n - len(raw)))
+
+
 # --------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="sample_checkpoints", help="output directory")
-    ap.add_argument("--steps", type=int, default=5000, help="number of optimiser steps")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--p", type=int, default=97, help="modulus (prime)")
+    ap.add_argument("--out", default="sample_checkpoints", help="output directory (default: %(default)s)")
+    ap.add_argument("--steps", type=int, default=5000, help="optimiser steps (default: %(default)s)")
+    ap.add_argument("--seed", type=int, default=0, help="seeds the split and the init (default: %(default)s)")
+    ap.add_argument("--p", type=int, default=97, help="modulus, a prime (default: %(default)s)")
     ap.add_argument("--train-frac", type=float, default=0.3)
     ap.add_argument("--n-layer", type=int, default=4)
     ap.add_argument("--d-model", type=int, default=48)
     ap.add_argument("--n-head", type=int, default=4)
     ap.add_argument("--d-ff", type=int, default=96)
-    ap.add_argument("--bias", action=argparse.BooleanOptionalAction, default=True,
-                    help="biases in the Linear layers (LayerNorms always have them)")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--wd", type=float, default=1.0)
     ap.add_argument("--decay-all", action="store_true",
-                    help="also decay 1-D params (LayerNorm, biases); default: matrices only")
-    ap.add_argument("--emb-wd", type=float, default=None,
-                    help="weight decay for wte/wpe (default: same as --wd)")
+                    help="weight-decay LayerNorm parameters and biases too (default: weight "
+                         "matrices and embeddings only, the nanoGPT convention)")
     ap.add_argument("--beta2", type=float, default=0.98)
-    ap.add_argument("--eps", type=float, default=1e-8, help="AdamW epsilon")
-    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=10, help="linear lr warm-up steps")
     ap.add_argument("--ckpt-every", type=int, default=100)
     ap.add_argument("--log-every", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1)
@@ -182,131 +215,138 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     torch.use_deterministic_algorithms(True)
 
+    p = args.p
+    xtr, ytr, xva, yva = make_data(p, args.train_frac, args.seed)
+    model = GPT(p + 1, 3, args.n_layer, args.d_model, args.n_head, args.d_ff)
+    n_params = sum(t.numel() for t in model.state_dict().values())
+    n_ckpt = args.steps // args.ckpt_every + 1
+    est = n_ckpt * (2 * n_params + 3000) + 100_000  # + headers, metrics.jsonl, README
+    print(f"params={n_params:,}  checkpoint~{2 * n_params / 1e3:.0f} kB  "
+          f"{n_ckpt} checkpoints  ~{est / 1e6:.2f} MB", flush=True)
+    if est > SIZE_LIMIT_BYTES:
+        print(f"error: ~{est / 1e6:.1f} MB would exceed the 15 MB budget; "
+              f"lower --steps or the model size", file=sys.stderr)
+        return 2
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for f in out.glob("step_*.safetensors"):
         f.unlink()
 
-    p = args.p
-    xtr, ytr, xva, yva = make_data(p, args.train_frac, args.seed)
-    model = GPT(p + 1, 3, args.n_layer, args.d_model, args.n_head, args.d_ff, bias=args.bias)
-    n_params = sum(t.numel() for t in model.state_dict().values())
-    n_ckpt = args.steps // args.ckpt_every + 1
-    est = n_ckpt * (2 * n_params + 2500)
-    print(
-        f"params={n_params:,}  ckpt~{2 * n_params / 1e3:.0f} kB  "
-        f"checkpoints={n_ckpt}  est. total={est / 1e6:.2f} MB",
-        flush=True,
-    )
-    if est > SIZE_LIMIT_BYTES:
-        print(f"error: estimated size {est / 1e6:.1f} MB exceeds the 15 MB budget", file=sys.stderr)
-        return 2
-
-    emb_wd = args.wd if args.emb_wd is None else args.emb_wd
-    groups = {"decay": [], "emb": [], "no_decay": []}
+    # weight decay on the matrices and embeddings (and, with --decay-all, on the rest)
+    groups = {"matrices": [], "embeddings": [], "other": []}
     for name, t in model.named_parameters():
         if name.startswith(("transformer.wte", "transformer.wpe")):
-            groups["emb"].append(t)
+            groups["embeddings"].append(t)
         elif t.dim() >= 2 or args.decay_all:
-            groups["decay"].append(t)
+            groups["matrices"].append(t)
         else:
-            groups["no_decay"].append(t)
-    wds = {"decay": args.wd, "emb": emb_wd, "no_decay": 0.0}
-    groups = [{"params": ps, "weight_decay": wds[k]} for k, ps in groups.items() if ps]
-    opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, args.beta2), eps=args.eps)
+            groups["other"].append(t)
+    wds = {"matrices": args.wd, "embeddings": args.wd, "other": 0.0}
+    opt = torch.optim.AdamW([{"params": ps, "weight_decay": wds[k]} for k, ps in groups.items() if ps],
+                            lr=args.lr, betas=(0.9, args.beta2))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, args.warmup)))
 
     metrics_path = out / "metrics.jsonl"
-    mf = open(metrics_path, "w")
-    first = {}  # first step val_acc crosses thresholds
+    first = {}  # first logged step at which a threshold is reached
     val_loss = val_acc = float("nan")
     t0 = time.time()
-    for step in range(args.steps + 1):
-        # metrics below describe the parameters *after* `step` updates
-        logits = model(xtr)
-        loss = F.cross_entropy(logits, ytr)
-        train_acc = (logits.argmax(-1) == ytr).float().mean().item()
-        need_ckpt = step % args.ckpt_every == 0
-        if step % args.log_every == 0 or need_ckpt:
-            with torch.no_grad():
-                vl = model(xva)
-                val_loss = F.cross_entropy(vl, yva).item()
-                val_acc = (vl.argmax(-1) == yva).float().mean().item()
-            for thr in (0.5, 0.9, 0.99):
-                if val_acc >= thr and thr not in first:
-                    first[thr] = step
-            rec = dict(step=step, loss=loss.item(), val_loss=val_loss, train_acc=train_acc, val_acc=val_acc)
-            mf.write(json.dumps(rec) + "\n")
-        if need_ckpt:
-            sd = {k: v.detach().to(torch.float16).contiguous().clone() for k, v in model.state_dict().items()}
-            meta = {
-                "step": str(step),
-                "loss": str(loss.item()),
-                "val_loss": str(val_loss),
-                "train_acc": str(train_acc),
-                "val_acc": str(val_acc),
-            }
-            save_file(sd, str(out / f"step_{step:06d}.safetensors"), metadata=meta)
-            print(
-                f"step {step:5d}  loss {loss.item():.4f}  val_loss {val_loss:.4f}  "
-                f"train_acc {train_acc:.3f}  val_acc {val_acc:.3f}  ({time.time() - t0:.0f}s)",
-                flush=True,
-            )
-        if step == args.steps:
-            break
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    mf.close()
+    with open(metrics_path, "w") as mf:
+        for step in range(args.steps + 1):
+            # everything logged at `step` describes the parameters after `step` updates
+            logits = model(xtr)
+            loss = F.cross_entropy(logits, ytr)
+            train_acc = (logits.argmax(-1) == ytr).float().mean().item()
+            need_ckpt = step % args.ckpt_every == 0
+            if step % args.log_every == 0 or need_ckpt:
+                with torch.no_grad():
+                    vl = model(xva)
+                    val_loss = F.cross_entropy(vl, yva).item()
+                    val_acc = (vl.argmax(-1) == yva).float().mean().item()
+                for key, v in (("train 0.99", train_acc), ("val 0.5", val_acc),
+                               ("val 0.9", val_acc), ("val 0.99", val_acc)):
+                    if key not in first and v >= float(key.split()[1]):
+                        first[key] = step
+                rec = dict(step=step, loss=loss.item(), val_loss=val_loss, train_acc=train_acc, val_acc=val_acc)
+                mf.write(json.dumps(rec) + "\n")
+            if need_ckpt:
+                sd = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
+                meta = {"step": str(step), "loss": str(loss.item()), "val_loss": str(val_loss),
+                        "train_acc": str(train_acc), "val_acc": str(val_acc)}
+                save_checkpoint(sd, out / f"step_{step:06d}.safetensors", meta)
+                print(f"step {step:5d}  loss {loss.item():.4f}  val_loss {val_loss:.4f}  "
+                      f"train_acc {train_acc:.3f}  val_acc {val_acc:.3f}  ({time.time() - t0:.0f}s)",
+                      flush=True)
+            if step == args.steps:
+                break
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
     wall = time.time() - t0
 
     wte = model.transformer.wte.weight.detach().numpy()
     freqs = fourier_summary(wte, p)
-    total = sum(f.stat().st_size for f in out.glob("step_*.safetensors")) + metrics_path.stat().st_size
+    k0 = freqs[0][0]
+    ring = ring_alignment(wte, p, k0)
 
-    def fmt(thr):
-        return str(first[thr]) if thr in first else "not reached"
+    def fmt(key):
+        return f"step {first[key]:,}" if key in first else "never"
 
+    wd_what = ("all parameters" if args.decay_all else
+               "the weight matrices and embeddings (not on LayerNorm parameters or biases)")
+    # No wall time or dates in here: a rerun must reproduce this file exactly.
     readme = f"""# Sample run: a small GPT grokking modular addition
 
-Generated by `scripts/make_sample.py` (regenerate with `make sample`). Do not edit by hand.
+Generated by `scripts/make_sample.py` (regenerate with `make sample`); do not edit by hand.
 
 ## Task
-`a + b mod {p}`. Input tokens `[a, b, '=']` (vocabulary {p + 1}: residues 0..{p - 1} plus `'='`
+`a + b mod {p}`. Input tokens `[a, b, '=']` (vocabulary {p + 1}: residues 0..{p - 1}, plus `'='`
 as token {p}); the answer is predicted at the last position. A fixed random
-{args.train_frac:.0%} of all {p}x{p} = {p * p} pairs ({len(ytr)}) is the training set,
-the other {len(yva)} pairs are the validation set.
+{args.train_frac:.0%} of all {p}x{p} = {p * p:,} pairs ({len(ytr):,}) is the training set,
+the other {len(yva):,} pairs are the validation set.
 
 ## Model
-Pre-LN GPT-style decoder in plain torch with nanoGPT parameter names
-(`transformer.wte`, `transformer.wpe`, `transformer.h.{{i}}.{{ln_1,attn.c_attn,attn.c_proj,ln_2,mlp.c_fc,mlp.c_proj}}`,
-`transformer.ln_f`, untied `lm_head`): {args.n_layer} blocks, d_model {args.d_model},
-{args.n_head} heads, d_ff {args.d_ff}, GELU, {n_params:,} parameters.
+Pre-LN GPT-style decoder (causal attention) in plain torch with nanoGPT parameter names:
+`transformer.wte`, `transformer.wpe`,
+`transformer.h.{{i}}.{{ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj}}`,
+`transformer.ln_f` and an untied `lm_head`. {args.n_layer} blocks, d_model {args.d_model},
+{args.n_head} heads, d_ff {args.d_ff}, ReLU MLP, biases in every Linear but `lm_head`,
+nanoGPT init (std 0.02), {n_params:,} parameters.
 
 ## Training
-Full-batch AdamW, lr {args.lr:g} ({args.warmup}-step linear warm-up, then constant),
-weight decay {args.wd:g} on all parameters, betas (0.9, {args.beta2:g}), {args.steps} steps,
-seed {args.seed}, 1 CPU thread ({wall:.0f} s wall time).
+Full-batch AdamW (the recipe of Power et al. 2022 and Nanda et al. 2023): lr {args.lr:g}
+({args.warmup}-step linear warm-up, then constant), betas (0.9, {args.beta2:g}), weight decay
+{args.wd:g} on {wd_what};
+{args.steps:,} steps, seed {args.seed}, one CPU thread (about 10 minutes).
 
 ## Result
-* validation accuracy first >= 50% at step {fmt(0.5)}, >= 90% at step {fmt(0.9)},
-  >= 99% at step {fmt(0.99)} (grokking; train accuracy reaches ~100% long before).
-* final: train loss {loss.item():.4g}, train acc {train_acc:.4f}, val loss {val_loss:.4g}, val acc {val_acc:.4f}.
-* Token embedding `wte[:{p}]`, DFT over the residue axis: the energy concentrates on a few
-  frequencies k (share of non-constant energy): {", ".join(f"k={k} {s:.0%}" for k, s in freqs)}.
+* Train accuracy first >= 99% at {fmt("train 0.99")}. Validation accuracy stays near chance,
+  then first reaches >= 50% at {fmt("val 0.5")}, >= 90% at {fmt("val 0.9")} and >= 99% at
+  {fmt("val 0.99")}: grokking.
+* Final (step {args.steps:,}): train loss {loss.item():.4g}, train acc {train_acc:.4f},
+  val loss {val_loss:.4g}, val acc {val_acc:.4f}.
+* After memorisation the training loss spikes briefly every few hundred steps (the
+  "slingshot" of adaptive optimisers, Thilak et al. 2022); validation accuracy jumps up right
+  after such spikes.
+* Token embedding `wte[:{p}]`, DFT over the residue axis, share of the non-constant energy:
+  {", ".join(f"k={k} {s:.0%}" for k, s in freqs)}: a few key frequencies, as Nanda et al. found.
+  Projected onto the cos/sin plane of k={k0}, residue a sits at angle ~2 pi {k0} a / {p} on a ring
+  (circular alignment |mean exp(i(angle - 2 pi {k0} a/{p}))| = {ring:.3f}; 1 is a perfect ring).
 
 ## Files
-* `step_XXXXXX.safetensors`: full state dict in float16 every {args.ckpt_every} steps
-  ({n_ckpt} files, step 0 to {args.steps}); header metadata holds `step`, `loss` (train),
-  `val_loss`, `train_acc`, `val_acc` as strings.
+* `step_XXXXXX.safetensors`: the full state dict in float16 every {args.ckpt_every} steps,
+  {n_ckpt} files from step 0 to step {args.steps:,}; the header metadata holds `step`,
+  `loss` (train), `val_loss`, `train_acc` and `val_acc` as strings.
 * `metrics.jsonl`: one JSON object every {args.log_every} steps with keys
-  `step`, `loss`, `val_loss`, `train_acc`, `val_acc`.
+  `step`, `loss` (train), `val_loss`, `train_acc`, `val_acc`.
 """
     (out / "README.md").write_text(readme)
-    total += (out / "README.md").stat().st_size
-    print(f"done in {wall:.0f}s; val_acc>=0.5 at {fmt(0.5)}, >=0.99 at {fmt(0.99)}; "
-          f"{n_ckpt} checkpoints, {total / 1e6:.2f} MB; top freqs {freqs}", flush=True)
+    total = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
+    print(f"done: {args.steps} steps in {wall:.0f}s; val acc >= 0.5 at {fmt('val 0.5')}, "
+          f">= 0.99 at {fmt('val 0.99')}; {n_ckpt} checkpoints; {out} holds {total / 1e6:.2f} MB; "
+          f"top wte frequencies {[(k, round(s, 3)) for k, s in freqs]}, ring alignment k={k0}: {ring:.3f}",
+          flush=True)
     if total > SIZE_LIMIT_BYTES:
         print("error: output exceeds the 15 MB budget", file=sys.stderr)
         return 2
