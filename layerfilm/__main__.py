@@ -1,3 +1,3 @@
-from .cli import app
+from .cli import main_entry
 
-app(prog_name="layerfilm")
+main_entry()

@@ -183,5 +183,25 @@ def info(
         out(f"skipped     {path}: {why}")
 
 
+def main_entry() -> None:
+    """The ``layerfilm`` console script: usage errors (a mistyped option, a value that is not a
+    number) also come out as one line, like every other error."""
+    try:
+        code = app(standalone_mode=False, prog_name="layerfilm")
+    except (typer.Abort, KeyboardInterrupt):
+        sys.stderr.write("layerfilm: error: interrupted; no output was written\n")
+        sys.exit(130)
+    except Exception as e:
+        # click's UsageError/BadParameter (typer vendors click, so match by interface).
+        if not (hasattr(e, "format_message") and hasattr(e, "exit_code")):
+            raise
+        message = " ".join(e.format_message().split())
+        if not message:  # no arguments at all: the help was just printed
+            sys.exit(e.exit_code)
+        sys.stderr.write(f"layerfilm: error: {message} (see layerfilm --help)\n")
+        sys.exit(e.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    main_entry()

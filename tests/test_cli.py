@@ -280,3 +280,29 @@ def test_frames_folder_must_be_new_or_empty(tmp_path, run_dir):
     result = runner.invoke(app, ["render", str(run_dir), str(tmp_path / "f.gif"), "--frames", str(pngs)])
     assert result.exit_code == 2 and "--frames needs a new or empty folder" in result.output
     assert [p.name for p in pngs.iterdir()] == ["keep.txt"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["render", "r", "o.webm", "--fps", "abc"], "Invalid value for '--fps'"),
+    (["render", "r", "o.webm", "--bogus"], "No such option: --bogus"),
+    (["render"], "Missing argument"),
+    (["nosuchcmd"], "No such command"),
+])
+def test_usage_errors_from_the_real_entry_point_are_one_line(args, message):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "layerfilm", *args], capture_output=True, text=True)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("layerfilm: error: ") and message in lines[0], out.stderr
+    assert out.stdout == ""
+
+
+def test_entry_point_success_and_help_exit_zero():
+    import subprocess
+    import sys
+
+    for args in (["--version"], ["render", "--help"], ["info", str(SAMPLE)]):
+        out = subprocess.run([sys.executable, "-m", "layerfilm", *args], capture_output=True, text=True)
+        assert out.returncode == 0 and out.stderr == "", (args, out.stderr)
