@@ -185,7 +185,14 @@ def info(
 
 def main_entry() -> None:
     """The ``layerfilm`` console script: usage errors (a mistyped option, a value that is not a
-    number) also come out as one line, like every other error."""
+    number) also come out as one line, like every other error.  SIGTERM (``kill``, make, CI
+    time-outs) is handled like Ctrl-C, so ffmpeg is stopped and no partial file is left."""
+    import signal
+
+    def _terminate(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         code = app(standalone_mode=False, prog_name="layerfilm")
     except (typer.Abort, KeyboardInterrupt):

@@ -136,7 +136,8 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
         assert not list(tmp_path.glob("o.*")) and not list(tmp_path.glob(".o.*"))
 
 
-def test_ctrl_c_kills_ffmpeg_and_leaves_no_file(tmp_path):
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_kills_ffmpeg_and_leaves_no_file(tmp_path, signame):
     import signal
     import subprocess
     import sys
@@ -148,14 +149,16 @@ def test_ctrl_c_kills_ffmpeg_and_leaves_no_file(tmp_path):
     # Its own session, so only layerfilm gets the SIGINT: it must stop ffmpeg itself.
     proc = subprocess.Popen([sys.executable, "-m", "layerfilm", "render", str(run), str(out),
                              "--fps", "200", "--size", "1280x720", "-q"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            # A shell's background job inherits SIGINT ignored: restore the default.
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 60
     while not list(out.parent.glob(".film.webm.*.part")) and time.time() < deadline \
             and proc.poll() is None:
         time.sleep(0.05)
     time.sleep(0.5)  # mid-film
     assert proc.poll() is None, proc.communicate()
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(getattr(signal, signame))
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert err.decode().strip() == "layerfilm: error: interrupted; no output was written"
