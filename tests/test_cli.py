@@ -309,3 +309,18 @@ def test_entry_point_success_and_help_exit_zero():
     for args in (["--version"], ["render", "--help"], ["info", str(SAMPLE)]):
         out = subprocess.run([sys.executable, "-m", "layerfilm", *args], capture_output=True, text=True)
         assert out.returncode == 0 and out.stderr == "", (args, out.stderr)
+
+
+def test_nonfinite_weights_are_hidden_and_reported(tmp_path, sent):
+    from safetensors.numpy import load_file, save_file
+
+    run = write_run(tmp_path / "run", n=3)
+    path = run / "step_000100.safetensors"
+    sd = load_file(str(path))
+    sd["transformer.wte.weight"][[2, 5]] = np.nan  # two token rows
+    sd["transformer.h.1.mlp.c_fc.weight"][7, 0] = np.inf  # one neuron
+    save_file(sd, str(path))
+    result = runner.invoke(app, ["render", str(run), str(tmp_path / "f.gif"), "--fps", "2", "-q"])
+    assert result.exit_code == 0, result.output
+    assert "warning: 3 point(s) had NaN/Inf weights and were not drawn" in result.output
+    assert len(sent) == 5
