@@ -18,8 +18,10 @@ Columns:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -112,6 +114,7 @@ def run_floor(command: list[str], raw: Path, out: Path) -> float:
 
 def run_peer(ckpts: Path, size, fpk: int, sample_frames: int, max_points: int, workdir: Path) -> float:
     """Seconds per frame of the hand-written matplotlib loop people use today."""
+    import imageio_ffmpeg
     import matplotlib
 
     matplotlib.use("Agg")
@@ -122,7 +125,7 @@ def run_peer(ckpts: Path, size, fpk: int, sample_frames: int, max_points: int, w
     from layerfilm.pipeline import keyframe_layouts, make_plan
 
     plan = make_plan(ckpts, max_points)
-    two = plan.__class__(plan.folder, plan.refs[:2], [], plan.layers, None)  # two keyframes suffice
+    two = dataclasses.replace(plan, refs=plan.refs[:2], loss=None)  # two keyframes suffice
     P = keyframe_layouts(two).P
     starts = plan.starts
     interp = Interpolator(P, keyframe_times(2, fpk))
@@ -140,7 +143,7 @@ def run_peer(ckpts: Path, size, fpk: int, sample_frames: int, max_points: int, w
             r = np.abs(P[:, starts[l]:starts[l + 1]]).max()
             ax.set_xlim(-r, r), ax.set_ylim(-r, r)
             scatters.append(ax.scatter(pts[:, 0], pts[:, 1], s=1, c="orange"))
-    matplotlib.rcParams["animation.ffmpeg_path"] = __import__("imageio_ffmpeg").get_ffmpeg_exe()
+    matplotlib.rcParams["animation.ffmpeg_path"] = imageio_ffmpeg.get_ffmpeg_exe()
     writer = FFMpegWriter(fps=25)
     t = time.perf_counter()
     with writer.saving(fig, str(workdir / "peer.mp4"), dpi):
@@ -206,7 +209,7 @@ def main() -> None:
     peer = run_peer(ckpts, size, a.fpk, a.peer_frames, max_points, work)
     for raw in raws.values():
         raw.unlink()
-    __import__("shutil").rmtree(cache, ignore_errors=True)
+    shutil.rmtree(cache, ignore_errors=True)
 
     frames = rows[0][1]["frames"]
     print(f"\n{frames} frames per film; peer measured on {a.peer_frames} frames: {peer * 1e3:.0f} ms/frame\n")

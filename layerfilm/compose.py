@@ -42,13 +42,21 @@ def text_mask(text: str, px: int) -> tuple[np.ndarray, int]:
         return mask, mask.shape[0] - int(round(font.get_descent() / 64))
 
 
-def draw_text(frame: np.ndarray, text: str, px: int, x: int, baseline: int, align: str = "left",
-              dim: bool = False) -> None:
-    """Draw ``text`` into the index ``frame`` with its baseline at row ``baseline``."""
+@functools.lru_cache(maxsize=512)
+def _text_indices(text: str, px: int, dim: bool) -> tuple[np.ndarray, np.ndarray, int]:
+    """``text`` as grey-ramp palette indices, its coverage mask and baseline row (cached, so
+    the per-frame header costs only a copy)."""
     mask, base = text_mask(text, px)
     if dim:
         mask = (mask.astype(np.uint16) * 150 // 255).astype(np.uint8)
-    h, w = mask.shape
+    return shade.text_index(mask), mask > 0, base
+
+
+def draw_text(frame: np.ndarray, text: str, px: int, x: int, baseline: int, align: str = "left",
+              dim: bool = False) -> None:
+    """Draw ``text`` into the index ``frame`` with its baseline at row ``baseline``."""
+    idx, covered, base = _text_indices(text, px, dim)
+    h, w = idx.shape
     if align == "right":
         x -= w
     y = baseline - base
@@ -57,10 +65,8 @@ def draw_text(frame: np.ndarray, text: str, px: int, x: int, baseline: int, alig
     fy1, fx1 = min(y + h, frame.shape[0]), min(x + w, frame.shape[1])
     if fy1 <= fy0 or fx1 <= fx0:
         return
-    sub = mask[fy0 - y:fy1 - y, fx0 - x:fx1 - x]
-    idx = shade.text_index(sub)
-    region = frame[fy0:fy1, fx0:fx1]
-    np.copyto(region, idx, where=sub > 0)
+    sy, sx = slice(fy0 - y, fy1 - y), slice(fx0 - x, fx1 - x)
+    np.copyto(frame[fy0:fy1, fx0:fx1], idx[sy, sx], where=covered[sy, sx])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +82,6 @@ class Layout:
     header: int
     font: int
     label_font: int
-    label_height: int
 
 
 def grid_layout(n_panels: int, size: tuple[int, int]) -> Layout:
@@ -108,7 +113,7 @@ def grid_layout(n_panels: int, size: tuple[int, int]) -> Layout:
         x0 = left + c * (side + pad)
         y0 = top + r * (cell_h + pad) + label_h
         rects[i] = (x0, y0, x0 + side, y0 + side)
-    return Layout(size, rects, header, font, label_font, label_h)
+    return Layout(size, rects, header, font, label_font)
 
 
 class FrameComposer:
