@@ -178,3 +178,37 @@ def palette_rgb_kernel(frame, palette, out):
 def palette_rgb_numpy(frame, palette, out):
     """The numpy twin of :func:`palette_rgb_kernel`."""
     np.take(palette, frame, axis=0, out=out)
+
+
+# --- fp16 -> fp32 ------------------------------------------------------------------------------
+# numpy converts half floats one value at a time in software (~3.4 ns each here); most training
+# checkpoints are fp16.  This is the exact bit-level conversion, in three loops the compiler
+# vectorises: shift sign-less bits into place, rescale by 2**112 (which also turns fp16
+# subnormals into the right float32 normals), then restore Inf/NaN exponents and the sign.
+
+_TWO_POW_112 = np.float32(2.0 ** 112)
+
+
+@ngjit
+def half_to_float_kernel(src, out):
+    """src: (a, b) uint16 bit patterns of IEEE binary16, any strides; out: (a, b) float32, C order."""
+    a, b = src.shape
+    flat = out.reshape(a * b)
+    bits = flat.view(np.uint32)
+    for i in range(a):
+        for j in range(b):
+            bits[i * b + j] = (np.uint32(src[i, j]) & np.uint32(0x7FFF)) << np.uint32(13)
+    for i in range(a * b):
+        flat[i] *= _TWO_POW_112
+    for i in range(a):
+        for j in range(b):
+            h = np.uint32(src[i, j])
+            v = bits[i * b + j] | ((h & np.uint32(0x8000)) << np.uint32(16))
+            if (h & np.uint32(0x7C00)) == np.uint32(0x7C00):
+                v |= np.uint32(0x7F800000)
+            bits[i * b + j] = v
+
+
+def half_to_float_numpy(src):
+    """The numpy twin of :func:`half_to_float_kernel`."""
+    return np.asarray(src).view(np.float16).astype(np.float32)

@@ -208,20 +208,34 @@ class SafetensorsFile:
         if math.prod(shape) == 0:
             arr = np.zeros(shape, dtype=np.float32)
         else:
-            if self._map is None:  # one mapping per file, views per tensor
-                self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
+            data = self._map
+            if data is None:  # one mapping per file, views per tensor (a race maps twice: harmless)
+                data = self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
             start = self._data_start + begin
             nbytes = math.prod(shape) * _DTYPES[dtype].itemsize
-            arr = self._map[start:start + nbytes].view(_DTYPES[dtype]).reshape(shape)
-        if index is not None:
-            arr = arr[index] if axis == 0 else arr[:, index].T
-        return _to_float32(np.asarray(arr), dtype)
+            arr = data[start:start + nbytes].view(_DTYPES[dtype]).reshape(shape)
+        if index is not None and not _is_everything(index, arr.shape[axis]):
+            arr = arr[index] if axis == 0 else arr[:, index]
+        out = _to_float32(arr, dtype)  # in storage order: converting a strided view is slower
+        return np.ascontiguousarray(out.T) if axis == 1 else out
+
+
+def _is_everything(index: np.ndarray, n: int) -> bool:
+    """Whether a sorted, duplicate-free ``index`` picks all ``n`` entries (no gather needed)."""
+    return len(index) == n and (n == 0 or (index[0] == 0 and index[-1] == n - 1))
 
 
 def _to_float32(arr: np.ndarray, dtype: str) -> np.ndarray:
+    """A C-contiguous float32 copy of ``arr`` (a view of the stored dtype; any strides)."""
     if dtype == "BF16":
-        return (arr.astype(np.uint32) << 16).view(np.float32)
-    return np.ascontiguousarray(arr, dtype=np.float32)
+        return np.ascontiguousarray((arr.astype(np.uint32) << 16).view(np.float32))
+    if dtype == "F16" and arr.ndim == 2:
+        from ._kernels import half_to_float_kernel  # numba only once a tensor is read
+
+        out = np.empty(arr.shape, dtype=np.float32)
+        half_to_float_kernel(arr.view(np.uint16), out)
+        return out
+    return np.array(arr, dtype=np.float32, order="C")
 
 
 class TorchFile:

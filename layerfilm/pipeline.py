@@ -140,18 +140,35 @@ def keyframe_layouts(plan: Plan, projection: str = "pca", seed: int = 0,
         return _keyframe_layouts(plan, projection, seed, progress)
 
 
+def _projection_threads(projection: str) -> int:
+    """Layers are projected in parallel threads (the kernels and BLAS calls release the GIL);
+    UMAP brings its own threading, so it runs alone."""
+    if projection != "pca":
+        return 1
+    return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                      else os.cpu_count() or 1, 4))
+
+
 def _keyframe_layouts(plan: Plan, projection: str, seed: int, progress: Progress) -> Keyframes:
     starts = plan.starts
     P = np.empty((len(plan.refs), starts[-1], 2), dtype=np.float32)
-    previous: list[np.ndarray | None] = [None] * len(plan.layers)
-    with progress.stage("Loading + projecting", len(plan.refs)) as advance:
-        for k, ref in enumerate(plan.refs):
+    tracks = [project.Track() for _ in plan.layers]
+    threads = _projection_threads(projection)
+
+    def project_layers(ckpt: checkpoints.TensorSource, shapes: dict, k: int, part: int) -> None:
+        # Each layer has its own track, so which thread projects it never changes the result.
+        for l in range(part, len(plan.layers), threads):
+            cloud = extract.read_layer(ckpt, plan.layers[l], shapes)
+            P[k, starts[l]:starts[l + 1]] = project.project_keyframe(cloud, projection, tracks[l], seed)
+
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool, \
+            progress.stage("Loading + projecting", len(plan.refs)) as advance:
+        for k, ref in enumerate(plan.refs):  # one checkpoint in memory at a time
             ckpt = checkpoints.open_checkpoint(ref.path)
             shapes = ckpt.shapes()
-            for l, layer in enumerate(plan.layers):
-                cloud = extract.read_layer(ckpt, layer, shapes)
-                previous[l] = project.project_keyframe(cloud, projection, previous[l], seed)
-                P[k, starts[l]:starts[l + 1]] = previous[l]
+            parts = [pool.submit(project_layers, ckpt, shapes, k, part) for part in range(threads)]
+            for part in parts:
+                part.result()
             del ckpt
             advance(1)
     return Keyframes(P, int(np.isnan(P).any(axis=2).sum()))

@@ -8,6 +8,7 @@ layer whose weights grow is seen to grow.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import numpy as np
@@ -15,42 +16,64 @@ import numpy as np
 from .errors import ConfigError
 
 
-# Above this width a dense eigendecomposition (O(d^3)) costs more than a few passes of
-# randomized subspace iteration over the data (O(n d k) each).
-_DENSE_MAX_DIM = 256
+# Up to this width (of min(n, d)) the top two eigenpairs are computed exactly, every keyframe.
+_EXACT_MAX_DIM = 64
+# Wider layers track their principal plane from keyframe to keyframe: a block of this many
+# directions (the two drawn + guards that speed convergence) refined by one pass per keyframe.
+_BLOCK = 8
+_COLD_PASSES = 6
+_WARM_PASSES = 1
 
 
-def pca_2d(X: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Scores on the top two principal axes: ``(n, d)`` -> ``(n, 2)`` float64, centred.
+def pca_2d(X: np.ndarray, seed: int = 0, basis: np.ndarray | None = None
+           ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Scores on the top two principal axes, and the basis to pass in at the next keyframe.
 
-    Exact (``d x d`` covariance or ``n x n`` Gram matrix) for narrow layers;
-    randomized subspace iteration (Halko et al. 2011, 10 directions, 6 power
-    passes, fixed seed) when both ``n`` and ``d`` exceed 256.  Fewer than two
-    non-zero directions give zero columns.
+    ``(n, d)`` -> ``(n, 2)`` float64, centred.  Exact (top-two ``syevr`` of the
+    ``d x d`` covariance or ``n x n`` Gram matrix) when ``min(n, d) <= 64``.
+    Wider layers use block subspace iteration (Halko et al. 2011) on the centred
+    data with ``_BLOCK`` directions: six passes from a seeded random start, or --
+    given ``basis``, the previous keyframe's directions -- one pass that continues
+    the same iteration.  Weights that sit still converge to the exact axes; weights
+    that move are followed smoothly instead of re-solved from scratch.  Fewer than
+    two non-zero directions give zero columns.
     """
-    Xc = np.asarray(X, dtype=np.float64)
-    Xc = Xc - Xc.mean(axis=0)
-    n, d = Xc.shape
+    X = np.asarray(X)
+    n, d = X.shape
     if min(n, d) < 2:
         out = np.zeros((n, 2))
         if d >= 1:
-            out[:, 0] = Xc[:, 0]
-        return out
-    if min(n, d) <= _DENSE_MAX_DIM:
+            out[:, 0] = X[:, 0] - X[:, 0].mean()
+        return out, None
+    if min(n, d) <= _EXACT_MAX_DIM:
         # Only the top two eigenpairs (LAPACK syevr): exact, and ~2.6x faster than a full eigh.
         from scipy.linalg import eigh
 
+        Xc = X.astype(np.float64) - X.mean(axis=0, dtype=np.float64)
         if n >= d:
             _, V = eigh(Xc.T @ Xc, subset_by_index=[d - 2, d - 1], driver="evr")
-            return Xc @ V[:, ::-1]
+            return Xc @ V[:, ::-1], None
         w, U = eigh(Xc @ Xc.T, subset_by_index=[n - 2, n - 1], driver="evr")
-        return U[:, ::-1] * np.sqrt(np.clip(w[::-1], 0, None))
-    Q = np.random.default_rng(seed).standard_normal((d, 10))
-    for _ in range(6):
-        Q, _ = np.linalg.qr(Xc.T @ (Xc @ Q))
-    B = Xc @ Q  # (n, 10): the data in the found subspace
-    _, _, Vt = np.linalg.svd(B, full_matrices=False)
-    return B @ Vt[:2].T
+        return U[:, ::-1] * np.sqrt(np.clip(w[::-1], 0, None)), None
+    X = np.asarray(X, dtype=np.float32)
+    mu = X.mean(axis=0)
+    p = min(_BLOCK, d, n)
+    if basis is None or basis.shape != (d, p):
+        Q = np.random.default_rng(seed).standard_normal((d, p)).astype(np.float32)
+        passes = _COLD_PASSES
+    else:
+        Q, passes = basis, _WARM_PASSES
+    for _ in range(passes):
+        # (X - mu)^T (X - mu) Q without a centred copy: the columns of Y sum to zero.
+        Y = X @ Q
+        Y -= mu @ Q
+        Q, _ = np.linalg.qr(X.T @ Y)
+    B = X @ Q  # the centred data in the found subspace, (n, p)
+    B -= mu @ Q
+    # Rayleigh-Ritz: order the block by variance, so the next keyframe starts from sorted axes.
+    _, W = np.linalg.eigh((B.T @ B).astype(np.float64))
+    W = W[:, ::-1].astype(np.float32)
+    return B @ W[:, :2], Q @ W
 
 
 def umap_2d(X: np.ndarray, init: np.ndarray | None, seed: int) -> np.ndarray:
@@ -61,7 +84,7 @@ def umap_2d(X: np.ndarray, init: np.ndarray | None, seed: int) -> np.ndarray:
         raise ConfigError("--projection umap needs umap-learn: pip install umap-learn") from None
     n = len(X)
     if n < 4:
-        return pca_2d(X)
+        return pca_2d(X)[0]
     kwargs = dict(
         n_components=2,
         n_neighbors=min(15, n - 1),
@@ -91,6 +114,9 @@ def align(layout: np.ndarray, previous: np.ndarray | None) -> np.ndarray:
     Non-finite rows take no part in choosing the rotation.
     """
     layout = np.asarray(layout, dtype=np.float64)
+    if np.isfinite(layout).all() and (previous is None or np.isfinite(previous).all()):
+        layout = layout - layout.mean(axis=0)  # the common case, without masks and copies
+        return layout if previous is None else layout @ procrustes_rotation(layout, previous)
     ok = np.isfinite(layout).all(axis=1)
     layout = layout - layout[ok].mean(axis=0) if ok.any() else layout
     if previous is None:
@@ -101,26 +127,35 @@ def align(layout: np.ndarray, previous: np.ndarray | None) -> np.ndarray:
     return layout @ procrustes_rotation(layout[ok], previous[ok])
 
 
-def project_keyframe(X: np.ndarray, method: str, previous: np.ndarray | None, seed: int) -> np.ndarray:
-    """One layer's aligned 2-D layout at one keyframe: ``(n, d)`` -> ``(n, 2)`` float32.
+@dataclasses.dataclass
+class Track:
+    """One layer's state carried from keyframe to keyframe."""
 
-    ``previous`` is the same layer's aligned layout at the previous keyframe.
-    Rows with NaN/Inf are laid out at the centre of the finite rows' projection
-    (they stay NaN in the result, so they are not drawn).
+    layout: np.ndarray | None = None  # the last aligned layout, (n, 2) float32
+    basis: np.ndarray | None = None  # PCA directions to continue from (see :func:`pca_2d`)
+
+
+def project_keyframe(X: np.ndarray, method: str, track: Track, seed: int) -> np.ndarray:
+    """One layer's aligned 2-D layout at the next keyframe: ``(n, d)`` -> ``(n, 2)`` float32.
+
+    ``track`` holds the same layer's state from the previous keyframe and is
+    updated.  Rows with NaN/Inf take no part in the projection and stay NaN in
+    the result, so they are not drawn.
     """
     X = np.asarray(X)
-    finite = np.isfinite(X).all(axis=1)
-    Xf = X if finite.all() else X[finite]
+    finite = slice(None) if np.isfinite(X).all() else np.isfinite(X).all(axis=1)
+    Xf = X[finite]
     if method == "umap":
-        init = None if previous is None or not finite.all() else previous
+        init = track.layout if isinstance(finite, slice) else None
         raw = umap_2d(Xf, init, seed)
     else:
-        raw = pca_2d(Xf, seed)
-    if not finite.all():
+        raw, track.basis = pca_2d(Xf, seed, track.basis)
+    if not isinstance(finite, slice):
         full = np.full((len(X), 2), np.nan)
         full[finite] = raw
         raw = full
-    return align(raw, previous).astype(np.float32)
+    track.layout = align(raw, track.layout).astype(np.float32)
+    return track.layout
 
 
 def axis_ranges(P: np.ndarray, starts: np.ndarray, quantile: float = 0.995, margin: float = 1.08

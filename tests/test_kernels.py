@@ -138,3 +138,15 @@ def test_palette_rgb_kernel_equals_numpy_twin():
     K.palette_rgb_numpy(frame, pal, b)
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(a, pal[frame])
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_half_to_float_is_exact_for_every_bit_pattern(transposed):
+    bits = np.arange(65536, dtype=np.uint16).reshape(512, 128)  # normals, subnormals, ±0, ±Inf, NaNs
+    src = bits.T if transposed else bits  # strided input, as a column read makes
+    out = np.empty(src.shape, np.float32)
+    K.half_to_float_kernel(src, out)
+    ref = K.half_to_float_numpy(src)
+    nan = np.isnan(ref)
+    assert nan.sum() == 2 * 1023 and np.isnan(out[nan]).all()
+    np.testing.assert_array_equal(out.view(np.uint32)[~nan], ref.view(np.uint32)[~nan])

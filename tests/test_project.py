@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from layerfilm.project import align, axis_ranges, pca_2d, procrustes_rotation, project_keyframe
+from layerfilm.project import Track, align, axis_ranges, pca_2d, procrustes_rotation, project_keyframe
 
 
 def rot(theta):
@@ -35,36 +35,70 @@ def test_alignment_never_rescales():
     np.testing.assert_allclose(out, 5.0 * B, atol=1e-10)
 
 
+def assert_same_scores(ours, ref, rtol):
+    for j in range(2):
+        sign = np.sign(ours[:, j] @ ref[:, j])
+        np.testing.assert_allclose(ours[:, j] * sign, ref[:, j], atol=rtol * np.abs(ref).max())
+
+
+def gapped_cloud(rng, n, d):
+    """Two clear top directions, then a decaying tail, in a random orientation."""
+    X = rng.normal(size=(n, d)) * np.r_[6.0, 3.0, 0.9 ** np.arange(d - 2)]
+    return X @ np.linalg.qr(rng.normal(size=(d, d)))[0]
+
+
 def test_pca_matches_sklearn_up_to_sign():
     from sklearn.decomposition import PCA
 
     rng = np.random.default_rng(2)
-    # Covariance path, Gram path, randomized path (a wide layer with two clear top directions).
-    for n, d in [(300, 10), (6, 40), (700, 400)]:
-        X = rng.normal(size=(n, d)) * np.r_[6.0, 3.0, 0.9 ** np.arange(d - 2)]
-        X = X @ np.linalg.qr(rng.normal(size=(d, d)))[0]
-        ours = pca_2d(X)
-        ref = PCA(n_components=2, svd_solver="full").fit_transform(X)
-        for j in range(2):
-            sign = np.sign(ours[:, j] @ ref[:, j])
-            np.testing.assert_allclose(ours[:, j] * sign, ref[:, j], atol=1e-6 * np.abs(ref).max())
+    # Covariance path, Gram path (exact, float64), subspace-iteration paths (float32).
+    for n, d, rtol in [(300, 10, 1e-9), (6, 40, 1e-9), (700, 100, 1e-4), (700, 400, 1e-4)]:
+        X = gapped_cloud(rng, n, d)
+        ours, _ = pca_2d(X)
+        assert_same_scores(ours, PCA(n_components=2, svd_solver="full").fit_transform(X), rtol)
+
+
+def test_tracked_pca_follows_a_moving_cloud_exactly_where_the_axes_are_clear():
+    # A wide layer whose principal plane turns a little every keyframe, through a full quarter
+    # turn into directions that started in the tail: one warm pass per keyframe keeps up.
+    from sklearn.decomposition import PCA
+
+    rng = np.random.default_rng(7)
+    n, d = 600, 128
+    base = rng.normal(size=(n, d)) * np.r_[6.0, 3.0, 0.85 ** np.arange(d - 2)]
+    basis = None
+    for theta in np.linspace(0, np.pi / 2, 12):
+        turn = np.eye(d)
+        c, s = np.cos(theta), np.sin(theta)
+        turn[[0, 0, 40, 40], [0, 40, 0, 40]] = [c, -s, s, c]
+        X = base @ turn
+        ours, basis = pca_2d(X, basis=basis)
+        assert_same_scores(ours, PCA(n_components=2, svd_solver="full").fit_transform(X), 1e-3)
 
 
 def test_randomized_pca_on_a_flat_spectrum_captures_the_variance():
     # No gap between the top directions (like freshly initialised weights): the top-2 plane is
-    # ill-defined, but the randomized path must still capture as much variance as the exact one.
+    # ill-defined, but the subspace iteration must still capture about as much variance as the
+    # exact one, and more with every keyframe that continues it.
     rng = np.random.default_rng(3)
     X = rng.normal(size=(700, 400)) @ (rng.normal(size=(400, 400)) * 0.97 ** np.arange(400))
-    exact = np.linalg.svd(X - X.mean(0), compute_uv=False)[:2] ** 2
-    assert (pca_2d(X) ** 2).sum() >= 0.999 * exact.sum()
+    exact = (np.linalg.svd(X - X.mean(0), compute_uv=False)[:2] ** 2).sum()
+    scores, basis = pca_2d(X)
+    captured = [(scores.astype(np.float64) ** 2).sum() / exact]
+    for _ in range(5):
+        scores, basis = pca_2d(X, basis=basis)
+        captured.append((scores.astype(np.float64) ** 2).sum() / exact)
+    assert captured[0] >= 0.99 and captured[-1] >= 0.999
+    assert np.all(np.diff(captured) >= -1e-6)
 
 
 def test_keyframes_do_not_flip():
     # The same cloud twice: PCA's arbitrary signs must not make the second keyframe jump.
     rng = np.random.default_rng(3)
     X = rng.normal(size=(150, 6)) * [5, 2, 1, 1, 1, 1]
-    first = project_keyframe(X, "pca", None, 0)
-    second = project_keyframe(-X[:, ::-1] + 3, "pca", first, 0)  # sign flips + a shift
+    track = Track()
+    first = project_keyframe(X, "pca", track, 0)
+    second = project_keyframe(-X[:, ::-1] + 3, "pca", track, 0)  # sign flips + a shift
     np.testing.assert_allclose(second, first, atol=1e-4)
 
 
@@ -73,7 +107,7 @@ def test_nonfinite_rows_are_hidden_not_spread():
     X = rng.normal(size=(50, 5))
     X[7, 2] = np.nan
     X[9, 0] = np.inf
-    out = project_keyframe(X, "pca", None, 0)
+    out = project_keyframe(X, "pca", Track(), 0)
     assert np.isnan(out[[7, 9]]).all() and np.isfinite(np.delete(out, [7, 9], 0)).all()
 
 
@@ -89,8 +123,9 @@ def test_umap_is_warm_started_and_aligned():
     rng = np.random.default_rng(5)
     centers = rng.normal(size=(3, 8)) * 6
     X = np.concatenate([c + rng.normal(size=(40, 8)) for c in centers])
-    first = project_keyframe(X, "umap", None, 0)
-    second = project_keyframe(X + 0.01 * rng.normal(size=X.shape), "umap", first, 0)
+    track = Track()
+    first = project_keyframe(X, "umap", track, 0)
+    second = project_keyframe(X + 0.01 * rng.normal(size=X.shape), "umap", track, 0)
     assert first.shape == second.shape == (120, 2)
     # Three clusters stay three clusters, and a barely-changed cloud barely moves.
     labels = np.repeat(np.arange(3), 40)
@@ -112,10 +147,24 @@ def test_projection_runs_every_blas_single_threaded(run_dir, monkeypatch):
     seen = []
     original = project.pca_2d
 
-    def spy(X, seed=0):
+    def spy(X, seed=0, basis=None):
         seen.append([i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"])
-        return original(X, seed)
+        return original(X, seed, basis)
 
     monkeypatch.setattr(project, "pca_2d", spy)
     keyframe_layouts(make_plan(run_dir))
     assert seen and all(threads and set(threads) == {1} for threads in seen)
+
+
+def test_projection_threads_never_change_the_layouts(tmp_path, monkeypatch):
+    # Wide fp16 layers: the fp16 kernel and the tracked subspace iteration, in threads.
+    import layerfilm.pipeline as pipeline
+    from conftest import write_run
+
+    plan = pipeline.make_plan(write_run(tmp_path / "run", n=5, d=80, dtype=np.float16))
+    assert min(l.dim for l in plan.layers) > 64
+    results = []
+    for threads in (1, 3):
+        monkeypatch.setattr(pipeline, "_projection_threads", lambda projection: threads)
+        results.append(pipeline.keyframe_layouts(plan).P)
+    np.testing.assert_array_equal(results[0], results[1])
