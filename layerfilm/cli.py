@@ -15,7 +15,8 @@ from typing import Annotated, Optional
 import typer
 
 from . import __version__
-from .config import COLOR_SCALES, PROJECTIONS, SUFFIXES, RenderConfig, parse_size
+from .config import (COLOR_SCALES, ORDERS, POINTS, PROJECTIONS, SETTLE_THRESHOLD, SUFFIXES,
+                     RenderConfig, StatsConfig, parse_size)
 from .errors import LayerfilmError
 
 app = typer.Typer(
@@ -181,6 +182,72 @@ def info(
         out(f"  {layer.label:<10} {layer.n_points:>7,} {layer.total:>7,} {layer.dim:>6}  {tensors}")
     for path, why in plan.skipped:
         out(f"skipped     {path}: {why}")
+
+
+PointsOpt = Annotated[str, typer.Option(
+    help=f"What the dots are: {' | '.join(POINTS)} (neurons: each block's residual-stream rows/"
+         "columns; embeddings: the token embedding alone; rows/cols: one panel per weight "
+         "matrix, its rows or columns).")]
+TensorOpt = Annotated[Optional[str], typer.Option(
+    help="Draw only tensors whose name matches this regular expression (e.g. 'mlp.c_fc', 'wte').",
+    show_default=False)]
+ThresholdOpt = Annotated[float, typer.Option(
+    help="A layer has settled once its relative change per 100 steps stays below this.")]
+
+
+@app.command()
+@_one_line_errors
+def stats(
+    checkpoints: CkptArg,
+    out: Annotated[Path, typer.Option(
+        help="Folder for layer_stats.csv and layer_change.png (created if needed).")
+    ] = Path("layerfilm-stats"),
+    settle_threshold: ThresholdOpt = SETTLE_THRESHOLD,
+    points: PointsOpt = "neurons",
+    tensor: TensorOpt = None,
+    max_points: Annotated[int, typer.Option(help="As for render: most points per layer.")] = 2000,
+    seed: Annotated[int, typer.Option(help="As for render.")] = 0,
+    projection: Annotated[str, typer.Option(
+        help="As for render: whose cached layouts give the layout columns.")] = "pca",
+    layouts: Annotated[bool, typer.Option(
+        "--layouts", help="Compute the keyframe layouts when none are cached (as render does).")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Per-layer drift of CHECKPOINTS: a CSV, a heatmap PNG and each layer's settling step."""
+    import numpy as np
+    from rich.console import Console
+    from rich.table import Table
+
+    from .pipeline import measure
+
+    config = StatsConfig(checkpoints, out, settle_threshold, points, tensor, max_points, seed,
+                         projection, layouts).validated()
+    result = measure(config, _RichProgress(quiet or not sys.stderr.isatty()))
+    s = result.stats
+    settle = s.settle_steps(settle_threshold)
+    rate = s.rate
+    late = rate[:, max(1, len(s.steps) * 3 // 4):]
+    table = Table(title=f"settling: relative change per 100 steps stays below {settle_threshold:g}")
+    for name, justify in (("layer", "left"), ("points", "right"), ("|W| first -> last", "right"),
+                          ("change vs first", "right"), ("median rate, last quarter", "right"),
+                          ("settles at step", "right")):
+        table.add_column(name, justify=justify)
+    for l, label in enumerate(s.labels):
+        table.add_row(label, f"{s.points[l]:,}", f"{s.norm[l, 0]:.3g} -> {s.norm[l, -1]:.3g}",
+                      f"{s.rel_first[l, -1]:.3g}", f"{np.nanmedian(late[l]):.3g}",
+                      "never" if np.isnan(settle[l]) else f"{int(settle[l]):,}")
+    console = Console(width=max(100, Console().width))
+    console.print(table)
+    order = [l for l in np.argsort(settle, kind="stable") if np.isfinite(settle[l])]
+    if order:
+        first = settle[order[0]]
+        names = ", ".join(s.labels[l] for l in order if settle[l] == first)
+        typer.echo(f"settles first: {names} (step {int(first):,})")
+    else:
+        typer.echo(f"no layer settles below {settle_threshold:g} per 100 steps")
+    typer.echo(f"layout columns: {result.layouts}")
+    typer.echo(f"wrote {result.csv} ({len(s.steps) * len(s.labels)} rows) and {result.heatmap}")
 
 
 def main_entry() -> None:

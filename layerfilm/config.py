@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-PROJECTIONS = ("pca", "umap")
+PROJECTIONS = ("pca", "umap", "fourier")
 COLOR_SCALES = ("log", "linear")
 # Output suffix -> format name.  The encoder table in ``encode.py`` is keyed by
 # the same names; a test keeps the two in step.
@@ -102,4 +102,52 @@ class RenderConfig:
             raise ConfigError(
                 f"--cmap {self.cmap!r} is not a matplotlib colormap (try inferno, viridis, magma, turbo)"
             )
+        return self
+
+
+ORDERS = ("film", "settle")
+POINTS = ("neurons", "embeddings", "rows", "cols")
+# Relative change per 100 training steps under which a layer counts as settled.
+SETTLE_THRESHOLD = 0.01
+
+
+def check_selection(points: str, tensor: str | None) -> None:
+    """Validate ``--points`` and ``--tensor`` (a regular expression)."""
+    if points not in POINTS:
+        raise ConfigError(f"--points must be one of {', '.join(POINTS)}, got {points!r}")
+    if tensor is not None:
+        try:
+            re.compile(tensor)
+        except re.error as e:
+            raise ConfigError(f"--tensor {tensor!r} is not a regular expression: {e}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class StatsConfig:
+    """What ``layerfilm stats`` measures and where it writes (``out``: a folder)."""
+
+    checkpoints: Path
+    out: Path = Path("layerfilm-stats")
+    settle_threshold: float = SETTLE_THRESHOLD
+    points: str = "neurons"
+    tensor: str | None = None
+    max_points: int = 2000
+    seed: int = 0
+    projection: str = "pca"
+    layouts: bool = False  # compute layouts when none are cached
+
+    def validated(self) -> "StatsConfig":
+        """Return ``self`` after checking every field; raise :class:`ConfigError`."""
+        if not (self.settle_threshold > 0 and self.settle_threshold < float("inf")):
+            raise ConfigError(f"--settle-threshold must be a positive number, got {self.settle_threshold}")
+        check_selection(self.points, self.tensor)
+        if self.max_points < 3:
+            raise ConfigError(f"--max-points must be at least 3, got {self.max_points}")
+        if self.projection not in PROJECTIONS:
+            raise ConfigError(
+                f"--projection must be one of {', '.join(PROJECTIONS)}, got {self.projection!r}")
+        if self.out.exists() and not self.out.is_dir():
+            raise ConfigError("--out must be a folder", self.out)
+        if not self.out.exists() and not self.out.resolve().parent.is_dir():
+            raise ConfigError("the parent folder of --out does not exist", self.out)
         return self

@@ -172,3 +172,67 @@ def read_layer(ckpt: TensorSource, layer: Layer, shapes: dict[str, tuple[int, ..
                 f"planned from the first checkpoint", ckpt.path)
         parts.append(ckpt.read(s.tensor, s.index, s.axis))
     return np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+
+
+POINT_KINDS = ("neurons", "embeddings", "rows", "cols")
+
+
+def plan_panels(shapes: dict[str, tuple[int, ...]], max_points: int = 2000, seed: int = 0,
+                points: str = "neurons", tensor: str | None = None) -> list[Layer]:
+    """Panels for ``--points`` and ``--tensor`` (``plan_layers`` is the default, neurons).
+
+    * ``neurons``: residual-stream rows/columns of every block, as :func:`plan_layers`;
+    * ``embeddings``: the token embedding alone (one point per token);
+    * ``rows`` / ``cols``: one panel per 2-D weight, its rows (columns) as points.
+
+    ``tensor`` is a regular expression searched in tensor names: only matching tensors
+    are drawn, before subsampling.  Raises :class:`CheckpointError` when nothing is left.
+    """
+    if points == "neurons" and tensor is None:
+        return plan_layers(shapes, max_points, seed)
+    keep = re.compile(tensor).search if tensor is not None else (lambda name: True)
+    full = plan_layers(shapes, max_points=2**62, seed=seed)  # every point, nothing subsampled
+    layers: list[Layer] = []
+    if points in ("neurons", "embeddings"):
+        for layer in full:
+            if points == "embeddings" and not is_token_embedding(layer):
+                continue
+            sources = [s for s in layer.sources if keep(s.tensor)]
+            if sources:
+                layers.append(_subsample(layer.label, layer.prefix, layer.dim, sources, max_points, seed))
+    else:
+        axis = 0 if points == "rows" else 1
+        embed = next((l.sources[0].tensor for l in full if is_token_embedding(l)), None)
+        labels = {s.tensor: l for l in full for s in l.sources}
+
+        def order(name: str) -> tuple:
+            # The token embedding, then blocks in the film's order, then everything else by name.
+            owner = labels.get(name)
+            rank = full.index(owner) if owner is not None else len(full)
+            return (0 if name == embed else 1, rank, name)
+
+        for name in sorted((n for n, s in shapes.items() if len(s) == 2 and 0 not in s), key=order):
+            if not keep(name):
+                continue
+            owner = labels.get(name)
+            if name == embed:
+                label = owner.label
+            elif owner is not None and owner.prefix:
+                label = f"{owner.label} {name[len(owner.prefix):].removesuffix('.weight')}"
+            else:
+                label = name.removesuffix(".weight")
+            n, dim = shapes[name] if axis == 0 else shapes[name][::-1]
+            prefix = owner.prefix if owner is not None else ""
+            layers.append(_subsample(label, prefix, dim, [PointSource(name, axis, np.arange(n))],
+                                     max_points, seed))
+    if not layers:
+        what = f" matching --tensor {tensor!r}" if tensor is not None else ""
+        raise CheckpointError(f"no tensors to draw as --points {points}{what}; "
+                              "`layerfilm info` lists the tensors of each panel")
+    return layers
+
+
+def is_token_embedding(layer: Layer) -> bool:
+    """Whether ``layer`` is the token embedding panel (its points are tokens, in id order)."""
+    return (layer.prefix == "" and len(layer.sources) == 1 and layer.sources[0].axis == 0
+            and bool(EMBED_RE.search(layer.sources[0].tensor)))

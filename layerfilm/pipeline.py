@@ -19,8 +19,9 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from . import __version__, checkpoints, compose, encode, extract, interpolate, project, raster, shade
-from .config import RenderConfig
+from . import (__version__, checkpoints, compose, encode, extract, interpolate, project, raster, shade,
+               stats)
+from .config import RenderConfig, StatsConfig
 from .errors import CheckpointError
 
 
@@ -55,12 +56,14 @@ class Plan:
         return np.concatenate([[0], np.cumsum([l.n_points for l in self.layers])]).astype(np.int64)
 
 
-def make_plan(folder: str | Path, max_points: int = 2000, seed: int = 0) -> Plan:
-    """Discover checkpoints and plan the panels from the first one."""
+def make_plan(folder: str | Path, max_points: int = 2000, seed: int = 0, points: str = "neurons",
+              tensor: str | None = None) -> Plan:
+    """Discover checkpoints and plan the panels from the first one (``points``/``tensor``:
+    what to draw, see :func:`extract.plan_panels`)."""
     refs, skipped = checkpoints.discover(folder)
     first = checkpoints.open_checkpoint(refs[0].path)
     try:
-        layers = extract.plan_layers(first.shapes(), max_points, seed)
+        layers = extract.plan_panels(first.shapes(), max_points, seed, points, tensor)
     except CheckpointError as e:
         raise CheckpointError(e.problem, refs[0].path) from None
     return Plan(Path(folder), refs, skipped, layers, checkpoints.load_loss_curve(folder, refs))
@@ -143,7 +146,7 @@ def keyframe_layouts(plan: Plan, projection: str = "pca", seed: int = 0,
 def _projection_threads(projection: str) -> int:
     """Layers are projected in parallel threads (the kernels and BLAS calls release the GIL);
     UMAP brings its own threading, so it runs alone."""
-    if projection != "pca":
+    if projection == "umap":
         return 1
     return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                       else os.cpu_count() or 1, 4))
@@ -154,12 +157,14 @@ def _keyframe_layouts(plan: Plan, projection: str, seed: int, progress: Progress
     P = np.empty((len(plan.refs), starts[-1], 2), dtype=np.float32)
     tracks = [project.Track() for _ in plan.layers]
     threads = _projection_threads(projection)
+    fourier = fourier_planes(plan) if projection == "fourier" else {}
 
     def project_layers(ckpt: checkpoints.TensorSource, shapes: dict, k: int, part: int) -> None:
         # Each layer has its own track, so which thread projects it never changes the result.
         for l in range(part, len(plan.layers), threads):
             cloud = extract.read_layer(ckpt, plan.layers[l], shapes)
-            P[k, starts[l]:starts[l + 1]] = project.project_keyframe(cloud, projection, tracks[l], seed)
+            P[k, starts[l]:starts[l + 1]] = project.project_keyframe(cloud, projection, tracks[l], seed,
+                                                                     fourier.get(l))
 
     with concurrent.futures.ThreadPoolExecutor(threads) as pool, \
             progress.stage("Loading + projecting", len(plan.refs)) as advance:
@@ -172,6 +177,34 @@ def _keyframe_layouts(plan: Plan, projection: str, seed: int, progress: Progress
             del ckpt
             advance(1)
     return Keyframes(P, int(np.isnan(P).any(axis=2).sum()))
+
+
+def fourier_planes(plan: Plan) -> dict[int, tuple[np.ndarray, int, int]]:
+    """For ``--projection fourier``: each token-embedding panel's (token ids, period, frequency),
+    chosen once from the last checkpoint (where a trained model's structure is), so every
+    keyframe is drawn in the same plane."""
+    out = {}
+    last = checkpoints.open_checkpoint(plan.refs[-1].path)
+    shapes = last.shapes()
+    for l, layer in enumerate(plan.layers):
+        if extract.is_token_embedding(layer):
+            ids = layer.sources[0].index
+            cloud = extract.read_layer(last, layer, shapes)
+            ok = np.isfinite(cloud).all(axis=1)
+            period, k, _ = project.fourier_frequency(cloud[ok], ids[ok], layer.total)
+            out[l] = (ids, period, k)
+    return out
+
+
+def load_cached_layouts(plan: Plan, projection: str = "pca", seed: int = 0) -> Keyframes | None:
+    """The keyframe layouts a render with these options cached, or ``None`` (nothing computed)."""
+    path = cache_dir() / f"layouts-{_cache_key(plan, projection, seed)}.npz"
+    try:
+        with np.load(path) as z:
+            keys = Keyframes(z["P"], int(z["nonfinite"]))
+    except (OSError, ValueError, KeyError):
+        return None
+    return keys if keys.P.shape == (len(plan.refs), plan.starts[-1], 2) else None
 
 
 @dataclasses.dataclass
@@ -312,3 +345,36 @@ def render(config: RenderConfig, progress: Progress = Progress()) -> RenderResul
                "encode": sum(r[1] for r in results), "wall": wall}
     return RenderResult(cfg.output, n, len(plan.refs), seconds, cfg.output.stat().st_size,
                         keys.nonfinite, command, jobs)
+
+
+@dataclasses.dataclass(frozen=True)
+class StatsResult:
+    stats: stats.LayerStats
+    csv: Path
+    heatmap: Path
+    layouts: str  # where the layout columns came from, or why they are empty
+
+
+def measure(config: StatsConfig, progress: Progress = Progress()) -> StatsResult:
+    """``layerfilm stats``: per-layer statistics of the run, written as a CSV and a heatmap PNG
+    into ``config.out`` (created if needed)."""
+    cfg = config.validated()
+    plan = make_plan(cfg.checkpoints, cfg.max_points, cfg.seed, cfg.points, cfg.tensor)
+    result = stats.weight_stats(plan.refs, plan.layers, progress)
+    keys = load_cached_layouts(plan, cfg.projection, cfg.seed)
+    if keys is not None:
+        where = "from the layout cache"
+    elif cfg.layouts:
+        keys = cached_keyframe_layouts(plan, cfg.projection, cfg.seed, progress)
+        where = "computed (--layouts)"
+    else:
+        where = ("empty: no cached layouts for these options (render the film first with the same "
+                 "--points/--tensor/--max-points/--seed/--projection, or pass --layouts)")
+    if keys is not None:
+        result = result.with_layouts(keys.P, plan.starts)
+    cfg.out.mkdir(exist_ok=True)
+    csv_path, png_path = cfg.out / "layer_stats.csv", cfg.out / "layer_change.png"
+    stats.write_csv(result, cfg.settle_threshold, csv_path)
+    stats.write_heatmap(result, cfg.settle_threshold, png_path,
+                        f"{plan.folder.resolve().name}: relative change per 100 steps")
+    return StatsResult(result, csv_path, png_path, where)

@@ -135,12 +135,14 @@ class Track:
     basis: np.ndarray | None = None  # PCA directions to continue from (see :func:`pca_2d`)
 
 
-def project_keyframe(X: np.ndarray, method: str, track: Track, seed: int) -> np.ndarray:
+def project_keyframe(X: np.ndarray, method: str, track: Track, seed: int,
+                     fourier: tuple[np.ndarray, int, int] | None = None) -> np.ndarray:
     """One layer's aligned 2-D layout at the next keyframe: ``(n, d)`` -> ``(n, 2)`` float32.
 
     ``track`` holds the same layer's state from the previous keyframe and is
     updated.  Rows with NaN/Inf take no part in the projection and stay NaN in
-    the result, so they are not drawn.
+    the result, so they are not drawn.  With ``method="fourier"``, ``fourier = (token ids,
+    period, k)`` selects :func:`fourier_2d` (other panels, ``fourier=None``, use PCA).
     """
     X = np.asarray(X)
     finite = slice(None) if np.isfinite(X).all() else np.isfinite(X).all(axis=1)
@@ -148,6 +150,9 @@ def project_keyframe(X: np.ndarray, method: str, track: Track, seed: int) -> np.
     if method == "umap":
         init = track.layout if isinstance(finite, slice) else None
         raw = umap_2d(Xf, init, seed)
+    elif method == "fourier" and fourier is not None:
+        ids, period, k = fourier
+        raw = fourier_2d(Xf, np.asarray(ids)[finite], period, k)
     else:
         raw, track.basis = pca_2d(Xf, seed, track.basis)
     if not isinstance(finite, slice):
@@ -174,3 +179,62 @@ def axis_ranges(P: np.ndarray, starts: np.ndarray, quantile: float = 0.995, marg
         half = np.quantile(r, quantile) * margin if r.size else 1.0
         out[l] = half if half > 0 else 1.0
     return out
+
+
+# --projection fourier: how many trailing special tokens ('=', BOS, ...) may follow the residues,
+# and the highest frequency searched.
+_FOURIER_TAIL = 8
+_FOURIER_MAX_K = 512
+
+
+def fourier_frequency(X: np.ndarray, ids: np.ndarray, vocab: int) -> tuple[int, int, float]:
+    """The period ``p`` and frequency ``k`` whose cos/sin pair carries the most of the cloud's
+    variance over the token index, and that share (0..1).
+
+    X: (n, d) rows for tokens ``ids`` (n,) of a ``vocab``-token embedding.  Periods from
+    ``vocab - 8`` to ``vocab`` are tried (a vocabulary may end with special tokens, which
+    take no part in the fit), frequencies ``1 .. min(p // 2, 512)``.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    ids = np.asarray(ids, dtype=np.int64)
+    best = (vocab, 1, -1.0)
+    for p in range(max(3, vocab - _FOURIER_TAIL), vocab + 1):
+        inside = ids < p
+        if inside.sum() < 3:
+            continue
+        Xc = X[inside] - X[inside].mean(axis=0)
+        total = float((Xc ** 2).sum())
+        if total <= 0:
+            continue
+        ks = np.arange(1, min(p // 2, _FOURIER_MAX_K) + 1)
+        angle = 2 * np.pi * np.outer(ks, ids[inside]) / p
+        # Least-squares fit of each column on cos/sin (rows are nearly orthogonal; the
+        # projection is exact when the ids cover every residue).
+        share = ((np.cos(angle) @ Xc) ** 2).sum(axis=1) + ((np.sin(angle) @ Xc) ** 2).sum(axis=1)
+        share *= 2.0 / (inside.sum() * total)
+        i = int(np.argmax(share))
+        if share[i] > best[2]:
+            best = (p, int(ks[i]), float(share[i]))
+    return best
+
+
+def fourier_2d(X: np.ndarray, ids: np.ndarray, period: int, k: int) -> np.ndarray:
+    """Coordinates in the weight-space plane of frequency ``k`` over the token index:
+    ``(n, d)`` -> ``(n, 2)`` float64, centred.
+
+    The plane is spanned by ``sum_a x_a cos(2 pi k a / period)`` and the sine twin (the
+    Fourier component of the embedding, Nanda et al. 2023), orthonormalised; tokens ``a``
+    of a model that computes with this frequency lie on a ring at angle ``2 pi k a / period``.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    ids = np.asarray(ids, dtype=np.int64)
+    inside = ids < period
+    centre = X[inside].mean(axis=0) if inside.any() else X.mean(axis=0)
+    Xc = X - centre
+    angle = 2 * np.pi * k * ids[inside] / period
+    basis = np.stack([np.cos(angle) @ Xc[inside], np.sin(angle) @ Xc[inside]], axis=1)  # (d, 2)
+    Q, R = np.linalg.qr(basis)
+    if min(abs(R[0, 0]), abs(R[1, 1])) <= 1e-12 * max(abs(R[0, 0]), 1e-300):
+        return pca_2d(X)[0]
+    # Keep the cosine direction as the x axis and the sine direction pointing up.
+    return Xc @ (Q * np.sign(np.diag(R)))

@@ -100,3 +100,40 @@ def test_read_layer_follows_identity(tmp_path):
     ck2 = open_checkpoint(tmp_path / "b.safetensors")
     with pytest.raises(CheckpointError, match="no longer fits"):
         read_layer(ck2, block, ck2.shapes())
+
+
+def test_points_and_tensor_choose_what_is_drawn():
+    from layerfilm.extract import is_token_embedding, plan_panels
+
+    shapes = {k: v.shape for k, v in gpt_state(np.random.default_rng(0), d=D, blocks=2, vocab=20).items()}
+    assert [(l.label, sources(l)) for l in plan_panels(shapes)] == \
+        [(l.label, sources(l)) for l in plan_layers(shapes)]
+    only_fc = plan_panels(shapes, tensor=r"mlp\.c_fc")
+    assert [l.label for l in only_fc] == ["L0", "L1"]
+    assert sources(only_fc[1]) == {("transformer.h.1.mlp.c_fc.weight", 0, 4 * D)}
+    emb = plan_panels(shapes, points="embeddings")
+    assert [l.label for l in emb] == ["embed"] and is_token_embedding(emb[0])
+    assert not any(is_token_embedding(l) for l in plan_layers(shapes)[1:])
+    rows = plan_panels(shapes, points="rows", tensor="c_proj|wte")
+    assert [(l.label, l.dim, l.n_points) for l in rows] == [
+        ("embed", D, 20), ("L0 attn.c_proj", D, D), ("L0 mlp.c_proj", 4 * D, D),
+        ("L1 attn.c_proj", D, D), ("L1 mlp.c_proj", 4 * D, D)]
+    cols = plan_panels(shapes, points="cols", tensor=r"h\.0\.mlp|wpe")
+    assert [(l.label, l.dim, l.n_points, l.sources[0].axis) for l in cols] == [
+        ("L0 mlp.c_fc", 4 * D, D, 1), ("L0 mlp.c_proj", D, 4 * D, 1), ("transformer.wpe", 8, D, 1)]
+    # Filtering happens before subsampling: a chosen tensor keeps up to max_points points.
+    assert plan_panels(shapes, max_points=30, tensor="c_fc")[0].n_points == 30
+    with pytest.raises(CheckpointError, match="no tensors to draw"):
+        plan_panels(shapes, tensor="nope")
+
+
+def test_rows_panels_read_through_the_plan(tmp_path):
+    from layerfilm.extract import plan_panels
+
+    sd = gpt_state(np.random.default_rng(1), d=D, blocks=1, vocab=10)
+    save_file(sd, str(tmp_path / "m.safetensors"))
+    ckpt = open_checkpoint(tmp_path / "m.safetensors")
+    for points, want in (("rows", sd["transformer.h.0.mlp.c_proj.weight"]),
+                         ("cols", sd["transformer.h.0.mlp.c_proj.weight"].T)):
+        (layer,) = plan_panels(ckpt.shapes(), points=points, tensor="mlp.c_proj")
+        np.testing.assert_array_equal(read_layer(ckpt, layer, ckpt.shapes()), want)
