@@ -411,3 +411,25 @@ def _read_metrics(path: Path) -> list[tuple[int, float]]:
         if step is not None and loss is not None:
             pairs.append((int(step), loss))
     return pairs
+
+
+def load_loss_file(path: str | os.PathLike) -> LossCurve:
+    """The loss curve in one file given by the user (``--metrics``): JSONL, CSV (columns
+    ``step`` and ``loss``/``train_loss``) or a Trainer-style JSON with ``log_history``.
+    Raises :class:`CheckpointError` when it holds no (step, loss) pairs."""
+    path = Path(path)
+    if path.suffix.lower() == ".json" and path.name != "trainer_state.json":
+        try:
+            rows = json.loads(path.read_text()).get("log_history", [])
+        except (OSError, ValueError, AttributeError):
+            rows = []
+        pairs = [(int(s), v) for s, v in ((_float(r.get("step", r.get("global_step"))),
+                                             _float(r.get("loss", r.get("train_loss"))))
+                                            for r in rows if isinstance(r, dict))
+                 if s is not None and v is not None]
+    else:
+        pairs = _read_metrics(path)
+    if not pairs:
+        raise CheckpointError("no (step, loss) values found (JSONL or CSV with columns step and loss, "
+                              "or a trainer_state.json)", path)
+    return _curve(pairs, str(path))

@@ -85,6 +85,17 @@ CkptArg = Annotated[Path, typer.Argument(
     show_default=False)]
 
 
+PointsOpt = Annotated[str, typer.Option(
+    help=f"What the dots are: {' | '.join(POINTS)} (neurons: each block's residual-stream rows/"
+         "columns; embeddings: the token embedding alone; rows/cols: one panel per weight "
+         "matrix, its rows or columns).")]
+TensorOpt = Annotated[Optional[str], typer.Option(
+    help="Draw only tensors whose name matches this regular expression (e.g. 'mlp.c_fc', 'wte').",
+    show_default=False)]
+ThresholdOpt = Annotated[float, typer.Option(
+    help="A layer has settled once its relative change per 100 steps stays below this.")]
+
+
 @app.command()
 @_one_line_errors
 def render(
@@ -119,6 +130,27 @@ def render(
              "format skips loading and projection. Cache: $LAYERFILM_CACHE_DIR or "
              "~/.cache/layerfilm.")] = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    points: PointsOpt = "neurons",
+    tensor: TensorOpt = None,
+    loss_strip: Annotated[bool, typer.Option(
+        "--loss-strip", help="A strip under the panels with the training loss and a cursor that "
+        "follows the film.")] = False,
+    metrics: Annotated[Optional[Path], typer.Option(
+        help="Loss log to use (JSONL/CSV with step and loss, or trainer_state.json) instead of "
+             "the one found beside the checkpoints.", show_default=False)] = None,
+    drift: Annotated[bool, typer.Option(
+        "--drift", help="A bar under each panel: the layer's relative weight change per 100 steps "
+        "(log scale, one scale for the film).")] = False,
+    order: Annotated[str, typer.Option(
+        help=f"Panel order: {' | '.join(ORDERS)} (settle: by settling step, earliest first).")
+    ] = "film",
+    settle_threshold: ThresholdOpt = SETTLE_THRESHOLD,
+    stills: Annotated[Optional[Path], typer.Option(
+        "--stills", help="Also write first.png, last.png and contact_sheet.png (keyframes) into "
+        "this new or empty folder.", show_default=False)] = None,
+    stills_every: Annotated[Optional[int], typer.Option(
+        help="Contact sheet: one tile every N keyframes (and the last) [default: about 12 tiles].",
+        show_default=False)] = None,
 ) -> None:
     """Render CHECKPOINTS into the lossless film OUTPUT, one panel per layer."""
     from .pipeline import render as run
@@ -126,7 +158,9 @@ def render(
     config = RenderConfig(
         checkpoints=checkpoints, output=output, fps=fps, frames_per_keyframe=frames_per_keyframe,
         size=parse_size(size), projection=projection, max_points=max_points, seed=seed, cmap=cmap,
-        color_scale=color_scale, jobs=jobs, cache=cache, frames_dir=frames,
+        color_scale=color_scale, jobs=jobs, cache=cache, frames_dir=frames, points=points,
+        tensor=tensor, loss_strip=loss_strip, metrics=metrics, drift=drift, order=order,
+        settle_threshold=settle_threshold, stills_dir=stills, stills_every=stills_every,
     ).validated()
     result = run(config, _RichProgress(quiet or not sys.stderr.isatty()))
     mb = result.bytes / 1e6
@@ -153,13 +187,15 @@ def info(
     fps: Annotated[int, typer.Option(help="As for render, to show the film's length.")] = 25,
     frames_per_keyframe: Annotated[Optional[int], typer.Option(
         help="As for render [default: fps].", show_default=False)] = None,
+    points: PointsOpt = "neurons",
+    tensor: TensorOpt = None,
 ) -> None:
     """Show the checkpoints, steps and layers that render would draw."""
     from .pipeline import make_plan
 
     RenderConfig(checkpoints, Path("x.webm"), fps=fps, frames_per_keyframe=frames_per_keyframe,
-                 max_points=max_points).validated()
-    plan = make_plan(checkpoints, max_points)
+                 max_points=max_points, points=points, tensor=tensor).validated()
+    plan = make_plan(checkpoints, max_points, points=points, tensor=tensor)
     steps = plan.steps
     gaps = sorted({int(b - a) for a, b in zip(steps[:-1], steps[1:])})
     every = f"every {gaps[0]}" if len(gaps) == 1 else f"gaps {gaps[0]}..{gaps[-1]}"
@@ -182,17 +218,6 @@ def info(
         out(f"  {layer.label:<10} {layer.n_points:>7,} {layer.total:>7,} {layer.dim:>6}  {tensors}")
     for path, why in plan.skipped:
         out(f"skipped     {path}: {why}")
-
-
-PointsOpt = Annotated[str, typer.Option(
-    help=f"What the dots are: {' | '.join(POINTS)} (neurons: each block's residual-stream rows/"
-         "columns; embeddings: the token embedding alone; rows/cols: one panel per weight "
-         "matrix, its rows or columns).")]
-TensorOpt = Annotated[Optional[str], typer.Option(
-    help="Draw only tensors whose name matches this regular expression (e.g. 'mlp.c_fc', 'wte').",
-    show_default=False)]
-ThresholdOpt = Annotated[float, typer.Option(
-    help="A layer has settled once its relative change per 100 steps stays below this.")]
 
 
 @app.command()

@@ -18,6 +18,10 @@ COLOR_SCALES = ("log", "linear")
 # Output suffix -> format name.  The encoder table in ``encode.py`` is keyed by
 # the same names; a test keeps the two in step.
 SUFFIXES = {".webm": "webm", ".gif": "gif", ".webp": "webp", ".mp4": "mp4", ".mkv": "mkv"}
+ORDERS = ("film", "settle")
+POINTS = ("neurons", "embeddings", "rows", "cols")
+# Relative change per 100 training steps under which a layer counts as settled.
+SETTLE_THRESHOLD = 0.01
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -48,6 +52,15 @@ class RenderConfig:
     jobs: int = 1
     cache: bool = True
     frames_dir: Path | None = None
+    points: str = "neurons"
+    tensor: str | None = None
+    loss_strip: bool = False
+    metrics: Path | None = None
+    drift: bool = False
+    order: str = "film"
+    settle_threshold: float = SETTLE_THRESHOLD
+    stills_dir: Path | None = None
+    stills_every: int | None = None  # None: about a dozen tiles
 
     @property
     def format(self) -> str:
@@ -96,6 +109,23 @@ class RenderConfig:
                 raise ConfigError("the parent folder of --frames does not exist", d)
         if not 1 <= self.jobs <= 64:
             raise ConfigError(f"--jobs must be between 1 and 64, got {self.jobs}")
+        check_selection(self.points, self.tensor)
+        if self.order not in ORDERS:
+            raise ConfigError(f"--order must be one of {', '.join(ORDERS)}, got {self.order!r}")
+        if not (0 < self.settle_threshold < float("inf")):
+            raise ConfigError(f"--settle-threshold must be a positive number, got {self.settle_threshold}")
+        if self.metrics is not None and not self.metrics.is_file():
+            raise ConfigError("--metrics: no such file", self.metrics)
+        if self.stills_dir is not None:
+            d = self.stills_dir
+            if d.exists() and (not d.is_dir() or any(d.iterdir())):
+                raise ConfigError("--stills needs a new or empty folder", d)
+            if not d.resolve().parent.exists():
+                raise ConfigError("the parent folder of --stills does not exist", d)
+            if self.frames_dir is not None and d.resolve() == self.frames_dir.resolve():
+                raise ConfigError("--stills and --frames need different folders", d)
+        if self.stills_every is not None and self.stills_every < 1:
+            raise ConfigError(f"--stills-every must be at least 1, got {self.stills_every}")
         import matplotlib
 
         if self.cmap not in matplotlib.colormaps:
@@ -104,11 +134,6 @@ class RenderConfig:
             )
         return self
 
-
-ORDERS = ("film", "settle")
-POINTS = ("neurons", "embeddings", "rows", "cols")
-# Relative change per 100 training steps under which a layer counts as settled.
-SETTLE_THRESHOLD = 0.01
 
 
 def check_selection(points: str, tensor: str | None) -> None:

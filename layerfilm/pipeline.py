@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from . import (__version__, checkpoints, compose, encode, extract, interpolate, project, raster, shade,
-               stats)
+               stats, stills)
 from .config import RenderConfig, StatsConfig
 from .errors import CheckpointError
 
@@ -235,6 +235,7 @@ class _Film:
     notes: list[str]
     title: str
     n_frames: int
+    overlays: tuple = ()  # compose.LossStrip / compose.DriftBars
 
 
 class _FrameMaker:
@@ -244,31 +245,66 @@ class _FrameMaker:
     def __init__(self, film: _Film):
         self.film = film
         self.rasterize = raster.Rasterizer(film.layout.size, film.layout.rects, film.half, film.starts)
-        self.compose = compose.FrameComposer(film.layout, film.labels, film.notes, film.title, film.shader)
+        self.compose = compose.FrameComposer(film.layout, film.labels, film.notes, film.title, film.shader,
+                                             film.overlays)
         self.interp = interpolate.Interpolator(film.P, film.times)
 
     def __call__(self, f: int) -> np.ndarray:
         film = self.film
         step = int(round(np.interp(f, film.times, film.steps)))
         loss = film.loss.at(step) if film.loss else None
-        return self.compose(self.rasterize(self.interp.at(f)), step, loss, f / max(film.n_frames - 1, 1))
+        return self.compose(self.rasterize(self.interp.at(f)), step, loss, f / max(film.n_frames - 1, 1),
+                            f)
 
 
-def _prepare(plan: Plan, keys: Keyframes, cfg: RenderConfig) -> _Film:
+def _prepare(plan: Plan, keys: Keyframes, cfg: RenderConfig,
+             drift: stats.LayerStats | None = None) -> _Film:
     starts = plan.starts
     times = interpolate.keyframe_times(len(plan.refs), cfg.keyframe_frames)
-    layout = compose.grid_layout(len(plan.layers), cfg.size)
+    footer = compose.strip_height(cfg.size) if cfg.loss_strip else 0
+    layout = compose.grid_layout(len(plan.layers), cfg.size, footer)
     half = project.axis_ranges(keys.P, starts)
     span = raster.Rasterizer(cfg.size, layout.rects, half, starts).span(keys.P)
+    notes = [f"{l.n_points:,} pts" for l in plan.layers]
+    overlays: list = []
+    if drift is not None and cfg.order == "settle":
+        notes = ["never settles" if np.isnan(s) else f"settles {int(s):,}"
+                 for s in drift.settle_steps(cfg.settle_threshold)]
+    if drift is not None and cfg.drift:
+        overlays.append(compose.DriftBars(layout.rects, drift.rate, times))
+    if cfg.loss_strip:
+        w, h = cfg.size
+        margin, pad = max(4, layout.font // 2), max(3, layout.label_font // 3)
+        overlays.append(compose.LossStrip((margin, h - footer + pad, w - margin, h - pad),
+                                          plan.loss.steps, plan.loss.values,
+                                          (float(plan.steps[0]), float(plan.steps[-1])),
+                                          layout.label_font))
     return _Film(keys.P, times, plan.steps.astype(np.float64), plan.loss, layout, half, starts,
                  shade.Shader(span, cfg.color_scale), [l.label for l in plan.layers],
-                 [f"{l.n_points:,} pts" for l in plan.layers], plan.folder.resolve().name,
-                 interpolate.frame_count(times))
+                 notes, plan.folder.resolve().name,
+                 interpolate.frame_count(times), tuple(overlays))
+
+
+def _settle_order(plan: Plan, keys: Keyframes, measured: stats.LayerStats, threshold: float
+                  ) -> tuple[Plan, Keyframes, stats.LayerStats]:
+    """Panels reordered by settling step (earliest first, never-settling last, ties in film order)."""
+    settle = measured.settle_steps(threshold)
+    order = sorted(range(len(plan.layers)), key=lambda l: (np.isnan(settle[l]), settle[l], l))
+    starts = plan.starts
+    points = np.concatenate([np.arange(starts[l], starts[l + 1]) for l in order])
+    pick = lambda a: a[order]  # noqa: E731
+    measured = dataclasses.replace(
+        measured, labels=[measured.labels[l] for l in order],
+        **{f.name: pick(getattr(measured, f.name)) for f in dataclasses.fields(measured)
+           if f.name not in ("steps", "labels")})
+    return (dataclasses.replace(plan, layers=[plan.layers[l] for l in order]),
+            Keyframes(keys.P[:, points], keys.nonfinite), measured)
 
 
 def _write_frames(film: _Film, frames: range, path: Path, cfg: RenderConfig, palette: np.ndarray,
                   advance: Callable[[int], None], stop: threading.Event,
-                  png_dir: Path | None) -> tuple[float, float, list[str]]:
+                  png_dir: Path | None, keep: stills.Stills | None = None
+                  ) -> tuple[float, float, list[str]]:
     """Render ``frames`` into one film at ``path`` (and PNGs into ``png_dir``); returns
     (render s, encode s, ffmpeg command)."""
     make = _FrameMaker(film)
@@ -286,6 +322,8 @@ def _write_frames(film: _Film, frames: range, path: Path, cfg: RenderConfig, pal
             writer.write(frame)
             if png_dir is not None:
                 pngs.write(frame)
+            if keep is not None:
+                keep.offer(f, frame)
             render_s += t1 - t0
             encode_s += time.perf_counter() - t1
             advance(1)
@@ -308,11 +346,22 @@ def render(config: RenderConfig, progress: Progress = Progress()) -> RenderResul
     """
     cfg = config.validated()
     t_start = time.perf_counter()
-    plan = make_plan(cfg.checkpoints, cfg.max_points, cfg.seed)
+    plan = make_plan(cfg.checkpoints, cfg.max_points, cfg.seed, cfg.points, cfg.tensor)
+    if cfg.metrics is not None:
+        plan = dataclasses.replace(plan, loss=checkpoints.load_loss_file(cfg.metrics))
+    if cfg.loss_strip and plan.loss is None:
+        raise CheckpointError("--loss-strip: no loss curve found beside the checkpoints "
+                              "(metrics.jsonl, metrics.csv, trainer_state.json, or a loss in the "
+                              "safetensors metadata); pass --metrics FILE", cfg.checkpoints)
     keys = cached_keyframe_layouts(plan, cfg.projection, cfg.seed, progress, cfg.cache)
+    drift = None
+    if cfg.drift or cfg.order == "settle":
+        drift = stats.weight_stats(plan.refs, plan.layers, progress)
+        if cfg.order == "settle":
+            plan, keys, drift = _settle_order(plan, keys, drift, cfg.settle_threshold)
     loaded = time.perf_counter() - t_start
 
-    film = _prepare(plan, keys, cfg)
+    film = _prepare(plan, keys, cfg, drift)
     palette = shade.palette(cfg.cmap)
     n = film.n_frames
     jobs = min(cfg.jobs, n) if encode.FORMATS[cfg.format].joinable else 1
@@ -320,9 +369,15 @@ def render(config: RenderConfig, progress: Progress = Progress()) -> RenderResul
     chunks = [range(bounds[j], bounds[j + 1]) for j in range(jobs)]
     stop = threading.Event()
     folder = encode.FramesFolder(cfg.frames_dir) if cfg.frames_dir else contextlib.nullcontext()
-    with progress.stage(f"Rendering {cfg.output.name}", n) as advance, folder as png_dir:
+    keep = (stills.Stills([int(t) for t in film.times], stills.tile_keyframes(len(plan.refs),
+                                                                             cfg.stills_every), n)
+            if cfg.stills_dir is not None else None)
+    still_folder = encode.FramesFolder(cfg.stills_dir) if keep else contextlib.nullcontext()
+    with progress.stage(f"Rendering {cfg.output.name}", n) as advance, folder as png_dir, \
+            still_folder as still_dir:
         if jobs == 1:
-            results = [_write_frames(film, chunks[0], cfg.output, cfg, palette, advance, stop, png_dir)]
+            results = [_write_frames(film, chunks[0], cfg.output, cfg, palette, advance, stop, png_dir,
+                                     keep)]
             command = results[0][2]
         else:
             parts = [cfg.output.with_name(f".{cfg.output.name}.chunk{j}{cfg.output.suffix}")
@@ -330,7 +385,7 @@ def render(config: RenderConfig, progress: Progress = Progress()) -> RenderResul
             try:
                 with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
                     futures = [pool.submit(_write_frames, film, c, p, cfg, palette, advance, stop,
-                                           png_dir) for c, p in zip(chunks, parts)]
+                                           png_dir, keep) for c, p in zip(chunks, parts)]
                     try:
                         results = [f.result() for f in futures]
                     except BaseException:
@@ -340,6 +395,8 @@ def render(config: RenderConfig, progress: Progress = Progress()) -> RenderResul
             finally:
                 for p in parts:
                     p.unlink(missing_ok=True)
+        if keep is not None:
+            keep.write(still_dir, palette)
     wall = time.perf_counter() - t_start
     seconds = {"load+project": loaded, "render": sum(r[0] for r in results),
                "encode": sum(r[1] for r in results), "wall": wall}
