@@ -255,7 +255,7 @@ def stats(
     late = rate[:, max(1, len(s.steps) * 3 // 4):]
     table = Table(title=f"settling: relative change per 100 steps stays below {settle_threshold:g}")
     for name, justify in (("layer", "left"), ("points", "right"), ("|W| first -> last", "right"),
-                          ("change vs first", "right"), ("median rate, last quarter", "right"),
+                          ("change vs first", "right"), ("late rate", "right"),
                           ("settles at step", "right")):
         table.add_column(name, justify=justify)
     for l, label in enumerate(s.labels):
