@@ -15,9 +15,9 @@ from typing import Annotated, Optional
 import typer
 
 from . import __version__
-from .config import (COLOR_SCALES, ORDERS, POINTS, PROJECTIONS, SETTLE_THRESHOLD, SUFFIXES,
-                     RenderConfig, StatsConfig, parse_size)
-from .errors import LayerfilmError
+from .config import (COLOR_SCALES, CONFIG_FILE, ORDERS, POINTS, PROJECTIONS, SETTLE_THRESHOLD,
+                     SUFFIXES, RenderConfig, StatsConfig, options_toml, parse_size, resolve)
+from .errors import ConfigError, LayerfilmError
 
 app = typer.Typer(
     add_completion=False,
@@ -99,10 +99,13 @@ ThresholdOpt = Annotated[float, typer.Option(
 @app.command()
 @_one_line_errors
 def render(
-    checkpoints: CkptArg,
-    output: Annotated[Path, typer.Argument(
+    ctx: typer.Context,
+    checkpoints: Annotated[Optional[Path], typer.Argument(
+        help="Folder of checkpoints (step_000100.safetensors, checkpoint-100/model.safetensors, "
+             "...).", show_default=False)] = None,
+    output: Annotated[Optional[Path], typer.Argument(
         help=f"Film to write; the suffix picks the lossless format: {', '.join(SUFFIXES)}.",
-        show_default=False)],
+        show_default=False)] = None,
     fps: Annotated[int, typer.Option(help="Frames per second of the film.")] = 25,
     frames_per_keyframe: Annotated[Optional[int], typer.Option(
         help="Frames between two checkpoints [default: fps, i.e. one checkpoint per second].",
@@ -121,7 +124,7 @@ def render(
     jobs: Annotated[int, typer.Option(
         "--jobs", "-j", help="Render and encode the film in this many chunks in parallel, joined "
         "without re-encoding (.webp always uses 1).")] = 1,
-    frames: Annotated[Optional[Path], typer.Option(
+    frames_dir: Annotated[Optional[Path], typer.Option(
         "--frames", help="Also write every frame as a lossless PNG (frame_000000.png, ...) into "
         "this new or empty folder.", show_default=False)] = None,
     cache: Annotated[bool, typer.Option(
@@ -145,24 +148,61 @@ def render(
         help=f"Panel order: {' | '.join(ORDERS)} (settle: by settling step, earliest first).")
     ] = "film",
     settle_threshold: ThresholdOpt = SETTLE_THRESHOLD,
-    stills: Annotated[Optional[Path], typer.Option(
+    stills_dir: Annotated[Optional[Path], typer.Option(
         "--stills", help="Also write first.png, last.png and contact_sheet.png (keyframes) into "
         "this new or empty folder.", show_default=False)] = None,
     stills_every: Annotated[Optional[int], typer.Option(
         help="Contact sheet: one tile every N keyframes (and the last) [default: about 12 tiles].",
         show_default=False)] = None,
+    config_file: Annotated[Optional[Path], typer.Option(
+        "--config", help=f"Read options from this TOML file instead of ./{CONFIG_FILE} or "
+        "[tool.layerfilm] in ./pyproject.toml; options given here override it.",
+        show_default=False)] = None,
+    print_config: Annotated[bool, typer.Option(
+        "--print-config", help="Print the resolved options as TOML and exit.")] = False,
+    from_manifest: Annotated[Optional[Path], typer.Option(
+        "--from-manifest", help="Render the film described by this manifest (OUT.json) again, "
+        "bit for bit; then [OUTPUT] (default: the manifest's film) or [CHECKPOINTS] [OUTPUT].",
+        show_default=False)] = None,
 ) -> None:
-    """Render CHECKPOINTS into the lossless film OUTPUT, one panel per layer."""
+    """Render CHECKPOINTS into the lossless film OUTPUT, one panel per layer.
+
+    Options come from the command line, else from the config file, else their defaults; a
+    manifest OUTPUT.json is written beside the film.
+    """
+    from . import manifest
     from .pipeline import render as run
 
-    config = RenderConfig(
+    cli_config = RenderConfig(
         checkpoints=checkpoints, output=output, fps=fps, frames_per_keyframe=frames_per_keyframe,
         size=parse_size(size), projection=projection, max_points=max_points, seed=seed, cmap=cmap,
-        color_scale=color_scale, jobs=jobs, cache=cache, frames_dir=frames, points=points,
+        color_scale=color_scale, jobs=jobs, cache=cache, frames_dir=frames_dir, points=points,
         tensor=tensor, loss_strip=loss_strip, metrics=metrics, drift=drift, order=order,
-        settle_threshold=settle_threshold, stills_dir=stills, stills_every=stills_every,
-    ).validated()
+        settle_threshold=settle_threshold, stills_dir=stills_dir, stills_every=stills_every,
+    )
+    given = _given_on_command_line(ctx)
+    if from_manifest is not None:
+        if config_file is not None:
+            raise ConfigError("--config and --from-manifest cannot be used together")
+        recorded = manifest.load(from_manifest)
+        config = manifest.config_from(recorded, from_manifest, cli_config, given)
+        source = f"{from_manifest} < command line"
+    else:
+        config, path = resolve(cli_config, given, config_file)
+        source = f"defaults < {path} < command line" if path else "defaults < command line"
+    if print_config:
+        typer.echo(options_toml(config, [f"layerfilm {__version__} render options ({source})"]),
+                   nl=False)
+        return
+    for name, value in (("CHECKPOINTS", config.checkpoints), ("OUTPUT", config.output)):
+        if value is None:
+            raise ConfigError(f"Missing argument '{name}' (see layerfilm render --help)")
+    config = config.validated()
+    if from_manifest is not None:
+        for warning in manifest.check_inputs(recorded, from_manifest, config):
+            typer.echo(f"warning: {warning}", err=True)
     result = run(config, _RichProgress(quiet or not sys.stderr.isatty()))
+    written = manifest.write(config, result)
     mb = result.bytes / 1e6
     s = result.seconds
     typer.echo(
@@ -171,12 +211,28 @@ def render(
         f"[load+project {s['load+project']:.1f} s, render {s['render']:.1f} s, "
         f"encode {s['encode']:.1f} s{f', {result.jobs} jobs' if result.jobs > 1 else ''}]"
     )
-    if jobs > 1 and result.jobs == 1:
+    if config.jobs > 1 and result.jobs == 1:
         typer.echo(f"note: {config.format} chunks cannot be joined without re-encoding; used 1 job",
                    err=True)
     if result.nonfinite:
         typer.echo(f"warning: {result.nonfinite} point(s) had NaN/Inf weights and were not drawn",
                    err=True)
+    if from_manifest is not None:
+        same = manifest.same_film(recorded, written)
+        if same is True:
+            typer.echo(f"identical to the film recorded in {from_manifest} (sha256 {written['film']['sha256'][:16]}...)")
+        elif same is False:
+            typer.echo(f"warning: the film differs from the one recorded in {from_manifest}", err=True)
+
+
+def _given_on_command_line(ctx: typer.Context) -> set[str]:
+    """The render options the user typed (as opposed to defaults), by parameter name."""
+    given = set()
+    for name in ctx.params:
+        source = ctx.get_parameter_source(name)
+        if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT", "PROMPT"):
+            given.add(name)
+    return given
 
 
 @app.command()

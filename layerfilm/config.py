@@ -8,8 +8,15 @@ trust it.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
+import os
 import re
+import types
+import typing
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from .errors import ConfigError
 
@@ -176,3 +183,253 @@ class StatsConfig:
         if not self.out.exists() and not self.out.resolve().parent.is_dir():
             raise ConfigError("the parent folder of --out does not exist", self.out)
         return self
+
+
+# ---- Options from files -------------------------------------------------------------------
+#
+# Every field of RenderConfig except the two positional ones is an *option*: it can be set in a
+# config file, is recorded in manifests and printed by ``--print-config``.  Reading and writing
+# are generic over the fields (their names and type annotations), so a new field needs no code
+# here; its checks live in RenderConfig.validated like every other.  On the command line each
+# option is the ``render`` parameter of the same name (a test keeps the two in step).
+
+CONFIG_FILE = "layerfilm.toml"
+POSITIONAL = ("checkpoints", "output")
+
+
+def option_names() -> list[str]:
+    """The options, in field order."""
+    return [f.name for f in dataclasses.fields(RenderConfig) if f.name not in POSITIONAL]
+
+
+@functools.cache
+def option_types() -> dict[str, Any]:
+    """Option name -> its resolved type annotation."""
+    hints = typing.get_type_hints(RenderConfig)
+    return {name: hints[name] for name in option_names()}
+
+
+def output_options() -> list[str]:
+    """Options typed ``Path`` and named ``*_dir``: folders where extra outputs go (``--frames``,
+    ``--stills``).  A re-render from a manifest writes them again only when they are given on
+    the command line.  (Other paths, such as ``metrics``, are inputs.)"""
+    return [n for n, t in option_types().items()
+            if n.endswith("_dir") and Path in (t, *typing.get_args(t))]
+
+
+def load_options_file(path: Path | None = None,
+                      cwd: Path | None = None) -> tuple[Path | None, dict[str, Any]]:
+    """The options set in a config file, as ``(file, {option: value})``.
+
+    ``path`` is ``--config FILE`` (a ``pyproject.toml`` is read from its ``[tool.layerfilm]``
+    table, any other file from its top level).  Without it: ``layerfilm.toml`` in the current
+    folder, else the ``[tool.layerfilm]`` table of ``pyproject.toml`` there, else nothing
+    (``(None, {})``).  Relative paths in a file are relative to the file's folder.
+    """
+    if path is None:
+        here = Path.cwd() if cwd is None else cwd
+        for name in (CONFIG_FILE, "pyproject.toml"):
+            candidate = here / name if cwd is not None else Path(name)
+            if candidate.is_file():
+                table = _read_table(candidate)
+                if table is not None:
+                    return candidate, options_from_table(table, candidate)
+        return None, {}
+    if not path.is_file():
+        raise ConfigError("no such config file", path)
+    table = _read_table(path)
+    if table is None:
+        raise ConfigError("has no [tool.layerfilm] table", path)
+    return path, options_from_table(table, path)
+
+
+def _read_table(path: Path) -> dict[str, Any] | None:
+    """A file's layerfilm table: the top level, or ``[tool.layerfilm]`` of a ``pyproject.toml``
+    (``None`` when it has none)."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read: {e}", path) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"not valid TOML: {e}", path) from None
+    if path.name != "pyproject.toml":
+        return doc
+    table = doc.get("tool", {}).get("layerfilm")
+    if table is not None and not isinstance(table, dict):
+        raise ConfigError("tool.layerfilm must be a table", path)
+    return table
+
+
+def options_from_table(table: dict[str, Any], path: Path, nullable: bool = False) -> dict[str, Any]:
+    """Check and convert ``{key: value}`` read from ``path`` to option values.
+
+    Keys are option names (``frames_per_keyframe`` or ``frames-per-keyframe``); values are
+    converted by the option's type (``size`` takes ``[1280, 720]`` or ``"1280x720"``, paths are
+    relative to ``path``'s folder).  ``nullable`` lets ``null`` (JSON) stand for an unset option.
+    An unknown key or a value of the wrong kind is a :class:`ConfigError` naming file and key.
+    """
+    import difflib
+
+    types = option_types()
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        name = key.replace("-", "_")
+        if name not in types:
+            if name in POSITIONAL:
+                hint = f"; give {name.upper()} on the command line"
+            else:
+                close = difflib.get_close_matches(name, types, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(types)}"
+            raise ConfigError(f"unknown key {key!r}{hint}", path)
+        if name in out:
+            raise ConfigError(f"{name!r} is given twice", path)
+        try:
+            out[name] = _coerce(value, types[name], path.parent, nullable)
+        except ValueError as e:
+            raise ConfigError(f"{key}: {e}", path) from None
+    return out
+
+
+def _coerce(value: Any, tp: Any, base: Path, nullable: bool) -> Any:
+    """``value`` (from TOML or JSON) as type ``tp``; ``ValueError`` says what was expected."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and nullable and type(None) in args:
+            return None
+        errors = []
+        for arm in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arm, base, nullable)
+            except ValueError as e:
+                errors.append(str(e))
+        raise ValueError(" or ".join(dict.fromkeys(errors)))
+    got = f"got {value!r}"
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"expected true or false, {got}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ValueError(f"expected a whole number, {got}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ValueError(f"expected a number, {got}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ValueError(f"expected a string, {got}")
+    if tp is Path:
+        if isinstance(value, str) and value:
+            p = Path(value).expanduser()
+            return p if p.is_absolute() else base / p
+        raise ValueError(f"expected a path (a string), {got}")
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        raise ValueError(f"expected one of {', '.join(map(repr, args))}, {got}")
+    if origin in (tuple, list):
+        if origin is tuple and args == (int, int) and isinstance(value, str):
+            m = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", value)
+            if m:
+                return int(m.group(1)), int(m.group(2))
+            raise ValueError(f"expected [WIDTH, HEIGHT] or \"WIDTHxHEIGHT\", {got}")
+        if not isinstance(value, list):
+            raise ValueError(f"expected an array, {got}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ValueError(f"expected an array of {len(args)} values, {got}")
+            return tuple(_coerce(v, a, base, nullable) for v, a in zip(value, args))
+        element = args[0] if args else Any
+        items = [_coerce(v, element, base, nullable) for v in value]
+        return tuple(items) if origin is tuple else items
+    return value  # a type this loader does not know: RenderConfig.validated checks it
+
+
+def plain(value: Any) -> Any:
+    """An option value as plain JSON/TOML data: paths absolute strings, tuples lists."""
+    if isinstance(value, Path):
+        return os.path.abspath(value)
+    if isinstance(value, (tuple, list)):
+        return [plain(v) for v in value]
+    return value
+
+
+def options_dict(config: RenderConfig) -> dict[str, Any]:
+    """Every option of ``config`` as plain data (``None`` for unset options)."""
+    return {name: plain(getattr(config, name)) for name in option_names()}
+
+
+def options_toml(config: RenderConfig, header: Iterable[str] = ()) -> str:
+    """Every option of ``config`` as a TOML document that ``--config`` reads back."""
+    lines = [f"# {line}" for line in header]
+    for name, value in options_dict(config).items():
+        lines.append(f"# {name} is not set" if value is None else f"{name} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # a valid TOML basic string
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def with_options(config: RenderConfig, values: dict[str, Any], keep: Iterable[str] = ()) -> RenderConfig:
+    """``config`` with the options in ``values`` replaced, except those named in ``keep``."""
+    keep = set(keep)
+    return dataclasses.replace(config, **{k: v for k, v in values.items() if k not in keep})
+
+
+def validated_from(config: RenderConfig, fallback: RenderConfig,
+                   sources: dict[str, Path]) -> RenderConfig:
+    """``config.validated()``; when the offending value came from a file (``sources`` maps
+    option -> file), the error names that file and key.
+
+    The culprit is found generically: the option whose value from ``fallback`` (the command
+    line's) makes this error go away.
+    """
+    try:
+        return config.validated()
+    except ConfigError as error:
+        for name, path in sources.items():
+            trial = dataclasses.replace(config, **{name: getattr(fallback, name)})
+            try:
+                trial.validated()
+            except ConfigError as other:
+                if str(other) == str(error):
+                    continue
+            raise ConfigError(f"{name}: {error}", path) from None
+        raise
+
+
+def resolve(cli: RenderConfig, given: Iterable[str],
+            config_file: Path | None = None) -> tuple[RenderConfig, Path | None]:
+    """Options from the config file (see :func:`load_options_file`) under those ``given`` on
+    the command line.  Checked (placeholders stand in for missing positionals); returns the
+    config and the file used."""
+    path, values = load_options_file(config_file)
+    values = {k: v for k, v in values.items() if k not in set(given)}
+    config = with_options(cli, values)
+    check_options(config, cli, {k: path for k in values})
+    return config, path
+
+
+def check_options(config: RenderConfig, fallback: RenderConfig, sources: dict[str, Path]) -> None:
+    """:func:`validated_from` with placeholders for a missing CHECKPOINTS or OUTPUT."""
+    probe = dataclasses.replace(config, checkpoints=config.checkpoints or Path("."),
+                                output=config.output or Path("film.webm"))
+    fallback = dataclasses.replace(fallback, checkpoints=probe.checkpoints, output=probe.output)
+    validated_from(probe, fallback, sources)

@@ -35,22 +35,58 @@ class Encoder:
     args: tuple[str, ...]  # output codec arguments
     muxer: str
     joinable: bool = True  # chunks can be joined by ffmpeg's concat demuxer without re-encoding
+    # Muxer arguments.  Matroska/WebM otherwise write random track UIDs, so two renders of the
+    # same film would differ in a few bytes; with +bitexact a re-render is byte for byte the same.
+    mux_args: tuple[str, ...] = ()
 
 
 FORMATS: dict[str, Encoder] = {
     "webm": Encoder("rgb24", ("-c:v", "libvpx-vp9", "-lossless", "1", "-pix_fmt", "gbrp",
-                              "-deadline", "realtime", "-cpu-used", "8", "-row-mt", "1"), "webm"),
+                              "-deadline", "realtime", "-cpu-used", "8", "-row-mt", "1"), "webm",
+                    mux_args=("-fflags", "+bitexact")),
     "gif": Encoder("pal8", ("-c:v", "gif", "-loop", "0"), "gif"),
     "webp": Encoder("rgb24", ("-c:v", "libwebp_anim", "-lossless", "1", "-compression_level", "1",
                               "-pix_fmt", "bgra", "-loop", "0"), "webp", joinable=False),
     "mp4": Encoder("rgb24", ("-c:v", "libx264rgb", "-qp", "0", "-preset", "ultrafast",
                              "-pix_fmt", "rgb24"), "mp4"),
     "mkv": Encoder("rgb24", ("-c:v", "ffv1", "-level", "3", "-pix_fmt", "bgr0", "-slices", "4",
-                             "-g", "1"), "matroska"),
+                             "-g", "1"), "matroska", mux_args=("-fflags", "+bitexact")),
 }
 # PNG frames (--frames DIR): written into a folder, numbered frame_000000.png, ...
 PNG_FRAMES = Encoder("rgb24", ("-c:v", "png", "-pix_fmt", "rgb24"), "image2")
 FRAME_PATTERN = "frame_%06d.png"
+
+
+def encoder_command(encoder: Encoder, size: tuple[int, int], fps: int, start_number: int = 0,
+                    exe: str | None = None) -> list[str]:
+    """The ffmpeg command that encodes raw frames from stdin, with ``OUTPUT`` standing for the
+    output file (``exe`` defaults to the bundled ffmpeg)."""
+    w, h = size
+    return [
+        exe or ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
+        "-f", "rawvideo", "-pix_fmt", encoder.pix_fmt_in, "-s", f"{w}x{h}",
+        "-r", str(fps), "-i", "-",
+        "-an", *encoder.args, *encoder.mux_args, "-f", encoder.muxer,
+        *(("-start_number", str(start_number)) if encoder is PNG_FRAMES else ()),
+        "OUTPUT",
+    ]
+
+
+def join_command(listing: str | os.PathLike, output: str | os.PathLike, fmt: str,
+                 exe: str | None = None) -> list[str]:
+    """The ffmpeg command that joins the chunks named in ``listing`` into ``output`` by
+    copying packets (no re-encoding)."""
+    enc = FORMATS[fmt]
+    return [exe or ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "concat",
+            "-safe", "0", "-i", str(listing), "-c", "copy", *enc.mux_args, "-f", enc.muxer,
+            str(output)]
+
+
+def ffmpeg_version() -> str:
+    """The bundled ffmpeg's version, e.g. ``n9.0.2``."""
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_version()
 
 
 def ffmpeg_exe() -> str:
@@ -95,15 +131,7 @@ class FilmWriter:
     @property
     def command(self) -> list[str]:
         """The ffmpeg command, with ``OUTPUT`` standing for the output file."""
-        w, h = self.size
-        return [
-            ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
-            "-f", "rawvideo", "-pix_fmt", self.encoder.pix_fmt_in, "-s", f"{w}x{h}",
-            "-r", str(self.fps), "-i", "-",
-            "-an", *self.encoder.args, "-f", self.encoder.muxer,
-            *(("-start_number", str(self.start_number)) if self.encoder is PNG_FRAMES else ()),
-            "OUTPUT",
-        ]
+        return encoder_command(self.encoder, self.size, self.fps, self.start_number)
 
     def __enter__(self) -> "FilmWriter":
         cmd = self.command
@@ -196,12 +224,10 @@ def _publish(tmp: Path, path: Path) -> None:
 def join(chunks: list[Path], path: Path, fmt: str) -> list[str]:
     """Join encoded chunks into ``path`` with the concat demuxer, copying packets (no
     re-encoding); atomic like :class:`FilmWriter`.  Returns the ffmpeg command used."""
-    enc = FORMATS[fmt]
     tmp = _temporary_beside(path)
     listing = tmp.with_suffix(".txt")
     listing.write_text("".join(f"file '{c.resolve()}'\n" for c in chunks))
-    cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "concat", "-safe", "0",
-           "-i", str(listing), "-c", "copy", "-f", enc.muxer, str(tmp)]
+    cmd = join_command(listing, tmp, fmt)
     try:
         out = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
         if out.returncode != 0:

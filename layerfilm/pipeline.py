@@ -217,6 +217,7 @@ class RenderResult:
     nonfinite: int
     command: list[str]
     jobs: int = 1
+    plan: Plan | None = None  # what was drawn (the manifest lists its checkpoints)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -401,7 +402,7 @@ def render(config: RenderConfig, progress: Progress = Progress()) -> RenderResul
     seconds = {"load+project": loaded, "render": sum(r[0] for r in results),
                "encode": sum(r[1] for r in results), "wall": wall}
     return RenderResult(cfg.output, n, len(plan.refs), seconds, cfg.output.stat().st_size,
-                        keys.nonfinite, command, jobs)
+                        keys.nonfinite, command, jobs, plan)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -196,7 +196,7 @@ def test_jobs_join_chunks_into_one_bit_exact_stream(tmp_path, run_dir, sent_by_f
     assert got.shape[0] == len(sent)
     for i, frame in enumerate(sent):
         assert np.array_equal(got[i], frame), f"frame {i}"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["film" + suffix, "run"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["film" + suffix, f"film{suffix}.json", "run"]
 
 
 def test_jobs_fall_back_to_one_for_webp(tmp_path, run_dir):
@@ -268,12 +268,13 @@ def test_png_frames_equal_the_film(tmp_path, run_dir, sent, jobs):
     result = runner.invoke(app, ["render", str(run_dir), str(tmp_path / "f.mkv"), "--size", "160x96",
                                  "--fps", "3", "--frames", str(pngs), "--jobs", jobs, "-q"])
     assert result.exit_code == 0, result.output
-    names = sorted(p.name for p in pngs.iterdir())
+    names = sorted(p.name for p in pngs.glob("*.png"))
     assert names == [f"frame_{i:06d}.png" for i in range(10)]
+    assert sorted(p.name for p in pngs.iterdir()) == names + ["manifest.json"]
     film = decode(tmp_path / "f.mkv")
     for i, name in enumerate(names):
         assert np.array_equal(decode(pngs / name)[0], film[i]), name
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.mkv", "frames", "run"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.mkv", "f.mkv.json", "frames", "run"]
 
 
 def test_frames_folder_must_be_new_or_empty(tmp_path, run_dir):

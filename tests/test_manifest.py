@@ -1,0 +1,171 @@
+"""Manifests (OUT.json) and re-rendering from them, bit for bit."""
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from layerfilm import encode, manifest, pipeline
+from layerfilm.cli import app
+
+from conftest import decode, write_run
+
+runner = CliRunner()
+
+
+def sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def render(*args):
+    result = runner.invoke(app, ["render", *map(str, args), "-q"])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_manifest_records_inputs_options_encoder_and_film(tmp_path, run_dir):
+    (run_dir / "config.json").write_text('{"n_layer": 2, "n_embd": 16}')
+    out = tmp_path / "film.webm"
+    render(run_dir, out, "--fps", "3", "--size", "160x90", "--cmap", "viridis")
+    doc = json.loads((tmp_path / "film.webm.json").read_text())
+    assert doc["layerfilm"] == __import__("layerfilm").__version__
+    files = sorted(run_dir.glob("step_*.safetensors"))
+    assert [f["path"] for f in doc["checkpoints"]["files"]] == [f.name for f in files]
+    assert [f["step"] for f in doc["checkpoints"]["files"]] == [0, 100, 200, 300]
+    assert [f["sha256"] for f in doc["checkpoints"]["files"]] == [sha(f) for f in files]
+    assert [f["bytes"] for f in doc["checkpoints"]["files"]] == [f.stat().st_size for f in files]
+    assert doc["checkpoints"]["folder"] == str(run_dir)
+    assert doc["model_config"] == {"n_layer": 2, "n_embd": 16}
+    opts = doc["options"]
+    assert (opts["fps"], opts["size"], opts["cmap"], opts["frames_per_keyframe"]) == (3, [160, 90], "viridis", None)
+    film = doc["film"]
+    frames = decode(out)
+    assert film["sha256"] == sha(out) and film["bytes"] == out.stat().st_size
+    assert film["frames"] == len(frames) == 3 * 3 + 1 and film["fps"] == 3
+    assert film["duration_s"] == pytest.approx(len(frames) / 3) and film["size"] == [160, 90]
+    import imageio_ffmpeg
+
+    enc = doc["encoder"]
+    assert enc["ffmpeg"] == imageio_ffmpeg.get_ffmpeg_version()
+    cmd = enc["command"]
+    assert cmd[0] == "ffmpeg" and cmd[-1] == "OUTPUT" and "160x90" in cmd
+    args = list(encode.FORMATS["webm"].args)
+    assert any(cmd[i:i + len(args)] == args for i in range(len(cmd)))
+    assert enc["jobs"] == 1 and enc["join"] is None
+
+
+@pytest.mark.parametrize("suffix, extra", [(".webm", []), (".gif", []), (".webm", ["--jobs", "2"]),
+                                           (".mkv", ["--jobs", "2"])])
+def test_from_manifest_rerenders_a_bit_identical_film(tmp_path, run_dir, monkeypatch, suffix, extra):
+    out = tmp_path / f"first{suffix}"
+    render(run_dir, out, "--fps", "4", "--size", "176x96", "--color-scale", "linear",
+           "--max-points", "30", "--seed", "3", "--cmap", "magma", *extra)
+    # A config file in the current folder does not apply: the manifest has every option.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "layerfilm.toml").write_text('fps = 9\ncmap = "viridis"\n')
+    again = tmp_path / "again" / f"second{suffix}"
+    again.parent.mkdir()
+    result = render("--from-manifest", f"first{suffix}.json", again, "--no-cache")
+    assert "identical to the film recorded in" in result.output
+    assert again.read_bytes() == out.read_bytes()
+    a, b = decode(out), decode(again)
+    assert a.shape == b.shape and a.shape[0] == 4 * 3 + 1 and np.array_equal(a, b)
+    first, second = (json.loads(p.read_text()) for p in (tmp_path / f"first{suffix}.json",
+                                                          again.parent / f"second{suffix}.json"))
+    assert second["options"] == {**first["options"], "cache": False}  # as given on the command line
+    assert first["checkpoints"] == second["checkpoints"]
+
+
+def test_from_manifest_without_output_restores_the_film(tmp_path, run_dir):
+    out = tmp_path / "f.gif"
+    render(run_dir, out, "--fps", "2", "--size", "128x72")
+    original = out.read_bytes()
+    out.unlink()
+    render("--from-manifest", tmp_path / "f.gif.json")
+    assert out.read_bytes() == original
+
+
+def test_from_manifest_takes_overrides_and_other_folder(tmp_path, run_dir, monkeypatch):
+    out = tmp_path / "f.gif"
+    render(run_dir, out, "--fps", "2", "--size", "128x72", "--frames", tmp_path / "pngs")
+    moved = tmp_path / "moved" / run_dir.name
+    moved.parent.mkdir()
+    run_dir.rename(moved)
+    seen = []
+    monkeypatch.setattr(pipeline, "render", lambda cfg, progress: seen.append(cfg) or exit(0))
+    runner.invoke(app, ["render", "--from-manifest", str(tmp_path / "f.gif.json"), str(moved),
+                        str(tmp_path / "g.gif"), "--cmap", "magma"])
+    cfg = seen[-1]
+    assert (cfg.checkpoints, cfg.output, cfg.cmap, cfg.fps, cfg.size) == \
+        (moved, tmp_path / "g.gif", "magma", 2, (128, 72))
+    assert cfg.frames_dir is None  # extra outputs are not written again unless asked
+
+
+def test_frames_folder_gets_the_manifest(tmp_path, run_dir):
+    render(run_dir, tmp_path / "f.gif", "--fps", "2", "--size", "128x72", "--frames", tmp_path / "pngs")
+    doc = json.loads((tmp_path / "pngs" / "manifest.json").read_text())
+    assert doc["frames"] == {"dir": str(tmp_path / "pngs"), "pattern": "frame_%06d.png", "count": 7}
+    assert len(list((tmp_path / "pngs").glob("frame_*.png"))) == 7
+    assert doc["film"]["sha256"] == sha(tmp_path / "f.gif")
+
+
+def test_changed_or_missing_checkpoint_is_refused(tmp_path):
+    run = write_run(tmp_path / "run", n=3)
+    out = tmp_path / "f.gif"
+    render(run, out, "--fps", "2", "--size", "128x72")
+    write_run(tmp_path / "run", n=3, seed=1)  # same names, other weights
+    result = runner.invoke(app, ["render", "--from-manifest", str(tmp_path / "f.gif.json"),
+                                 str(tmp_path / "g.gif")])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "step_000000.safetensors: changed since" in lines[0], result.output
+    assert not (tmp_path / "g.gif").exists()
+    (run / "step_000000.safetensors").unlink()
+    result = runner.invoke(app, ["render", "--from-manifest", str(tmp_path / "f.gif.json"),
+                                 str(tmp_path / "g.gif")])
+    assert result.exit_code == 1 and "step_000000.safetensors: listed in" in result.output
+    assert "missing" in result.output and not (tmp_path / "g.gif").exists()
+
+
+def test_failed_render_keeps_the_old_film_and_manifest(tmp_path, run_dir, monkeypatch):
+    out = tmp_path / "f.gif"
+    render(run_dir, out, "--fps", "2", "--size", "128x72")
+    before = out.read_bytes(), (tmp_path / "f.gif.json").read_bytes()
+
+    def broken(self, frame):
+        raise encode.EncodeError("disk full", self.path)
+
+    monkeypatch.setattr(encode.FilmWriter, "write", broken)
+    result = runner.invoke(app, ["render", str(run_dir), str(out), "--fps", "3", "-q"])
+    assert result.exit_code == 1 and "disk full" in result.output
+    assert (out.read_bytes(), (tmp_path / "f.gif.json").read_bytes()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.gif", "f.gif.json", "run"]
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no such manifest"),
+    ("{not json", "not a layerfilm manifest (invalid JSON"),
+    ('{"a": 1}', "not a layerfilm manifest (no 'layerfilm_manifest' key)"),
+    ('{"layerfilm_manifest": 1, "film": {}, "checkpoints": {}, "options": {"fps": "x"}}',
+     "m.json: fps: expected a whole number"),
+    ('{"layerfilm_manifest": 1, "film": {}, "checkpoints": {}, "options": {"nosuch": 1}}',
+     "m.json: unknown key 'nosuch'"),
+])
+def test_bad_manifest_is_one_line(tmp_path, content, message):
+    path = tmp_path / "m.json"
+    if content is not None:
+        path.write_text(content)
+    result = runner.invoke(app, ["render", "--from-manifest", str(path), str(tmp_path / "o.gif")])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.output
+
+
+def test_sha256_memo_follows_the_file(tmp_path):
+    p = tmp_path / "x.bin"
+    p.write_bytes(b"a" * 10)
+    assert manifest.sha256_file(p) == hashlib.sha256(b"a" * 10).hexdigest()
+    p.write_bytes(b"b" * 11)  # new size (and mtime): hashed again
+    assert manifest.sha256_file(p) == hashlib.sha256(b"b" * 11).hexdigest()
