@@ -331,6 +331,36 @@ def stats(
     typer.echo(f"wrote {result.csv} ({len(s.steps) * len(s.labels)} rows) and {result.heatmap}")
 
 
+@app.command()
+@_one_line_errors
+def publish(
+    films: Annotated[list[Path], typer.Argument(
+        help="Films to publish; their manifests (FILM.json), stills and stats beside them go too.",
+        show_default=False)],
+    repo_id: Annotated[str, typer.Option("--repo-id", help="The Hub repository, USER/NAME.",
+                                         show_default=False)],
+    repo_type: Annotated[str, typer.Option(help="model | dataset.")] = "model",
+    private: Annotated[bool, typer.Option("--private", help="Create the repository private.")] = False,
+    path_in_repo: Annotated[str, typer.Option(
+        help="Folder in the repository for the films (default: its top).")] = "",
+    message: Annotated[Optional[str], typer.Option(
+        "--message", "-m", help="Commit message [default: layerfilm: FILM, ...].",
+        show_default=False)] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="List what would be uploaded and print the card; upload nothing.")] = False,
+) -> None:
+    """Upload lossless films to the Hugging Face Hub in one commit, with a README card.
+
+    The token is the one `hf auth login` saved, or $HF_TOKEN.
+    """
+    from .publish import publish as upload
+
+    done = upload(films, repo_id, repo_type, private, path_in_repo, dry_run, message, typer.echo)
+    if not dry_run:
+        typer.echo(f"published {len(done.files)} files and README.md to {done.url}"
+                   + (f" ({done.commit_url})" if done.commit_url else ""))
+
+
 def main_entry() -> None:
     """The ``layerfilm`` console script: usage errors (a mistyped option, a value that is not a
     number) also come out as one line, like every other error.  SIGTERM (``kill``, make, CI

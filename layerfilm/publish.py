@@ -1,0 +1,286 @@
+"""``layerfilm publish``: lossless films, their manifests, stills and stats to the Hugging Face Hub.
+
+Everything goes up in one commit, with a README card written from the manifests: what the
+film shows, the model's config when known, the options and command that render it again,
+GIF/WebP shown inline and the other formats linked.  ``huggingface_hub`` is imported only here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+from . import __version__
+from .config import SUFFIXES, RenderConfig, option_names, options_from_table, options_toml
+from .errors import ConfigError, LayerfilmError
+from .manifest import FRAMES_MANIFEST, manifest_path
+
+REPO_TYPES = ("model", "dataset")
+INLINE = (".gif", ".webp")  # formats a Markdown image shows (and every browser plays)
+COMPANION_SUFFIXES = (".png", ".jpg", ".jpeg", ".csv", ".json", ".svg")
+# Folders beside films/<run>.webm that belong to it: films/<run>-stills, films/<run>-stats.
+COMPANION_DIRS = ("-stills", "-stats", ".stills", ".stats")
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+
+
+@dataclasses.dataclass(frozen=True)
+class Upload:
+    local: Path
+    in_repo: str
+
+
+@dataclasses.dataclass
+class Film:
+    """One film and what was found beside it."""
+
+    path: Path
+    in_repo: str
+    manifest: dict[str, Any] | None
+    companions: list[Upload]
+
+    @property
+    def run(self) -> str:
+        """The run's name: its checkpoint folder's, else the film's stem."""
+        if self.manifest:
+            return Path(self.manifest["checkpoints"]["folder"]).name
+        return self.path.stem
+
+
+def check_repo(repo_id: str, repo_type: str) -> None:
+    if not _REPO_ID.fullmatch(repo_id):
+        raise ConfigError(f"--repo-id must look like USER/NAME, got {repo_id!r}")
+    if repo_type not in REPO_TYPES:
+        raise ConfigError(f"--repo-type must be one of {', '.join(REPO_TYPES)}, got {repo_type!r}")
+
+
+def collect(films: list[Path], path_in_repo: str = "") -> list[Film]:
+    """The films and their companions: ``FILM.json``; files beside the film named
+    ``<stem>.*``/``<stem>-*``/``<stem>_*`` with a still or stats suffix; the files of folders
+    ``<stem>-stills``/``<stem>-stats``; and extra output folders named in the manifest (except
+    ``--frames``: every frame is too much).  Repo paths keep the layout beside the film."""
+    prefix = path_in_repo.strip("/")
+    given = {Path(f).resolve() for f in films}
+    out: list[Film] = []
+    for film in map(Path, films):
+        if not film.is_file():
+            raise LayerfilmError("no such film", film)
+        if film.suffix.lower() not in SUFFIXES:
+            raise ConfigError(f"not a film (use one of {', '.join(SUFFIXES)})", film)
+        doc = None
+        side = manifest_path(film)
+        if side.is_file():
+            try:
+                doc = json.loads(side.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as e:
+                raise LayerfilmError(f"cannot read the manifest: {e}", side) from None
+
+        def in_repo(p: Path) -> str:
+            rel = Path(os.path.relpath(p, film.parent)).as_posix()
+            return f"{prefix}/{rel}" if prefix else rel
+
+        found: dict[Path, None] = {}
+        if doc is not None:
+            found[side] = None
+        stem = film.name[: -len(film.suffix)]
+        for p in sorted(film.parent.iterdir()):
+            if p.is_file() and p.resolve() not in given and p != side \
+                    and p.name[len(stem):len(stem) + 1] in (".", "-", "_") and p.name.startswith(stem) \
+                    and p.suffix.lower() in COMPANION_SUFFIXES and not _is_other_manifest(p):
+                found[p] = None
+        folders = [film.parent / f"{stem}{s}" for s in COMPANION_DIRS]
+        if doc is not None:
+            frames = (doc.get("options") or {}).get("frames_dir")
+            for name, value in (doc.get("options") or {}).items():
+                if isinstance(value, str) and name.endswith("_dir") and value != frames:
+                    folders.append(Path(value))
+        for folder in folders:
+            if folder.is_dir():
+                for p in sorted(folder.iterdir()):
+                    if p.is_file() and p.suffix.lower() in COMPANION_SUFFIXES and p.name != FRAMES_MANIFEST:
+                        found[p] = None
+        companions = [Upload(p, in_repo(p)) for p in found]
+        out.append(Film(film, in_repo(film), doc, companions))
+    return out
+
+
+def _is_other_manifest(p: Path) -> bool:
+    """``films/a.gif.json`` when only ``films/a.webm`` is published."""
+    return p.suffix == ".json" and Path(p.stem).suffix.lower() in SUFFIXES
+
+
+def uploads(films: list[Film]) -> list[Upload]:
+    """Every file to upload, each once; two files for one repo path are an error."""
+    by_path: dict[str, Path] = {}
+    for film in films:
+        for up in [Upload(film.path, film.in_repo), *film.companions]:
+            seen = by_path.setdefault(up.in_repo, up.local)
+            if seen.resolve() != up.local.resolve():
+                raise ConfigError(f"{seen} and {up.local} would both be uploaded as {up.in_repo!r}; "
+                                  "publish them separately or use --path-in-repo")
+    if "README.md" in by_path:
+        raise ConfigError("README.md is written by layerfilm publish; rename that file", by_path["README.md"])
+    return [Upload(local, path) for path, local in by_path.items()]
+
+
+def card(films: list[Film], repo_id: str) -> str:
+    """The repo's README: one section per run, the inline formats shown, the others linked."""
+    runs: dict[str, list[Film]] = {}
+    for film in films:
+        runs.setdefault(film.run, []).append(film)
+    title = ", ".join(runs)
+    lines = [
+        "---",
+        "tags:",
+        "- layerfilm",
+        "- training-dynamics",
+        "- video",
+        "---",
+        "",
+        f"# Training films: {title}",
+        "",
+        "Lossless films of how every layer of a neural network moved while it trained, made with "
+        f"[layerfilm](https://pypi.org/project/layerfilm/) {__version__}. Each panel is one block "
+        "(`embed` is the token embedding, `L0`, `L1`, ... the blocks in order); each dot is one "
+        "neuron's weight vector in the residual stream (a row or column of a weight matrix), "
+        "followed one-to-one from checkpoint to checkpoint; the 2-D layout is PCA per layer, "
+        "aligned from one checkpoint to the next by Procrustes; colour is dot density with one "
+        "range for the whole film. The header shows the training step and, when it was logged, "
+        "the loss.",
+        "",
+    ]
+    for run, members in runs.items():
+        lines += [f"## {run}", ""]
+        members = sorted(members, key=lambda f: f.path.suffix.lower() not in INLINE)
+        for film in members:
+            if film.path.suffix.lower() in INLINE:
+                lines += [f"![{run}: training film]({_url(film.in_repo)})", ""]
+        for film in members:
+            lines.append(f"- [{film.in_repo}]({_url(film.in_repo)}): {_describe(film)}")
+        lines.append("")
+        doc = next((f.manifest for f in members if f.manifest), None)
+        if doc is not None:
+            files = doc["checkpoints"].get("files") or []
+            if files:
+                lines += [f"Checkpoints: {len(files)}, steps {files[0]['step']:,} to "
+                          f"{files[-1]['step']:,} (sha256 of each in the `.json` manifest).", ""]
+            if doc.get("model_config"):
+                lines += ["Model config (`config.json` beside the checkpoints):", "", "```json",
+                          json.dumps(doc["model_config"], indent=2, sort_keys=True), "```", ""]
+        companions = list(dict.fromkeys(u for f in members for u in f.companions))
+        stills = [u for u in companions if u.local.suffix.lower() in (".png", ".jpg", ".jpeg")]
+        other = [u for u in companions
+                 if u not in stills and not u.in_repo.endswith(tuple(f"{s}.json" for s in SUFFIXES))]
+        if stills:
+            lines += ["Stills:", ""] + [f"![{Path(u.in_repo).name}]({_url(u.in_repo)})" for u in stills] + [""]
+        if other:
+            lines += ["Data: " + ", ".join(f"[{Path(u.in_repo).name}]({_url(u.in_repo)})" for u in other), ""]
+        for film in members:
+            if film.manifest:
+                lines += _render_again(film)
+    lines += [f"Published with `layerfilm publish --repo-id {repo_id}` (layerfilm {__version__}).", ""]
+    return "\n".join(lines)
+
+
+def _url(in_repo: str) -> str:
+    return "/".join(part.replace(" ", "%20") for part in in_repo.split("/"))
+
+
+def _describe(film: Film) -> str:
+    kind = {".webm": "lossless VP9 WebM (plays in Chrome and Firefox)", ".gif": "GIF",
+            ".webp": "lossless animated WebP", ".mp4": "lossless H.264 RGB MP4 (mpv, VLC)",
+            ".mkv": "lossless FFV1 MKV (archival)"}[film.path.suffix.lower()]
+    size = film.path.stat().st_size / 1e6
+    if not film.manifest:
+        return f"{kind}, {size:.1f} MB"
+    f = film.manifest["film"]
+    return (f"{kind}, {f['size'][0]}x{f['size'][1]}, {f['frames']:,} frames at {f['fps']} fps "
+            f"({f['duration_s']:.1f} s), {size:.1f} MB, sha256 `{f['sha256'][:16]}`")
+
+
+def _render_again(film: Film) -> list[str]:
+    """The options (as the TOML file ``--config`` reads) and the commands that render it again."""
+    doc = film.manifest
+    known = {k: v for k, v in doc["options"].items() if k in option_names()}
+    try:
+        values = options_from_table(known, Path("manifest.json"), nullable=True)
+        config = dataclasses.replace(RenderConfig(Path("."), Path("x.webm")), **values)
+        toml = options_toml(config).rstrip("\n")
+    except LayerfilmError:
+        toml = "\n".join(f"{k} = {json.dumps(v)}" for k, v in known.items() if v is not None)
+    folder = Path(doc["checkpoints"]["folder"]).name
+    name = film.path.name
+    return [
+        f"Render `{name}` again (layerfilm {doc.get('layerfilm')}, ffmpeg "
+        f"{(doc.get('encoder') or {}).get('ffmpeg', '?')}): save these options as `layerfilm.toml`",
+        "",
+        "```toml",
+        toml,
+        "```",
+        "",
+        "and run",
+        "",
+        "```sh",
+        f"layerfilm render {folder} {name}",
+        f"# or, with the checkpoints in place, bit for bit:  layerfilm render --from-manifest {name}.json",
+        "```",
+        "",
+    ]
+
+
+@dataclasses.dataclass
+class Published:
+    url: str
+    commit_url: str | None
+    files: list[Upload]
+    card: str
+
+
+def publish(films: list[Path], repo_id: str, repo_type: str = "model", private: bool = False,
+            path_in_repo: str = "", dry_run: bool = False, message: str | None = None,
+            say: Callable[[str], None] = print) -> Published:
+    """Upload ``films`` and their companions plus a README card to ``repo_id`` in one commit
+    (created if needed).  ``dry_run`` only lists the files and prints the card."""
+    check_repo(repo_id, repo_type)
+    found = collect(films, path_in_repo)
+    files = uploads(found)
+    text = card(found, repo_id)
+    message = message or "layerfilm: " + ", ".join(f.in_repo for f in found)
+    if dry_run:
+        say(f"would upload to {repo_id} ({repo_type}{', private' if private else ''}) in one commit "
+            f"{message!r}:")
+        for up in files:
+            say(f"  {up.in_repo:<40} {up.local} ({up.local.stat().st_size:,} bytes)")
+        say(f"  {'README.md':<40} (the card below, {len(text.encode()):,} bytes)")
+        say("")
+        say(text)
+        return Published("", None, files, text)
+
+    import huggingface_hub
+    from huggingface_hub.utils import HfHubHTTPError
+
+    token = huggingface_hub.get_token()
+    if not token:
+        raise LayerfilmError("no Hugging Face token: run `hf auth login` (or `huggingface-cli login`) "
+                             "or set HF_TOKEN")
+    api = huggingface_hub.HfApi(token=token)
+    ops = [huggingface_hub.CommitOperationAdd(path_in_repo=u.in_repo, path_or_fileobj=str(u.local))
+           for u in files]
+    ops.append(huggingface_hub.CommitOperationAdd(path_in_repo="README.md",
+                                                  path_or_fileobj=text.encode()))
+    try:
+        url = api.create_repo(repo_id, repo_type=repo_type, private=True if private else None,
+                              exist_ok=True)
+        info = api.create_commit(repo_id, ops, commit_message=message, repo_type=repo_type)
+    except HfHubHTTPError as e:
+        status = getattr(e.response, "status_code", "?")
+        detail = getattr(e, "server_message", None) or str(e).splitlines()[0]
+        raise LayerfilmError(f"the Hub refused the upload to {repo_id} (HTTP {status}): "
+                             f"{' '.join(str(detail).split())}") from None
+    except Exception as e:  # network errors come from httpx/requests, whichever the hub uses
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise LayerfilmError(f"upload to {repo_id} failed: {type(e).__name__}: {first}") from None
+    return Published(str(url), getattr(info, "commit_url", None), files, text)

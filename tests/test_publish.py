@@ -1,0 +1,272 @@
+"""layerfilm publish: the real huggingface_hub client against a small Hub on 127.0.0.1.
+
+The server answers just the endpoints the client calls for create_repo + create_commit
+(repo create, README validation, preupload, the LFS batch API and its upload URL, commit)
+and records every request; the tests assert on what it received.  No network.
+"""
+
+import base64
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from layerfilm.cli import app
+
+from conftest import write_run
+
+runner = CliRunner()
+TOKEN = "hf_test_token_123"
+BINARY = (".webm", ".gif", ".webp", ".mp4", ".mkv", ".png")  # the Hub stores these with LFS
+
+
+class FakeHub(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.requests: list[dict] = []
+        self.blobs: dict[str, bytes] = {}  # LFS uploads by sha256
+        self.refuse: int | None = None  # answer every request with this status
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def paths(self) -> list[str]:
+        return [f"{r['method']} {r['path']}" for r in self.requests]
+
+    def commit(self) -> tuple[dict, dict[str, dict]]:
+        """The one commit received: its header and its operations by path."""
+        commits = [r for r in self.requests if "/commit/" in r["path"]]
+        assert len(commits) == 1, self.paths()
+        lines = [json.loads(line) for line in commits[0]["body"].splitlines() if line.strip()]
+        assert lines[0]["key"] == "header"
+        return lines[0]["value"], {op["value"]["path"]: op for op in lines[1:]}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: FakeHub
+
+    def log_message(self, *args):
+        pass
+
+    def _body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            data = b""
+            while True:
+                size = int(self.rfile.readline().strip().split(b";")[0], 16)
+                if size == 0:
+                    self.rfile.readline()
+                    return data
+                data += self.rfile.read(size)
+                self.rfile.readline()
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def _reply(self, status: int, doc) -> None:
+        self.server.requests[-1]["status"] = status
+        data = json.dumps(doc).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        self._handle("GET")
+
+    def do_POST(self):
+        self._handle("POST")
+
+    def do_PUT(self):
+        self._handle("PUT")
+
+    def _handle(self, method: str) -> None:
+        hub, path = self.server, self.path.split("?")[0]
+        body = self._body()
+        hub.requests.append({"method": method, "path": path, "body": body.decode("latin-1"),
+                             "auth": self.headers.get("Authorization")})
+        if hub.refuse:
+            return self._reply(hub.refuse, {"error": "You don't have the rights to create a repo here"})
+        if self.headers.get("Authorization") != f"Bearer {TOKEN}" and not path.startswith("/lfs-upload/"):
+            return self._reply(401, {"error": "Invalid credentials"})
+        if method == "POST" and path == "/api/repos/create":
+            req = json.loads(body)
+            prefix = "datasets/" if req.get("type") == "dataset" else ""
+            return self._reply(200, {"url": f"{hub.url}/{prefix}{req['organization']}/{req['name']}"})
+        if method == "POST" and path == "/api/validate-yaml":
+            return self._reply(200, {"errors": [], "warnings": []})
+        if method == "POST" and "/preupload/" in path:
+            files = json.loads(body)["files"]
+            return self._reply(200, {"files": [
+                {"path": f["path"], "uploadMode": "lfs" if f["path"].endswith(BINARY) else "regular",
+                 "shouldIgnore": False} for f in files]})
+        if method == "POST" and path.endswith(".git/info/lfs/objects/batch"):
+            objects = json.loads(body)["objects"]
+            return self._reply(200, {"transfer": "basic", "objects": [
+                {"oid": o["oid"], "size": o["size"],
+                 "actions": {"upload": {"href": f"{hub.url}/lfs-upload/{o['oid']}"}}} for o in objects]})
+        if method == "PUT" and path.startswith("/lfs-upload/"):
+            hub.blobs[path.rsplit("/", 1)[1]] = body
+            return self._reply(200, {})
+        if method == "POST" and "/commit/" in path:  # /api/{type}s/{user}/{name}/commit/{rev}
+            kind, repo = path.split("/")[2], "/".join(path.split("/")[3:5])
+            prefix = "" if kind == "models" else f"{kind}/"
+            return self._reply(200, {"commitUrl": f"{hub.url}/{prefix}{repo}/commit/{'a' * 40}",
+                                     "commitOid": "a" * 40, "success": True})
+        return self._reply(404, {"error": f"no route for {method} {path}"})
+
+
+@pytest.fixture
+def hub():
+    server = FakeHub()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def run_publish(args, hub, tmp_path, token=TOKEN):
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("HF_") and k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
+    env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf_home"), HF_HUB_DISABLE_XET="1",
+               HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_PROGRESS_BARS="1", NO_PROXY="127.0.0.1")
+    if token:
+        env["HF_TOKEN"] = token
+    return subprocess.run([sys.executable, "-m", "layerfilm", "publish", *map(str, args)],
+                          capture_output=True, text=True, env=env, timeout=120)
+
+
+@pytest.fixture
+def films(tmp_path):
+    """A run rendered to films/grok.webm and .gif (with manifests), stills and stats beside them."""
+    run = write_run(tmp_path / "grok", n=3)
+    (run / "config.json").write_text('{"n_layer": 2, "n_embd": 16, "vocab_size": 40}')
+    out = tmp_path / "films"
+    out.mkdir()
+    for suffix in (".webm", ".gif"):
+        result = runner.invoke(app, ["render", str(run), str(out / f"grok{suffix}"), "--fps", "2",
+                                     "--size", "128x72", "-q"])
+        assert result.exit_code == 0, result.output
+    stills = out / "grok-stills"
+    stills.mkdir()
+    (stills / "first.png").write_bytes(b"\x89PNG first")
+    (stills / "last.png").write_bytes(b"\x89PNG last")
+    (out / "grok-stats").mkdir()
+    (out / "grok-stats" / "layer_stats.csv").write_text("step,layer,drift\n0,L0,0.0\n")
+    (out / "notes.txt").write_text("not a companion")
+    return out
+
+
+def test_publish_uploads_everything_in_one_commit(tmp_path, hub, films):
+    result = run_publish([films / "grok.webm", films / "grok.gif", "--repo-id", "alice/grok-films",
+                          "--repo-type", "dataset", "--private", "--path-in-repo", "clips",
+                          "--message", "Grokking films"], hub, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "published 7 files and README.md to" in result.stdout
+    paths = hub.paths()
+    assert paths[0] == "POST /api/repos/create"
+    assert json.loads(hub.requests[0]["body"]) == {"name": "grok-films", "organization": "alice",
+                                                   "visibility": "private", "type": "dataset"}
+    assert all(r["auth"] == f"Bearer {TOKEN}" for r in hub.requests if not r["path"].startswith("/lfs"))
+    assert sum("/commit/" in p for p in paths) == 1
+    assert "POST /api/datasets/alice/grok-films/preupload/main" in paths
+    assert "POST /datasets/alice/grok-films.git/info/lfs/objects/batch" in paths
+    assert [r["status"] for r in hub.requests] == [200] * len(paths), paths  # nothing unexpected
+
+    header, ops = hub.commit()
+    assert header["summary"] == "Grokking films"
+    expected = {
+        "clips/grok.webm": films / "grok.webm", "clips/grok.gif": films / "grok.gif",
+        "clips/grok.webm.json": films / "grok.webm.json", "clips/grok.gif.json": films / "grok.gif.json",
+        "clips/grok-stills/first.png": films / "grok-stills" / "first.png",
+        "clips/grok-stills/last.png": films / "grok-stills" / "last.png",
+        "clips/grok-stats/layer_stats.csv": films / "grok-stats" / "layer_stats.csv",
+    }
+    assert sorted(ops) == sorted([*expected, "README.md"])
+    for in_repo, local in expected.items():
+        data = local.read_bytes()
+        op = ops[in_repo]
+        if in_repo.endswith(BINARY):  # via LFS: the commit names the blob, the blob arrived intact
+            assert op["key"] == "lfsFile"
+            oid = hashlib.sha256(data).hexdigest()
+            assert op["value"]["oid"] == oid and op["value"]["size"] == len(data)
+            assert hub.blobs[oid] == data
+        else:
+            assert op["key"] == "file" and base64.b64decode(op["value"]["content"]) == data
+
+    card = base64.b64decode(ops["README.md"]["value"]["content"]).decode()
+    assert card.startswith("---\ntags:\n- layerfilm\n")
+    assert "![grok: training film](clips/grok.gif)" in card  # GIF inline
+    assert "- [clips/grok.webm](clips/grok.webm): lossless VP9 WebM" in card  # WebM linked
+    assert "![clips/grok.webm]" not in card
+    assert "128x72, 5 frames at 2 fps (2.5 s)" in card
+    assert '"n_embd": 16' in card  # the model's config.json
+    assert "layerfilm render grok grok.webm" in card and "--from-manifest grok.webm.json" in card
+    assert "fps = 2" in card and "size = [128, 72]" in card
+    assert "layerfilm 0.1.0" in card
+    assert "![first.png](clips/grok-stills/first.png)" in card
+    assert "[layer_stats.csv](clips/grok-stats/layer_stats.csv)" in card
+    assert "notes.txt" not in card
+
+
+def test_dry_run_lists_and_prints_the_card_without_a_request(tmp_path, hub, films):
+    result = run_publish([films / "grok.gif", "--repo-id", "alice/x", "--dry-run"], hub, tmp_path,
+                         token=None)
+    assert result.returncode == 0, result.stderr
+    assert hub.requests == []
+    out = result.stdout
+    assert "would upload to alice/x (model) in one commit 'layerfilm: grok.gif':" in out
+    for name in ("grok.gif ", "grok.gif.json", "grok-stills/first.png", "grok-stats/layer_stats.csv",
+                 "README.md"):
+        assert name in out
+    assert "grok.webm " not in out and "grok.webm.json" not in out  # only the film given
+    assert "# Training films: grok" in out and "![grok: training film](grok.gif)" in out
+
+
+def test_missing_token_is_one_line(tmp_path, hub, films):
+    result = run_publish([films / "grok.gif", "--repo-id", "alice/x"], hub, tmp_path, token=None)
+    assert result.returncode == 1 and hub.requests == []
+    assert result.stderr.strip().splitlines() == [
+        "layerfilm: error: no Hugging Face token: run `hf auth login` (or `huggingface-cli login`) "
+        "or set HF_TOKEN"]
+
+
+@pytest.mark.parametrize("refuse, token", [(403, TOKEN), (None, "hf_wrong")])
+def test_refused_upload_is_one_line(tmp_path, hub, films, refuse, token):
+    hub.refuse = refuse
+    result = run_publish([films / "grok.gif", "--repo-id", "alice/x"], hub, tmp_path, token=token)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("layerfilm: error: the Hub refused the upload to "
+                                                   "alice/x (HTTP "), result.stderr
+    assert ("403" if refuse else "401") in lines[0]
+    assert not [r for r in hub.requests if "/commit/" in r["path"]]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--repo-id", "nouser"], "--repo-id must look like USER/NAME"),
+    (["--repo-id", "a/b", "--repo-type", "space"], "--repo-type must be one of model, dataset"),
+])
+def test_bad_publish_options(tmp_path, films, args, message):
+    result = runner.invoke(app, ["publish", str(films / "grok.gif"), *args])
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_missing_film_and_name_clash(tmp_path, films):
+    result = runner.invoke(app, ["publish", str(films / "nope.webm"), "--repo-id", "a/b", "--dry-run"])
+    assert result.exit_code == 1 and "nope.webm: no such film" in result.output
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "grok.gif").write_bytes((films / "grok.gif").read_bytes()[:-1])
+    result = runner.invoke(app, ["publish", str(films / "grok.gif"), str(other / "grok.gif"),
+                                 "--repo-id", "a/b", "--dry-run"])
+    assert result.exit_code == 2 and "would both be uploaded as 'grok.gif'" in result.output
