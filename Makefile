@@ -8,7 +8,7 @@ LF     := $(VENV)/bin/layerfilm
 # torch: the CPU build pinned here (an unpinned torch pulls a multi-GB CUDA build).
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test sample bench clean
+.PHONY: demo test sample bench clean batch
 
 $(VENV)/.base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ bench: $(VENV)/.dev
 # Regenerate sample_checkpoints/ (trains the small grokking transformer; a few minutes on CPU).
 sample: $(VENV)/.dev
 	$(PY) scripts/make_sample.py --out sample_checkpoints
+
+# Render every run folder under runs/ to films/<run>.webm, .gif and stills, incrementally
+# (examples/batch.mk; e.g. make batch -j4 RUNS=ckpts).
+batch: $(VENV)/.base
+	$(MAKE) -f examples/batch.mk LAYERFILM=$(abspath $(LF))
 
 clean:
 	rm -rf films .pytest_cache

@@ -1,0 +1,54 @@
+# Batch rendering with Make: every run folder under $(RUNS) becomes films/<run>.webm,
+# films/<run>.gif and films/<run>-stills/, in parallel and incrementally.
+#
+#   make -f examples/batch.mk -j4                # render what is missing or out of date
+#   make -f examples/batch.mk -n                 # show what would be rendered, render nothing
+#   make -f examples/batch.mk -j4 -k             # keep going past a run that fails
+#   make -f examples/batch.mk -j4 RUNS=ckpts FILMS=out FORMATS="webm gif mp4"
+#   make -f examples/batch.mk publish REPO_ID=you/films
+#
+# Each film's target is its manifest, films/<run>.<format>.json, which layerfilm writes only
+# after the film itself is in place.  A film is rendered again when any file of its run
+# (checkpoints, metrics.jsonl, ...; two folders deep) or the config file is newer than its
+# manifest.  A render that fails exits non-zero and writes neither film nor manifest (an older
+# film stays as it was), so Make stops that target alone and retries it next time.
+# Run names must not contain spaces.
+
+LAYERFILM ?= layerfilm
+RUNS      ?= runs
+FILMS     ?= films
+FORMATS   ?= webm gif
+LFFLAGS   ?= --quiet
+# Options for every film: layerfilm.toml here, else pyproject.toml if it has [tool.layerfilm].
+CONFIG    ?= $(firstword $(wildcard layerfilm.toml) $(shell grep -ls '^\[tool\.layerfilm\]' pyproject.toml))
+# Stills are written by the render of one format (STILLS_WITH) into films/<run>-stills, with
+# the option STILLS names; empty STILLS: no stills.  --frames DIR writes every frame as a PNG.
+STILLS      ?= --frames
+STILLS_WITH ?= $(firstword $(FORMATS))
+
+runs      := $(patsubst $(RUNS)/%/,%,$(wildcard $(RUNS)/*/))
+manifests := $(foreach format,$(FORMATS),$(runs:%=$(FILMS)/%.$(format).json))
+
+.PHONY: all publish
+.DELETE_ON_ERROR:
+all: $(manifests)
+
+$(FILMS):
+	mkdir -p $@
+
+# Everything one run's films depend on.
+inputs = $(wildcard $(RUNS)/$(1)/* $(RUNS)/$(1)/*/*) $(CONFIG)
+# The stills options for run $(1) when rendering format $(2).
+stills = $(if $(and $(STILLS),$(filter $(2),$(STILLS_WITH))),$(STILLS) $(FILMS)/$(1)-stills)
+
+# One pattern rule per run (the stem is the format): films/<run>.%.json from that run's files.
+define run_rule
+$(FILMS)/$(1).%.json: $(call inputs,$(1)) | $(FILMS)
+	$$(if $$(call stills,$(1),$$*),rm -rf $(FILMS)/$(1)-stills)
+	$(LAYERFILM) render $(LFFLAGS) $(if $(CONFIG),--config $(CONFIG)) $$(call stills,$(1),$$*) $(RUNS)/$(1) $(FILMS)/$(1).$$*
+endef
+$(foreach run,$(runs),$(eval $(call run_rule,$(run))))
+
+publish: all
+	@test -n "$(REPO_ID)" || { echo "usage: make -f examples/batch.mk publish REPO_ID=user/name" >&2; exit 2; }
+	$(LAYERFILM) publish $(manifests:.json=) --repo-id $(REPO_ID) $(PUBLISH_FLAGS)

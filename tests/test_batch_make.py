@@ -1,0 +1,109 @@
+"""examples/batch.mk: every run folder to films/<run>.webm/.gif + stills, parallel, incremental."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, decode, write_run
+
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
+BATCH = ROOT / "examples" / "batch.mk"
+LAYERFILM = f"{sys.executable} -m layerfilm"
+
+
+def make(project, *args):
+    return subprocess.run(["make", "-f", str(BATCH), f"LAYERFILM={LAYERFILM}", *args], cwd=project,
+                          capture_output=True, text=True, timeout=600)
+
+
+def renders(output: str) -> list[str]:
+    """The render commands in make's output, as 'RUN -> FILM'."""
+    out = []
+    for line in output.splitlines():
+        if line.startswith(LAYERFILM + " render"):
+            words = line.split()
+            out.append(f"{words[-2]} -> {words[-1]}")
+    return sorted(out)
+
+
+def bump(path, seconds=5):
+    """Make ``path`` newer than everything rendered so far (no waiting for the clock)."""
+    t = time.time() + seconds
+    os.utime(path, (t, t))
+
+
+@pytest.fixture
+def project(tmp_path):
+    write_run(tmp_path / "runs" / "a", n=3)
+    write_run(tmp_path / "runs" / "b", n=3, seed=1, name="checkpoint-{step}/model.safetensors")
+    (tmp_path / "layerfilm.toml").write_text('size = "160x90"\nfps = 2\n')
+    return tmp_path
+
+
+def test_dry_run_lists_one_render_per_run_and_format(project):
+    result = make(project, "-n")
+    assert result.returncode == 0, result.stderr
+    assert renders(result.stdout) == ["runs/a -> films/a.gif", "runs/a -> films/a.webm",
+                                      "runs/b -> films/b.gif", "runs/b -> films/b.webm"]
+    lines = result.stdout.splitlines()
+    webm = next(line for line in lines if line.endswith("films/a.webm"))
+    assert "--config layerfilm.toml" in webm and "--frames films/a-stills" in webm
+    assert "rm -rf films/a-stills" in lines
+    assert "--frames" not in next(line for line in lines if line.endswith("films/a.gif"))
+    assert not (project / "films").exists()  # -n renders nothing
+
+
+def test_parallel_incremental_batch(project):
+    result = make(project, "-j2")
+    assert result.returncode == 0, result.stderr
+    films = project / "films"
+    for run in ("a", "b"):
+        for fmt in ("webm", "gif"):
+            frames = decode(films / f"{run}.{fmt}")
+            assert frames.shape == (5, 90, 160, 3)  # from layerfilm.toml: 3 checkpoints, 2 fps
+            doc = json.loads((films / f"{run}.{fmt}.json").read_text())
+            assert doc["checkpoints"]["folder"] == str(project / "runs" / run)
+            assert (doc["options"]["size"], doc["options"]["fps"]) == ([160, 90], 2)
+        stills = sorted(p.name for p in (films / f"{run}-stills").iterdir())
+        assert stills == [f"frame_{i:06d}.png" for i in range(5)] + ["manifest.json"]
+    assert not [p for p in films.iterdir() if p.name.startswith(".")]  # no temporary files
+
+    # Up to date: nothing to do.
+    assert make(project, "-q").returncode == 0
+    assert renders(make(project, "-n").stdout) == []
+
+    # A touched checkpoint re-renders its run only.
+    before = {p.name: p.stat().st_mtime_ns for p in films.glob("*.json")}
+    bump(project / "runs" / "b" / "checkpoint-100" / "model.safetensors")
+    assert renders(make(project, "-n").stdout) == ["runs/b -> films/b.gif", "runs/b -> films/b.webm"]
+    result = make(project, "-j2")
+    assert result.returncode == 0, result.stderr
+    assert renders(result.stdout) == ["runs/b -> films/b.gif", "runs/b -> films/b.webm"]
+    after = {p.name: p.stat().st_mtime_ns for p in films.glob("*.json")}
+    assert [n for n in sorted(after) if after[n] != before[n]] == ["b.gif.json", "b.webm.json"]
+    assert sorted(p.name for p in (films / "b-stills").glob("*.png")) == \
+        [f"frame_{i:06d}.png" for i in range(5)]
+
+    # A changed config re-renders everything.
+    (project / "layerfilm.toml").write_text('size = "128x72"\nfps = 2\n')
+    bump(project / "layerfilm.toml", 10)
+    assert len(renders(make(project, "-n").stdout)) == 4
+
+
+def test_a_failing_run_stops_only_its_own_targets(project):
+    bad = write_run(project / "runs" / "c", n=3, seed=2)
+    (bad / "step_000100.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    result = make(project, "-j2", "-k")
+    assert result.returncode != 0
+    assert "runs/c/step_000100.safetensors: corrupt safetensors header" in result.stderr
+    films = project / "films"
+    assert sorted(p.name for p in films.iterdir()) == [
+        "a-stills", "a.gif", "a.gif.json", "a.webm", "a.webm.json",
+        "b-stills", "b.gif", "b.gif.json", "b.webm", "b.webm.json"]  # nothing of c, no .part
+    # c is retried next time, a and b are not rendered again.
+    assert renders(make(project, "-n").stdout) == ["runs/c -> films/c.gif", "runs/c -> films/c.webm"]
