@@ -21,9 +21,10 @@ FORMATS   ?= webm gif
 LFFLAGS   ?= --quiet
 # Options for every film: layerfilm.toml here, else pyproject.toml if it has [tool.layerfilm].
 CONFIG    ?= $(firstword $(wildcard layerfilm.toml) $(shell grep -ls '^\[tool\.layerfilm\]' pyproject.toml))
-# Stills are written by the render of one format (STILLS_WITH) into films/<run>-stills, with
-# the option STILLS names; empty STILLS: no stills.  --frames DIR writes every frame as a PNG.
-STILLS      ?= --frames
+# Stills (first.png, last.png, contact_sheet.png) are written into films/<run>-stills by the
+# render of one format (STILLS_WITH), with the option STILLS names (--stills; --frames would
+# write every frame as a PNG instead; empty: no stills).
+STILLS      ?= --stills
 STILLS_WITH ?= $(firstword $(FORMATS))
 
 runs      := $(patsubst $(RUNS)/%/,%,$(wildcard $(RUNS)/*/))

@@ -80,6 +80,8 @@ def collect(films: list[Path], path_in_repo: str = "") -> list[Film]:
 
         def in_repo(p: Path) -> str:
             rel = Path(os.path.relpath(p, film.parent)).as_posix()
+            if rel.startswith("../"):  # a --stills folder elsewhere: keep its name only
+                rel = f"{p.parent.name}/{p.name}"
             return f"{prefix}/{rel}" if prefix else rel
 
         found: dict[Path, None] = {}

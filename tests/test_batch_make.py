@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from conftest import ROOT, decode, write_run
@@ -52,9 +53,9 @@ def test_dry_run_lists_one_render_per_run_and_format(project):
                                       "runs/b -> films/b.gif", "runs/b -> films/b.webm"]
     lines = result.stdout.splitlines()
     webm = next(line for line in lines if line.endswith("films/a.webm"))
-    assert "--config layerfilm.toml" in webm and "--frames films/a-stills" in webm
+    assert "--config layerfilm.toml" in webm and "--stills films/a-stills" in webm
     assert "rm -rf films/a-stills" in lines
-    assert "--frames" not in next(line for line in lines if line.endswith("films/a.gif"))
+    assert "--stills" not in next(line for line in lines if line.endswith("films/a.gif"))
     assert not (project / "films").exists()  # -n renders nothing
 
 
@@ -70,7 +71,9 @@ def test_parallel_incremental_batch(project):
             assert doc["checkpoints"]["folder"] == str(project / "runs" / run)
             assert (doc["options"]["size"], doc["options"]["fps"]) == ([160, 90], 2)
         stills = sorted(p.name for p in (films / f"{run}-stills").iterdir())
-        assert stills == [f"frame_{i:06d}.png" for i in range(5)] + ["manifest.json"]
+        assert stills == ["contact_sheet.png", "first.png", "last.png"]
+        webm = decode(films / f"{run}.webm")
+        assert np.array_equal(decode(films / f"{run}-stills" / "last.png")[0], webm[-1])
     assert not [p for p in films.iterdir() if p.name.startswith(".")]  # no temporary files
 
     # Up to date: nothing to do.
@@ -86,8 +89,8 @@ def test_parallel_incremental_batch(project):
     assert renders(result.stdout) == ["runs/b -> films/b.gif", "runs/b -> films/b.webm"]
     after = {p.name: p.stat().st_mtime_ns for p in films.glob("*.json")}
     assert [n for n in sorted(after) if after[n] != before[n]] == ["b.gif.json", "b.webm.json"]
-    assert sorted(p.name for p in (films / "b-stills").glob("*.png")) == \
-        [f"frame_{i:06d}.png" for i in range(5)]
+    assert sorted(p.name for p in (films / "b-stills").iterdir()) == \
+        ["contact_sheet.png", "first.png", "last.png"]
 
     # A changed config re-renders everything.
     (project / "layerfilm.toml").write_text('size = "128x72"\nfps = 2\n')

@@ -169,3 +169,21 @@ def test_sha256_memo_follows_the_file(tmp_path):
     assert manifest.sha256_file(p) == hashlib.sha256(b"a" * 10).hexdigest()
     p.write_bytes(b"b" * 11)  # new size (and mtime): hashed again
     assert manifest.sha256_file(p) == hashlib.sha256(b"b" * 11).hexdigest()
+
+
+def test_inputs_are_kept_and_output_folders_dropped_on_rerender(tmp_path, run_dir, monkeypatch):
+    metrics = tmp_path / "log.jsonl"
+    metrics.write_text("".join(f'{{"step": {s}, "loss": {5 - s / 100}}}\n' for s in range(0, 301, 50)))
+    render(run_dir, tmp_path / "f.gif", "--fps", "2", "--size", "128x72", "--loss-strip",
+           "--metrics", metrics, "--stills", tmp_path / "shots")
+    doc = json.loads((tmp_path / "f.gif.json").read_text())
+    assert doc["checkpoints"]["loss"]["sha256"] == sha(metrics)
+    seen = []
+    monkeypatch.setattr(pipeline, "render", lambda cfg, progress: seen.append(cfg) or exit(0))
+    runner.invoke(app, ["render", "--from-manifest", str(tmp_path / "f.gif.json"), str(tmp_path / "g.gif")])
+    assert seen[-1].metrics == metrics and seen[-1].loss_strip is True
+    assert seen[-1].stills_dir is None
+    metrics.write_text("changed\n")
+    result = runner.invoke(app, ["render", "--from-manifest", str(tmp_path / "f.gif.json"),
+                                 str(tmp_path / "g.gif")])
+    assert result.exit_code == 1 and "log.jsonl: changed since" in result.output

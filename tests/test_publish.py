@@ -270,3 +270,17 @@ def test_missing_film_and_name_clash(tmp_path, films):
     result = runner.invoke(app, ["publish", str(films / "grok.gif"), str(other / "grok.gif"),
                                  "--repo-id", "a/b", "--dry-run"])
     assert result.exit_code == 2 and "would both be uploaded as 'grok.gif'" in result.output
+
+
+def test_stills_folder_named_in_the_manifest_goes_too(tmp_path):
+    run = write_run(tmp_path / "run", n=3)
+    out = tmp_path / "films"
+    out.mkdir()
+    result = runner.invoke(app, ["render", str(run), str(out / "r.webm"), "--fps", "2", "--size",
+                                 "128x72", "--stills", str(tmp_path / "shots"), "-q"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["publish", str(out / "r.webm"), "--repo-id", "a/b", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    for name in ("shots/first.png", "shots/last.png", "shots/contact_sheet.png", "r.webm.json"):
+        assert f"  {name} " in result.output
+    assert "![contact_sheet.png](shots/contact_sheet.png)" in result.output
