@@ -1,10 +1,14 @@
 """Find checkpoints, order them by training step, read tensors lazily.
 
-Safetensors files are parsed here without torch: the header is validated
-(size, JSON, dtypes, shapes, offsets) before any tensor data is touched, and
-tensors are memory-mapped so only the rows that are drawn get read.  Torch
-pickles (``.pt .pth .bin .ckpt``) are read with ``torch.load(weights_only=True)``
-only; torch is imported inside the function that needs it.
+A checkpoint is one file (safetensors or a torch pickle), a Hugging Face
+sharded checkpoint (``*.index.json`` + shards) or a PyTorch Distributed
+Checkpoint folder (``.metadata`` + ``*.distcp``).  Safetensors files are parsed
+here without torch: the header is validated (size, JSON, dtypes, shapes,
+offsets) before any tensor data is touched, and tensors are memory-mapped so
+only the rows that are drawn get read.  Torch pickles (``.pt .pth .bin .ckpt``)
+are read with ``torch.load(weights_only=True, mmap=True)`` only, and a DCP
+folder's pickled ``.metadata`` through an unpickler that admits nothing but
+DCP's own metadata classes; torch is imported inside the function that needs it.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import os
 import re
 import struct
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import Iterable, Iterator, Protocol
 
 import numpy as np
 
@@ -53,75 +57,190 @@ _FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointRef:
-    """One checkpoint file and the training step it was saved at."""
+    """One checkpoint and the training step it was saved at.
+
+    ``path`` is a weights file, a sharded checkpoint's ``*.index.json`` or a
+    Distributed Checkpoint folder; ``kind`` names the layout (``layerfilm info``
+    prints it).
+    """
 
     path: Path
     step: int
+    kind: str = ""
+
+    def files(self) -> list[Path]:
+        """Every file this checkpoint is made of (for cache keys)."""
+        if self.path.is_dir():
+            return sorted(p for p in self.path.iterdir() if p.is_file())
+        if self.path.name.endswith(".index.json"):
+            try:
+                shards = set(json.loads(self.path.read_text())["weight_map"].values())
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                shards = set()
+            return [self.path] + sorted(self.path.parent / str(s) for s in shards)
+        return [self.path]
+
+
+# Hugging Face weights inside one checkpoint folder, most preferred first.
+HF_WEIGHTS = ("model.safetensors.index.json", "model.safetensors",
+              "pytorch_model.bin.index.json", "pytorch_model.bin")
+# Files trainers write beside the weights that are not the model (HF Trainer, Lightning, ...).
+_NOT_WEIGHTS = re.compile(r"^(?:optimizer|optim|scheduler|lr_scheduler|rng_state|training_args|"
+                          r"scaler|trainer_state|ema_state)", re.I)
+_SHARD = re.compile(r"-\d+-of-\d+$")
+_MAX_DEPTH = 3  # sub-folder levels searched below the folder given
 
 
 def parse_step(path: Path, root: Path | None = None) -> int | None:
     """The training step encoded in a checkpoint's name, or ``None``.
 
-    The file's stem is tried first, then each parent folder up to ``root``
-    (``checkpoint-300/model.safetensors`` is step 300).
+    The file's stem is tried first (a keyword-tagged number such as ``step_100``,
+    else its last number), then each parent folder up to ``root``: a tagged
+    number (``checkpoint-300/model.safetensors`` is step 300) or a name that is
+    only a number (``300/model.safetensors``).
     """
-    parts = [path.stem]
+    parts = [path.stem if path.suffix in CHECKPOINT_SUFFIXES or path.suffix == ".json" else path.name]
     for parent in path.parents:
         if root is not None and parent == root:
             break
         parts.append(parent.name)
-    for part in parts:
+    for i, part in enumerate(parts):
         for pattern in _STEP_PATTERNS:
             found = pattern.findall(part)
             if found:
                 return int(found[-1])
-        m = _LAST_NUMBER.search(part)
-        if m:
-            return int(m.group(1))
+        if i == 0:
+            m = _LAST_NUMBER.search(part)
+            if m:
+                return int(m.group(1))
+        elif part.isdigit():
+            return int(part)
     return None
 
 
-def discover(folder: str | os.PathLike) -> tuple[list[CheckpointRef], list[tuple[Path, str]]]:
-    """Checkpoints under ``folder`` (two levels deep), ordered by step.
+def _trainer_state_step(folder: Path) -> int | None:
+    """``global_step`` from a Hugging Face ``trainer_state.json`` in ``folder``."""
+    try:
+        step = json.loads((folder / "trainer_state.json").read_text()).get("global_step")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return step if isinstance(step, int) and step >= 0 else None
 
-    Returns ``(checkpoints, skipped)`` where ``skipped`` lists files that look
-    like weights but carry no step in their name, with the reason.  Raises
-    :class:`CheckpointError` when there is nothing to film or two files claim
-    the same step.
+
+def _find_units(root: Path) -> Iterator[tuple[Path, str, str | None]]:
+    """``(path, kind, why_not)`` for every checkpoint-looking thing under ``root``.
+
+    ``why_not`` is a reason to skip it (``None`` for a usable checkpoint).
+    """
+    def visit(folder: Path, depth: int) -> Iterator[tuple[Path, str, str | None]]:
+        try:
+            entries = sorted(folder.iterdir())
+        except OSError:
+            return
+        names = {p.name for p in entries}
+        if ".metadata" in names and any(p.suffix == ".distcp" for p in entries):
+            yield folder, "Distributed Checkpoint (.metadata + .distcp)", None
+            return
+        hf = next((n for n in HF_WEIGHTS if n in names and (folder / n).is_file()), None)
+        if hf is not None:
+            kind = {HF_WEIGHTS[0]: "sharded safetensors (model.safetensors.index.json)",
+                    HF_WEIGHTS[1]: "safetensors",
+                    HF_WEIGHTS[2]: "sharded torch pickles (pytorch_model.bin.index.json)",
+                    HF_WEIGHTS[3]: "torch pickle (pytorch_model.bin)"}[hf]
+            if "trainer_state.json" in names:
+                kind = f"Hugging Face Trainer, {kind}"
+            yield folder / hf, kind, None
+        indexed = any(n.endswith(".index.json") for n in names)
+        for p in entries:
+            if p.name.startswith("."):
+                continue
+            if p.is_dir():
+                if depth < _MAX_DEPTH:
+                    yield from visit(p, depth + 1)
+                continue
+            if p.suffix.lower() not in CHECKPOINT_SUFFIXES or _NOT_WEIGHTS.match(p.name):
+                continue
+            if hf is not None and p.suffix.lower() in CHECKPOINT_SUFFIXES:
+                continue  # other weights beside a Hugging Face checkpoint's own (adapters, ...)
+            if _SHARD.search(p.stem):
+                if not indexed:
+                    yield p, "", "a shard without its index (*.index.json)"
+                continue
+            kind = ("safetensors" if p.suffix.lower() in SAFETENSORS_SUFFIXES
+                    else f"torch pickle ({p.suffix.lower()})")
+            yield p, kind, None
+
+    yield from visit(root, 0)
+
+
+def discover(folder: str | os.PathLike, skip_bad: bool = False
+             ) -> tuple[list[CheckpointRef], list[tuple[Path, str]]]:
+    """Checkpoints under ``folder`` (up to three sub-folders deep), ordered by step.
+
+    Finds single files, Hugging Face checkpoint folders (``checkpoint-N/`` with
+    ``model.safetensors``, ``pytorch_model.bin`` or a sharded ``*.index.json``;
+    the step from the folder name, else ``trainer_state.json``) and Distributed
+    Checkpoint folders.  Returns ``(checkpoints, skipped)`` where ``skipped``
+    lists what looks like weights but cannot be placed (no step in its name),
+    with the reason.  Raises :class:`CheckpointError` when there is nothing to
+    film or two checkpoints claim the same step (with ``skip_bad`` the later one
+    is skipped instead).
     """
     root = Path(folder)
     if not root.exists():
         raise CheckpointError("no such folder", root)
     if not root.is_dir():
         raise CheckpointError("is a file; give the folder that holds the checkpoints", root)
-    candidates: list[Path] = []
-    for depth_glob in ("*", "*/*"):
-        candidates += [
-            p for p in root.glob(depth_glob)
-            if p.suffix.lower() in CHECKPOINT_SUFFIXES and p.is_file() and not p.name.startswith(".")
-        ]
-    found: dict[int, Path] = {}
+    found: dict[int, CheckpointRef] = {}
     skipped: list[tuple[Path, str]] = []
-    for path in sorted(candidates):
-        step = parse_step(path, root)
+    for path, kind, why_not in _find_units(root):
+        if why_not is not None:
+            skipped.append((path, why_not))
+            continue
+        step = parse_step(path, root) if path != root else 0  # the folder is one checkpoint
+        if step is None and kind.startswith("Hugging Face Trainer"):
+            step = _trainer_state_step(path.parent)
         if step is None:
             skipped.append((path, "no training step in its name"))
             continue
         if step in found:
-            raise CheckpointError(f"has the same step ({step}) as {found[step]}", path)
-        found[step] = path
-    refs = [CheckpointRef(found[s], s) for s in sorted(found)]
+            problem = f"has the same step ({step}) as {found[step].path}"
+            if not skip_bad:
+                raise CheckpointError(problem, path)
+            skipped.append((path, problem))
+            continue
+        found[step] = CheckpointRef(path, step, kind)
+    refs = [found[s] for s in sorted(found)]
     if not refs:
         raise CheckpointError(
-            "no checkpoints found (looked for *.safetensors, *.pt, *.pth, *.bin, *.ckpt "
-            "named with their training step, e.g. step_000100.safetensors)",
+            "no checkpoints found (looked for *.safetensors, *.pt, *.pth, *.bin, *.ckpt named "
+            "with their training step, e.g. step_000100.safetensors, Hugging Face checkpoint-N/ "
+            "folders and Distributed Checkpoint folders)",
             root,
         )
     if len(refs) < 2:
         raise CheckpointError(
-            f"only one checkpoint ({refs[0].path.name}); a film needs at least two", root
+            f"only one checkpoint ({_relative(refs[0].path, root)}); a film needs at least two", root
         )
     return refs, skipped
+
+
+def _relative(path: Path, root: Path) -> str:
+    return "the folder itself" if path == root else str(path.relative_to(root))
+
+
+def select_steps(refs: list[CheckpointRef], start: int | None = None, stop: int | None = None,
+                 every: int | None = None) -> list[CheckpointRef]:
+    """The keyframes ``--steps START:STOP:EVERY`` picks: steps in ``[start, stop]`` (both
+    inclusive), each at least ``every`` steps after the previous one kept."""
+    kept: list[CheckpointRef] = []
+    for ref in refs:
+        if (start is not None and ref.step < start) or (stop is not None and ref.step > stop):
+            continue
+        if every is not None and kept and ref.step - kept[-1].step < every:
+            continue
+        kept.append(ref)
+    return kept
 
 
 class TensorSource(Protocol):
@@ -239,7 +358,15 @@ def _to_float32(arr: np.ndarray, dtype: str) -> np.ndarray:
 
 
 class TorchFile:
-    """A torch pickle read with ``weights_only=True``; tensors converted on read."""
+    """A torch pickle read with ``weights_only=True`` (memory-mapped when it is a zip-format
+    file, so only drawn tensors are read); tensors converted on read.
+
+    The tensors are the first dict of tensors found: the top level (a plain
+    state_dict), else under ``state_dict`` (Lightning), ``model`` (nanoGPT),
+    ``model_state_dict``, ``module`` or ``params``, else under any one key.
+    ``_orig_mod.`` (torch.compile) and leading ``module.`` (DDP) are dropped from
+    names, and Lightning's ``model.`` prefix when every name has it.
+    """
 
     _CONTAINER_KEYS = ("state_dict", "model", "model_state_dict", "module", "params")
 
@@ -255,10 +382,21 @@ class TorchFile:
             ) from None
         import pickle
 
-        if self.path.stat().st_size == 0:
-            raise CheckpointError("empty file", self.path)
         try:
-            obj = torch.load(self.path, map_location="cpu", weights_only=True)
+            if self.path.stat().st_size == 0:
+                raise CheckpointError("empty file", self.path)
+            with open(self.path, "rb"):
+                pass  # an unreadable file is named as such, not as a broken pickle
+        except OSError as e:
+            raise CheckpointError(f"cannot read: {e.strerror or e}", self.path) from None
+        try:
+            try:
+                obj = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as e:
+                if "mmap" not in str(e):
+                    raise
+                # Legacy (pre-zip) format: cannot be mapped, read whole (one checkpoint at a time).
+                obj = torch.load(self.path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:
             raise CheckpointError(
                 "refused: this pickle needs code execution to load (torch.load weights_only=True "
@@ -272,7 +410,11 @@ class TorchFile:
         tensors = self._find_tensors(obj, torch)
         if not tensors:
             raise CheckpointError("contains no tensors", self.path)
-        self._tensors = {_strip_prefixes(k): v for k, v in tensors.items()}
+        names = {k: _strip_prefixes(k) for k in tensors}
+        lightning = isinstance(obj, dict) and "pytorch-lightning_version" in obj
+        if lightning and all(n.startswith("model.") for n in names.values()):
+            names = {k: n[len("model."):] for k, n in names.items()}
+        self._tensors = {names[k]: v for k, v in tensors.items()}
 
     def _find_tensors(self, obj, torch) -> dict:
         if not isinstance(obj, dict):
@@ -310,19 +452,196 @@ class TorchFile:
 
 
 def _strip_prefixes(name: str) -> str:
-    for prefix in ("_orig_mod.", "module."):
-        name = name.replace(prefix, "")
-    return name
+    """Drop the wrappers' name parts: every ``_orig_mod`` (torch.compile), leading ``module`` (DDP)."""
+    parts = [p for p in name.split(".") if p != "_orig_mod"]
+    while len(parts) > 1 and parts[0] == "module":
+        parts.pop(0)
+    return ".".join(parts)
 
 
-def open_checkpoint(path: str | os.PathLike) -> TensorSource:
-    """Open one checkpoint file for lazy reading (validating what it can up front)."""
-    path = Path(path)
+class ShardedCheckpoint:
+    """A Hugging Face sharded checkpoint: ``*.index.json`` whose ``weight_map`` names the shard
+    (safetensors or torch pickle) holding each tensor.  Every shard is opened (and so
+    validated) up front; tensors are read from their shard on demand."""
+
+    def __init__(self, index: str | os.PathLike):
+        self.path = Path(index)
+        try:
+            weight_map = json.loads(self.path.read_text())["weight_map"]
+        except OSError as e:
+            raise CheckpointError(f"cannot read: {e.strerror or e}", self.path) from None
+        except (ValueError, KeyError, TypeError):
+            raise CheckpointError("not a sharded-checkpoint index (no valid JSON 'weight_map')",
+                                  self.path) from None
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError("its 'weight_map' is empty or not a JSON object", self.path)
+        self.metadata: dict[str, str] = {}
+        shards: dict[str, TensorSource] = {}
+        for shard in sorted(set(map(str, weight_map.values()))):
+            if Path(shard).name != shard or shard.startswith("."):
+                raise CheckpointError(f"the index names a shard outside its folder: {shard!r}", self.path)
+            p = self.path.parent / shard
+            if not p.is_file():
+                raise CheckpointError(f"shard {shard} listed in the index is missing", self.path)
+            shards[shard] = _open_file(p)
+        self._where: dict[str, TensorSource] = {}
+        self._shapes: dict[str, tuple[int, ...]] = {}
+        for shard, source in shards.items():
+            for name, shape in source.shapes().items():
+                if weight_map.get(name) == shard:
+                    self._where[name] = source
+                    self._shapes[name] = shape
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return dict(self._shapes)
+
+    def read(self, name: str, index: np.ndarray | None = None, axis: int = 0) -> np.ndarray:
+        return self._where[name].read(name, index, axis)
+
+
+# What a Distributed Checkpoint's pickled .metadata may refer to: DCP's own metadata classes and
+# the plain values inside them.  Anything else (os.system, ...) is refused, never called.
+_DCP_GLOBALS = {
+    "torch.distributed.checkpoint.metadata": {
+        "Metadata", "TensorStorageMetadata", "TensorProperties", "ChunkStorageMetadata",
+        "BytesStorageMetadata", "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING"},
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+    "torch.serialization": {"_get_layout"},
+    "torch": {"Size", "float64", "float32", "float16", "bfloat16", "int64", "int32", "int16",
+              "int8", "uint8", "bool", "complex64", "complex128", "float8_e4m3fn", "float8_e5m2"},
+    "pathlib": {"PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath", "Path"},
+    "collections": {"OrderedDict"},
+}
+# Top-level groups of a training state saved with DCP that are not the model's weights.
+_DCP_NOT_MODEL = ("optimizer", "optim", "optimizer_states", "lr_scheduler", "lr_schedulers",
+                  "scheduler", "dataloader", "train_state", "extra_state")
+
+
+def _safe_dcp_metadata(path: Path):
+    import pickle
+
+    class _Unpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str):
+            if name in _DCP_GLOBALS.get(module, ()):
+                return super().find_class(module, name)
+            raise pickle.UnpicklingError(f"{module}.{name} is not part of checkpoint metadata")
+
+    with open(path, "rb") as f:
+        return _Unpickler(f).load()
+
+
+class DcpCheckpoint:
+    """A PyTorch Distributed Checkpoint folder (``.metadata`` + ``*.distcp``, as FSDP2 /
+    torchtitan write them), read with ``torch.distributed.checkpoint``'s own
+    ``FileSystemReader`` in this one process, no process group.  Tensors are read one at a
+    time; groups that are not the model (``optimizer.*``, ``lr_scheduler.*``, ...) are left out."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.path = Path(folder)
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            raise CheckpointError("reading Distributed Checkpoint folders needs torch: "
+                                  "pip install 'layerfilm[torch]'", self.path) from None
+        import pickle
+
+        meta_path = self.path / ".metadata"
+        try:
+            if meta_path.stat().st_size == 0:
+                raise CheckpointError("empty .metadata file", self.path)
+            self._meta = _safe_dcp_metadata(meta_path)
+        except OSError as e:
+            raise CheckpointError(f"cannot read .metadata: {e.strerror or e}", self.path) from None
+        except pickle.UnpicklingError as e:
+            raise CheckpointError(f"refused .metadata: {e}", self.path) from None
+        except Exception as e:  # truncated / garbage pickles
+            raise CheckpointError(f"corrupt .metadata ({type(e).__name__})", self.path) from None
+        from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
+
+        if not isinstance(self._meta, Metadata):
+            raise CheckpointError("corrupt .metadata (not checkpoint metadata)", self.path)
+        self.metadata: dict[str, str] = {}
+        self._shapes: dict[str, tuple[int, ...]] = {}
+        self._dtypes: dict = {}
+        for name, md in self._meta.state_dict_metadata.items():
+            if (isinstance(md, TensorStorageMetadata) and md.properties.dtype.is_floating_point
+                    and name.split(".")[0] not in _DCP_NOT_MODEL):
+                self._shapes[name] = tuple(int(d) for d in md.size)
+                self._dtypes[name] = md.properties.dtype
+        if not self._shapes:
+            raise CheckpointError("contains no model tensors", self.path)
+        # Every data file the model's tensors live in must exist and be long enough.
+        for index, info in (self._meta.storage_data or {}).items():
+            if index.fqn not in self._shapes:
+                continue
+            p = self.path / str(info.relative_path)
+            if Path(str(info.relative_path)).name != str(info.relative_path):
+                raise CheckpointError(f"metadata names a data file outside the folder: "
+                                      f"{info.relative_path!r}", self.path)
+            try:
+                size = p.stat().st_size
+            except OSError:
+                raise CheckpointError(f"data file {info.relative_path} is missing", self.path) from None
+            if size < info.offset + info.length:
+                raise CheckpointError(f"truncated: data file {info.relative_path} has {size} bytes, "
+                                      f"tensor {index.fqn!r} needs {info.offset + info.length}", self.path)
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return dict(self._shapes)
+
+    def read(self, name: str, index: np.ndarray | None = None, axis: int = 0) -> np.ndarray:
+        import warnings
+
+        import torch
+        import torch.distributed.checkpoint as dcp
+
+        meta = self._meta
+
+        class _Reader(dcp.FileSystemReader):
+            def read_metadata(self, *args, **kwargs):  # the safely unpickled metadata, not pickle.load
+                return meta
+
+        t = torch.empty(self._shapes[name], dtype=self._dtypes[name])
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "no process group: loading in a single process"
+                dcp.load({name: t}, storage_reader=_Reader(self.path), no_dist=True)
+        except Exception as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"cannot read tensor {name!r}: {first}", self.path) from None
+        if index is not None:
+            t = t.index_select(axis, torch.as_tensor(index, dtype=torch.long))
+            if axis == 1:
+                t = t.T
+        return t.float().contiguous().numpy()
+
+
+def _open_file(path: Path) -> TensorSource:
     if path.suffix.lower() in SAFETENSORS_SUFFIXES:
         return SafetensorsFile(path)
     if path.suffix.lower() in TORCH_SUFFIXES:
         return TorchFile(path)
     raise CheckpointError(f"unknown checkpoint format {path.suffix!r}", path)
+
+
+def open_checkpoint(path: str | os.PathLike) -> TensorSource:
+    """Open one checkpoint for lazy reading, validating what it can up front.
+
+    ``path`` is a weights file, a sharded checkpoint's ``*.index.json``, a
+    Distributed Checkpoint folder or a Hugging Face checkpoint folder.
+    """
+    path = Path(path)
+    if path.is_dir():
+        if (path / ".metadata").exists():
+            return DcpCheckpoint(path)
+        hf = next((path / n for n in HF_WEIGHTS if (path / n).is_file()), None)
+        if hf is None:
+            raise CheckpointError("not a checkpoint folder (no .metadata, model.safetensors, "
+                                  "pytorch_model.bin or *.index.json)", path)
+        path = hf
+    if path.name.endswith(".index.json"):
+        return ShardedCheckpoint(path)
+    return _open_file(path)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -342,17 +661,28 @@ def load_loss_curve(folder: str | os.PathLike, refs: Iterable[CheckpointRef] = (
     """The loss curve logged beside the checkpoints, or ``None``.
 
     Looks for ``metrics.jsonl`` / ``log.jsonl`` / ``metrics.csv`` (columns ``step``
-    and ``loss`` or ``train_loss``) and ``trainer_state.json`` (``log_history``);
+    and ``loss`` or ``train_loss``) in ``folder`` and the folders down to the
+    checkpoints, and ``trainer_state.json`` (``log_history``) beside the last checkpoint;
     falls back to a ``loss`` entry in each safetensors file's metadata.
     """
     folder = Path(folder)
-    for name in METRICS_NAMES:
-        path = folder / name
-        if path.is_file():
-            pairs = _read_metrics(path)
-            if pairs:
-                return _curve(pairs, str(path))
-    states = sorted(folder.glob("*/trainer_state.json"), key=lambda p: parse_step(p, folder) or 0)
+    refs = list(refs)
+    # The folder given, then the folders between it and the checkpoints (Lightning's CSVLogger
+    # writes version_N/metrics.csv beside version_N/checkpoints/).
+    places = [folder]
+    for ref in refs[:1]:
+        places += [p for p in reversed(ref.path.parents) if p != folder and folder in p.parents]
+    for place in places:
+        for name in METRICS_NAMES if place == folder else METRICS_NAMES[:-1]:
+            path = place / name
+            if path.is_file():
+                pairs = _read_metrics(path)
+                if pairs:
+                    return _curve(pairs, str(path))
+    # Hugging Face Trainer: each checkpoint-N/trainer_state.json holds the whole log so far.
+    states = [(r.path if r.path.is_dir() else r.path.parent) / "trainer_state.json" for r in refs]
+    states = [p for p in states if p.is_file()] or sorted(
+        folder.glob("*/trainer_state.json"), key=lambda p: parse_step(p, folder) or 0)
     if states:
         pairs = _read_metrics(states[-1])
         if pairs:
@@ -407,7 +737,7 @@ def _read_metrics(path: Path) -> list[tuple[int, float]]:
         if not isinstance(row, dict):
             continue
         step = _float(row.get("step", row.get("global_step", row.get("iter"))))
-        loss = _float(row.get("loss", row.get("train_loss")))
+        loss = _float(row.get("loss", row.get("train_loss", row.get("train_loss_step"))))
         if step is not None and loss is not None:
             pairs.append((int(step), loss))
     return pairs

@@ -16,7 +16,8 @@ import typer
 
 from . import __version__
 from .config import (COLOR_SCALES, CONFIG_FILE, ORDERS, POINTS, PROJECTIONS, SETTLE_THRESHOLD,
-                     SUFFIXES, RenderConfig, StatsConfig, options_toml, parse_size, resolve)
+                     SUFFIXES, TIMELINES, RenderConfig, StatsConfig, options_toml, parse_size,
+                     resolve)
 from .errors import ConfigError, LayerfilmError
 
 app = typer.Typer(
@@ -83,6 +84,19 @@ def main(
 CkptArg = Annotated[Path, typer.Argument(
     help="Folder of checkpoints (step_000100.safetensors, checkpoint-100/model.safetensors, ...).",
     show_default=False)]
+StepsOpt = Annotated[Optional[str], typer.Option(
+    "--steps", metavar="START:STOP:EVERY",
+    help="Keyframes to film: steps from START to STOP (both included), each at least EVERY "
+         "steps after the previous one; any part may be left out (::500, 1000:).",
+    show_default=False)]
+LayerPatternOpt = Annotated[Optional[str], typer.Option(
+    "--layer-pattern", metavar="REGEX",
+    help="Group 2-D tensors into panels by this regex instead of by known block names: its "
+         "'layer' group, else its first group, names the panel (e.g. '^(features\\.\\d+)\\.').",
+    show_default=False)]
+SkipBadOpt = Annotated[bool, typer.Option(
+    "--skip-bad", help="Film past checkpoints that cannot be read or no longer fit (a warning "
+    "names each) instead of stopping.")]
 
 
 PointsOpt = Annotated[str, typer.Option(
@@ -164,6 +178,13 @@ def render(
         "--from-manifest", help="Render the film described by this manifest (OUT.json) again, "
         "bit for bit; then [OUTPUT] (default: the manifest's film) or [CHECKPOINTS] [OUTPUT].",
         show_default=False)] = None,
+    steps: StepsOpt = None,
+    timeline: Annotated[str, typer.Option(
+        help=f"Where keyframes sit in the film: {' | '.join(TIMELINES)} (keyframe: evenly; "
+             "step: frames between checkpoints in proportion to their training steps, so "
+             "unevenly spaced checkpoints keep true time).")] = "keyframe",
+    layer_pattern: LayerPatternOpt = None,
+    skip_bad: SkipBadOpt = False,
 ) -> None:
     """Render CHECKPOINTS into the lossless film OUTPUT, one panel per layer.
 
@@ -179,6 +200,8 @@ def render(
         color_scale=color_scale, jobs=jobs, cache=cache, frames_dir=frames_dir, points=points,
         tensor=tensor, loss_strip=loss_strip, metrics=metrics, drift=drift, order=order,
         settle_threshold=settle_threshold, stills_dir=stills_dir, stills_every=stills_every,
+        steps=steps, timeline=timeline,
+        layer_pattern=layer_pattern, skip_bad=skip_bad,
     )
     given = _given_on_command_line(ctx)
     if from_manifest is not None:
@@ -214,6 +237,8 @@ def render(
     if config.jobs > 1 and result.jobs == 1:
         typer.echo(f"note: {config.format} chunks cannot be joined without re-encoding; used 1 job",
                    err=True)
+    for path, why in result.plan.skipped if result.plan else ():
+        typer.echo(f"warning: skipped {path}: {why}", err=True)
     if result.nonfinite:
         typer.echo(f"warning: {result.nonfinite} point(s) had NaN/Inf weights and were not drawn",
                    err=True)
@@ -245,25 +270,35 @@ def info(
         help="As for render [default: fps].", show_default=False)] = None,
     points: PointsOpt = "neurons",
     tensor: TensorOpt = None,
+    steps: StepsOpt = None,
+    layer_pattern: LayerPatternOpt = None,
+    skip_bad: SkipBadOpt = False,
 ) -> None:
     """Show the checkpoints, steps and layers that render would draw."""
     from .pipeline import make_plan
 
-    RenderConfig(checkpoints, Path("x.webm"), fps=fps, frames_per_keyframe=frames_per_keyframe,
-                 max_points=max_points, points=points, tensor=tensor).validated()
-    plan = make_plan(checkpoints, max_points, points=points, tensor=tensor)
-    steps = plan.steps
-    gaps = sorted({int(b - a) for a, b in zip(steps[:-1], steps[1:])})
+    config = RenderConfig(checkpoints, Path("x.webm"), fps=fps, frames_per_keyframe=frames_per_keyframe,
+                          max_points=max_points, points=points, tensor=tensor,
+                          steps=steps,
+                          layer_pattern=layer_pattern, skip_bad=skip_bad).validated()
+    plan = make_plan(checkpoints, max_points, points=points, tensor=tensor,
+                     layer_pattern=config.layer_pattern, steps=config.step_range, skip_bad=config.skip_bad)
+    steps_ = plan.steps
+    gaps = sorted({int(b - a) for a, b in zip(steps_[:-1], steps_[1:])})
     every = f"every {gaps[0]}" if len(gaps) == 1 else f"gaps {gaps[0]}..{gaps[-1]}"
     fpk = frames_per_keyframe or fps
-    frames = (len(steps) - 1) * fpk + 1
+    frames = (len(steps_) - 1) * fpk + 1
+    kinds = sorted({r.kind for r in plan.refs})
     out = typer.echo
     out(f"folder      {checkpoints}")
-    out(f"keyframes   {len(steps)} checkpoints, steps {steps[0]:,} .. {steps[-1]:,} ({every})")
-    out(f"first/last  {plan.refs[0].path.name} .. {plan.refs[-1].path.name}")
+    out(f"format      {'; '.join(kinds)}")
+    out(f"keyframes   {len(steps_)} checkpoints, steps {steps_[0]:,} .. {steps_[-1]:,} ({every})")
+    out(f"first/last  {_rel(plan.refs[0].path, checkpoints)} .. {_rel(plan.refs[-1].path, checkpoints)}")
     loss = plan.loss
     out(f"loss        {f'{len(loss.steps)} values from {loss.source}' if loss else 'none found'}")
     out(f"film        {frames} frames, {frames / fps:.1f} s at {fps} fps, {fpk} frames per checkpoint")
+    if len(gaps) > 1:
+        out("            (uneven gaps: --timeline step spaces keyframes by training step)")
     out(f"panels      {len(plan.layers)}")
     out("")
     out(f"  {'panel':<10} {'drawn':>7} {'of':>7} {'width':>6}  tensors (rows R / columns C)")
@@ -274,6 +309,14 @@ def info(
         out(f"  {layer.label:<10} {layer.n_points:>7,} {layer.total:>7,} {layer.dim:>6}  {tensors}")
     for path, why in plan.skipped:
         out(f"skipped     {path}: {why}")
+
+
+def _rel(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` (a checkpoint folder's own name when it is one)."""
+    try:
+        return str(path.relative_to(root)) if path != root else path.name
+    except ValueError:
+        return str(path)
 
 
 @app.command()

@@ -84,19 +84,26 @@ class Layout:
     label_font: int
 
 
-def grid_layout(n_panels: int, size: tuple[int, int], footer: int = 0) -> Layout:
+def grid_layout(n_panels: int, size: tuple[int, int], footer: int = 0,
+                groups: list[int] | None = None) -> Layout:
     """Lay ``n_panels`` square panels on a grid that makes them as large as possible
-    (``footer``: pixel rows kept free at the bottom, e.g. for the loss strip)."""
+    (``footer``: pixel rows kept free at the bottom, e.g. for the loss strip).
+
+    ``groups`` (one non-decreasing number per panel) starts each group on a new row, so an
+    encoder's and a decoder's blocks sit in separate rows.
+    """
     w, h = size
     h -= footer
+    groups = list(groups) if groups is not None else [0] * n_panels
+    bands = [groups.count(g) for g in sorted(set(groups))] or [n_panels]
     font = max(9, round(min(h / 34, w / 40)))
     label_font = max(8, round(font * 0.75))
     header = round(font * 2.0)
     label_h = round(label_font * 1.5)
     pad = max(3, round(min(w, h) / 150))
     best = None
-    for cols in range(1, n_panels + 1):
-        rows = math.ceil(n_panels / cols)
+    for cols in range(1, max(bands) + 1):
+        rows = sum(math.ceil(b / cols) for b in bands)
         side = min((w - pad * (cols + 1)) / cols, (h - header - pad * (rows + 1)) / rows - label_h)
         if best is None or side > best[0]:
             best = (side, cols, rows)
@@ -110,11 +117,15 @@ def grid_layout(n_panels: int, size: tuple[int, int], footer: int = 0) -> Layout
     left = (w - used_w) // 2
     top = header + (h - header - used_h) // 2
     rects = np.empty((n_panels, 4), dtype=np.int64)
-    for i in range(n_panels):
-        r, c = divmod(i, cols)
-        x0 = left + c * (side + pad)
-        y0 = top + r * (cell_h + pad) + label_h
-        rects[i] = (x0, y0, x0 + side, y0 + side)
+    i = row0 = 0
+    for band in bands:
+        for j in range(band):
+            r, c = divmod(j, cols)
+            x0 = left + c * (side + pad)
+            y0 = top + (row0 + r) * (cell_h + pad) + label_h
+            rects[i] = (x0, y0, x0 + side, y0 + side)
+            i += 1
+        row0 += math.ceil(band / cols)
     return Layout((w, h + footer), rects, header, font, label_font)
 
 

@@ -22,6 +22,7 @@ from .errors import ConfigError
 
 PROJECTIONS = ("pca", "umap", "fourier")
 COLOR_SCALES = ("log", "linear")
+TIMELINES = ("keyframe", "step")
 # Output suffix -> format name.  The encoder table in ``encode.py`` is keyed by
 # the same names; a test keeps the two in step.
 SUFFIXES = {".webm": "webm", ".gif": "gif", ".webp": "webp", ".mp4": "mp4", ".mkv": "mkv"}
@@ -39,11 +40,26 @@ def parse_size(text: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
+def parse_steps(text: str) -> tuple[int | None, int | None, int | None]:
+    """``"1000:5000:500"`` -> ``(1000, 5000, 500)``; any part may be empty (``"::500"``,
+    ``"2000:"``); raises :class:`ConfigError` otherwise."""
+    m = re.fullmatch(r"\s*(\d*)\s*:\s*(\d*)\s*(?::\s*(\d*)\s*)?", text)
+    if not m:
+        raise ConfigError(f"--steps must look like START:STOP:EVERY (e.g. 0:5000:500, ::200 or "
+                          f"1000:), got {text!r}")
+    return tuple(int(g) if g else None for g in m.groups())  # type: ignore[return-value]
+
+
 @dataclasses.dataclass(frozen=True)
 class RenderConfig:
     """Everything that decides what a film looks like.
 
     ``frames_per_keyframe=None`` means one keyframe per second (= ``fps``).
+    ``steps="START:STOP:EVERY"`` picks keyframes (:attr:`step_range`, see
+    ``checkpoints.select_steps``);
+    ``timeline="step"`` spaces keyframes by training step instead of evenly;
+    ``layer_pattern`` groups tensors into panels by a regex instead of by known names;
+    ``skip_bad`` renders past unreadable checkpoints instead of stopping.
     """
 
     checkpoints: Path
@@ -68,10 +84,19 @@ class RenderConfig:
     settle_threshold: float = SETTLE_THRESHOLD
     stills_dir: Path | None = None
     stills_every: int | None = None  # None: about a dozen tiles
+    steps: str | None = None  # "START:STOP:EVERY", kept as text so config files and manifests hold it
+    timeline: str = "keyframe"
+    layer_pattern: str | None = None
+    skip_bad: bool = False
 
     @property
     def format(self) -> str:
         return SUFFIXES[self.output.suffix.lower()]
+
+    @property
+    def step_range(self) -> tuple[int | None, int | None, int | None] | None:
+        """``steps`` parsed: ``(start, stop, every)``, each ``None`` when left out."""
+        return None if self.steps is None else parse_steps(self.steps)
 
     @property
     def keyframe_frames(self) -> int:
@@ -133,6 +158,23 @@ class RenderConfig:
                 raise ConfigError("--stills and --frames need different folders", d)
         if self.stills_every is not None and self.stills_every < 1:
             raise ConfigError(f"--stills-every must be at least 1, got {self.stills_every}")
+        if self.steps is not None:
+            start, stop, every = parse_steps(self.steps)
+            if start is not None and stop is not None and start > stop:
+                raise ConfigError(f"--steps START must not exceed STOP, got {start}:{stop}")
+            if every is not None and every < 1:
+                raise ConfigError(f"--steps EVERY must be at least 1, got {every}")
+        if self.timeline not in TIMELINES:
+            raise ConfigError(
+                f"--timeline must be one of {', '.join(TIMELINES)}, got {self.timeline!r}"
+            )
+        if self.layer_pattern is not None:
+            try:
+                re.compile(self.layer_pattern)
+            except re.error as e:
+                raise ConfigError(
+                    f"--layer-pattern {self.layer_pattern!r} is not a valid regular expression: {e}"
+                ) from None
         import matplotlib
 
         if self.cmap not in matplotlib.colormaps:

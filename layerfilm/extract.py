@@ -54,6 +54,7 @@ class Layer:
     dim: int
     sources: tuple[PointSource, ...]
     total: int  # points available before subsampling
+    group: int = 0  # row band of the film: 0, or 1 for a decoder stack beside an encoder
 
     @property
     def n_points(self) -> int:
@@ -107,14 +108,80 @@ def plan_layers(
         if not sources:
             continue
         label = f"L{idx}" if len(stacks) == 1 else f"{_stack_short(stack)} L{idx}"
-        layers.append(_subsample(label, f"{stack}.{idx}.", dim, sources, max_points, seed))
+        group = 1 if len(stacks) > 1 and _stack_order(stack)[0] == 1 else 0
+        layers.append(_subsample(label, f"{stack}.{idx}.", dim, sources, max_points, seed, group))
     if not layers:
-        prefixes = sorted({n.split(".")[0] for n in shapes})
         raise CheckpointError(
             "no layers recognised: expected block names like 'h.N.', 'layers.N.', 'blocks.N.' or a "
-            f"token embedding; tensor-name prefixes found: {', '.join(prefixes[:12]) or 'none'}"
+            f"token embedding; tensor-name prefixes found: {name_prefixes(shapes) or 'none'}; "
+            "pass --layer-pattern REGEX whose first group names the layer (e.g. --layer-pattern "
+            "'^(features\\.\\d+)\\.' makes one panel per features.N)"
         )
     return layers
+
+
+def name_prefixes(shapes: dict[str, tuple[int, ...]], limit: int = 12) -> str:
+    """The distinct tensor-name prefixes (name without its last part, numbers as ``N``)."""
+    seen: dict[str, None] = {}
+    for name in shapes:
+        parts = name.split(".")
+        parts = parts[:-1] if len(parts) > 1 else parts
+        seen[".".join("N" if p.isdigit() else p for p in parts)] = None
+    found = sorted(seen)
+    more = f" (+{len(found) - limit} more)" if len(found) > limit else ""
+    return ", ".join(found[:limit]) + more
+
+
+def plan_layers_by_pattern(shapes: dict[str, tuple[int, ...]], pattern: str, max_points: int = 2000,
+                           seed: int = 0) -> list[Layer]:
+    """Panels from ``--layer-pattern``: every 2-D tensor whose name ``pattern`` matches
+    (``re.search``) joins the panel named by the match's ``layer`` group, else its first
+    group, else the whole match.  Panels are ordered by that name, numbers numerically; a
+    panel's points are the rows or columns of the width most of its tensors share.
+    """
+    rx = re.compile(pattern)
+    groups: dict[str, list[str]] = collections.defaultdict(list)
+    for name in sorted(shapes):
+        shape = shapes[name]
+        m = rx.search(name)
+        if m is None or len(shape) != 2 or 0 in shape:
+            continue
+        key = m.group("layer") if "layer" in rx.groupindex else m.group(1) if rx.groups else m.group(0)
+        if key:
+            groups[key].append(name)
+    layers = []
+    for key in sorted(groups, key=_natural):
+        names = groups[key]
+        dim = collections.Counter(d for n in names for d in shapes[n]).most_common(1)[0][0]
+        sources = []
+        for n in names:
+            a, b = shapes[n]
+            if b == dim:
+                sources.append(PointSource(n, 0, np.arange(a)))
+            elif a == dim:
+                sources.append(PointSource(n, 1, np.arange(b)))
+        label = f"L{key}" if key.isdigit() else key
+        prefix = _common_prefix(names)
+        layers.append(_subsample(label, prefix, dim, sources, max_points, seed))
+    if not layers:
+        raise CheckpointError(
+            f"--layer-pattern {pattern!r} matches no 2-D tensor; tensor-name prefixes found: "
+            f"{name_prefixes(shapes) or 'none'}"
+        )
+    return layers
+
+
+def _natural(key: str) -> list:
+    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", key) if p]
+
+
+def _common_prefix(names: list[str]) -> str:
+    """The longest prefix ending in ``.`` that all ``names`` share."""
+    first, last = min(names), max(names)
+    i = 0
+    while i < min(len(first), len(last)) and first[i] == last[i]:
+        i += 1
+    return first[:first.rfind(".", 0, i) + 1]
 
 
 def _find_embedding(names: list[str], shapes: dict[str, tuple[int, ...]]) -> str | None:
@@ -137,7 +204,7 @@ def _stack_short(stack: str) -> str:
 
 
 def _subsample(label: str, prefix: str, dim: int, sources: list[PointSource], max_points: int,
-               seed: int) -> Layer:
+               seed: int, group: int = 0) -> Layer:
     total = sum(len(s.index) for s in sources)
     if total > max_points:
         # Seeded by the panel's name too, so adding a panel never changes another's points.
@@ -151,7 +218,7 @@ def _subsample(label: str, prefix: str, dim: int, sources: list[PointSource], ma
                 picked.append(PointSource(s.tensor, s.axis, s.index[mine]))
             start += n
         sources = picked
-    return Layer(label, prefix, dim, tuple(sources), total)
+    return Layer(label, prefix, dim, tuple(sources), total, group)
 
 
 def read_layer(ckpt: TensorSource, layer: Layer, shapes: dict[str, tuple[int, ...]]) -> np.ndarray:
@@ -160,7 +227,18 @@ def read_layer(ckpt: TensorSource, layer: Layer, shapes: dict[str, tuple[int, ..
     ``shapes`` is the checkpoint's own ``shapes()``; a tensor that is missing or
     changed shape against the plan raises :class:`CheckpointError` naming the file.
     """
-    parts = []
+    check_fits(ckpt, layer, shapes)
+    parts = [ckpt.read(s.tensor, s.index, s.axis) for s in layer.sources]
+    return np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+
+
+def check_fits(ckpt: TensorSource, layer: Layer, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Raise :class:`CheckpointError` naming the file unless every tensor ``layer`` draws is
+    in ``shapes`` with the planned width and at least the planned rows/columns.
+
+    A tensor that grew (a larger vocabulary) fits: the planned rows keep their identity and
+    the new ones are not drawn.
+    """
     for s in layer.sources:
         shape = shapes.get(s.tensor)
         if shape is None:
@@ -169,16 +247,16 @@ def read_layer(ckpt: TensorSource, layer: Layer, shapes: dict[str, tuple[int, ..
         if len(shape) != 2 or shape[1 - s.axis] != layer.dim or shape[s.axis] < need:
             raise CheckpointError(
                 f"tensor {s.tensor!r} has shape {list(shape)}, which no longer fits the layout "
-                f"planned from the first checkpoint", ckpt.path)
-        parts.append(ckpt.read(s.tensor, s.index, s.axis))
-    return np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+                f"planned from the first checkpoint (needs width {layer.dim} and at least "
+                f"{need} {'rows' if s.axis == 0 else 'columns'})", ckpt.path)
 
 
 POINT_KINDS = ("neurons", "embeddings", "rows", "cols")
 
 
 def plan_panels(shapes: dict[str, tuple[int, ...]], max_points: int = 2000, seed: int = 0,
-                points: str = "neurons", tensor: str | None = None) -> list[Layer]:
+                points: str = "neurons", tensor: str | None = None,
+                layer_pattern: str | None = None) -> list[Layer]:
     """Panels for ``--points`` and ``--tensor`` (``plan_layers`` is the default, neurons).
 
     * ``neurons``: residual-stream rows/columns of every block, as :func:`plan_layers`;
@@ -186,12 +264,19 @@ def plan_panels(shapes: dict[str, tuple[int, ...]], max_points: int = 2000, seed
     * ``rows`` / ``cols``: one panel per 2-D weight, its rows (columns) as points.
 
     ``tensor`` is a regular expression searched in tensor names: only matching tensors
-    are drawn, before subsampling.  Raises :class:`CheckpointError` when nothing is left.
+    are drawn, before subsampling.  ``layer_pattern`` groups tensors into blocks by
+    :func:`plan_layers_by_pattern` instead of by known names.  Raises
+    :class:`CheckpointError` when nothing is left.
     """
-    if points == "neurons" and tensor is None:
+    def blocks(max_points: int) -> list[Layer]:
+        if layer_pattern is not None:
+            return plan_layers_by_pattern(shapes, layer_pattern, max_points, seed)
         return plan_layers(shapes, max_points, seed)
+
+    if points == "neurons" and tensor is None:
+        return blocks(max_points)
     keep = re.compile(tensor).search if tensor is not None else (lambda name: True)
-    full = plan_layers(shapes, max_points=2**62, seed=seed)  # every point, nothing subsampled
+    full = blocks(2**62)  # every point, nothing subsampled
     layers: list[Layer] = []
     if points in ("neurons", "embeddings"):
         for layer in full:
@@ -199,7 +284,8 @@ def plan_panels(shapes: dict[str, tuple[int, ...]], max_points: int = 2000, seed
                 continue
             sources = [s for s in layer.sources if keep(s.tensor)]
             if sources:
-                layers.append(_subsample(layer.label, layer.prefix, layer.dim, sources, max_points, seed))
+                layers.append(_subsample(layer.label, layer.prefix, layer.dim, sources, max_points,
+                                         seed, layer.group))
     else:
         axis = 0 if points == "rows" else 1
         embed = next((l.sources[0].tensor for l in full if is_token_embedding(l)), None)

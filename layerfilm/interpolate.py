@@ -18,6 +18,18 @@ def keyframe_times(n_keyframes: int, frames_per_keyframe: int) -> np.ndarray:
     return np.arange(n_keyframes, dtype=np.float64) * frames_per_keyframe
 
 
+def step_times(steps: np.ndarray, frames_per_keyframe: int) -> np.ndarray:
+    """Frame time of each keyframe placed by training step: ``(K,)`` float64.
+
+    The film is as long as with :func:`keyframe_times` (``(K-1) * frames_per_keyframe``
+    frames from first to last keyframe), but each gap gets frames in proportion to its
+    training steps, so unevenly spaced checkpoints keep true time.
+    """
+    steps = np.asarray(steps, dtype=np.float64)
+    span = (len(steps) - 1) * frames_per_keyframe
+    return (steps - steps[0]) / (steps[-1] - steps[0]) * span
+
+
 def frame_count(times: np.ndarray) -> int:
     """Frames in the film: one per integer time from the first keyframe to the last."""
     return int(round(times[-1] - times[0])) + 1

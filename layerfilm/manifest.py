@@ -76,9 +76,10 @@ def build(config: RenderConfig, result) -> dict[str, Any]:
     folder = Path(config.checkpoints)
     checkpoints = []
     for ref in plan.refs:
-        entry = _file_entry(ref.path, folder, config.cache)
-        checkpoints.append({"path": entry["path"], "step": int(ref.step), "bytes": entry["bytes"],
-                            "sha256": entry["sha256"]})
+        for path in ref.files():  # a sharded or Distributed Checkpoint is several files
+            entry = _file_entry(path, folder, config.cache)
+            checkpoints.append({"path": entry["path"], "step": int(ref.step), "bytes": entry["bytes"],
+                                "sha256": entry["sha256"]})
     loss = None
     if plan.loss is not None:
         source = Path(plan.loss.source)

@@ -57,16 +57,53 @@ class Plan:
 
 
 def make_plan(folder: str | Path, max_points: int = 2000, seed: int = 0, points: str = "neurons",
-              tensor: str | None = None) -> Plan:
-    """Discover checkpoints and plan the panels from the first one (``points``/``tensor``:
-    what to draw, see :func:`extract.plan_panels`)."""
-    refs, skipped = checkpoints.discover(folder)
-    first = checkpoints.open_checkpoint(refs[0].path)
-    try:
-        layers = extract.plan_panels(first.shapes(), max_points, seed, points, tensor)
-    except CheckpointError as e:
-        raise CheckpointError(e.problem, refs[0].path) from None
-    return Plan(Path(folder), refs, skipped, layers, checkpoints.load_loss_curve(folder, refs))
+              tensor: str | None = None, *, layer_pattern: str | None = None,
+              steps: tuple[int | None, int | None, int | None] | None = None,
+              skip_bad: bool = False) -> Plan:
+    """Discover checkpoints, pick ``steps`` and plan the panels from the first one
+    (``points``/``tensor``/``layer_pattern``: what to draw, see :func:`extract.plan_panels`).
+
+    With ``skip_bad`` every checkpoint is opened (headers only where the format allows)
+    and checked against the plan here; those that cannot be read or no longer fit join
+    ``skipped`` with the problem instead of stopping the render.
+    """
+    refs, skipped = checkpoints.discover(folder, skip_bad)
+    if steps is not None:
+        picked = checkpoints.select_steps(refs, *steps)
+        if len(picked) < 2:
+            text = ":".join("" if v is None else str(v) for v in steps)
+            raise CheckpointError(
+                f"--steps {text} keeps {len(picked)} of the {len(refs)} checkpoints (steps "
+                f"{refs[0].step}..{refs[-1].step}); a film needs at least two", folder)
+        refs = picked
+    layers: list[extract.Layer] | None = None
+    good: list[checkpoints.CheckpointRef] = []
+    for ref in refs:
+        try:
+            ckpt = checkpoints.open_checkpoint(ref.path)
+            shapes = ckpt.shapes()
+            if layers is not None:
+                for layer in layers:
+                    extract.check_fits(ckpt, layer, shapes)
+        except CheckpointError as e:
+            if not skip_bad:
+                raise
+            skipped.append((Path(e.path) if e.path else ref.path, e.problem))
+            continue
+        if layers is None:
+            try:
+                layers = extract.plan_panels(shapes, max_points, seed, points, tensor, layer_pattern)
+            except CheckpointError as e:
+                raise CheckpointError(e.problem, ref.path) from None
+        good.append(ref)
+        del ckpt
+        if not skip_bad:
+            good = refs  # the keyframe pass reads (and so checks) the others
+            break
+    if len(good) < 2 or layers is None:
+        raise CheckpointError(f"only {len(good)} of {len(refs)} checkpoints could be read; "
+                              "a film needs at least two", folder)
+    return Plan(Path(folder), good, skipped, layers, checkpoints.load_loss_curve(folder, good))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,8 +127,9 @@ def _cache_key(plan: Plan, projection: str, seed: int) -> str:
     """Checkpoint identity (resolved path, size, mtime, step) + everything that shapes a layout."""
     h = hashlib.sha256()
     for ref in plan.refs:
-        st = ref.path.stat()
-        h.update(f"{ref.path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{ref.step}\n".encode())
+        for path in ref.files():  # a sharded or DCP checkpoint is several files
+            st = path.stat()
+            h.update(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{ref.step}\n".encode())
     h.update(f"{__version__}|{projection}|{seed}\n".encode())
     for layer in plan.layers:
         for src in layer.sources:
@@ -261,9 +299,14 @@ class _FrameMaker:
 def _prepare(plan: Plan, keys: Keyframes, cfg: RenderConfig,
              drift: stats.LayerStats | None = None) -> _Film:
     starts = plan.starts
-    times = interpolate.keyframe_times(len(plan.refs), cfg.keyframe_frames)
+    if cfg.timeline == "step":
+        times = interpolate.step_times(plan.steps, cfg.keyframe_frames)
+    else:
+        times = interpolate.keyframe_times(len(plan.refs), cfg.keyframe_frames)
     footer = compose.strip_height(cfg.size) if cfg.loss_strip else 0
-    layout = compose.grid_layout(len(plan.layers), cfg.size, footer)
+    groups = [l.group for l in plan.layers]  # encoder/decoder row bands, unless reordered
+    layout = compose.grid_layout(len(plan.layers), cfg.size, footer,
+                                 groups if groups == sorted(groups) else None)
     half = project.axis_ranges(keys.P, starts)
     span = raster.Rasterizer(cfg.size, layout.rects, half, starts).span(keys.P)
     notes = [f"{l.n_points:,} pts" for l in plan.layers]
@@ -347,7 +390,8 @@ def render(config: RenderConfig, progress: Progress = Progress()) -> RenderResul
     """
     cfg = config.validated()
     t_start = time.perf_counter()
-    plan = make_plan(cfg.checkpoints, cfg.max_points, cfg.seed, cfg.points, cfg.tensor)
+    plan = make_plan(cfg.checkpoints, cfg.max_points, cfg.seed, cfg.points, cfg.tensor,
+                     layer_pattern=cfg.layer_pattern, steps=cfg.step_range, skip_bad=cfg.skip_bad)
     if cfg.metrics is not None:
         plan = dataclasses.replace(plan, loss=checkpoints.load_loss_file(cfg.metrics))
     if cfg.loss_strip and plan.loss is None:
