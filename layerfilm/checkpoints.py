@@ -517,6 +517,10 @@ _DCP_NOT_MODEL = ("optimizer", "optim", "optimizer_states", "lr_scheduler", "lr_
                   "scheduler", "dataloader", "train_state", "extra_state")
 
 
+class _Forbidden(Exception):
+    """A pickle referred to something outside :data:`_DCP_GLOBALS`."""
+
+
 def _safe_dcp_metadata(path: Path):
     import pickle
 
@@ -524,7 +528,7 @@ def _safe_dcp_metadata(path: Path):
         def find_class(self, module: str, name: str):
             if name in _DCP_GLOBALS.get(module, ()):
                 return super().find_class(module, name)
-            raise pickle.UnpicklingError(f"{module}.{name} is not part of checkpoint metadata")
+            raise _Forbidden(f"{module}.{name} is not part of checkpoint metadata")
 
     with open(path, "rb") as f:
         return _Unpickler(f).load()
@@ -543,8 +547,6 @@ class DcpCheckpoint:
         except ImportError:
             raise CheckpointError("reading Distributed Checkpoint folders needs torch: "
                                   "pip install 'layerfilm[torch]'", self.path) from None
-        import pickle
-
         meta_path = self.path / ".metadata"
         try:
             if meta_path.stat().st_size == 0:
@@ -552,10 +554,11 @@ class DcpCheckpoint:
             self._meta = _safe_dcp_metadata(meta_path)
         except OSError as e:
             raise CheckpointError(f"cannot read .metadata: {e.strerror or e}", self.path) from None
-        except pickle.UnpicklingError as e:
-            raise CheckpointError(f"refused .metadata: {e}", self.path) from None
+        except _Forbidden as e:
+            raise CheckpointError(f"refused .metadata: {e}; it was not unpickled", self.path) from None
         except Exception as e:  # truncated / garbage pickles
-            raise CheckpointError(f"corrupt .metadata ({type(e).__name__})", self.path) from None
+            text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"corrupt .metadata ({text})", self.path) from None
         from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 
         if not isinstance(self._meta, Metadata):
