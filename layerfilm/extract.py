@@ -152,7 +152,10 @@ def plan_layers_by_pattern(shapes: dict[str, tuple[int, ...]], pattern: str, max
     layers = []
     for key in sorted(groups, key=_natural):
         names = groups[key]
-        dim = collections.Counter(d for n in names for d in shapes[n]).most_common(1)[0][0]
+        # Ties go to input widths (a lone (out, in) weight gives one point per output row).
+        dims = collections.Counter(shapes[n][1] for n in names)
+        dims.update(shapes[n][0] for n in names)
+        dim = dims.most_common(1)[0][0]
         sources = []
         for n in names:
             a, b = shapes[n]

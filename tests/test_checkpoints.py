@@ -125,3 +125,38 @@ def test_loss_curve_sources(tmp_path):
                                             {"step": 20, "loss": 0.25}]}))
     curve = load_loss_curve(run)
     assert list(curve.steps) == [10, 20] and curve.at(20) == 0.25
+
+
+@pytest.mark.parametrize("name, step", [
+    ("300/model.safetensors", 300),  # a folder named only by its step
+    ("version_0/checkpoints/last.ckpt", None),  # Lightning's logger version is not a step
+    ("step-700/model.safetensors.index.json", 700),
+])
+def test_parse_step_parents(tmp_path, name, step):
+    assert parse_step(tmp_path / name, tmp_path) == step
+
+
+def test_header_is_validated_before_any_data_is_mapped(tmp_path, monkeypatch):
+    import layerfilm.checkpoints as ck
+
+    mapped = []
+    monkeypatch.setattr(ck.np, "memmap", lambda *a, **k: mapped.append(a) or pytest.fail("data mapped"))
+    good = tmp_path / "good.safetensors"
+    save_file({"w": np.ones((4, 4), np.float32)}, str(good))
+    SafetensorsFile(good)  # opening validates the header only
+    bad = _header_file(tmp_path / "bad.safetensors",
+                       {"w": {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 64]}}, b"\0" * 32)
+    with pytest.raises(CheckpointError, match="truncated: tensor 'w' ends at byte 64"):
+        SafetensorsFile(bad)
+    assert mapped == []
+
+
+def test_trainer_files_and_unindexed_shards_are_not_checkpoints(tmp_path):
+    run = write_run(tmp_path / "run", n=2)
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state_0.pth", "training_args.bin"):
+        (run / name).write_bytes(b"not weights")
+    write_run(tmp_path / "run" / "final", n=1, name="model-00001-of-00002.safetensors")
+    refs, skipped = discover(run)
+    assert [r.path.name for r in refs] == ["step_000000.safetensors", "step_000100.safetensors"]
+    assert [(p.name, why) for p, why in skipped] == [
+        ("model-00001-of-00002.safetensors", "a shard without its index (*.index.json)")]

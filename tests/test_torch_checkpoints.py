@@ -55,3 +55,9 @@ def test_pickle_without_tensors(tmp_path):
     torch.save({"note": "hello", "epoch": 3}, tmp_path / "step_1.pt")
     with pytest.raises(CheckpointError, match="contains no tensors"):
         open_checkpoint(tmp_path / "step_1.pt")
+
+
+def test_wrapper_prefixes_are_whole_name_parts(tmp_path):
+    sd = {"module._orig_mod.transformer.h.0.submodule.weight": torch.zeros(2, 2)}
+    torch.save(sd, tmp_path / "a.pt")
+    assert list(open_checkpoint(tmp_path / "a.pt").shapes()) == ["transformer.h.0.submodule.weight"]

@@ -1,0 +1,287 @@
+"""Bad checkpoints: one line naming the file and the problem, a non-zero exit and no output;
+``--skip-bad`` films past them with a warning.  And the keyframe options (--steps,
+--timeline, --layer-pattern) with their validation."""
+
+import os
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+from typer.testing import CliRunner
+
+from layerfilm import compose, pipeline
+from layerfilm.checkpoints import CheckpointRef, select_steps
+from layerfilm.cli import app
+from layerfilm.extract import read_layer
+
+from conftest import decode, gpt_state, write_run
+
+runner = CliRunner()
+FPS = 2
+
+
+def _zero_bytes(run):
+    p = run / "step_000200.safetensors"
+    p.write_bytes(b"")
+    return p
+
+
+def _truncated(run):
+    p = run / "step_000200.safetensors"
+    p.write_bytes(p.read_bytes()[:-100])
+    return p
+
+
+def _corrupt_header(run):
+    p = run / "step_000200.safetensors"
+    p.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json" + p.read_bytes()[20:])
+    return p
+
+
+def _first_is_empty(run):
+    p = run / "step_000000.safetensors"
+    p.write_bytes(b"")
+    return p
+
+
+def _width_changed(run):
+    p = run / "step_000200.safetensors"
+    save_file(gpt_state(np.random.default_rng(9), d=12), str(p))
+    return p
+
+
+def _same_step(run):
+    p = run / "zz_iter_200.safetensors"  # listed after step_000200, so it is the one refused
+    p.write_bytes((run / "step_000200.safetensors").read_bytes())
+    return p
+
+
+def _pickle_without_tensors(run):
+    torch = pytest.importorskip("torch")
+    (run / "step_000200.safetensors").unlink()
+    p = run / "step_000200.pt"
+    torch.save({"note": "hello", "epoch": 3}, p)
+    return p
+
+
+def _truncated_pickle(run):
+    torch = pytest.importorskip("torch")
+    (run / "step_000200.safetensors").unlink()
+    p = run / "step_000200.pt"
+    torch.save({k: torch.from_numpy(v) for k, v in gpt_state(np.random.default_rng(0)).items()}, p)
+    p.write_bytes(p.read_bytes()[:-300])
+    return p
+
+
+class _Evil:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def _malicious_pickle(run):
+    import pickle
+
+    torch = pytest.importorskip("torch")
+    (run / "step_000200.safetensors").unlink()
+    p = run / "step_000200.pt"
+    torch.save({"w": torch.zeros(2, 2), "x": _Evil(str(run.parent / "pwned"))}, p, pickle_module=pickle)
+    return p
+
+
+def _unreadable(run):
+    if os.geteuid() == 0:
+        pytest.skip("running as root: chmod 000 does not stop root from reading")
+    p = run / "step_000200.safetensors"
+    p.chmod(0)
+    return p
+
+
+# (corrupt the run, the problem printed, keyframes filmed with --skip-bad)
+CASES = {
+    "zero-byte": (_zero_bytes, "not a safetensors file: empty file", 4),
+    "truncated": (_truncated, "truncated: tensor", 4),
+    "corrupt header": (_corrupt_header, "corrupt safetensors header", 4),
+    "first checkpoint empty": (_first_is_empty, "not a safetensors file: empty file", 4),
+    "width changed": (_width_changed, "which no longer fits the layout planned from the first", 4),
+    "same step": (_same_step, "has the same step (200) as", 5),
+    "pickle without tensors": (_pickle_without_tensors, "contains no tensors", 4),
+    "truncated pickle": (_truncated_pickle, "cannot load:", 4),
+    "malicious pickle": (_malicious_pickle, "refused: this pickle needs code execution", 4),
+    "unreadable": (_unreadable, "cannot read: Permission denied", 4),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_checkpoint_one_line_or_skipped(tmp_path, case):
+    corrupt, problem, kept = CASES[case]
+    run = write_run(tmp_path / "run", n=5)
+    bad = corrupt(run)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / "film.gif"
+    args = ["render", str(run), str(out), "--size", "160x96", "--fps", str(FPS), "-q"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    assert lines[0].startswith(f"layerfilm: error: {bad}: ") and problem in lines[0], lines[0]
+    assert list(out_dir.iterdir()) == []  # no film, no .part
+    result = runner.invoke(app, args + ["--skip-bad"])
+    assert result.exit_code == 0, result.output
+    assert f"warning: skipped {bad}: " in result.output and problem in result.output
+    assert decode(out).shape[0] == (kept - 1) * FPS + 1
+    assert sorted(p.name for p in out_dir.iterdir()) == ["film.gif"]
+    assert not (tmp_path / "pwned").exists()
+    info = runner.invoke(app, ["info", str(run), "--skip-bad"])
+    assert info.exit_code == 0 and f"skipped     {bad}: " in info.output
+    assert f"keyframes   {kept} checkpoints" in info.output
+
+
+def test_too_few_good_checkpoints_is_still_an_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    one = write_run(tmp_path / "one", n=1)
+    two = write_run(tmp_path / "two", n=2)
+    (two / "step_000100.safetensors").write_bytes(b"")
+    for folder, message in ((tmp_path / "empty", "no checkpoints found"),
+                            (one, "only one checkpoint (step_000000.safetensors)"),
+                            (two, "only 1 of 2 checkpoints could be read")):
+        out = tmp_path / "f.gif"
+        result = runner.invoke(app, ["render", str(folder), str(out), "--skip-bad", "-q"])
+        assert result.exit_code == 1 and message in result.output, result.output
+        assert not out.exists()
+
+
+def test_grown_vocabulary_keeps_identity_of_the_rows_that_persist(tmp_path):
+    run = write_run(tmp_path / "run", n=3, vocab=40)
+    path = run / "step_000200.safetensors"
+    sd = load_file(str(path))
+    grown = np.concatenate([sd["transformer.wte.weight"],
+                            np.random.default_rng(5).normal(size=(7, 16)).astype(np.float32)])
+    sd["transformer.wte.weight"] = grown
+    save_file(sd, str(path))
+    plan = pipeline.make_plan(run)
+    embed = plan.layers[0]
+    assert embed.label == "embed" and embed.n_points == 40
+    from layerfilm.checkpoints import open_checkpoint
+
+    ckpt = open_checkpoint(path)
+    np.testing.assert_array_equal(read_layer(ckpt, embed, ckpt.shapes()), grown[:40])
+    result = runner.invoke(app, ["render", str(run), str(tmp_path / "f.gif"), "--size", "160x96",
+                                 "--fps", "2", "-q"])
+    assert result.exit_code == 0, result.output
+
+
+def _refs(*steps):
+    return [CheckpointRef(None, s) for s in steps]
+
+
+def test_select_steps():
+    refs = _refs(0, 100, 200, 300, 400, 500, 600)
+    pick = lambda *a: [r.step for r in select_steps(refs, *a)]  # noqa: E731
+    assert pick(100, 400, None) == [100, 200, 300, 400]  # both ends included
+    assert pick(None, None, 200) == [0, 200, 400, 600]
+    assert pick(300, None, None) == [300, 400, 500, 600]
+    # Uneven spacing: each kept step is at least EVERY after the previous one.
+    uneven = _refs(0, 1, 2, 4, 8, 16, 32, 64, 128)
+    assert [r.step for r in select_steps(uneven, None, None, 10)] == [0, 16, 32, 64, 128]
+
+
+@pytest.fixture
+def headers(monkeypatch):
+    """The step each frame's header shows."""
+    steps = []
+    original = compose.FrameComposer.__call__
+
+    def call(self, counts, step, loss, fraction):
+        steps.append(step)
+        return original(self, counts, step, loss, fraction)
+
+    monkeypatch.setattr(compose.FrameComposer, "__call__", call)
+    return steps
+
+
+def _uneven_run(folder):
+    run = write_run(folder, n=4)  # steps 0..300
+    (run / "step_000300.safetensors").rename(run / "step_001200.safetensors")
+    return run
+
+
+def test_steps_option_picks_keyframes(tmp_path, headers):
+    run = write_run(tmp_path / "run", n=6)  # 0..500
+    out = tmp_path / "f.gif"
+    result = runner.invoke(app, ["render", str(run), str(out), "--steps", "100:400:200", "--fps", "2",
+                                 "--size", "160x96", "-q"])
+    assert result.exit_code == 0, result.output
+    assert decode(out).shape[0] == 3 and headers == [100, 200, 300]
+    info = runner.invoke(app, ["info", str(run), "--steps", "::200"])
+    assert "3 checkpoints, steps 0 .. 400 (every 200)" in info.output
+    result = runner.invoke(app, ["render", str(run), str(out), "--steps", "450:"])
+    assert result.exit_code == 1
+    assert "--steps 450:: keeps 1 of the 6 checkpoints (steps 0..500)" in result.output
+
+
+@pytest.mark.parametrize("timeline", ["keyframe", "step"])
+def test_timeline(tmp_path, headers, timeline):
+    run = _uneven_run(tmp_path / "run")  # steps 0, 100, 200, 1200
+    out = tmp_path / "f.gif"
+    result = runner.invoke(app, ["render", str(run), str(out), "--timeline", timeline, "--fps", "4",
+                                 "--size", "160x96", "-q"])
+    assert result.exit_code == 0, result.output
+    assert len(headers) == 13 and decode(out).shape[0] == 13  # the same length either way
+    if timeline == "keyframe":  # every checkpoint gets 4 frames
+        assert [headers[i] for i in (0, 4, 8, 12)] == [0, 100, 200, 1200]
+    else:  # frames in proportion to training steps: 100 steps a frame
+        assert headers == [100 * f for f in range(13)]
+    info = runner.invoke(app, ["info", str(run)])
+    assert "gaps 100..1000" in info.output and "--timeline step" in info.output
+
+
+def _conv_run(folder):
+    rng = np.random.default_rng(0)
+    folder.mkdir()
+    for k in range(3):
+        sd = {f"features.{i}.weight": rng.normal(size=(8, 6)).astype(np.float32) for i in (0, 3, 10)}
+        sd["classifier.weight"] = rng.normal(size=(4, 6)).astype(np.float32)
+        save_file(sd, str(folder / f"step_{k}.safetensors"))
+    return folder
+
+
+def test_unknown_naming_asks_for_layer_pattern(tmp_path):
+    run = _conv_run(tmp_path / "run")
+    result = runner.invoke(app, ["info", str(run)])
+    assert result.exit_code == 1
+    line = result.output.strip()
+    assert "\n" not in line and "step_0.safetensors: no layers recognised" in line
+    assert "prefixes found: classifier, features.N" in line and "--layer-pattern REGEX" in line
+    for pattern in (r"^features\.(\d+)\.", r"(?P<layer>features\.\d+)"):
+        result = runner.invoke(app, ["info", str(run), "--layer-pattern", pattern])
+        assert result.exit_code == 0, result.output
+        labels = [line.split()[0] for line in result.output.splitlines() if line.startswith("  ")][1:]
+        assert labels == (["L0", "L3", "L10"] if "(\\d+)" in pattern
+                          else ["features.0", "features.3", "features.10"])
+    plan = pipeline.make_plan(run, layer_pattern=r"^features\.(\d+)\.")
+    assert all(l.n_points == 8 and l.dim == 6 for l in plan.layers)
+    out = tmp_path / "f.gif"
+    result = runner.invoke(app, ["render", str(run), str(out), "--layer-pattern", r"^features\.(\d+)\.",
+                                 "--fps", "2", "--size", "160x96", "-q"])
+    assert result.exit_code == 0 and decode(out).shape[0] == 5
+    result = runner.invoke(app, ["info", str(run), "--layer-pattern", "^nothing"])
+    assert result.exit_code == 1 and "--layer-pattern '^nothing' matches no 2-D tensor" in result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--steps", "a:b"], "--steps must look like START:STOP:EVERY"),
+    (["--steps", "500:100"], "--steps START must not exceed STOP, got 500:100"),
+    (["--steps", "::0"], "--steps EVERY must be at least 1, got 0"),
+    (["--timeline", "wall"], "--timeline must be one of keyframe, step, got 'wall'"),
+    (["--layer-pattern", "(h"], "--layer-pattern '(h' is not a valid regular expression"),
+])
+def test_option_validation(tmp_path, run_dir, args, message):
+    out = tmp_path / "f.gif"
+    result = runner.invoke(app, ["render", str(run_dir), str(out), *args])
+    assert result.exit_code == 2 and not out.exists()
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.output
