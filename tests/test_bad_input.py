@@ -285,3 +285,23 @@ def test_option_validation(tmp_path, run_dir, args, message):
     assert result.exit_code == 2 and not out.exists()
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.output
+
+
+def test_new_options_reach_the_config_and_help(tmp_path, run_dir, monkeypatch):
+    from layerfilm.config import RenderConfig
+
+    seen = {}
+
+    def fake_render(config, progress):
+        seen["config"] = config
+        raise SystemExit(0)
+
+    monkeypatch.setattr(pipeline, "render", fake_render)
+    runner.invoke(app, ["render", str(run_dir), str(tmp_path / "x.gif"), "--steps", "100::200",
+                        "--timeline", "step", "--layer-pattern", r"h\.(\d+)", "--skip-bad"])
+    assert seen["config"] == RenderConfig(run_dir, tmp_path / "x.gif", steps=(100, None, 200),
+                                          timeline="step", layer_pattern=r"h\.(\d+)", skip_bad=True)
+    for command in ("render", "info"):
+        text = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"}).output
+        for opt in ["--steps", "--layer-pattern", "--skip-bad"] + (["--timeline"] if command == "render" else []):
+            assert opt in text, (command, opt)
