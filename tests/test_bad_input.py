@@ -2,6 +2,7 @@
 ``--skip-bad`` films past them with a warning.  And the keyframe options (--steps,
 --timeline, --layer-pattern) with their validation."""
 
+import json
 import os
 
 import numpy as np
@@ -133,7 +134,9 @@ def test_bad_checkpoint_one_line_or_skipped(tmp_path, case):
     assert result.exit_code == 0, result.output
     assert f"warning: skipped {bad}: " in result.output and problem in result.output
     assert decode(out).shape[0] == (kept - 1) * FPS + 1
-    assert sorted(p.name for p in out_dir.iterdir()) == ["film.gif"]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["film.gif", "film.gif.json"]
+    listed = [f["path"] for f in json.loads((out_dir / "film.gif.json").read_text())["checkpoints"]["files"]]
+    assert len(listed) == kept and bad.name not in listed  # the manifest holds what was filmed
     assert not (tmp_path / "pwned").exists()
     info = runner.invoke(app, ["info", str(run), "--skip-bad"])
     assert info.exit_code == 0 and f"skipped     {bad}: " in info.output
@@ -299,9 +302,23 @@ def test_new_options_reach_the_config_and_help(tmp_path, run_dir, monkeypatch):
     monkeypatch.setattr(pipeline, "render", fake_render)
     runner.invoke(app, ["render", str(run_dir), str(tmp_path / "x.gif"), "--steps", "100::200",
                         "--timeline", "step", "--layer-pattern", r"h\.(\d+)", "--skip-bad"])
-    assert seen["config"] == RenderConfig(run_dir, tmp_path / "x.gif", steps=(100, None, 200),
+    assert seen["config"] == RenderConfig(run_dir, tmp_path / "x.gif", steps="100::200",
                                           timeline="step", layer_pattern=r"h\.(\d+)", skip_bad=True)
     for command in ("render", "info"):
         text = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"}).output
         for opt in ["--steps", "--layer-pattern", "--skip-bad"] + (["--timeline"] if command == "render" else []):
             assert opt in text, (command, opt)
+
+
+def test_new_options_in_a_config_file(tmp_path, run_dir, headers, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "layerfilm.toml").write_text('steps = "::200"\ntimeline = "step"\nskip-bad = true\n'
+                                             'layer_pattern = "h\\\\.(\\\\d+)\\\\."\n')
+    printed = runner.invoke(app, ["render", str(run_dir), "f.gif", "--print-config"]).output
+    for line in ('steps = "::200"', 'timeline = "step"', "skip_bad = true", r'layer_pattern = "h\\.(\\d+)\\."'):
+        assert line in printed, (line, printed)
+    result = runner.invoke(app, ["render", str(run_dir), "f.gif", "--fps", "2", "--size", "160x96", "-q"])
+    assert result.exit_code == 0, result.output
+    assert headers == [0, 100, 200]  # keyframes 0 and 200 only
+    doc = json.loads((tmp_path / "f.gif.json").read_text())
+    assert doc["options"]["steps"] == "::200" and doc["options"]["layer_pattern"] == r"h\.(\d+)\."

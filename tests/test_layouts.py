@@ -144,6 +144,11 @@ def test_hf_render_and_info_with_no_flags(hf_runs, tmp_path, layout):
                                  "--fps", "3", "-q"])
     assert result.exit_code == 0, result.output
     assert decode(out).shape[0] == 7
+    # The manifest lists (and hashes) every file each checkpoint is made of.
+    listed = json.loads((tmp_path / "f.gif.json").read_text())["checkpoints"]["files"]
+    shards = [p for p in (runs[layout] / "checkpoint-10").iterdir() if "model" in p.name]
+    assert sorted(f["path"] for f in listed if f["step"] == 10) == sorted(
+        f"checkpoint-10/{p.name}" for p in shards)
 
 
 def test_sharded_index_problems_name_the_file(hf_runs, tmp_path):
@@ -294,6 +299,9 @@ def test_dcp_folders(dcp_run, tmp_path):
     result = runner.invoke(app, ["render", str(root), str(out), "--size", "192x108", "--fps", "2", "-q"])
     assert result.exit_code == 0, result.output
     assert decode(out).shape[0] == 5
+    listed = json.loads((tmp_path / "f.gif.json").read_text())["checkpoints"]["files"]
+    assert [(f["path"], f["step"]) for f in listed][:2] == [("step-100/.metadata", 100),
+                                                            ("step-100/__0_0.distcp", 100)]
 
 
 class _Evil:
