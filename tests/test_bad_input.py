@@ -93,11 +93,29 @@ def _malicious_pickle(run):
 
 
 def _unreadable(run):
-    if os.geteuid() == 0:
-        pytest.skip("running as root: chmod 000 does not stop root from reading")
     p = run / "step_000200.safetensors"
     p.chmod(0)
     return p
+
+
+@pytest.fixture
+def permissions_enforced(monkeypatch):
+    """Root reads a chmod-000 file anyway: there, refuse opening files without read permission
+    the way the kernel does for everyone else."""
+    if os.geteuid() != 0:
+        return
+    import builtins
+    import stat
+
+    real_open = builtins.open
+
+    def open_as_a_user(file, *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and os.path.exists(file) \
+                and not os.stat(file).st_mode & stat.S_IRUSR:
+            raise PermissionError(13, "Permission denied", os.fspath(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", open_as_a_user)
 
 
 # (corrupt the run, the problem printed, keyframes filmed with --skip-bad)
@@ -116,7 +134,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_checkpoint_one_line_or_skipped(tmp_path, case):
+def test_bad_checkpoint_one_line_or_skipped(tmp_path, case, permissions_enforced):
     corrupt, problem, kept = CASES[case]
     run = write_run(tmp_path / "run", n=5)
     bad = corrupt(run)
