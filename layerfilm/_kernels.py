@@ -212,3 +212,178 @@ def half_to_float_kernel(src, out):
 def half_to_float_numpy(src):
     """The numpy twin of :func:`half_to_float_kernel`."""
     return np.asarray(src).view(np.float16).astype(np.float32)
+
+
+# --- tracked PCA -------------------------------------------------------------------------------
+# Block subspace iteration for the top principal axes of a layer, continued from the previous
+# keyframe's directions.  One kernel per keyframe and layer, with no BLAS inside: threads that
+# project different layers at once neither wait on the GIL nor on OpenBLAS's internal lock
+# (measured here: two threads calling numpy's matmul ran no faster than one).  fastmath lets the
+# inner products vectorise; results do not depend on which thread runs them.
+
+ngjit_fast = numba.njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
+
+
+@ngjit_fast
+def _orthonormalize_rows(Z):
+    """Modified Gram-Schmidt (twice) on the rows of Z (p, d), in place.  A row that is (nearly)
+    dependent on the rows before it is replaced by a coordinate axis, so the block keeps full
+    rank even for an all-zero layer."""
+    p, d = Z.shape
+    scale = 0.0
+    for j in range(p):
+        s = 0.0
+        for k in range(d):
+            s += Z[j, k] * Z[j, k]
+        scale = max(scale, np.sqrt(s))
+    for j in range(p):
+        for trial in range(d + 1):
+            for _ in range(2):
+                for i in range(j):
+                    s = 0.0
+                    for k in range(d):
+                        s += Z[i, k] * Z[j, k]
+                    for k in range(d):
+                        Z[j, k] -= s * Z[i, k]
+            s = 0.0
+            for k in range(d):
+                s += Z[j, k] * Z[j, k]
+            norm = np.sqrt(s)
+            if norm > 1e-5 * scale and norm > 0.0:
+                for k in range(d):
+                    Z[j, k] /= norm
+                break
+            for k in range(d):  # dependent: try the next coordinate axis instead
+                Z[j, k] = 0.0
+            Z[j, (j + trial) % d] = 1.0
+            scale = 1.0
+
+
+@ngjit_fast
+def tracked_pca_kernel(X, start, passes, scores, basis):
+    """Top-two principal scores of X, refining the directions ``start`` by ``passes`` passes.
+
+    X: (n, d) float32.  start: (p, d) float32, orthonormal rows (the previous keyframe's
+    ``basis``, or a random start).  scores: (n, 2) float32 out, centred.  basis: (p, d)
+    float32 out: the refined directions, ordered by the variance they explain.
+    """
+    n, d = X.shape
+    p = start.shape[0]
+    acc = np.zeros(d)
+    for i in range(n):
+        for k in range(d):
+            acc[k] += X[i, k]
+    mu = np.empty(d, np.float32)
+    for k in range(d):
+        mu[k] = acc[k] / n
+    Q = start.copy()
+    Z = np.empty((p, d), np.float32)
+    xc = np.empty(d, np.float32)
+    y = np.empty(p, np.float32)
+    for _ in range(passes):
+        # Z = Q (X - mu)^T (X - mu), one sweep over the rows.
+        Z[:] = 0.0
+        for i in range(n):
+            for k in range(d):
+                xc[k] = X[i, k] - mu[k]
+            for j in range(p):
+                s = np.float32(0.0)
+                for k in range(d):
+                    s += xc[k] * Q[j, k]
+                y[j] = s
+            for j in range(p):
+                yj = y[j]
+                for k in range(d):
+                    Z[j, k] += yj * xc[k]
+        _orthonormalize_rows(Z)
+        Q[:] = Z
+    # Rayleigh-Ritz: the data in the block, B = (X - mu) Q^T, and its own principal axes.
+    B = np.empty((n, p), np.float32)
+    G = np.zeros((p, p))
+    for i in range(n):
+        for k in range(d):
+            xc[k] = X[i, k] - mu[k]
+        for j in range(p):
+            s = np.float32(0.0)
+            for k in range(d):
+                s += xc[k] * Q[j, k]
+            B[i, j] = s
+        for a in range(p):
+            for b in range(a + 1):
+                G[a, b] += B[i, a] * B[i, b]
+    for a in range(p):
+        for b in range(a):
+            G[b, a] = G[a, b]
+    _, V = np.linalg.eigh(G)  # ascending
+    for i in range(n):
+        for c in range(2):
+            s = 0.0
+            for j in range(p):
+                s += B[i, j] * V[j, p - 1 - c]
+            scores[i, c] = s
+    for a in range(p):
+        for k in range(d):
+            s = 0.0
+            for j in range(p):
+                s += V[j, p - 1 - a] * Q[j, k]
+            basis[a, k] = s
+
+
+def tracked_pca_numpy(X, start, passes):
+    """The numpy twin of :func:`tracked_pca_kernel` (QR instead of Gram-Schmidt: the same
+    subspace, so scores agree up to the sign of each column)."""
+    X = np.asarray(X, dtype=np.float64)
+    Xc = X - X.mean(axis=0)
+    Q = np.asarray(start, dtype=np.float64).T  # (d, p)
+    for _ in range(passes):
+        Q, _ = np.linalg.qr(Xc.T @ (Xc @ Q))
+    B = Xc @ Q
+    _, V = np.linalg.eigh(B.T @ B)
+    V = V[:, ::-1]
+    return B @ V[:, :2], (Q @ V).T
+
+
+# --- alignment -----------------------------------------------------------------------------------
+
+@ngjit
+def align_kernel(layout, previous, out):
+    """Centre ``layout`` (n, 2) and rotate/reflect it onto ``previous`` (n, 2), into ``out``.
+
+    The orthogonal 2x2 Procrustes problem in closed form: with M = A^T B, the best rotation
+    by atan2(M10 - M01, M00 + M11) and the best reflection by atan2(M01 + M10, M00 - M11);
+    whichever reaches the larger trace(R^T M) wins.  All rows must be finite; an empty
+    ``previous`` only centres.
+    """
+    n = layout.shape[0]
+    mx = 0.0
+    my = 0.0
+    for i in range(n):
+        mx += layout[i, 0]
+        my += layout[i, 1]
+    mx /= max(n, 1)
+    my /= max(n, 1)
+    r00, r01, r10, r11 = 1.0, 0.0, 0.0, 1.0
+    if previous.shape[0] == n and n >= 2:
+        m00 = m01 = m10 = m11 = 0.0
+        for i in range(n):
+            a0 = layout[i, 0] - mx
+            a1 = layout[i, 1] - my
+            m00 += a0 * previous[i, 0]
+            m01 += a0 * previous[i, 1]
+            m10 += a1 * previous[i, 0]
+            m11 += a1 * previous[i, 1]
+        rot = np.hypot(m00 + m11, m10 - m01)
+        ref = np.hypot(m00 - m11, m01 + m10)
+        if ref > rot:
+            t = np.arctan2(m01 + m10, m00 - m11)
+            c, s = np.cos(t), np.sin(t)
+            r00, r01, r10, r11 = c, s, s, -c
+        elif rot > 0.0:
+            t = np.arctan2(m10 - m01, m00 + m11)
+            c, s = np.cos(t), np.sin(t)
+            r00, r01, r10, r11 = c, -s, s, c
+    for i in range(n):
+        a0 = layout[i, 0] - mx
+        a1 = layout[i, 1] - my
+        out[i, 0] = a0 * r00 + a1 * r10
+        out[i, 1] = a0 * r01 + a1 * r11

@@ -17,6 +17,7 @@ import csv
 import dataclasses
 import json
 import math
+import mmap
 import os
 import re
 import struct
@@ -254,6 +255,13 @@ class TensorSource(Protocol):
     def read(self, name: str, index: np.ndarray | None = None, axis: int = 0) -> np.ndarray: ...
 
 
+def _map_file(path: Path) -> np.ndarray:
+    """The whole file as a read-only uint8 array backed by the page cache (a plain ndarray:
+    slicing an ``np.memmap`` costs a Python-level ``__array_finalize__`` per view)."""
+    with open(path, "rb") as f:
+        return np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), dtype=np.uint8)
+
+
 class SafetensorsFile:
     """A validated, memory-mapped safetensors file (no torch needed).
 
@@ -290,7 +298,7 @@ class SafetensorsFile:
         meta = header.pop("__metadata__", None) or {}
         self.metadata = {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
         self._data_start = 8 + n
-        self._map: np.memmap | None = None
+        self._map: np.ndarray | None = None
         data_len = size - self._data_start
         self._entries: dict[str, tuple[str, tuple[int, ...], int]] = {}
         for name, e in header.items():
@@ -329,7 +337,7 @@ class SafetensorsFile:
         else:
             data = self._map
             if data is None:  # one mapping per file, views per tensor (a race maps twice: harmless)
-                data = self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
+                data = self._map = _map_file(self.path)
             start = self._data_start + begin
             nbytes = math.prod(shape) * _DTYPES[dtype].itemsize
             arr = data[start:start + nbytes].view(_DTYPES[dtype]).reshape(shape)

@@ -29,14 +29,14 @@ def pca_2d(X: np.ndarray, seed: int = 0, basis: np.ndarray | None = None
            ) -> tuple[np.ndarray, np.ndarray | None]:
     """Scores on the top two principal axes, and the basis to pass in at the next keyframe.
 
-    ``(n, d)`` -> ``(n, 2)`` float64, centred.  Exact (top-two ``syevr`` of the
-    ``d x d`` covariance or ``n x n`` Gram matrix) when ``min(n, d) <= 64``.
-    Wider layers use block subspace iteration (Halko et al. 2011) on the centred
-    data with ``_BLOCK`` directions: six passes from a seeded random start, or --
-    given ``basis``, the previous keyframe's directions -- one pass that continues
-    the same iteration.  Weights that sit still converge to the exact axes; weights
-    that move are followed smoothly instead of re-solved from scratch.  Fewer than
-    two non-zero directions give zero columns.
+    ``(n, d)`` -> ``(n, 2)``, centred.  Exact (top-two ``syevr`` of the ``d x d``
+    covariance or ``n x n`` Gram matrix, float64) when ``min(n, d) <= 64``.  Wider
+    layers use block subspace iteration (Halko et al. 2011) on the centred data with
+    ``_BLOCK`` directions, in one numba kernel (float32): six passes from a seeded
+    random start, or -- given ``basis``, the previous keyframe's directions -- one
+    pass that continues the same iteration.  Weights that sit still converge to the
+    exact axes; weights that move are followed smoothly instead of re-solved from
+    scratch.  Fewer than two non-zero directions give zero columns.
     """
     X = np.asarray(X)
     n, d = X.shape
@@ -55,25 +55,19 @@ def pca_2d(X: np.ndarray, seed: int = 0, basis: np.ndarray | None = None
             return Xc @ V[:, ::-1], None
         w, U = eigh(Xc @ Xc.T, subset_by_index=[n - 2, n - 1], driver="evr")
         return U[:, ::-1] * np.sqrt(np.clip(w[::-1], 0, None)), None
-    X = np.asarray(X, dtype=np.float32)
-    mu = X.mean(axis=0)
+    from ._kernels import tracked_pca_kernel
+
+    X = np.ascontiguousarray(X, dtype=np.float32)
     p = min(_BLOCK, d, n)
-    if basis is None or basis.shape != (d, p):
-        Q = np.random.default_rng(seed).standard_normal((d, p)).astype(np.float32)
-        passes = _COLD_PASSES
+    if basis is None or basis.shape != (p, d):
+        start = np.linalg.qr(np.random.default_rng(seed).standard_normal((d, p)))[0].T
+        basis, passes = np.ascontiguousarray(start, dtype=np.float32), _COLD_PASSES
     else:
-        Q, passes = basis, _WARM_PASSES
-    for _ in range(passes):
-        # (X - mu)^T (X - mu) Q without a centred copy: the columns of Y sum to zero.
-        Y = X @ Q
-        Y -= mu @ Q
-        Q, _ = np.linalg.qr(X.T @ Y)
-    B = X @ Q  # the centred data in the found subspace, (n, p)
-    B -= mu @ Q
-    # Rayleigh-Ritz: order the block by variance, so the next keyframe starts from sorted axes.
-    _, W = np.linalg.eigh((B.T @ B).astype(np.float64))
-    W = W[:, ::-1].astype(np.float32)
-    return B @ W[:, :2], Q @ W
+        passes = _WARM_PASSES
+    scores = np.empty((n, 2), np.float32)
+    refined = np.empty((p, d), np.float32)
+    tracked_pca_kernel(X, basis, passes, scores, refined)
+    return scores, refined
 
 
 def umap_2d(X: np.ndarray, init: np.ndarray | None, seed: int) -> np.ndarray:
@@ -159,6 +153,14 @@ def project_keyframe(X: np.ndarray, method: str, track: Track, seed: int,
         full = np.full((len(X), 2), np.nan)
         full[finite] = raw
         raw = full
+    elif raw.dtype == np.float32 and (track.layout is None or np.isfinite(track.layout).all()):
+        # The wide-layer PCA path with every weight finite: align in one kernel call.
+        from ._kernels import align_kernel
+
+        out = np.empty_like(raw)
+        align_kernel(raw, track.layout if track.layout is not None else raw[:0], out)
+        track.layout = out
+        return out
     track.layout = align(raw, track.layout).astype(np.float32)
     return track.layout
 

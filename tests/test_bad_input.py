@@ -134,10 +134,12 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_checkpoint_one_line_or_skipped(tmp_path, case, permissions_enforced):
+def test_bad_checkpoint_one_line_or_skipped(tmp_path, case, request):
     corrupt, problem, kept = CASES[case]
     run = write_run(tmp_path / "run", n=5)
     bad = corrupt(run)
+    if case == "unreadable":
+        request.getfixturevalue("permissions_enforced")
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     out = out_dir / "film.gif"

@@ -150,3 +150,53 @@ def test_half_to_float_is_exact_for_every_bit_pattern(transposed):
     nan = np.isnan(ref)
     assert nan.sum() == 2 * 1023 and np.isnan(out[nan]).all()
     np.testing.assert_array_equal(out.view(np.uint32)[~nan], ref.view(np.uint32)[~nan])
+
+
+@pytest.mark.parametrize("passes", [0, 1, 4])
+def test_tracked_pca_kernel_matches_numpy(passes):
+    rng = np.random.default_rng(passes)
+    n, d, p = 500, 96, 8
+    X = (rng.normal(size=(n, d)) * np.r_[6.0, 3.0, 0.9 ** np.arange(d - 2)] + 2.0).astype(np.float32)
+    start = np.ascontiguousarray(np.linalg.qr(rng.normal(size=(d, p)))[0].T, dtype=np.float32)
+    scores, basis = np.empty((n, 2), np.float32), np.empty((p, d), np.float32)
+    K.tracked_pca_kernel(X, start, passes, scores, basis)
+    ref_scores, ref_basis = K.tracked_pca_numpy(X, start, passes)
+    for c in range(2):  # the same axes up to sign
+        sign = np.sign(scores[:, c] @ ref_scores[:, c])
+        np.testing.assert_allclose(scores[:, c] * sign, ref_scores[:, c], atol=2e-5 * np.abs(ref_scores).max())
+        np.testing.assert_allclose(np.abs(basis[c] @ ref_basis[c]), 1.0, atol=1e-5)
+    np.testing.assert_allclose(basis @ basis.T, np.eye(p), atol=1e-5)
+    assert abs(scores.mean(axis=0)).max() < 1e-4 * np.abs(scores).max()  # centred
+
+
+def test_tracked_pca_kernel_keeps_full_rank_on_degenerate_layers():
+    # An all-zero layer (zero-initialised weights) and a rank-1 one: the block must stay
+    # orthonormal so that later keyframes, once the weights move, can still find their axes.
+    n, d, p = 200, 80, 8
+    for X in (np.zeros((n, d), np.float32),
+              np.outer(np.arange(n), np.ones(d)).astype(np.float32)):
+        start = np.ascontiguousarray(np.eye(p, d), dtype=np.float32)
+        scores, basis = np.empty((n, 2), np.float32), np.empty((p, d), np.float32)
+        K.tracked_pca_kernel(X, start, 3, scores, basis)
+        assert np.isfinite(scores).all()
+        np.testing.assert_allclose(basis @ basis.T, np.eye(p), atol=1e-5)
+
+
+@pytest.mark.parametrize("reflect", [False, True])
+def test_align_kernel_matches_the_svd_procrustes(reflect):
+    from layerfilm.project import align
+
+    rng = np.random.default_rng(11)
+    for _ in range(20):
+        B = (rng.normal(size=(300, 2)) * [3, 1]).astype(np.float32)
+        theta = rng.uniform(0, 2 * np.pi)
+        R = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+        if reflect:
+            R = R @ np.diag([1.0, -1.0])
+        A = (B @ R.T + 0.3 * rng.normal(size=B.shape) + [2.0, -1.0]).astype(np.float32)
+        out = np.empty_like(A)
+        K.align_kernel(A, B, out)
+        np.testing.assert_allclose(out, align(A, B), atol=1e-4 * np.abs(B).max())
+    out = np.empty_like(A)
+    K.align_kernel(A, A[:0], out)  # no previous keyframe: centring only
+    np.testing.assert_allclose(out, A - A.mean(axis=0), atol=1e-5)
