@@ -98,13 +98,7 @@ def plan_layers(
         names = sorted(blocks[(stack, idx)])
         dims = collections.Counter(d for n in names for d in shapes[n])
         dim = d_model if d_model in dims else dims.most_common(1)[0][0]
-        sources = []
-        for n in names:
-            a, b = shapes[n]
-            if b == dim:
-                sources.append(PointSource(n, 0, np.arange(a)))
-            elif a == dim:
-                sources.append(PointSource(n, 1, np.arange(b)))
+        sources = _residual_sources(names, shapes, dim)
         if not sources:
             continue
         label = f"L{idx}" if len(stacks) == 1 else f"{_stack_short(stack)} L{idx}"
@@ -156,13 +150,7 @@ def plan_layers_by_pattern(shapes: dict[str, tuple[int, ...]], pattern: str, max
         dims = collections.Counter(shapes[n][1] for n in names)
         dims.update(shapes[n][0] for n in names)
         dim = dims.most_common(1)[0][0]
-        sources = []
-        for n in names:
-            a, b = shapes[n]
-            if b == dim:
-                sources.append(PointSource(n, 0, np.arange(a)))
-            elif a == dim:
-                sources.append(PointSource(n, 1, np.arange(b)))
+        sources = _residual_sources(names, shapes, dim)
         label = f"L{key}" if key.isdigit() else key
         prefix = _common_prefix(names)
         layers.append(_subsample(label, prefix, dim, sources, max_points, seed))
@@ -185,6 +173,19 @@ def _common_prefix(names: list[str]) -> str:
     while i < min(len(first), len(last)) and first[i] == last[i]:
         i += 1
     return first[:first.rfind(".", 0, i) + 1]
+
+
+def _residual_sources(names: list[str], shapes: dict[str, tuple[int, ...]], dim: int
+                      ) -> list[PointSource]:
+    """Each 2-D tensor's rows when they are ``dim`` wide, else its columns when they are."""
+    sources = []
+    for n in names:
+        a, b = shapes[n]
+        if b == dim:
+            sources.append(PointSource(n, 0, np.arange(a)))
+        elif a == dim:
+            sources.append(PointSource(n, 1, np.arange(b)))
+    return sources
 
 
 def _find_embedding(names: list[str], shapes: dict[str, tuple[int, ...]]) -> str | None:
