@@ -298,8 +298,6 @@ def tracked_pca_kernel(X, start, passes, scores, basis):
         _orthonormalize_rows(Z)
         Q[:] = Z
     # Rayleigh-Ritz: the data in the block, B = (X - mu) Q^T, and its own principal axes.
-    # (The row loop repeats the sweep's first half by hand: as a shared helper function it
-    # measured 1.3-1.6x slower.)
     B = np.empty((n, p), np.float32)
     G = np.zeros((p, p))
     for i in range(n):
