@@ -122,7 +122,7 @@ def render(
         show_default=False)] = None,
     fps: Annotated[int, typer.Option(help="Frames per second of the film.")] = 25,
     frames_per_keyframe: Annotated[Optional[int], typer.Option(
-        help="Frames between two checkpoints [default: fps, i.e. one checkpoint per second].",
+        help="Frames between two checkpoints (default: fps, i.e. one checkpoint per second).",
         show_default=False)] = None,
     size: Annotated[str, typer.Option(help="Frame size WIDTHxHEIGHT in pixels.")] = "1280x720",
     projection: Annotated[str, typer.Option(
@@ -188,8 +188,9 @@ def render(
 ) -> None:
     """Render CHECKPOINTS into the lossless film OUTPUT, one panel per layer.
 
-    Options come from the command line, else from the config file, else their defaults; a
-    manifest OUTPUT.json is written beside the film.
+    Options come from the command line, else from the config file, else their defaults.
+
+    A manifest OUTPUT.json is written beside the film.
     """
     from . import manifest
     from .pipeline import render as run
