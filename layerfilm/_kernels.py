@@ -133,23 +133,70 @@ def splat_numpy(xy, starts, xform, rect, counts):
 # colormap; pixels with no density keep the background frame's index.
 
 @ngjit
-def shade_kernel(counts, span_scaled, log_scale, base, levels, frame):
+def shade_kernel(counts, bits, lut, frame):
     """Write palette indices for every pixel with density into ``frame`` and zero ``counts``.
 
-    counts: (H, W) float32 (reset to 0 on return, ready for the next frame);
-    span_scaled: log1p(span) or span; frame: (H, W) uint8, written in place.
+    counts: (H, W) float32 (reset to 0 on return, ready for the next frame); bits: the same
+    memory viewed as uint32; lut: a :class:`ShadeTable`'s arrays (see :func:`shade_table`);
+    frame: (H, W) uint8, written in place.  Gives exactly :func:`shade_numpy`'s indices
+    without a logarithm per pixel: a float's bit pattern orders positive floats, so its top
+    bits pick a bin of the table, and each bin holds at most one colour boundary.
     """
-    top = levels - 1
+    lo, hi, shift, first, base, top, start_level, boundary = lut
     for y in range(counts.shape[0]):
         for x in range(counts.shape[1]):
-            c = np.float64(counts[y, x])
+            c = counts[y, x]
             if c > 0.0:
-                v = np.log1p(c) / span_scaled if log_scale else c / span_scaled
-                j = int(v * top + 0.5)
-                if j > top:
+                if c < lo:
+                    j = 0
+                elif c >= hi:
                     j = top
+                else:
+                    b = (bits[y, x] >> shift) - first
+                    j = start_level[b] + (1 if c >= boundary[b] else 0)
                 frame[y, x] = base + j
                 counts[y, x] = 0.0
+
+
+def shade_table(span_scaled, log_scale, base, levels):
+    """The lookup table :func:`shade_kernel` uses in place of :func:`shade_numpy`'s formula.
+
+    For every level j its boundary -- the smallest float32 density that :func:`shade_numpy`
+    gives level j or more -- is found by bisection on float32 bit patterns; the densities
+    between the first and the last boundary are then binned by the top bits of their bit
+    pattern, each bin storing its level at the start and the boundary inside it, if any.
+    Returns ``(lo, hi, shift, first, base, top, start_level, boundary)``.
+    """
+    top = levels - 1
+
+    def level(c32):
+        v = np.log1p(c32.astype(np.float64)) if log_scale else c32.astype(np.float64)
+        return np.minimum(np.floor(v / span_scaled * top + 0.5), top).astype(np.int64)
+
+    # Smallest positive float32 (as bits) reaching each level 1..top, all levels at once.
+    want = np.arange(1, top + 1)
+    lo_b = np.zeros(top, np.int64)
+    hi_b = np.full(top, np.float32(np.finfo(np.float32).max).view(np.uint32), np.int64)
+    while (hi_b - lo_b > 1).any():
+        mid = (lo_b + hi_b) // 2
+        ok = level(mid.astype(np.uint32).view(np.float32)) >= want
+        hi_b = np.where(ok, mid, hi_b)
+        lo_b = np.where(ok, lo_b, mid)
+    edges = hi_b  # bits of the boundaries, non-decreasing
+    for shift in range(13, -1, -1):  # bins fine enough that none holds two boundaries
+        b = edges >> shift
+        if (np.diff(b) > 0).all():
+            break
+    first, last = int(b[0]), int(b[-1])
+    starts = ((np.arange(first, last + 1, dtype=np.int64)) << shift).astype(np.uint32)
+    start_level = level(starts.view(np.float32)).astype(np.int64)
+    # The one boundary a bin can hold is that of the level after the bin's first one.
+    as_float = edges.astype(np.uint32).view(np.float32)  # as_float[j - 1]: level j's boundary
+    nxt = np.minimum(start_level + 1, top)
+    inside = (start_level < top) & ((edges[nxt - 1] >> shift) == np.arange(first, last + 1))
+    boundary = np.where(inside, as_float[nxt - 1], np.float32(np.inf)).astype(np.float32)
+    return (np.float32(as_float[0]), np.float32(as_float[-1]), np.uint32(shift), np.uint32(first),
+            np.uint8(base), np.int64(top), start_level, boundary)
 
 
 def shade_numpy(counts, span_scaled, log_scale, base, levels, frame):

@@ -14,10 +14,11 @@ so RGB outputs are ``palette[frame]`` and GIF gets the indices as they are.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
-from ._kernels import shade_kernel
+from ._kernels import shade_kernel, shade_table
 
 BACKGROUND = 0
 TEXT_BASE, TEXT_LEVELS = 1, 15
@@ -58,8 +59,15 @@ class Shader:
     span: float
     scale: str = "log"
 
+    @property
+    def scaled_span(self) -> float:
+        return float(np.log1p(self.span) if self.scale == "log" else self.span)
+
+    @functools.cached_property
+    def table(self) -> tuple:
+        """The exact lookup table of :func:`layerfilm._kernels.shade_table`, made once."""
+        return shade_table(self.scaled_span, self.scale == "log", DENSITY_BASE, DENSITY_LEVELS)
+
     def __call__(self, counts: np.ndarray, frame: np.ndarray) -> None:
         """Write indices where ``counts > 0`` into ``frame`` and reset ``counts`` to 0."""
-        log = self.scale == "log"
-        scaled = float(np.log1p(self.span) if log else self.span)
-        shade_kernel(counts, scaled, log, DENSITY_BASE, DENSITY_LEVELS, frame)
+        shade_kernel(counts, counts.view(np.uint32), self.table, frame)

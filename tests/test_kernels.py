@@ -92,20 +92,30 @@ def test_splat_conserves_weight_and_places_points():
     np.testing.assert_allclose(counts[22:24, 64:66], 50.0)
 
 
-def test_shade_kernel_equals_numpy_twin_and_resets():
+@pytest.mark.parametrize("log", [True, False])
+@pytest.mark.parametrize("span", [1.0, 7.3, 99.0, 1234.5])
+def test_shade_kernel_equals_numpy_twin_and_resets(log, span):
     rng = np.random.default_rng(2)
-    counts = np.where(rng.random((30, 40)) < 0.3, rng.exponential(3, (30, 40)), 0).astype(np.float32)
-    for log in (True, False):
-        span = float(np.log1p(10.0) if log else 10.0)
-        a, b = np.zeros((30, 40), np.uint8), np.zeros((30, 40), np.uint8)
-        ca, cb = counts.copy(), counts.copy()
-        K.shade_kernel(ca, span, log, DENSITY_BASE, DENSITY_LEVELS, a)
-        K.shade_numpy(cb, span, log, DENSITY_BASE, DENSITY_LEVELS, b)
-        np.testing.assert_array_equal(a, b)
-        assert not ca.any()
-        assert (a[counts > 0] >= DENSITY_BASE).all() and (a[counts == 0] == 0).all()
-        assert a.max() == DENSITY_BASE + DENSITY_LEVELS - 1  # counts above the span clip to the top
-        assert a.max() != UNUSED
+    shader = Shader(span=span, scale="log" if log else "linear")
+    lo, hi, shift, first, base, top, start_level, boundary = shader.table
+    # Random densities over the whole range, plus every colour boundary and the float32 just
+    # below it: where a table that is off by one ulp would show.
+    edges = boundary[np.isfinite(boundary)]
+    values = np.concatenate([
+        rng.exponential(span / 4, 4000), rng.uniform(0, 3 * span, 4000), 10.0 ** rng.uniform(-8, 1, 2000),
+        edges, np.nextafter(edges, np.float32(0)), [lo, hi, np.nextafter(lo, np.float32(0))],
+    ]).astype(np.float32)
+    counts = np.where(rng.random(values.size) < 0.1, 0, values).astype(np.float32)
+    counts = np.pad(counts, (0, (-counts.size) % 100)).reshape(-1, 100)
+    a, b = np.zeros(counts.shape, np.uint8), np.zeros(counts.shape, np.uint8)
+    ca, cb = counts.copy(), counts.copy()
+    shader(ca, a)
+    K.shade_numpy(cb, shader.scaled_span, log, DENSITY_BASE, DENSITY_LEVELS, b)
+    np.testing.assert_array_equal(a, b)
+    assert not ca.any()
+    assert (a[counts > 0] >= DENSITY_BASE).all() and (a[counts == 0] == 0).all()
+    assert a.max() == DENSITY_BASE + DENSITY_LEVELS - 1  # counts above the span clip to the top
+    assert a.max() != UNUSED
 
 
 def test_log_scale_against_independent_formula():
