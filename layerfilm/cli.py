@@ -17,7 +17,7 @@ import typer
 from . import __version__
 from .config import (COLOR_SCALES, CONFIG_FILE, ORDERS, POINTS, PROJECTIONS, SETTLE_THRESHOLD,
                      SUFFIXES, TIMELINES, RenderConfig, StatsConfig, options_toml, parse_size,
-                     resolve)
+                     resolve, resolve_stats, stats_option_names)
 from .errors import ConfigError, LayerfilmError
 
 app = typer.Typer(
@@ -238,8 +238,7 @@ def render(
     if config.jobs > 1 and result.jobs == 1:
         typer.echo(f"note: {config.format} chunks cannot be joined without re-encoding; used 1 job",
                    err=True)
-    for path, why in result.plan.skipped if result.plan else ():
-        typer.echo(f"warning: skipped {path}: {why}", err=True)
+    _warn_skipped(result.plan)
     if result.nonfinite:
         typer.echo(f"warning: {result.nonfinite} point(s) had NaN/Inf weights and were not drawn",
                    err=True)
@@ -249,6 +248,12 @@ def render(
             typer.echo(f"identical to the film recorded in {from_manifest} (sha256 {written['film']['sha256'][:16]}...)")
         elif same is False:
             typer.echo(f"warning: the film differs from the one recorded in {from_manifest}", err=True)
+
+
+def _warn_skipped(plan) -> None:
+    """One ``warning: skipped FILE: problem`` line per checkpoint ``--skip-bad`` left out."""
+    for path, why in plan.skipped if plan else ():
+        typer.echo(f"warning: skipped {path}: {why}", err=True)
 
 
 def _given_on_command_line(ctx: typer.Context) -> set[str]:
@@ -323,7 +328,10 @@ def _rel(path: Path, root: Path) -> str:
 @app.command()
 @_one_line_errors
 def stats(
-    checkpoints: CkptArg,
+    ctx: typer.Context,
+    checkpoints: Annotated[Optional[Path], typer.Argument(
+        help="Folder of checkpoints (step_000100.safetensors, checkpoint-100/model.safetensors, "
+             "...).", show_default=False)] = None,
     out: Annotated[Path, typer.Option(
         help="Folder for layer_stats.csv and layer_change.png (created if needed).")
     ] = Path("layerfilm-stats"),
@@ -338,16 +346,40 @@ def stats(
         "--layouts", help="Compute the keyframe layouts when none are cached (as render does).")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    steps: StepsOpt = None,
+    layer_pattern: LayerPatternOpt = None,
+    skip_bad: SkipBadOpt = False,
+    config_file: Annotated[Optional[Path], typer.Option(
+        "--config", help=f"Read options from this TOML file (as render does) instead of "
+        f"./{CONFIG_FILE} or [tool.layerfilm] in ./pyproject.toml; stats uses the options it "
+        "shares with render; options given here override it.", show_default=False)] = None,
+    print_config: Annotated[bool, typer.Option(
+        "--print-config", help="Print the resolved options stats shares with render as TOML "
+        "and exit.")] = False,
 ) -> None:
-    """Per-layer drift of CHECKPOINTS: a CSV, a heatmap PNG and each layer's settling step."""
+    """Per-layer drift of CHECKPOINTS: a CSV, a heatmap PNG and each layer's settling step.
+
+    Options come from the command line, else from the config file, else their defaults.
+    """
     import numpy as np
     from rich.console import Console
     from rich.table import Table
 
     from .pipeline import measure
 
-    config = StatsConfig(checkpoints, out, settle_threshold, points, tensor, max_points, seed,
-                         projection, layouts).validated()
+    cli_config = StatsConfig(checkpoints, out, settle_threshold, points, tensor, max_points, seed,
+                             projection, layouts, steps=steps, layer_pattern=layer_pattern,
+                             skip_bad=skip_bad)
+    config, path = resolve_stats(cli_config, _given_on_command_line(ctx), config_file)
+    if print_config:
+        source = f"defaults < {path} < command line" if path else "defaults < command line"
+        typer.echo(options_toml(config, [f"layerfilm {__version__} stats options ({source})"],
+                                stats_option_names()), nl=False)
+        return
+    if config.checkpoints is None:
+        raise ConfigError("Missing argument 'CHECKPOINTS' (see layerfilm stats --help)")
+    config = config.validated()
+    settle_threshold = config.settle_threshold
     result = measure(config, _RichProgress(quiet or not sys.stderr.isatty()))
     s = result.stats
     settle = s.settle_steps(settle_threshold)
@@ -373,6 +405,7 @@ def stats(
         typer.echo(f"no layer settles below {settle_threshold:g} per 100 steps")
     typer.echo(f"layout columns: {result.layouts}")
     typer.echo(f"wrote {result.csv} ({len(s.steps) * len(s.labels)} rows) and {result.heatmap}")
+    _warn_skipped(result.plan)
 
 
 @app.command()

@@ -158,23 +158,12 @@ class RenderConfig:
                 raise ConfigError("--stills and --frames need different folders", d)
         if self.stills_every is not None and self.stills_every < 1:
             raise ConfigError(f"--stills-every must be at least 1, got {self.stills_every}")
-        if self.steps is not None:
-            start, stop, every = parse_steps(self.steps)
-            if start is not None and stop is not None and start > stop:
-                raise ConfigError(f"--steps START must not exceed STOP, got {start}:{stop}")
-            if every is not None and every < 1:
-                raise ConfigError(f"--steps EVERY must be at least 1, got {every}")
+        check_steps(self.steps)
         if self.timeline not in TIMELINES:
             raise ConfigError(
                 f"--timeline must be one of {', '.join(TIMELINES)}, got {self.timeline!r}"
             )
-        if self.layer_pattern is not None:
-            try:
-                re.compile(self.layer_pattern)
-            except re.error as e:
-                raise ConfigError(
-                    f"--layer-pattern {self.layer_pattern!r} is not a valid regular expression: {e}"
-                ) from None
+        check_layer_pattern(self.layer_pattern)
         import matplotlib
 
         if self.cmap not in matplotlib.colormaps:
@@ -196,9 +185,34 @@ def check_selection(points: str, tensor: str | None) -> None:
             raise ConfigError(f"--tensor {tensor!r} is not a regular expression: {e}") from None
 
 
+def check_steps(steps: str | None) -> None:
+    """Validate ``--steps START:STOP:EVERY`` (render, info and stats)."""
+    if steps is not None:
+        start, stop, every = parse_steps(steps)
+        if start is not None and stop is not None and start > stop:
+            raise ConfigError(f"--steps START must not exceed STOP, got {start}:{stop}")
+        if every is not None and every < 1:
+            raise ConfigError(f"--steps EVERY must be at least 1, got {every}")
+
+
+def check_layer_pattern(pattern: str | None) -> None:
+    """Validate ``--layer-pattern`` (a regular expression)."""
+    if pattern is not None:
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise ConfigError(
+                f"--layer-pattern {pattern!r} is not a valid regular expression: {e}"
+            ) from None
+
+
 @dataclasses.dataclass(frozen=True)
 class StatsConfig:
-    """What ``layerfilm stats`` measures and where it writes (``out``: a folder)."""
+    """What ``layerfilm stats`` measures and where it writes (``out``: a folder).
+
+    The fields that are also :class:`RenderConfig` options (:func:`stats_option_names`) mean
+    the same there and here, and are read from the same config files.
+    """
 
     checkpoints: Path
     out: Path = Path("layerfilm-stats")
@@ -209,6 +223,14 @@ class StatsConfig:
     seed: int = 0
     projection: str = "pca"
     layouts: bool = False  # compute layouts when none are cached
+    steps: str | None = None  # "START:STOP:EVERY", as RenderConfig.steps
+    layer_pattern: str | None = None
+    skip_bad: bool = False
+
+    @property
+    def step_range(self) -> tuple[int | None, int | None, int | None] | None:
+        """``steps`` parsed: ``(start, stop, every)``, each ``None`` when left out."""
+        return None if self.steps is None else parse_steps(self.steps)
 
     def validated(self) -> "StatsConfig":
         """Return ``self`` after checking every field; raise :class:`ConfigError`."""
@@ -220,6 +242,8 @@ class StatsConfig:
         if self.projection not in PROJECTIONS:
             raise ConfigError(
                 f"--projection must be one of {', '.join(PROJECTIONS)}, got {self.projection!r}")
+        check_steps(self.steps)
+        check_layer_pattern(self.layer_pattern)
         if self.out.exists() and not self.out.is_dir():
             raise ConfigError("--out must be a folder", self.out)
         if not self.out.exists() and not self.out.resolve().parent.is_dir():
@@ -237,6 +261,7 @@ class StatsConfig:
 
 CONFIG_FILE = "layerfilm.toml"
 POSITIONAL = ("checkpoints", "output")
+_Config = typing.TypeVar("_Config", RenderConfig, StatsConfig)
 
 
 def option_names() -> list[str]:
@@ -402,15 +427,19 @@ def plain(value: Any) -> Any:
     return value
 
 
-def options_dict(config: RenderConfig) -> dict[str, Any]:
-    """Every option of ``config`` as plain data (``None`` for unset options)."""
-    return {name: plain(getattr(config, name)) for name in option_names()}
+def options_dict(config: RenderConfig | StatsConfig,
+                 names: Iterable[str] | None = None) -> dict[str, Any]:
+    """Every option of ``config`` (or those in ``names``) as plain data (``None`` for unset
+    options)."""
+    return {name: plain(getattr(config, name)) for name in (option_names() if names is None else names)}
 
 
-def options_toml(config: RenderConfig, header: Iterable[str] = ()) -> str:
-    """Every option of ``config`` as a TOML document that ``--config`` reads back."""
+def options_toml(config: RenderConfig | StatsConfig, header: Iterable[str] = (),
+                 names: Iterable[str] | None = None) -> str:
+    """Every option of ``config`` (or those in ``names``) as a TOML document that ``--config``
+    reads back."""
     lines = [f"# {line}" for line in header]
-    for name, value in options_dict(config).items():
+    for name, value in options_dict(config, names).items():
         lines.append(f"# {name} is not set" if value is None else f"{name} = {_toml_value(value)}")
     return "\n".join(lines) + "\n"
 
@@ -435,8 +464,7 @@ def with_options(config: RenderConfig, values: dict[str, Any], keep: Iterable[st
     return dataclasses.replace(config, **{k: v for k, v in values.items() if k not in keep})
 
 
-def validated_from(config: RenderConfig, fallback: RenderConfig,
-                   sources: dict[str, Path]) -> RenderConfig:
+def validated_from(config: _Config, fallback: _Config, sources: dict[str, Path]) -> _Config:
     """``config.validated()``; when the offending value came from a file (``sources`` maps
     option -> file), the error names that file and key.
 
@@ -475,3 +503,34 @@ def check_options(config: RenderConfig, fallback: RenderConfig, sources: dict[st
                                 output=config.output or Path("film.webm"))
     fallback = dataclasses.replace(fallback, checkpoints=probe.checkpoints, output=probe.output)
     validated_from(probe, fallback, sources)
+
+
+# ---- Options from files for ``layerfilm stats`` ---------------------------------------------
+#
+# stats reads the same files as render.  Of their options it applies those that are also
+# StatsConfig fields (same name, same meaning); the render-only ones (fps, size, cmap, ...) are
+# read and type-checked like every key -- the file is one file for both commands -- but their
+# values are not used, so they are not validated further by stats.
+
+
+def stats_option_names() -> list[str]:
+    """The options ``layerfilm stats`` takes from config files and prints with
+    ``--print-config``: the :class:`StatsConfig` fields that are also render options."""
+    names = set(option_names())
+    return [f.name for f in dataclasses.fields(StatsConfig) if f.name in names]
+
+
+def resolve_stats(cli: StatsConfig, given: Iterable[str],
+                  config_file: Path | None = None) -> tuple[StatsConfig, Path | None]:
+    """:func:`resolve` for ``layerfilm stats``: the file's :func:`stats_option_names` under
+    those ``given`` on the command line.  Checked (a bad value from the file is blamed on the
+    file and key; a placeholder stands in for a missing CHECKPOINTS); returns the config and
+    the file used."""
+    path, values = load_options_file(config_file)
+    wanted = set(stats_option_names()) - set(given)
+    values = {k: v for k, v in values.items() if k in wanted}
+    config = dataclasses.replace(cli, **values)
+    probe = dataclasses.replace(config, checkpoints=config.checkpoints or Path("."))
+    validated_from(probe, dataclasses.replace(cli, checkpoints=probe.checkpoints),
+                   {k: path for k in values})
+    return config, path

@@ -455,13 +455,16 @@ class StatsResult:
     csv: Path
     heatmap: Path
     layouts: str  # where the layout columns came from, or why they are empty
+    plan: Plan | None = None  # what was measured (``plan.skipped``: checkpoints left out)
 
 
 def measure(config: StatsConfig, progress: Progress = Progress()) -> StatsResult:
     """``layerfilm stats``: per-layer statistics of the run, written as a CSV and a heatmap PNG
-    into ``config.out`` (created if needed)."""
+    into ``config.out`` (created if needed).  The keyframes and panels are chosen as for
+    :func:`render` (:func:`make_plan`: ``steps``, ``layer_pattern``, ``skip_bad``)."""
     cfg = config.validated()
-    plan = make_plan(cfg.checkpoints, cfg.max_points, cfg.seed, cfg.points, cfg.tensor)
+    plan = make_plan(cfg.checkpoints, cfg.max_points, cfg.seed, cfg.points, cfg.tensor,
+                     layer_pattern=cfg.layer_pattern, steps=cfg.step_range, skip_bad=cfg.skip_bad)
     result = stats.weight_stats(plan.refs, plan.layers, progress)
     keys = load_cached_layouts(plan, cfg.projection, cfg.seed)
     if keys is not None:
@@ -471,7 +474,8 @@ def measure(config: StatsConfig, progress: Progress = Progress()) -> StatsResult
         where = "computed (--layouts)"
     else:
         where = ("empty: no cached layouts for these options (render the film first with the same "
-                 "--points/--tensor/--max-points/--seed/--projection, or pass --layouts)")
+                 "--points/--tensor/--max-points/--seed/--projection/--steps/--layer-pattern, or pass "
+                 "--layouts)")
     if keys is not None:
         result = result.with_layouts(keys.P, plan.starts)
     cfg.out.mkdir(exist_ok=True)
@@ -479,4 +483,4 @@ def measure(config: StatsConfig, progress: Progress = Progress()) -> StatsResult
     stats.write_csv(result, cfg.settle_threshold, csv_path)
     stats.write_heatmap(result, cfg.settle_threshold, png_path,
                         f"{plan.folder.resolve().name}: relative change per 100 steps")
-    return StatsResult(result, csv_path, png_path, where)
+    return StatsResult(result, csv_path, png_path, where, plan)
