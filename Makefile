@@ -38,7 +38,7 @@ bench: $(VENV)/.dev
 sample: $(VENV)/.dev
 	$(PY) scripts/make_sample.py --out sample_checkpoints
 
-# Render every run folder under runs/ to films/<run>.webm, .gif and stills, incrementally
+# Render every run folder under runs/ to films/<run>.webm, .gif, stills and stats, incrementally
 # (examples/batch.mk; e.g. make batch -j4 RUNS=ckpts).
 batch: $(VENV)/.base
 	$(MAKE) -f examples/batch.mk LAYERFILM=$(abspath $(LF))

@@ -1,5 +1,6 @@
 # Batch rendering with Make: every run folder under $(RUNS) becomes films/<run>.webm,
-# films/<run>.gif and films/<run>-stills/, in parallel and incrementally.
+# films/<run>.gif, films/<run>-stills/ and films/<run>-stats/ (layer_stats.csv and
+# layer_change.png from layerfilm stats), in parallel and incrementally.
 #
 #   make -f examples/batch.mk -j4                # render what is missing or out of date
 #   make -f examples/batch.mk -n                 # show what would be rendered, render nothing
@@ -12,6 +13,8 @@
 # (checkpoints, metrics.jsonl, ...; two folders deep) or the config file is newer than its
 # manifest.  A render that fails exits non-zero and writes neither film nor manifest (an older
 # film stays as it was), so Make stops that target alone and retries it next time.
+# The stats of a run are made again on the same conditions; their target is
+# films/<run>-stats/layer_change.png, which layerfilm stats writes last.
 # Run names must not contain spaces.
 
 LAYERFILM ?= layerfilm
@@ -26,13 +29,18 @@ CONFIG    ?= $(firstword $(wildcard layerfilm.toml) $(shell grep -ls '^\[tool\.l
 # write every frame as a PNG instead; empty: no stills).
 STILLS      ?= --stills
 STILLS_WITH ?= $(firstword $(FORMATS))
+# Options for layerfilm stats, which writes films/<run>-stats (empty: no stats).  --layouts fills
+# the two layout columns: from the layout cache the run's first film left (stats runs after
+# it), else computed, so they never depend on the order Make ran things in.
+STATS       ?= --quiet --layouts
 
 runs      := $(patsubst $(RUNS)/%/,%,$(wildcard $(RUNS)/*/))
 manifests := $(foreach format,$(FORMATS),$(runs:%=$(FILMS)/%.$(format).json))
+tables    := $(if $(STATS),$(runs:%=$(FILMS)/%-stats/layer_change.png))
 
 .PHONY: all publish
 .DELETE_ON_ERROR:
-all: $(manifests)
+all: $(manifests) $(tables)
 
 $(FILMS):
 	mkdir -p $@
@@ -47,9 +55,15 @@ define run_rule
 $(FILMS)/$(1).%.json: $(call inputs,$(1)) | $(FILMS)
 	$$(if $$(call stills,$(1),$$*),rm -rf $(FILMS)/$(1)-stills)
 	$(LAYERFILM) render $(LFFLAGS) $(if $(CONFIG),--config $(CONFIG)) $$(call stills,$(1),$$*) $(RUNS)/$(1) $(FILMS)/$(1).$$*
+
+# films/<run>-stats from the same files; after the run's first film (order only), whose
+# layouts it reuses.
+$(FILMS)/$(1)-stats/layer_change.png: $(call inputs,$(1)) | $(FILMS) $(patsubst %,$(FILMS)/$(1).%.json,$(firstword $(FORMATS)))
+	$(LAYERFILM) stats $(STATS) $(if $(CONFIG),--config $(CONFIG)) --out $(FILMS)/$(1)-stats $(RUNS)/$(1)
 endef
 $(foreach run,$(runs),$(eval $(call run_rule,$(run))))
 
+# Each film goes up with its manifest, films/<run>-stills and films/<run>-stats.
 publish: all
 	@test -n "$(REPO_ID)" || { echo "usage: make -f examples/batch.mk publish REPO_ID=user/name" >&2; exit 2; }
 	$(LAYERFILM) publish $(manifests:.json=) --repo-id $(REPO_ID) $(PUBLISH_FLAGS)
