@@ -257,7 +257,7 @@ def _warn_skipped(plan) -> None:
 
 
 def _given_on_command_line(ctx: typer.Context) -> set[str]:
-    """The render options the user typed (as opposed to defaults), by parameter name."""
+    """The options the user typed (as opposed to defaults), by parameter name."""
     given = set()
     for name in ctx.params:
         source = ctx.get_parameter_source(name)
