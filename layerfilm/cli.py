@@ -86,7 +86,7 @@ CkptArg = Annotated[Path, typer.Argument(
     show_default=False)]
 StepsOpt = Annotated[Optional[str], typer.Option(
     "--steps", metavar="START:STOP:EVERY",
-    help="Keyframes to film: steps from START to STOP (both included), each at least EVERY "
+    help="Checkpoints to use: steps from START to STOP (both included), each at least EVERY "
          "steps after the previous one; any part may be left out (::500, 1000:).",
     show_default=False)]
 LayerPatternOpt = Annotated[Optional[str], typer.Option(
@@ -95,7 +95,7 @@ LayerPatternOpt = Annotated[Optional[str], typer.Option(
          "'layer' group, else its first group, names the panel (e.g. '^(features\\.\\d+)\\.').",
     show_default=False)]
 SkipBadOpt = Annotated[bool, typer.Option(
-    "--skip-bad", help="Film past checkpoints that cannot be read or no longer fit (a warning "
+    "--skip-bad", help="Leave out checkpoints that cannot be read or no longer fit (a warning "
     "names each) instead of stopping.")]
 
 
@@ -269,6 +269,7 @@ def _given_on_command_line(ctx: typer.Context) -> set[str]:
 @app.command()
 @_one_line_errors
 def info(
+    ctx: typer.Context,
     checkpoints: CkptArg,
     max_points: Annotated[int, typer.Option(help="As for render: most points drawn per layer.")] = 2000,
     fps: Annotated[int, typer.Option(help="As for render, to show the film's length.")] = 25,
@@ -279,20 +280,29 @@ def info(
     steps: StepsOpt = None,
     layer_pattern: LayerPatternOpt = None,
     skip_bad: SkipBadOpt = False,
+    config_file: Annotated[Optional[Path], typer.Option(
+        "--config", help=f"Read options from this TOML file (as render does) instead of "
+        f"./{CONFIG_FILE} or [tool.layerfilm] in ./pyproject.toml; options given here override "
+        "it.", show_default=False)] = None,
 ) -> None:
-    """Show the checkpoints, steps and layers that render would draw."""
+    """Show the checkpoints, steps and layers that render would draw (with the same config
+    file)."""
     from .pipeline import make_plan
 
-    config = RenderConfig(checkpoints, Path("x.webm"), fps=fps, frames_per_keyframe=frames_per_keyframe,
-                          max_points=max_points, points=points, tensor=tensor,
-                          steps=steps,
-                          layer_pattern=layer_pattern, skip_bad=skip_bad).validated()
-    plan = make_plan(checkpoints, max_points, points=points, tensor=tensor,
-                     layer_pattern=config.layer_pattern, steps=config.step_range, skip_bad=config.skip_bad)
+    cli_config = RenderConfig(checkpoints, Path("x.webm"), fps=fps,
+                              frames_per_keyframe=frames_per_keyframe, max_points=max_points,
+                              points=points, tensor=tensor, steps=steps, layer_pattern=layer_pattern,
+                              skip_bad=skip_bad)
+    config, _ = resolve(cli_config, _given_on_command_line(ctx), config_file)
+    config = config.validated()
+    plan = make_plan(checkpoints, config.max_points, config.seed, points=config.points,
+                     tensor=config.tensor, layer_pattern=config.layer_pattern, steps=config.step_range,
+                     skip_bad=config.skip_bad)
     steps_ = plan.steps
     gaps = sorted({int(b - a) for a, b in zip(steps_[:-1], steps_[1:])})
     every = f"every {gaps[0]}" if len(gaps) == 1 else f"gaps {gaps[0]}..{gaps[-1]}"
-    fpk = frames_per_keyframe or fps
+    fps = config.fps
+    fpk = config.keyframe_frames
     frames = (len(steps_) - 1) * fpk + 1
     kinds = sorted({r.kind for r in plan.refs})
     out = typer.echo

@@ -165,3 +165,20 @@ def test_help_documents_the_new_options():
     text = runner.invoke(cli.app, ["render", "--help"], env={"COLUMNS": "200"}).output
     for opt in ["--config", "--print-config", "--from-manifest"]:
         assert opt in text
+
+
+def test_info_reads_the_same_config_file_as_render(tmp_path, run_dir, monkeypatch):
+    # write_run's steps are 0, 100, 200, 300; the file picks two, the command line overrides.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "layerfilm.toml").write_text('steps = "100:300:200"\nfps = 4\nmax-points = 5\n')
+    result = runner.invoke(cli.app, ["info", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    assert "2 checkpoints, steps 100 .. 300 (every 200)" in result.output
+    assert "5 frames, 1.2 s at 4 fps" in result.output
+    assert all(line.split()[1] == "5" for line in result.output.splitlines() if line.startswith("  L"))
+    result = runner.invoke(cli.app, ["info", str(run_dir), "--steps", "::100", "--fps", "2"])
+    assert result.exit_code == 0, result.output
+    assert "4 checkpoints, steps 0 .. 300 (every 100)" in result.output and "at 2 fps" in result.output
+    (tmp_path / "bad.toml").write_text("max-points = 0\n")
+    result = runner.invoke(cli.app, ["info", str(run_dir), "--config", "bad.toml"])
+    assert result.exit_code == 2 and "bad.toml: max_points" in result.output, result.output
