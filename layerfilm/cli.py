@@ -297,7 +297,7 @@ def info(
     config = config.validated()
     plan = make_plan(checkpoints, config.max_points, config.seed, points=config.points,
                      tensor=config.tensor, layer_pattern=config.layer_pattern, steps=config.step_range,
-                     skip_bad=config.skip_bad)
+                     skip_bad=config.skip_bad, metrics=config.metrics)
     steps_ = plan.steps
     gaps = sorted({int(b - a) for a, b in zip(steps_[:-1], steps_[1:])})
     every = f"every {gaps[0]}" if len(gaps) == 1 else f"gaps {gaps[0]}..{gaps[-1]}"

@@ -59,13 +59,14 @@ class Plan:
 def make_plan(folder: str | Path, max_points: int = 2000, seed: int = 0, points: str = "neurons",
               tensor: str | None = None, *, layer_pattern: str | None = None,
               steps: tuple[int | None, int | None, int | None] | None = None,
-              skip_bad: bool = False) -> Plan:
+              skip_bad: bool = False, metrics: Path | None = None) -> Plan:
     """Discover checkpoints, pick ``steps`` and plan the panels from the first one
     (``points``/``tensor``/``layer_pattern``: what to draw, see :func:`extract.plan_panels`).
 
     With ``skip_bad`` every checkpoint is opened (headers only where the format allows)
     and checked against the plan here; those that cannot be read or no longer fit join
-    ``skipped`` with the problem instead of stopping the render.
+    ``skipped`` with the problem instead of stopping the render.  The loss curve comes from
+    ``metrics`` when given, else from what lies beside the checkpoints.
     """
     refs, skipped = checkpoints.discover(folder, skip_bad)
     if steps is not None:
@@ -103,7 +104,9 @@ def make_plan(folder: str | Path, max_points: int = 2000, seed: int = 0, points:
     if len(good) < 2 or layers is None:
         raise CheckpointError(f"only {len(good)} of {len(refs)} checkpoints could be read; "
                               "a film needs at least two", folder)
-    return Plan(Path(folder), good, skipped, layers, checkpoints.load_loss_curve(folder, good))
+    loss = (checkpoints.load_loss_file(metrics) if metrics is not None
+            else checkpoints.load_loss_curve(folder, good))
+    return Plan(Path(folder), good, skipped, layers, loss)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +141,10 @@ def _cache_key(plan: Plan, projection: str, seed: int) -> str:
     return h.hexdigest()[:32]
 
 
+def _cache_path(plan: Plan, projection: str, seed: int) -> Path:
+    return cache_dir() / f"layouts-{_cache_key(plan, projection, seed)}.npz"
+
+
 def cached_keyframe_layouts(plan: Plan, projection: str = "pca", seed: int = 0,
                             progress: Progress = Progress(), use_cache: bool = True) -> Keyframes:
     """:func:`keyframe_layouts`, memoised on disk (see :func:`cache_dir`).
@@ -146,15 +153,11 @@ def cached_keyframe_layouts(plan: Plan, projection: str = "pca", seed: int = 0,
     """
     if not use_cache:
         return keyframe_layouts(plan, projection, seed, progress)
-    path = cache_dir() / f"layouts-{_cache_key(plan, projection, seed)}.npz"
-    try:
-        with np.load(path) as z:
-            keys = Keyframes(z["P"], int(z["nonfinite"]))
-        if keys.P.shape == (len(plan.refs), plan.starts[-1], 2):
-            return keys
-    except (OSError, ValueError, KeyError):
-        pass
+    keys = load_cached_layouts(plan, projection, seed)
+    if keys is not None:
+        return keys
     keys = keyframe_layouts(plan, projection, seed, progress)
+    path = _cache_path(plan, projection, seed)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
@@ -182,8 +185,9 @@ def keyframe_layouts(plan: Plan, projection: str = "pca", seed: int = 0,
 
 
 def _projection_threads(projection: str) -> int:
-    """Layers are projected in parallel threads (the kernels and BLAS calls release the GIL);
-    UMAP brings its own threading, so it runs alone."""
+    """Layers are projected in parallel threads (the wide-layer PCA and alignment are numba
+    kernels that release the GIL and call no BLAS); UMAP brings its own threading, so it runs
+    alone."""
     if projection == "umap":
         return 1
     return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
@@ -236,9 +240,8 @@ def fourier_planes(plan: Plan) -> dict[int, tuple[np.ndarray, int, int]]:
 
 def load_cached_layouts(plan: Plan, projection: str = "pca", seed: int = 0) -> Keyframes | None:
     """The keyframe layouts a render with these options cached, or ``None`` (nothing computed)."""
-    path = cache_dir() / f"layouts-{_cache_key(plan, projection, seed)}.npz"
     try:
-        with np.load(path) as z:
+        with np.load(_cache_path(plan, projection, seed)) as z:
             keys = Keyframes(z["P"], int(z["nonfinite"]))
     except (OSError, ValueError, KeyError):
         return None
@@ -391,9 +394,8 @@ def render(config: RenderConfig, progress: Progress = Progress()) -> RenderResul
     cfg = config.validated()
     t_start = time.perf_counter()
     plan = make_plan(cfg.checkpoints, cfg.max_points, cfg.seed, cfg.points, cfg.tensor,
-                     layer_pattern=cfg.layer_pattern, steps=cfg.step_range, skip_bad=cfg.skip_bad)
-    if cfg.metrics is not None:
-        plan = dataclasses.replace(plan, loss=checkpoints.load_loss_file(cfg.metrics))
+                     layer_pattern=cfg.layer_pattern, steps=cfg.step_range, skip_bad=cfg.skip_bad,
+                     metrics=cfg.metrics)
     if cfg.loss_strip and plan.loss is None:
         raise CheckpointError("--loss-strip: no loss curve found beside the checkpoints "
                               "(metrics.jsonl, metrics.csv, trainer_state.json, or a loss in the "
