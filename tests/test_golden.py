@@ -1,0 +1,72 @@
+"""Golden frames: whole films rendered through the command line and compared, pixel for pixel,
+with frames recorded earlier (``tests/golden/*.npz``, a PNG beside each for people).
+
+A change to projection, splatting, shading, layout or labels fails here even when every film
+still decodes to the frames that were sent.  When a change to the picture is intended, look at
+the new PNGs, then record them again with ``LAYERFILM_UPDATE_GOLDEN=1 pytest tests/test_golden.py``
+and commit them with the change that made them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from layerfilm.cli import app
+
+from conftest import SAMPLE, decode, write_run
+
+GOLDEN = Path(__file__).parent / "golden"
+UPDATE = os.environ.get("LAYERFILM_UPDATE_GOLDEN") == "1"
+runner = CliRunner()
+
+# name -> (checkpoints ("sample" or "wide": a synthetic run whose layers are 80 wide, so their
+# layouts are tracked rather than exact), options, frames kept)
+CASES = {
+    "sample_320x180": ("sample", ["--size", "320x180", "--frames-per-keyframe", "2"], (0, 51, 100)),
+    "sample_640x360": ("sample", ["--size", "640x360", "--frames-per-keyframe", "2"], (0, 37, 100)),
+    "sample_extras_480x270": ("sample", ["--size", "480x270", "--frames-per-keyframe", "2",
+                                         "--loss-strip", "--drift", "--order", "settle",
+                                         "--settle-threshold", "0.12"], (0, 63, 100)),
+    "sample_fourier_320x180": ("sample", ["--size", "320x180", "--frames-per-keyframe", "2",
+                                          "--projection", "fourier", "--points", "embeddings"],
+                               (0, 100)),
+    "wide_320x180": ("wide", ["--size", "320x180", "--fps", "4"], (0, 5, 20)),
+}
+
+
+def _checkpoints(kind: str, tmp_path: Path) -> Path:
+    if kind == "sample":
+        return SAMPLE
+    return write_run(tmp_path / "wide", n=6, seed=3, d=80, blocks=3, vocab=120)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_frames_equal_the_recorded_ones(tmp_path, name):
+    kind, options, keep = CASES[name]
+    frames_dir = tmp_path / "frames"
+    result = runner.invoke(app, ["render", str(_checkpoints(kind, tmp_path)), str(tmp_path / "f.gif"),
+                                 "--frames", str(frames_dir), "--no-cache", "-q", *options])
+    assert result.exit_code == 0, result.output
+    got = {f: decode(frames_dir / f"frame_{f:06d}.png")[0] for f in keep}
+    path = GOLDEN / f"{name}.npz"
+    if UPDATE:
+        from PIL import Image
+
+        GOLDEN.mkdir(exist_ok=True)
+        np.savez_compressed(path, **{f"frame_{f}": got[f] for f in keep})
+        for f in keep:
+            Image.fromarray(got[f]).save(GOLDEN / f"{name}_frame{f}.png", optimize=True)
+        pytest.skip("golden frames recorded")
+    with np.load(path) as golden:
+        assert sorted(golden.files) == sorted(f"frame_{f}" for f in keep)
+        for f in keep:
+            want = golden[f"frame_{f}"]
+            assert got[f].shape == want.shape, f"{name} frame {f}: size"
+            differ = (got[f] != want).any(axis=2)
+            assert not differ.any(), (f"{name} frame {f}: {int(differ.sum())} pixels differ "
+                                      f"(first at {tuple(np.argwhere(differ)[0])})")
