@@ -84,7 +84,7 @@ if capture:  # record the exact bytes sent to ffmpeg, for the encode-only floor
         original(self, frame)
     encode.FilmWriter.write = write
 t = time.perf_counter()
-r = render(RenderConfig(Path(a["ckpts"]), Path(a["out"]), fps=a["fps"], frames_per_keyframe=a["fpk"],
+r = render(RenderConfig(checkpoints=Path(a["ckpts"]), output=Path(a["out"]), fps=a["fps"], frames_per_keyframe=a["fpk"],
                         size=tuple(a["size"]), max_points=a["max_points"], jobs=a.get("jobs", 1),
                         cache=a.get("cache", False)))
 wall = time.perf_counter() - t
@@ -122,9 +122,11 @@ def run_peer(ckpts: Path, size, fpk: int, sample_frames: int, max_points: int, w
     from matplotlib.animation import FFMpegWriter
 
     from layerfilm.interpolate import Interpolator, keyframe_times
-    from layerfilm.pipeline import keyframe_layouts, make_plan
+    from layerfilm.config import Selection
+    from layerfilm.layouts import keyframe_layouts
+    from layerfilm.plan import make_plan
 
-    plan = make_plan(ckpts, max_points)
+    plan = make_plan(Selection(checkpoints=ckpts, max_points=max_points))
     two = dataclasses.replace(plan, refs=plan.refs[:2], loss=None)  # two keyframes suffice
     P = keyframe_layouts(two).P
     starts = plan.starts

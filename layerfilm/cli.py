@@ -16,8 +16,8 @@ import typer
 
 from . import __version__
 from .config import (COLOR_SCALES, CONFIG_FILE, ORDERS, POINTS, PROJECTIONS, SETTLE_THRESHOLD,
-                     SUFFIXES, TIMELINES, RenderConfig, StatsConfig, options_toml, parse_size,
-                     resolve, resolve_stats, stats_option_names)
+                     SUFFIXES, TIMELINES, InfoConfig, RenderConfig, StatsConfig, option_names,
+                     options_toml, parse_size, resolve)
 from .errors import ConfigError, LayerfilmError
 
 app = typer.Typer(
@@ -221,7 +221,6 @@ def render(
     for name, value in (("CHECKPOINTS", config.checkpoints), ("OUTPUT", config.output)):
         if value is None:
             raise ConfigError(f"Missing argument '{name}' (see layerfilm render --help)")
-    config = config.validated()
     if from_manifest is not None:
         for warning in manifest.check_inputs(recorded, from_manifest, config):
             typer.echo(f"warning: {warning}", err=True)
@@ -287,17 +286,13 @@ def info(
 ) -> None:
     """Show the checkpoints, steps and layers that render would draw (with the same config
     file)."""
-    from .pipeline import make_plan
+    from .plan import make_plan
 
-    cli_config = RenderConfig(checkpoints, Path("x.webm"), fps=fps,
-                              frames_per_keyframe=frames_per_keyframe, max_points=max_points,
-                              points=points, tensor=tensor, steps=steps, layer_pattern=layer_pattern,
-                              skip_bad=skip_bad)
+    cli_config = InfoConfig(checkpoints=checkpoints, fps=fps, frames_per_keyframe=frames_per_keyframe,
+                            max_points=max_points, points=points, tensor=tensor, steps=steps,
+                            layer_pattern=layer_pattern, skip_bad=skip_bad)
     config, _ = resolve(cli_config, _given_on_command_line(ctx), config_file)
-    config = config.validated()
-    plan = make_plan(checkpoints, config.max_points, config.seed, points=config.points,
-                     tensor=config.tensor, layer_pattern=config.layer_pattern, steps=config.step_range,
-                     skip_bad=config.skip_bad, metrics=config.metrics)
+    plan = make_plan(config, config.metrics)
     steps_ = plan.steps
     gaps = sorted({int(b - a) for a, b in zip(steps_[:-1], steps_[1:])})
     every = f"every {gaps[0]}" if len(gaps) == 1 else f"gaps {gaps[0]}..{gaps[-1]}"
@@ -377,18 +372,18 @@ def stats(
 
     from .pipeline import measure
 
-    cli_config = StatsConfig(checkpoints, out, settle_threshold, points, tensor, max_points, seed,
-                             projection, layouts, steps=steps, layer_pattern=layer_pattern,
-                             skip_bad=skip_bad)
-    config, path = resolve_stats(cli_config, _given_on_command_line(ctx), config_file)
+    cli_config = StatsConfig(checkpoints=checkpoints, out=out, settle_threshold=settle_threshold,
+                             points=points, tensor=tensor, max_points=max_points, seed=seed,
+                             projection=projection, layouts=layouts, steps=steps,
+                             layer_pattern=layer_pattern, skip_bad=skip_bad)
+    config, path = resolve(cli_config, _given_on_command_line(ctx), config_file)
     if print_config:
         source = f"defaults < {path} < command line" if path else "defaults < command line"
         typer.echo(options_toml(config, [f"layerfilm {__version__} stats options ({source})"],
-                                stats_option_names()), nl=False)
+                                option_names(StatsConfig)), nl=False)
         return
     if config.checkpoints is None:
         raise ConfigError("Missing argument 'CHECKPOINTS' (see layerfilm stats --help)")
-    config = config.validated()
     settle_threshold = config.settle_threshold
     result = measure(config, _RichProgress(quiet or not sys.stderr.isatty()))
     s = result.stats
@@ -440,9 +435,12 @@ def publish(
 
     The token is the one `hf auth login` saved, or $HF_TOKEN.
     """
+    from .config import PublishConfig
     from .publish import publish as upload
 
-    done = upload(films, repo_id, repo_type, private, path_in_repo, dry_run, message, typer.echo)
+    config = PublishConfig(films=tuple(films), repo_id=repo_id, repo_type=repo_type, private=private,
+                           path_in_repo=path_in_repo, message=message, dry_run=dry_run)
+    done = upload(config.validated(), typer.echo)
     if not dry_run:
         typer.echo(f"published {len(done.files)} files and README.md to {done.url}"
                    + (f" ({done.commit_url})" if done.commit_url else ""))

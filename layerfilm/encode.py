@@ -9,22 +9,29 @@ measurements; the tests decode each output and compare it with what was sent):
 * ``.mp4``   ``libx264rgb -qp 0`` (4:4:4 RGB: most browsers will not play it)
 * ``.mkv``   FFV1, for archives
 
-The film is written to a hidden temporary file beside the output and renamed
-only when ffmpeg has finished successfully; on any error or Ctrl-C ffmpeg is
-killed, waited for, and the temporary file removed.
+Two writers share one ffmpeg process manager: :class:`FilmWriter` (a film, written under a
+hidden temporary name and renamed only when ffmpeg has finished successfully) and
+:class:`PngFolderWriter` (numbered PNG frames into a folder).  On any error or Ctrl-C ffmpeg
+is killed, waited for, and temporary files removed.  :func:`encode_chunks` renders a film in
+contiguous chunks in parallel and joins them without re-encoding.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import dataclasses
 import os
-import shutil
 import subprocess
 import tempfile
+import threading
+import time
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 
+from . import atomic
 from ._kernels import palette_rgb_kernel
 from .errors import EncodeError
 
@@ -101,23 +108,18 @@ def palette_bytes(palette: np.ndarray) -> bytes:
     return ((0xFF << 24) | (p[:, 0] << 16) | (p[:, 1] << 8) | p[:, 2]).astype("<u4").tobytes()
 
 
-class FilmWriter:
-    """Context manager that writes ``(H, W)`` uint8 palette-index frames to ``path``.
+class _Ffmpeg:
+    """One ffmpeg process fed ``(H, W)`` uint8 palette-index frames on stdin: RGB encoders
+    receive ``palette[frame]``, ``pal8`` encoders the indices with the palette.  Used as a
+    context manager; subclasses say where the output goes (:meth:`_target`) and what happens
+    when ffmpeg has finished (:meth:`_finish`)."""
 
-    >>> with FilmWriter("out.webm", (640, 360), 25, "webm", palette) as w:
-    ...     for frame in frames:
-    ...         w.write(frame)
-
-    ``palette`` is ``(256, 3)`` uint8.  RGB formats receive ``palette[frame]``;
-    GIF receives the indices with the palette.
-    """
-
-    def __init__(self, path: str | os.PathLike, size: tuple[int, int], fps: int, fmt: str,
+    def __init__(self, path: str | os.PathLike, size: tuple[int, int], fps: int, encoder: Encoder,
                  palette: np.ndarray, start_number: int = 0):
         self.path = Path(path)
         self.size = size
         self.fps = fps
-        self.encoder = PNG_FRAMES if fmt == "png" else FORMATS[fmt]
+        self.encoder = encoder
         self.start_number = start_number
         self.palette = np.ascontiguousarray(palette, dtype=np.uint8)
         self._pal_bytes = palette_bytes(self.palette)
@@ -125,7 +127,6 @@ class FilmWriter:
         self._rgb = np.empty((h, w, 3), dtype=np.uint8)
         self.frames_written = 0
         self._proc: subprocess.Popen | None = None
-        self._tmp: Path | None = None
         self._log = None
 
     @property
@@ -133,14 +134,18 @@ class FilmWriter:
         """The ffmpeg command, with ``OUTPUT`` standing for the output file."""
         return encoder_command(self.encoder, self.size, self.fps, self.start_number)
 
-    def __enter__(self) -> "FilmWriter":
+    def _target(self) -> str:
+        raise NotImplementedError
+
+    def _finish(self) -> None:
+        pass
+
+    def _discard(self) -> None:
+        pass
+
+    def __enter__(self):
         cmd = self.command
-        if self.encoder is PNG_FRAMES:
-            # ``path`` is a folder that already exists (see FramesFolder); nothing to rename.
-            cmd[-1] = str(self.path / FRAME_PATTERN)
-        else:
-            self._tmp = _temporary_beside(self.path)
-            cmd[-1] = str(self._tmp)
+        cmd[-1] = self._target()
         self._log = tempfile.TemporaryFile()
         try:
             self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
@@ -178,9 +183,7 @@ class FilmWriter:
             message = self._stderr()
             self._abort()
             raise EncodeError(f"ffmpeg failed (exit {rc}): {message}", self.path)
-        if self._tmp is not None:
-            _publish(self._tmp, self.path)
-            self._tmp = None
+        self._finish()
         self._cleanup()
 
     def _stderr(self) -> str:
@@ -200,31 +203,55 @@ class FilmWriter:
         self._cleanup()
 
     def _cleanup(self) -> None:
-        if self._tmp is not None:
-            self._tmp.unlink(missing_ok=True)
-            self._tmp = None
+        self._discard()
         if self._log is not None:
             self._log.close()
             self._log = None
 
 
-def _temporary_beside(path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(fd)
-    return Path(tmp)
+class FilmWriter(_Ffmpeg):
+    """Writes a film to ``path`` in format ``fmt`` (a key of :data:`FORMATS`), atomically.
+
+    >>> with FilmWriter("out.webm", (640, 360), 25, "webm", palette) as w:
+    ...     for frame in frames:
+    ...         w.write(frame)
+    """
+
+    def __init__(self, path: str | os.PathLike, size: tuple[int, int], fps: int, fmt: str,
+                 palette: np.ndarray):
+        super().__init__(path, size, fps, FORMATS[fmt], palette)
+        self._tmp: Path | None = None
+
+    def _target(self) -> str:
+        self._tmp = atomic.temporary_beside(self.path)
+        return str(self._tmp)
+
+    def _finish(self) -> None:
+        atomic.publish(self._tmp, self.path)
+        self._tmp = None
+
+    def _discard(self) -> None:
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+            self._tmp = None
 
 
-def _publish(tmp: Path, path: Path) -> None:
-    """Atomically move a finished file into place, with the usual umask-based mode
-    (mkstemp makes files private)."""
-    os.chmod(tmp, 0o666 & ~_umask())
-    os.replace(tmp, path)
+class PngFolderWriter(_Ffmpeg):
+    """Writes frames as lossless PNGs ``frame_NNNNNN.png`` (numbered from ``start_number``)
+    into the existing folder ``path`` (see :class:`layerfilm.atomic.Folder`)."""
+
+    def __init__(self, path: str | os.PathLike, size: tuple[int, int], fps: int,
+                 palette: np.ndarray, start_number: int = 0):
+        super().__init__(path, size, fps, PNG_FRAMES, palette, start_number)
+
+    def _target(self) -> str:
+        return str(self.path / FRAME_PATTERN)
 
 
 def join(chunks: list[Path], path: Path, fmt: str) -> list[str]:
     """Join encoded chunks into ``path`` with the concat demuxer, copying packets (no
     re-encoding); atomic like :class:`FilmWriter`.  Returns the ffmpeg command used."""
-    tmp = _temporary_beside(path)
+    tmp = atomic.temporary_beside(path)
     listing = tmp.with_suffix(".txt")
     listing.write_text("".join(f"file '{c.resolve()}'\n" for c in chunks))
     cmd = join_command(listing, tmp, fmt)
@@ -233,38 +260,100 @@ def join(chunks: list[Path], path: Path, fmt: str) -> list[str]:
         if out.returncode != 0:
             last = (out.stderr.strip().splitlines() or ["no message"])[-1]
             raise EncodeError(f"ffmpeg could not join the chunks (exit {out.returncode}): {last}", path)
-        _publish(tmp, path)
+        atomic.publish(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
         listing.unlink(missing_ok=True)
     return cmd
 
 
-class FramesFolder:
-    """A hidden temporary folder beside ``path`` that becomes ``path`` only on success.
+# ---- a whole film, in parallel chunks ---------------------------------------------------------
 
-    ``path`` must not exist or be an empty folder, so no earlier frames are mixed in or lost.
+class Stopped(Exception):
+    """Another chunk failed or the user pressed Ctrl-C: this chunk stops at its next frame."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Encoded:
+    """What :func:`encode_chunks` did: seconds making frames and encoding them (summed over
+    chunks), the ffmpeg command (the join's when there were chunks) and the chunks used."""
+
+    render_s: float
+    encode_s: float
+    command: list[str]
+    jobs: int
+
+
+def chunk_ranges(n_frames: int, jobs: int) -> list[range]:
+    """``jobs`` contiguous, nearly equal runs of frame numbers covering ``0 .. n_frames-1``."""
+    bounds = np.linspace(0, n_frames, jobs + 1).round().astype(int)
+    return [range(bounds[j], bounds[j + 1]) for j in range(jobs)]
+
+
+def write_frames(make: Callable[[int], np.ndarray], frames: range, writers: Sequence[_Ffmpeg],
+                 taps: Sequence[Callable[[int, np.ndarray], None]] = (),
+                 advance: Callable[[int], None] = lambda n=1: None,
+                 stop: threading.Event | None = None) -> tuple[float, float]:
+    """Make each frame of ``frames`` with ``make(f)`` and send it to every writer (already
+    entered) and tap; returns (seconds making frames, seconds writing them)."""
+    render_s = encode_s = 0.0
+    for f in frames:
+        if stop is not None and stop.is_set():
+            raise Stopped()
+        t0 = time.perf_counter()
+        frame = make(f)
+        t1 = time.perf_counter()
+        for writer in writers:
+            writer.write(frame)
+        for tap in taps:
+            tap(f, frame)
+        render_s += t1 - t0
+        encode_s += time.perf_counter() - t1
+        advance(1)
+    return render_s, encode_s
+
+
+def encode_chunks(output: Path, fmt: str, size: tuple[int, int], fps: int, palette: np.ndarray,
+                  n_frames: int, jobs: int, frame_maker: Callable[[], Callable[[int], np.ndarray]],
+                  png_dir: Path | None = None, taps: Sequence[Callable[[int, np.ndarray], None]] = (),
+                  advance: Callable[[int], None] = lambda n=1: None) -> Encoded:
+    """Encode frames ``0 .. n_frames-1`` into the film ``output`` (and PNGs into ``png_dir``).
+
+    With ``jobs > 1`` the frames are split into contiguous chunks, each made by its own
+    ``frame_maker()`` (frame makers own their buffers) and encoded by its own ffmpeg in a
+    thread (the numba kernels release the GIL), then joined without re-encoding.  Formats that
+    cannot be joined that way (animated WebP) use one job.  A failing chunk stops the others;
+    no chunk file is left behind.
     """
+    jobs = min(jobs, n_frames) if FORMATS[fmt].joinable else 1
+    chunks = chunk_ranges(n_frames, jobs)
+    stop = threading.Event()
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.tmp: Path | None = None
+    def chunk(frames: range, path: Path) -> tuple[float, float, list[str]]:
+        writer = FilmWriter(path, size, fps, fmt, palette)
+        pngs = (PngFolderWriter(png_dir, size, fps, palette, frames.start) if png_dir is not None
+                else None)
+        with writer, (pngs or contextlib.nullcontext()):
+            render_s, encode_s = write_frames(frame_maker(), frames,
+                                              [writer] + ([pngs] if pngs else []), taps, advance, stop)
+            t = time.perf_counter()
+        encode_s += time.perf_counter() - t  # ffmpeg finishing the file
+        return render_s, encode_s, writer.command
 
-    def __enter__(self) -> Path:
-        self.tmp = Path(tempfile.mkdtemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".part"))
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            if self.path.exists():
-                self.path.rmdir()  # empty, checked by the config
-            os.chmod(self.tmp, 0o777 & ~_umask())
-            os.replace(self.tmp, self.path)
-        else:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def _umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
+    if jobs == 1:
+        render_s, encode_s, command = chunk(chunks[0], output)
+        return Encoded(render_s, encode_s, command, 1)
+    parts = [output.with_name(f".{output.name}.chunk{j}{output.suffix}") for j in range(jobs)]
+    try:
+        with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+            futures = [pool.submit(chunk, c, p) for c, p in zip(chunks, parts)]
+            try:
+                results = [f.result() for f in futures]
+            except BaseException:
+                stop.set()  # the other chunks stop at their next frame and clean up
+                raise
+        command = join(parts, output, fmt)
+    finally:
+        for p in parts:
+            p.unlink(missing_ok=True)
+    return Encoded(sum(r[0] for r in results), sum(r[1] for r in results), command, jobs)

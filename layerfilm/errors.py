@@ -11,13 +11,20 @@ import os
 
 
 class LayerfilmError(Exception):
-    """Base class: a problem with the user's input, options or environment."""
+    """Base class: a problem with the user's input, options or environment.
+
+    ``path``: the file or folder at fault, put in front of the message; ``field``: the option
+    at fault (a config field name), so a value that came from a config file can be blamed on
+    that file and key.
+    """
 
     exit_code = 1
 
-    def __init__(self, message: str, path: str | os.PathLike | None = None):
+    def __init__(self, message: str, path: str | os.PathLike | None = None, *,
+                 field: str | None = None):
         self.path = None if path is None else os.fspath(path)
         self.problem = message
+        self.field = field
         super().__init__(f"{self.path}: {message}" if self.path else message)
 
 
@@ -33,3 +40,10 @@ class CheckpointError(LayerfilmError):
 
 class EncodeError(LayerfilmError):
     """ffmpeg refused or failed; the message carries the command's last words."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when it has none: the
+    part of a library's error that fits in a one-line message."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

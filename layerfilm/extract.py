@@ -246,13 +246,13 @@ def check_fits(ckpt: TensorSource, layer: Layer, shapes: dict[str, tuple[int, ..
     for s in layer.sources:
         shape = shapes.get(s.tensor)
         if shape is None:
-            raise CheckpointError(f"tensor {s.tensor!r} is missing", ckpt.path)
+            raise CheckpointError(f"tensor {s.tensor!r} is missing", ckpt.where)
         need = int(s.index[-1]) + 1
         if len(shape) != 2 or shape[1 - s.axis] != layer.dim or shape[s.axis] < need:
             raise CheckpointError(
                 f"tensor {s.tensor!r} has shape {list(shape)}, which no longer fits the layout "
                 f"planned from the first checkpoint (needs width {layer.dim} and at least "
-                f"{need} {'rows' if s.axis == 0 else 'columns'})", ckpt.path)
+                f"{need} {'rows' if s.axis == 0 else 'columns'})", ckpt.where)
 
 
 POINT_KINDS = ("neurons", "embeddings", "rows", "cols")

@@ -13,14 +13,12 @@ bit with the same layerfilm and ffmpeg), after checking that the checkpoints are
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
-from . import __version__, config as config_mod, encode
+from . import __version__, atomic, cache, config as config_mod, encode
 from .config import RenderConfig
 from .errors import CheckpointError, ConfigError, LayerfilmError
 
@@ -36,38 +34,9 @@ def manifest_path(film: str | os.PathLike) -> Path:
     return film.with_name(film.name + ".json")
 
 
-def sha256_file(path: Path, use_cache: bool = True) -> str:
-    """The file's sha256 (hex).  Remembered in the layout cache folder by resolved path,
-    size and mtime, so a batch that renders one run to several formats reads it once."""
-    st = path.stat()
-    key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:32]
-    from .pipeline import cache_dir
-
-    memo = cache_dir() / "sha256" / key
-    if use_cache:
-        try:
-            digest = memo.read_text().strip()
-            if len(digest) == 64:
-                return digest
-        except OSError:
-            pass
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    digest = h.hexdigest()
-    if use_cache:
-        try:
-            memo.parent.mkdir(parents=True, exist_ok=True)
-            _write_atomic(memo, digest.encode())
-        except OSError:
-            pass  # the memo only saves time
-    return digest
-
-
 def _file_entry(path: Path, folder: Path, use_cache: bool) -> dict[str, Any]:
     return {"path": Path(os.path.relpath(path, folder)).as_posix(), "bytes": path.stat().st_size,
-            "sha256": sha256_file(path, use_cache)}
+            "sha256": cache.sha256_file(path, use_cache)}
 
 
 def build(config: RenderConfig, result) -> dict[str, Any]:
@@ -82,9 +51,9 @@ def build(config: RenderConfig, result) -> dict[str, Any]:
                                 "sha256": entry["sha256"]})
     loss = None
     if plan.loss is not None:
-        source = Path(plan.loss.source)
-        loss = ({"source": "file", **_file_entry(source, folder, config.cache)} if source.is_file()
-                else {"source": plan.loss.source})
+        source = plan.loss.path
+        loss = ({"source": "file", **_file_entry(Path(source), folder, config.cache)}
+                if source is not None and Path(source).is_file() else {"source": plan.loss.source})
     enc = encode.FORMATS[config.format]
     return {
         "layerfilm_manifest": FORMAT,
@@ -93,7 +62,7 @@ def build(config: RenderConfig, result) -> dict[str, Any]:
             "path": os.path.abspath(config.output),
             "format": config.format,
             "bytes": result.bytes,
-            "sha256": sha256_file(config.output, use_cache=False),
+            "sha256": cache.sha256_file(config.output, use_cache=False),
             "frames": result.frames,
             "fps": config.fps,
             "duration_s": round(result.frames / config.fps, 6),
@@ -140,21 +109,11 @@ def write(config: RenderConfig, result) -> dict[str, Any]:
         targets.append((Path(config.frames_dir) / FRAMES_MANIFEST, {**doc, "frames": frames}))
     for target, data in targets:
         try:
-            _write_atomic(target, (json.dumps(data, indent=2) + "\n").encode())
+            atomic.write_bytes(target, (json.dumps(data, indent=2) + "\n").encode())
         except OSError as e:
             target.unlink(missing_ok=True)
             raise LayerfilmError(f"cannot write the manifest: {e.strerror or e}", target) from None
     return doc
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        encode._publish(Path(tmp), path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -197,8 +156,7 @@ def config_from(doc: dict[str, Any], path: Path, cli: RenderConfig,
     output = output or Path(doc["film"]["path"])
     config = config_mod.with_options(cli, values, keep=given)
     config = dataclasses.replace(config, checkpoints=checkpoints, output=output)
-    config_mod.check_options(config, cli, {k: path for k in values if k not in given})
-    return config
+    return config_mod.validated_from(config, {k: path for k in values if k not in given})
 
 
 def check_inputs(doc: dict[str, Any], path: Path, config: RenderConfig) -> list[str]:
@@ -213,7 +171,7 @@ def check_inputs(doc: dict[str, Any], path: Path, config: RenderConfig) -> list[
         p = folder / entry["path"]
         if not p.is_file():
             raise CheckpointError(f"listed in {path} but missing; cannot reproduce the film", p)
-        if p.stat().st_size != entry["bytes"] or sha256_file(p, config.cache) != entry["sha256"]:
+        if p.stat().st_size != entry["bytes"] or cache.sha256_file(p, config.cache) != entry["sha256"]:
             raise CheckpointError(f"changed since {path} was written (sha256 differs); "
                                   "the film would not be the same", p)
     warnings = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from typing import Protocol
 
 import numpy as np
 
@@ -71,7 +72,8 @@ def pca_2d(X: np.ndarray, seed: int = 0, basis: np.ndarray | None = None
 
 
 def umap_2d(X: np.ndarray, init: np.ndarray | None, seed: int) -> np.ndarray:
-    """UMAP layout, warm-started from ``init`` (the previous keyframe's layout)."""
+    """UMAP layout, warm-started from ``init`` (the previous keyframe's layout) and then in
+    ``init``'s coordinate frame."""
     try:
         import umap
     except ImportError:  # pragma: no cover - umap-learn is a dependency
@@ -89,8 +91,15 @@ def umap_2d(X: np.ndarray, init: np.ndarray | None, seed: int) -> np.ndarray:
         kwargs["n_epochs"] = 100  # small steps from where the points already are
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        emb = umap.UMAP(**kwargs).fit_transform(np.asarray(X, dtype=np.float32))
-    return np.asarray(emb, dtype=np.float64)
+        emb = np.asarray(umap.UMAP(**kwargs).fit_transform(np.asarray(X, dtype=np.float32)),
+                         dtype=np.float64)
+    if init is not None:
+        # UMAP rescales an initial layout to [0, 10] on each axis before optimising: map its
+        # answer back into the initial layout's frame, so a cloud that barely changed stays put.
+        lo, hi = np.min(init, axis=0), np.max(init, axis=0)
+        span = np.where(hi > lo, hi - lo, 10.0)
+        emb = lo + emb * span / 10.0
+    return emb
 
 
 def procrustes_rotation(A: np.ndarray, B: np.ndarray) -> np.ndarray:
@@ -129,32 +138,100 @@ class Track:
     basis: np.ndarray | None = None  # PCA directions to continue from (see :func:`pca_2d`)
 
 
-def project_keyframe(X: np.ndarray, method: str, track: Track, seed: int,
-                     fourier: tuple[np.ndarray, int, int] | None = None) -> np.ndarray:
+@dataclasses.dataclass(frozen=True)
+class Projected:
+    """One layer's 2-D layout at one keyframe before alignment, and what made it.
+
+    xy: (n, 2) centred coordinates; method: ``"pca"`` (exact), ``"tracked pca"``, ``"umap"``
+    or ``"fourier"``; frequency: ``(period, k)`` of the Fourier plane, when there is one.
+    """
+
+    xy: np.ndarray
+    method: str
+    frequency: tuple[int, int] | None = None
+
+
+class Projection(Protocol):
+    """A way to lay out a layer's points in 2-D, keyframe after keyframe.
+
+    ``projection(X, track, rows)`` lays out the ``(n, d)`` cloud ``X``; ``track`` is the same
+    layer's state from earlier keyframes (the projection may read and update it); ``rows`` is
+    ``None`` when ``X`` holds all the layer's points, else the boolean mask of the points it
+    holds (the others had NaN/Inf weights).
+    """
+
+    name: str
+
+    def __call__(self, X: np.ndarray, track: "Track", rows: np.ndarray | None) -> Projected: ...
+
+
+class PCA:
+    """The top two principal axes (:func:`pca_2d`): exact for narrow layers, tracked from the
+    previous keyframe's directions for wide ones."""
+
+    name = "pca"
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+
+    def __call__(self, X: np.ndarray, track: "Track", rows: np.ndarray | None) -> Projected:
+        xy, track.basis = pca_2d(X, self.seed, track.basis)
+        # Only the tracking kernel answers in float32 (exact PCA works in float64).
+        return Projected(xy, "tracked pca" if xy.dtype == np.float32 else "pca")
+
+
+class UMAP:
+    """UMAP, warm-started from the previous keyframe's layout when every point is there."""
+
+    name = "umap"
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+
+    def __call__(self, X: np.ndarray, track: "Track", rows: np.ndarray | None) -> Projected:
+        return Projected(umap_2d(X, track.layout if rows is None else None, self.seed), "umap")
+
+
+class Fourier:
+    """The token embedding in the plane of one Fourier frequency over the token ids
+    (:func:`fourier_2d`); ``ids`` are the panel's token ids, ``period`` and ``k`` the
+    frequency."""
+
+    name = "fourier"
+
+    def __init__(self, ids: np.ndarray, period: int, k: int):
+        self.ids, self.period, self.k = np.asarray(ids), period, k
+
+    @classmethod
+    def fit(cls, X: np.ndarray, ids: np.ndarray, vocab: int) -> "Fourier":
+        """The frequency that carries the most of ``X``'s variance (:func:`fourier_frequency`)."""
+        ok = np.isfinite(X).all(axis=1)
+        period, k, _ = fourier_frequency(X[ok], np.asarray(ids)[ok], vocab)
+        return cls(ids, period, k)
+
+    def __call__(self, X: np.ndarray, track: "Track", rows: np.ndarray | None) -> Projected:
+        ids = self.ids if rows is None else self.ids[rows]
+        xy = fourier_2d(X, ids, self.period, self.k)
+        method = "tracked pca" if xy.dtype == np.float32 else "fourier"  # a degenerate plane
+        return Projected(xy, method, (self.period, self.k))
+
+
+def project_keyframe(X: np.ndarray, projection: Projection, track: Track) -> np.ndarray:
     """One layer's aligned 2-D layout at the next keyframe: ``(n, d)`` -> ``(n, 2)`` float32.
 
-    ``track`` holds the same layer's state from the previous keyframe and is
-    updated.  Rows with NaN/Inf take no part in the projection and stay NaN in
-    the result, so they are not drawn.  With ``method="fourier"``, ``fourier = (token ids,
-    period, k)`` selects :func:`fourier_2d` (other panels, ``fourier=None``, use PCA).
+    ``track`` holds the same layer's state from the previous keyframe and is updated.  Rows
+    with NaN/Inf take no part in the projection and stay NaN in the result, so they are not
+    drawn.  The layout is centred and rotated/reflected onto the previous one (never scaled).
     """
     X = np.asarray(X)
-    finite = slice(None) if np.isfinite(X).all() else np.isfinite(X).all(axis=1)
-    Xf = X[finite]
-    if method == "umap":
-        init = track.layout if isinstance(finite, slice) else None
-        raw = umap_2d(Xf, init, seed)
-    elif method == "fourier" and fourier is not None:
-        ids, period, k = fourier
-        raw = fourier_2d(Xf, np.asarray(ids)[finite], period, k)
-    else:
-        raw, track.basis = pca_2d(Xf, seed, track.basis)
-    if not isinstance(finite, slice):
-        full = np.full((len(X), 2), np.nan)
-        full[finite] = raw
-        raw = full
-    elif raw.dtype == np.float32 and (track.layout is None or np.isfinite(track.layout).all()):
-        # The wide-layer PCA path with every weight finite: align in one kernel call.
+    rows = None if np.isfinite(X).all() else np.isfinite(X).all(axis=1)
+    done = projection(X if rows is None else X[rows], track, rows)
+    raw = done.xy
+    if rows is not None:
+        raw = np.full((len(X), 2), np.nan)
+        raw[rows] = done.xy
+    elif done.method == "tracked pca" and (track.layout is None or np.isfinite(track.layout).all()):
+        # The wide-layer path with every weight finite: align in one float32 kernel call.
         from ._kernels import align_kernel
 
         out = np.empty_like(raw)

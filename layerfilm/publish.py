@@ -10,21 +10,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any, Callable
 
 from . import __version__
-from .config import SUFFIXES, RenderConfig, option_names, options_from_table, options_toml
-from .errors import ConfigError, LayerfilmError
+from .config import (SUFFIXES, PublishConfig, RenderConfig, option_names, options_from_table,
+                     options_toml)
+from .errors import ConfigError, LayerfilmError, first_line
 from .manifest import FRAMES_MANIFEST, manifest_path
 
-REPO_TYPES = ("model", "dataset")
 INLINE = (".gif", ".webp")  # formats a Markdown image shows (and every browser plays)
 COMPANION_SUFFIXES = (".png", ".jpg", ".jpeg", ".csv", ".json", ".svg")
 # Folders beside films/<run>.webm that belong to it: films/<run>-stills, films/<run>-stats.
 COMPANION_DIRS = ("-stills", "-stats", ".stills", ".stats")
-_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,13 +46,6 @@ class Film:
         if self.manifest:
             return Path(self.manifest["checkpoints"]["folder"]).name
         return self.path.stem
-
-
-def check_repo(repo_id: str, repo_type: str) -> None:
-    if not _REPO_ID.fullmatch(repo_id):
-        raise ConfigError(f"--repo-id must look like USER/NAME, got {repo_id!r}")
-    if repo_type not in REPO_TYPES:
-        raise ConfigError(f"--repo-type must be one of {', '.join(REPO_TYPES)}, got {repo_type!r}")
 
 
 def collect(films: list[Path], path_in_repo: str = "") -> list[Film]:
@@ -209,7 +200,7 @@ def _render_again(film: Film) -> list[str]:
     known = {k: v for k, v in doc["options"].items() if k in option_names()}
     try:
         values = options_from_table(known, Path("manifest.json"), nullable=True)
-        config = dataclasses.replace(RenderConfig(Path("."), Path("x.webm")), **values)
+        config = RenderConfig(**{k: v for k, v in values.items()})
         toml = options_toml(config).rstrip("\n")
     except LayerfilmError:
         toml = "\n".join(f"{k} = {json.dumps(v)}" for k, v in known.items() if v is not None)
@@ -241,17 +232,16 @@ class Published:
     card: str
 
 
-def publish(films: list[Path], repo_id: str, repo_type: str = "model", private: bool = False,
-            path_in_repo: str = "", dry_run: bool = False, message: str | None = None,
-            say: Callable[[str], None] = print) -> Published:
-    """Upload ``films`` and their companions plus a README card to ``repo_id`` in one commit
-    (created if needed).  ``dry_run`` only lists the files and prints the card."""
-    check_repo(repo_id, repo_type)
-    found = collect(films, path_in_repo)
+def publish(config: PublishConfig, say: Callable[[str], None] = print) -> Published:
+    """Upload ``config.films`` and their companions plus a README card to ``config.repo_id`` in
+    one commit (created if needed).  ``dry_run`` only lists the files and prints the card."""
+    cfg = config.validated()
+    repo_id, repo_type, private, message = cfg.repo_id, cfg.repo_type, cfg.private, cfg.message
+    found = collect(list(cfg.films), cfg.path_in_repo)
     files = uploads(found)
     text = card(found, repo_id)
     message = message or "layerfilm: " + ", ".join(f.in_repo for f in found)
-    if dry_run:
+    if cfg.dry_run:
         say(f"would upload to {repo_id} ({repo_type}{', private' if private else ''}) in one commit "
             f"{message!r}:")
         for up in files:
@@ -283,6 +273,5 @@ def publish(films: list[Path], repo_id: str, repo_type: str = "model", private: 
         raise LayerfilmError(f"the Hub refused the upload to {repo_id} (HTTP {status}): "
                              f"{' '.join(str(detail).split())}") from None
     except Exception as e:  # network errors come from httpx/requests, whichever the hub uses
-        first = (str(e).strip().splitlines() or [""])[0]
-        raise LayerfilmError(f"upload to {repo_id} failed: {type(e).__name__}: {first}") from None
+        raise LayerfilmError(f"upload to {repo_id} failed: {type(e).__name__}: {first_line(e)}") from None
     return Published(str(url), getattr(info, "commit_url", None), files, text)

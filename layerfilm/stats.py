@@ -12,17 +12,15 @@ Every statistic is over a panel's drawn points (all of them unless the panel has
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import io
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from . import checkpoints, extract
+from . import atomic, checkpoints, extract
+from .progress import QUIET, Progress
 
 # CSV columns and what they mean (the README's table is made from the same words).
 COLUMNS: dict[str, str] = {
@@ -89,16 +87,17 @@ class LayerStats:
                 out[l] = self.steps[above[-1]]
         return out
 
+    def reordered(self, order: list[int]) -> "LayerStats":
+        """The same statistics with the layers (rows) in ``order``."""
+        return LayerStats(self.steps, [self.labels[l] for l in order], self.points[order],
+                          self.norm[order], self.rel_prev[order], self.rel_first[order],
+                          self.mean_abs_first[order], self.update_cosine[order],
+                          self.displacement[order], self.residual[order])
+
     def with_layouts(self, P: np.ndarray, starts: np.ndarray) -> "LayerStats":
         """A copy with :func:`layout_stats` of the aligned keyframe layouts ``P`` filled in."""
         disp, resid = layout_stats(P, starts)
         return dataclasses.replace(self, displacement=disp, residual=resid)
-
-
-class _Quiet:
-    @contextlib.contextmanager
-    def stage(self, name: str, total: int):
-        yield lambda n=1: None
 
 
 def _ratio(num: float, den: float) -> float:
@@ -106,21 +105,20 @@ def _ratio(num: float, den: float) -> float:
 
 
 def weight_stats(refs: list[checkpoints.CheckpointRef], layers: list[extract.Layer],
-                 progress=None) -> LayerStats:
+                 progress: Progress = QUIET) -> LayerStats:
     """Read every keyframe once (in ``refs`` order) and measure each layer's weights.
 
-    ``progress`` is a :class:`layerfilm.pipeline.Progress` (or ``None``).  A tensor that is
-    missing or changed shape raises :class:`~layerfilm.errors.CheckpointError`.
+    A tensor that is missing or changed shape raises :class:`~layerfilm.errors.CheckpointError`.
     """
     K, L = len(refs), len(layers)
     norm, rel_prev, rel_first, mean_abs, cosine = (np.full((L, K), np.nan) for _ in range(5))
-    first = checkpoints.open_checkpoint(refs[0].path)
+    first = refs[0].open()
     first_shapes = first.shapes()
     prev: list[np.ndarray | None] = [None] * L
     prev_delta: list[np.ndarray | None] = [None] * L
-    with (progress or _Quiet()).stage("Measuring layers", K) as advance:
+    with progress.stage("Measuring layers", K) as advance:
         for k, ref in enumerate(refs):
-            ckpt = first if k == 0 else checkpoints.open_checkpoint(ref.path)
+            ckpt = first if k == 0 else ref.open()
             shapes = first_shapes if k == 0 else ckpt.shapes()
             for l, layer in enumerate(layers):
                 W = extract.read_layer(ckpt, layer, shapes).astype(np.float64)
@@ -191,23 +189,9 @@ def csv_text(stats: LayerStats, threshold: float) -> str:
     return buf.getvalue()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_csv(stats: LayerStats, threshold: float, path: Path) -> None:
     """Write :func:`csv_text` to ``path`` atomically."""
-    _atomic_write(Path(path), csv_text(stats, threshold).encode())
+    atomic.write_bytes(path, csv_text(stats, threshold).encode())
 
 
 def write_heatmap(stats: LayerStats, threshold: float, path: Path, title: str = "") -> None:
@@ -246,4 +230,4 @@ def write_heatmap(stats: LayerStats, threshold: float, path: Path, title: str = 
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    _atomic_write(Path(path), buf.getvalue())
+    atomic.write_bytes(path, buf.getvalue())

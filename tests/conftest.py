@@ -64,3 +64,109 @@ def decode(path: Path) -> np.ndarray:
     w, h = meta["size"]
     frames = [np.frombuffer(f, np.uint8).reshape(h, w, 3) for f in gen]
     return np.stack(frames)
+
+
+class Evil:
+    """Unpickling this creates the file ``path``: a stand-in for a pickle that runs code."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+class Recorder:
+    """What the film encoders were handed: index frames and their RGB, in order, and the RGB
+    per output file (with ``--jobs`` each chunk has its own file)."""
+
+    def __init__(self):
+        self.index: list[np.ndarray] = []
+        self.rgb: list[np.ndarray] = []
+        self.by_file: dict[str, list[np.ndarray]] = {}
+
+
+@pytest.fixture
+def recorder(monkeypatch):
+    from layerfilm import encode
+
+    rec = Recorder()
+    original = encode.FilmWriter.write
+
+    def write(self, frame):
+        rgb = self.palette[frame]
+        rec.index.append(frame.copy())
+        rec.rgb.append(rgb)
+        rec.by_file.setdefault(self.path.name, []).append(rgb)
+        original(self, frame)
+
+    monkeypatch.setattr(encode.FilmWriter, "write", write)
+    return rec
+
+
+@pytest.fixture
+def sent(recorder):
+    """The RGB of every frame handed to a film encoder, in order."""
+    return recorder.rgb
+
+
+@pytest.fixture
+def index_frames(recorder):
+    """Every palette-index frame handed to a film encoder, in order."""
+    return recorder.index
+
+
+@pytest.fixture
+def sent_by_file(recorder):
+    """The RGB handed to each film encoder, by output file name."""
+    return recorder.by_file
+
+
+@pytest.fixture
+def headers(monkeypatch):
+    """The step each frame's header shows, in the order frames are made."""
+    from layerfilm import compose
+
+    steps = []
+    original = compose.FrameComposer.__call__
+
+    def call(self, counts, step, *rest):
+        steps.append(step)
+        return original(self, counts, step, *rest)
+
+    monkeypatch.setattr(compose.FrameComposer, "__call__", call)
+    return steps
+
+
+def capture(monkeypatch, name):
+    """Replace ``pipeline.<name>`` from now on by one that records its config and exits."""
+    from layerfilm import pipeline
+
+    got = []
+
+    def fake(cfg, progress):
+        got.append(cfg)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(pipeline, name, fake)
+    return got
+
+
+@pytest.fixture
+def seen(monkeypatch):
+    """The configs the CLI hands to ``pipeline.render`` (nothing is rendered)."""
+    return capture(monkeypatch, "render")
+
+
+@pytest.fixture
+def seen_stats(monkeypatch):
+    """The configs the CLI hands to ``pipeline.measure`` (nothing is measured)."""
+    return capture(monkeypatch, "measure")
+
+
+def plan_of(folder, metrics=None, **selection):
+    """``make_plan`` for a folder and selection options (``layer_pattern=...``, ...)."""
+    from layerfilm.config import Selection
+    from layerfilm.plan import make_plan
+
+    return make_plan(Selection(checkpoints=Path(folder), **selection), metrics)

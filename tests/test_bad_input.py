@@ -10,12 +10,11 @@ import pytest
 from safetensors.numpy import load_file, save_file
 from typer.testing import CliRunner
 
-from layerfilm import compose, pipeline
 from layerfilm.checkpoints import CheckpointRef, select_steps
 from layerfilm.cli import app
 from layerfilm.extract import read_layer
 
-from conftest import decode, gpt_state, write_run
+from conftest import Evil, decode, gpt_state, plan_of, write_run
 
 runner = CliRunner()
 FPS = 2
@@ -74,21 +73,13 @@ def _truncated_pickle(run):
     return p
 
 
-class _Evil:
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
-
 def _malicious_pickle(run):
     import pickle
 
     torch = pytest.importorskip("torch")
     (run / "step_000200.safetensors").unlink()
     p = run / "step_000200.pt"
-    torch.save({"w": torch.zeros(2, 2), "x": _Evil(str(run.parent / "pwned"))}, p, pickle_module=pickle)
+    torch.save({"w": torch.zeros(2, 2), "x": Evil(run.parent / "pwned")}, p, pickle_module=pickle)
     return p
 
 
@@ -185,7 +176,7 @@ def test_grown_vocabulary_keeps_identity_of_the_rows_that_persist(tmp_path):
                             np.random.default_rng(5).normal(size=(7, 16)).astype(np.float32)])
     sd["transformer.wte.weight"] = grown
     save_file(sd, str(path))
-    plan = pipeline.make_plan(run)
+    plan = plan_of(run)
     embed = plan.layers[0]
     assert embed.label == "embed" and embed.n_points == 40
     from layerfilm.checkpoints import open_checkpoint
@@ -210,20 +201,6 @@ def test_select_steps():
     # Uneven spacing: each kept step is at least EVERY after the previous one.
     uneven = _refs(0, 1, 2, 4, 8, 16, 32, 64, 128)
     assert [r.step for r in select_steps(uneven, None, None, 10)] == [0, 16, 32, 64, 128]
-
-
-@pytest.fixture
-def headers(monkeypatch):
-    """The step each frame's header shows."""
-    steps = []
-    original = compose.FrameComposer.__call__
-
-    def call(self, counts, step, *rest):
-        steps.append(step)
-        return original(self, counts, step, *rest)
-
-    monkeypatch.setattr(compose.FrameComposer, "__call__", call)
-    return steps
 
 
 def _uneven_run(folder):
@@ -285,7 +262,7 @@ def test_unknown_naming_asks_for_layer_pattern(tmp_path):
         labels = [line.split()[0] for line in result.output.splitlines() if line.startswith("  ")][1:]
         assert labels == (["L0", "L3", "L10"] if "(\\d+)" in pattern
                           else ["features.0", "features.3", "features.10"])
-    plan = pipeline.make_plan(run, layer_pattern=r"^features\.(\d+)\.")
+    plan = plan_of(run, layer_pattern=r"^features\.(\d+)\.")
     assert all(l.n_points == 8 and l.dim == 6 for l in plan.layers)
     out = tmp_path / "f.gif"
     result = runner.invoke(app, ["render", str(run), str(out), "--layer-pattern", r"^features\.(\d+)\.",
@@ -310,20 +287,13 @@ def test_option_validation(tmp_path, run_dir, args, message):
     assert len(lines) == 1 and message in lines[0], result.output
 
 
-def test_new_options_reach_the_config_and_help(tmp_path, run_dir, monkeypatch):
+def test_new_options_reach_the_config_and_help(tmp_path, run_dir, seen):
     from layerfilm.config import RenderConfig
 
-    seen = {}
-
-    def fake_render(config, progress):
-        seen["config"] = config
-        raise SystemExit(0)
-
-    monkeypatch.setattr(pipeline, "render", fake_render)
     runner.invoke(app, ["render", str(run_dir), str(tmp_path / "x.gif"), "--steps", "100::200",
                         "--timeline", "step", "--layer-pattern", r"h\.(\d+)", "--skip-bad"])
-    assert seen["config"] == RenderConfig(run_dir, tmp_path / "x.gif", steps="100::200",
-                                          timeline="step", layer_pattern=r"h\.(\d+)", skip_bad=True)
+    assert seen == [RenderConfig(checkpoints=run_dir, output=tmp_path / "x.gif", steps="100::200",
+                                 timeline="step", layer_pattern=r"h\.(\d+)", skip_bad=True)]
     for command in ("render", "info"):
         text = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"}).output
         for opt in ["--steps", "--layer-pattern", "--skip-bad"] + (["--timeline"] if command == "render" else []):

@@ -137,18 +137,21 @@ def test_parse_step_parents(tmp_path, name, step):
 
 
 def test_header_is_validated_before_any_data_is_mapped(tmp_path, monkeypatch):
-    import layerfilm.checkpoints as ck
+    from layerfilm.checkpoints import LocalStorage
 
     mapped = []
-    monkeypatch.setattr(ck.np, "memmap", lambda *a, **k: mapped.append(a) or pytest.fail("data mapped"))
+    original = LocalStorage.map
+    monkeypatch.setattr(LocalStorage, "map", lambda self, path: mapped.append(path) or original(self, path))
     good = tmp_path / "good.safetensors"
     save_file({"w": np.ones((4, 4), np.float32)}, str(good))
-    SafetensorsFile(good)  # opening validates the header only
+    opened = SafetensorsFile(good)  # opening validates the header only
     bad = _header_file(tmp_path / "bad.safetensors",
                        {"w": {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 64]}}, b"\0" * 32)
     with pytest.raises(CheckpointError, match="truncated: tensor 'w' ends at byte 64"):
         SafetensorsFile(bad)
     assert mapped == []
+    np.testing.assert_array_equal(opened.read("w"), np.ones((4, 4)))  # reading data maps it
+    assert mapped == [good]
 
 
 def test_trainer_files_and_unindexed_shards_are_not_checkpoints(tmp_path):

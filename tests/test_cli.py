@@ -6,27 +6,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from layerfilm import encode, pipeline
+from layerfilm import compose, encode
 from layerfilm.cli import app
 from layerfilm.config import RenderConfig
 
 from conftest import SAMPLE, decode, write_run
 
 runner = CliRunner()
-
-
-@pytest.fixture
-def sent(monkeypatch):
-    """Record every frame handed to the encoder, as the RGB it stands for."""
-    frames = []
-    original = encode.FilmWriter.write
-
-    def write(self, frame):
-        frames.append(self.palette[frame])
-        original(self, frame)
-
-    monkeypatch.setattr(encode.FilmWriter, "write", write)
-    return frames
 
 
 @pytest.mark.parametrize("suffix", [".webm", ".gif"])
@@ -44,53 +30,91 @@ def test_sample_film_is_bit_exact(tmp_path, sent, suffix):
     assert f"{len(sent)} frames" in result.output
 
 
-def test_film_shows_motion_labels_and_header(tmp_path, run_dir, sent):
+def _ink_contains(ink: np.ndarray, text: str, px: int) -> bool:
+    """Whether the exact glyph coverage of ``text`` at ``px`` pixels (what is left of it on the
+    palette's 15-level grey ramp) appears in the bool image ``ink`` (non-background pixels)."""
+    from layerfilm import shade
+
+    mask = shade.text_index(compose.text_mask(text, px)[0]) > 0
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    mask = mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]  # the glyphs' bounding box
+    h, w = mask.shape
+    for y in range(ink.shape[0] - h + 1):
+        for x in range(ink.shape[1] - w + 1):
+            if np.array_equal(ink[y:y + h, x:x + w], mask):
+                return True
+    return False
+
+
+def test_film_shows_motion_labels_and_header(tmp_path, run_dir, sent, headers):
     out = tmp_path / "f.gif"
     assert runner.invoke(app, ["render", str(run_dir), str(out), "--size", "400x240", "--fps", "4",
                                "-q"]).exit_code == 0
     first, last = sent[0], sent[-1]
-    assert not np.array_equal(first, last)
+    assert len(sent) == 13 and not np.array_equal(first, last)
     # Consecutive frames differ (points move every frame, no frozen stretches) ...
     assert all(not np.array_equal(a, b) for a, b in zip(sent, sent[1:]))
-    # ... and text is drawn in the header strip and above panels.
-    assert (first[:20] > 0).any()
+    # ... the header shows the run's name, the step and the loss of each frame, glyph for glyph
+    layout = compose.grid_layout(3, (400, 240))
+    ink = lambda frame: frame[:layout.header - 2].any(axis=2)  # noqa: E731  (above the progress line)
+    assert headers[0] == 0 and headers[-1] == 300
+    for frame, texts in ((first, ["run", "step 0", "loss 4"]), (last, ["run", "step 300", "loss 1"])):
+        for text in texts:
+            assert _ink_contains(ink(frame), text, layout.font), text
+    assert not _ink_contains(ink(first), "step 300", layout.font)
+    # ... and frames showing the same step and loss have the same header.
+    same = [i for i, s in enumerate(headers) if s == headers[1]]
+    assert len(same) >= 1 and all(np.array_equal(ink(sent[i]), ink(sent[same[0]])) for i in same)
 
 
 def test_color_range_fixed_for_the_whole_film(tmp_path, run_dir, monkeypatch):
-    spans = []
-    original = pipeline.shade.Shader.__call__
+    """The span is the densest pixel of any keyframe (computed here with the numpy splat) and
+    the same for every frame."""
+    from layerfilm import _kernels, layouts, plan, project, shade
+    from layerfilm.config import Selection
 
-    def shade(self, counts, frame):
+    spans = []
+    original = shade.Shader.__call__
+
+    def call(self, counts, frame):
         spans.append(self.span)
         original(self, counts, frame)
 
-    monkeypatch.setattr(pipeline.shade.Shader, "__call__", shade)
-    runner.invoke(app, ["render", str(run_dir), str(tmp_path / "f.gif"), "--fps", "3", "-q"])
+    monkeypatch.setattr(shade.Shader, "__call__", call)
+    assert runner.invoke(app, ["render", str(run_dir), str(tmp_path / "f.gif"), "--fps", "3",
+                               "--size", "320x180", "-q"]).exit_code == 0
     assert len(spans) == 10 and len(set(spans)) == 1
+    made = plan.make_plan(Selection(checkpoints=run_dir))
+    P = layouts.keyframe_layouts(made).P
+    rects = compose.grid_layout(len(made.layers), (320, 180)).rects
+    half = project.axis_ranges(P, made.starts)
+    x0, y0, x1, y1 = rects.T.astype(np.float64)
+    xform = np.stack([(x1 - x0) / (2 * half), (x0 + x1) / 2, -(y1 - y0) / (2 * half), (y0 + y1) / 2], 1)
+    densest = 0.0
+    for k in range(len(P)):
+        counts = np.zeros((180, 320), np.float32)
+        _kernels.splat_numpy(P[k], made.starts, xform, rects, counts)
+        densest = max(densest, float(counts.max()))
+    assert spans[0] == pytest.approx(densest, rel=1e-6)
 
 
-def test_options_reach_the_config(tmp_path, run_dir, monkeypatch):
-    seen = {}
-
-    def fake_render(config, progress):
-        seen["config"] = config
-        raise SystemExit(0)
-
-    monkeypatch.setattr(pipeline, "render", fake_render)
+def test_options_reach_the_config(tmp_path, run_dir, seen):
     runner.invoke(app, ["render", str(run_dir), str(tmp_path / "x.gif"), "--fps", "50",
                         "--frames-per-keyframe", "10", "--size", "640x360", "--projection", "umap",
                         "--max-points", "77", "--seed", "5", "--cmap", "viridis",
                         "--color-scale", "linear", "--jobs", "2"])
-    assert seen["config"] == RenderConfig(run_dir, tmp_path / "x.gif", fps=50, frames_per_keyframe=10,
-                                          size=(640, 360), projection="umap", max_points=77, seed=5,
-                                          cmap="viridis", color_scale="linear", jobs=2)
+    assert seen == [RenderConfig(checkpoints=run_dir, output=tmp_path / "x.gif", fps=50,
+                                 frames_per_keyframe=10, size=(640, 360), projection="umap",
+                                 max_points=77, seed=5, cmap="viridis", color_scale="linear", jobs=2)]
 
 
 def test_help_documents_every_option():
+    import re
+
     text = runner.invoke(app, ["render", "--help"], env={"COLUMNS": "200"}).output
     for opt in ["--fps", "--frames-per-keyframe", "--size", "--projection", "--max-points", "--seed",
                 "--cmap", "--color-scale", "--jobs", "--frames", "--no-cache", "--quiet"]:
-        assert opt in text
+        assert re.search(rf"(?<![\w-]){re.escape(opt)}(?![\w-])", text), opt
 
 
 def test_info_on_sample():
@@ -167,20 +191,6 @@ def test_ctrl_c_kills_ffmpeg_and_leaves_no_file(tmp_path, signame):
     assert str(out.parent) not in ps  # no ffmpeg still writing there
 
 
-@pytest.fixture
-def sent_by_file(monkeypatch):
-    """Frames handed to each ffmpeg, per output file (jobs write chunks in parallel)."""
-    frames = {}
-    original = encode.FilmWriter.write
-
-    def write(self, frame):
-        frames.setdefault(self.path.name, []).append(self.palette[frame])
-        original(self, frame)
-
-    monkeypatch.setattr(encode.FilmWriter, "write", write)
-    return frames
-
-
 @pytest.mark.parametrize("suffix", [".webm", ".gif", ".mp4", ".mkv"])
 def test_jobs_join_chunks_into_one_bit_exact_stream(tmp_path, run_dir, sent_by_file, suffix):
     out = tmp_path / f"film{suffix}"
@@ -226,13 +236,19 @@ def test_a_failing_job_leaves_nothing(tmp_path, run_dir, monkeypatch):
 def test_layout_cache_skips_loading_and_is_invalidated(tmp_path, run_dir, monkeypatch):
     import os
 
+    from layerfilm import layouts
+    from layerfilm.checkpoints import CheckpointRef
+    from layerfilm.config import Selection
+    from layerfilm.plan import make_plan
+
     opened = []
-    original = pipeline.checkpoints.open_checkpoint
-    monkeypatch.setattr(pipeline.checkpoints, "open_checkpoint", lambda p: opened.append(p) or original(p))
-    first = pipeline.cached_keyframe_layouts(pipeline.make_plan(run_dir))
+    original = CheckpointRef.open
+    monkeypatch.setattr(CheckpointRef, "open", lambda ref: opened.append(ref.path) or original(ref))
+    plan = lambda: make_plan(Selection(checkpoints=run_dir))  # noqa: E731
+    first = layouts.cached_keyframe_layouts(plan())
     assert len(opened) == 1 + 4  # the plan's header read + one per keyframe
     opened.clear()
-    again = pipeline.cached_keyframe_layouts(pipeline.make_plan(run_dir))
+    again = layouts.cached_keyframe_layouts(plan())
     assert len(opened) == 1 and np.array_equal(first.P, again.P)
     # Another colormap / size / format through the CLI: still no keyframe is read.
     args = ["render", str(run_dir), str(tmp_path / "a.gif"), "--fps", "2", "-q"]
@@ -240,12 +256,12 @@ def test_layout_cache_skips_loading_and_is_invalidated(tmp_path, run_dir, monkey
     assert len(opened) == 2
     # Other layout options, a touched checkpoint, or --no-cache: read again.
     opened.clear()
-    pipeline.cached_keyframe_layouts(pipeline.make_plan(run_dir), seed=1)
+    layouts.cached_keyframe_layouts(plan(), seed=1)
     assert len(opened) == 5
     ckpt = run_dir / "step_000200.safetensors"
     os.utime(ckpt, ns=(ckpt.stat().st_atime_ns, ckpt.stat().st_mtime_ns + 10**9))
     opened.clear()
-    pipeline.cached_keyframe_layouts(pipeline.make_plan(run_dir))
+    layouts.cached_keyframe_layouts(plan())
     assert len(opened) == 5
     opened.clear()
     assert runner.invoke(app, args + ["--no-cache"]).exit_code == 0
@@ -253,10 +269,16 @@ def test_layout_cache_skips_loading_and_is_invalidated(tmp_path, run_dir, monkey
 
 
 def test_corrupt_cache_is_ignored(tmp_path, run_dir):
-    keys = pipeline.cached_keyframe_layouts(pipeline.make_plan(run_dir))
-    for f in pipeline.cache_dir().glob("*.npz"):
+    from layerfilm import cache, layouts
+    from layerfilm.config import Selection
+    from layerfilm.plan import make_plan
+
+    keys = layouts.cached_keyframe_layouts(make_plan(Selection(checkpoints=run_dir)))
+    entries = list(cache.cache_dir().glob("*.npz"))
+    assert len(entries) == 1
+    for f in entries:
         f.write_bytes(b"garbage")
-    again = pipeline.cached_keyframe_layouts(pipeline.make_plan(run_dir))
+    again = layouts.cached_keyframe_layouts(make_plan(Selection(checkpoints=run_dir)))
     assert np.array_equal(keys.P, again.P)
 
 

@@ -7,23 +7,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from layerfilm import cli, config, pipeline
+from layerfilm import cli, config
 from layerfilm.config import RenderConfig
 
 runner = CliRunner()
-
-
-@pytest.fixture
-def seen(monkeypatch):
-    """The config the CLI hands to the pipeline (nothing is rendered)."""
-    got = []
-
-    def fake_render(cfg, progress):
-        got.append(cfg)
-        raise SystemExit(0)
-
-    monkeypatch.setattr(pipeline, "render", fake_render)
-    return got
 
 
 def test_every_option_is_a_render_parameter_of_the_same_name():
@@ -39,7 +26,7 @@ def test_file_values_under_the_command_line(tmp_path, run_dir, seen, monkeypatch
     # --fps 25 equals the default and still wins over the file.
     result = runner.invoke(cli.app, ["render", str(run_dir), "o.gif", "--fps", "25", "--cmap", "magma"])
     assert result.exit_code == 0, result.output
-    assert seen[-1] == RenderConfig(run_dir, Path("o.gif"), fps=25, frames_per_keyframe=2,
+    assert seen[-1] == RenderConfig(checkpoints=run_dir, output=Path("o.gif"), fps=25, frames_per_keyframe=2,
                                     size=(200, 100), cmap="magma", cache=False)
 
 
@@ -47,7 +34,7 @@ def test_pyproject_table_and_precedence(tmp_path, run_dir, seen, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\n')
     runner.invoke(cli.app, ["render", str(run_dir), "o.gif"])
-    assert seen[-1] == RenderConfig(run_dir, Path("o.gif"))  # no [tool.layerfilm]: defaults
+    assert seen[-1] == RenderConfig(checkpoints=run_dir, output=Path("o.gif"))  # no [tool.layerfilm]: defaults
     (tmp_path / "pyproject.toml").write_text('[tool.layerfilm]\nseed = 7\nsize = [320, 200]\n')
     runner.invoke(cli.app, ["render", str(run_dir), "o.gif"])
     assert (seen[-1].seed, seen[-1].size) == (7, (320, 200))
@@ -65,7 +52,7 @@ def test_config_option_replaces_the_discovered_file_and_paths_are_relative_to_it
     (other / "film.toml").write_text('max_points = 50\nframes_dir = "pngs"\n')
     result = runner.invoke(cli.app, ["render", str(run_dir), "o.gif", "--config", "conf/film.toml"])
     assert result.exit_code == 0, result.output
-    assert seen[-1] == RenderConfig(run_dir, Path("o.gif"), max_points=50, frames_dir=Path("conf/pngs"))
+    assert seen[-1] == RenderConfig(checkpoints=run_dir, output=Path("o.gif"), max_points=50, frames_dir=Path("conf/pngs"))
 
 
 def test_print_config_round_trips(tmp_path, seen, monkeypatch):
@@ -139,7 +126,7 @@ def test_missing_config_file_and_table(tmp_path, run_dir, seen, monkeypatch):
 ])
 def test_values_are_converted_by_the_field_type(tp, value, expected):
     """New options of any of these types load from files with no extra code."""
-    assert config._coerce(value, tp, Path("/base"), nullable=False) == expected
+    assert config.files._coerce(value, tp, Path("/base"), nullable=False) == expected
 
 
 @pytest.mark.parametrize("tp, value, message", [
@@ -152,8 +139,8 @@ def test_values_are_converted_by_the_field_type(tp, value, expected):
 ])
 def test_wrong_kinds_of_value_are_named(tp, value, message):
     with pytest.raises(ValueError, match=message):
-        config._coerce(value, tp, Path("/base"), nullable=False)
-    assert config._coerce(None, int | None, Path("/base"), nullable=True) is None
+        config.files._coerce(value, tp, Path("/base"), nullable=False)
+    assert config.files._coerce(None, int | None, Path("/base"), nullable=True) is None
 
 
 def test_output_options_are_the_path_typed_ones():

@@ -43,7 +43,9 @@ def test_lossless_roundtrip(tmp_path, fmt):
     for i, f in enumerate(sent):
         np.testing.assert_array_equal(got[i], pal[f], err_msg=f"{fmt} frame {i}")
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left
-    assert oct(path.stat().st_mode & 0o777) != oct(0o600)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # as any new file, not mkstemp's 0o600
 
 
 def _ffmpeg_children():

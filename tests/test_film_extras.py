@@ -4,27 +4,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from layerfilm import compose, encode, pipeline, stats, stills
+from layerfilm import compose, encode, overlays, stats, stills
 from layerfilm.cli import app
 
-from conftest import decode, write_run
+from conftest import decode, plan_of, write_run
 from test_stats import _freezing_run
 
 runner = CliRunner()
-
-
-@pytest.fixture
-def index_frames(monkeypatch):
-    """Every palette-index frame handed to the encoder."""
-    frames = []
-    original = encode.FilmWriter.write
-
-    def write(self, frame):
-        frames.append(frame.copy())
-        original(self, frame)
-
-    monkeypatch.setattr(encode.FilmWriter, "write", write)
-    return frames
 
 
 @pytest.fixture
@@ -89,9 +75,9 @@ def test_loss_strip_draws_the_curve_and_a_moving_cursor(tmp_path, run_dir, index
                                  "--fps", "4", "--loss-strip", "-q"])
     assert result.exit_code == 0, result.output
     (strip,) = composer["overlays"]
-    assert isinstance(strip, compose.LossStrip)
+    assert isinstance(strip, overlays.LossStrip)
     # The panels leave the strip's rows free.
-    assert composer["layout"].rects[:, 3].max() < size[1] - compose.strip_height(size)
+    assert composer["layout"].rects[:, 3].max() < size[1] - overlays.strip_height(size)
     px0, py0, px1, py1 = strip.plot
     # The run logged loss 4/(k+1) at step 100k (safetensors metadata): log scale, 4 at the top.
     assert strip.log and np.allclose(strip.range, (np.log10(1.0), np.log10(4.0)))
@@ -101,12 +87,12 @@ def test_loss_strip_draws_the_curve_and_a_moving_cursor(tmp_path, run_dir, index
         assert strip.mask[y, x], (k, x, y)
     cursor = []
     for f, frame in enumerate(index_frames):
-        cols = np.flatnonzero((frame[py0:py1, px0:px1] == compose.CURSOR).all(axis=0))
+        cols = np.flatnonzero((frame[py0:py1, px0:px1] == overlays.CURSOR).all(axis=0))
         assert len(cols) == 1, f
         cursor.append(px0 + cols[0])
         step = f * 100 / 4
         assert cursor[-1] == min(max(round(float(strip.x_of(step))), px0), px1 - 1)
-        past = frame[py0:py1, px0:px1] == compose.CURVE_PAST
+        past = frame[py0:py1, px0:px1] == overlays.CURVE_PAST
         assert not past[:, cols[0] + 1:].any()  # bright only up to the cursor
     assert cursor == sorted(cursor) and cursor[0] == px0 and cursor[-1] == px1 - 1
 
@@ -149,7 +135,7 @@ def test_loss_strip_without_any_loss_is_one_line(tmp_path):
 
 def test_drift_lengths_by_hand():
     rate = np.array([[np.nan, 1.0, 0.1, 0.01, 0.0], [np.nan, 10.0, 1e-5, np.nan, 0.5]])
-    got = compose.drift_lengths(rate, np.array([100, 200]), decades=2.0)
+    got = overlays.drift_lengths(rate, np.array([100, 200]), decades=2.0)
     # top = 10: 1.0 -> level 0.5, 0.1 -> 0, 0.01 -> below the scale (still 1 px), 0 -> none
     assert got.tolist() == [[0, 50, 1, 1, 0], [0, 200, 1, 0, round(200 * (1 + np.log10(0.05) / 2))]]
 
@@ -161,13 +147,13 @@ def test_drift_bars_follow_each_layers_change(tmp_path, index_frames, composer):
                                  "--fps", str(fps), "--drift", "-q"])
     assert result.exit_code == 0, result.output
     rects = composer["layout"].rects
-    plan = pipeline.make_plan(run)
+    plan = plan_of(run)
     rate = stats.weight_stats(plan.refs, plan.layers).rate
-    want = compose.drift_lengths(rate, rects[:, 2] - rects[:, 0], compose.DriftBars.DECADES)
+    want = overlays.drift_lengths(rate, rects[:, 2] - rects[:, 0], overlays.DriftBars.DECADES)
     for f, frame in enumerate(index_frames):
         k = min(max(f // fps + 1, 1), 6)
         for l, (x0, y0, x1, y1) in enumerate(rects):
-            bar = frame[y1:y1 + 2, x0:x1] == compose.DriftBars.COLOUR
+            bar = frame[y1:y1 + 2, x0:x1] == overlays.DriftBars.COLOUR
             assert bar.all(axis=0).sum() == bar.any(axis=0).sum() == want[l, k], (f, l)
             assert not bar[:, want[l, k]:].any()
     # L1 froze after step 200: no bar from then on; L0 never froze.

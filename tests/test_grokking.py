@@ -3,9 +3,9 @@ residues lie on a ring ordered by k*a mod 97 (Nanda et al. 2023); at initialisat
 
 import numpy as np
 
-from layerfilm import pipeline, project
+from layerfilm import layouts, project
 
-from conftest import SAMPLE
+from conftest import SAMPLE, plan_of
 
 P_MOD = 97
 
@@ -24,8 +24,8 @@ def ring_alignment(xy: np.ndarray) -> tuple[int, float, float]:
 
 
 def test_film_layout_of_the_embedding_is_a_ring_after_grokking():
-    plan = pipeline.make_plan(SAMPLE, points="embeddings")
-    P = pipeline.keyframe_layouts(plan, "pca").P  # the film's own layout (plain PCA)
+    plan = plan_of(SAMPLE, points="embeddings")
+    P = layouts.keyframe_layouts(plan, "pca").P  # the film's own layout (plain PCA)
     k, after, _ = ring_alignment(P[-1])
     assert after > 0.85 and k in (34, 47, 19, 7), (k, after)
     _, before, _ = ring_alignment(P[0])
@@ -33,10 +33,11 @@ def test_film_layout_of_the_embedding_is_a_ring_after_grokking():
 
 
 def test_fourier_projection_finds_the_key_frequency_and_a_crisp_ring():
-    plan = pipeline.make_plan(SAMPLE, points="embeddings")
-    (ids, period, k), = pipeline.fourier_planes(plan).values()
+    plan = plan_of(SAMPLE, points="embeddings")
+    fourier, = layouts.projections(plan, "fourier", 0)
+    period, k = fourier.period, fourier.k
     assert period == P_MOD and k in (34, 47, 19, 7)  # the '=' token (id 97) is left out
-    P = pipeline.keyframe_layouts(plan, "fourier").P
+    P = layouts.keyframe_layouts(plan, "fourier").P
     best, alignment, spread = ring_alignment(P[-1])
     assert best == k and alignment > 0.99 and spread < 0.15, (best, alignment, spread)
 

@@ -20,9 +20,8 @@ from layerfilm.checkpoints import (DcpCheckpoint, ShardedCheckpoint, discover,  
 from layerfilm.cli import app  # noqa: E402
 from layerfilm.errors import CheckpointError  # noqa: E402
 from layerfilm.extract import plan_layers, read_layer  # noqa: E402
-from layerfilm.pipeline import make_plan  # noqa: E402
 
-from conftest import decode  # noqa: E402
+from conftest import Evil, decode, plan_of  # noqa: E402
 
 runner = CliRunner()
 STEPS = (10, 20, 30)
@@ -233,7 +232,7 @@ def test_lightning_checkpoints(lightning_run, tmp_path):
         assert "model.layers.1.linear1.weight" in shapes
         for name in shapes:
             np.testing.assert_array_equal(ckpt.read(name), saved[ref.step][name], err_msg=name)
-    plan = make_plan(root)
+    plan = plan_of(root)
     assert [l.label for l in plan.layers] == ["L0", "L1"]
     # nn.TransformerEncoder: in_proj (3d, d) rows, out_proj (d, d) rows, linear1 (ff, d) rows,
     # linear2 (d, ff) columns: 3*8 + 8 + 16 + 16 points of width 8.
@@ -304,14 +303,6 @@ def test_dcp_folders(dcp_run, tmp_path):
                                                             ("step-100/__0_0.distcp", 100)]
 
 
-class _Evil:
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))  # unpickling this would create a file
-
-
 def test_dcp_metadata_never_runs_code(dcp_run, tmp_path):
     import shutil
 
@@ -319,7 +310,7 @@ def test_dcp_metadata_never_runs_code(dcp_run, tmp_path):
     bad = tmp_path / "step-100"
     shutil.copytree(root / "step-100", bad)
     marker = tmp_path / "pwned"
-    (bad / ".metadata").write_bytes(pickle.dumps(_Evil(str(marker))))
+    (bad / ".metadata").write_bytes(pickle.dumps(Evil(marker)))
     with pytest.raises(CheckpointError, match="refused .metadata: io.open is not part of checkpoint metadata") as e:
         open_checkpoint(bad)
     assert str(bad) in str(e.value) and not marker.exists()
@@ -385,7 +376,7 @@ def test_encoder_decoder_film_has_two_rows(tmp_path):
     for step in (0, 1):
         _nudge(model, step + 1)
         model.save_pretrained(tmp_path / "run" / f"checkpoint-{step}")
-    plan = make_plan(tmp_path / "run")
+    plan = plan_of(tmp_path / "run")
     from layerfilm import compose
 
     layout = compose.grid_layout(len(plan.layers), (1280, 720), groups=[l.group for l in plan.layers])

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from layerfilm import encode, manifest, pipeline
+from layerfilm import cache, encode, manifest
 from layerfilm.cli import app
 
-from conftest import decode, write_run
+from conftest import capture, decode, write_run
 
 runner = CliRunner()
 
@@ -93,8 +93,7 @@ def test_from_manifest_takes_overrides_and_other_folder(tmp_path, run_dir, monke
     moved = tmp_path / "moved" / run_dir.name
     moved.parent.mkdir()
     run_dir.rename(moved)
-    seen = []
-    monkeypatch.setattr(pipeline, "render", lambda cfg, progress: seen.append(cfg) or exit(0))
+    seen = capture(monkeypatch, "render")
     runner.invoke(app, ["render", "--from-manifest", str(tmp_path / "f.gif.json"), str(moved),
                         str(tmp_path / "g.gif"), "--cmap", "magma"])
     cfg = seen[-1]
@@ -166,9 +165,9 @@ def test_bad_manifest_is_one_line(tmp_path, content, message):
 def test_sha256_memo_follows_the_file(tmp_path):
     p = tmp_path / "x.bin"
     p.write_bytes(b"a" * 10)
-    assert manifest.sha256_file(p) == hashlib.sha256(b"a" * 10).hexdigest()
+    assert cache.sha256_file(p) == hashlib.sha256(b"a" * 10).hexdigest()
     p.write_bytes(b"b" * 11)  # new size (and mtime): hashed again
-    assert manifest.sha256_file(p) == hashlib.sha256(b"b" * 11).hexdigest()
+    assert cache.sha256_file(p) == hashlib.sha256(b"b" * 11).hexdigest()
 
 
 def test_inputs_are_kept_and_output_folders_dropped_on_rerender(tmp_path, run_dir, monkeypatch):
@@ -178,8 +177,7 @@ def test_inputs_are_kept_and_output_folders_dropped_on_rerender(tmp_path, run_di
            "--metrics", metrics, "--stills", tmp_path / "shots")
     doc = json.loads((tmp_path / "f.gif.json").read_text())
     assert doc["checkpoints"]["loss"]["sha256"] == sha(metrics)
-    seen = []
-    monkeypatch.setattr(pipeline, "render", lambda cfg, progress: seen.append(cfg) or exit(0))
+    seen = capture(monkeypatch, "render")
     runner.invoke(app, ["render", "--from-manifest", str(tmp_path / "f.gif.json"), str(tmp_path / "g.gif")])
     assert seen[-1].metrics == metrics and seen[-1].loss_strip is True
     assert seen[-1].stills_dir is None

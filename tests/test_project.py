@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from layerfilm.project import Track, align, axis_ranges, pca_2d, procrustes_rotation, project_keyframe
+from layerfilm.project import (PCA, UMAP, Track, align, axis_ranges, pca_2d, procrustes_rotation,
+                               project_keyframe)
 
 
 def rot(theta):
@@ -97,8 +98,8 @@ def test_keyframes_do_not_flip():
     rng = np.random.default_rng(3)
     X = rng.normal(size=(150, 6)) * [5, 2, 1, 1, 1, 1]
     track = Track()
-    first = project_keyframe(X, "pca", track, 0)
-    second = project_keyframe(-X[:, ::-1] + 3, "pca", track, 0)  # sign flips + a shift
+    first = project_keyframe(X, PCA(0), track)
+    second = project_keyframe(-X[:, ::-1] + 3, PCA(0), track)  # sign flips + a shift
     np.testing.assert_allclose(second, first, atol=1e-4)
 
 
@@ -107,7 +108,7 @@ def test_nonfinite_rows_are_hidden_not_spread():
     X = rng.normal(size=(50, 5))
     X[7, 2] = np.nan
     X[9, 0] = np.inf
-    out = project_keyframe(X, "pca", Track(), 0)
+    out = project_keyframe(X, PCA(0), Track())
     assert np.isnan(out[[7, 9]]).all() and np.isfinite(np.delete(out, [7, 9], 0)).all()
 
 
@@ -124,8 +125,8 @@ def test_umap_is_warm_started_and_aligned():
     centers = rng.normal(size=(3, 8)) * 6
     X = np.concatenate([c + rng.normal(size=(40, 8)) for c in centers])
     track = Track()
-    first = project_keyframe(X, "umap", track, 0)
-    second = project_keyframe(X + 0.01 * rng.normal(size=X.shape), "umap", track, 0)
+    first = project_keyframe(X, UMAP(0), track)
+    second = project_keyframe(X + 0.01 * rng.normal(size=X.shape), UMAP(0), track)
     assert first.shape == second.shape == (120, 2)
     # Three clusters stay three clusters, and a barely-changed cloud barely moves.
     labels = np.repeat(np.arange(3), 40)
@@ -142,7 +143,8 @@ def test_projection_runs_every_blas_single_threaded(run_dir, monkeypatch):
     from threadpoolctl import threadpool_info
 
     import layerfilm.project as project
-    from layerfilm.pipeline import keyframe_layouts, make_plan
+    from conftest import plan_of
+    from layerfilm.layouts import keyframe_layouts
 
     seen = []
     original = project.pca_2d
@@ -152,19 +154,19 @@ def test_projection_runs_every_blas_single_threaded(run_dir, monkeypatch):
         return original(X, seed, basis)
 
     monkeypatch.setattr(project, "pca_2d", spy)
-    keyframe_layouts(make_plan(run_dir))
+    keyframe_layouts(plan_of(run_dir))
     assert seen and all(threads and set(threads) == {1} for threads in seen)
 
 
 def test_projection_threads_never_change_the_layouts(tmp_path, monkeypatch):
     # Wide fp16 layers: the fp16 kernel and the tracked subspace iteration, in threads.
-    import layerfilm.pipeline as pipeline
-    from conftest import write_run
+    import layerfilm.layouts as layouts
+    from conftest import plan_of, write_run
 
-    plan = pipeline.make_plan(write_run(tmp_path / "run", n=5, d=80, dtype=np.float16))
+    plan = plan_of(write_run(tmp_path / "run", n=5, d=80, dtype=np.float16))
     assert min(l.dim for l in plan.layers) > 64
     results = []
     for threads in (1, 3):
-        monkeypatch.setattr(pipeline, "_projection_threads", lambda projection: threads)
-        results.append(pipeline.keyframe_layouts(plan).P)
+        monkeypatch.setattr(layouts, "_threads", lambda projection: threads)
+        results.append(layouts.keyframe_layouts(plan).P)
     np.testing.assert_array_equal(results[0], results[1])

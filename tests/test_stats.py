@@ -7,11 +7,10 @@ import pytest
 from safetensors.numpy import load_file, save_file
 from typer.testing import CliRunner
 
-from layerfilm import pipeline, stats
+from layerfilm import layouts, pipeline, stats
 from layerfilm.cli import app
-from layerfilm.config import StatsConfig
 
-from conftest import SAMPLE, gpt_state, write_run
+from conftest import SAMPLE, gpt_state, plan_of, write_run
 
 runner = CliRunner()
 BLOCK = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -29,7 +28,7 @@ def flat_layers(path):
 
 
 def test_weight_statistics_match_numpy(run_dir):
-    plan = pipeline.make_plan(run_dir)
+    plan = plan_of(run_dir)
     got = stats.weight_stats(plan.refs, plan.layers)
     W = [flat_layers(r.path) for r in plan.refs]
     assert got.labels == ["embed", "L0", "L1"] and list(got.steps) == [0, 100, 200, 300]
@@ -60,8 +59,8 @@ def test_weight_statistics_match_numpy(run_dir):
 def test_layout_statistics_are_the_procrustes_residual(run_dir):
     from scipy.linalg import orthogonal_procrustes
 
-    plan = pipeline.make_plan(run_dir)
-    P = pipeline.keyframe_layouts(plan).P.astype(np.float64)
+    plan = plan_of(run_dir)
+    P = layouts.keyframe_layouts(plan).P.astype(np.float64)
     disp, resid = stats.layout_stats(P, plan.starts)
     rng = np.random.default_rng(1)
     for l in range(len(plan.layers)):
@@ -93,7 +92,7 @@ def _freezing_run(folder):
 
 def test_settling_step_is_where_change_stays_below_the_threshold(tmp_path):
     run = _freezing_run(tmp_path / "run")
-    plan = pipeline.make_plan(run)
+    plan = plan_of(run)
     s = stats.weight_stats(plan.refs, plan.layers)
     assert s.labels == ["embed", "L0", "L1"]
     np.testing.assert_array_equal(s.settle_steps(1e-6), [400, np.nan, 200])
@@ -121,9 +120,9 @@ def test_csv_rows_columns_and_files(tmp_path):
     rows = list(csv.DictReader(open(out / "layer_stats.csv")))
     assert list(rows[0]) == list(stats.COLUMNS)
     assert len(rows) == 7 * 3 and [r["layer"] for r in rows[:3]] == ["embed", "L0", "L1"]
-    plan = pipeline.make_plan(run)
+    plan = plan_of(run)
     s = stats.weight_stats(plan.refs, plan.layers).with_layouts(
-        pipeline.cached_keyframe_layouts(plan).P, plan.starts)
+        layouts.cached_keyframe_layouts(plan).P, plan.starts)
     for r in rows:
         k, l = int(r["step"]) // 100, s.labels.index(r["layer"])
         for col, arr in (("weight_norm", s.norm), ("rel_change_prev", s.rel_prev),
@@ -194,7 +193,3 @@ def test_bad_stats_options_are_one_line(tmp_path, run_dir, args, message):
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.output
     assert not (tmp_path / "s").exists()
-
-
-def test_stats_config_defaults():
-    assert StatsConfig(SAMPLE).validated().settle_threshold == 0.01

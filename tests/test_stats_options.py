@@ -75,6 +75,32 @@ def stats(*args):
     return runner.invoke(app, ["stats", *map(str, args), "-q"])
 
 
+def test_default_threshold_is_one_percent_per_100_steps(tmp_path):
+    """Without --settle-threshold a layer settles once its change stays below 0.01 per 100 steps
+    (checked against numpy on a run whose L1 slows from ~5 % to ~0.5 % after step 300)."""
+    from safetensors.numpy import save_file
+
+    from conftest import gpt_state
+
+    run = tmp_path / "run"
+    run.mkdir()
+    rng = np.random.default_rng(8)
+    sd = gpt_state(rng, d=8, blocks=2, vocab=12)
+    for k in range(7):
+        for key, v in sd.items():
+            if k:
+                rel = 0.005 if (key.startswith("transformer.h.1.") and k > 3) else 0.05
+                sd[key] = (v + rel * np.linalg.norm(v) / np.sqrt(v.size) * rng.normal(size=v.shape)
+                           ).astype(np.float32)
+        save_file(sd, str(run / f"step_{k * 100:06d}.safetensors"))
+    result = stats(run, "--out", tmp_path / "s")
+    assert result.exit_code == 0, result.output
+    steps = list(range(0, 700, 100))
+    paths = [run / f"step_{s:06d}.safetensors" for s in steps]
+    rows = check_csv(tmp_path / "s" / "layer_stats.csv", expected_rows(paths, steps, flat_layers, 0.01))
+    assert {r["layer"]: r["settle_step"] for r in rows}["L1"] == "300"
+
+
 def test_steps_pick_the_keyframes_measured(tmp_path):
     run = write_run(tmp_path / "run", n=6)
     out = tmp_path / "s"
@@ -149,22 +175,9 @@ def test_selection_options_are_validated_as_for_render(tmp_path, run_dir, args, 
 # ---- config files --------------------------------------------------------------------------
 
 
-@pytest.fixture
-def seen(monkeypatch):
-    """The config the stats command hands to the pipeline (nothing is measured)."""
-    got = []
-
-    def fake_measure(cfg, progress):
-        got.append(cfg)
-        raise SystemExit(0)
-
-    monkeypatch.setattr(pipeline, "measure", fake_measure)
-    return got
-
-
 def test_shared_options_are_stats_parameters_with_render_defaults_and_types():
-    names = config.stats_option_names()
-    assert names == ["settle_threshold", "points", "tensor", "max_points", "seed", "projection",
+    names = config.option_names(StatsConfig)
+    assert names == ["settle_threshold", "projection", "points", "tensor", "max_points", "seed",
                      "steps", "layer_pattern", "skip_bad"]
     params = inspect.signature(cli.stats).parameters
     render, stats_ = typing.get_type_hints(RenderConfig), typing.get_type_hints(StatsConfig)
@@ -175,7 +188,7 @@ def test_shared_options_are_stats_parameters_with_render_defaults_and_types():
         assert stats_[name] == render[name] and fields[name].default == defaults[name], name
 
 
-def test_file_values_under_the_command_line(tmp_path, run_dir, seen, monkeypatch):
+def test_file_values_under_the_command_line(tmp_path, run_dir, seen_stats, monkeypatch):
     monkeypatch.chdir(tmp_path)
     # Render-only keys (fps, size, cmap, timeline, frames_dir, ...) are read but not used.
     (tmp_path / "layerfilm.toml").write_text(
@@ -186,23 +199,23 @@ def test_file_values_under_the_command_line(tmp_path, run_dir, seen, monkeypatch
     result = runner.invoke(app, ["stats", str(run_dir), "--seed", "0", "--steps", "100:"])
     assert result.exit_code == 0, result.output
     # --seed 0 equals the default and still wins over the file.
-    assert seen[-1] == StatsConfig(run_dir, steps="100:", max_points=50, seed=0, settle_threshold=0.5,
+    assert seen_stats[-1] == StatsConfig(checkpoints=run_dir, steps="100:", max_points=50, seed=0, settle_threshold=0.5,
                                    skip_bad=True, layer_pattern=r"h\.(\d+)\.", projection="umap",
                                    points="rows", tensor="mlp")
 
 
-def test_pyproject_table_and_config_option(tmp_path, run_dir, seen, monkeypatch):
+def test_pyproject_table_and_config_option(tmp_path, run_dir, seen_stats, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "pyproject.toml").write_text('[tool.layerfilm]\nseed = 7\nsize = [320, 200]\n')
     runner.invoke(app, ["stats", str(run_dir)])
-    assert seen[-1] == StatsConfig(run_dir, seed=7)
+    assert seen_stats[-1] == StatsConfig(checkpoints=run_dir, seed=7)
     (tmp_path / "layerfilm.toml").write_text("max_points = 9\n")  # layerfilm.toml wins, alone
     runner.invoke(app, ["stats", str(run_dir)])
-    assert seen[-1] == StatsConfig(run_dir, max_points=9)
+    assert seen_stats[-1] == StatsConfig(checkpoints=run_dir, max_points=9)
     (tmp_path / "conf").mkdir()
     (tmp_path / "conf" / "s.toml").write_text('steps = ":200"\n')  # --config replaces both
     runner.invoke(app, ["stats", str(run_dir), "--config", "conf/s.toml"])
-    assert seen[-1] == StatsConfig(run_dir, steps=":200")
+    assert seen_stats[-1] == StatsConfig(checkpoints=run_dir, steps=":200")
 
 
 def test_steps_and_threshold_from_the_config_file_are_measured(tmp_path, monkeypatch):
@@ -225,17 +238,17 @@ def test_steps_and_threshold_from_the_config_file_are_measured(tmp_path, monkeyp
     check_csv(tmp_path / "s" / "layer_stats.csv", expected_rows(paths, steps, flat_layers, 1e-6))
 
 
-def test_print_config_round_trips_and_render_reads_it(tmp_path, monkeypatch, seen):
+def test_print_config_round_trips_and_render_reads_it(tmp_path, monkeypatch, seen_stats):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "layerfilm.toml").write_text('steps = "::500"\nfps = 5\n')
     first = runner.invoke(app, ["stats", "--print-config", "--seed", "3", "--skip-bad"])
     assert first.exit_code == 0, first.output
-    assert not seen  # nothing measured, no CHECKPOINTS needed
+    assert not seen_stats  # nothing measured, no CHECKPOINTS needed
     lines = first.output.splitlines()
     assert lines[0].startswith("# layerfilm ") and "stats options (defaults < layerfilm.toml < " \
         "command line)" in lines[0]
-    assert lines[1:] == ["settle_threshold = 0.01", 'points = "neurons"', "# tensor is not set",
-                         "max_points = 2000", "seed = 3", 'projection = "pca"', 'steps = "::500"',
+    assert lines[1:] == ["settle_threshold = 0.01", 'projection = "pca"', 'points = "neurons"',
+                         "# tensor is not set", "max_points = 2000", "seed = 3", 'steps = "::500"',
                          "# layer_pattern is not set", "skip_bad = true"]
     (tmp_path / "saved.toml").write_text(first.output)
     (tmp_path / "layerfilm.toml").unlink()
@@ -259,25 +272,25 @@ def test_print_config_round_trips_and_render_reads_it(tmp_path, monkeypatch, see
     ("settle_threshold = 0\n", "layerfilm.toml: settle_threshold: --settle-threshold must be"),
     ('points = "dots"\n', "layerfilm.toml: points: --points must be one of"),
 ])
-def test_bad_file_is_one_line_naming_file_and_key(tmp_path, run_dir, seen, monkeypatch, text, message):
+def test_bad_file_is_one_line_naming_file_and_key(tmp_path, run_dir, seen_stats, monkeypatch, text, message):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "layerfilm.toml").write_text(text)
     result = runner.invoke(app, ["stats", str(run_dir), "--out", "s"])
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"layerfilm: error: {message}"), result.output
-    assert not seen and not (tmp_path / "s").exists()
+    assert not seen_stats and not (tmp_path / "s").exists()
 
 
-def test_render_only_values_are_not_checked_by_stats(tmp_path, run_dir, seen, monkeypatch):
+def test_render_only_values_are_not_checked_by_stats(tmp_path, run_dir, seen_stats, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "layerfilm.toml").write_text('fps = 0\ncmap = "nosuch"\nmetrics = "missing.jsonl"\n')
-    assert runner.invoke(app, ["stats", str(run_dir)]).exit_code == 0 and seen == [StatsConfig(run_dir)]
+    assert runner.invoke(app, ["stats", str(run_dir)]).exit_code == 0 and seen_stats == [StatsConfig(checkpoints=run_dir)]
     result = runner.invoke(app, ["render", str(run_dir), "f.gif"])
     assert result.exit_code == 2 and "layerfilm.toml: fps: --fps must be between" in result.output
 
 
-def test_bad_value_on_the_command_line_is_not_blamed_on_the_file(tmp_path, run_dir, seen, monkeypatch):
+def test_bad_value_on_the_command_line_is_not_blamed_on_the_file(tmp_path, run_dir, seen_stats, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "layerfilm.toml").write_text("seed = 1\n")
     result = runner.invoke(app, ["stats", str(run_dir), "--max-points", "1"])

@@ -9,9 +9,8 @@ torch = pytest.importorskip("torch")
 
 from layerfilm.checkpoints import discover, open_checkpoint
 from layerfilm.errors import CheckpointError
-from layerfilm.pipeline import make_plan
 
-from conftest import gpt_state
+from conftest import Evil, gpt_state, plan_of
 
 
 def _state(seed):
@@ -29,21 +28,13 @@ def test_plain_and_nanogpt_style_pickles(tmp_path):
     assert b.metadata["step"] == "200"
     np.testing.assert_array_equal(b.read("transformer.wte.weight", np.array([3, 5])),
                                   _state(1)["transformer.wte.weight"].numpy()[[3, 5]])
-    assert [l.label for l in make_plan(tmp_path).layers] == ["embed", "L0", "L1"]
-
-
-class _Evil:
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))  # unpickling this would create a file
+    assert [l.label for l in plan_of(tmp_path).layers] == ["embed", "L0", "L1"]
 
 
 def test_malicious_pickle_is_refused_and_never_runs(tmp_path):
     marker = tmp_path / "pwned"
     bad = tmp_path / "step_100.pt"
-    torch.save({"weights": torch.zeros(2, 2), "payload": _Evil(str(marker))}, bad,
+    torch.save({"weights": torch.zeros(2, 2), "payload": Evil(marker)}, bad,
                pickle_module=pickle)
     with pytest.raises(CheckpointError, match="refused: this pickle needs code execution") as e:
         open_checkpoint(bad)

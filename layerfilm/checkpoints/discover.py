@@ -1,0 +1,232 @@
+"""Names and folders -> checkpoint references ordered by training step.
+
+A checkpoint is one file (safetensors or a torch pickle), a Hugging Face checkpoint folder
+(``checkpoint-N/`` holding ``model.safetensors``, ``pytorch_model.bin`` or a sharded
+``*.index.json``) or a PyTorch Distributed Checkpoint folder (``.metadata`` + ``*.distcp``).
+Discovery lists folders through a :class:`~layerfilm.checkpoints.storage.Storage` and opens
+nothing but a ``trainer_state.json`` when a folder name carries no step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from pathlib import Path, PurePath
+from typing import Iterator
+
+from ..errors import CheckpointError
+from .storage import LOCAL, Storage
+
+SAFETENSORS_SUFFIXES = (".safetensors",)
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+CHECKPOINT_SUFFIXES = SAFETENSORS_SUFFIXES + TORCH_SUFFIXES
+
+# Keyword-tagged numbers win over bare numbers, so "epoch=1-step=300" is step 300.
+_STEP_PATTERNS = (
+    re.compile(r"(?:global_step|step|iter|iteration|it)[_\-=]?0*(\d+)", re.I),
+    re.compile(r"(?:checkpoint|ckpt)[_\-=]?0*(\d+)", re.I),
+)
+_LAST_NUMBER = re.compile(r"(\d+)(?!.*\d)")
+
+# Hugging Face weights inside one checkpoint folder, most preferred first.
+HF_WEIGHTS = ("model.safetensors.index.json", "model.safetensors",
+              "pytorch_model.bin.index.json", "pytorch_model.bin")
+# Files trainers write beside the weights that are not the model (HF Trainer, Lightning, ...).
+_NOT_WEIGHTS = re.compile(r"^(?:optimizer|optim|scheduler|lr_scheduler|rng_state|training_args|"
+                          r"scaler|trainer_state|ema_state)", re.I)
+_SHARD = re.compile(r"-\d+-of-\d+$")
+_MAX_DEPTH = 3  # sub-folder levels searched below the folder given
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointRef:
+    """One checkpoint, the training step it was saved at, and where its bytes are.
+
+    ``path`` is a weights file, a sharded checkpoint's ``*.index.json`` or a
+    Distributed Checkpoint folder, inside ``storage``; ``kind`` names the layout
+    (``layerfilm info`` prints it).
+    """
+
+    path: PurePath
+    step: int
+    kind: str = ""
+    storage: Storage = dataclasses.field(default=LOCAL, compare=False, repr=False)
+
+    def open(self):
+        """The checkpoint opened for lazy reading (see :func:`~layerfilm.checkpoints.open_checkpoint`)."""
+        from .formats import open_checkpoint
+
+        return open_checkpoint(self.path, self.storage)
+
+    def files(self) -> list[PurePath]:
+        """Every file this checkpoint is made of (for cache keys and manifests)."""
+        st = self.storage
+        if st.is_dir(self.path):
+            return [p for p in st.listdir(self.path) if st.is_file(p)]
+        if self.path.name.endswith(".index.json"):
+            try:
+                raw = st.read(self.path, 0, st.size(self.path))
+                shards = set(json.loads(raw)["weight_map"].values())
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                shards = set()
+            return [self.path] + sorted(self.path.parent / str(s) for s in shards)
+        return [self.path]
+
+    def identity(self) -> str:
+        """What changes when any of its files may have changed (cache keys)."""
+        return "\n".join(f"{self.storage.identity(p)}|{self.step}" for p in self.files())
+
+
+def parse_step(path: PurePath, root: PurePath | None = None) -> int | None:
+    """The training step encoded in a checkpoint's name, or ``None``.
+
+    The file's stem is tried first (a keyword-tagged number such as ``step_100``,
+    else its last number), then each parent folder up to ``root``: a tagged
+    number (``checkpoint-300/model.safetensors`` is step 300) or a name that is
+    only a number (``300/model.safetensors``).
+    """
+    parts = [path.stem if path.suffix in CHECKPOINT_SUFFIXES or path.suffix == ".json" else path.name]
+    for parent in path.parents:
+        if root is not None and parent == root:
+            break
+        parts.append(parent.name)
+    for i, part in enumerate(parts):
+        for pattern in _STEP_PATTERNS:
+            found = pattern.findall(part)
+            if found:
+                return int(found[-1])
+        if i == 0:
+            m = _LAST_NUMBER.search(part)
+            if m:
+                return int(m.group(1))
+        elif part.isdigit():
+            return int(part)
+    return None
+
+
+def _trainer_state_step(storage: Storage, folder: PurePath) -> int | None:
+    """``global_step`` from a Hugging Face ``trainer_state.json`` in ``folder``."""
+    path = folder / "trainer_state.json"
+    try:
+        step = json.loads(storage.read(path, 0, storage.size(path))).get("global_step")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return step if isinstance(step, int) and step >= 0 else None
+
+
+def _find_units(storage: Storage, root: PurePath) -> Iterator[tuple[PurePath, str, str | None]]:
+    """``(path, kind, why_not)`` for every checkpoint-looking thing under ``root``.
+
+    ``why_not`` is a reason to skip it (``None`` for a usable checkpoint).
+    """
+    def visit(folder: PurePath, depth: int) -> Iterator[tuple[PurePath, str, str | None]]:
+        try:
+            entries = storage.listdir(folder)
+        except OSError:
+            return
+        names = {p.name for p in entries}
+        if ".metadata" in names and any(p.suffix == ".distcp" for p in entries):
+            yield folder, "Distributed Checkpoint (.metadata + .distcp)", None
+            return
+        hf = next((n for n in HF_WEIGHTS if n in names and storage.is_file(folder / n)), None)
+        if hf is not None:
+            kind = {HF_WEIGHTS[0]: "sharded safetensors (model.safetensors.index.json)",
+                    HF_WEIGHTS[1]: "safetensors",
+                    HF_WEIGHTS[2]: "sharded torch pickles (pytorch_model.bin.index.json)",
+                    HF_WEIGHTS[3]: "torch pickle (pytorch_model.bin)"}[hf]
+            if "trainer_state.json" in names:
+                kind = f"Hugging Face Trainer, {kind}"
+            yield folder / hf, kind, None
+        indexed = any(n.endswith(".index.json") for n in names)
+        for p in entries:
+            if p.name.startswith("."):
+                continue
+            if storage.is_dir(p):
+                if depth < _MAX_DEPTH:
+                    yield from visit(p, depth + 1)
+                continue
+            if p.suffix.lower() not in CHECKPOINT_SUFFIXES or _NOT_WEIGHTS.match(p.name):
+                continue
+            if hf is not None:
+                continue  # other weights beside a Hugging Face checkpoint's own (adapters, ...)
+            if _SHARD.search(p.stem):
+                if not indexed:
+                    yield p, "", "a shard without its index (*.index.json)"
+                continue
+            kind = ("safetensors" if p.suffix.lower() in SAFETENSORS_SUFFIXES
+                    else f"torch pickle ({p.suffix.lower()})")
+            yield p, kind, None
+
+    yield from visit(root, 0)
+
+
+def discover(folder: str | os.PathLike | PurePath, skip_bad: bool = False, storage: Storage = LOCAL
+             ) -> tuple[list[CheckpointRef], list[tuple[PurePath, str]]]:
+    """Checkpoints under ``folder`` (up to three sub-folders deep), ordered by step.
+
+    Finds single files, Hugging Face checkpoint folders (the step from the folder name, else
+    ``trainer_state.json``) and Distributed Checkpoint folders.  Returns ``(checkpoints,
+    skipped)`` where ``skipped`` lists what looks like weights but cannot be placed (no step
+    in its name), with the reason.  Raises :class:`CheckpointError` when there is nothing to
+    film or two checkpoints claim the same step (with ``skip_bad`` the later one is skipped
+    instead).
+    """
+    root = folder if isinstance(folder, PurePath) else Path(folder)
+    if not storage.is_dir(root):
+        if storage.is_file(root):
+            raise CheckpointError("is a file; give the folder that holds the checkpoints",
+                                  storage.display(root))
+        raise CheckpointError("no such folder", storage.display(root))
+    found: dict[int, CheckpointRef] = {}
+    skipped: list[tuple[PurePath, str]] = []
+    for path, kind, why_not in _find_units(storage, root):
+        if why_not is not None:
+            skipped.append((path, why_not))
+            continue
+        step = parse_step(path, root) if path != root else 0  # the folder is one checkpoint
+        if step is None and kind.startswith("Hugging Face Trainer"):
+            step = _trainer_state_step(storage, path.parent)
+        if step is None:
+            skipped.append((path, "no training step in its name"))
+            continue
+        if step in found:
+            problem = f"has the same step ({step}) as {storage.display(found[step].path)}"
+            if not skip_bad:
+                raise CheckpointError(problem, storage.display(path))
+            skipped.append((path, problem))
+            continue
+        found[step] = CheckpointRef(path, step, kind, storage)
+    refs = [found[s] for s in sorted(found)]
+    if not refs:
+        raise CheckpointError(
+            "no checkpoints found (looked for *.safetensors, *.pt, *.pth, *.bin, *.ckpt named "
+            "with their training step, e.g. step_000100.safetensors, Hugging Face checkpoint-N/ "
+            "folders and Distributed Checkpoint folders)",
+            storage.display(root),
+        )
+    if len(refs) < 2:
+        raise CheckpointError(
+            f"only one checkpoint ({_relative(refs[0].path, root)}); a film needs at least two",
+            storage.display(root),
+        )
+    return refs, skipped
+
+
+def _relative(path: PurePath, root: PurePath) -> str:
+    return "the folder itself" if path == root else str(path.relative_to(root))
+
+
+def select_steps(refs: list[CheckpointRef], start: int | None = None, stop: int | None = None,
+                 every: int | None = None) -> list[CheckpointRef]:
+    """The keyframes ``--steps START:STOP:EVERY`` picks: steps in ``[start, stop]`` (both
+    inclusive), each at least ``every`` steps after the previous one kept."""
+    kept: list[CheckpointRef] = []
+    for ref in refs:
+        if (start is not None and ref.step < start) or (stop is not None and ref.step > stop):
+            continue
+        if every is not None and kept and ref.step - kept[-1].step < every:
+            continue
+        kept.append(ref)
+    return kept

@@ -1,0 +1,68 @@
+"""How bytes become tensors: safetensors, torch pickles, sharded indexes, Distributed
+Checkpoint folders.  Every reader takes its path and the :class:`Storage` that holds it, and
+offers the same small interface (:class:`TensorSource`)."""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePath
+from typing import Protocol
+
+import numpy as np
+
+from ...errors import CheckpointError
+from ..discover import HF_WEIGHTS, SAFETENSORS_SUFFIXES, TORCH_SUFFIXES
+from ..storage import LOCAL, Storage
+from .dcp import DcpCheckpoint
+from .pickles import TorchFile
+from .safetensors import SafetensorsFile
+from .sharded import ShardedCheckpoint
+
+
+class TensorSource(Protocol):
+    """What the extract stage needs from one checkpoint.
+
+    ``where`` names it in messages; ``shapes()`` maps floating-point tensor names to shapes;
+    ``read(name, index, axis)`` returns the rows (``axis=0``) or columns (``axis=1``, as rows)
+    at ``index`` (or the whole tensor) as C-contiguous float32.
+    """
+
+    path: PurePath
+    where: str
+    metadata: dict[str, str]
+
+    def shapes(self) -> dict[str, tuple[int, ...]]: ...
+
+    def read(self, name: str, index: np.ndarray | None = None, axis: int = 0) -> np.ndarray: ...
+
+
+def open_file(path: PurePath, storage: Storage = LOCAL) -> TensorSource:
+    """One weights file, by its suffix."""
+    if path.suffix.lower() in SAFETENSORS_SUFFIXES:
+        return SafetensorsFile(path, storage)
+    if path.suffix.lower() in TORCH_SUFFIXES:
+        return TorchFile(path, storage)
+    raise CheckpointError(f"unknown checkpoint format {path.suffix!r}", storage.display(path))
+
+
+def open_checkpoint(path: PurePath | str, storage: Storage = LOCAL) -> TensorSource:
+    """Open one checkpoint for lazy reading, validating what it can up front.
+
+    ``path`` is a weights file, a sharded checkpoint's ``*.index.json``, a
+    Distributed Checkpoint folder or a Hugging Face checkpoint folder.
+    """
+    path = path if isinstance(path, PurePath) else Path(path)
+    if storage.is_dir(path):
+        if storage.is_file(path / ".metadata"):
+            return DcpCheckpoint(path, storage)
+        hf = next((path / n for n in HF_WEIGHTS if storage.is_file(path / n)), None)
+        if hf is None:
+            raise CheckpointError("not a checkpoint folder (no .metadata, model.safetensors, "
+                                  "pytorch_model.bin or *.index.json)", storage.display(path))
+        path = hf
+    if path.name.endswith(".index.json"):
+        return ShardedCheckpoint(path, storage)
+    return open_file(path, storage)
+
+
+__all__ = ["TensorSource", "open_file", "open_checkpoint", "DcpCheckpoint", "TorchFile",
+           "SafetensorsFile", "ShardedCheckpoint"]

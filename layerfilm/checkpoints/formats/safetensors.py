@@ -1,0 +1,183 @@
+"""Safetensors, read without torch.
+
+The header is validated (size, JSON, dtypes, shapes, offsets) before any tensor data is
+touched.  Data then comes from the storage's memory map when it has one (local files: only the
+pages of drawn rows are read), else as byte ranges: the rows that are drawn, coalesced.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from pathlib import Path, PurePath
+
+import numpy as np
+
+from ...errors import CheckpointError
+from ..storage import LOCAL, Storage, coalesce
+
+_MAX_HEADER = 100 * 1024 * 1024
+_FIRST_READ = 64 * 1024  # header length + (usually) the whole header in one read
+DTYPES = {
+    "F64": np.dtype("<f8"),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "BF16": np.dtype("<u2"),  # widened to float32 by hand: numpy has no bfloat16
+    "I64": np.dtype("<i8"),
+    "I32": np.dtype("<i4"),
+    "I16": np.dtype("<i2"),
+    "I8": np.dtype("i1"),
+    "U8": np.dtype("u1"),
+    "BOOL": np.dtype("?"),
+}
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
+
+
+class SafetensorsFile:
+    """A validated safetensors file.
+
+    ``read(name, index, axis)`` returns a float32 copy of the rows (``axis=0``)
+    or columns (``axis=1``) in ``index`` of a 2-D tensor, or of the whole tensor.
+    """
+
+    def __init__(self, path: PurePath | str, storage: Storage = LOCAL):
+        self.path = path if isinstance(path, PurePath) else Path(path)
+        self.storage = storage
+        self.where = storage.display(self.path)
+        try:
+            size = storage.size(self.path)
+            first = storage.read(self.path, 0, min(size, _FIRST_READ))
+            if len(first) < 8:
+                raise CheckpointError(
+                    "not a safetensors file: " + ("empty file" if size == 0 else "truncated header"),
+                    self.where)
+            (n,) = struct.unpack("<Q", first[:8])
+            if n > _MAX_HEADER or 8 + n > size:
+                raise CheckpointError(
+                    f"corrupt safetensors header (declares {n} header bytes, file has {size})", self.where)
+            raw = first[8:8 + n]
+            if len(raw) < n:
+                raw += storage.read(self.path, 8 + len(raw), 8 + n)
+        except OSError as e:
+            raise CheckpointError(f"cannot read: {e.strerror or e}", self.where) from None
+        try:
+            header = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise CheckpointError("corrupt safetensors header (not valid JSON)", self.where) from None
+        if not isinstance(header, dict):
+            raise CheckpointError("corrupt safetensors header (not a JSON object)", self.where)
+        meta = header.pop("__metadata__", None) or {}
+        self.metadata = {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
+        self.size = size
+        self.header_bytes = 8 + n
+        self._data_start = 8 + n
+        self._map: np.ndarray | None = None
+        data_len = size - self._data_start
+        self._entries: dict[str, tuple[str, tuple[int, ...], int]] = {}
+        for name, e in header.items():
+            try:
+                dtype, shape, (begin, end) = e["dtype"], tuple(e["shape"]), e["data_offsets"]
+            except (TypeError, KeyError, ValueError):
+                raise CheckpointError(f"corrupt safetensors header entry for {name!r}", self.where) from None
+            if dtype not in DTYPES:
+                # Unknown dtypes (F8, complex ...) are fine as long as nobody draws them.
+                self._entries[name] = (dtype, shape, -1)
+                continue
+            if not all(isinstance(d, int) and d >= 0 for d in shape):
+                raise CheckpointError(f"tensor {name!r} has an invalid shape {list(shape)}", self.where)
+            nbytes = math.prod(shape) * DTYPES[dtype].itemsize
+            if not (isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end):
+                raise CheckpointError(f"tensor {name!r} has invalid data offsets", self.where)
+            if end - begin != nbytes:
+                raise CheckpointError(
+                    f"tensor {name!r} declares {end - begin} bytes but its shape needs {nbytes}",
+                    self.where)
+            if end > data_len:
+                raise CheckpointError(
+                    f"truncated: tensor {name!r} ends at byte {end} of a {data_len}-byte data section",
+                    self.where)
+            self._entries[name] = (dtype, shape, begin)
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {k: shape for k, (dtype, shape, _) in self._entries.items() if dtype in FLOAT_DTYPES}
+
+    def read(self, name: str, index: np.ndarray | None = None, axis: int = 0) -> np.ndarray:
+        dtype, shape, begin = self._entries[name]
+        if math.prod(shape) == 0:
+            arr = np.zeros(shape, dtype=np.float32)
+        else:
+            data = self._map
+            if data is None:  # one mapping per file, views per tensor (a race maps twice: harmless)
+                try:
+                    data = self._map = self.storage.map(self.path)
+                except OSError as e:
+                    raise CheckpointError(f"cannot read: {e.strerror or e}", self.where) from None
+            start = self._data_start + begin
+            if data is None:
+                return self._read_ranges(dtype, shape, start, index, axis)
+            nbytes = math.prod(shape) * DTYPES[dtype].itemsize
+            arr = data[start:start + nbytes].view(DTYPES[dtype]).reshape(shape)
+        if index is not None and not _is_everything(index, arr.shape[axis]):
+            arr = arr[index] if axis == 0 else arr[:, index]
+        out = _to_float32(arr, dtype)  # in storage order: converting a strided view is slower
+        return np.ascontiguousarray(out.T) if axis == 1 else out
+
+    def byte_ranges(self, name: str, index: np.ndarray | None = None, axis: int = 0
+                    ) -> list[tuple[int, int]]:
+        """The file's ``[start, end)`` byte ranges that :meth:`read` needs: the drawn rows of a
+        2-D tensor (coalesced), else the whole tensor (columns are strided through it)."""
+        dtype, shape, begin = self._entries[name]
+        start = self._data_start + begin
+        nbytes = math.prod(shape) * DTYPES[dtype].itemsize
+        if index is None or axis != 0 or len(shape) != 2 or _is_everything(index, shape[0]):
+            return [(start, start + nbytes)] if nbytes else []
+        row = shape[1] * DTYPES[dtype].itemsize
+        return coalesce([(start + int(r) * row, start + (int(r) + 1) * row) for r in index])
+
+    def _read_ranges(self, dtype: str, shape: tuple[int, ...], start: int,
+                     index: np.ndarray | None, axis: int) -> np.ndarray:
+        """:meth:`read` through ranged reads (storage without a memory map)."""
+        item = DTYPES[dtype]
+        rows_only = index is not None and axis == 0 and len(shape) == 2 \
+            and not _is_everything(index, shape[0])
+        if rows_only:
+            row = shape[1] * item.itemsize
+            ranges = coalesce([(start + int(r) * row, start + (int(r) + 1) * row) for r in index])
+        else:
+            ranges = [(start, start + math.prod(shape) * item.itemsize)]
+        try:
+            chunks = self.storage.read_ranges(self.path, ranges)
+        except OSError as e:
+            raise CheckpointError(f"cannot read: {e.strerror or e}", self.where) from None
+        for (s, e), chunk in zip(ranges, chunks):
+            if len(chunk) != e - s:
+                raise CheckpointError(f"short read: bytes {s}-{e} came back as {len(chunk)} bytes",
+                                      self.where)
+        arr = np.frombuffer(b"".join(chunks), dtype=item)
+        if rows_only:
+            arr = arr.reshape(len(index), shape[1])
+        else:
+            arr = arr.reshape(shape)
+            if index is not None and not _is_everything(index, arr.shape[axis]):
+                arr = arr[index] if axis == 0 else arr[:, index]
+        out = _to_float32(arr, dtype)
+        return np.ascontiguousarray(out.T) if axis == 1 else out
+
+
+def _is_everything(index: np.ndarray, n: int) -> bool:
+    """Whether a sorted, duplicate-free ``index`` picks all ``n`` entries (no gather needed)."""
+    return len(index) == n and (n == 0 or (index[0] == 0 and index[-1] == n - 1))
+
+
+def _to_float32(arr: np.ndarray, dtype: str) -> np.ndarray:
+    """A C-contiguous float32 copy of ``arr`` (a view of the stored dtype; any strides)."""
+    if dtype == "BF16":
+        return np.ascontiguousarray((arr.astype(np.uint32) << 16).view(np.float32))
+    if dtype == "F16" and arr.ndim == 2:
+        from ..._kernels import half_to_float_kernel  # numba only once a tensor is read
+
+        out = np.empty(arr.shape, dtype=np.float32)
+        half_to_float_kernel(arr.view(np.uint16), out)
+        return out
+    return np.array(arr, dtype=np.float32, order="C")

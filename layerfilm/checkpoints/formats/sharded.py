@@ -1,0 +1,56 @@
+"""Hugging Face sharded checkpoints: ``*.index.json`` whose ``weight_map`` names the shard
+(safetensors or torch pickle) holding each tensor."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path, PurePath
+
+import numpy as np
+
+from ...errors import CheckpointError
+from ..storage import LOCAL, Storage
+
+
+class ShardedCheckpoint:
+    """Every shard is opened (and so validated) up front; tensors are read from their shard
+    on demand."""
+
+    def __init__(self, index: PurePath | str, storage: Storage = LOCAL):
+        from . import open_file
+
+        self.path = index if isinstance(index, PurePath) else Path(index)
+        self.where = storage.display(self.path)
+        try:
+            raw = storage.read(self.path, 0, storage.size(self.path))
+        except OSError as e:
+            raise CheckpointError(f"cannot read: {e.strerror or e}", self.where) from None
+        try:
+            weight_map = json.loads(raw)["weight_map"]
+        except (ValueError, KeyError, TypeError):
+            raise CheckpointError("not a sharded-checkpoint index (no valid JSON 'weight_map')",
+                                  self.where) from None
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError("its 'weight_map' is empty or not a JSON object", self.where)
+        self.metadata: dict[str, str] = {}
+        shards = {}
+        for shard in sorted(set(map(str, weight_map.values()))):
+            if PurePath(shard).name != shard or shard.startswith("."):
+                raise CheckpointError(f"the index names a shard outside its folder: {shard!r}", self.where)
+            p = self.path.parent / shard
+            if not storage.is_file(p):
+                raise CheckpointError(f"shard {shard} listed in the index is missing", self.where)
+            shards[shard] = open_file(p, storage)
+        self._where = {}
+        self._shapes: dict[str, tuple[int, ...]] = {}
+        for shard, source in shards.items():
+            for name, shape in source.shapes().items():
+                if weight_map.get(name) == shard:
+                    self._where[name] = source
+                    self._shapes[name] = shape
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return dict(self._shapes)
+
+    def read(self, name: str, index: np.ndarray | None = None, axis: int = 0) -> np.ndarray:
+        return self._where[name].read(name, index, axis)

@@ -1,0 +1,117 @@
+"""Where a checkpoint's bytes come from.
+
+Discovery and the format readers never touch files themselves: they ask a :class:`Storage`
+for listings, sizes and byte ranges.  :class:`LocalStorage` (a folder on this machine) is the
+first implementation; remote ones (object stores, Hub revisions) implement the same protocol.
+
+Paths are ``pathlib`` objects (``Path`` here, pure paths for remote storage), so discovery
+can use ``name``/``suffix``/``parents`` whatever the storage.  Errors are ``OSError``\\ s,
+which the readers turn into one-line :class:`~layerfilm.errors.CheckpointError`\\ s.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from pathlib import Path, PurePath
+from typing import Protocol, Sequence
+
+import numpy as np
+
+
+class Storage(Protocol):
+    """What discovery and the readers need from the place the checkpoints are."""
+
+    def display(self, path: PurePath) -> str:
+        """How ``path`` is named in messages (a local path, a URL)."""
+
+    def is_dir(self, path: PurePath) -> bool: ...
+
+    def is_file(self, path: PurePath) -> bool: ...
+
+    def listdir(self, path: PurePath) -> list[PurePath]:
+        """The entries of a folder, sorted by name; ``OSError`` when it cannot be listed."""
+
+    def size(self, path: PurePath) -> int: ...
+
+    def read(self, path: PurePath, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` of a file; fewer only at the end of the file."""
+
+    def read_ranges(self, path: PurePath, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        """Several ``[start, end)`` ranges of one file, in order."""
+
+    def map(self, path: PurePath) -> np.ndarray | None:
+        """The whole file as a read-only ``uint8`` array paged in on demand, or ``None`` when
+        this storage cannot map (then readers fetch byte ranges)."""
+
+    def local_path(self, path: PurePath) -> Path:
+        """A path on this machine holding the file's (or folder's) bytes, for readers that
+        need one (``torch.load``)."""
+
+    def identity(self, path: PurePath) -> str:
+        """A string that changes whenever the file's contents may have changed (cache keys)."""
+
+
+class LocalStorage:
+    """Files on this machine.  Data is memory-mapped: only the pages of drawn rows are read."""
+
+    def display(self, path: PurePath) -> str:
+        return str(path)
+
+    def is_dir(self, path: PurePath) -> bool:
+        return Path(path).is_dir()
+
+    def is_file(self, path: PurePath) -> bool:
+        return Path(path).is_file()
+
+    def listdir(self, path: PurePath) -> list[PurePath]:
+        return sorted(Path(path).iterdir())
+
+    def size(self, path: PurePath) -> int:
+        return Path(path).stat().st_size
+
+    def read(self, path: PurePath, start: int, end: int) -> bytes:
+        with open(path, "rb") as f:
+            f.seek(start)
+            return f.read(max(0, end - start))
+
+    def read_ranges(self, path: PurePath, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        out = []
+        with open(path, "rb") as f:
+            for start, end in ranges:
+                f.seek(start)
+                out.append(f.read(max(0, end - start)))
+        return out
+
+    def map(self, path: PurePath) -> np.ndarray | None:
+        # A plain ndarray over the mapping (slicing an ``np.memmap`` costs a Python-level
+        # ``__array_finalize__`` per view).
+        with open(path, "rb") as f:
+            return np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), dtype=np.uint8)
+
+    def local_path(self, path: PurePath) -> Path:
+        return Path(path)
+
+    def identity(self, path: PurePath) -> str:
+        st = Path(path).stat()
+        return f"{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}"
+
+
+LOCAL = LocalStorage()
+
+
+def coalesce(ranges: Sequence[tuple[int, int]], gap: int = 0) -> list[tuple[int, int]]:
+    """Sorted ``[start, end)`` ranges merged where they touch or are at most ``gap`` bytes
+    apart: fewer, larger reads."""
+    merged: list[list[int]] = []
+    for start, end in sorted(ranges):
+        if merged and start - merged[-1][1] <= gap:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return [(s, e) for s, e in merged]
+
+
+def fspath(path: PurePath | str | os.PathLike) -> str:
+    """A path as text for messages and manifests."""
+    return os.fspath(path)

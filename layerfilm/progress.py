@@ -1,0 +1,26 @@
+"""Progress reporting, one protocol for every stage.
+
+A stage reports as ``with progress.stage("Loading", total) as advance: advance(1)``.  The
+pipeline never prints; the CLI passes a rich-backed reporter, library callers and tests the
+silent :data:`QUIET`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, ContextManager, Iterator, Protocol
+
+
+class Progress(Protocol):
+    def stage(self, name: str, total: int) -> ContextManager[Callable[[int], None]]: ...
+
+
+class Quiet:
+    """Reports nothing."""
+
+    @contextlib.contextmanager
+    def stage(self, name: str, total: int) -> Iterator[Callable[[int], None]]:
+        yield lambda n=1: None
+
+
+QUIET = Quiet()
