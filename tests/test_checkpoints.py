@@ -163,3 +163,38 @@ def test_trainer_files_and_unindexed_shards_are_not_checkpoints(tmp_path):
     assert [r.path.name for r in refs] == ["step_000000.safetensors", "step_000100.safetensors"]
     assert [(p.name, why) for p, why in skipped] == [
         ("model-00001-of-00002.safetensors", "a shard without its index (*.index.json)")]
+
+
+def test_storage_seam_ranged_reads_equal_the_memory_map(tmp_path):
+    """A storage that cannot map (as remote ones) is read by byte ranges: only the drawn rows,
+    coalesced, and the values are those of the memory-mapped local read."""
+    from layerfilm import extract
+    from layerfilm.checkpoints import LocalStorage
+
+    class Ranged(LocalStorage):
+        def __init__(self):
+            self.ranges = []
+
+        def map(self, path):
+            return None
+
+        def read_ranges(self, path, ranges):
+            self.ranges += list(ranges)
+            return super().read_ranges(path, ranges)
+
+    run = write_run(tmp_path / "run", n=2, dtype=np.float16)
+    storage = Ranged()
+    refs, _ = discover(run, storage=storage)
+    assert all(r.storage is storage for r in refs)
+    ckpt, local = refs[1].open(), open_checkpoint(refs[1].path)
+    layers = extract.plan_panels(local.shapes(), max_points=30, seed=1)
+    for layer in layers:
+        np.testing.assert_array_equal(extract.read_layer(ckpt, layer, ckpt.shapes()),
+                                      extract.read_layer(local, layer, local.shapes()))
+    # Rows come as ranges of whole rows (30 of the 40 embedding rows: fewer bytes than the
+    # tensor); columns need their whole tensor.
+    embed = layers[0].sources[0]
+    want = ckpt.byte_ranges(embed.tensor, embed.index, 0)
+    assert all(r in storage.ranges for r in want)
+    assert sum(e - s for s, e in want) == 30 * 16 * 2 < 40 * 16 * 2
+    assert storage.ranges == sorted(set(storage.ranges), key=storage.ranges.index)  # no range twice
