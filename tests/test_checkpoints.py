@@ -198,3 +198,20 @@ def test_storage_seam_ranged_reads_equal_the_memory_map(tmp_path):
     assert all(r in storage.ranges for r in want)
     assert sum(e - s for s, e in want) == 30 * 16 * 2 < 40 * 16 * 2
     assert storage.ranges == sorted(set(storage.ranges), key=storage.ranges.index)  # no range twice
+
+
+@pytest.mark.parametrize("name, tokens", [
+    ("step1000-tokens4B", 4 * 10**9), ("stage1-step1000-tokens5B", 5 * 10**9),
+    ("step-001000-2BT", 2 * 10**9), ("tokens_1.5B", 1_500_000_000), ("ckpt-tok300M", 300 * 10**6),
+    ("step1000", None), ("128000", None), ("model_7B_step100", None), ("checkpoint-BT", None),
+])
+def test_tokens_from_names(name, tokens):
+    from layerfilm.checkpoints import parse_tokens
+
+    assert parse_tokens(name) == tokens
+
+
+def test_discovered_refs_carry_tokens_from_their_names(tmp_path):
+    run = write_run(tmp_path / "run", n=2, name="step{step}-tokens{step}M/model.safetensors")
+    refs, _ = discover(run)
+    assert [(r.step, r.tokens) for r in refs] == [(0, 0), (100, 100 * 10**6)]

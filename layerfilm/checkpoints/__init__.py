@@ -3,7 +3,7 @@
 (``losslog``).  torch is imported only by the readers that need it."""
 
 from .discover import (CHECKPOINT_SUFFIXES, HF_WEIGHTS, SAFETENSORS_SUFFIXES, TORCH_SUFFIXES,
-                       CheckpointRef, discover, parse_step, select_steps)
+                       CheckpointRef, discover, parse_step, parse_tokens, select_steps)
 from .formats import (DcpCheckpoint, SafetensorsFile, ShardedCheckpoint, TensorSource, TorchFile,
                       open_checkpoint, open_file)
 from .losslog import METRICS_NAMES, LossCurve, load_loss_curve, load_loss_file
@@ -11,7 +11,7 @@ from .storage import LOCAL, LocalStorage, Storage, coalesce
 
 __all__ = [
     "CHECKPOINT_SUFFIXES", "HF_WEIGHTS", "SAFETENSORS_SUFFIXES", "TORCH_SUFFIXES", "CheckpointRef",
-    "discover", "parse_step", "select_steps", "DcpCheckpoint", "SafetensorsFile",
+    "discover", "parse_step", "parse_tokens", "select_steps", "DcpCheckpoint", "SafetensorsFile",
     "ShardedCheckpoint", "TensorSource", "TorchFile", "open_checkpoint", "open_file",
     "METRICS_NAMES", "LossCurve", "load_loss_curve", "load_loss_file", "LOCAL", "LocalStorage",
     "Storage", "coalesce",

@@ -29,6 +29,12 @@ _STEP_PATTERNS = (
     re.compile(r"(?:checkpoint|ckpt)[_\-=]?0*(\d+)", re.I),
 )
 _LAST_NUMBER = re.compile(r"(\d+)(?!.*\d)")
+# Tokens seen, in names: OLMo "step1000-tokens4B", "tokens_1.5B", FineWeb ablations "step-001000-2BT".
+_TOKEN_PATTERNS = (
+    re.compile(r"(?:^|[^a-z])tok(?:en)?s?[_\-=]?(\d+(?:\.\d+)?)([KMBT])(?![a-z])", re.I),
+    re.compile(r"(?:^|[^a-z0-9.])(\d+(?:\.\d+)?)([KMB])T(?![a-z])", re.I),
+)
+_UNITS = {"K": 10**3, "M": 10**6, "B": 10**9, "T": 10**12}
 
 # Hugging Face weights inside one checkpoint folder, most preferred first.
 HF_WEIGHTS = ("model.safetensors.index.json", "model.safetensors",
@@ -53,6 +59,7 @@ class CheckpointRef:
     step: int
     kind: str = ""
     storage: Storage = dataclasses.field(default=LOCAL, compare=False, repr=False)
+    tokens: int | None = None  # training tokens seen, when the name (or the trainer) says
 
     def open(self):
         """The checkpoint opened for lazy reading (see :func:`~layerfilm.checkpoints.open_checkpoint`)."""
@@ -103,6 +110,26 @@ def parse_step(path: PurePath, root: PurePath | None = None) -> int | None:
                 return int(m.group(1))
         elif part.isdigit():
             return int(part)
+    return None
+
+
+def parse_tokens(name: str) -> int | None:
+    """Training tokens seen, as a name states them (``tokens4B`` -> 4,000,000,000, ``2BT``,
+    ``tokens1.5B``), or ``None``."""
+    for pattern in _TOKEN_PATTERNS:
+        found = pattern.findall(name)
+        if found:
+            number, unit = found[-1]
+            return round(float(number) * _UNITS[unit.upper()])
+    return None
+
+
+def _tokens_in(path: PurePath, root: PurePath) -> int | None:
+    """:func:`parse_tokens` of the checkpoint's name, else of its folders up to ``root``."""
+    for part in [path.name, *(p.name for p in path.parents if p != root and root in p.parents)]:
+        tokens = parse_tokens(part)
+        if tokens is not None:
+            return tokens
     return None
 
 
@@ -197,7 +224,7 @@ def discover(folder: str | os.PathLike | PurePath, skip_bad: bool = False, stora
                 raise CheckpointError(problem, storage.display(path))
             skipped.append((path, problem))
             continue
-        found[step] = CheckpointRef(path, step, kind, storage)
+        found[step] = CheckpointRef(path, step, kind, storage, _tokens_in(path, root))
     refs = [found[s] for s in sorted(found)]
     if not refs:
         raise CheckpointError(
