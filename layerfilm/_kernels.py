@@ -307,12 +307,16 @@ def _orthonormalize_rows(Z):
 
 
 @ngjit_fast
-def tracked_pca_kernel(X, start, passes, scores, basis):
+def tracked_pca_kernel(X, start, passes, scores, basis, ritz):
     """Top-two principal scores of X, refining the directions ``start`` by ``passes`` passes.
 
     X: (n, d) float32.  start: (p, d) float32, orthonormal rows (the previous keyframe's
     ``basis``, or a random start).  scores: (n, 2) float32 out, centred.  basis: (p, d)
-    float32 out: the refined directions, ordered by the variance they explain.
+    float32 out: the refined directions, ordered by the variance they explain.  ritz: (p + 2,)
+    float64 out: the variance along each refined direction (Ritz values, descending), then
+    the variance ``start``'s best two directions held before refining (the top-two Ritz sum
+    of ``start`` on X: how much the passes gained tells whether the block had fallen behind),
+    then the total variance of X.
     """
     n, d = X.shape
     p = start.shape[0]
@@ -327,7 +331,8 @@ def tracked_pca_kernel(X, start, passes, scores, basis):
     Z = np.empty((p, d), np.float32)
     xc = np.empty(d, np.float32)
     y = np.empty(p, np.float32)
-    for _ in range(passes):
+    incoming = -1.0
+    for it in range(passes):
         # Z = Q (X - mu)^T (X - mu), one sweep over the rows.
         Z[:] = 0.0
         for i in range(n):
@@ -342,14 +347,31 @@ def tracked_pca_kernel(X, start, passes, scores, basis):
                 yj = y[j]
                 for k in range(d):
                     Z[j, k] += yj * xc[k]
+        if it == 0:
+            # Q C Q^T, the start block's Rayleigh quotient: its top-two eigenvalues are what
+            # the start directions held, for free.
+            Gin = np.zeros((p, p))
+            for a in range(p):
+                for b in range(p):
+                    s = 0.0
+                    for k in range(d):
+                        s += Z[a, k] * Q[b, k]
+                    Gin[a, b] = s
+            for a in range(p):
+                for b in range(a):
+                    Gin[a, b] = Gin[b, a] = 0.5 * (Gin[a, b] + Gin[b, a])
+            win = np.linalg.eigvalsh(Gin)
+            incoming = win[p - 1] + win[p - 2]
         _orthonormalize_rows(Z)
         Q[:] = Z
     # Rayleigh-Ritz: the data in the block, B = (X - mu) Q^T, and its own principal axes.
     B = np.empty((n, p), np.float32)
     G = np.zeros((p, p))
+    total = 0.0
     for i in range(n):
         for k in range(d):
             xc[k] = X[i, k] - mu[k]
+            total += xc[k] * xc[k]
         for j in range(p):
             s = np.float32(0.0)
             for k in range(d):
@@ -361,7 +383,11 @@ def tracked_pca_kernel(X, start, passes, scores, basis):
     for a in range(p):
         for b in range(a):
             G[b, a] = G[a, b]
-    _, V = np.linalg.eigh(G)  # ascending
+    w, V = np.linalg.eigh(G)  # ascending
+    for a in range(p):
+        ritz[a] = w[p - 1 - a]
+    ritz[p] = incoming if incoming >= 0.0 else w[p - 1] + w[p - 2]
+    ritz[p + 1] = total
     for i in range(n):
         for c in range(2):
             s = 0.0
@@ -378,16 +404,18 @@ def tracked_pca_kernel(X, start, passes, scores, basis):
 
 def tracked_pca_numpy(X, start, passes):
     """The numpy twin of :func:`tracked_pca_kernel` (QR instead of Gram-Schmidt: the same
-    subspace, so scores agree up to the sign of each column)."""
+    subspace, so scores agree up to the sign of each column); returns (scores, basis, ritz)."""
     X = np.asarray(X, dtype=np.float64)
     Xc = X - X.mean(axis=0)
     Q = np.asarray(start, dtype=np.float64).T  # (d, p)
+    w_in = np.linalg.eigvalsh(Q.T @ Xc.T @ Xc @ Q)[::-1]
     for _ in range(passes):
         Q, _ = np.linalg.qr(Xc.T @ (Xc @ Q))
     B = Xc @ Q
-    _, V = np.linalg.eigh(B.T @ B)
-    V = V[:, ::-1]
-    return B @ V[:, :2], (Q @ V).T
+    w, V = np.linalg.eigh(B.T @ B)
+    w, V = w[::-1], V[:, ::-1]
+    ritz = np.r_[w, w_in[:2].sum(), (Xc ** 2).sum()]
+    return B @ V[:, :2], (Q @ V).T, ritz
 
 
 # --- alignment -----------------------------------------------------------------------------------

@@ -24,13 +24,13 @@ def cache_dir() -> Path:
     return Path(base) / "layerfilm"
 
 
-def layout_key(plan: Plan, projection: str, seed: int) -> str:
+def layout_key(plan: Plan, options: str) -> str:
     """Checkpoint identities (path, size, mtime, step of every file) + everything that shapes
-    a layout (projection, seed, version, each panel's points)."""
+    a layout (``options``: projection, seed, ...; the version; each panel's points)."""
     h = hashlib.sha256()
     for ref in plan.refs:
         h.update(f"{ref.identity()}\n".encode())
-    h.update(f"{__version__}|{projection}|{seed}\n".encode())
+    h.update(f"{__version__}|{options}\n".encode())
     for layer in plan.layers:
         for src in layer.sources:
             h.update(f"{layer.label}|{layer.dim}|{src.tensor}|{src.axis}|".encode())
@@ -38,28 +38,29 @@ def layout_key(plan: Plan, projection: str, seed: int) -> str:
     return h.hexdigest()[:32]
 
 
-def _layout_path(plan: Plan, projection: str, seed: int) -> Path:
-    return cache_dir() / f"layouts-{layout_key(plan, projection, seed)}.npz"
+def _layout_path(plan: Plan, options: str) -> Path:
+    return cache_dir() / f"layouts-{layout_key(plan, options)}.npz"
 
 
-def load_layouts(plan: Plan, projection: str, seed: int) -> tuple[np.ndarray, int] | None:
-    """``(P, nonfinite)`` cached for these options, or ``None``: P is (K, N, 2) float32."""
+def load_layouts(plan: Plan, options: str) -> tuple[np.ndarray, int, str] | None:
+    """``(P, nonfinite, info)`` cached for these options, or ``None``: P is (K, N, 2) float32,
+    ``info`` the text stored with it."""
     try:
-        with np.load(_layout_path(plan, projection, seed)) as z:
-            P, nonfinite = z["P"], int(z["nonfinite"])
+        with np.load(_layout_path(plan, options)) as z:
+            P, nonfinite, info = z["P"], int(z["nonfinite"]), str(z["info"])
     except (OSError, ValueError, KeyError):
         return None
-    return (P, nonfinite) if P.shape == (len(plan.refs), plan.starts[-1], 2) else None
+    return (P, nonfinite, info) if P.shape == (len(plan.refs), plan.starts[-1], 2) else None
 
 
-def store_layouts(plan: Plan, projection: str, seed: int, P: np.ndarray, nonfinite: int) -> None:
+def store_layouts(plan: Plan, options: str, P: np.ndarray, nonfinite: int, info: str = "") -> None:
     """Cache keyframe layouts (atomically; silently not when the cache cannot be written)."""
-    path = _layout_path(plan, projection, seed)
+    path = _layout_path(plan, options)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
         with open(tmp, "wb") as f:
-            np.savez(f, P=P, nonfinite=nonfinite)
+            np.savez(f, P=P, nonfinite=nonfinite, info=np.array(info))
         os.replace(tmp, path)
     except OSError:
         pass

@@ -94,6 +94,10 @@ LayerPatternOpt = Annotated[Optional[str], typer.Option(
     help="Group 2-D tensors into panels by this regex instead of by known block names: its "
          "'layer' group, else its first group, names the panel (e.g. '^(features\\.\\d+)\\.').",
     show_default=False)]
+FourierRefOpt = Annotated[Optional[int], typer.Option(
+    "--fourier-ref", metavar="STEP",
+    help="--projection fourier: fit the plane at this checkpoint's step [default: the last].",
+    show_default=False)]
 SkipBadOpt = Annotated[bool, typer.Option(
     "--skip-bad", help="Leave out checkpoints that cannot be read or no longer fit (a warning "
     "names each) instead of stopping.")]
@@ -185,6 +189,7 @@ def render(
              "unevenly spaced checkpoints keep true time).")] = "keyframe",
     layer_pattern: LayerPatternOpt = None,
     skip_bad: SkipBadOpt = False,
+    fourier_ref: FourierRefOpt = None,
 ) -> None:
     """Render CHECKPOINTS into the lossless film OUTPUT, one panel per layer.
 
@@ -201,8 +206,8 @@ def render(
         color_scale=color_scale, jobs=jobs, cache=cache, frames_dir=frames_dir, points=points,
         tensor=tensor, loss_strip=loss_strip, metrics=metrics, drift=drift, order=order,
         settle_threshold=settle_threshold, stills_dir=stills_dir, stills_every=stills_every,
-        steps=steps, timeline=timeline,
-        layer_pattern=layer_pattern, skip_bad=skip_bad,
+        steps=steps, timeline=timeline, layer_pattern=layer_pattern, skip_bad=skip_bad,
+        fourier_ref=fourier_ref,
     )
     given = _given_on_command_line(ctx)
     if from_manifest is not None:
@@ -279,55 +284,25 @@ def info(
     steps: StepsOpt = None,
     layer_pattern: LayerPatternOpt = None,
     skip_bad: SkipBadOpt = False,
+    projection: Annotated[str, typer.Option(
+        help="As for render: which axes the variance column describes.")] = "pca",
+    fourier_ref: FourierRefOpt = None,
     config_file: Annotated[Optional[Path], typer.Option(
         "--config", help=f"Read options from this TOML file (as render does) instead of "
         f"./{CONFIG_FILE} or [tool.layerfilm] in ./pyproject.toml; options given here override "
         "it.", show_default=False)] = None,
 ) -> None:
     """Show the checkpoints, steps and layers that render would draw (with the same config
-    file)."""
-    from .plan import make_plan
+    file), and how much of each panel's variance its two drawn axes hold."""
+    from .describe import describe
 
     cli_config = InfoConfig(checkpoints=checkpoints, fps=fps, frames_per_keyframe=frames_per_keyframe,
                             max_points=max_points, points=points, tensor=tensor, steps=steps,
-                            layer_pattern=layer_pattern, skip_bad=skip_bad)
+                            layer_pattern=layer_pattern, skip_bad=skip_bad, projection=projection,
+                            fourier_ref=fourier_ref)
     config, _ = resolve(cli_config, _given_on_command_line(ctx), config_file)
-    plan = make_plan(config, config.metrics)
-    steps_ = plan.steps
-    gaps = sorted({int(b - a) for a, b in zip(steps_[:-1], steps_[1:])})
-    every = f"every {gaps[0]}" if len(gaps) == 1 else f"gaps {gaps[0]}..{gaps[-1]}"
-    fps = config.fps
-    fpk = config.keyframe_frames
-    frames = (len(steps_) - 1) * fpk + 1
-    kinds = sorted({r.kind for r in plan.refs})
-    out = typer.echo
-    out(f"folder      {checkpoints}")
-    out(f"format      {'; '.join(kinds)}")
-    out(f"keyframes   {len(steps_)} checkpoints, steps {steps_[0]:,} .. {steps_[-1]:,} ({every})")
-    out(f"first/last  {_rel(plan.refs[0].path, checkpoints)} .. {_rel(plan.refs[-1].path, checkpoints)}")
-    loss = plan.loss
-    out(f"loss        {f'{len(loss.steps)} values from {loss.source}' if loss else 'none found'}")
-    out(f"film        {frames} frames, {frames / fps:.1f} s at {fps} fps, {fpk} frames per checkpoint")
-    if len(gaps) > 1:
-        out("            (uneven gaps: --timeline step spaces keyframes by training step)")
-    out(f"panels      {len(plan.layers)}")
-    out("")
-    out(f"  {'panel':<10} {'drawn':>7} {'of':>7} {'width':>6}  tensors (rows R / columns C)")
-    for layer in plan.layers:
-        tensors = ", ".join(
-            f"{s.tensor[len(layer.prefix):] if layer.prefix and s.tensor.startswith(layer.prefix) else s.tensor}"
-            f" {'R' if s.axis == 0 else 'C'}" for s in layer.sources)
-        out(f"  {layer.label:<10} {layer.n_points:>7,} {layer.total:>7,} {layer.dim:>6}  {tensors}")
-    for path, why in plan.skipped:
-        out(f"skipped     {path}: {why}")
-
-
-def _rel(path: Path, root: Path) -> str:
-    """``path`` relative to ``root`` (a checkpoint folder's own name when it is one)."""
-    try:
-        return str(path.relative_to(root)) if path != root else path.name
-    except ValueError:
-        return str(path)
+    for line in describe(config):
+        typer.echo(line)
 
 
 @app.command()
@@ -350,6 +325,7 @@ def stats(
     layouts: Annotated[bool, typer.Option(
         "--layouts", help="Compute the keyframe layouts when none are cached (as render does).")
     ] = False,
+    fourier_ref: FourierRefOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     steps: StepsOpt = None,
     layer_pattern: LayerPatternOpt = None,
@@ -374,8 +350,8 @@ def stats(
 
     cli_config = StatsConfig(checkpoints=checkpoints, out=out, settle_threshold=settle_threshold,
                              points=points, tensor=tensor, max_points=max_points, seed=seed,
-                             projection=projection, layouts=layouts, steps=steps,
-                             layer_pattern=layer_pattern, skip_bad=skip_bad)
+                             projection=projection, fourier_ref=fourier_ref, layouts=layouts,
+                             steps=steps, layer_pattern=layer_pattern, skip_bad=skip_bad)
     config, path = resolve(cli_config, _given_on_command_line(ctx), config_file)
     if print_config:
         source = f"defaults < {path} < command line" if path else "defaults < command line"

@@ -6,10 +6,11 @@ point number ``i`` of that panel.  Every keyframe is then read through the same
 plan, so point ``i`` is the same neuron in every keyframe.
 
 A block's points are the weight vectors that live in the residual stream: for
-each 2-D weight of shape ``(a, b)``, its rows when ``b == d_model`` (it reads
-from the residual: q/k/v, MLP up-projections) or its columns when
-``a == d_model`` (it writes to it: MLP down-projections, GPT-2's transposed
-Conv1D weights).  The token embedding is its own panel, one point per token.
+each 2-D weight of shape ``(a, b)``, its rows when only ``b == d_model``, its
+columns when only ``a == d_model``; a square weight gives the vectors it reads
+(q/k/v) or writes (attention output), by its name and the block's storage
+convention (``nn.Linear`` ``(out, in)`` or GPT-2's ``Conv1D`` ``(in, out)``, told
+from its siblings' shapes).  The token embedding is its own panel, one point per token.
 """
 
 from __future__ import annotations
@@ -175,13 +176,70 @@ def _common_prefix(names: list[str]) -> str:
     return first[:first.rfind(".", 0, i) + 1]
 
 
+# What a weight does with the residual stream, from the last part of its name: input sides read
+# from it (their d_model-long vectors are what a neuron reads), output sides write into it.
+_READS = {"q_proj", "k_proj", "v_proj", "qkv_proj", "c_attn", "query_key_value", "qkv", "wqkv",
+          "in_proj", "query", "key", "value", "q", "k", "v", "gate_proj", "up_proj", "c_fc",
+          "fc1", "dense_h_to_4h", "wi", "wi_0", "wi_1", "w1", "w3", "lin1", "linear1",
+          "gate_up_proj", "c_fc2"}
+_WRITES = {"o_proj", "c_proj", "out_proj", "dense", "o", "down_proj", "fc2", "dense_4h_to_h", "wo",
+           "w2", "lin2", "linear2", "out_lin"}
+
+
+def _role(name: str) -> str | None:
+    """``"reads"``, ``"writes"`` or ``None`` (unknown) for a weight tensor's name."""
+    parts = name.split(".")
+    stem = parts[-2] if parts[-1] in ("weight", "kernel") and len(parts) > 1 else parts[-1]
+    stem = stem.lower()
+    if stem == "dense" and len(parts) > 2:
+        # BERT: attention.self.{query,key,value} read; attention.output.dense and output.dense
+        # write; intermediate.dense reads.
+        owner = parts[-3].lower()
+        if owner == "intermediate":
+            return "reads"
+    if stem in _READS:
+        return "reads"
+    if stem in _WRITES:
+        return "writes"
+    return None
+
+
+def stores_in_out(names: list[str], shapes: dict[str, tuple[int, ...]], dim: int) -> bool:
+    """Whether a block's weights are stored ``(in, out)`` (GPT-2's ``Conv1D``) rather than
+    ``(out, in)`` (``nn.Linear``, everyone else), told from a sibling whose role and shape
+    leave no doubt: a non-square weight that reads from the residual is ``(k, d)`` as a
+    Linear and ``(d, k)`` as a Conv1D (and the other way round for one that writes)."""
+    for n in names:
+        a, b = shapes[n]
+        if a == b or dim not in (a, b):
+            continue
+        role = _role(n)
+        if role == "reads":
+            return a == dim
+        if role == "writes":
+            return b == dim
+    return False
+
+
 def _residual_sources(names: list[str], shapes: dict[str, tuple[int, ...]], dim: int
                       ) -> list[PointSource]:
-    """Each 2-D tensor's rows when they are ``dim`` wide, else its columns when they are."""
+    """Each 2-D tensor's residual-stream vectors: the ``dim``-long rows or columns.
+
+    Where only one side is ``dim`` long that side is taken.  A square weight has both: then
+    its role decides -- one that reads from the residual (q/k/v, MLP up) gives the vectors it
+    reads, one that writes into it (attention output, MLP down) the vectors it writes, which
+    are a Linear's columns but a Conv1D's rows (:func:`stores_in_out`).  A square weight of
+    unknown role gives its rows.
+    """
+    conv1d = stores_in_out(names, shapes, dim)
     sources = []
     for n in names:
         a, b = shapes[n]
-        if b == dim:
+        if a == b == dim and _role(n) is not None:
+            writes = _role(n) == "writes"
+            axis = 0 if writes == conv1d else 1  # Linear: reads -> rows, writes -> columns
+            sources.append(PointSource(n, axis, np.arange(a)))
+        elif b == dim:
             sources.append(PointSource(n, 0, np.arange(a)))
         elif a == dim:
             sources.append(PointSource(n, 1, np.arange(b)))

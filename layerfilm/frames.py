@@ -93,6 +93,9 @@ def prepare(plan: Plan, keys: Keyframes, cfg: RenderConfig, measured: LayerStats
     half = project.axis_ranges(keys.P, starts)
     span = raster.Rasterizer(cfg.size, layout.rects, half, starts).span(keys.P)
     notes = [f"{l.n_points:,} pts" for l in plan.layers]
+    for l, panel in enumerate(keys.panels):
+        if panel.get("plane"):  # a Fourier plane: say which frequency the ring is drawn in
+            notes[l] = f"k {panel['k']}/{panel['period']}"
     extras: list[compose.Overlay] = []
     if measured is not None and cfg.order == "settle":
         notes = ["never settles" if np.isnan(s) else f"settles {int(s):,}"

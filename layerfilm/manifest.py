@@ -72,6 +72,10 @@ def build(config: RenderConfig, result) -> dict[str, Any]:
         "checkpoints": {"folder": os.path.abspath(folder), "files": checkpoints, "loss": loss},
         "model_config": _model_config(folder, [r.path for r in plan.refs]),
         "options": config_mod.options_dict(config),
+        # Per panel: how its layouts were made (method, exact solves and corrections of tracked
+        # planes, the lowest audited share of the exact top-two variance, the share of the
+        # panel's variance on the drawn axes, a Fourier plane's frequency and reference step).
+        "projection": {"method": config.projection, "panels": list(result.panels)},
         "encoder": {
             "ffmpeg": encode.ffmpeg_version(),
             "command": encode.encoder_command(enc, config.size, config.fps, exe="ffmpeg"),

@@ -30,6 +30,7 @@ class RenderResult:
     command: list[str]
     jobs: int = 1
     plan: Plan | None = None  # what was drawn (the manifest lists its checkpoints)
+    panels: tuple[dict, ...] = ()  # what each panel's projection did (layouts.Keyframes.panels)
 
 
 def _folder(path: Path | None):
@@ -47,7 +48,8 @@ def render(config: RenderConfig, progress: Progress = QUIET) -> RenderResult:
         raise CheckpointError("--loss-strip: no loss curve found beside the checkpoints "
                               "(metrics.jsonl, metrics.csv, trainer_state.json, or a loss in the "
                               "safetensors metadata); pass --metrics FILE", cfg.checkpoints)
-    keys = layouts.cached_keyframe_layouts(plan, cfg.projection, cfg.seed, progress, cfg.cache)
+    keys = layouts.cached_keyframe_layouts(plan, cfg.projection, cfg.seed, progress, cfg.cache,
+                                           cfg.fourier_ref)
     measured = stats.weight_stats(plan.refs, plan.layers, progress) if cfg.needs_layer_stats else None
     if cfg.order == "settle":
         plan, keys, measured = frames.settle_order(plan, keys, measured, cfg.settle_threshold)
@@ -67,7 +69,7 @@ def render(config: RenderConfig, progress: Progress = QUIET) -> RenderResult:
     seconds = {"load+project": loaded, "render": done.render_s, "encode": done.encode_s,
                "wall": time.perf_counter() - t0}
     return RenderResult(cfg.output, film.n_frames, len(plan.refs), seconds, cfg.output.stat().st_size,
-                        keys.nonfinite, done.command, done.jobs, plan)
+                        keys.nonfinite, done.command, done.jobs, plan, keys.panels)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,11 +88,12 @@ def measure(config: StatsConfig, progress: Progress = QUIET) -> StatsResult:
     cfg = config.validated()
     plan = make_plan(cfg)
     result = stats.weight_stats(plan.refs, plan.layers, progress)
-    keys = layouts.load_cached(plan, cfg.projection, cfg.seed)
+    keys = layouts.load_cached(plan, cfg.projection, cfg.seed, cfg.fourier_ref)
     if keys is not None:
         where = "from the layout cache"
     elif cfg.layouts:
-        keys = layouts.cached_keyframe_layouts(plan, cfg.projection, cfg.seed, progress)
+        keys = layouts.cached_keyframe_layouts(plan, cfg.projection, cfg.seed, progress,
+                                               fourier_ref=cfg.fourier_ref)
         where = "computed (--layouts)"
     else:
         where = ("empty: no cached layouts for these options (render the film first with the same "

@@ -15,60 +15,7 @@ from typing import Protocol
 import numpy as np
 
 from .errors import ConfigError
-
-
-# Up to this width (of min(n, d)) the top two eigenpairs are computed exactly, every keyframe.
-_EXACT_MAX_DIM = 64
-# Wider layers track their principal plane from keyframe to keyframe: a block of this many
-# directions (the two drawn + guards that speed convergence) refined by one pass per keyframe.
-_BLOCK = 8
-_COLD_PASSES = 6
-_WARM_PASSES = 1
-
-
-def pca_2d(X: np.ndarray, seed: int = 0, basis: np.ndarray | None = None
-           ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Scores on the top two principal axes, and the basis to pass in at the next keyframe.
-
-    ``(n, d)`` -> ``(n, 2)``, centred.  Exact (top-two ``syevr`` of the ``d x d``
-    covariance or ``n x n`` Gram matrix, float64) when ``min(n, d) <= 64``.  Wider
-    layers use block subspace iteration (Halko et al. 2011) on the centred data with
-    ``_BLOCK`` directions, in one numba kernel (float32): six passes from a seeded
-    random start, or -- given ``basis``, the previous keyframe's directions -- one
-    pass that continues the same iteration.  Weights that sit still converge to the
-    exact axes; weights that move are followed smoothly instead of re-solved from
-    scratch.  Fewer than two non-zero directions give zero columns.
-    """
-    X = np.asarray(X)
-    n, d = X.shape
-    if min(n, d) < 2:
-        out = np.zeros((n, 2))
-        if d >= 1:
-            out[:, 0] = X[:, 0] - X[:, 0].mean()
-        return out, None
-    if min(n, d) <= _EXACT_MAX_DIM:
-        # Only the top two eigenpairs (LAPACK syevr): exact, and ~2.6x faster than a full eigh.
-        from scipy.linalg import eigh
-
-        Xc = X.astype(np.float64) - X.mean(axis=0, dtype=np.float64)
-        if n >= d:
-            _, V = eigh(Xc.T @ Xc, subset_by_index=[d - 2, d - 1], driver="evr")
-            return Xc @ V[:, ::-1], None
-        w, U = eigh(Xc @ Xc.T, subset_by_index=[n - 2, n - 1], driver="evr")
-        return U[:, ::-1] * np.sqrt(np.clip(w[::-1], 0, None)), None
-    from ._kernels import tracked_pca_kernel
-
-    X = np.ascontiguousarray(X, dtype=np.float32)
-    p = min(_BLOCK, d, n)
-    if basis is None or basis.shape != (p, d):
-        start = np.linalg.qr(np.random.default_rng(seed).standard_normal((d, p)))[0].T
-        basis, passes = np.ascontiguousarray(start, dtype=np.float32), _COLD_PASSES
-    else:
-        passes = _WARM_PASSES
-    scores = np.empty((n, 2), np.float32)
-    refined = np.empty((p, d), np.float32)
-    tracked_pca_kernel(X, basis, passes, scores, refined)
-    return scores, refined
+from .pca import EXACT_MAX_DIM, PlaneStats, PlaneTracker, exact_2d, pca_2d
 
 
 def umap_2d(X: np.ndarray, init: np.ndarray | None, seed: int) -> np.ndarray:
@@ -132,10 +79,19 @@ def align(layout: np.ndarray, previous: np.ndarray | None) -> np.ndarray:
 
 @dataclasses.dataclass
 class Track:
-    """One layer's state carried from keyframe to keyframe."""
+    """One layer's state carried from keyframe to keyframe.
+
+    The driver sets ``keyframe`` (the keyframe's index in the film) and ``last`` before each
+    call; projections keep what they need (``layout``, the last aligned layout; ``planes``,
+    a wide layer's :class:`~layerfilm.pca.PlaneTracker`) and say what they did in ``stats``.
+    """
 
     layout: np.ndarray | None = None  # the last aligned layout, (n, 2) float32
-    basis: np.ndarray | None = None  # PCA directions to continue from (see :func:`pca_2d`)
+    keyframe: int = 0
+    last: bool = False
+    planes: PlaneTracker | None = None
+    stats: PlaneStats = dataclasses.field(default_factory=PlaneStats)
+    info: dict = dataclasses.field(default_factory=dict)  # what the projection reports
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,12 +99,13 @@ class Projected:
     """One layer's 2-D layout at one keyframe before alignment, and what made it.
 
     xy: (n, 2) centred coordinates; method: ``"pca"`` (exact), ``"tracked pca"``, ``"umap"``
-    or ``"fourier"``; frequency: ``(period, k)`` of the Fourier plane, when there is one.
+    or ``"fourier"``; fixed_frame: the axes mean the same at every keyframe (a fixed plane),
+    so the layout is only centred, not rotated onto the previous one.
     """
 
     xy: np.ndarray
     method: str
-    frequency: tuple[int, int] | None = None
+    fixed_frame: bool = False
 
 
 class Projection(Protocol):
@@ -166,8 +123,9 @@ class Projection(Protocol):
 
 
 class PCA:
-    """The top two principal axes (:func:`pca_2d`): exact for narrow layers, tracked from the
-    previous keyframe's directions for wide ones."""
+    """The top two principal axes: exact for narrow layers (``min(n, d) <= 64``), tracked for
+    wide ones (:class:`~layerfilm.pca.PlaneTracker`: checked, corrected, restarted exactly
+    every :data:`~layerfilm.pca.CHUNK` keyframes)."""
 
     name = "pca"
 
@@ -175,9 +133,15 @@ class PCA:
         self.seed = seed
 
     def __call__(self, X: np.ndarray, track: "Track", rows: np.ndarray | None) -> Projected:
-        xy, track.basis = pca_2d(X, self.seed, track.basis)
-        # Only the tracking kernel answers in float32 (exact PCA works in float64).
-        return Projected(xy, "tracked pca" if xy.dtype == np.float32 else "pca")
+        if min(X.shape) <= EXACT_MAX_DIM:
+            xy, share = exact_2d(X)
+            track.stats.exact += 1
+            track.stats.saw(share)
+            return Projected(xy, "pca")
+        if track.planes is None:
+            track.stats.method = "tracked pca"
+            track.planes = PlaneTracker(self.seed, track.stats)
+        return Projected(track.planes(X, track.keyframe, track.last), "tracked pca")
 
 
 class UMAP:
@@ -193,27 +157,41 @@ class UMAP:
 
 
 class Fourier:
-    """The token embedding in the plane of one Fourier frequency over the token ids
-    (:func:`fourier_2d`); ``ids`` are the panel's token ids, ``period`` and ``k`` the
-    frequency."""
+    """The token embedding in one fixed plane: the cos/sin plane of the Fourier frequency
+    ``k`` (period ``period``) over the token ids, fitted once at a reference checkpoint
+    (:meth:`fit`) and used for every keyframe, so what is a ring is a ring and noise stays
+    noise.  ``ids`` are the panel's token ids; ``plane`` is ``(d, 2)`` orthonormal, ``None``
+    when the reference gave no plane (then the panel is laid out by PCA)."""
 
     name = "fourier"
 
-    def __init__(self, ids: np.ndarray, period: int, k: int):
-        self.ids, self.period, self.k = np.asarray(ids), period, k
+    def __init__(self, ids: np.ndarray, period: int, k: int, plane: np.ndarray | None,
+                 share: float = 0.0, reference_step: int | None = None):
+        self.ids, self.period, self.k, self.plane = np.asarray(ids), period, k, plane
+        self.share, self.reference_step = share, reference_step
 
     @classmethod
-    def fit(cls, X: np.ndarray, ids: np.ndarray, vocab: int) -> "Fourier":
-        """The frequency that carries the most of ``X``'s variance (:func:`fourier_frequency`)."""
+    def fit(cls, X: np.ndarray, ids: np.ndarray, vocab: int, reference_step: int | None = None
+            ) -> "Fourier":
+        """The frequency that carries the most of ``X``'s variance (:func:`fourier_frequency`)
+        and its plane in ``X``'s weight space (:func:`fourier_plane`)."""
         ok = np.isfinite(X).all(axis=1)
-        period, k, _ = fourier_frequency(X[ok], np.asarray(ids)[ok], vocab)
-        return cls(ids, period, k)
+        ids = np.asarray(ids)
+        period, k, share = fourier_frequency(X[ok], ids[ok], vocab)
+        return cls(ids, period, k, fourier_plane(X[ok], ids[ok], period, k), share, reference_step)
+
+    def describe(self) -> dict:
+        return {"period": self.period, "k": self.k, "share": round(self.share, 6),
+                "reference_step": self.reference_step, "plane": self.plane is not None}
 
     def __call__(self, X: np.ndarray, track: "Track", rows: np.ndarray | None) -> Projected:
+        track.stats.method = "fourier"
+        track.info = self.describe()
+        if self.plane is None:
+            return Projected(pca_2d(X)[0], "pca")
         ids = self.ids if rows is None else self.ids[rows]
-        xy = fourier_2d(X, ids, self.period, self.k)
-        method = "tracked pca" if xy.dtype == np.float32 else "fourier"  # a degenerate plane
-        return Projected(xy, method, (self.period, self.k))
+        track.stats.saw(plane_share(X, ids, self.period, self.plane))
+        return Projected(fourier_2d(X, ids, self.period, self.k, self.plane), "fourier", fixed_frame=True)
 
 
 def project_keyframe(X: np.ndarray, projection: Projection, track: Track) -> np.ndarray:
@@ -230,7 +208,11 @@ def project_keyframe(X: np.ndarray, projection: Projection, track: Track) -> np.
     if rows is not None:
         raw = np.full((len(X), 2), np.nan)
         raw[rows] = done.xy
-    elif done.method == "tracked pca" and (track.layout is None or np.isfinite(track.layout).all()):
+    if done.fixed_frame:  # the same axes at every keyframe: centred, never turned
+        track.layout = align(raw, None).astype(np.float32)
+        return track.layout
+    previous_finite = track.layout is None or np.isfinite(track.layout).all()
+    if rows is None and done.method == "tracked pca" and previous_finite:
         # The wide-layer path with every weight finite: align in one float32 kernel call.
         from ._kernels import align_kernel
 
@@ -297,23 +279,46 @@ def fourier_frequency(X: np.ndarray, ids: np.ndarray, vocab: int) -> tuple[int, 
     return best
 
 
-def fourier_2d(X: np.ndarray, ids: np.ndarray, period: int, k: int) -> np.ndarray:
-    """Coordinates in the weight-space plane of frequency ``k`` over the token index:
-    ``(n, d)`` -> ``(n, 2)`` float64, centred.
+def fourier_plane(X: np.ndarray, ids: np.ndarray, period: int, k: int) -> np.ndarray | None:
+    """The weight-space plane of frequency ``k`` over the token index: ``(d, 2)`` orthonormal,
+    or ``None`` when the cloud has no such plane (a degenerate fit).
 
     The plane is spanned by ``sum_a x_a cos(2 pi k a / period)`` and the sine twin (the
-    Fourier component of the embedding, Nanda et al. 2023), orthonormalised; tokens ``a``
-    of a model that computes with this frequency lie on a ring at angle ``2 pi k a / period``.
+    Fourier component of the embedding, Nanda et al. 2023), orthonormalised, the cosine
+    direction first and the sine direction pointing up; tokens ``a`` of a model that computes
+    with this frequency lie on a ring at angle ``2 pi k a / period`` in it.
     """
     X = np.asarray(X, dtype=np.float64)
     ids = np.asarray(ids, dtype=np.int64)
     inside = ids < period
-    centre = X[inside].mean(axis=0) if inside.any() else X.mean(axis=0)
-    Xc = X - centre
+    Xc = X[inside] - X[inside].mean(axis=0) if inside.any() else X - X.mean(axis=0)
     angle = 2 * np.pi * k * ids[inside] / period
-    basis = np.stack([np.cos(angle) @ Xc[inside], np.sin(angle) @ Xc[inside]], axis=1)  # (d, 2)
+    basis = np.stack([np.cos(angle) @ Xc, np.sin(angle) @ Xc], axis=1)  # (d, 2)
     Q, R = np.linalg.qr(basis)
     if min(abs(R[0, 0]), abs(R[1, 1])) <= 1e-12 * max(abs(R[0, 0]), 1e-300):
-        return pca_2d(X)[0]
-    # Keep the cosine direction as the x axis and the sine direction pointing up.
-    return Xc @ (Q * np.sign(np.diag(R)))
+        return None
+    return Q * np.sign(np.diag(R))
+
+
+def plane_share(X: np.ndarray, ids: np.ndarray, period: int, plane: np.ndarray) -> float:
+    """The share of the residues' variance that lies in ``plane`` (d, 2)."""
+    X = np.asarray(X, dtype=np.float64)[np.asarray(ids) < period]
+    Xc = X - X.mean(axis=0)
+    total = float((Xc ** 2).sum())
+    return float(((Xc @ plane) ** 2).sum()) / total if total > 0 else 1.0
+
+
+def fourier_2d(X: np.ndarray, ids: np.ndarray, period: int, k: int,
+               plane: np.ndarray | None = None) -> np.ndarray:
+    """Coordinates in a Fourier plane (:func:`fourier_plane`; by default the one fitted to
+    ``X`` itself): ``(n, d)`` -> ``(n, 2)`` float64, centred on the residues' mean.  A
+    degenerate fit falls back to PCA."""
+    X = np.asarray(X, dtype=np.float64)
+    ids = np.asarray(ids, dtype=np.int64)
+    if plane is None:
+        plane = fourier_plane(X, ids, period, k)
+        if plane is None:
+            return pca_2d(X)[0]
+    inside = ids < period
+    centre = X[inside].mean(axis=0) if inside.any() else X.mean(axis=0)
+    return (X - centre) @ plane

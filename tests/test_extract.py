@@ -21,7 +21,7 @@ def test_nanogpt_names():
     assert [l.label for l in layers] == ["embed", "L0", "L1", "L2"]
     assert sources(layers[0]) == {("transformer.wte.weight", 0, 20)}  # wpe is not the token embedding
     p = "transformer.h.1."
-    assert sources(layers[2]) == {(p + "attn.c_attn.weight", 0, 3 * D), (p + "attn.c_proj.weight", 0, D),
+    assert sources(layers[2]) == {(p + "attn.c_attn.weight", 0, 3 * D), (p + "attn.c_proj.weight", 1, D),
                                   (p + "mlp.c_fc.weight", 0, 4 * D), (p + "mlp.c_proj.weight", 1, 4 * D)}
     assert layers[2].n_points == layers[2].total == 12 * D and layers[2].dim == D
 

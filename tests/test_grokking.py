@@ -55,3 +55,54 @@ def test_fourier_frequency_on_a_synthetic_ring():
     xy = project.fourier_2d(X, a, p, k)[:p]
     angle = np.arctan2(xy[:, 1], xy[:, 0])
     assert abs(np.mean(np.exp(1j * (angle - 2 * np.pi * k * a[:p] / p)))) > 0.99
+
+
+def _phase_alignment(xy: np.ndarray, ids: np.ndarray, k: int, period: int) -> float:
+    """How well token a sits at angle +-2 pi k a / period around the centre (1: a perfect ring)."""
+    xy = xy - xy.mean(axis=0)
+    angle = np.arctan2(xy[:, 1], xy[:, 0])
+    return max(abs(np.mean(np.exp(1j * (angle - s * 2 * np.pi * k * ids / period)))) for s in (1, -1))
+
+
+def test_fourier_plane_is_fixed_so_noise_stays_noise(tmp_path):
+    """An i.i.d. Gaussian 98 x 48 embedding at every checkpoint: the film draws each keyframe in
+    the one plane fitted at the last checkpoint (checked against an explicit FFT plane), so the
+    other keyframes show the phase alignment of noise on a fixed plane (about 0.1), not the
+    0.5 a plane re-fitted to each keyframe would fake."""
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(0)
+    run = tmp_path / "noise"
+    run.mkdir()
+    embeddings = []
+    for k in range(8):
+        embeddings.append(rng.normal(size=(98, 48)).astype(np.float32))
+        save_file({"transformer.wte.weight": embeddings[-1]}, str(run / f"step_{k * 100:06d}.safetensors"))
+    plan = plan_of(run, points="embeddings")
+    fourier, = layouts.projections(plan, "fourier", 0)
+    period, k = fourier.period, fourier.k
+    # The plane from an FFT over the token axis of the last checkpoint (residues 0..period-1).
+    last = embeddings[-1][:period].astype(np.float64)
+    F = np.fft.fft(last - last.mean(axis=0), axis=0)[k]  # sum_a x_a exp(-2 pi i k a / p)
+    plane, R = np.linalg.qr(np.stack([F.real, -F.imag], axis=1))
+    plane *= np.sign(np.diag(R))
+    P = layouts.keyframe_layouts(plan, "fourier").P
+    ids = np.arange(98)
+    for j, X in enumerate(embeddings):
+        X = X.astype(np.float64)
+        want = (X - X[:period].mean(axis=0)) @ plane
+        np.testing.assert_allclose(P[j], want - want.mean(axis=0), atol=1e-4, rtol=1e-4)
+    noise = [_phase_alignment(P[j][:period], ids[:period], k, period) for j in range(7)]
+    assert np.mean(noise) < 0.2 and max(noise) < 0.35, noise
+    assert _phase_alignment(P[-1][:period], ids[:period], k, period) > 0.4  # the fitted keyframe
+
+
+def test_the_sample_ring_forms_in_the_one_plane():
+    """In the plane of step 5,000 the sample's residues order themselves into the ring over
+    training (at init far from it), rather than being fitted into one at every keyframe."""
+    plan = plan_of(SAMPLE, points="embeddings")
+    fourier, = layouts.projections(plan, "fourier", 0)
+    P = layouts.keyframe_layouts(plan, "fourier").P
+    ids = np.arange(P_MOD)
+    align = [_phase_alignment(P[j][:P_MOD], ids, fourier.k, P_MOD) for j in range(len(P))]
+    assert align[0] < 0.5 and align[-1] > 0.99 and max(align[:5]) < 0.9, align

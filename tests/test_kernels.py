@@ -168,9 +168,15 @@ def test_tracked_pca_kernel_matches_numpy(passes):
     n, d, p = 500, 96, 8
     X = (rng.normal(size=(n, d)) * np.r_[6.0, 3.0, 0.9 ** np.arange(d - 2)] + 2.0).astype(np.float32)
     start = np.ascontiguousarray(np.linalg.qr(rng.normal(size=(d, p)))[0].T, dtype=np.float32)
-    scores, basis = np.empty((n, 2), np.float32), np.empty((p, d), np.float32)
-    K.tracked_pca_kernel(X, start, passes, scores, basis)
-    ref_scores, ref_basis = K.tracked_pca_numpy(X, start, passes)
+    scores, basis, ritz = np.empty((n, 2), np.float32), np.empty((p, d), np.float32), np.empty(p + 2)
+    K.tracked_pca_kernel(X, start, passes, scores, basis, ritz)
+    ref_scores, ref_basis, ref_ritz = K.tracked_pca_numpy(X, start, passes)
+    # Ritz values, the start block's top-two variance and the total variance.
+    np.testing.assert_allclose(ritz, ref_ritz, rtol=2e-4)
+    Xc = X.astype(np.float64) - X.mean(axis=0, dtype=np.float64)
+    w = np.linalg.eigvalsh(start.astype(np.float64) @ Xc.T @ Xc @ start.T.astype(np.float64))
+    np.testing.assert_allclose(ritz[p], w[-2:].sum(), rtol=2e-4)
+    np.testing.assert_allclose(ritz[p + 1], (Xc ** 2).sum(), rtol=1e-5)
     for c in range(2):  # the same axes up to sign
         sign = np.sign(scores[:, c] @ ref_scores[:, c])
         np.testing.assert_allclose(scores[:, c] * sign, ref_scores[:, c], atol=2e-5 * np.abs(ref_scores).max())
@@ -186,8 +192,8 @@ def test_tracked_pca_kernel_keeps_full_rank_on_degenerate_layers():
     for X in (np.zeros((n, d), np.float32),
               np.outer(np.arange(n), np.ones(d)).astype(np.float32)):
         start = np.ascontiguousarray(np.eye(p, d), dtype=np.float32)
-        scores, basis = np.empty((n, 2), np.float32), np.empty((p, d), np.float32)
-        K.tracked_pca_kernel(X, start, 3, scores, basis)
+        scores, basis, ritz = np.empty((n, 2), np.float32), np.empty((p, d), np.float32), np.empty(p + 2)
+        K.tracked_pca_kernel(X, start, 3, scores, basis, ritz)
         assert np.isfinite(scores).all()
         np.testing.assert_allclose(basis @ basis.T, np.eye(p), atol=1e-5)
 

@@ -3,6 +3,7 @@
 ``ModelCheckpoint`` and ``torch.distributed.checkpoint.save``.  Each is discovered with
 no flags, read back equal to what was saved, and rendered."""
 
+import dataclasses
 import json
 import pickle
 import warnings
@@ -19,6 +20,7 @@ from layerfilm.checkpoints import (DcpCheckpoint, ShardedCheckpoint, discover,  
                                    load_loss_curve, open_checkpoint)
 from layerfilm.cli import app  # noqa: E402
 from layerfilm.errors import CheckpointError  # noqa: E402
+from layerfilm import extract  # noqa: E402
 from layerfilm.extract import plan_layers, read_layer  # noqa: E402
 
 from conftest import Evil, decode, plan_of  # noqa: E402
@@ -382,3 +384,80 @@ def test_encoder_decoder_film_has_two_rows(tmp_path):
     layout = compose.grid_layout(len(plan.layers), (1280, 720), groups=[l.group for l in plan.layers])
     tops = {l.label: int(r[1]) for l, r in zip(plan.layers, layout.rects)}
     assert tops["embed"] == tops["enc L0"] == tops["enc L2"] < tops["dec L0"] == tops["dec L2"]
+
+
+class _DictSource:
+    """A state dict as the extract stage's TensorSource."""
+
+    where = "state_dict"
+
+    def __init__(self, sd):
+        self.sd = sd
+
+    def shapes(self):
+        return {k: v.shape for k, v in self.sd.items()}
+
+    def read(self, name, index=None, axis=0):
+        a = self.sd[name]
+        return np.ascontiguousarray((a if axis == 0 else a.T)[index]).astype(np.float32)
+
+
+def _response(module, width):
+    """What a linear-like module does to each basis vector: R[k] = f(e_k) - f(0), so R[k] is the
+    vector input unit k writes, and R[:, i] the vector output unit i reads (Linear and Conv1D)."""
+    with torch.no_grad():
+        eye = torch.eye(width)
+        return (module(eye) - module(torch.zeros(1, width))).numpy()
+
+
+@pytest.mark.parametrize("family", ["gpt2", "nanogpt", "llama", "mistral", "neox", "bert", "t5"])
+def test_square_weights_give_the_vectors_they_read_or_write(family):
+    """For every weight of block 0 -- square ones above all -- the dots are what the module itself
+    reads from the residual (q/k/v, MLP up: one vector per output unit) or writes into it
+    (attention output, MLP down: one vector per input unit), found by feeding the module basis
+    vectors -- Linear or Conv1D alike."""
+    tf, d = transformers, 16
+    make = {
+        "gpt2": lambda: tf.GPT2LMHeadModel(tf.GPT2Config(n_embd=d, n_layer=1, n_head=2, vocab_size=50)),
+        "llama": lambda: tf.LlamaForCausalLM(tf.LlamaConfig(hidden_size=d, num_hidden_layers=1,
+                                                            num_attention_heads=2, intermediate_size=24,
+                                                            vocab_size=50)),
+        "mistral": lambda: tf.MistralForCausalLM(tf.MistralConfig(hidden_size=d, num_hidden_layers=1,
+                                                                  num_attention_heads=2, intermediate_size=24,
+                                                                  vocab_size=50)),
+        "neox": lambda: tf.GPTNeoXForCausalLM(tf.GPTNeoXConfig(hidden_size=d, num_hidden_layers=1,
+                                                               num_attention_heads=2, intermediate_size=24,
+                                                               vocab_size=50)),
+        "bert": lambda: tf.BertForMaskedLM(tf.BertConfig(hidden_size=d, num_hidden_layers=1,
+                                                         num_attention_heads=2, intermediate_size=24,
+                                                         vocab_size=50)),
+        "t5": lambda: tf.T5ForConditionalGeneration(tf.T5Config(d_model=d, d_kv=8, d_ff=24, num_layers=1,
+                                                                num_heads=2, vocab_size=50)),
+    }
+    if family == "nanogpt":  # nanoGPT's own module layout: nn.Linear everywhere, GPT-2's names
+        model = torch.nn.ModuleDict({"transformer": torch.nn.ModuleDict({"h": torch.nn.ModuleList([
+            torch.nn.ModuleDict({"attn": torch.nn.ModuleDict({"c_attn": torch.nn.Linear(d, 3 * d),
+                                                              "c_proj": torch.nn.Linear(d, d)}),
+                                 "mlp": torch.nn.ModuleDict({"c_fc": torch.nn.Linear(d, 4 * d),
+                                                             "c_proj": torch.nn.Linear(4 * d, d)})})]),
+            "wte": torch.nn.Embedding(50, d)})})
+    else:
+        model = make[family]()
+    sd = {k: v.detach().numpy() for k, v in model.state_dict().items() if v.is_floating_point()}
+    layers = plan_layers({k: v.shape for k, v in sd.items()}, max_points=10_000)
+    block = next(l for l in layers if l.label in ("L0", "enc L0"))
+    source, checked = _DictSource(sd), 0
+    for src in block.sources:
+        module = model.get_submodule(src.tensor.removesuffix(".weight"))
+        width = getattr(module, "in_features", None) or module.weight.shape[0]  # Linear / Conv1D
+        R = _response(module, width)  # (in, out)
+        if R.shape[0] != R.shape[1]:
+            reads = R.shape[0] == d  # the residual is its input
+        else:
+            reads = src.tensor.split(".")[-2].lower() in ("q", "k", "v", "query", "key", "value",
+                                                           "q_proj", "k_proj", "v_proj")
+        want = R.T if reads else R  # one vector per output unit (reads), per input unit (writes)
+        got = extract.read_layer(source, dataclasses.replace(block, sources=(src,)), source.shapes())
+        np.testing.assert_allclose(got, want[src.index], rtol=1e-5, atol=1e-6, err_msg=src.tensor)
+        checked += sd[src.tensor].shape[0] == sd[src.tensor].shape[1]
+    assert checked >= 1 and len(block.sources) >= 4, [s.tensor for s in block.sources]

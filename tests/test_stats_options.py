@@ -177,8 +177,8 @@ def test_selection_options_are_validated_as_for_render(tmp_path, run_dir, args, 
 
 def test_shared_options_are_stats_parameters_with_render_defaults_and_types():
     names = config.option_names(StatsConfig)
-    assert names == ["settle_threshold", "projection", "points", "tensor", "max_points", "seed",
-                     "steps", "layer_pattern", "skip_bad"]
+    assert names == ["settle_threshold", "projection", "fourier_ref", "points", "tensor", "max_points",
+                     "seed", "steps", "layer_pattern", "skip_bad"]
     params = inspect.signature(cli.stats).parameters
     render, stats_ = typing.get_type_hints(RenderConfig), typing.get_type_hints(StatsConfig)
     fields = {f.name: f for f in dataclasses.fields(StatsConfig)}
@@ -247,9 +247,9 @@ def test_print_config_round_trips_and_render_reads_it(tmp_path, monkeypatch, see
     lines = first.output.splitlines()
     assert lines[0].startswith("# layerfilm ") and "stats options (defaults < layerfilm.toml < " \
         "command line)" in lines[0]
-    assert lines[1:] == ["settle_threshold = 0.01", 'projection = "pca"', 'points = "neurons"',
-                         "# tensor is not set", "max_points = 2000", "seed = 3", 'steps = "::500"',
-                         "# layer_pattern is not set", "skip_bad = true"]
+    assert lines[1:] == ["settle_threshold = 0.01", 'projection = "pca"', "# fourier_ref is not set",
+                         'points = "neurons"', "# tensor is not set", "max_points = 2000", "seed = 3",
+                         'steps = "::500"', "# layer_pattern is not set", "skip_bad = true"]
     (tmp_path / "saved.toml").write_text(first.output)
     (tmp_path / "layerfilm.toml").unlink()
     again = runner.invoke(app, ["stats", "--print-config", "--config", "saved.toml"])

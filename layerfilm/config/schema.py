@@ -102,6 +102,7 @@ class RenderConfig(Selection):
     frames_per_keyframe: int | None = None
     size: tuple[int, int] = (1280, 720)
     projection: str = "pca"
+    fourier_ref: int | None = None  # --projection fourier: the step whose plane is used
     cmap: str = "inferno"
     color_scale: str = "log"
     jobs: int = 1
@@ -141,6 +142,7 @@ class StatsConfig(Selection):
     out: Path = Path("layerfilm-stats")
     settle_threshold: float = SETTLE_THRESHOLD
     projection: str = "pca"
+    fourier_ref: int | None = None
     layouts: bool = False
 
 
@@ -152,6 +154,8 @@ class InfoConfig(Selection):
     fps: int = 25
     frames_per_keyframe: int | None = None
     metrics: Path | None = None
+    projection: str = "pca"
+    fourier_ref: int | None = None
 
     @property
     def keyframe_frames(self) -> int:
@@ -249,6 +253,12 @@ def _size(c) -> None:
 @_check("projection")
 def _projection(c) -> None:
     _one_of("projection", "--projection", c.projection, PROJECTIONS)
+
+
+@_check("fourier_ref")
+def _fourier_ref(c) -> None:
+    if c.fourier_ref is not None and c.fourier_ref < 0:
+        _fail("fourier_ref", f"--fourier-ref must be a training step (0 or more), got {c.fourier_ref}")
 
 
 @_check("max_points")
@@ -368,7 +378,8 @@ def _repo_type(c) -> None:
 
 
 # Cheap checks first; the colormap check imports matplotlib.
-_ORDER = ("output", "fps", "frames_per_keyframe", "size", "projection", "max_points", "color_scale",
+_ORDER = ("output", "fps", "frames_per_keyframe", "size", "projection", "fourier_ref", "max_points",
+          "color_scale",
           "frames_dir", "jobs", "points", "tensor", "order", "settle_threshold", "metrics",
           "stills_dir", "stills_every", "steps", "timeline", "layer_pattern", "out", "repo_id",
           "repo_type", "cmap")
