@@ -44,7 +44,9 @@ class PlaneStats:
     exact: int = 0  # keyframes solved exactly (chunk starts and corrections)
     corrected: int = 0  # tracked planes replaced by an exact solve
     extra_passes: int = 0
-    captured_min: float | None = None  # lowest audited share of the exact top-two variance
+    # Lowest share of the exact top-two variance held by a plane the film shows, over the
+    # keyframes where it was measured (audits; exact solves count as 1).
+    captured_min: float | None = None
     share_min: float | None = None  # share of the panel's total variance on the two axes
     share_max: float | None = None
 
@@ -158,6 +160,7 @@ class PlaneTracker:
         self.stats.exact += 1
         if min(n, d) <= EXACT_BASIS_MAX:
             start, _ = exact_basis(X, p)
+            self.stats.audited(1.0)  # an exact solve holds all of it
             return _refine(X, start, 0)
         rng = np.random.default_rng(self.seed)
         start = np.ascontiguousarray(np.linalg.qr(rng.standard_normal((d, p)))[0].T, dtype=np.float32)

@@ -185,3 +185,28 @@ def test_inputs_are_kept_and_output_folders_dropped_on_rerender(tmp_path, run_di
     result = runner.invoke(app, ["render", "--from-manifest", str(tmp_path / "f.gif.json"),
                                  str(tmp_path / "g.gif")])
     assert result.exit_code == 1 and "log.jsonl: changed since" in result.output
+
+
+def test_manifest_records_how_each_panel_was_projected(tmp_path):
+    """Per panel: the method, the exact solves of a tracked plane and its lowest audited share
+    of the exact top-two variance (checked here with numpy on the last keyframe), the share of
+    variance on the drawn axes."""
+    from layerfilm import pca
+
+    run = write_run(tmp_path / "run", n=4, seed=3, d=80, blocks=2, vocab=120)
+    render(run, tmp_path / "f.gif", "--fps", "2", "--size", "128x72")
+    panels = json.loads((tmp_path / "f.gif.json").read_text())["projection"]["panels"]
+    assert [p["label"] for p in panels] == ["embed", "L0", "L1"]
+    for p in panels:
+        assert p["method"] == "tracked pca" and p["keyframes"] == 4 and p["exact"] >= 1
+        assert 0.99 <= p["captured_min"] <= 1.0 and 0 < p["share_min"] <= p["share_max"] <= 1
+    # The recorded shares lie within what exact PCA gives at the keyframes (numpy, the embedding).
+    from safetensors.numpy import load_file
+
+    exact = []
+    for step in (0, 100, 200, 300):
+        W = load_file(str(run / f"step_{step:06d}.safetensors"))["transformer.wte.weight"]
+        s = np.linalg.svd(W - W.mean(axis=0), compute_uv=False)
+        exact.append((s[:2] ** 2).sum() / (s ** 2).sum())
+        assert abs(pca.axis_share(W) - exact[-1]) < 1e-6
+    assert 0.99 * min(exact) <= panels[0]["share_min"] and panels[0]["share_max"] <= max(exact) + 1e-6
