@@ -2,6 +2,8 @@
 
 Everything here only ever saves time: an entry that cannot be read or written is ignored.
 Where: ``$LAYERFILM_CACHE_DIR``, else ``$XDG_CACHE_HOME/layerfilm``, else ``~/.cache/layerfilm``.
+Its size is capped (``$LAYERFILM_CACHE_SIZE``, default 2 GB): when an entry is stored, the
+least recently used ones go until the rest fits.  ``layerfilm cache`` shows and clears it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,74 @@ def cache_dir() -> Path:
         return Path(os.environ["LAYERFILM_CACHE_DIR"])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "layerfilm"
+
+
+DEFAULT_SIZE = 2 * 10**9
+_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+
+
+def size_cap() -> int:
+    """The cache's size cap in bytes: ``$LAYERFILM_CACHE_SIZE`` (``500M``, ``2G``, ``10GB``, a
+    number of bytes; ``0`` keeps nothing), else 2 GB; an unreadable value means the default."""
+    import re
+
+    text = os.environ.get("LAYERFILM_CACHE_SIZE", "").strip().upper().removesuffix("B")
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]?)", text)
+    return int(float(m.group(1)) * _UNITS[m.group(2)]) if m else DEFAULT_SIZE
+
+
+def entries() -> list[tuple[Path, int, float]]:
+    """Every cached file as ``(path, bytes, last used)``, least recently used first."""
+    out = []
+    for path in cache_dir().rglob("*"):
+        try:
+            if path.is_file() and not path.name.endswith(".part"):
+                st = path.stat()
+                out.append((path, st.st_size, st.st_mtime))
+        except OSError:
+            continue
+    return sorted(out, key=lambda e: e[2])
+
+
+def evict(cap: int | None = None, keep: Path | None = None) -> list[Path]:
+    """Remove the least recently used entries until the cache holds at most ``cap`` bytes
+    (default :func:`size_cap`), never ``keep``; returns what was removed."""
+    cap = size_cap() if cap is None else cap
+    found = entries()
+    total = sum(size for _, size, _ in found)
+    removed = []
+    for path, size, _ in found:
+        if total <= cap:
+            break
+        if path == keep:
+            continue
+        try:
+            path.unlink()
+        except OSError:
+            continue
+        total -= size
+        removed.append(path)
+    return removed
+
+
+def clear() -> tuple[int, int]:
+    """Empty the cache; returns (files, bytes) removed."""
+    found = entries()
+    for path, _, _ in found:
+        path.unlink(missing_ok=True)
+    return len(found), sum(size for _, size, _ in found)
+
+
+def _used(path: Path) -> None:
+    """Mark an entry as just used (least-recently-used order is by modification time, set
+    from the precise clock: the file system's own stamps may tie within a few milliseconds)."""
+    import time
+
+    try:
+        now = time.time_ns()
+        os.utime(path, ns=(now, now))
+    except OSError:
+        pass
 
 
 def layout_key(plan: Plan, options: str) -> str:
@@ -45,12 +115,16 @@ def _layout_path(plan: Plan, options: str) -> Path:
 def load_layouts(plan: Plan, options: str) -> tuple[np.ndarray, int, str] | None:
     """``(P, nonfinite, info)`` cached for these options, or ``None``: P is (K, N, 2) float32,
     ``info`` the text stored with it."""
+    path = _layout_path(plan, options)
     try:
-        with np.load(_layout_path(plan, options)) as z:
+        with np.load(path) as z:
             P, nonfinite, info = z["P"], int(z["nonfinite"]), str(z["info"])
     except (OSError, ValueError, KeyError):
         return None
-    return (P, nonfinite, info) if P.shape == (len(plan.refs), plan.starts[-1], 2) else None
+    if P.shape != (len(plan.refs), plan.starts[-1], 2):
+        return None
+    _used(path)
+    return P, nonfinite, info
 
 
 def store_layouts(plan: Plan, options: str, P: np.ndarray, nonfinite: int, info: str = "") -> None:
@@ -62,6 +136,8 @@ def store_layouts(plan: Plan, options: str, P: np.ndarray, nonfinite: int, info:
         with open(tmp, "wb") as f:
             np.savez(f, P=P, nonfinite=nonfinite, info=np.array(info))
         os.replace(tmp, path)
+        _used(path)
+        evict(keep=path)
     except OSError:
         pass
 
@@ -80,6 +156,7 @@ def sha256_file(path: Path, use_cache: bool = True) -> str:
         try:
             digest = memo.read_text().strip()
             if len(digest) == 64:
+                _used(memo)
                 return digest
         except OSError:
             pass

@@ -20,6 +20,17 @@ from .config import (COLOR_SCALES, CONFIG_FILE, ORDERS, POINTS, PROJECTIONS, SET
                      options_toml, parse_size, resolve)
 from .errors import ConfigError, LayerfilmError
 
+def _flags_take_no_value() -> None:
+    """typer 0.29's help shows a ``<bool>`` type for flags (``--drift``, even ``--help``),
+    which take no value: show nothing there, as for any flag."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+    TyperOption.display_type_rich = lambda self, ctx: None if self.is_flag else shown(self, ctx)
+
+
+_flags_take_no_value()
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -54,6 +65,9 @@ class _RichProgress:
         from rich.console import Console
 
         self.console = Console(stderr=True, quiet=quiet)
+
+    def warn(self, message: str) -> None:
+        typer.echo(f"warning: {message}", err=True)
 
     @contextlib.contextmanager
     def stage(self, name: str, total: int):
@@ -242,7 +256,6 @@ def render(
     if config.jobs > 1 and result.jobs == 1:
         typer.echo(f"note: {config.format} chunks cannot be joined without re-encoding; used 1 job",
                    err=True)
-    _warn_skipped(result.plan)
     if result.nonfinite:
         typer.echo(f"warning: {result.nonfinite} point(s) had NaN/Inf weights and were not drawn",
                    err=True)
@@ -252,12 +265,6 @@ def render(
             typer.echo(f"identical to the film recorded in {from_manifest} (sha256 {written['film']['sha256'][:16]}...)")
         elif same is False:
             typer.echo(f"warning: the film differs from the one recorded in {from_manifest}", err=True)
-
-
-def _warn_skipped(plan) -> None:
-    """One ``warning: skipped FILE: problem`` line per checkpoint ``--skip-bad`` left out."""
-    for path, why in plan.skipped if plan else ():
-        typer.echo(f"warning: skipped {path}: {why}", err=True)
 
 
 def _given_on_command_line(ctx: typer.Context) -> set[str]:
@@ -386,7 +393,6 @@ def stats(
         typer.echo(f"no layer settles below {settle_threshold:g} per 100 steps")
     typer.echo(f"layout columns: {result.layouts}")
     typer.echo(f"wrote {result.csv} ({len(s.steps) * len(s.labels)} rows) and {result.heatmap}")
-    _warn_skipped(result.plan)
 
 
 @app.command()
@@ -420,6 +426,32 @@ def publish(
     if not dry_run:
         typer.echo(f"published {len(done.files)} files and README.md to {done.url}"
                    + (f" ({done.commit_url})" if done.commit_url else ""))
+
+
+@app.command("cache")
+@_one_line_errors
+def cache_command(
+    clear: Annotated[bool, typer.Option("--clear", help="Delete every cached entry.")] = False,
+) -> None:
+    """Show where the layout cache is, what it holds and its size cap; --clear empties it.
+
+    The cap is $LAYERFILM_CACHE_SIZE (e.g. 500M, 10G; default 2G): storing an entry removes
+    the least recently used ones until the rest fits.
+    """
+    from . import cache
+
+    if clear:
+        files, size = cache.clear()
+        typer.echo(f"removed {files} files ({size / 1e6:.1f} MB) from {cache.cache_dir()}")
+        return
+    found = cache.entries()
+    layouts = [e for e in found if e[0].name.startswith("layouts-")]
+    total = sum(size for _, size, _ in found)
+    typer.echo(f"cache       {cache.cache_dir()}")
+    typer.echo(f"holds       {len(layouts)} layout entries, {len(found) - len(layouts)} file digests, "
+               f"{total / 1e6:.1f} MB")
+    typer.echo(f"size cap    {cache.size_cap() / 1e6:,.0f} MB ($LAYERFILM_CACHE_SIZE; least recently used "
+               "entries go first)")
 
 
 def main_entry() -> None:

@@ -44,6 +44,8 @@ def render(config: RenderConfig, progress: Progress = QUIET) -> RenderResult:
     cfg = config.validated()
     t0 = time.perf_counter()
     plan = make_plan(cfg, cfg.metrics)
+    for path, why in plan.skipped:  # known before any layout is computed
+        progress.warn(f"skipped {path}: {why}")
     if cfg.loss_strip and plan.loss is None:
         raise CheckpointError("--loss-strip: no loss curve found beside the checkpoints "
                               "(metrics.jsonl, metrics.csv, trainer_state.json, or a loss in the "
@@ -87,6 +89,8 @@ def measure(config: StatsConfig, progress: Progress = QUIET) -> StatsResult:
     same selection draws."""
     cfg = config.validated()
     plan = make_plan(cfg)
+    for path, why in plan.skipped:
+        progress.warn(f"skipped {path}: {why}")
     result = stats.weight_stats(plan.refs, plan.layers, progress)
     keys = layouts.load_cached(plan, cfg.projection, cfg.seed, cfg.fourier_ref)
     if keys is not None:

@@ -50,9 +50,9 @@ def make_plan(selection: Selection, metrics: Path | None = None) -> Plan:
     the panels from the first one (``points``/``tensor``/``layer_pattern``/``max_points``/
     ``seed``: what to draw, see :func:`extract.plan_panels`).
 
-    With ``skip_bad`` every checkpoint is opened (headers only where the format allows)
-    and checked against the plan here; those that cannot be read or no longer fit join
-    ``skipped`` with the problem instead of stopping.  The loss curve comes from
+    Every checkpoint is opened (headers only where the format allows) and checked against the
+    plan here, before any data is read; one that cannot be read or no longer fits stops the
+    film with a one-line error, or with ``skip_bad`` joins ``skipped`` with the problem.  The loss curve comes from
     ``metrics`` when given, else from what lies beside the checkpoints.
     """
     folder, storage, sel = selection.checkpoints, LOCAL, selection
@@ -65,6 +65,9 @@ def make_plan(selection: Selection, metrics: Path | None = None) -> Plan:
                 f"--steps {text} keeps {len(picked)} of the {len(refs)} checkpoints (steps "
                 f"{refs[0].step}..{refs[-1].step}); a film needs at least two", folder)
         refs = picked
+    # Every checkpoint is opened (headers, indexes, DCP metadata) and checked against the plan
+    # before any data is read: a bad one late in a long series fails in seconds, not after
+    # minutes of work, and --skip-bad knows what it leaves out before the film starts.
     layers: list[extract.Layer] | None = None
     good: list[checkpoints.CheckpointRef] = []
     for ref in refs:
@@ -87,11 +90,10 @@ def make_plan(selection: Selection, metrics: Path | None = None) -> Plan:
                 raise CheckpointError(e.problem, ckpt.where) from None
         good.append(ref)
         del ckpt
-        if not sel.skip_bad:
-            good = refs  # the keyframe pass reads (and so checks) the others
-            break
     if len(good) < 2 or layers is None:
-        raise CheckpointError(f"only {len(good)} of {len(refs)} checkpoints could be read; "
+        why = f" (skipped {skipped[0][0]}: {skipped[0][1]}{' and more' if len(skipped) > 1 else ''})" \
+            if skipped else ""
+        raise CheckpointError(f"only {len(good)} of {len(refs)} checkpoints could be read{why}; "
                               "a film needs at least two", folder)
     loss = (checkpoints.load_loss_file(metrics) if metrics is not None
             else checkpoints.load_loss_curve(folder, good, storage))

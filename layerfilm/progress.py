@@ -14,6 +14,10 @@ from typing import Callable, ContextManager, Iterator, Protocol
 class Progress(Protocol):
     def stage(self, name: str, total: int) -> ContextManager[Callable[[int], None]]: ...
 
+    def warn(self, message: str) -> None:
+        """Say something the user must know now, before the work goes on (a checkpoint left
+        out): shown even when progress bars are not."""
+
 
 class Quiet:
     """Reports nothing."""
@@ -21,6 +25,9 @@ class Quiet:
     @contextlib.contextmanager
     def stage(self, name: str, total: int) -> Iterator[Callable[[int], None]]:
         yield lambda n=1: None
+
+    def warn(self, message: str) -> None:
+        pass
 
 
 QUIET = Quiet()

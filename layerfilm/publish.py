@@ -136,7 +136,7 @@ def card(films: list[Film], repo_id: str) -> str:
         f"# Training films: {title}",
         "",
         "Lossless films of how every layer of a neural network moved while it trained, made with "
-        f"[layerfilm](https://pypi.org/project/layerfilm/) {__version__}. Each panel is one block "
+        f"layerfilm {__version__}. Each panel is one block "
         "(`embed` is the token embedding, `L0`, `L1`, ... the blocks in order); each dot is one "
         "neuron's weight vector in the residual stream (a row or column of a weight matrix), "
         "followed one-to-one from checkpoint to checkpoint; the 2-D layout is PCA per layer, "

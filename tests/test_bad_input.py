@@ -144,6 +144,7 @@ def test_bad_checkpoint_one_line_or_skipped(tmp_path, case, request):
     result = runner.invoke(app, args + ["--skip-bad"])
     assert result.exit_code == 0, result.output
     assert f"warning: skipped {bad}: " in result.output and problem in result.output
+    assert result.output.index("warning: skipped") < result.output.index("wrote ")  # said up front
     assert decode(out).shape[0] == (kept - 1) * FPS + 1
     assert sorted(p.name for p in out_dir.iterdir()) == ["film.gif", "film.gif.json"]
     listed = [f["path"] for f in json.loads((out_dir / "film.gif.json").read_text())["checkpoints"]["files"]]
@@ -161,11 +162,34 @@ def test_too_few_good_checkpoints_is_still_an_error(tmp_path):
     (two / "step_000100.safetensors").write_bytes(b"")
     for folder, message in ((tmp_path / "empty", "no checkpoints found"),
                             (one, "only one checkpoint (step_000000.safetensors)"),
-                            (two, "only 1 of 2 checkpoints could be read")):
+                            (two, "only 1 of 2 checkpoints could be read (skipped "
+                                  f"{two / 'step_000100.safetensors'}: not a safetensors file: empty file)")):
         out = tmp_path / "f.gif"
         result = runner.invoke(app, ["render", str(folder), str(out), "--skip-bad", "-q"])
         assert result.exit_code == 1 and message in result.output, result.output
         assert not out.exists()
+
+
+def test_a_bad_checkpoint_late_in_the_run_stops_it_before_any_projection(tmp_path, monkeypatch):
+    from layerfilm import project
+
+    run = write_run(tmp_path / "run", n=8)
+    last = run / "step_000700.safetensors"
+    last.write_bytes(last.read_bytes()[:-50])
+    projected = []
+    original = project.project_keyframe
+    monkeypatch.setattr(project, "project_keyframe", lambda *a: projected.append(1) or original(*a))
+    result = runner.invoke(app, ["render", str(run), str(tmp_path / "f.gif"), "-q"])
+    assert result.exit_code == 1 and f"{last}: truncated" in result.output
+    assert projected == []
+
+
+def test_a_lone_checkpoint_beside_a_damaged_one_names_the_damage(tmp_path):
+    run = write_run(tmp_path / "run", n=1)
+    (run / "shard-00001-of-00002.safetensors").write_bytes(b"x")  # a shard without its index
+    result = runner.invoke(app, ["info", str(run)])
+    assert result.exit_code == 1 and "only one checkpoint (step_000000.safetensors)" in result.output
+    assert "shard-00001-of-00002.safetensors was left out: a shard without its index" in result.output
 
 
 def test_grown_vocabulary_keeps_identity_of_the_rows_that_persist(tmp_path):

@@ -30,11 +30,16 @@ def test_discover_orders_by_step_not_name(tmp_path):
     folder = tmp_path / "hf"
     for s in (1000, 200, 30):  # name order would be 1000, 200, 30
         write_run(folder, n=1, seed=s, name=f"checkpoint-{s}/model.safetensors")
-    write_run(folder, n=1, name="model.safetensors")  # the final model: no step in its name
+    # The final model: no step in its name, nor in its metadata (as save_pretrained writes it).
+    save_file({"w": np.ones((2, 2), np.float32)}, str(folder / "model.safetensors"), metadata={"format": "pt"})
     refs, skipped = discover(folder)
     assert [r.step for r in refs] == [30, 200, 1000]
     assert refs[0].path == folder / "checkpoint-30" / "model.safetensors"
-    assert [(p.name, why) for p, why in skipped] == [("model.safetensors", "no training step in its name")]
+    assert [(p.name, why) for p, why in skipped] == [("model.safetensors", "no training step in its name or inside it")]
+    # A step-less file whose header records its step is placed by it.
+    save_file({"w": np.ones((2, 2), np.float32)}, str(folder / "model.safetensors"), metadata={"global_step": "500"})
+    refs, skipped = discover(folder)
+    assert [r.step for r in refs] == [30, 200, 500, 1000] and not skipped
 
 
 def test_discover_errors(tmp_path):

@@ -246,26 +246,26 @@ def test_layout_cache_skips_loading_and_is_invalidated(tmp_path, run_dir, monkey
     monkeypatch.setattr(CheckpointRef, "open", lambda ref: opened.append(ref.path) or original(ref))
     plan = lambda: make_plan(Selection(checkpoints=run_dir))  # noqa: E731
     first = layouts.cached_keyframe_layouts(plan())
-    assert len(opened) == 1 + 4  # the plan's header read + one per keyframe
+    assert len(opened) == 4 + 4  # the plan checks every header, then one read per keyframe
     opened.clear()
     again = layouts.cached_keyframe_layouts(plan())
-    assert len(opened) == 1 and np.array_equal(first.P, again.P)
+    assert len(opened) == 4 and np.array_equal(first.P, again.P)  # the plan's checks only
     # Another colormap / size / format through the CLI: still no keyframe is read.
     args = ["render", str(run_dir), str(tmp_path / "a.gif"), "--fps", "2", "-q"]
     assert runner.invoke(app, args + ["--cmap", "viridis", "--size", "320x200"]).exit_code == 0
-    assert len(opened) == 2
+    assert len(opened) == 8
     # Other layout options, a touched checkpoint, or --no-cache: read again.
     opened.clear()
     layouts.cached_keyframe_layouts(plan(), seed=1)
-    assert len(opened) == 5
+    assert len(opened) == 8
     ckpt = run_dir / "step_000200.safetensors"
     os.utime(ckpt, ns=(ckpt.stat().st_atime_ns, ckpt.stat().st_mtime_ns + 10**9))
     opened.clear()
     layouts.cached_keyframe_layouts(plan())
-    assert len(opened) == 5
+    assert len(opened) == 8
     opened.clear()
     assert runner.invoke(app, args + ["--no-cache"]).exit_code == 0
-    assert len(opened) == 5
+    assert len(opened) == 8
 
 
 def test_corrupt_cache_is_ignored(tmp_path, run_dir):
@@ -347,3 +347,32 @@ def test_nonfinite_weights_are_hidden_and_reported(tmp_path, sent):
     assert result.exit_code == 0, result.output
     assert "warning: 3 point(s) had NaN/Inf weights and were not drawn" in result.output
     assert len(sent) == 5
+
+
+def test_cache_is_capped_least_recently_used_first_and_can_be_shown_and_cleared(tmp_path, monkeypatch):
+    import os
+    import time
+
+    from layerfilm import cache, layouts
+    from layerfilm.plan import make_plan
+    from layerfilm.config import Selection
+
+    runs = [write_run(tmp_path / f"run{i}", n=3, seed=i) for i in range(3)]
+    plans = [make_plan(Selection(checkpoints=r)) for r in runs]
+    layouts.cached_keyframe_layouts(plans[0])
+    entry = next(cache.cache_dir().glob("layouts-*.npz"))
+    size = entry.stat().st_size
+    monkeypatch.setenv("LAYERFILM_CACHE_SIZE", str(int(2.5 * size)))  # room for two entries
+    past = time.time() - 100
+    os.utime(entry, (past, past))
+    layouts.cached_keyframe_layouts(plans[1])
+    layouts.cached_keyframe_layouts(plans[0])  # a hit: run0 becomes the most recently used
+    layouts.cached_keyframe_layouts(plans[2])  # a third entry: run1's, least recent, goes
+    assert layouts.load_cached(plans[0]) is not None and layouts.load_cached(plans[2]) is not None
+    assert layouts.load_cached(plans[1]) is None
+    shown = runner.invoke(app, ["cache"])
+    assert shown.exit_code == 0 and "2 layout entries" in shown.output
+    assert f"{int(2.5 * size) / 1e6:,.0f} MB" in shown.output
+    cleared = runner.invoke(app, ["cache", "--clear"])
+    assert cleared.exit_code == 0 and "removed 2 files" in cleared.output
+    assert list(cache.cache_dir().glob("*.npz")) == []

@@ -143,6 +143,26 @@ def _trainer_state_step(storage: Storage, folder: PurePath) -> int | None:
     return step if isinstance(step, int) and step >= 0 else None
 
 
+def _step_inside(storage: Storage, path: PurePath) -> int | None:
+    """The step a step-less file records inside it: a safetensors header's ``step`` /
+    ``global_step`` / ``iter_num`` metadata, a torch pickle's ``global_step`` / ``iter_num``
+    (Lightning's ``last.ckpt``, nanoGPT's ``ckpt.pt``)."""
+    from ..errors import CheckpointError
+    from .formats import open_checkpoint
+
+    if storage.is_dir(path) or path.name.endswith(".index.json"):
+        return None
+    try:
+        meta = open_checkpoint(path, storage).metadata
+    except CheckpointError:
+        return None
+    for key in ("step", "global_step", "iter_num"):
+        value = meta.get(key, "")
+        if value.isdigit():
+            return int(value)
+    return None
+
+
 def _find_units(storage: Storage, root: PurePath) -> Iterator[tuple[PurePath, str, str | None]]:
     """``(path, kind, why_not)`` for every checkpoint-looking thing under ``root``.
 
@@ -207,6 +227,7 @@ def discover(folder: str | os.PathLike | PurePath, skip_bad: bool = False, stora
                                   storage.display(root))
         raise CheckpointError("no such folder", storage.display(root))
     found: dict[int, CheckpointRef] = {}
+    inside: set[int] = set()  # steps read from inside a step-less file (last.ckpt, ...)
     skipped: list[tuple[PurePath, str]] = []
     for path, kind, why_not in _find_units(storage, root):
         if why_not is not None:
@@ -215,15 +236,27 @@ def discover(folder: str | os.PathLike | PurePath, skip_bad: bool = False, stora
         step = parse_step(path, root) if path != root else 0  # the folder is one checkpoint
         if step is None and kind.startswith("Hugging Face Trainer"):
             step = _trainer_state_step(storage, path.parent)
+        from_inside = step is None
         if step is None:
-            skipped.append((path, "no training step in its name"))
+            step = _step_inside(storage, path)
+        if step is None:
+            skipped.append((path, "no training step in its name or inside it"))
             continue
-        if step in found:
+        if step in found and (from_inside or step in inside):
+            # A copy such as Lightning's last.ckpt: the checkpoint that names its step wins.
+            keep, drop = (found[step].path, path) if from_inside else (path, found[step].path)
+            skipped.append((drop, f"its step ({step}) is that of {storage.display(keep)}"))
+            if from_inside:
+                continue
+            inside.discard(step)
+        elif step in found:
             problem = f"has the same step ({step}) as {storage.display(found[step].path)}"
             if not skip_bad:
                 raise CheckpointError(problem, storage.display(path))
             skipped.append((path, problem))
             continue
+        if from_inside:
+            inside.add(step)
         found[step] = CheckpointRef(path, step, kind, storage, _tokens_in(path, root))
     refs = [found[s] for s in sorted(found)]
     if not refs:
@@ -234,8 +267,9 @@ def discover(folder: str | os.PathLike | PurePath, skip_bad: bool = False, stora
             storage.display(root),
         )
     if len(refs) < 2:
+        also = "".join(f"; {_relative(p, root)} was left out: {why}" for p, why in skipped[:3])
         raise CheckpointError(
-            f"only one checkpoint ({_relative(refs[0].path, root)}); a film needs at least two",
+            f"only one checkpoint ({_relative(refs[0].path, root)}){also}; a film needs at least two",
             storage.display(root),
         )
     return refs, skipped

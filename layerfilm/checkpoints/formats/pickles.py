@@ -17,9 +17,10 @@ from ..storage import LOCAL, Storage
 class TorchFile:
     """A torch pickle read with ``weights_only=True``; tensors converted on read.
 
-    The tensors are the first dict of tensors found: the top level (a plain
-    state_dict), else under ``state_dict`` (Lightning), ``model`` (nanoGPT),
-    ``model_state_dict``, ``module`` or ``params``, else under any one key.
+    The tensors are the dict holding the most weight tensors: the top level (a plain
+    state_dict), ``state_dict`` (Lightning), ``model`` (nanoGPT), ``model_state_dict``,
+    ``module``, ``params`` or any other.  ``global_step``/``iter_num``/``step`` become
+    ``metadata["step"]``.
     ``_orig_mod.`` (torch.compile) and leading ``module.`` (DDP) are dropped from
     names, and Lightning's ``model.`` prefix when every name has it.
     """
@@ -45,14 +46,18 @@ class TorchFile:
                 pass  # an unreadable file is named as such, not as a broken pickle
         except OSError as e:
             raise CheckpointError(f"cannot read: {e.strerror or e}", self.where) from None
+        import warnings
+
         try:
-            try:
-                obj = torch.load(local, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as e:
-                if "mmap" not in str(e):
-                    raise
-                # Legacy (pre-zip) format: cannot be mapped, read whole (one checkpoint at a time).
-                obj = torch.load(local, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch's own advice precedes a refusal; ours is the line
+                try:
+                    obj = torch.load(local, map_location="cpu", weights_only=True, mmap=True)
+                except RuntimeError as e:
+                    if "mmap" not in str(e):
+                        raise
+                    # Legacy (pre-zip) format: cannot be mapped, read whole (one checkpoint at a time).
+                    obj = torch.load(local, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:
             raise CheckpointError(
                 "refused: this pickle needs code execution to load (torch.load weights_only=True "
@@ -70,25 +75,29 @@ class TorchFile:
         self._tensors = {names[k]: v for k, v in tensors.items()}
 
     def _find_tensors(self, obj, torch) -> dict:
+        """The dict of tensors that is the model: of the top level and every dict inside it,
+        the one holding the most floating-point tensors of one or more dimensions (nanoGPT's
+        ``train.py`` keeps a 0-d ``best_val_loss`` beside ``model``; an optimizer's per-parameter
+        states hold two or three each), ties going to the first found."""
         if not isinstance(obj, dict):
             return {}
         for key in ("global_step", "iter_num", "step"):
-            if isinstance(obj.get(key), int):
-                self.metadata["step"] = str(obj[key])
-        direct = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor) and isinstance(k, str)}
-        if direct:
-            return direct
-        for key in self._CONTAINER_KEYS:
-            if isinstance(obj.get(key), dict):
-                found = self._find_tensors(obj[key], torch)
-                if found:
-                    return found
-        nested = [v for v in obj.values() if isinstance(v, dict)]
-        for v in nested:
-            found = self._find_tensors(v, torch)
-            if found:
-                return found
-        return {}
+            if isinstance(obj.get(key), int) and not isinstance(obj.get(key), bool):
+                self.metadata.setdefault("step", str(obj[key]))
+        best: dict = {}
+        best_count = 0
+        stack, seen = [obj], 0
+        while stack and seen < 10_000:  # bounded: a pickle may hold many small dicts
+            d = stack.pop(0)
+            seen += 1
+            tensors = {k: v for k, v in d.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+            count = sum(1 for v in tensors.values() if v.dim() >= 1 and v.is_floating_point())
+            if count > best_count:
+                best, best_count = tensors, count
+            keys = [k for k in self._CONTAINER_KEYS if isinstance(d.get(k), dict)]
+            keys += [k for k, v in d.items() if isinstance(v, dict) and k not in keys]
+            stack += [d[k] for k in keys]
+        return best
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {k: tuple(v.shape) for k, v in self._tensors.items() if v.is_floating_point()}
