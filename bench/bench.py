@@ -88,8 +88,10 @@ r = render(RenderConfig(checkpoints=Path(a["ckpts"]), output=Path(a["out"]), fps
                         size=tuple(a["size"]), max_points=a["max_points"], jobs=a.get("jobs", 1),
                         cache=a.get("cache", False)))
 wall = time.perf_counter() - t
+io = dict(line.split(": ") for line in open("/proc/self/io").read().split("\n") if ": " in line)
 print(json.dumps(dict(wall=wall, seconds=r.seconds, frames=r.frames, bytes=r.bytes, command=r.command,
-                      rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))
+                      rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      io={k: int(v) for k, v in io.items()})))
 """
 
 
@@ -161,11 +163,20 @@ def run_peer(ckpts: Path, size, fpk: int, sample_frames: int, max_points: int, w
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="16 blocks, 30 keyframes, 960x540")
+    ap.add_argument("--real-size", action="store_true",
+                    help="GPT-2-124M x 30 fp32 and Llama-1B x 8 bf16 series (35 GB, made once): wall "
+                         "time, bytes read and peak RSS against one sha256 pass (bench/real_size.py)")
     ap.add_argument("--formats", default=",".join(FORMATS))
     ap.add_argument("--fpk", type=int, default=5, help="frames per keyframe (default 5)")
     ap.add_argument("--peer-frames", type=int, default=12, help="frames to time the peer on")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "layerfilm-bench")
     a = ap.parse_args()
+    if a.real_size:
+        import real_size
+
+        a.workdir.mkdir(parents=True, exist_ok=True)
+        real_size.run(a.workdir / "real-size", run_layerfilm)
+        return
     blocks, keyframes, size = (16, 30, (960, 540)) if a.quick else (128, 180, (1920, 1080))
     d, max_points = 128, 2000
     work = a.workdir
