@@ -294,6 +294,14 @@ def read_layer(ckpt: TensorSource, layer: Layer, shapes: dict[str, tuple[int, ..
     return np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
 
 
+def prefetch(ckpt: TensorSource, layers: list[Layer]) -> None:
+    """Tell the checkpoint's reader which rows will be read next (readers that cannot use the
+    hint ignore it)."""
+    hint = getattr(ckpt, "prefetch", None)
+    if hint is not None:
+        hint([(s.tensor, s.index, s.axis) for layer in layers for s in layer.sources])
+
+
 def check_fits(ckpt: TensorSource, layer: Layer, shapes: dict[str, tuple[int, ...]]) -> None:
     """Raise :class:`CheckpointError` naming the file unless every tensor ``layer`` draws is
     in ``shapes`` with the planned width and at least the planned rows/columns.

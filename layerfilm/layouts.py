@@ -138,8 +138,12 @@ def _keyframe_layouts(plan: Plan, projection: str, seed: int, progress: Progress
 
     with concurrent.futures.ThreadPoolExecutor(threads) as pool, \
             progress.stage("Loading + projecting", len(plan.refs)) as advance:
+        upcoming = plan.refs[0].open()
         for k, ref in enumerate(plan.refs):  # one checkpoint in memory at a time
-            ckpt = ref.open()
+            ckpt, upcoming = upcoming, None
+            if k + 1 < len(plan.refs):  # its rows are fetched while this one is projected
+                upcoming = plan.refs[k + 1].open()
+                extract.prefetch(upcoming, plan.layers)
             shapes = ckpt.shapes()
             parts = [pool.submit(project_layers, ckpt, shapes, k, part) for part in range(threads)]
             for part in parts:

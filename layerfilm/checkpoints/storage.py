@@ -48,6 +48,10 @@ class Storage(Protocol):
         """A path on this machine holding the file's (or folder's) bytes, for readers that
         need one (``torch.load``)."""
 
+    def prefetch(self, path: PurePath, ranges: Sequence[tuple[int, int]]) -> None:
+        """Start fetching these byte ranges in the background, because they will be read soon
+        (a hint: it may do nothing)."""
+
     def identity(self, path: PurePath) -> str:
         """A string that changes whenever the file's contents may have changed (cache keys)."""
 
@@ -91,6 +95,22 @@ class LocalStorage:
 
     def local_path(self, path: PurePath) -> Path:
         return Path(path)
+
+    def prefetch(self, path: PurePath, ranges: Sequence[tuple[int, int]]) -> None:
+        # The kernel reads ahead in the background while the previous checkpoint is projected.
+        if not hasattr(os, "posix_fadvise"):
+            return
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            for start, end in ranges:
+                os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
     def identity(self, path: PurePath) -> str:
         st = Path(path).stat()

@@ -135,6 +135,13 @@ class SafetensorsFile:
         row = shape[1] * DTYPES[dtype].itemsize
         return coalesce([(start + int(r) * row, start + (int(r) + 1) * row) for r in index])
 
+    def prefetch(self, wanted: list[tuple[str, np.ndarray | None, int]]) -> None:
+        """Hint the storage that these ``(name, index, axis)`` reads come next."""
+        ranges = [r for name, index, axis in wanted if name in self._entries
+                  and self._entries[name][2] >= 0 for r in self.byte_ranges(name, index, axis)]
+        if ranges:
+            self.storage.prefetch(self.path, coalesce(ranges, gap=1 << 16))
+
     def _read_ranges(self, dtype: str, shape: tuple[int, ...], start: int,
                      index: np.ndarray | None, axis: int) -> np.ndarray:
         """:meth:`read` through ranged reads (storage without a memory map)."""
