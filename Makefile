@@ -17,7 +17,7 @@ $(VENV)/.base: pyproject.toml
 
 $(VENV)/.dev: $(VENV)/.base
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[torch,test]"
+	$(PY) -m pip install --quiet -e ".[torch,test,dask]"
 	touch $@
 
 demo: $(VENV)/.base

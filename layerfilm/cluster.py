@@ -1,0 +1,185 @@
+"""Where the film's work runs: in this process, or on a Dask cluster (``--scheduler ADDRESS``,
+else ``$DASK_SCHEDULER_ADDRESS``).
+
+Both runners offer one call, :meth:`map`: apply a module-level function to items, with small
+shared arguments, and return the results in order while a progress bar advances as each
+finishes.  The same functions run either way, so the film is the same bits either way.  On a
+cluster, tasks take small arguments (checkpoint references, a plan, a chunk of keyframes or
+frames) and return small results (2-D layouts, encoded film segments): no checkpoint bytes
+pass through the client.  ``dask[distributed]`` is imported only when a scheduler is given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from typing import Any, Callable, Iterator, Sequence
+
+from . import __version__
+from .errors import LayerfilmError, first_line
+from .progress import QUIET, Progress
+
+_LOGGERS = ("distributed", "distributed.client", "distributed.gc", "distributed.worker",
+            "distributed.scheduler", "distributed.core", "distributed.comm", "tornado",
+            "tornado.application", "bokeh")
+CONNECT_S = 10.0  # the scheduler must answer within this
+NO_WORKERS_S = 30.0  # a cluster without workers for this long gives up
+
+
+class ClusterError(LayerfilmError):
+    """The cluster cannot do the work: unreachable, no workers, the wrong layerfilm on them."""
+
+
+def scheduler_address(given: str | None) -> str | None:
+    """``--scheduler`` if given, else dask's own ``$DASK_SCHEDULER_ADDRESS``, else ``None``
+    (run here).  Never a local cluster started behind the user's back."""
+    return given or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
+
+
+class InProcess:
+    """Runs every task here, one after the other, in order."""
+
+    workers = 1
+
+    def map(self, fn: Callable, items: Sequence, *shared: Any, stage: str = "",
+            progress: Progress = QUIET) -> list:
+        out = []
+        with progress.stage(stage, len(items)) as advance:
+            for item in items:
+                out.append(fn(*shared, item))
+                advance(1)
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+class Dask:
+    """Runs tasks on the Dask cluster at ``address`` (see the module docstring).
+
+    Connecting is bounded in time (a port that accepts but never answers hangs dask's own
+    connect forever); every worker must import this very layerfilm (a worker without it would
+    drop its tasks silently); a cluster left without workers gives up after
+    :data:`NO_WORKERS_S`.  A task that fails stops the others; Ctrl-C cancels them.
+    """
+
+    def __init__(self, address: str, timeout: float = CONNECT_S):
+        try:
+            import distributed  # noqa: F401
+        except ImportError:
+            raise ClusterError("--scheduler needs dask.distributed: pip install 'layerfilm[dask]'") from None
+        import logging
+
+        for name in _LOGGERS:  # distributed gives each its own stderr handler
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+        self.address = address
+        self.client = _connect(address, timeout)
+        try:
+            self.workers = self._check_workers()
+        except BaseException:
+            self.close()
+            raise
+
+    def _check_workers(self) -> int:
+        deadline = time.monotonic() + CONNECT_S
+        while not (found := self.client.scheduler_info(n_workers=-1)["workers"]):
+            if time.monotonic() > deadline:
+                raise ClusterError(f"the dask scheduler at {self.address} has no workers")
+            time.sleep(0.2)
+        # eval is pickled by reference to builtins, so every worker can run it: it reports the
+        # layerfilm that worker really imports.
+        versions = self.client.run(eval, "__import__('layerfilm').__version__", on_error="return")
+        wrong = {w: v for w, v in versions.items() if v != __version__}
+        if wrong:
+            worker, got = sorted(wrong.items())[0]
+            what = ("cannot import layerfilm" if isinstance(got, BaseException)
+                    else f"has layerfilm {got}")
+            raise ClusterError(f"dask worker {worker} {what}; every worker (and the scheduler) needs "
+                               f"layerfilm {__version__}")
+        return len(found)
+
+    def map(self, fn: Callable, items: Sequence, *shared: Any, stage: str = "",
+            progress: Progress = QUIET) -> list:
+        from distributed import wait
+
+        client = self.client
+        scattered = client.scatter(list(shared), broadcast=True, hash=False) if shared else []
+        futures = client.map(fn, *([s] * len(items) for s in scattered), list(items), pure=False)
+        index = {f.key: i for i, f in enumerate(futures)}
+        results: list = [None] * len(items)
+        pending, alone_since = set(futures), None
+        try:
+            with progress.stage(stage, len(items)) as advance:
+                while pending:
+                    try:
+                        with client.as_current():
+                            done, pending = wait(pending, timeout=1.0, return_when="FIRST_COMPLETED")
+                    except TimeoutError:
+                        done = set()
+                    for f in done:
+                        results[index[f.key]] = f.result()  # a task's own error is raised here
+                        f.release()
+                        advance(1)
+                    if not done:
+                        alone_since = self._watch(alone_since, len(pending))
+        except BaseException as e:
+            client.cancel(list(pending))
+            if isinstance(e, (LayerfilmError, KeyboardInterrupt)):
+                raise
+            if type(e).__module__.startswith(("distributed", "concurrent")):
+                raise ClusterError(f"the dask cluster at {self.address} failed: {type(e).__name__}: "
+                                   f"{first_line(e)}") from None
+            raise
+        finally:
+            for s in scattered:
+                s.release()
+        return results
+
+    def _watch(self, alone_since: float | None, left: int) -> float | None:
+        """A cluster whose workers are all gone would wait forever: give up after a while."""
+        if self.client.scheduler_info(n_workers=-1)["workers"]:
+            return None
+        now = time.monotonic()
+        if alone_since is not None and now - alone_since > NO_WORKERS_S:
+            raise ClusterError(f"the dask cluster at {self.address} has had no workers for "
+                               f"{NO_WORKERS_S:.0f} s; {left} task(s) were left")
+        return alone_since if alone_since is not None else now
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.close(timeout=5)
+
+
+def _connect(address: str, timeout: float):
+    """A ``distributed.Client`` for ``address``, or a one-line :class:`ClusterError` within
+    ``timeout`` seconds whatever is (or is not) listening there."""
+    from distributed import Client
+
+    box: dict = {}
+
+    def target() -> None:
+        try:
+            box["client"] = Client(address, timeout=f"{timeout}s", set_as_default=False)
+        except BaseException as e:  # noqa: BLE001 -- reported below, in the caller's thread
+            box["error"] = e
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout + 2.0)
+    if thread.is_alive():
+        raise ClusterError(f"no dask scheduler answered at {address} within {timeout:.0f} s")
+    if "error" in box:
+        raise ClusterError(f"cannot reach the dask scheduler at {address}: {first_line(box['error'])}")
+    return box["client"]
+
+
+@contextlib.contextmanager
+def runner(address: str | None) -> Iterator[InProcess | Dask]:
+    """The runner for ``address`` (``None``: this process), closed afterwards."""
+    run = InProcess() if address is None else Dask(address)
+    try:
+        yield run
+    finally:
+        run.close()

@@ -1,0 +1,123 @@
+"""The cluster runner against real ``dask scheduler`` / ``dask worker`` processes on
+127.0.0.1: results in order, faults survived, every bad situation one line."""
+
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("distributed")
+
+from layerfilm import __version__, cluster  # noqa: E402
+from layerfilm.errors import CheckpointError  # noqa: E402
+
+from cluster_tasks import fails, scaled, slow_marked  # noqa: E402
+from dask_procs import DaskProcs, running_dask_processes  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def procs(tmp_path_factory):
+    with DaskProcs(tmp_path_factory.mktemp("dask")) as p:
+        p.wait_for_workers(2)
+        yield p
+    assert not [line for line in running_dask_processes() if str(p.workdir) in line]
+
+
+def test_map_returns_results_in_order_with_progress(procs):
+    class Count:
+        def __init__(self):
+            self.n = 0
+
+        def stage(self, name, total):
+            import contextlib
+
+            @contextlib.contextmanager
+            def cm():
+                yield lambda n=1: setattr(self, "n", self.n + n)
+            return cm()
+
+        def warn(self, message):
+            pass
+
+    counted = Count()
+    with cluster.runner(procs.address) as run:
+        assert run.workers == 2
+        assert run.map(scaled, list(range(20)), 3, stage="x", progress=counted) == [3 * i for i in range(20)]
+    assert counted.n == 20
+    assert cluster.InProcess().map(scaled, list(range(5)), 2) == [0, 2, 4, 6, 8]
+
+
+def test_a_task_error_is_the_tasks_own_one_line_error(procs):
+    with cluster.runner(procs.address) as run, pytest.raises(CheckpointError) as e:
+        run.map(fails, list(range(6)), None)
+    assert str(e.value) == "ckpts/step_3.safetensors: truncated: nothing to read"
+
+
+def test_a_worker_killed_mid_run_loses_nothing(tmp_path):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    with DaskProcs(tmp_path / "dask") as p:
+        p.wait_for_workers(2)
+        pids = {p.procs[n].pid: n for n in ("w0", "w1")}
+
+        def kill_when_running():
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                for f in marks.glob("*.pid"):
+                    pid = int(f.read_text() or 0)
+                    if pid in pids:
+                        p.kill(pids[pid])
+                        return
+                time.sleep(0.02)
+
+        killer = threading.Thread(target=kill_when_running)
+        killer.start()
+        with cluster.runner(p.address) as run:
+            assert run.map(slow_marked, list(range(8)), str(marks)) == [i * i for i in range(8)]
+        killer.join()
+        assert sum(proc.poll() is not None for name, proc in p.procs.items() if name != "scheduler") == 1
+
+
+def test_unreachable_and_silent_schedulers_are_one_line_and_quick(monkeypatch):
+    monkeypatch.setattr(cluster, "CONNECT_S", 2.0)
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    silent = socket.socket()  # a port that accepts but never speaks dask
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    try:
+        for address in (f"tcp://127.0.0.1:{closed}", f"tcp://127.0.0.1:{silent.getsockname()[1]}"):
+            t = time.monotonic()
+            with pytest.raises(cluster.ClusterError) as e:
+                cluster.Dask(address, timeout=2.0)
+            assert time.monotonic() - t < 10
+            assert address in str(e.value) and "\n" not in str(e.value)
+    finally:
+        silent.close()
+
+
+@pytest.mark.parametrize("stub, message", [
+    ("__version__ = '0.0.0-other'\n", "has layerfilm 0.0.0-other"),
+    ("raise ModuleNotFoundError(\"No module named 'layerfilm'\")\n", "cannot import layerfilm"),
+])
+def test_workers_without_this_layerfilm_are_named(tmp_path, stub, message):
+    package = tmp_path / "stub" / "layerfilm"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(stub)
+    path = os.pathsep.join([str(tmp_path / "stub"), os.environ.get("PYTHONPATH", "")])
+    with DaskProcs(tmp_path / "dask", n_workers=1, worker_envs=[{"PYTHONPATH": path}]) as p:
+        p.wait_for_workers(1)
+        with pytest.raises(cluster.ClusterError) as e:
+            cluster.Dask(p.address)
+    assert message in str(e.value) and f"needs layerfilm {__version__}" in str(e.value)
+
+
+def test_dask_scheduler_address_is_dasks_own_variable(monkeypatch):
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    assert cluster.scheduler_address(None) is None
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", "tcp://127.0.0.1:8786")
+    assert cluster.scheduler_address(None) == "tcp://127.0.0.1:8786"
+    assert cluster.scheduler_address("tcp://127.0.0.1:9") == "tcp://127.0.0.1:9"
