@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -108,6 +109,11 @@ LayerPatternOpt = Annotated[Optional[str], typer.Option(
     help="Group 2-D tensors into panels by this regex instead of by known block names: its "
          "'layer' group, else its first group, names the panel (e.g. '^(features\\.\\d+)\\.').",
     show_default=False)]
+SchedulerOpt = Annotated[Optional[str], typer.Option(
+    "--scheduler", metavar="ADDRESS",
+    help="Run the work on the Dask cluster whose scheduler is at ADDRESS (tcp://host:8786) "
+         "[default: $DASK_SCHEDULER_ADDRESS, else here]; the film is the same bit for bit.",
+    show_default=False)]
 FourierRefOpt = Annotated[Optional[int], typer.Option(
     "--fourier-ref", metavar="STEP",
     help="--projection fourier: fit the plane at this checkpoint's step [default: the last].",
@@ -204,6 +210,7 @@ def render(
     layer_pattern: LayerPatternOpt = None,
     skip_bad: SkipBadOpt = False,
     fourier_ref: FourierRefOpt = None,
+    scheduler: SchedulerOpt = None,
 ) -> None:
     """Render CHECKPOINTS into the lossless film OUTPUT, one panel per layer.
 
@@ -221,7 +228,7 @@ def render(
         tensor=tensor, loss_strip=loss_strip, metrics=metrics, drift=drift, order=order,
         settle_threshold=settle_threshold, stills_dir=stills_dir, stills_every=stills_every,
         steps=steps, timeline=timeline, layer_pattern=layer_pattern, skip_bad=skip_bad,
-        fourier_ref=fourier_ref,
+        fourier_ref=fourier_ref, scheduler=scheduler,
     )
     given = _given_on_command_line(ctx)
     if from_manifest is not None:
@@ -468,7 +475,7 @@ def main_entry() -> None:
         code = app(standalone_mode=False, prog_name="layerfilm")
     except (typer.Abort, KeyboardInterrupt):
         sys.stderr.write("layerfilm: error: interrupted; no output was written\n")
-        sys.exit(130)
+        code = 130
     except Exception as e:
         # click's UsageError/BadParameter (typer vendors click, so match by interface).
         if not (hasattr(e, "format_message") and hasattr(e, "exit_code")):
@@ -478,6 +485,13 @@ def main_entry() -> None:
             sys.exit(e.exit_code)
         sys.stderr.write(f"layerfilm: error: {message} (see layerfilm --help)\n")
         sys.exit(e.exit_code)
+    if code == 130:
+        # Interrupted, and everything written cleaned up: leave now, with 130.  (A Dask client's
+        # exit handlers can otherwise turn the interrupt into death by SIGINT, exit -2.)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
     sys.exit(code if isinstance(code, int) else 0)
 
 

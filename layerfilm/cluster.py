@@ -44,12 +44,15 @@ class InProcess:
     workers = 1
 
     def map(self, fn: Callable, items: Sequence, *shared: Any, stage: str = "",
-            progress: Progress = QUIET) -> list:
+            progress: Progress = QUIET, weights: Sequence[int] | None = None) -> list:
+        """``[fn(*shared, item, advance=...) for item in items]``: each task advances the
+        progress bar itself (by its weight in all)."""
         out = []
-        with progress.stage(stage, len(items)) as advance:
-            for item in items:
-                out.append(fn(*shared, item))
-                advance(1)
+        with progress.stage(stage, sum(weights) if weights else len(items)) as advance:
+            for i, item in enumerate(items):
+                out.append(fn(*shared, item, advance=advance if weights else None))
+                if not weights:
+                    advance(1)
         return out
 
     def close(self) -> None:
@@ -101,7 +104,9 @@ class Dask:
         return len(found)
 
     def map(self, fn: Callable, items: Sequence, *shared: Any, stage: str = "",
-            progress: Progress = QUIET) -> list:
+            progress: Progress = QUIET, weights: Sequence[int] | None = None) -> list:
+        """``[fn(*shared, item) for item in items]`` on the cluster, in order; the progress bar
+        advances (by each task's weight) as tasks finish."""
         from distributed import wait
 
         client = self.client
@@ -111,7 +116,7 @@ class Dask:
         results: list = [None] * len(items)
         pending, alone_since = set(futures), None
         try:
-            with progress.stage(stage, len(items)) as advance:
+            with progress.stage(stage, sum(weights) if weights else len(items)) as advance:
                 while pending:
                     try:
                         with client.as_current():
@@ -119,9 +124,10 @@ class Dask:
                     except TimeoutError:
                         done = set()
                     for f in done:
-                        results[index[f.key]] = f.result()  # a task's own error is raised here
+                        i = index[f.key]
+                        results[i] = f.result()  # a task's own error is raised here
                         f.release()
-                        advance(1)
+                        advance(weights[i] if weights else 1)
                     if not done:
                         alone_since = self._watch(alone_since, len(pending))
         except BaseException as e:

@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from . import cache, extract, project
+from . import cache, cluster, extract, pca, project
 from .errors import ConfigError
 from .plan import Plan
 from .progress import QUIET, Progress
@@ -47,26 +47,31 @@ def fourier_reference(plan: Plan, fourier_ref: int | None) -> int:
     return steps.index(fourier_ref)
 
 
-def projections(plan: Plan, method: str, seed: int, fourier_ref: int | None = None
-                ) -> list[project.Projection]:
+def projections(plan: Plan, method: str, seed: int, fourier_ref: int | None = None,
+                run: cluster.InProcess | cluster.Dask | None = None) -> list[project.Projection]:
     """The projection of each panel.  ``fourier`` lays out token-embedding panels in one fixed
-    plane -- of their strongest frequency at the reference checkpoint (:func:`fourier_reference`)
-    -- and every other panel by PCA."""
+    plane -- of their strongest frequency at the reference checkpoint (:func:`fourier_reference`;
+    fitted where the bytes are, by ``run``) -- and every other panel by PCA."""
     pca = project.PCA(seed)
     if method == "umap":
         return [project.UMAP(seed) for _ in plan.layers]
-    if method != "fourier" or not any(extract.is_token_embedding(l) for l in plan.layers):
+    embeds = [l for l, layer in enumerate(plan.layers) if extract.is_token_embedding(layer)]
+    if method != "fourier" or not embeds:
         return [pca] * len(plan.layers)
-    ref = plan.refs[fourier_reference(plan, fourier_ref)]
-    ckpt = ref.open()
+    ref = fourier_reference(plan, fourier_ref)
+    fitted, = (run or cluster.InProcess()).map(fit_fourier, [ref], plan, embeds)
+    return [fitted.get(l, pca) for l in range(len(plan.layers))]
+
+
+def fit_fourier(plan: Plan, layers: list[int], k: int, advance=None) -> dict[int, project.Fourier]:
+    """A task: the Fourier plane of each of ``layers`` (token embeddings) at keyframe ``k``."""
+    ckpt = plan.refs[k].open()
     shapes = ckpt.shapes()
-    out: list[project.Projection] = []
-    for layer in plan.layers:
-        if extract.is_token_embedding(layer):
-            cloud = extract.read_layer(ckpt, layer, shapes)
-            out.append(project.Fourier.fit(cloud, layer.sources[0].index, layer.total, ref.step))
-        else:
-            out.append(pca)
+    out = {}
+    for l in layers:
+        layer = plan.layers[l]
+        cloud = extract.read_layer(ckpt, layer, shapes)
+        out[l] = project.Fourier.fit(cloud, layer.sources[0].index, layer.total, plan.refs[k].step)
     return out
 
 
@@ -105,9 +110,29 @@ def _threads(method: str) -> int:
                       else os.cpu_count() or 1, 4))
 
 
-def keyframe_layouts(plan: Plan, projection: str = "pca", seed: int = 0,
-                     progress: Progress = QUIET, fourier_ref: int | None = None) -> Keyframes:
-    """Read, extract and project every keyframe, one checkpoint in memory at a time.
+def chunks(n_keyframes: int, method: str) -> list[range]:
+    """The keyframes each layout task projects: runs of :data:`~layerfilm.pca.CHUNK`, where
+    tracked planes restart from an exact solve (so a chunk needs nothing from the one before
+    it); UMAP, warm-started from keyframe to keyframe, is one run."""
+    size = n_keyframes if method == "umap" else pca.CHUNK
+    return [range(a, min(a + size, n_keyframes)) for a in range(0, n_keyframes, size)]
+
+
+@dataclasses.dataclass
+class ChunkLayouts:
+    """What a layout task returns: its keyframes' layouts, each panel aligned from keyframe to
+    keyframe *within* the chunk (the first only centred), and what each panel's projection did."""
+
+    start: int
+    P: np.ndarray  # (len(chunk), N, 2) float32
+    panels: list[dict]
+    fixed: list[bool]  # panels drawn in a fixed frame (never turned)
+
+
+def project_chunk(plan: Plan, how: list[project.Projection], chunk: range,
+                  advance=None) -> ChunkLayouts:
+    """A task: read and project the keyframes in ``chunk`` (one checkpoint in memory at a
+    time; the next one's drawn rows are prefetched while this one is projected).
 
     BLAS runs single-threaded here: the matrices are small, and a multi-threaded OpenBLAS
     sharing cores with any other busy process (a training run, ffmpeg) was measured 20-60x
@@ -117,31 +142,27 @@ def keyframe_layouts(plan: Plan, projection: str = "pca", seed: int = 0,
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1, user_api="blas"):
-        return _keyframe_layouts(plan, projection, seed, progress, fourier_ref)
+        return _project_chunk(plan, how, chunk, advance or (lambda n=1: None))
 
 
-def _keyframe_layouts(plan: Plan, projection: str, seed: int, progress: Progress,
-                      fourier_ref: int | None) -> Keyframes:
-    starts = plan.starts
-    K = len(plan.refs)
-    P = np.empty((K, starts[-1], 2), dtype=np.float32)
+def _project_chunk(plan: Plan, how: list[project.Projection], chunk: range, advance) -> ChunkLayouts:
+    starts, K = plan.starts, len(plan.refs)
+    P = np.empty((len(chunk), starts[-1], 2), dtype=np.float32)
     tracks = [project.Track() for _ in plan.layers]
-    how = projections(plan, projection, seed, fourier_ref)
-    threads = _threads(projection)
+    threads = _threads(how[0].name if how else "pca")
 
     def project_layers(ckpt, shapes: dict, k: int, part: int) -> None:
         # Each layer has its own track, so which thread projects it never changes the result.
         for l in range(part, len(plan.layers), threads):
             cloud = extract.read_layer(ckpt, plan.layers[l], shapes)
             tracks[l].keyframe, tracks[l].last = k, k == K - 1
-            P[k, starts[l]:starts[l + 1]] = project.project_keyframe(cloud, how[l], tracks[l])
+            P[k - chunk.start, starts[l]:starts[l + 1]] = project.project_keyframe(cloud, how[l], tracks[l])
 
-    with concurrent.futures.ThreadPoolExecutor(threads) as pool, \
-            progress.stage("Loading + projecting", len(plan.refs)) as advance:
-        upcoming = plan.refs[0].open()
-        for k, ref in enumerate(plan.refs):  # one checkpoint in memory at a time
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        upcoming = plan.refs[chunk.start].open()
+        for k in chunk:  # one checkpoint in memory at a time
             ckpt, upcoming = upcoming, None
-            if k + 1 < len(plan.refs):  # its rows are fetched while this one is projected
+            if k + 1 < chunk.stop:  # its rows are fetched while this one is projected
                 upcoming = plan.refs[k + 1].open()
                 extract.prefetch(upcoming, plan.layers)
             shapes = ckpt.shapes()
@@ -150,9 +171,40 @@ def _keyframe_layouts(plan: Plan, projection: str, seed: int, progress: Progress
                 part.result()
             del ckpt
             advance(1)
-    panels = tuple({"label": layer.label, **t.stats.as_dict(), **t.info}
-                   for layer, t in zip(plan.layers, tracks))
-    return Keyframes(P, int(np.isnan(P).any(axis=2).sum()), panels)
+    panels = [{"label": layer.label, **t.stats.as_dict(), **t.info} for layer, t in zip(plan.layers, tracks)]
+    return ChunkLayouts(chunk.start, P, panels, [t.fixed_frame for t in tracks])
+
+
+def stitch(parts: list[ChunkLayouts], starts: np.ndarray) -> tuple[np.ndarray, list[dict]]:
+    """The chunks' layouts as one film: each chunk turned (rotation/reflection, per panel) onto
+    where the previous one ended, as the keyframes within a chunk are; and each panel's
+    projection record over the whole film."""
+    P = np.concatenate([c.P for c in parts])
+    for i in range(1, len(parts)):
+        a, b = parts[i].start, parts[i - 1].start + len(parts[i - 1].P) - 1
+        for l in range(len(starts) - 1):
+            if parts[i].fixed[l]:
+                continue
+            span = slice(starts[l], starts[l + 1])
+            R = project.rotation_onto(P[a, span], P[b, span])
+            end = a + len(parts[i].P)
+            P[a:end, span] = (P[a:end, span].astype(np.float64) @ R).astype(np.float32)
+    panels = [pca.PlaneStats.merged([c.panels[l] for c in parts]) for l in range(len(starts) - 1)]
+    return P, panels
+
+
+def keyframe_layouts(plan: Plan, projection: str = "pca", seed: int = 0,
+                     progress: Progress = QUIET, fourier_ref: int | None = None,
+                     run: cluster.InProcess | cluster.Dask | None = None) -> Keyframes:
+    """Read, extract and project every keyframe, in chunks of keyframes run by ``run`` (this
+    process by default, else a Dask cluster: the same tasks, the same layouts bit for bit)."""
+    run = run or cluster.InProcess()
+    how = projections(plan, projection, seed, fourier_ref, run)
+    parts = run.map(project_chunk, chunks(len(plan.refs), projection), plan, how,
+                    stage="Loading + projecting", progress=progress,
+                    weights=[len(c) for c in chunks(len(plan.refs), projection)])
+    P, panels = stitch(parts, plan.starts)
+    return Keyframes(P, int(np.isnan(P).any(axis=2).sum()), tuple(panels))
 
 
 def _options(projection: str, seed: int, fourier_ref: int | None) -> str:
@@ -171,11 +223,12 @@ def load_cached(plan: Plan, projection: str = "pca", seed: int = 0,
 
 def cached_keyframe_layouts(plan: Plan, projection: str = "pca", seed: int = 0,
                             progress: Progress = QUIET, use_cache: bool = True,
-                            fourier_ref: int | None = None) -> Keyframes:
+                            fourier_ref: int | None = None,
+                            run: cluster.InProcess | cluster.Dask | None = None) -> Keyframes:
     """:func:`keyframe_layouts`, memoised on disk (see :mod:`layerfilm.cache`)."""
     keys = load_cached(plan, projection, seed, fourier_ref) if use_cache else None
     if keys is None:
-        keys = keyframe_layouts(plan, projection, seed, progress, fourier_ref)
+        keys = keyframe_layouts(plan, projection, seed, progress, fourier_ref, run)
         if use_cache:
             cache.store_layouts(plan, _options(projection, seed, fourier_ref), keys.P, keys.nonfinite,
                                 json.dumps(list(keys.panels)))

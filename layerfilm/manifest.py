@@ -71,7 +71,7 @@ def build(config: RenderConfig, result) -> dict[str, Any]:
         },
         "checkpoints": {"folder": os.path.abspath(folder), "files": checkpoints, "loss": loss},
         "model_config": _model_config(folder, [r.path for r in plan.refs]),
-        "options": config_mod.options_dict(config),
+        "options": {k: v for k, v in config_mod.options_dict(config).items() if k not in config_mod.RUN_ONLY},
         # Per panel: how its layouts were made (method, exact solves and corrections of tracked
         # planes, the lowest audited share of the exact top-two variance, the share of the
         # panel's variance on the drawn axes, a Fourier plane's frequency and reference step).

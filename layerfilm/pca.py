@@ -59,6 +59,19 @@ class PlaneStats:
     def audited(self, captured: float) -> None:
         self.captured_min = captured if self.captured_min is None else min(self.captured_min, captured)
 
+    @staticmethod
+    def merged(parts: list[dict]) -> dict:
+        """One panel's records (:meth:`as_dict` plus what its projection reported) from
+        consecutive runs of keyframes, as one for the whole film."""
+        out = dict(parts[0])
+        for part in parts[1:]:
+            for key in ("keyframes", "exact", "corrected", "extra_passes"):
+                out[key] += part[key]
+            for key, pick in (("captured_min", min), ("share_min", min), ("share_max", max)):
+                values = [v for v in (out[key], part[key]) if v is not None]
+                out[key] = pick(values) if values else None
+        return out
+
     def as_dict(self) -> dict:
         return {k: (round(v, 6) if isinstance(v, float) else v)
                 for k, v in dataclasses.asdict(self).items()}

@@ -12,7 +12,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-from . import atomic, encode, frames, layouts, shade, stats, stills
+from . import atomic, cluster, frames, layouts, segments, shade, stats, stills
 from .config import RenderConfig, StatsConfig
 from .errors import CheckpointError
 from .plan import Plan, make_plan
@@ -40,34 +40,34 @@ def _folder(path: Path | None):
 
 def render(config: RenderConfig, progress: Progress = QUIET) -> RenderResult:
     """Render the film described by ``config`` to ``config.output`` (see :class:`RenderConfig`;
-    validated here unless it already was), with its ``--frames`` and ``--stills`` folders."""
+    validated here unless it already was), with its ``--frames`` and ``--stills`` folders, in
+    this process or on the Dask cluster ``config.scheduler`` names."""
     cfg = config.validated()
     t0 = time.perf_counter()
-    plan = make_plan(cfg, cfg.metrics)
-    for path, why in plan.skipped:  # known before any layout is computed
-        progress.warn(f"skipped {path}: {why}")
-    if cfg.loss_strip and plan.loss is None:
-        raise CheckpointError("--loss-strip: no loss curve found beside the checkpoints "
-                              "(metrics.jsonl, metrics.csv, trainer_state.json, or a loss in the "
-                              "safetensors metadata); pass --metrics FILE", cfg.checkpoints)
-    keys = layouts.cached_keyframe_layouts(plan, cfg.projection, cfg.seed, progress, cfg.cache,
-                                           cfg.fourier_ref)
-    measured = stats.weight_stats(plan.refs, plan.layers, progress) if cfg.needs_layer_stats else None
-    if cfg.order == "settle":
-        plan, keys, measured = frames.settle_order(plan, keys, measured, cfg.settle_threshold)
-    film = frames.prepare(plan, keys, cfg, measured)
-    loaded = time.perf_counter() - t0
+    with cluster.runner(cluster.scheduler_address(cfg.scheduler)) as run:
+        plan = make_plan(cfg, cfg.metrics)
+        for path, why in plan.skipped:  # known before any layout is computed
+            progress.warn(f"skipped {path}: {why}")
+        if cfg.loss_strip and plan.loss is None:
+            raise CheckpointError("--loss-strip: no loss curve found beside the checkpoints "
+                                  "(metrics.jsonl, metrics.csv, trainer_state.json, or a loss in "
+                                  "the safetensors metadata); pass --metrics FILE", cfg.checkpoints)
+        keys = layouts.cached_keyframe_layouts(plan, cfg.projection, cfg.seed, progress, cfg.cache,
+                                               cfg.fourier_ref, run)
+        measured = stats.weight_stats(plan.refs, plan.layers, progress) if cfg.needs_layer_stats else None
+        if cfg.order == "settle":
+            plan, keys, measured = frames.settle_order(plan, keys, measured, cfg.settle_threshold)
+        film = frames.prepare(plan, keys, cfg, measured)
+        loaded = time.perf_counter() - t0
 
-    palette = shade.palette(cfg.cmap)
-    keep = (stills.Stills(film.keyframe_frames(), stills.tile_keyframes(len(plan.refs), cfg.stills_every),
-                          film.n_frames) if cfg.stills_dir is not None else None)
-    with progress.stage(f"Rendering {cfg.output.name}", film.n_frames) as advance, \
-            _folder(cfg.frames_dir) as png_dir, _folder(cfg.stills_dir) as still_dir:
-        done = encode.encode_chunks(cfg.output, cfg.format, cfg.size, cfg.fps, palette, film.n_frames,
-                                    cfg.jobs, lambda: frames.FrameMaker(film), png_dir,
-                                    (keep.offer,) if keep else (), advance)
-        if keep is not None:
-            keep.write(still_dir, palette)
+        palette = shade.palette(cfg.cmap)
+        keep = (stills.Stills(film.keyframe_frames(), stills.tile_keyframes(len(plan.refs), cfg.stills_every),
+                              film.n_frames) if cfg.stills_dir is not None else None)
+        with _folder(cfg.frames_dir) as png_dir, _folder(cfg.stills_dir) as still_dir:
+            done = segments.encode_film(run, film, cfg.output, cfg.format, cfg.size, cfg.fps, palette,
+                                        cfg.jobs, png_dir, keep, progress)
+            if keep is not None:
+                keep.write(still_dir, palette)
     seconds = {"load+project": loaded, "render": done.render_s, "encode": done.encode_s,
                "wall": time.perf_counter() - t0}
     return RenderResult(cfg.output, film.n_frames, len(plan.refs), seconds, cfg.output.stat().st_size,

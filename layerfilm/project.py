@@ -58,6 +58,15 @@ def procrustes_rotation(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     return U @ Vt
 
 
+def rotation_onto(layout: np.ndarray, previous: np.ndarray) -> np.ndarray:
+    """The orthogonal 2x2 ``R`` turning the centred ``layout`` onto ``previous`` (both (n, 2);
+    rows that are not finite in either take no part; the identity with fewer than two)."""
+    ok = np.isfinite(layout).all(axis=1) & np.isfinite(previous).all(axis=1)
+    if ok.sum() < 2:
+        return np.eye(2)
+    return procrustes_rotation(np.asarray(layout, np.float64)[ok], np.asarray(previous, np.float64)[ok])
+
+
 def align(layout: np.ndarray, previous: np.ndarray | None) -> np.ndarray:
     """Centre ``layout`` and rotate/reflect it onto ``previous`` (already aligned).
 
@@ -89,6 +98,7 @@ class Track:
     layout: np.ndarray | None = None  # the last aligned layout, (n, 2) float32
     keyframe: int = 0
     last: bool = False
+    fixed_frame: bool = False  # the projection draws in fixed axes (never turned)
     planes: PlaneTracker | None = None
     stats: PlaneStats = dataclasses.field(default_factory=PlaneStats)
     info: dict = dataclasses.field(default_factory=dict)  # what the projection reports
@@ -209,6 +219,7 @@ def project_keyframe(X: np.ndarray, projection: Projection, track: Track) -> np.
         raw = np.full((len(X), 2), np.nan)
         raw[rows] = done.xy
     if done.fixed_frame:  # the same axes at every keyframe: centred, never turned
+        track.fixed_frame = True
         track.layout = align(raw, None).astype(np.float32)
         return track.layout
     previous_finite = track.layout is None or np.isfinite(track.layout).all()

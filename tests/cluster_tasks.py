@@ -6,11 +6,11 @@ import time
 from pathlib import Path
 
 
-def scaled(factor, x):
+def scaled(factor, x, advance=None):
     return factor * x
 
 
-def slow_marked(folder, x):
+def slow_marked(folder, x, advance=None):
     """Say which process runs item ``x`` (a file named after it holding the pid), then take a
     while: a test can kill that worker mid-task."""
     Path(folder, f"{x}.pid").write_text(str(os.getpid()))
@@ -18,7 +18,7 @@ def slow_marked(folder, x):
     return x * x
 
 
-def fails(_, x):
+def fails(_, x, advance=None):
     from layerfilm.errors import CheckpointError
 
     if x == 3:

@@ -8,8 +8,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "layerfilm"
 
 # Data flows down this list; a module may import only modules above it.
 ORDER = ["__init__", "_kernels", "errors", "atomic", "progress", "config", "checkpoints", "extract",
-         "plan", "pca", "project", "cache", "layouts", "interpolate", "raster", "shade", "compose",
-         "overlays", "stats", "frames", "encode", "stills", "manifest", "publish", "cluster", "pipeline", "describe", "cli",
+         "plan", "pca", "project", "cache", "cluster", "layouts", "interpolate", "raster", "shade", "compose",
+         "overlays", "stats", "frames", "encode", "stills", "segments", "manifest", "publish", "pipeline", "describe", "cli",
          "__main__"]
 
 

@@ -1,7 +1,7 @@
 """The user's choices: the schema and its validation (``schema``), options in files
 (``files``), and precedence with blame (``resolve``)."""
 
-from .files import (CONFIG_FILE, POSITIONAL, load_options_file, option_names, option_types,
+from .files import (CONFIG_FILE, POSITIONAL, RUN_ONLY, load_options_file, option_names, option_types,
                     options_dict, options_from_table, options_toml, output_options, plain)
 from .resolve import resolve, validated_from, with_options
 from .schema import (COLOR_SCALES, ORDERS, POINTS, PROJECTIONS, SETTLE_THRESHOLD, SUFFIXES,
@@ -10,7 +10,7 @@ from .schema import (COLOR_SCALES, ORDERS, POINTS, PROJECTIONS, SETTLE_THRESHOLD
                      parse_steps, validate)
 
 __all__ = [
-    "CONFIG_FILE", "POSITIONAL", "load_options_file", "option_names", "option_types",
+    "CONFIG_FILE", "POSITIONAL", "RUN_ONLY", "load_options_file", "option_names", "option_types",
     "options_dict", "options_from_table", "options_toml", "output_options", "plain", "resolve",
     "validated_from", "with_options", "COLOR_SCALES", "ORDERS", "POINTS", "PROJECTIONS",
     "SETTLE_THRESHOLD", "SUFFIXES", "TIMELINES", "InfoConfig", "PublishConfig", "RenderConfig", "Selection",

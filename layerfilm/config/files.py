@@ -26,6 +26,8 @@ from .schema import RenderConfig, Selection
 
 CONFIG_FILE = "layerfilm.toml"
 POSITIONAL = ("checkpoints", "output")
+# Options about where the work runs, not what the film is: not recorded in manifests.
+RUN_ONLY = ("scheduler",)
 
 
 def option_names(config_type: type = RenderConfig) -> list[str]:

@@ -116,6 +116,7 @@ class RenderConfig(Selection):
     stills_dir: Path | None = None
     stills_every: int | None = None  # None: about a dozen tiles
     timeline: str = "keyframe"
+    scheduler: str | None = None  # a Dask scheduler's address (else $DASK_SCHEDULER_ADDRESS)
 
     @property
     def format(self) -> str:
@@ -276,6 +277,9 @@ def _color_scale(c) -> None:
 def _frames_dir(c) -> None:
     if c.frames_dir is not None:
         _new_or_empty_folder("frames_dir", "--frames", c.frames_dir)
+        if getattr(c, "scheduler", None):
+            _fail("frames_dir", "--frames writes every frame as a PNG on this machine; render them "
+                                "without --scheduler", c.frames_dir)
 
 
 @_check("jobs")

@@ -1,0 +1,137 @@
+"""Render on a real Dask cluster (a scheduler and two single-thread workers on 127.0.0.1): the
+same film, bit for bit, as on one machine -- through a worker lost mid-run too; bad clusters
+and Ctrl-C leave no output."""
+
+import hashlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+pytest.importorskip("distributed")
+
+from layerfilm.cli import app  # noqa: E402
+
+from conftest import SAMPLE, decode, write_run  # noqa: E402
+from dask_procs import DaskProcs, running_dask_processes  # noqa: E402
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def procs(tmp_path_factory):
+    with DaskProcs(tmp_path_factory.mktemp("dask")) as p:
+        p.wait_for_workers(2)
+        yield p
+    assert not [line for line in running_dask_processes() if str(p.workdir) in line]
+
+
+def _sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _render(*args):
+    result = runner.invoke(app, ["render", *map(str, args), "-q", "--no-cache"])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.mark.parametrize("fmt, jobs", [("gif", "3"), ("webm", "2")])
+def test_the_sample_on_a_cluster_is_the_one_machine_film(tmp_path, procs, fmt, jobs):
+    here, there = tmp_path / f"here.{fmt}", tmp_path / f"there.{fmt}"
+    options = ["--size", "320x180", "--frames-per-keyframe", "2", "--jobs", jobs, "--loss-strip",
+               "--stills"]
+    _render(SAMPLE, here, *options, tmp_path / "stills-here")
+    _render(SAMPLE, there, *options, tmp_path / "stills-there", "--scheduler", procs.address)
+    assert _sha(here) == _sha(there)
+    assert np.array_equal(decode(here), decode(there))
+    for name in ("first.png", "last.png", "contact_sheet.png"):
+        assert _sha(tmp_path / "stills-here" / name) == _sha(tmp_path / "stills-there" / name)
+
+
+def test_a_long_tracked_series_in_chunks_is_the_same_film(tmp_path, procs):
+    """70 keyframes of 80-wide layers: two layout chunks (tracked planes restart exactly at
+    keyframe 64) stitched here, whether the chunks ran here or on the workers."""
+    run = write_run(tmp_path / "run", n=70, seed=5, d=80, blocks=2, vocab=100, every=10)
+    here, there = tmp_path / "here.gif", tmp_path / "there.gif"
+    _render(run, here, "--size", "256x144", "--fps", "2", "--jobs", "2")
+    _render(run, there, "--size", "256x144", "--fps", "2", "--jobs", "2", "--scheduler", procs.address)
+    assert _sha(here) == _sha(there)
+
+
+def test_dask_scheduler_address_variable_is_honoured(tmp_path, procs, monkeypatch):
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", procs.address)
+    out = tmp_path / "f.gif"
+    result = _render(SAMPLE, out, "--size", "160x90", "--fps", "1", "--steps", "::1000")
+    assert out.exists() and "wrote" in result.output
+
+
+def test_a_worker_killed_mid_render_changes_nothing(tmp_path):
+    from distributed import Client
+
+    run = write_run(tmp_path / "run", n=70, seed=5, d=80, blocks=2, vocab=100, every=10)
+    local = tmp_path / "local.gif"
+    _render(run, local, "--size", "320x180", "--fps", "4", "--jobs", "4")
+    with DaskProcs(tmp_path / "dask") as p:
+        p.wait_for_workers(2)
+        out = tmp_path / "there.gif"
+        proc = subprocess.Popen([sys.executable, "-m", "layerfilm", "render", str(run), str(out), "-q",
+                                 "--no-cache", "--size", "320x180", "--fps", "4", "--jobs", "4",
+                                 "--scheduler", p.address], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        killed = None
+        with Client(p.address, timeout="10s", set_as_default=False) as client:
+            names = {addr: info["name"] for addr, info in client.scheduler_info(n_workers=-1)["workers"].items()}
+            deadline = time.monotonic() + 60
+            while killed is None and time.monotonic() < deadline and proc.poll() is None:
+                busy = [a for a, tasks in client.processing().items() if tasks]
+                if busy:
+                    killed = names[busy[0]]
+                    p.kill(killed)
+                time.sleep(0.05)
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err.decode()
+        assert killed is not None  # a worker was lost while it had work
+    assert _sha(out) == _sha(local)
+
+
+def test_an_unreachable_scheduler_is_one_line_and_no_output(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "f.gif"
+    result = runner.invoke(app, ["render", str(SAMPLE), str(out), "--scheduler", f"tcp://127.0.0.1:{port}"])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and f"cannot reach the dask scheduler at tcp://127.0.0.1:{port}" in lines[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_frames_folder_stays_on_one_machine(tmp_path, procs):
+    result = runner.invoke(app, ["render", str(SAMPLE), str(tmp_path / "f.gif"), "--frames",
+                                 str(tmp_path / "pngs"), "--scheduler", procs.address])
+    assert result.exit_code == 2 and "--frames writes every frame as a PNG on this machine" in result.output
+
+
+def test_ctrl_c_cancels_and_leaves_no_output(tmp_path, procs):
+    run = write_run(tmp_path / "run", n=70, seed=5, d=80, blocks=2, vocab=100, every=10)
+    out = tmp_path / "out" / "f.webm"
+    out.parent.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "layerfilm", "render", str(run), str(out), "-q",
+                             "--no-cache", "--size", "640x360", "--fps", "10", "--jobs", "4",
+                             "--scheduler", procs.address],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(4)
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()
+    assert err.decode().strip() == "layerfilm: error: interrupted; no output was written"
+    time.sleep(1)
+    assert list(out.parent.iterdir()) == []
