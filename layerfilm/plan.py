@@ -9,7 +9,7 @@ from pathlib import Path, PurePath
 import numpy as np
 
 from . import checkpoints, extract
-from .checkpoints import LOCAL, Storage
+from .checkpoints import LOCAL, LocalStorage, Storage
 from .config import Selection
 from .errors import CheckpointError
 
@@ -38,7 +38,7 @@ class Plan:
     @property
     def name(self) -> str:
         """The run's name: its folder's."""
-        return Path(self.folder).resolve().name if self.storage is LOCAL else self.folder.name
+        return Path(self.folder).resolve().name if isinstance(self.storage, LocalStorage) else self.folder.name
 
     def reordered(self, order: list[int]) -> "Plan":
         """The same plan with its panels in ``order`` (indices into ``layers``)."""
