@@ -209,6 +209,40 @@ def shade_numpy(counts, span_scaled, log_scale, base, levels, frame):
     counts[...] = 0
 
 
+# --- drift --------------------------------------------------------------------------------------
+# A layer's weight norm and its change since the previous keyframe, in one pass over float32
+# weights with float64 sums and no temporaries: the film's activity cues and ``layerfilm stats``
+# share these numbers, so both agree to the last bit.
+
+@ngjit
+def sq_norms_kernel(W, prev, out):
+    """``out[0] = sum(W**2)``, ``out[1] = sum((W - prev)**2)`` (float64 sums in row order).
+
+    W: (n, d) float32, any strides; prev: (n, d) float32, or (0, 0) when there is no previous
+    keyframe (``out[1]`` is then NaN); out: (2,) float64.
+    """
+    s = 0.0
+    t = 0.0
+    has_prev = prev.shape[0] == W.shape[0] and prev.shape[1] == W.shape[1]
+    for i in range(W.shape[0]):
+        for j in range(W.shape[1]):
+            w = np.float64(W[i, j])
+            s += w * w
+            if has_prev:
+                e = w - np.float64(prev[i, j])
+                t += e * e
+    out[0] = s
+    out[1] = t if has_prev else np.nan
+
+
+def sq_norms_numpy(W, prev):
+    """The numpy twin of :func:`sq_norms_kernel`; returns ``(sum W**2, sum (W - prev)**2)``."""
+    W = np.asarray(W, dtype=np.float64)
+    if prev is None or np.shape(prev) != W.shape:
+        return float((W ** 2).sum()), np.nan
+    return float((W ** 2).sum()), float(((W - np.asarray(prev, dtype=np.float64)) ** 2).sum())
+
+
 # --- palette lookup --------------------------------------------------------------------------
 
 @ngjit

@@ -65,6 +65,30 @@ def store_layouts(plan: Plan, projection: str, seed: int, P: np.ndarray, nonfini
         pass
 
 
+def load_arrays(kind: str, plan: Plan) -> dict[str, np.ndarray] | None:
+    """Arrays cached by :func:`store_arrays` under ``kind`` for this plan's checkpoints and
+    panels, or ``None``."""
+    try:
+        with np.load(cache_dir() / f"{kind}-{layout_key(plan, kind, 0)}.npz") as z:
+            return {name: z[name] for name in z.files}
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def store_arrays(kind: str, plan: Plan, **arrays: np.ndarray) -> None:
+    """Cache measurements of a plan's checkpoints and panels (e.g. each layer's drift) beside
+    the layouts, atomically; silently not when the cache cannot be written."""
+    path = cache_dir() / f"{kind}-{layout_key(plan, kind, 0)}.npz"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
 def _digest_memo(key: str) -> Path:
     return cache_dir() / "sha256" / key
 

@@ -15,8 +15,8 @@ from typing import Annotated, Optional
 import typer
 
 from . import __version__
-from .config import (COLOR_SCALES, CONFIG_FILE, ORDERS, POINTS, PROJECTIONS, SETTLE_THRESHOLD,
-                     SUFFIXES, TIMELINES, InfoConfig, RenderConfig, StatsConfig, option_names,
+from .config import (COLOR_SCALES, CONFIG_FILE, ORDERS, POINTS, PROJECTIONS, REBEL_Z,
+                     SETTLE_FRACTION, SUFFIXES, TIMELINES, InfoConfig, RenderConfig, StatsConfig, option_names,
                      options_toml, parse_size, resolve)
 from .errors import ConfigError, LayerfilmError
 
@@ -106,8 +106,15 @@ PointsOpt = Annotated[str, typer.Option(
 TensorOpt = Annotated[Optional[str], typer.Option(
     help="Draw only tensors whose name matches this regular expression (e.g. 'mlp.c_fc', 'wte').",
     show_default=False)]
-ThresholdOpt = Annotated[float, typer.Option(
-    help="A layer has settled once its relative change per 100 steps stays below this.")]
+ThresholdOpt = Annotated[Optional[float], typer.Option(
+    help="Settle by rate instead: a layer has settled once its relative change per 100 steps "
+         "stays below this.", show_default=False)]
+FractionOpt = Annotated[float, typer.Option(
+    help="A layer has settled at the first keyframe by which it has covered this share of its "
+         "whole path (the sum of its relative changes).")]
+RebelOpt = Annotated[float, typer.Option(
+    help="A layer is a rebel while its drift's z-score against the two layers on either side "
+         "reaches this.")]
 
 
 @app.command()
@@ -161,7 +168,9 @@ def render(
     order: Annotated[str, typer.Option(
         help=f"Panel order: {' | '.join(ORDERS)} (settle: by settling step, earliest first).")
     ] = "film",
-    settle_threshold: ThresholdOpt = SETTLE_THRESHOLD,
+    settle_threshold: ThresholdOpt = None,
+    settle_fraction: FractionOpt = SETTLE_FRACTION,
+    rebel_z: RebelOpt = REBEL_Z,
     stills_dir: Annotated[Optional[Path], typer.Option(
         "--stills", help="Also write first.png, last.png and contact_sheet.png (keyframes) into "
         "this new or empty folder.", show_default=False)] = None,
@@ -200,7 +209,8 @@ def render(
         size=parse_size(size), projection=projection, max_points=max_points, seed=seed, cmap=cmap,
         color_scale=color_scale, jobs=jobs, cache=cache, frames_dir=frames_dir, points=points,
         tensor=tensor, loss_strip=loss_strip, metrics=metrics, drift=drift, order=order,
-        settle_threshold=settle_threshold, stills_dir=stills_dir, stills_every=stills_every,
+        settle_threshold=settle_threshold, settle_fraction=settle_fraction, rebel_z=rebel_z,
+        stills_dir=stills_dir, stills_every=stills_every,
         steps=steps, timeline=timeline,
         layer_pattern=layer_pattern, skip_bad=skip_bad,
     )
@@ -340,7 +350,9 @@ def stats(
     out: Annotated[Path, typer.Option(
         help="Folder for layer_stats.csv and layer_change.png (created if needed).")
     ] = Path("layerfilm-stats"),
-    settle_threshold: ThresholdOpt = SETTLE_THRESHOLD,
+    settle_threshold: ThresholdOpt = None,
+    settle_fraction: FractionOpt = SETTLE_FRACTION,
+    rebel_z: RebelOpt = REBEL_Z,
     points: PointsOpt = "neurons",
     tensor: TensorOpt = None,
     max_points: Annotated[int, typer.Option(help="As for render: most points per layer.")] = 2000,
@@ -362,17 +374,19 @@ def stats(
         "--print-config", help="Print the resolved options stats shares with render as TOML "
         "and exit.")] = False,
 ) -> None:
-    """Per-layer drift of CHECKPOINTS: a CSV, a heatmap PNG and each layer's settling step.
+    """Per-layer drift of CHECKPOINTS: a CSV, a heatmap PNG, each layer's settling step and
+    the layers that move against their neighbours.
 
     Options come from the command line, else from the config file, else their defaults.
     """
-    import numpy as np
     from rich.console import Console
     from rich.table import Table
 
     from .pipeline import measure
+    from .stats import summary
 
     cli_config = StatsConfig(checkpoints=checkpoints, out=out, settle_threshold=settle_threshold,
+                             settle_fraction=settle_fraction, rebel_z=rebel_z,
                              points=points, tensor=tensor, max_points=max_points, seed=seed,
                              projection=projection, layouts=layouts, steps=steps,
                              layer_pattern=layer_pattern, skip_bad=skip_bad)
@@ -384,31 +398,18 @@ def stats(
         return
     if config.checkpoints is None:
         raise ConfigError("Missing argument 'CHECKPOINTS' (see layerfilm stats --help)")
-    settle_threshold = config.settle_threshold
     result = measure(config, _RichProgress(quiet or not sys.stderr.isatty()))
-    s = result.stats
-    settle = s.settle_steps(settle_threshold)
-    rate = s.rate
-    late = rate[:, max(1, len(s.steps) * 3 // 4):]
-    table = Table(title=f"settling: relative change per 100 steps stays below {settle_threshold:g}")
-    for name, justify in (("layer", "left"), ("points", "right"), ("|W| first -> last", "right"),
-                          ("change vs first", "right"), ("late rate", "right"),
-                          ("settles at step", "right")):
+    title, columns, rows, lines = summary(result.stats, config)
+    table = Table(title=title)
+    for name, justify in columns:
         table.add_column(name, justify=justify)
-    for l, label in enumerate(s.labels):
-        table.add_row(label, f"{s.points[l]:,}", f"{s.norm[l, 0]:.3g} -> {s.norm[l, -1]:.3g}",
-                      f"{s.rel_first[l, -1]:.3g}", f"{np.nanmedian(late[l]):.3g}",
-                      "never" if np.isnan(settle[l]) else f"{int(settle[l]):,}")
-    console = Console(width=max(100, Console().width))
-    console.print(table)
-    order = [l for l in np.argsort(settle, kind="stable") if np.isfinite(settle[l])]
-    if order:
-        first = settle[order[0]]
-        names = ", ".join(s.labels[l] for l in order if settle[l] == first)
-        typer.echo(f"settles first: {names} (step {int(first):,})")
-    else:
-        typer.echo(f"no layer settles below {settle_threshold:g} per 100 steps")
+    for row in rows:
+        table.add_row(*row)
+    Console(width=max(100, Console().width)).print(table)
+    for line in lines:
+        typer.echo(line)
     typer.echo(f"layout columns: {result.layouts}")
+    s = result.stats
     typer.echo(f"wrote {result.csv} ({len(s.steps) * len(s.labels)} rows) and {result.heatmap}")
     _warn_skipped(result.plan)
 

@@ -17,7 +17,7 @@ from .checkpoints import LossCurve
 from .config import RenderConfig
 from .layouts import Keyframes
 from .plan import Plan
-from .stats import LayerStats
+from .stats import Drift, Settling
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,15 +67,15 @@ class FrameMaker:
                             f / max(film.n_frames - 1, 1), f)
 
 
-def settle_order(plan: Plan, keys: Keyframes, measured: LayerStats, threshold: float
-                 ) -> tuple[Plan, Keyframes, LayerStats]:
+def settle_order(plan: Plan, keys: Keyframes, measured: Drift, settling: Settling
+                 ) -> tuple[Plan, Keyframes, Drift]:
     """Panels reordered by settling step (earliest first, never-settling last, ties in film order)."""
-    settle = measured.settle_steps(threshold)
+    settle = measured.settle_steps(settling)
     order = sorted(range(len(plan.layers)), key=lambda l: (np.isnan(settle[l]), settle[l], l))
     return plan.reordered(order), keys.reordered(order, plan.starts), measured.reordered(order)
 
 
-def prepare(plan: Plan, keys: Keyframes, cfg: RenderConfig, measured: LayerStats | None = None) -> Film:
+def prepare(plan: Plan, keys: Keyframes, cfg: RenderConfig, measured: Drift | None = None) -> Film:
     """Everything about the film that is fixed before its first frame (see :class:`Film`).
 
     ``measured`` (the layers' weight statistics) is needed for ``--drift`` and ``--order
@@ -96,7 +96,7 @@ def prepare(plan: Plan, keys: Keyframes, cfg: RenderConfig, measured: LayerStats
     extras: list[compose.Overlay] = []
     if measured is not None and cfg.order == "settle":
         notes = ["never settles" if np.isnan(s) else f"settles {int(s):,}"
-                 for s in measured.settle_steps(cfg.settle_threshold)]
+                 for s in measured.settle_steps(Settling.of(cfg))]
     if measured is not None and cfg.drift:
         extras.append(overlays.DriftBars(layout.rects, measured.rate, times))
     if cfg.loss_strip:

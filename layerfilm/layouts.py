@@ -7,6 +7,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import os
+from typing import Callable
 
 import numpy as np
 
@@ -59,8 +60,13 @@ def _threads(method: str) -> int:
                       else os.cpu_count() or 1, 4))
 
 
+# ``observe(k, l, cloud)``: called with every layer's point cloud as it is read (from the
+# projecting threads, each layer in keyframe order), so other measurements share the one pass.
+Observer = Callable[[int, int, np.ndarray], None]
+
+
 def keyframe_layouts(plan: Plan, projection: str = "pca", seed: int = 0,
-                     progress: Progress = QUIET) -> Keyframes:
+                     progress: Progress = QUIET, observe: Observer | None = None) -> Keyframes:
     """Read, extract and project every keyframe, one checkpoint in memory at a time.
 
     BLAS runs single-threaded here: the matrices are small, and a multi-threaded OpenBLAS
@@ -71,10 +77,11 @@ def keyframe_layouts(plan: Plan, projection: str = "pca", seed: int = 0,
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1, user_api="blas"):
-        return _keyframe_layouts(plan, projection, seed, progress)
+        return _keyframe_layouts(plan, projection, seed, progress, observe)
 
 
-def _keyframe_layouts(plan: Plan, projection: str, seed: int, progress: Progress) -> Keyframes:
+def _keyframe_layouts(plan: Plan, projection: str, seed: int, progress: Progress,
+                      observe: Observer | None = None) -> Keyframes:
     starts = plan.starts
     P = np.empty((len(plan.refs), starts[-1], 2), dtype=np.float32)
     tracks = [project.Track() for _ in plan.layers]
@@ -85,6 +92,8 @@ def _keyframe_layouts(plan: Plan, projection: str, seed: int, progress: Progress
         # Each layer has its own track, so which thread projects it never changes the result.
         for l in range(part, len(plan.layers), threads):
             cloud = extract.read_layer(ckpt, plan.layers[l], shapes)
+            if observe is not None:
+                observe(k, l, cloud)
             P[k, starts[l]:starts[l + 1]] = project.project_keyframe(cloud, how[l], tracks[l])
 
     with concurrent.futures.ThreadPoolExecutor(threads) as pool, \
@@ -107,11 +116,13 @@ def load_cached(plan: Plan, projection: str = "pca", seed: int = 0) -> Keyframes
 
 
 def cached_keyframe_layouts(plan: Plan, projection: str = "pca", seed: int = 0,
-                            progress: Progress = QUIET, use_cache: bool = True) -> Keyframes:
-    """:func:`keyframe_layouts`, memoised on disk (see :mod:`layerfilm.cache`)."""
+                            progress: Progress = QUIET, use_cache: bool = True,
+                            observe: Observer | None = None) -> Keyframes:
+    """:func:`keyframe_layouts`, memoised on disk (see :mod:`layerfilm.cache`); ``observe`` is
+    called only when the layouts are computed."""
     keys = load_cached(plan, projection, seed) if use_cache else None
     if keys is None:
-        keys = keyframe_layouts(plan, projection, seed, progress)
+        keys = keyframe_layouts(plan, projection, seed, progress, observe)
         if use_cache:
             cache.store_layouts(plan, projection, seed, keys.P, keys.nonfinite)
     return keys

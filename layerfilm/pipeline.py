@@ -47,10 +47,10 @@ def render(config: RenderConfig, progress: Progress = QUIET) -> RenderResult:
         raise CheckpointError("--loss-strip: no loss curve found beside the checkpoints "
                               "(metrics.jsonl, metrics.csv, trainer_state.json, or a loss in the "
                               "safetensors metadata); pass --metrics FILE", cfg.checkpoints)
-    keys = layouts.cached_keyframe_layouts(plan, cfg.projection, cfg.seed, progress, cfg.cache)
-    measured = stats.weight_stats(plan.refs, plan.layers, progress) if cfg.needs_layer_stats else None
+    keys, measured = stats.layouts_and_drift(plan, cfg.projection, cfg.seed, progress, cfg.cache,
+                                             cfg.needs_drift)
     if cfg.order == "settle":
-        plan, keys, measured = frames.settle_order(plan, keys, measured, cfg.settle_threshold)
+        plan, keys, measured = frames.settle_order(plan, keys, measured, stats.Settling.of(cfg))
     film = frames.prepare(plan, keys, cfg, measured)
     loaded = time.perf_counter() - t0
 
@@ -100,7 +100,8 @@ def measure(config: StatsConfig, progress: Progress = QUIET) -> StatsResult:
         result = result.with_layouts(keys.P, plan.starts)
     cfg.out.mkdir(exist_ok=True)
     csv_path, png_path = cfg.out / "layer_stats.csv", cfg.out / "layer_change.png"
-    stats.write_csv(result, cfg.settle_threshold, csv_path)
-    stats.write_heatmap(result, cfg.settle_threshold, png_path,
-                        f"{plan.name}: relative change per 100 steps")
+    settling = stats.Settling.of(cfg)
+    stats.write_csv(result, settling, csv_path)
+    stats.write_heatmap(result, settling, png_path, f"{plan.name}: relative change per 100 steps",
+                        cfg.rebel_z)
     return StatsResult(result, csv_path, png_path, where, plan)

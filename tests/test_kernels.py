@@ -210,3 +210,18 @@ def test_align_kernel_matches_the_svd_procrustes(reflect):
     out = np.empty_like(A)
     K.align_kernel(A, A[:0], out)  # no previous keyframe: centring only
     np.testing.assert_allclose(out, A - A.mean(axis=0), atol=1e-5)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_sq_norms_kernel_equals_numpy_twin(transposed):
+    rng = np.random.default_rng(4)
+    W = rng.normal(size=(37, 23)).astype(np.float32)
+    prev = (W + 0.1 * rng.normal(size=W.shape)).astype(np.float32)
+    if transposed:  # a column view, as read for --points cols
+        W, prev = np.asfortranarray(W).T.T, prev
+    out = np.empty(2)
+    K.sq_norms_kernel(W, prev, out)
+    np.testing.assert_allclose(out, K.sq_norms_numpy(W, prev), rtol=1e-12)
+    np.testing.assert_allclose(out[1], np.linalg.norm(W.astype(np.float64) - prev) ** 2, rtol=1e-12)
+    K.sq_norms_kernel(W, np.zeros((0, 0), np.float32), out)
+    assert out[0] == pytest.approx(K.sq_norms_numpy(W, None)[0], rel=1e-12) and np.isnan(out[1])

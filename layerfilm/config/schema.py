@@ -25,8 +25,11 @@ TIMELINES = ("keyframe", "step")
 SUFFIXES = {".webm": "webm", ".gif": "gif", ".webp": "webp", ".mp4": "mp4", ".mkv": "mkv"}
 ORDERS = ("film", "settle")
 POINTS = ("neurons", "embeddings", "rows", "cols")
-# Relative change per 100 training steps under which a layer counts as settled.
-SETTLE_THRESHOLD = 0.01
+# A layer has settled once it has covered this share of its whole path (see stats.Settling);
+# with --settle-threshold instead once its change per 100 steps stays below that.
+SETTLE_FRACTION = 0.9
+# |z| of a layer's drift against its neighbours' from which it is marked as a rebel.
+REBEL_Z = 3.0
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -111,7 +114,9 @@ class RenderConfig(Selection):
     metrics: Path | None = None
     drift: bool = False
     order: str = "film"
-    settle_threshold: float = SETTLE_THRESHOLD
+    settle_threshold: float | None = None
+    settle_fraction: float = SETTLE_FRACTION
+    rebel_z: float = REBEL_Z
     stills_dir: Path | None = None
     stills_every: int | None = None  # None: about a dozen tiles
     timeline: str = "keyframe"
@@ -125,7 +130,7 @@ class RenderConfig(Selection):
         return self.frames_per_keyframe or self.fps
 
     @property
-    def needs_layer_stats(self) -> bool:
+    def needs_drift(self) -> bool:
         """Whether the film draws numbers measured on the weights (drift bars, settle order)."""
         return self.drift or self.order == "settle"
 
@@ -139,7 +144,9 @@ class StatsConfig(Selection):
     """
 
     out: Path = Path("layerfilm-stats")
-    settle_threshold: float = SETTLE_THRESHOLD
+    settle_threshold: float | None = None
+    settle_fraction: float = SETTLE_FRACTION
+    rebel_z: float = REBEL_Z
     projection: str = "pca"
     layouts: bool = False
 
@@ -292,9 +299,22 @@ def _order(c) -> None:
 
 @_check("settle_threshold")
 def _settle_threshold(c) -> None:
-    if not (0 < c.settle_threshold < float("inf")):
+    if c.settle_threshold is not None and not (0 < c.settle_threshold < float("inf")):
         _fail("settle_threshold",
               f"--settle-threshold must be a positive number, got {c.settle_threshold}")
+
+
+@_check("settle_fraction")
+def _settle_fraction(c) -> None:
+    if not (0 < c.settle_fraction <= 1):
+        _fail("settle_fraction",
+              f"--settle-fraction must be above 0 and at most 1, got {c.settle_fraction}")
+
+
+@_check("rebel_z")
+def _rebel_z(c) -> None:
+    if not (0 < c.rebel_z < float("inf")):
+        _fail("rebel_z", f"--rebel-z must be a positive number, got {c.rebel_z}")
 
 
 @_check("metrics")
@@ -369,7 +389,8 @@ def _repo_type(c) -> None:
 
 # Cheap checks first; the colormap check imports matplotlib.
 _ORDER = ("output", "fps", "frames_per_keyframe", "size", "projection", "max_points", "color_scale",
-          "frames_dir", "jobs", "points", "tensor", "order", "settle_threshold", "metrics",
+          "frames_dir", "jobs", "points", "tensor", "order", "settle_threshold", "settle_fraction",
+          "rebel_z", "metrics",
           "stills_dir", "stills_every", "steps", "timeline", "layer_pattern", "out", "repo_id",
           "repo_type", "cmap")
 assert set(_ORDER) == set(_CHECKS)
