@@ -19,15 +19,24 @@ def keyframe_times(n_keyframes: int, frames_per_keyframe: int) -> np.ndarray:
 
 
 def step_times(steps: np.ndarray, frames_per_keyframe: int) -> np.ndarray:
-    """Frame time of each keyframe placed by training step: ``(K,)`` float64.
+    """Frame time of each keyframe placed by training step: ``(K,)`` float64, whole numbers.
 
     The film is as long as with :func:`keyframe_times` (``(K-1) * frames_per_keyframe``
     frames from first to last keyframe), but each gap gets frames in proportion to its
-    training steps, so unevenly spaced checkpoints keep true time.
+    training steps, so unevenly spaced checkpoints keep true time.  Every keyframe sits
+    exactly on a frame of its own (its time rounded, then kept at least one frame after the
+    one before and before the one after), so the frame at a checkpoint shows that checkpoint's
+    layout and step, not an interpolation.
     """
     steps = np.asarray(steps, dtype=np.float64)
     span = (len(steps) - 1) * frames_per_keyframe
-    return (steps - steps[0]) / (steps[-1] - steps[0]) * span
+    t = np.round((steps - steps[0]) / (steps[-1] - steps[0]) * span)
+    for k in range(1, len(t)):
+        t[k] = max(t[k], t[k - 1] + 1)
+    t[-1] = span
+    for k in range(len(t) - 2, -1, -1):
+        t[k] = min(t[k], t[k + 1] - 1)
+    return t
 
 
 def frame_count(times: np.ndarray) -> int:

@@ -114,8 +114,11 @@ class LossStrip:
 
 class DriftBars:
     """A bar along the bottom edge of each panel, as long as the layer's relative change per
-    100 steps over the current keyframe interval (log scale over two decades up to the
-    film's largest change, the same scale for every panel and frame).
+    100 steps over the interval the dots are moving through (log scale over two decades up to
+    the film's largest change, the same scale for every panel and frame).
+
+    Frames after keyframe k-1 up to and including keyframe k show the change from k-1 to k
+    (the change *into* k); the first keyframe's frame shows none.
 
     rects: (L, 4) panel rects; rate: (L, K) relative change per 100 steps into each keyframe
     (column 0 unused); times: (K,) keyframe frame times.
@@ -133,10 +136,17 @@ class DriftBars:
         pass
 
     def draw(self, frame: np.ndarray, time: float, step: float) -> None:
-        k = int(np.searchsorted(self.times, time, side="right"))  # interval (k-1, k] -> column k
-        k = min(max(k, 1), self.lengths.shape[1] - 1)
+        k = current_interval(self.times, time)
+        if k == 0:
+            return
         for (x0, y0, x1, y1), n in zip(self.rects, self.lengths[:, k]):
             frame[y1:y1 + 2, x0:x0 + n] = self.COLOUR
+
+
+def current_interval(times: np.ndarray, time: float) -> int:
+    """The keyframe ``k`` whose incoming interval ``(times[k-1], times[k]]`` holds ``time``
+    (0 at or before the first keyframe, the last one after it)."""
+    return min(int(np.searchsorted(times, time, side="left")), len(times) - 1)
 
 
 def drift_lengths(rate: np.ndarray, sides: np.ndarray, decades: float = 3.0) -> np.ndarray:

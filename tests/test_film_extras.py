@@ -151,8 +151,12 @@ def test_drift_bars_follow_each_layers_change(tmp_path, index_frames, composer):
     rate = stats.weight_stats(plan.refs, plan.layers).rate
     want = overlays.drift_lengths(rate, rects[:, 2] - rects[:, 0], overlays.DriftBars.DECADES)
     for f, frame in enumerate(index_frames):
-        k = min(max(f // fps + 1, 1), 6)
+        k = -(-f // fps)  # the change into keyframe k: frames (k-1) * fps + 1 .. k * fps; none at 0
+        assert k == 0 or want[:, k].any()
         for l, (x0, y0, x1, y1) in enumerate(rects):
+            if k == 0:
+                assert not (frame[y1:y1 + 2, x0:x1] == overlays.DriftBars.COLOUR).any()
+                continue
             bar = frame[y1:y1 + 2, x0:x1] == overlays.DriftBars.COLOUR
             assert bar.all(axis=0).sum() == bar.any(axis=0).sum() == want[l, k], (f, l)
             assert not bar[:, want[l, k]:].any()
