@@ -65,72 +65,94 @@ def hermite_numpy(P, times, k, t):
 
 
 # --- rasterisation ---------------------------------------------------------------------------
-# Each point is splatted bilinearly onto the 2x2 pixels around it (weight 1 in total), so a
-# point moving by a fraction of a pixel moves smoothly instead of jumping.  ``xform`` maps a
-# panel's data coordinates to frame pixels: px = x * sx + ox, py = y * sy + oy, and ``rect``
-# clips deposits to the panel's interior.
+# Each point is a small Gaussian footprint, accumulated: its weight is 1 at its centre and
+# exp(-d^2 / (2 sigma^2)) at a pixel centre d pixels away, cut off beyond CUTOFF sigma.  So the
+# count image reads "how many dots overlap here", a lone dot peaks at 1 wherever it sits, and a
+# dot moving by a fraction of a pixel moves smoothly.  ``xform`` maps a panel's data coordinates
+# to frame pixels: px = x * sx + ox, py = y * sy + oy; a point whose centre falls outside the
+# panel's drawing box (``hw`` x ``hh`` pixels around (ox, oy)) is pinned onto the box's edge,
+# towards where it is, so no dot silently vanishes; ``rect`` clips deposits to the interior.
+
+CUTOFF = 2.5
+
 
 @ngjit
-def splat_kernel(xy, starts, xform, rect, counts):
+def splat_kernel(xy, starts, xform, rect, sigma, counts):
     """Add every point of every panel into ``counts``.
 
     xy: (N, 2) float32; starts: (L+1,) int64 offsets of each panel's points;
-    xform: (L, 4) float64 [sx, ox, sy, oy]; rect: (L, 4) int64 [x0, y0, x1, y1) half-open;
-    counts: (H, W) float32, added to in place.
+    xform: (L, 6) float64 [sx, ox, sy, oy, hw, hh]; rect: (L, 4) int64 [x0, y0, x1, y1)
+    half-open; sigma: (L,) float64 footprint in pixels (reach at most 63 pixels);
+    counts: (H, W) float32, added to in place.  The weight at a pixel is the product of the
+    footprint's x and y factors (one exponential per row and per column, not per pixel).
     """
+    ex, ey, dx, dy = np.empty(127), np.empty(127), np.empty(127), np.empty(127)
     for l in range(starts.shape[0] - 1):
-        sx = xform[l, 0]
-        ox = xform[l, 1]
-        sy = xform[l, 2]
-        oy = xform[l, 3]
-        x0 = rect[l, 0]
-        y0 = rect[l, 1]
-        x1 = rect[l, 2]
-        y1 = rect[l, 3]
+        sx, ox, sy, oy, hw, hh = xform[l, 0], xform[l, 1], xform[l, 2], xform[l, 3], xform[l, 4], xform[l, 5]
+        x0, y0, x1, y1 = rect[l, 0], rect[l, 1], rect[l, 2], rect[l, 3]
+        inv = 1.0 / (2.0 * sigma[l] * sigma[l])
+        reach = CUTOFF * sigma[l]
+        cut2 = reach * reach
+        R = min(int(np.ceil(reach)), 63)
+        n = 2 * R + 1
         for i in range(starts[l], starts[l + 1]):
-            fx = xy[i, 0] * sx + ox - 0.5
-            fy = xy[i, 1] * sy + oy - 0.5
-            if not (fx > x0 - 1.0 and fx < x1 and fy > y0 - 1.0 and fy < y1):
-                continue  # also drops NaN
-            ix = int(np.floor(fx))
-            iy = int(np.floor(fy))
-            wx = np.float32(fx - ix)
-            wy = np.float32(fy - iy)
-            for dy in range(2):
-                yy = iy + dy
+            u, v = xy[i, 0] * sx, xy[i, 1] * sy
+            if not (np.isfinite(u) and np.isfinite(v)):
+                continue
+            r = max(abs(u) / hw, abs(v) / hh)
+            if r > 1.0:
+                u /= r
+                v /= r
+            fx, fy = u + ox, v + oy
+            cx, cy = int(np.floor(fx)) - R, int(np.floor(fy)) - R
+            for j in range(n):
+                dx[j] = cx + j + 0.5 - fx
+                dy[j] = cy + j + 0.5 - fy
+                ex[j] = np.exp(-dx[j] * dx[j] * inv)
+                ey[j] = np.exp(-dy[j] * dy[j] * inv)
+            for jy in range(n):
+                yy = cy + jy
                 if yy < y0 or yy >= y1:
                     continue
-                wyy = wy if dy == 1 else np.float32(1.0) - wy
-                for dx in range(2):
-                    xx = ix + dx
-                    if xx < x0 or xx >= x1:
+                dy2 = dy[jy] * dy[jy]
+                for jx in range(n):
+                    xx = cx + jx
+                    if xx < x0 or xx >= x1 or dx[jx] * dx[jx] + dy2 > cut2:
                         continue
-                    wxx = wx if dx == 1 else np.float32(1.0) - wx
-                    counts[yy, xx] += wxx * wyy
+                    counts[yy, xx] += np.float32(ex[jx] * ey[jy])
 
 
-def splat_numpy(xy, starts, xform, rect, counts):
+def splat_numpy(xy, starts, xform, rect, sigma, counts):
     """The numpy twin of :func:`splat_kernel` (same arguments, same in-place result)."""
     for l in range(len(starts) - 1):
-        sx, ox, sy, oy = xform[l]
-        x0, y0, x1, y1 = rect[l]
+        (sx, ox, sy, oy, hw, hh), (x0, y0, x1, y1) = xform[l], rect[l]
+        inv, reach = 1.0 / (2.0 * sigma[l] ** 2), CUTOFF * sigma[l]
+        R = min(int(np.ceil(reach)), 63)
         p = xy[starts[l]:starts[l + 1]].astype(np.float64)
-        fx, fy = p[:, 0] * sx + ox - 0.5, p[:, 1] * sy + oy - 0.5
-        ok = (fx > x0 - 1) & (fx < x1) & (fy > y0 - 1) & (fy < y1)
-        fx, fy = fx[ok], fy[ok]
-        ix, iy = np.floor(fx).astype(np.int64), np.floor(fy).astype(np.int64)
-        wx = (fx - ix).astype(np.float32)
-        wy = (fy - iy).astype(np.float32)
-        for dy, wyy in ((0, 1 - wy), (1, wy)):
-            for dx, wxx in ((0, 1 - wx), (1, wx)):
-                xx, yy = ix + dx, iy + dy
-                inside = (xx >= x0) & (xx < x1) & (yy >= y0) & (yy < y1)
-                np.add.at(counts, (yy[inside], xx[inside]), (wxx * wyy)[inside])
+        u, v = p[:, 0] * sx, p[:, 1] * sy
+        ok = np.isfinite(u) & np.isfinite(v)
+        u, v = u[ok], v[ok]
+        r = np.maximum(np.maximum(np.abs(u) / hw, np.abs(v) / hh), 1.0)  # pinned onto the box
+        fx, fy = u / r + ox, v / r + oy
+        cx, cy = np.floor(fx).astype(np.int64) - R, np.floor(fy).astype(np.int64) - R
+        j = np.arange(2 * R + 1)
+        dx, dy = cx[:, None] + j + 0.5 - fx[:, None], cy[:, None] + j + 0.5 - fy[:, None]
+        ex, ey = np.exp(-dx * dx * inv), np.exp(-dy * dy * inv)
+        # Deposits in the kernel's order: point by point, row by row, column by column.
+        xx = np.broadcast_to((cx[:, None] + j)[:, None, :], (len(fx), len(j), len(j)))
+        yy = np.broadcast_to((cy[:, None] + j)[:, :, None], xx.shape)
+        d2 = dx[:, None, :] ** 2 + dy[:, :, None] ** 2
+        keep = (xx >= x0) & (xx < x1) & (yy >= y0) & (yy < y1) & (d2 <= reach * reach)
+        w = (ex[:, None, :] * ey[:, :, None]).astype(np.float32)
+        np.add.at(counts, (yy[keep], xx[keep]), w[keep])
 
 
 # --- shading ---------------------------------------------------------------------------------
 # Density -> palette index.  Index ``base`` + j (j = 0 .. levels-1) holds colour j of the
-# colormap; pixels with no density keep the background frame's index.
+# colormap; pixels with no density keep the background frame's index.  On the log scale
+# level j is the nearest to (levels - 1) * log(c / floor) / log(span / floor), clipped to the
+# scale: ``floor`` is the faintest density drawn (a footprint's edge), so a lone dot (density 1
+# at its centre) sits well up the colormap and only the film's densest pixel reaches the top.
 
 @ngjit
 def shade_kernel(counts, bits, lut, frame):
@@ -158,10 +180,18 @@ def shade_kernel(counts, bits, lut, frame):
                 counts[y, x] = 0.0
 
 
-def shade_table(span_scaled, log_scale, base, levels):
-    """The lookup table :func:`shade_kernel` uses in place of :func:`shade_numpy`'s formula.
+def shade_levels(c, span, floor, log_scale, levels):
+    """Colour level (0 .. levels-1, int64) of densities ``c`` (float64): the formula that
+    :func:`shade_kernel`'s table reproduces exactly."""
+    c = np.asarray(c, dtype=np.float64)
+    v = np.log(np.maximum(c, floor) / floor) / np.log(span / floor) if log_scale else c / span
+    return np.minimum(np.floor(v * (levels - 1) + 0.5), levels - 1).astype(np.int64)
 
-    For every level j its boundary -- the smallest float32 density that :func:`shade_numpy`
+
+def shade_table(span, floor, log_scale, base, levels):
+    """The lookup table :func:`shade_kernel` uses in place of :func:`shade_levels`.
+
+    For every level j its boundary -- the smallest float32 density that :func:`shade_levels`
     gives level j or more -- is found by bisection on float32 bit patterns; the densities
     between the first and the last boundary are then binned by the top bits of their bit
     pattern, each bin storing its level at the start and the boundary inside it, if any.
@@ -170,8 +200,7 @@ def shade_table(span_scaled, log_scale, base, levels):
     top = levels - 1
 
     def level(c32):
-        v = np.log1p(c32.astype(np.float64)) if log_scale else c32.astype(np.float64)
-        return np.minimum(np.floor(v / span_scaled * top + 0.5), top).astype(np.int64)
+        return shade_levels(c32.astype(np.float64), span, floor, log_scale, levels)
 
     # Smallest positive float32 (as bits) reaching each level 1..top, all levels at once.
     want = np.arange(1, top + 1)
@@ -199,13 +228,11 @@ def shade_table(span_scaled, log_scale, base, levels):
             np.uint8(base), np.int64(top), start_level, boundary)
 
 
-def shade_numpy(counts, span_scaled, log_scale, base, levels, frame):
+def shade_numpy(counts, span, floor, log_scale, base, levels, frame):
     """The numpy twin of :func:`shade_kernel`."""
     c = counts.astype(np.float64)
     hit = c > 0
-    v = (np.log1p(c[hit]) if log_scale else c[hit]) / span_scaled
-    j = np.minimum(np.floor(v * (levels - 1) + 0.5), levels - 1).astype(np.int64)
-    frame[hit] = (base + j).astype(np.uint8)
+    frame[hit] = (base + shade_levels(c[hit], span, floor, log_scale, levels)).astype(np.uint8)
     counts[...] = 0
 
 
@@ -221,8 +248,7 @@ def sq_norms_kernel(W, prev, out):
     W: (n, d) float32, any strides; prev: (n, d) float32, or (0, 0) when there is no previous
     keyframe (``out[1]`` is then NaN); out: (2,) float64.
     """
-    s = 0.0
-    t = 0.0
+    s, t = 0.0, 0.0
     has_prev = prev.shape[0] == W.shape[0] and prev.shape[1] == W.shape[1]
     for i in range(W.shape[0]):
         for j in range(W.shape[1]):

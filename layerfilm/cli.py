@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import __version__
-from .config import (COLOR_SCALES, CONFIG_FILE, ORDERS, POINTS, PROJECTIONS, REBEL_Z,
+from .config import (COLOR_SCALES, CONFIG_FILE, ORDERS, POINTS, PROJECTIONS, REBEL_Z, SCALES,
                      SETTLE_FRACTION, SUFFIXES, TIMELINES, InfoConfig, RenderConfig, StatsConfig, option_names,
                      options_toml, parse_size, resolve)
 from .errors import ConfigError, LayerfilmError
@@ -192,6 +192,12 @@ def render(
         help=f"Where keyframes sit in the film: {' | '.join(TIMELINES)} (keyframe: evenly; "
              "step: frames between checkpoints in proportion to their training steps, so "
              "unevenly spaced checkpoints keep true time).")] = "keyframe",
+    point_size: Annotated[Optional[float], typer.Option(
+        help="Dot size in pixels (the width of its footprint at half height) for every panel "
+             "[default: from each panel's size and number of dots].", show_default=False)] = None,
+    scale: Annotated[str, typer.Option(
+        help=f"Panel scale: {' | '.join(SCALES)} (shared: every panel at one common scale, so "
+             "sizes compare).")] = "panel",
     layer_pattern: LayerPatternOpt = None,
     skip_bad: SkipBadOpt = False,
 ) -> None:
@@ -211,7 +217,7 @@ def render(
         tensor=tensor, loss_strip=loss_strip, metrics=metrics, drift=drift, order=order,
         settle_threshold=settle_threshold, settle_fraction=settle_fraction, rebel_z=rebel_z,
         stills_dir=stills_dir, stills_every=stills_every,
-        steps=steps, timeline=timeline,
+        steps=steps, timeline=timeline, point_size=point_size, scale=scale,
         layer_pattern=layer_pattern, skip_bad=skip_bad,
     )
     given = _given_on_command_line(ctx)

@@ -24,9 +24,10 @@ from .stats import Drift, Settling
 class Film:
     """Everything fixed before the first frame; shared read-only by all render jobs.
 
-    P: (K, N, 2) float32 keyframe layouts; times: (K,) frame time of each keyframe; steps:
-    (K,) float64 training steps; half: (L,) each panel's axis half-width; starts: (L+1,)
-    panel offsets into the points.
+    P: (K, N, 2) float32 keyframe layouts; times: (K,) frame time of each keyframe (whole
+    numbers); steps: (K,) float64 training steps; scale: (L,) each panel's pixels per data
+    unit; sigma: (L,) its dots' footprint in pixels; starts: (L+1,) panel offsets into the
+    points; outside: (L,) how many (frame, dot) pairs are drawn pinned to a panel's edge.
     """
 
     P: np.ndarray
@@ -34,7 +35,8 @@ class Film:
     steps: np.ndarray
     loss: LossCurve | None
     layout: compose.Layout
-    half: np.ndarray
+    scale: np.ndarray
+    sigma: np.ndarray
     starts: np.ndarray
     shader: shade.Shader
     labels: list[str]
@@ -42,10 +44,26 @@ class Film:
     title: str
     n_frames: int
     overlays: tuple[compose.Overlay, ...] = ()
+    outside: np.ndarray | None = None
 
     def keyframe_frames(self) -> list[int]:
-        """The frame number at (or just before) each keyframe."""
+        """The frame number of each keyframe."""
         return [int(t) for t in self.times]
+
+    def describe(self) -> dict:
+        """How the film was drawn, for the manifest: per panel its scale, dot size and how many
+        (frame, dot) pairs were pinned to its edge, and the colour span."""
+        out = np.zeros(len(self.labels), dtype=np.int64) if self.outside is None else self.outside
+        return {"color_span": round(float(self.shader.span), 6),
+                "panels": {label: {"pixels_per_unit": round(float(s), 6),
+                                   "dot_size_px": round(float(g * raster.FWHM), 3),
+                                   "pinned_to_edge": int(n)}
+                           for label, s, g, n in zip(self.labels, self.scale, self.sigma, out)},
+                "pinned_to_edge": int(out.sum())}
+
+    def rasterizer(self) -> raster.Rasterizer:
+        return raster.Rasterizer(self.layout.size, self.layout.rects, self.scale, self.sigma,
+                                 self.starts)
 
 
 class FrameMaker:
@@ -54,7 +72,7 @@ class FrameMaker:
 
     def __init__(self, film: Film):
         self.film = film
-        self.rasterize = raster.Rasterizer(film.layout.size, film.layout.rects, film.half, film.starts)
+        self.rasterize = film.rasterizer()
         self.compose = compose.FrameComposer(film.layout, film.labels, film.notes, film.title,
                                              film.shader, film.overlays)
         self.interp = interpolate.Interpolator(film.P, film.times)
@@ -90,8 +108,16 @@ def prepare(plan: Plan, keys: Keyframes, cfg: RenderConfig, measured: Drift | No
     groups = [l.group for l in plan.layers]  # encoder/decoder row bands, unless reordered
     layout = compose.grid_layout(len(plan.layers), cfg.size, footer,
                                  groups if groups == sorted(groups) else None)
-    half = project.axis_ranges(keys.P, starts)
-    span = raster.Rasterizer(cfg.size, layout.rects, half, starts).span(keys.P)
+    extremes = interpolate.curve_extremes(keys.P, times)
+    half = project.axis_ranges(extremes, starts).max(axis=1)  # square panels
+    rects = layout.rects
+    sigma = raster.dot_sizes(rects, [l.n_points for l in plan.layers], cfg.point_size) / raster.FWHM
+    scale = ((rects[:, 2] - rects[:, 0]) / 2.0 - raster.edge_pad(sigma)) / half
+    if cfg.scale == "shared":
+        scale = np.full(len(scale), scale.min())
+    rasterizer = raster.Rasterizer(cfg.size, rects, scale, sigma, starts)
+    outside = interpolate.outside_counts(keys.P, times, rasterizer.limits, starts, extremes)
+    span = rasterizer.span(keys.P)
     notes = [f"{l.n_points:,} pts" for l in plan.layers]
     extras: list[compose.Overlay] = []
     if measured is not None and cfg.order == "settle":
@@ -102,6 +128,6 @@ def prepare(plan: Plan, keys: Keyframes, cfg: RenderConfig, measured: Drift | No
     if cfg.loss_strip:
         extras.append(overlays.LossStrip.below_panels(layout, plan.loss.steps, plan.loss.values,
                                                       (float(plan.steps[0]), float(plan.steps[-1]))))
-    return Film(keys.P, times, plan.steps.astype(np.float64), plan.loss, layout, half, starts,
-                shade.Shader(span, cfg.color_scale), [l.label for l in plan.layers], notes,
-                plan.name, interpolate.frame_count(times), tuple(extras))
+    return Film(keys.P, times, plan.steps.astype(np.float64), plan.loss, layout, scale, sigma,
+                starts, shade.Shader(span, cfg.color_scale), [l.label for l in plan.layers], notes,
+                plan.name, interpolate.frame_count(times), tuple(extras), outside)

@@ -30,6 +30,7 @@ class RenderResult:
     command: list[str]
     jobs: int = 1
     plan: Plan | None = None  # what was drawn (the manifest lists its checkpoints)
+    drawing: dict | None = None  # how it was drawn (frames.Film.describe): the manifest keeps it
 
 
 def _folder(path: Path | None):
@@ -67,7 +68,7 @@ def render(config: RenderConfig, progress: Progress = QUIET) -> RenderResult:
     seconds = {"load+project": loaded, "render": done.render_s, "encode": done.encode_s,
                "wall": time.perf_counter() - t0}
     return RenderResult(cfg.output, film.n_frames, len(plan.refs), seconds, cfg.output.stat().st_size,
-                        keys.nonfinite, done.command, done.jobs, plan)
+                        keys.nonfinite, done.command, done.jobs, plan, film.describe())
 
 
 @dataclasses.dataclass(frozen=True)

@@ -70,32 +70,31 @@ def test_film_shows_motion_labels_and_header(tmp_path, run_dir, sent, headers):
 def test_color_range_fixed_for_the_whole_film(tmp_path, run_dir, monkeypatch):
     """The span is the densest pixel of any keyframe (computed here with the numpy splat) and
     the same for every frame."""
-    from layerfilm import _kernels, layouts, plan, project, shade
+    from layerfilm import _kernels, frames, layouts, plan, shade
     from layerfilm.config import Selection
 
-    spans = []
+    spans, films = [], []
     original = shade.Shader.__call__
+    prepare = frames.prepare
 
     def call(self, counts, frame):
         spans.append(self.span)
         original(self, counts, frame)
 
     monkeypatch.setattr(shade.Shader, "__call__", call)
+    monkeypatch.setattr(frames, "prepare", lambda *a, **k: films.append(prepare(*a, **k)) or films[-1])
     assert runner.invoke(app, ["render", str(run_dir), str(tmp_path / "f.gif"), "--fps", "3",
                                "--size", "320x180", "-q"]).exit_code == 0
     assert len(spans) == 10 and len(set(spans)) == 1
     made = plan.make_plan(Selection(checkpoints=run_dir))
     P = layouts.keyframe_layouts(made).P
-    rects = compose.grid_layout(len(made.layers), (320, 180)).rects
-    half = project.axis_ranges(P, made.starts)
-    x0, y0, x1, y1 = rects.T.astype(np.float64)
-    xform = np.stack([(x1 - x0) / (2 * half), (x0 + x1) / 2, -(y1 - y0) / (2 * half), (y0 + y1) / 2], 1)
+    r = films[0].rasterizer()
     densest = 0.0
     for k in range(len(P)):
         counts = np.zeros((180, 320), np.float32)
-        _kernels.splat_numpy(P[k], made.starts, xform, rects, counts)
+        _kernels.splat_numpy(P[k], made.starts, r.xform, r.rects, r.sigma, counts)
         densest = max(densest, float(counts.max()))
-    assert spans[0] == pytest.approx(densest, rel=1e-6)
+    assert spans[0] == pytest.approx(max(densest, 1.0), rel=1e-6)
 
 
 def test_options_reach_the_config(tmp_path, run_dir, seen):

@@ -24,6 +24,7 @@ TIMELINES = ("keyframe", "step")
 # the same names; a test keeps the two in step.
 SUFFIXES = {".webm": "webm", ".gif": "gif", ".webp": "webp", ".mp4": "mp4", ".mkv": "mkv"}
 ORDERS = ("film", "settle")
+SCALES = ("panel", "shared")
 POINTS = ("neurons", "embeddings", "rows", "cols")
 # A layer has settled once it has covered this share of its whole path (see stats.Settling);
 # with --settle-threshold instead once its change per 100 steps stays below that.
@@ -120,6 +121,8 @@ class RenderConfig(Selection):
     stills_dir: Path | None = None
     stills_every: int | None = None  # None: about a dozen tiles
     timeline: str = "keyframe"
+    point_size: float | None = None  # None: from each panel's size and number of dots
+    scale: str = "panel"
 
     @property
     def format(self) -> str:
@@ -353,6 +356,17 @@ def _timeline(c) -> None:
     _one_of("timeline", "--timeline", c.timeline, TIMELINES)
 
 
+@_check("point_size")
+def _point_size(c) -> None:
+    if c.point_size is not None and not 0.5 <= c.point_size <= 48:
+        _fail("point_size", f"--point-size must be between 0.5 and 48 pixels, got {c.point_size}")
+
+
+@_check("scale")
+def _scale(c) -> None:
+    _one_of("scale", "--scale", c.scale, SCALES)
+
+
 @_check("layer_pattern")
 def _layer_pattern(c) -> None:
     if c.layer_pattern is not None:
@@ -391,7 +405,7 @@ def _repo_type(c) -> None:
 _ORDER = ("output", "fps", "frames_per_keyframe", "size", "projection", "max_points", "color_scale",
           "frames_dir", "jobs", "points", "tensor", "order", "settle_threshold", "settle_fraction",
           "rebel_z", "metrics",
-          "stills_dir", "stills_every", "steps", "timeline", "layer_pattern", "out", "repo_id",
+          "stills_dir", "stills_every", "steps", "timeline", "point_size", "scale", "layer_pattern", "out", "repo_id",
           "repo_type", "cmap")
 assert set(_ORDER) == set(_CHECKS)
 
