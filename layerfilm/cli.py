@@ -198,6 +198,19 @@ def render(
     scale: Annotated[str, typer.Option(
         help=f"Panel scale: {' | '.join(SCALES)} (shared: every panel at one common scale, so "
              "sizes compare).")] = "panel",
+    cues: Annotated[bool, typer.Option(
+        help="Per panel: border and activity line following its rate of change, 'settled' and "
+             "'rebel' marks.")] = True,
+    title: Annotated[Optional[str], typer.Option(
+        help="Header title [default: the checkpoint folder's name].", show_default=False)] = None,
+    caption: Annotated[Optional[str], typer.Option(
+        help="A footer line, e.g. what the model is.", show_default=False)] = None,
+    captions: Annotated[Optional[Path], typer.Option(
+        help='JSONL of {"step": N, "text": "..."}: each text shown from step N on (e.g. a sample '
+             "completion per checkpoint).", show_default=False)] = None,
+    tokens_per_step: Annotated[Optional[int], typer.Option(
+        help="Training tokens per step, for the header's tokens seen [default: from names or "
+             "trainer_state.json].", show_default=False)] = None,
     layer_pattern: LayerPatternOpt = None,
     skip_bad: SkipBadOpt = False,
 ) -> None:
@@ -217,7 +230,8 @@ def render(
         tensor=tensor, loss_strip=loss_strip, metrics=metrics, drift=drift, order=order,
         settle_threshold=settle_threshold, settle_fraction=settle_fraction, rebel_z=rebel_z,
         stills_dir=stills_dir, stills_every=stills_every,
-        steps=steps, timeline=timeline, point_size=point_size, scale=scale,
+        steps=steps, timeline=timeline, point_size=point_size, scale=scale, cues=cues, title=title,
+        caption=caption, captions=captions, tokens_per_step=tokens_per_step,
         layer_pattern=layer_pattern, skip_bad=skip_bad,
     )
     given = _given_on_command_line(ctx)

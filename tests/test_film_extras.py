@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from layerfilm import compose, encode, overlays, stats, stills
+from layerfilm import compose, cues, encode, overlays, stats, stills
 from layerfilm.cli import app
 
 from conftest import decode, plan_of, write_run
@@ -19,9 +19,9 @@ def composer(monkeypatch):
     made = {}
     original = compose.FrameComposer.__init__
 
-    def init(self, layout, labels, notes, title, shader, overlays=()):
-        made.update(layout=layout, labels=labels, notes=notes, overlays=overlays)
-        original(self, layout, labels, notes, title, shader, overlays)
+    def init(self, layout, labels, shader, overlays=()):
+        made.update(layout=layout, labels=labels, overlays=overlays)
+        original(self, layout, labels, shader, overlays)
 
     monkeypatch.setattr(compose.FrameComposer, "__init__", init)
     return made
@@ -74,10 +74,10 @@ def test_loss_strip_draws_the_curve_and_a_moving_cursor(tmp_path, run_dir, index
     result = runner.invoke(app, ["render", str(run_dir), str(tmp_path / "f.gif"), "--size", "320x200",
                                  "--fps", "4", "--loss-strip", "-q"])
     assert result.exit_code == 0, result.output
-    (strip,) = composer["overlays"]
-    assert isinstance(strip, overlays.LossStrip)
-    # The panels leave the strip's rows free.
-    assert composer["layout"].rects[:, 3].max() < size[1] - overlays.strip_height(size)
+    (strip,) = [o for o in composer["overlays"] if isinstance(o, overlays.LossStrip)]
+    # The panels (and the text under them) leave the strip's rows free.
+    assert composer["layout"].strip[3] - composer["layout"].strip[1] == overlays.strip_height(size)
+    assert composer["layout"].rects[:, 3].max() < composer["layout"].strip[1]
     px0, py0, px1, py1 = strip.plot
     # The run logged loss 4/(k+1) at step 100k (safetensors metadata): log scale, 4 at the top.
     assert strip.log and np.allclose(strip.range, (np.log10(1.0), np.log10(4.0)))
@@ -101,9 +101,11 @@ def test_metrics_file_feeds_header_and_strip(tmp_path, run_dir, composer, monkey
     seen = []
     original = compose.FrameComposer.__call__
 
-    def call(self, counts, step, loss, fraction, time=0.0):
-        seen.append((step, loss))
-        return original(self, counts, step, loss, fraction, time)
+    def call(self, counts, time, step):
+        (header,) = [o for o in self.overlays if isinstance(o, overlays.Header)]
+        loss = dict(zip(self.layout.fields, [fn for _, fn in header.fields]))["loss"]
+        seen.append((step, loss(step)))
+        return original(self, counts, time, step)
 
     monkeypatch.setattr(compose.FrameComposer, "__call__", call)
     metrics = tmp_path / "log.csv"
@@ -111,8 +113,9 @@ def test_metrics_file_feeds_header_and_strip(tmp_path, run_dir, composer, monkey
     result = runner.invoke(app, ["render", str(run_dir), str(tmp_path / "f.gif"), "--fps", "2",
                                  "--size", "200x120", "--loss-strip", "--metrics", str(metrics), "-q"])
     assert result.exit_code == 0, result.output
-    assert seen[0] == (0, 9.5) and seen[-1] == (300, 0.25) and (150, 0.25) in seen
-    assert np.allclose(composer["overlays"][0].range, np.log10([0.25, 9.5]))
+    assert seen[0] == (0, "loss 9.5") and seen[-1] == (300, "loss 0.25") and (150, "loss 0.25") in seen
+    (strip,) = [o for o in composer["overlays"] if isinstance(o, overlays.LossStrip)]
+    assert np.allclose(strip.range, np.log10([0.25, 9.5]))
 
 
 def test_loss_strip_without_any_loss_is_one_line(tmp_path):
@@ -155,9 +158,9 @@ def test_drift_bars_follow_each_layers_change(tmp_path, index_frames, composer):
         assert k == 0 or want[:, k].any()
         for l, (x0, y0, x1, y1) in enumerate(rects):
             if k == 0:
-                assert not (frame[y1:y1 + 2, x0:x1] == overlays.DriftBars.COLOUR).any()
+                assert not (frame[y1 + 1:y1 + 3, x0:x1] == overlays.DriftBars.COLOUR).any()
                 continue
-            bar = frame[y1:y1 + 2, x0:x1] == overlays.DriftBars.COLOUR
+            bar = frame[y1 + 1:y1 + 3, x0:x1] == overlays.DriftBars.COLOUR
             assert bar.all(axis=0).sum() == bar.any(axis=0).sum() == want[l, k], (f, l)
             assert not bar[:, want[l, k]:].any()
     # L1 froze after step 200: no bar from then on; L0 never froze.
@@ -172,7 +175,9 @@ def test_order_settle_lays_panels_out_by_settling_step(tmp_path, composer, index
     default_last = index_frames[-1]
     assert runner.invoke(app, args + ["--order", "settle", "--settle-threshold", "1e-6"]).exit_code == 0
     assert composer["labels"] == ["L1", "embed", "L0"]
-    assert composer["notes"] == ["settles 200", "settles 400", "never settles"]
+    (marks,) = [o for o in composer["overlays"] if isinstance(o, cues.PanelCues)]
+    np.testing.assert_array_equal(marks.settle, [200, 400, np.nan])
+    assert marks.announce
     # Same panels, other places: panel 0's pixels now show what panel 2 showed.
     x0, y0, x1, y1 = composer["layout"].rects[0]
     a0, b0, a1, b1 = composer["layout"].rects[2]

@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "layerfilm"
 # Data flows down this list; a module may import only modules above it.
 ORDER = ["__init__", "_kernels", "errors", "atomic", "progress", "config", "checkpoints", "extract",
          "plan", "project", "cache", "layouts", "interpolate", "raster", "shade", "compose",
-         "overlays", "stats", "frames", "encode", "stills", "manifest", "publish", "pipeline", "cli",
+         "overlays", "cues", "stats", "frames", "encode", "stills", "manifest", "publish", "pipeline", "cli",
          "__main__"]
 
 

@@ -123,6 +123,11 @@ class RenderConfig(Selection):
     timeline: str = "keyframe"
     point_size: float | None = None  # None: from each panel's size and number of dots
     scale: str = "panel"
+    cues: bool = True  # per-panel activity, settled and rebel marks
+    title: str | None = None  # None: the run's folder name
+    caption: str | None = None
+    captions: Path | None = None
+    tokens_per_step: int | None = None
 
     @property
     def format(self) -> str:
@@ -134,8 +139,9 @@ class RenderConfig(Selection):
 
     @property
     def needs_drift(self) -> bool:
-        """Whether the film draws numbers measured on the weights (drift bars, settle order)."""
-        return self.drift or self.order == "settle"
+        """Whether the film draws numbers measured on the weights (cues, drift bars, settle
+        order)."""
+        return self.cues or self.drift or self.order == "settle"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -367,6 +373,26 @@ def _scale(c) -> None:
     _one_of("scale", "--scale", c.scale, SCALES)
 
 
+@_check("title", "caption")
+def _one_line(c) -> None:
+    for name in ("title", "caption"):
+        text = getattr(c, name, None)
+        if text is not None and (not text.strip() or any(ch in text for ch in "\n\r\t")):
+            _fail(name, f"--{name} must be one line of text, got {text!r}")
+
+
+@_check("captions")
+def _captions(c) -> None:
+    if c.captions is not None and not c.captions.is_file():
+        _fail("captions", "--captions: no such file", c.captions)
+
+
+@_check("tokens_per_step")
+def _tokens_per_step(c) -> None:
+    if c.tokens_per_step is not None and c.tokens_per_step < 1:
+        _fail("tokens_per_step", f"--tokens-per-step must be at least 1, got {c.tokens_per_step}")
+
+
 @_check("layer_pattern")
 def _layer_pattern(c) -> None:
     if c.layer_pattern is not None:
@@ -405,7 +431,8 @@ def _repo_type(c) -> None:
 _ORDER = ("output", "fps", "frames_per_keyframe", "size", "projection", "max_points", "color_scale",
           "frames_dir", "jobs", "points", "tensor", "order", "settle_threshold", "settle_fraction",
           "rebel_z", "metrics",
-          "stills_dir", "stills_every", "steps", "timeline", "point_size", "scale", "layer_pattern", "out", "repo_id",
+          "stills_dir", "stills_every", "steps", "timeline", "point_size", "scale", "title", "caption", "captions",
+          "tokens_per_step", "layer_pattern", "out", "repo_id",
           "repo_type", "cmap")
 assert set(_ORDER) == set(_CHECKS)
 
