@@ -77,6 +77,12 @@ class FrameMaker:
         return self.compose(self.rasterize(self.interp.at(f)), f, step)
 
 
+def keyframe_maker(film: Film):
+    """``(k) -> index frame`` of the film at keyframe ``k`` (a buffer reused from call to call)."""
+    make = FrameMaker(film)
+    return lambda k: make(int(film.times[k]))
+
+
 def settle_order(plan: Plan, keys: Keyframes, measured: Drift, settling: Settling
                  ) -> tuple[Plan, Keyframes, Drift]:
     """Panels reordered by settling step (earliest first, never-settling last, ties in film order)."""

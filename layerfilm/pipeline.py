@@ -57,7 +57,9 @@ def render(config: RenderConfig, progress: Progress = QUIET) -> RenderResult:
 
     palette = shade.palette(cfg.cmap)
     keep = (stills.Stills(film.keyframe_frames(), stills.tile_keyframes(len(plan.refs), cfg.stills_every),
-                          film.n_frames) if cfg.stills_dir is not None else None)
+                          film.n_frames, cfg.size, lambda size: frames.keyframe_maker(
+                              frames.prepare(plan, keys, dataclasses.replace(cfg, size=size), measured)))
+            if cfg.stills_dir is not None else None)
     with progress.stage(f"Rendering {cfg.output.name}", film.n_frames) as advance, \
             _folder(cfg.frames_dir) as png_dir, _folder(cfg.stills_dir) as still_dir:
         done = encode.encode_chunks(cfg.output, cfg.format, cfg.size, cfg.fps, palette, film.n_frames,

@@ -191,3 +191,42 @@ def test_points_and_tensor_reach_the_film(tmp_path, run_dir, composer):
     assert composer["labels"] == ["L0 mlp.c_fc", "L1 mlp.c_fc"]
     r = runner.invoke(app, ["info", str(run_dir), "--points", "embeddings"])
     assert r.exit_code == 0 and "embed" in r.output and "L0" not in r.output
+
+
+def test_contact_sheet_of_large_frames_stays_readable(tmp_path, monkeypatch):
+    """13 tiles of 1280x720 frames would make a 5,132 px wide sheet of shrunken text: the sheet
+    is at most 4,096 px wide, its tiles are each checkpoint's frame drawn at the tile size (the
+    layout of that size, its real step in the header), and first/last stay the film's frames."""
+    from layerfilm import frames
+    from test_cli import _ink_contains
+
+    made = []
+    prepare = frames.prepare
+    monkeypatch.setattr(frames, "prepare", lambda *a, **k: made.append(prepare(*a, **k)) or made[-1])
+    run = write_run(tmp_path / "run", n=13, d=8, vocab=12)
+    out = tmp_path / "stills"
+    result = runner.invoke(app, ["render", str(run), str(tmp_path / "f.mkv"), "--size", "1280x720",
+                                 "--fps", "1", "--stills", str(out), "--stills-every", "1", "-q"])
+    assert result.exit_code == 0, result.output
+    film = decode(tmp_path / "f.mkv")
+    assert np.array_equal(decode(out / "first.png")[0], film[0])
+    assert np.array_equal(decode(out / "last.png")[0], film[-1])
+    sheet = decode(out / "contact_sheet.png")[0]
+    cols, (tw, th) = stills.sheet_grid(13, (1280, 720))
+    assert (cols, tw, th) == (4, 1021, 574) and sheet.shape == (4 * 574 + 3 * 4, 4 * 1021 + 3 * 4, 3)
+    assert sheet.shape[1] <= 4096
+    tile_film = made[-1]
+    assert tile_film.layout.size == (1021, 574) and tile_film.layout.font >= 14
+    for k in range(13):
+        x, y = stills.tile_origin(k, 13, (1280, 720))
+        tile = sheet[y:y + th, x:x + tw]
+        header = tile[:tile_film.layout.header - 2].any(axis=2)
+        assert _ink_contains(header, f"step {k * 100:,}", tile_film.layout.font), k
+        expected = frames.keyframe_maker(tile_film)(k)
+        assert np.array_equal(tile, stills_palette()[expected]), k
+
+
+def stills_palette():
+    from layerfilm import shade
+
+    return shade.palette("inferno")
