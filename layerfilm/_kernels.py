@@ -12,6 +12,8 @@ import numba
 import numpy as np
 
 ngjit = numba.njit(cache=True, nogil=True, fastmath=False, error_model="numpy")
+# fastmath lets sums vectorise (reassociated); the results are the same run after run.
+ngjit_fast = numba.njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
 
 
 # --- interpolation ---------------------------------------------------------------------------
@@ -64,201 +66,35 @@ def hermite_numpy(P, times, k, t):
     return (h00 * P[k] + h10 * h * m0 + h01 * P[k + 1] + h11 * h * m1).astype(np.float32)
 
 
-# --- rasterisation ---------------------------------------------------------------------------
-# Each point is a small Gaussian footprint, accumulated: its weight is 1 at its centre and
-# exp(-d^2 / (2 sigma^2)) at a pixel centre d pixels away, cut off beyond CUTOFF sigma.  So the
-# count image reads "how many dots overlap here", a lone dot peaks at 1 wherever it sits, and a
-# dot moving by a fraction of a pixel moves smoothly.  ``xform`` maps a panel's data coordinates
-# to frame pixels: px = x * sx + ox, py = y * sy + oy; a point whose centre falls outside the
-# panel's drawing box (``hw`` x ``hh`` pixels around (ox, oy)) is pinned onto the box's edge,
-# towards where it is, so no dot silently vanishes; ``rect`` clips deposits to the interior.
-
-CUTOFF = 2.5
-
-
-@ngjit
-def splat_kernel(xy, starts, xform, rect, sigma, counts):
-    """Add every point of every panel into ``counts``.
-
-    xy: (N, 2) float32; starts: (L+1,) int64 offsets of each panel's points;
-    xform: (L, 6) float64 [sx, ox, sy, oy, hw, hh]; rect: (L, 4) int64 [x0, y0, x1, y1)
-    half-open; sigma: (L,) float64 footprint in pixels (reach at most 63 pixels);
-    counts: (H, W) float32, added to in place.  The weight at a pixel is the product of the
-    footprint's x and y factors (one exponential per row and per column, not per pixel).
-    """
-    ex, ey, dx, dy = np.empty(127), np.empty(127), np.empty(127), np.empty(127)
-    for l in range(starts.shape[0] - 1):
-        sx, ox, sy, oy, hw, hh = xform[l, 0], xform[l, 1], xform[l, 2], xform[l, 3], xform[l, 4], xform[l, 5]
-        x0, y0, x1, y1 = rect[l, 0], rect[l, 1], rect[l, 2], rect[l, 3]
-        inv = 1.0 / (2.0 * sigma[l] * sigma[l])
-        reach = CUTOFF * sigma[l]
-        cut2 = reach * reach
-        R = min(int(np.ceil(reach)), 63)
-        n = 2 * R + 1
-        for i in range(starts[l], starts[l + 1]):
-            u, v = xy[i, 0] * sx, xy[i, 1] * sy
-            if not (np.isfinite(u) and np.isfinite(v)):
-                continue
-            r = max(abs(u) / hw, abs(v) / hh)
-            if r > 1.0:
-                u /= r
-                v /= r
-            fx, fy = u + ox, v + oy
-            cx, cy = int(np.floor(fx)) - R, int(np.floor(fy)) - R
-            for j in range(n):
-                dx[j] = cx + j + 0.5 - fx
-                dy[j] = cy + j + 0.5 - fy
-                ex[j] = np.exp(-dx[j] * dx[j] * inv)
-                ey[j] = np.exp(-dy[j] * dy[j] * inv)
-            for jy in range(n):
-                yy = cy + jy
-                if yy < y0 or yy >= y1:
-                    continue
-                dy2 = dy[jy] * dy[jy]
-                for jx in range(n):
-                    xx = cx + jx
-                    if xx < x0 or xx >= x1 or dx[jx] * dx[jx] + dy2 > cut2:
-                        continue
-                    counts[yy, xx] += np.float32(ex[jx] * ey[jy])
-
-
-def splat_numpy(xy, starts, xform, rect, sigma, counts):
-    """The numpy twin of :func:`splat_kernel` (same arguments, same in-place result)."""
-    for l in range(len(starts) - 1):
-        (sx, ox, sy, oy, hw, hh), (x0, y0, x1, y1) = xform[l], rect[l]
-        inv, reach = 1.0 / (2.0 * sigma[l] ** 2), CUTOFF * sigma[l]
-        R = min(int(np.ceil(reach)), 63)
-        p = xy[starts[l]:starts[l + 1]].astype(np.float64)
-        u, v = p[:, 0] * sx, p[:, 1] * sy
-        ok = np.isfinite(u) & np.isfinite(v)
-        u, v = u[ok], v[ok]
-        r = np.maximum(np.maximum(np.abs(u) / hw, np.abs(v) / hh), 1.0)  # pinned onto the box
-        fx, fy = u / r + ox, v / r + oy
-        cx, cy = np.floor(fx).astype(np.int64) - R, np.floor(fy).astype(np.int64) - R
-        j = np.arange(2 * R + 1)
-        dx, dy = cx[:, None] + j + 0.5 - fx[:, None], cy[:, None] + j + 0.5 - fy[:, None]
-        ex, ey = np.exp(-dx * dx * inv), np.exp(-dy * dy * inv)
-        # Deposits in the kernel's order: point by point, row by row, column by column.
-        xx = np.broadcast_to((cx[:, None] + j)[:, None, :], (len(fx), len(j), len(j)))
-        yy = np.broadcast_to((cy[:, None] + j)[:, :, None], xx.shape)
-        d2 = dx[:, None, :] ** 2 + dy[:, :, None] ** 2
-        keep = (xx >= x0) & (xx < x1) & (yy >= y0) & (yy < y1) & (d2 <= reach * reach)
-        w = (ex[:, None, :] * ey[:, :, None]).astype(np.float32)
-        np.add.at(counts, (yy[keep], xx[keep]), w[keep])
-
-
-# --- shading ---------------------------------------------------------------------------------
-# Density -> palette index.  Index ``base`` + j (j = 0 .. levels-1) holds colour j of the
-# colormap; pixels with no density keep the background frame's index.  On the log scale
-# level j is the nearest to (levels - 1) * log(c / floor) / log(span / floor), clipped to the
-# scale: ``floor`` is the faintest density drawn (a footprint's edge), so a lone dot (density 1
-# at its centre) sits well up the colormap and only the film's densest pixel reaches the top.
-
-@ngjit
-def shade_kernel(counts, bits, lut, frame):
-    """Write palette indices for every pixel with density into ``frame`` and zero ``counts``.
-
-    counts: (H, W) float32 (reset to 0 on return, ready for the next frame); bits: the same
-    memory viewed as uint32; lut: a :class:`ShadeTable`'s arrays (see :func:`shade_table`);
-    frame: (H, W) uint8, written in place.  Gives exactly :func:`shade_numpy`'s indices
-    without a logarithm per pixel: a float's bit pattern orders positive floats, so its top
-    bits pick a bin of the table, and each bin holds at most one colour boundary.
-    """
-    lo, hi, shift, first, base, top, start_level, boundary = lut
-    for y in range(counts.shape[0]):
-        for x in range(counts.shape[1]):
-            c = counts[y, x]
-            if c > 0.0:
-                if c < lo:
-                    j = 0
-                elif c >= hi:
-                    j = top
-                else:
-                    b = (bits[y, x] >> shift) - first
-                    j = start_level[b] + (1 if c >= boundary[b] else 0)
-                frame[y, x] = base + j
-                counts[y, x] = 0.0
-
-
-def shade_levels(c, span, floor, log_scale, levels):
-    """Colour level (0 .. levels-1, int64) of densities ``c`` (float64): the formula that
-    :func:`shade_kernel`'s table reproduces exactly."""
-    c = np.asarray(c, dtype=np.float64)
-    v = np.log(np.maximum(c, floor) / floor) / np.log(span / floor) if log_scale else c / span
-    return np.minimum(np.floor(v * (levels - 1) + 0.5), levels - 1).astype(np.int64)
-
-
-def shade_table(span, floor, log_scale, base, levels):
-    """The lookup table :func:`shade_kernel` uses in place of :func:`shade_levels`.
-
-    For every level j its boundary -- the smallest float32 density that :func:`shade_levels`
-    gives level j or more -- is found by bisection on float32 bit patterns; the densities
-    between the first and the last boundary are then binned by the top bits of their bit
-    pattern, each bin storing its level at the start and the boundary inside it, if any.
-    Returns ``(lo, hi, shift, first, base, top, start_level, boundary)``.
-    """
-    top = levels - 1
-
-    def level(c32):
-        return shade_levels(c32.astype(np.float64), span, floor, log_scale, levels)
-
-    # Smallest positive float32 (as bits) reaching each level 1..top, all levels at once.
-    want = np.arange(1, top + 1)
-    lo_b = np.zeros(top, np.int64)
-    hi_b = np.full(top, np.float32(np.finfo(np.float32).max).view(np.uint32), np.int64)
-    while (hi_b - lo_b > 1).any():
-        mid = (lo_b + hi_b) // 2
-        ok = level(mid.astype(np.uint32).view(np.float32)) >= want
-        hi_b = np.where(ok, mid, hi_b)
-        lo_b = np.where(ok, lo_b, mid)
-    edges = hi_b  # bits of the boundaries, non-decreasing
-    for shift in range(13, -1, -1):  # bins fine enough that none holds two boundaries
-        b = edges >> shift
-        if (np.diff(b) > 0).all():
-            break
-    first, last = int(b[0]), int(b[-1])
-    starts = ((np.arange(first, last + 1, dtype=np.int64)) << shift).astype(np.uint32)
-    start_level = level(starts.view(np.float32)).astype(np.int64)
-    # The one boundary a bin can hold is that of the level after the bin's first one.
-    as_float = edges.astype(np.uint32).view(np.float32)  # as_float[j - 1]: level j's boundary
-    nxt = np.minimum(start_level + 1, top)
-    inside = (start_level < top) & ((edges[nxt - 1] >> shift) == np.arange(first, last + 1))
-    boundary = np.where(inside, as_float[nxt - 1], np.float32(np.inf)).astype(np.float32)
-    return (np.float32(as_float[0]), np.float32(as_float[-1]), np.uint32(shift), np.uint32(first),
-            np.uint8(base), np.int64(top), start_level, boundary)
-
-
-def shade_numpy(counts, span, floor, log_scale, base, levels, frame):
-    """The numpy twin of :func:`shade_kernel`."""
-    c = counts.astype(np.float64)
-    hit = c > 0
-    frame[hit] = (base + shade_levels(c[hit], span, floor, log_scale, levels)).astype(np.uint8)
-    counts[...] = 0
-
-
 # --- drift --------------------------------------------------------------------------------------
 # A layer's weight norm and its change since the previous keyframe, in one pass over float32
 # weights with float64 sums and no temporaries: the film's activity cues and ``layerfilm stats``
-# share these numbers, so both agree to the last bit.
+# share this kernel, so both agree to the last bit.
 
-@ngjit
+@ngjit_fast
 def sq_norms_kernel(W, prev, out):
-    """``out[0] = sum(W**2)``, ``out[1] = sum((W - prev)**2)`` (float64 sums in row order).
+    """``out[0] = sum(W**2)``, ``out[1] = sum((W - prev)**2)`` (float64 sums, vectorised).
 
     W: (n, d) float32, any strides; prev: (n, d) float32, or (0, 0) when there is no previous
     keyframe (``out[1]`` is then NaN); out: (2,) float64.
     """
     s, t = 0.0, 0.0
-    has_prev = prev.shape[0] == W.shape[0] and prev.shape[1] == W.shape[1]
-    for i in range(W.shape[0]):
-        for j in range(W.shape[1]):
-            w = np.float64(W[i, j])
-            s += w * w
-            if has_prev:
+    n, d = W.shape
+    if prev.shape[0] == n and prev.shape[1] == d:
+        for i in range(n):
+            for j in range(d):
+                w = np.float64(W[i, j])
                 e = w - np.float64(prev[i, j])
+                s += w * w
                 t += e * e
+        out[1] = t
+    else:
+        for i in range(n):
+            for j in range(d):
+                w = np.float64(W[i, j])
+                s += w * w
+        out[1] = np.nan
     out[0] = s
-    out[1] = t if has_prev else np.nan
 
 
 def sq_norms_numpy(W, prev):
@@ -328,7 +164,6 @@ def half_to_float_numpy(src):
 # (measured here: two threads calling numpy's matmul ran no faster than one).  fastmath lets the
 # inner products vectorise; results do not depend on which thread runs them.
 
-ngjit_fast = numba.njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
 
 
 @ngjit_fast

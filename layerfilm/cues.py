@@ -17,6 +17,8 @@ as ``layerfilm stats``).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from . import shade
@@ -71,6 +73,44 @@ class PanelCues:
         self.settle = np.asarray(settle, dtype=np.float64)
         self.border[self.rebel] = shade.REBEL
         self.lines = [self._line(l) for l in range(L)]
+        self._flatten()
+        self._marks = functools.lru_cache(maxsize=4)(self._mark_layer)
+
+    def _flatten(self) -> None:
+        """Everything drawn per frame as flat frame indices, so a frame costs a few vectorised
+        assignments whatever the number of panels: each panel's border pixels, its activity
+        line's pixels (with their frame column and colour), and its box's rows."""
+        lay, W = self.layout, self.layout.size[0]
+        idx, owner = [], []
+        for l, (x0, y0, x1, y1) in enumerate(lay.rects):
+            xs, ys = np.arange(x0 - 1, x1 + 1), np.arange(y0 - 1, y1 + 1)
+            ring = np.concatenate([(y0 - 1) * W + xs, y1 * W + xs, ys * W + x0 - 1, ys * W + x1])
+            idx.append(ring)
+            owner.append(np.full(len(ring), l))
+        self.ring, self.ring_owner = np.concatenate(idx), np.concatenate(owner)
+        idx, owner, cols, vals = [], [], [], []
+        self.has_line = np.array([line is not None for line in self.lines])
+        for l, line in enumerate(self.lines):
+            if line is None:
+                continue
+            mask, _, past = line
+            x0, y0 = int(lay.spark[l][0]), int(lay.spark[l][1])
+            ys, xs = np.nonzero(mask)
+            idx.append((ys + y0) * W + xs + x0)
+            cols.append(xs + x0)
+            vals.append(past[ys, xs])
+            owner.append(np.full(len(ys), l))
+        empty = np.zeros(0, dtype=np.int64)
+        self.line_idx = np.concatenate(idx) if idx else empty
+        self.line_col = np.concatenate(cols) if cols else empty
+        self.line_val = np.concatenate(vals).astype(np.uint8) if vals else empty.astype(np.uint8)
+        self.line_owner = np.concatenate(owner) if owner else empty
+        spark = lay.spark[self.has_line] if self.has_line.any() else np.zeros((0, 4), dtype=np.int64)
+        h = int(spark[0, 3] - spark[0, 1]) if len(spark) else 0
+        self.line_rows = (spark[:, 1:2] + np.arange(h)[None, :]) * W  # (lines, h) row offsets
+        self.line_settle_x = np.array([int(round(float(self.x_of(l, self.settle[l]))))
+                                       if np.isfinite(self.settle[l]) else -1
+                                       for l in np.flatnonzero(self.has_line)], dtype=np.int64)
 
     def x_of(self, l: int, step) -> np.ndarray:
         x0, _, x1, _ = self.layout.spark[l]
@@ -126,36 +166,47 @@ class PanelCues:
             frame[base - square:base, left:left + square] = accent
         draw_text(frame, text, pf, left + square + gap, base, dim=dim, clip=(x0, y0, x1, y1))
 
-    def draw(self, frame: np.ndarray, time: float, step: float) -> None:
-        if not self.live:
-            return
-        lay = self.layout
-        k = current_interval(self.times, time)
-        for l, (x0, y0, x1, y1) in enumerate(lay.rects):
-            c = self.border[l, k]
-            frame[y0 - 1, x0 - 1:x1 + 1] = frame[y1, x0 - 1:x1 + 1] = c
-            frame[y0 - 1:y1 + 1, x0 - 1] = frame[y0 - 1:y1 + 1, x1] = c
-            line = self.lines[l]
-            settled = np.isfinite(self.settle[l]) and step >= self.settle[l]
-            if line is not None:
-                mask, _, past = line
-                sx0, sy0, sx1, sy1 = (int(v) for v in lay.spark[l])
-                cx = min(max(int(round(float(self.x_of(l, step)))), sx0), sx1 - 1)
-                n = cx + 1 - sx0
-                np.copyto(frame[sy0:sy1, sx0:cx + 1], past[:, :n], where=mask[:, :n])
-                if settled:
-                    frame[sy0:sy1, int(round(float(self.x_of(l, self.settle[l]))))] = shade.SETTLED
-                frame[sy0:sy1, cx] = CURSOR
+    def _mark_layer(self, k: int, settled: tuple[bool, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """The marks of every panel in interval ``k`` with these panels settled, as (flat
+        indices, palette indices) -- drawn once per state, not per frame."""
+        w, h = self.layout.size
+        scratch = np.zeros((h, w), dtype=np.uint8)
+        for l in range(len(self.layout.rects)):
             if self.rebel[l, k]:
                 z = self.score[l, k]
-                self._mark(frame, l, shade.REBEL, [f"rebel {z:+.1f}", "rebel", ""], dim=False)
-            elif settled:
+                self._mark(scratch, l, shade.REBEL, [f"rebel {z:+.1f}", "rebel", ""], dim=False)
+            elif settled[l]:
                 s = int(self.settle[l])
-                self._mark(frame, l, shade.SETTLED, [f"settled {s:,}", f"{s:,}", ""], dim=False)
+                self._mark(scratch, l, shade.SETTLED, [f"settled {s:,}", f"{s:,}", ""], dim=False)
             elif self.announce:
                 s = self.settle[l]
-                self._mark(frame, l, None, [f"settles {int(s):,}", f"{int(s):,}"] if np.isfinite(s)
+                self._mark(scratch, l, None, [f"settles {int(s):,}", f"{int(s):,}"] if np.isfinite(s)
                            else ["never settles", "never"])
             else:
                 n_dots = int(self.points[l])
-                self._mark(frame, l, None, [f"{n_dots:,} dots", f"{n_dots:,}"])
+                self._mark(scratch, l, None, [f"{n_dots:,} dots", f"{n_dots:,}"])
+        idx = np.flatnonzero(scratch)
+        return idx, scratch.ravel()[idx]
+
+    def draw(self, frame: np.ndarray, time: float, step: float) -> None:
+        if not self.live:
+            return
+        flat = frame.reshape(-1)
+        k = current_interval(self.times, time)
+        flat[self.ring] = self.border[self.ring_owner, k]
+        settled = np.isfinite(self.settle) & (step >= np.nan_to_num(self.settle, nan=np.inf))
+        if len(self.line_idx):
+            lines = np.flatnonzero(self.has_line)
+            x0, x1 = self.layout.spark[lines, 0], self.layout.spark[lines, 2]
+            s0, s1 = self.steps[0], max(self.steps[-1], self.steps[0] + 1)
+            cx = np.clip(np.round(x0 + (step - s0) / (s1 - s0) * (x1 - x0 - 1)).astype(np.int64),
+                         x0, x1 - 1)
+            cursor = np.full(len(self.has_line), -1, dtype=np.int64)
+            cursor[lines] = cx
+            past = self.line_col <= cursor[self.line_owner]
+            flat[self.line_idx[past]] = self.line_val[past]
+            tick = settled[lines] & (self.line_settle_x >= 0)
+            flat[(self.line_rows[tick] + self.line_settle_x[tick, None]).ravel()] = shade.SETTLED
+            flat[(self.line_rows + cx[:, None]).ravel()] = CURSOR
+        idx, val = self._marks(k, tuple(bool(v) for v in settled))
+        flat[idx] = val

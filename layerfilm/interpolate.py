@@ -8,8 +8,12 @@ velocity-continuous across them.
 
 from __future__ import annotations
 
+import concurrent.futures
+import os
+
 import numpy as np
 
+from ._draw_kernels import curve_extremes_kernel
 from ._kernels import hermite_kernel
 
 
@@ -69,35 +73,26 @@ class Interpolator:
         return self.out
 
 
-def _segment_cubics(P: np.ndarray, times: np.ndarray, k: int):
-    """Coefficients ``(a, b, c, d)`` of segment ``k``'s cubic ``((a s + b) s + c) s + d`` in
-    ``s`` in [0, 1], each ``(N, 2)`` float64 -- the curve :func:`_kernels.hermite_kernel` draws."""
-    K = len(times)
-    km, kp = max(k - 1, 0), min(k + 2, K - 1)
-    h = times[k + 1] - times[k]
-    p0, p1 = P[k].astype(np.float64), P[k + 1].astype(np.float64)
-    t0 = (p1 - P[km]) * (h / (times[k + 1] - times[km]))
-    t1 = (P[kp] - p0) * (h / (times[kp] - times[k]))
-    return 2 * p0 + t0 - 2 * p1 + t1, -3 * p0 - 2 * t0 + 3 * p1 - t1, t0, p0
-
-
 def curve_extremes(P: np.ndarray, times: np.ndarray) -> np.ndarray:
     """How far out each point goes between keyframes: ``(K-1, N, 2)`` float64, the largest
     ``|x|`` and ``|y|`` on each segment's curve, both ends included -- found exactly, where the
     cubic's derivative vanishes, not by sampling (NaN for points that are not finite)."""
     out = np.empty((len(times) - 1,) + P.shape[1:])
-    with np.errstate(all="ignore"):
-        for k in range(len(times) - 1):
-            a, b, c, d = _segment_cubics(P, times, k)
-            best = np.maximum(np.abs(d), np.abs(a + b + c + d))
-            qa, qb = 3 * a, 2 * b  # p'(s) = qa s^2 + qb s + c
-            root = np.sqrt(np.maximum(qb * qb - 4 * qa * c, 0.0))
-            for s in ((-qb + root) / (2 * qa), (-qb - root) / (2 * qa), -c / qb):
-                inside = np.isfinite(s) & (s > 0) & (s < 1)
-                value = np.abs(((a * s + b) * s + c) * s + d)
-                best = np.where(inside & (value > best), value, best)
-            out[k] = best
+    P = np.ascontiguousarray(P, dtype=np.float32)
+    times = np.ascontiguousarray(times, dtype=np.float64)
+    # Before the first frame nothing else runs: the segments are shared out to threads (the
+    # kernel releases the GIL; each segment is written by one thread, so the result is the same).
+    parts = np.linspace(0, len(times) - 1, threads() + 1).astype(np.int64)
+    with concurrent.futures.ThreadPoolExecutor(len(parts) - 1) as pool:
+        list(pool.map(lambda ab: curve_extremes_kernel(P, times, ab[0], ab[1], out),
+                      zip(parts[:-1], parts[1:])))
     return out
+
+
+def threads() -> int:
+    """Threads for the work done once before the first frame (at most 4)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cpus, 4))
 
 
 def outside_counts(P: np.ndarray, times: np.ndarray, limits: np.ndarray, starts: np.ndarray,
@@ -112,10 +107,9 @@ def outside_counts(P: np.ndarray, times: np.ndarray, limits: np.ndarray, starts:
     panel = np.repeat(np.arange(len(starts) - 1), np.diff(starts))
     out = np.zeros(len(starts) - 1, dtype=np.int64)
     n_frames = frame_count(times)
-    for k in range(len(times) - 1):
-        idx = np.flatnonzero((extremes[k] > lim).any(axis=1))
-        if not idx.size:
-            continue
+    leave = (extremes > lim[None]).any(axis=2)  # (K-1, N): the segments that leave the range
+    for k in np.flatnonzero(leave.any(axis=1)):
+        idx = np.flatnonzero(leave[k])
         sub = np.ascontiguousarray(P[:, idx], dtype=np.float32)
         xy = np.empty((len(idx), 2), dtype=np.float32)
         end = n_frames if k == len(times) - 2 else int(np.ceil(times[k + 1]))

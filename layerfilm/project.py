@@ -256,14 +256,12 @@ def axis_ranges(extremes: np.ndarray, starts: np.ndarray, quantile: float = 0.99
     """
     out = np.ones((len(starts) - 1, 2))
     for l in range(len(starts) - 1):
-        for c in range(2):
-            r = extremes[:, starts[l]:starts[l + 1], c]
-            r = r[np.isfinite(r)]
-            if not r.size:
-                continue
-            full, typical = float(r.max()), float(np.quantile(r, quantile))
-            half = min(full, cap * typical) if typical > 0 else full
-            out[l, c] = half if half > 0 else 1.0
+        cols = np.ascontiguousarray(extremes[:, starts[l]:starts[l + 1]].reshape(-1, 2).T)
+        cols = [c if np.isfinite(c).all() else c[np.isfinite(c)] for c in cols]
+        full = np.array([c.max() if c.size else 0.0 for c in cols])
+        typical = np.array([np.quantile(c, quantile) if c.size else 0.0 for c in cols])
+        half = np.where(typical > 0, np.minimum(full, cap * typical), full)
+        out[l] = np.where(half > 0, half, 1.0)
     return out
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+
 import numpy as np
 
-from ._kernels import CUTOFF, splat_kernel
+from ._draw_kernels import CUTOFF, footprint_table, splat_kernel
+from .interpolate import threads
 
 FWHM = 2.0 * np.sqrt(2.0 * np.log(2.0))  # a Gaussian's full width at half maximum, in sigmas
 # A dot's size (its full width at half maximum, in pixels) is this share of the side of the
@@ -55,7 +58,16 @@ class Rasterizer:
         self.xform = np.ascontiguousarray(np.stack(
             [s, (x0 + x1) / 2.0, -s, (y0 + y1) / 2.0, (x1 - x0) / 2.0 - pad, (y1 - y0) / 2.0 - pad],
             axis=1))
+        tables = [footprint_table(g) for g in self.sigma]
+        self.radius = np.array([(t.shape[1] - 1) // 2 for t in tables], dtype=np.int64)
+        self.offset = np.concatenate([[0], np.cumsum([t.size for t in tables])]).astype(np.int64)
+        self.table = np.concatenate([t.ravel() for t in tables]) if tables else np.zeros(0)
         self.counts = np.zeros((h, w), dtype=np.float32)
+
+    @property
+    def footprint(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(table, offset, radius)``: the splat kernel's footprint arguments."""
+        return self.table, self.offset, self.radius
 
     @property
     def limits(self) -> np.ndarray:
@@ -65,15 +77,22 @@ class Rasterizer:
     def __call__(self, xy: np.ndarray) -> np.ndarray:
         """Add ``xy`` (N, 2) float32 into the count buffer and return it (owned by the caller
         until it is reset, e.g. by :class:`layerfilm.shade.Shader`)."""
-        splat_kernel(xy, self.starts, self.xform, self.rects, self.sigma, self.counts)
+        splat_kernel(xy, self.starts, self.xform, self.rects, *self.footprint, self.counts)
         return self.counts
 
     def span(self, P: np.ndarray) -> float:
         """The highest density of any pixel over all keyframes ``P`` (K, N, 2): the film's
         colour span, fixed before the first frame (at least 1, a lone dot's centre)."""
-        top = 1.0
-        for k in range(P.shape[0]):
-            counts = self(np.ascontiguousarray(P[k]))
-            top = max(top, float(counts.max()))
-            counts[...] = 0
-        return top
+        def densest(part: range) -> float:
+            counts, top = np.zeros_like(self.counts), 0.0
+            for k in part:  # each thread splats into a buffer of its own
+                splat_kernel(np.ascontiguousarray(P[k]), self.starts, self.xform, self.rects,
+                             *self.footprint, counts)
+                top = max(top, float(counts.max()))
+                counts[...] = 0
+            return top
+
+        n = threads()
+        with concurrent.futures.ThreadPoolExecutor(n) as pool:
+            tops = list(pool.map(densest, [range(i, P.shape[0], n) for i in range(n)]))
+        return max([1.0, *tops])

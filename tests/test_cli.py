@@ -74,7 +74,7 @@ def test_film_shows_motion_labels_and_header(tmp_path, run_dir, sent, headers):
 def test_color_range_fixed_for_the_whole_film(tmp_path, run_dir, monkeypatch):
     """The span is the densest pixel of any keyframe (computed here with the numpy splat) and
     the same for every frame."""
-    from layerfilm import _kernels, frames, layouts, plan, shade
+    from layerfilm import _draw_kernels, frames, layouts, plan, shade
     from layerfilm.config import Selection
 
     spans, films = [], []
@@ -96,7 +96,7 @@ def test_color_range_fixed_for_the_whole_film(tmp_path, run_dir, monkeypatch):
     densest = 0.0
     for k in range(len(P)):
         counts = np.zeros((180, 320), np.float32)
-        _kernels.splat_numpy(P[k], made.starts, r.xform, r.rects, r.sigma, counts)
+        _draw_kernels.splat_numpy(P[k], made.starts, r.xform, r.rects, *r.footprint, counts)
         densest = max(densest, float(counts.max()))
     assert spans[0] == pytest.approx(max(densest, 1.0), rel=1e-6)
 

@@ -121,7 +121,7 @@ def test_scale_bars_and_legend_say_what_the_dots_show(tmp_path, monkeypatch, ind
     and a lone dot sits where its layout coordinates times that ratio put it (within a pixel);
     its centre has the colour of its density exp(-d^2 / 2 sigma^2) (numpy) on the legend's
     scale, whose ends are one dot and the densest pixel of any keyframe."""
-    from layerfilm import _kernels, layouts
+    from layerfilm import _draw_kernels, layouts
 
     run = write_run(tmp_path / "run", n=3, blocks=2, d=16, vocab=40)
     films = _capture_film(monkeypatch)
@@ -167,7 +167,7 @@ def test_scale_bars_and_legend_say_what_the_dots_show(tmp_path, monkeypatch, ind
     r = film.rasterizer()
     for k in range(len(P)):
         counts = np.zeros(last.shape, np.float32)
-        _kernels.splat_numpy(P[k], film.starts, r.xform, r.rects, r.sigma, counts)
+        _draw_kernels.splat_numpy(P[k], film.starts, r.xform, r.rects, *r.footprint, counts)
         densest = max(densest, float(counts.max()))
     assert film.shader.span == pytest.approx(densest, rel=1e-6)
     assert legend.top_text == overlays.legend_span_text(densest)
