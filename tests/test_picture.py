@@ -327,3 +327,38 @@ def test_cues_follow_the_stats(tmp_path, monkeypatch, index_frames):
             mark = frame[my0:my1, mx0:mx1]
             assert (mark == shade.SETTLED).any() == (step >= settle[l] and not (k and rebel[l, k])), (f, l)
             assert (mark == shade.REBEL).any() == bool(k and rebel[l, k]), (f, l)
+
+
+def test_manifest_counts_the_dots_pinned_to_an_edge(tmp_path, monkeypatch):
+    """A run where one neuron flies far out: its panel's range stops at 1.5x the 99.5th
+    percentile of the reach, and the manifest counts every (frame, dot) drawn pinned to the
+    edge -- the count numpy finds by evaluating every frame's positions."""
+    from layerfilm import _kernels, layouts
+
+    run = tmp_path / "run"
+    run.mkdir()
+    rng = np.random.default_rng(2)
+    sd = gpt_state(rng, d=8, blocks=1, vocab=600)
+    for k in range(5):
+        sd["transformer.wte.weight"][3] = 40.0 * (k == 2)  # token 3 jumps out and back
+        save_file({n: v + 0.05 * k for n, v in sd.items()}, str(run / f"step_{k * 100:06d}.safetensors"))
+    films = _capture_film(monkeypatch)
+    assert runner.invoke(app, ["render", str(run), str(tmp_path / "f.gif"), "--size", "320x180",
+                               "--fps", "3", "-q"]).exit_code == 0
+    doc = json.loads((tmp_path / "f.gif.json").read_text())["drawing"]
+    film = films[0]
+    P = layouts.keyframe_layouts(plan_of(run)).P
+    limits = film.rasterizer().limits
+    want = np.zeros(len(film.labels), dtype=int)
+    for f in range(film.n_frames):
+        k = min(f // 3, len(P) - 2)
+        xy = _kernels.hermite_numpy(P, film.times, k, float(f)).astype(np.float64)
+        for l in range(len(film.labels)):
+            pts = xy[film.starts[l]:film.starts[l + 1]]
+            want[l] += int((np.abs(pts) > limits[l]).any(axis=1).sum())
+    assert want[0] > 0  # the embedding's runaway token
+    assert {k: v["pinned_to_edge"] for k, v in doc["panels"].items()} == dict(zip(film.labels, want.tolist()))
+    assert doc["pinned_to_edge"] == want.sum()
+    assert doc["color_span"] == pytest.approx(film.shader.span, rel=1e-6)
+    for l, label in enumerate(film.labels):
+        assert doc["panels"][label]["pixels_per_unit"] == pytest.approx(film.layout.scale[l], rel=1e-6)
