@@ -338,7 +338,7 @@ def grid_layout(spec: FrameSpec) -> Layout:
         rows = sum(math.ceil(b / cols) for b in bands)
         ch = math.floor((gy1 - gy0 - (rows - 1) * gap) / rows)
         pf = _panel_rows((gx1 - gx0) / cols, ch, lf, spec.cues)[0]
-        hgap = max(gap, pf // 2 + 2)  # between columns: one panel's mark and the next's label
+        hgap = max(gap, pf)  # between columns: one panel's mark and the next's label
         cw = math.floor((gx1 - gx0 - (cols - 1) * hgap) / cols)
         pf, lh, uh = _panel_rows(cw, ch, lf, spec.cues)
         rw, rh = cw - 2, ch - lh - uh - 2
