@@ -18,6 +18,7 @@ as ``layerfilm stats``).
 from __future__ import annotations
 
 import functools
+import threading
 
 import numpy as np
 
@@ -74,7 +75,16 @@ class PanelCues:
         self.border[self.rebel] = shade.REBEL
         self.lines = [self._line(l) for l in range(L)]
         self._flatten()
+        W, H = layout.size
+        self.mark_idx = np.concatenate(
+            [(np.arange(y0, y1)[:, None] * W + np.arange(x0, x1)[None, :]).ravel()
+             for x0, y0, x1, y1 in layout.mark if x1 > x0 and y1 > y0]
+            or [np.zeros(0, dtype=np.int64)]).astype(np.int64)
+        self._scratch = np.zeros((H, W), dtype=np.uint8)  # marks are drawn here, box by box
+        self._scratch_lock = threading.Lock()
         self._marks = functools.lru_cache(maxsize=4)(self._mark_layer)
+        self.lines_at = np.flatnonzero(self.has_line)
+        self.settle_at = np.where(np.isfinite(self.settle), self.settle, np.inf)
 
     def _flatten(self) -> None:
         """Everything drawn per frame as flat frame indices, so a frame costs a few vectorised
@@ -169,24 +179,26 @@ class PanelCues:
     def _mark_layer(self, k: int, settled: tuple[bool, ...]) -> tuple[np.ndarray, np.ndarray]:
         """The marks of every panel in interval ``k`` with these panels settled, as (flat
         indices, palette indices) -- drawn once per state, not per frame."""
-        w, h = self.layout.size
-        scratch = np.zeros((h, w), dtype=np.uint8)
-        for l in range(len(self.layout.rects)):
-            if self.rebel[l, k]:
-                z = self.score[l, k]
-                self._mark(scratch, l, shade.REBEL, [f"rebel {z:+.1f}", "rebel", ""], dim=False)
-            elif settled[l]:
-                s = int(self.settle[l])
-                self._mark(scratch, l, shade.SETTLED, [f"settled {s:,}", f"{s:,}", ""], dim=False)
-            elif self.announce:
-                s = self.settle[l]
-                self._mark(scratch, l, None, [f"settles {int(s):,}", f"{int(s):,}"] if np.isfinite(s)
-                           else ["never settles", "never"])
-            else:
-                n_dots = int(self.points[l])
-                self._mark(scratch, l, None, [f"{n_dots:,} dots", f"{n_dots:,}"])
-        idx = np.flatnonzero(scratch)
-        return idx, scratch.ravel()[idx]
+        with self._scratch_lock:
+            scratch = self._scratch
+            for l in range(len(self.layout.rects)):
+                if self.rebel[l, k]:
+                    z = self.score[l, k]
+                    self._mark(scratch, l, shade.REBEL, [f"rebel {z:+.1f}", "rebel", ""], dim=False)
+                elif settled[l]:
+                    s = int(self.settle[l])
+                    self._mark(scratch, l, shade.SETTLED, [f"settled {s:,}", f"{s:,}", ""], dim=False)
+                elif self.announce:
+                    s = self.settle[l]
+                    self._mark(scratch, l, None, [f"settles {int(s):,}", f"{int(s):,}"]
+                               if np.isfinite(s) else ["never settles", "never"])
+                else:
+                    n_dots = int(self.points[l])
+                    self._mark(scratch, l, None, [f"{n_dots:,} dots", f"{n_dots:,}"])
+            idx = self.mark_idx[scratch.reshape(-1)[self.mark_idx] != 0]
+            values = scratch.reshape(-1)[idx].copy()
+            scratch.reshape(-1)[self.mark_idx] = 0
+        return idx, values
 
     def draw(self, frame: np.ndarray, time: float, step: float) -> None:
         if not self.live:
@@ -194,9 +206,9 @@ class PanelCues:
         flat = frame.reshape(-1)
         k = current_interval(self.times, time)
         flat[self.ring] = self.border[self.ring_owner, k]
-        settled = np.isfinite(self.settle) & (step >= np.nan_to_num(self.settle, nan=np.inf))
+        settled = step >= self.settle_at
         if len(self.line_idx):
-            lines = np.flatnonzero(self.has_line)
+            lines = self.lines_at
             x0, x1 = self.layout.spark[lines, 0], self.layout.spark[lines, 2]
             s0, s1 = self.steps[0], max(self.steps[-1], self.steps[0] + 1)
             cx = np.clip(np.round(x0 + (step - s0) / (s1 - s0) * (x1 - x0 - 1)).astype(np.int64),
