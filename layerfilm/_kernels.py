@@ -12,6 +12,8 @@ import numba
 import numpy as np
 
 ngjit = numba.njit(cache=True, nogil=True, fastmath=False, error_model="numpy")
+# fastmath lets sums vectorise (reassociated); the results are the same run after run.
+ngjit_fast = numba.njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
 
 
 # --- interpolation ---------------------------------------------------------------------------
@@ -64,149 +66,43 @@ def hermite_numpy(P, times, k, t):
     return (h00 * P[k] + h10 * h * m0 + h01 * P[k + 1] + h11 * h * m1).astype(np.float32)
 
 
-# --- rasterisation ---------------------------------------------------------------------------
-# Each point is splatted bilinearly onto the 2x2 pixels around it (weight 1 in total), so a
-# point moving by a fraction of a pixel moves smoothly instead of jumping.  ``xform`` maps a
-# panel's data coordinates to frame pixels: px = x * sx + ox, py = y * sy + oy, and ``rect``
-# clips deposits to the panel's interior.
+# --- drift --------------------------------------------------------------------------------------
+# A layer's weight norm and its change since the previous keyframe, in one pass over float32
+# weights with float64 sums and no temporaries: the film's activity cues and ``layerfilm stats``
+# share this kernel, so both agree to the last bit.
 
-@ngjit
-def splat_kernel(xy, starts, xform, rect, counts):
-    """Add every point of every panel into ``counts``.
+@ngjit_fast
+def sq_norms_kernel(W, prev, out):
+    """``out[0] = sum(W**2)``, ``out[1] = sum((W - prev)**2)`` (float64 sums, vectorised).
 
-    xy: (N, 2) float32; starts: (L+1,) int64 offsets of each panel's points;
-    xform: (L, 4) float64 [sx, ox, sy, oy]; rect: (L, 4) int64 [x0, y0, x1, y1) half-open;
-    counts: (H, W) float32, added to in place.
+    W: (n, d) float32, any strides; prev: (n, d) float32, or (0, 0) when there is no previous
+    keyframe (``out[1]`` is then NaN); out: (2,) float64.
     """
-    for l in range(starts.shape[0] - 1):
-        sx = xform[l, 0]
-        ox = xform[l, 1]
-        sy = xform[l, 2]
-        oy = xform[l, 3]
-        x0 = rect[l, 0]
-        y0 = rect[l, 1]
-        x1 = rect[l, 2]
-        y1 = rect[l, 3]
-        for i in range(starts[l], starts[l + 1]):
-            fx = xy[i, 0] * sx + ox - 0.5
-            fy = xy[i, 1] * sy + oy - 0.5
-            if not (fx > x0 - 1.0 and fx < x1 and fy > y0 - 1.0 and fy < y1):
-                continue  # also drops NaN
-            ix = int(np.floor(fx))
-            iy = int(np.floor(fy))
-            wx = np.float32(fx - ix)
-            wy = np.float32(fy - iy)
-            for dy in range(2):
-                yy = iy + dy
-                if yy < y0 or yy >= y1:
-                    continue
-                wyy = wy if dy == 1 else np.float32(1.0) - wy
-                for dx in range(2):
-                    xx = ix + dx
-                    if xx < x0 or xx >= x1:
-                        continue
-                    wxx = wx if dx == 1 else np.float32(1.0) - wx
-                    counts[yy, xx] += wxx * wyy
+    s, t = 0.0, 0.0
+    n, d = W.shape
+    if prev.shape[0] == n and prev.shape[1] == d:
+        for i in range(n):
+            for j in range(d):
+                w = np.float64(W[i, j])
+                e = w - np.float64(prev[i, j])
+                s += w * w
+                t += e * e
+        out[1] = t
+    else:
+        for i in range(n):
+            for j in range(d):
+                w = np.float64(W[i, j])
+                s += w * w
+        out[1] = np.nan
+    out[0] = s
 
 
-def splat_numpy(xy, starts, xform, rect, counts):
-    """The numpy twin of :func:`splat_kernel` (same arguments, same in-place result)."""
-    for l in range(len(starts) - 1):
-        sx, ox, sy, oy = xform[l]
-        x0, y0, x1, y1 = rect[l]
-        p = xy[starts[l]:starts[l + 1]].astype(np.float64)
-        fx, fy = p[:, 0] * sx + ox - 0.5, p[:, 1] * sy + oy - 0.5
-        ok = (fx > x0 - 1) & (fx < x1) & (fy > y0 - 1) & (fy < y1)
-        fx, fy = fx[ok], fy[ok]
-        ix, iy = np.floor(fx).astype(np.int64), np.floor(fy).astype(np.int64)
-        wx = (fx - ix).astype(np.float32)
-        wy = (fy - iy).astype(np.float32)
-        for dy, wyy in ((0, 1 - wy), (1, wy)):
-            for dx, wxx in ((0, 1 - wx), (1, wx)):
-                xx, yy = ix + dx, iy + dy
-                inside = (xx >= x0) & (xx < x1) & (yy >= y0) & (yy < y1)
-                np.add.at(counts, (yy[inside], xx[inside]), (wxx * wyy)[inside])
-
-
-# --- shading ---------------------------------------------------------------------------------
-# Density -> palette index.  Index ``base`` + j (j = 0 .. levels-1) holds colour j of the
-# colormap; pixels with no density keep the background frame's index.
-
-@ngjit
-def shade_kernel(counts, bits, lut, frame):
-    """Write palette indices for every pixel with density into ``frame`` and zero ``counts``.
-
-    counts: (H, W) float32 (reset to 0 on return, ready for the next frame); bits: the same
-    memory viewed as uint32; lut: a :class:`ShadeTable`'s arrays (see :func:`shade_table`);
-    frame: (H, W) uint8, written in place.  Gives exactly :func:`shade_numpy`'s indices
-    without a logarithm per pixel: a float's bit pattern orders positive floats, so its top
-    bits pick a bin of the table, and each bin holds at most one colour boundary.
-    """
-    lo, hi, shift, first, base, top, start_level, boundary = lut
-    for y in range(counts.shape[0]):
-        for x in range(counts.shape[1]):
-            c = counts[y, x]
-            if c > 0.0:
-                if c < lo:
-                    j = 0
-                elif c >= hi:
-                    j = top
-                else:
-                    b = (bits[y, x] >> shift) - first
-                    j = start_level[b] + (1 if c >= boundary[b] else 0)
-                frame[y, x] = base + j
-                counts[y, x] = 0.0
-
-
-def shade_table(span_scaled, log_scale, base, levels):
-    """The lookup table :func:`shade_kernel` uses in place of :func:`shade_numpy`'s formula.
-
-    For every level j its boundary -- the smallest float32 density that :func:`shade_numpy`
-    gives level j or more -- is found by bisection on float32 bit patterns; the densities
-    between the first and the last boundary are then binned by the top bits of their bit
-    pattern, each bin storing its level at the start and the boundary inside it, if any.
-    Returns ``(lo, hi, shift, first, base, top, start_level, boundary)``.
-    """
-    top = levels - 1
-
-    def level(c32):
-        v = np.log1p(c32.astype(np.float64)) if log_scale else c32.astype(np.float64)
-        return np.minimum(np.floor(v / span_scaled * top + 0.5), top).astype(np.int64)
-
-    # Smallest positive float32 (as bits) reaching each level 1..top, all levels at once.
-    want = np.arange(1, top + 1)
-    lo_b = np.zeros(top, np.int64)
-    hi_b = np.full(top, np.float32(np.finfo(np.float32).max).view(np.uint32), np.int64)
-    while (hi_b - lo_b > 1).any():
-        mid = (lo_b + hi_b) // 2
-        ok = level(mid.astype(np.uint32).view(np.float32)) >= want
-        hi_b = np.where(ok, mid, hi_b)
-        lo_b = np.where(ok, lo_b, mid)
-    edges = hi_b  # bits of the boundaries, non-decreasing
-    for shift in range(13, -1, -1):  # bins fine enough that none holds two boundaries
-        b = edges >> shift
-        if (np.diff(b) > 0).all():
-            break
-    first, last = int(b[0]), int(b[-1])
-    starts = ((np.arange(first, last + 1, dtype=np.int64)) << shift).astype(np.uint32)
-    start_level = level(starts.view(np.float32)).astype(np.int64)
-    # The one boundary a bin can hold is that of the level after the bin's first one.
-    as_float = edges.astype(np.uint32).view(np.float32)  # as_float[j - 1]: level j's boundary
-    nxt = np.minimum(start_level + 1, top)
-    inside = (start_level < top) & ((edges[nxt - 1] >> shift) == np.arange(first, last + 1))
-    boundary = np.where(inside, as_float[nxt - 1], np.float32(np.inf)).astype(np.float32)
-    return (np.float32(as_float[0]), np.float32(as_float[-1]), np.uint32(shift), np.uint32(first),
-            np.uint8(base), np.int64(top), start_level, boundary)
-
-
-def shade_numpy(counts, span_scaled, log_scale, base, levels, frame):
-    """The numpy twin of :func:`shade_kernel`."""
-    c = counts.astype(np.float64)
-    hit = c > 0
-    v = (np.log1p(c[hit]) if log_scale else c[hit]) / span_scaled
-    j = np.minimum(np.floor(v * (levels - 1) + 0.5), levels - 1).astype(np.int64)
-    frame[hit] = (base + j).astype(np.uint8)
-    counts[...] = 0
+def sq_norms_numpy(W, prev):
+    """The numpy twin of :func:`sq_norms_kernel`; returns ``(sum W**2, sum (W - prev)**2)``."""
+    W = np.asarray(W, dtype=np.float64)
+    if prev is None or np.shape(prev) != W.shape:
+        return float((W ** 2).sum()), np.nan
+    return float((W ** 2).sum()), float(((W - np.asarray(prev, dtype=np.float64)) ** 2).sum())
 
 
 # --- palette lookup --------------------------------------------------------------------------
@@ -268,7 +164,6 @@ def half_to_float_numpy(src):
 # (measured here: two threads calling numpy's matmul ran no faster than one).  fastmath lets the
 # inner products vectorise; results do not depend on which thread runs them.
 
-ngjit_fast = numba.njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
 
 
 @ngjit_fast

@@ -142,6 +142,35 @@ def store_layouts(plan: Plan, options: str, P: np.ndarray, nonfinite: int, info:
         pass
 
 
+def load_arrays(kind: str, plan: Plan) -> dict[str, np.ndarray] | None:
+    """Arrays cached by :func:`store_arrays` under ``kind`` for this plan's checkpoints and
+    panels, or ``None``."""
+    try:
+        path = cache_dir() / f"{kind}-{layout_key(plan, kind)}.npz"
+        with np.load(path) as z:
+            found = {name: z[name] for name in z.files}
+    except (OSError, ValueError, KeyError):
+        return None
+    _used(path)
+    return found
+
+
+def store_arrays(kind: str, plan: Plan, **arrays: np.ndarray) -> None:
+    """Cache measurements of a plan's checkpoints and panels (e.g. each layer's drift) beside
+    the layouts, atomically; silently not when the cache cannot be written."""
+    path = cache_dir() / f"{kind}-{layout_key(plan, kind)}.npz"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+        _used(path)
+        evict(keep=path)
+    except OSError:
+        pass
+
+
 def _digest_memo(key: str) -> Path:
     return cache_dir() / "sha256" / key
 

@@ -16,10 +16,11 @@ from typing import Annotated, Optional
 import typer
 
 from . import __version__
-from .config import (COLOR_SCALES, CONFIG_FILE, ORDERS, POINTS, PROJECTIONS, SETTLE_THRESHOLD,
-                     SUFFIXES, TIMELINES, InfoConfig, RenderConfig, StatsConfig, option_names,
+from .config import (COLOR_SCALES, CONFIG_FILE, ORDERS, POINTS, PROJECTIONS, REBEL_Z, SCALES,
+                     SETTLE_FRACTION, SUFFIXES, TIMELINES, InfoConfig, RenderConfig, StatsConfig, option_names,
                      options_toml, parse_size, resolve)
 from .errors import ConfigError, LayerfilmError
+from .progress import RichProgress
 
 def _flags_take_no_value() -> None:
     """typer 0.29's help shows a ``<bool>`` type for flags (``--drift``, even ``--help``),
@@ -57,29 +58,6 @@ def _one_line_errors(fn):
         except MemoryError:
             _fail("out of memory; try a smaller --max-points", 1)
     return wrapper
-
-
-class _RichProgress:
-    """Rich progress bars, one per stage, on stderr; quiet when stderr is not a terminal."""
-
-    def __init__(self, quiet: bool):
-        from rich.console import Console
-
-        self.console = Console(stderr=True, quiet=quiet)
-
-    def warn(self, message: str) -> None:
-        typer.echo(f"warning: {message}", err=True)
-
-    @contextlib.contextmanager
-    def stage(self, name: str, total: int):
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
-
-        columns = (TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), TimeRemainingColumn())
-        with Progress(*columns, console=self.console, transient=False) as bar:
-            task = bar.add_task(name, total=total)
-            yield lambda n=1: bar.advance(task, n)
 
 
 def _version(value: bool) -> None:
@@ -130,8 +108,15 @@ PointsOpt = Annotated[str, typer.Option(
 TensorOpt = Annotated[Optional[str], typer.Option(
     help="Draw only tensors whose name matches this regular expression (e.g. 'mlp.c_fc', 'wte').",
     show_default=False)]
-ThresholdOpt = Annotated[float, typer.Option(
-    help="A layer has settled once its relative change per 100 steps stays below this.")]
+ThresholdOpt = Annotated[Optional[float], typer.Option(
+    help="Settle by rate instead: a layer has settled once its relative change per 100 steps "
+         "stays below this.", show_default=False)]
+FractionOpt = Annotated[float, typer.Option(
+    help="A layer has settled at the first keyframe by which it has covered this share of its "
+         "whole path (the sum of its relative changes).")]
+RebelOpt = Annotated[float, typer.Option(
+    help="A layer is a rebel while its drift's z-score against the two layers on either side "
+         "reaches this.")]
 
 
 @app.command()
@@ -185,7 +170,9 @@ def render(
     order: Annotated[str, typer.Option(
         help=f"Panel order: {' | '.join(ORDERS)} (settle: by settling step, earliest first).")
     ] = "film",
-    settle_threshold: ThresholdOpt = SETTLE_THRESHOLD,
+    settle_threshold: ThresholdOpt = None,
+    settle_fraction: FractionOpt = SETTLE_FRACTION,
+    rebel_z: RebelOpt = REBEL_Z,
     stills_dir: Annotated[Optional[Path], typer.Option(
         "--stills", help="Also write first.png, last.png and contact_sheet.png (keyframes) into "
         "this new or empty folder.", show_default=False)] = None,
@@ -207,6 +194,25 @@ def render(
         help=f"Where keyframes sit in the film: {' | '.join(TIMELINES)} (keyframe: evenly; "
              "step: frames between checkpoints in proportion to their training steps, so "
              "unevenly spaced checkpoints keep true time).")] = "keyframe",
+    point_size: Annotated[Optional[float], typer.Option(
+        help="Dot size in pixels (the width of its footprint at half height) for every panel "
+             "[default: from each panel's size and number of dots].", show_default=False)] = None,
+    scale: Annotated[str, typer.Option(
+        help=f"Panel scale: {' | '.join(SCALES)} (shared: every panel at one common scale, so "
+             "sizes compare).")] = "panel",
+    cues: Annotated[bool, typer.Option(
+        help="Per panel: border and activity line following its rate of change, 'settled' and "
+             "'rebel' marks.")] = True,
+    title: Annotated[Optional[str], typer.Option(
+        help="Header title [default: the checkpoint folder's name].", show_default=False)] = None,
+    caption: Annotated[Optional[str], typer.Option(
+        help="A footer line, e.g. what the model is.", show_default=False)] = None,
+    captions: Annotated[Optional[Path], typer.Option(
+        help='JSONL of {"step": N, "text": "..."}: each text shown from step N on (e.g. a sample '
+             "completion per checkpoint).", show_default=False)] = None,
+    tokens_per_step: Annotated[Optional[int], typer.Option(
+        help="Training tokens per step, for the header's tokens seen [default: from names or "
+             "trainer_state.json].", show_default=False)] = None,
     layer_pattern: LayerPatternOpt = None,
     skip_bad: SkipBadOpt = False,
     fourier_ref: FourierRefOpt = None,
@@ -226,9 +232,11 @@ def render(
         size=parse_size(size), projection=projection, max_points=max_points, seed=seed, cmap=cmap,
         color_scale=color_scale, jobs=jobs, cache=cache, frames_dir=frames_dir, points=points,
         tensor=tensor, loss_strip=loss_strip, metrics=metrics, drift=drift, order=order,
-        settle_threshold=settle_threshold, stills_dir=stills_dir, stills_every=stills_every,
-        steps=steps, timeline=timeline, layer_pattern=layer_pattern, skip_bad=skip_bad,
-        fourier_ref=fourier_ref, scheduler=scheduler,
+        settle_threshold=settle_threshold, settle_fraction=settle_fraction, rebel_z=rebel_z,
+        stills_dir=stills_dir, stills_every=stills_every,
+        steps=steps, timeline=timeline, point_size=point_size, scale=scale, cues=cues, title=title,
+        caption=caption, captions=captions, tokens_per_step=tokens_per_step,
+        layer_pattern=layer_pattern, skip_bad=skip_bad, fourier_ref=fourier_ref, scheduler=scheduler,
     )
     given = _given_on_command_line(ctx)
     if from_manifest is not None:
@@ -250,7 +258,7 @@ def render(
     if from_manifest is not None:
         for warning in manifest.check_inputs(recorded, from_manifest, config):
             typer.echo(f"warning: {warning}", err=True)
-    result = run(config, _RichProgress(quiet or not sys.stderr.isatty()))
+    result = run(config, RichProgress(quiet or not sys.stderr.isatty()))
     written = manifest.write(config, result)
     mb = result.bytes / 1e6
     s = result.seconds
@@ -329,7 +337,9 @@ def stats(
     out: Annotated[Path, typer.Option(
         help="Folder for layer_stats.csv and layer_change.png (created if needed).")
     ] = Path("layerfilm-stats"),
-    settle_threshold: ThresholdOpt = SETTLE_THRESHOLD,
+    settle_threshold: ThresholdOpt = None,
+    settle_fraction: FractionOpt = SETTLE_FRACTION,
+    rebel_z: RebelOpt = REBEL_Z,
     points: PointsOpt = "neurons",
     tensor: TensorOpt = None,
     max_points: Annotated[int, typer.Option(help="As for render: most points per layer.")] = 2000,
@@ -352,17 +362,19 @@ def stats(
         "--print-config", help="Print the resolved options stats shares with render as TOML "
         "and exit.")] = False,
 ) -> None:
-    """Per-layer drift of CHECKPOINTS: a CSV, a heatmap PNG and each layer's settling step.
+    """Per-layer drift of CHECKPOINTS: a CSV, a heatmap PNG, each layer's settling step and
+    the layers that move against their neighbours.
 
     Options come from the command line, else from the config file, else their defaults.
     """
-    import numpy as np
     from rich.console import Console
     from rich.table import Table
 
     from .pipeline import measure
+    from .stats import summary
 
     cli_config = StatsConfig(checkpoints=checkpoints, out=out, settle_threshold=settle_threshold,
+                             settle_fraction=settle_fraction, rebel_z=rebel_z,
                              points=points, tensor=tensor, max_points=max_points, seed=seed,
                              projection=projection, fourier_ref=fourier_ref, layouts=layouts,
                              steps=steps, layer_pattern=layer_pattern, skip_bad=skip_bad)
@@ -374,31 +386,18 @@ def stats(
         return
     if config.checkpoints is None:
         raise ConfigError("Missing argument 'CHECKPOINTS' (see layerfilm stats --help)")
-    settle_threshold = config.settle_threshold
-    result = measure(config, _RichProgress(quiet or not sys.stderr.isatty()))
-    s = result.stats
-    settle = s.settle_steps(settle_threshold)
-    rate = s.rate
-    late = rate[:, max(1, len(s.steps) * 3 // 4):]
-    table = Table(title=f"settling: relative change per 100 steps stays below {settle_threshold:g}")
-    for name, justify in (("layer", "left"), ("points", "right"), ("|W| first -> last", "right"),
-                          ("change vs first", "right"), ("late rate", "right"),
-                          ("settles at step", "right")):
+    result = measure(config, RichProgress(quiet or not sys.stderr.isatty()))
+    title, columns, rows, lines = summary(result.stats, config)
+    table = Table(title=title)
+    for name, justify in columns:
         table.add_column(name, justify=justify)
-    for l, label in enumerate(s.labels):
-        table.add_row(label, f"{s.points[l]:,}", f"{s.norm[l, 0]:.3g} -> {s.norm[l, -1]:.3g}",
-                      f"{s.rel_first[l, -1]:.3g}", f"{np.nanmedian(late[l]):.3g}",
-                      "never" if np.isnan(settle[l]) else f"{int(settle[l]):,}")
-    console = Console(width=max(100, Console().width))
-    console.print(table)
-    order = [l for l in np.argsort(settle, kind="stable") if np.isfinite(settle[l])]
-    if order:
-        first = settle[order[0]]
-        names = ", ".join(s.labels[l] for l in order if settle[l] == first)
-        typer.echo(f"settles first: {names} (step {int(first):,})")
-    else:
-        typer.echo(f"no layer settles below {settle_threshold:g} per 100 steps")
+    for row in rows:
+        table.add_row(*row)
+    Console(width=max(100, Console().width)).print(table)
+    for line in lines:
+        typer.echo(line)
     typer.echo(f"layout columns: {result.layouts}")
+    s = result.stats
     typer.echo(f"wrote {result.csv} ({len(s.steps) * len(s.labels)} rows) and {result.heatmap}")
 
 

@@ -1,9 +1,15 @@
-"""Panels, labels, the step/loss header -> one palette-indexed frame.
+"""The frame's geometry, text, and the composition of one palette-indexed frame.
 
-Everything static (panel frames, labels, the title) is drawn once into a
-background frame; per frame only the points and the header's step/loss text
-change.  Text is rasterised with matplotlib's FreeType binding (no figure, no
-canvas), anti-aliased into the palette's grey ramp.
+:func:`grid_layout` decides where everything sits for a :class:`FrameSpec`: the header (title
+and fields), the panel grid (the one that draws the dots largest for the panel count, the
+frame's aspect and each panel's extent), each panel's text rows, the loss strip and the footer
+(captions, colour legend).  Every piece of text gets a box measured with the font it is drawn
+in, and the boxes never overlap (:meth:`Layout.boxes`); text is fitted into its box, shortened
+with an ellipsis when it must be, never drawn across another.
+
+:class:`FrameComposer` draws the static parts once into a background frame; per frame only the
+points and the overlays' changing parts are drawn.  Text is rasterised with matplotlib's
+FreeType binding (no figure, no canvas), anti-aliased into the palette's grey ramp.
 """
 
 from __future__ import annotations
@@ -12,17 +18,19 @@ import dataclasses
 import functools
 import math
 import threading
+from typing import Protocol, Sequence
 
 import numpy as np
 
-from typing import Protocol, Sequence
-
-from . import shade
+from . import raster, shade
 from .errors import ConfigError
+
+Box = tuple[int, int, int, int]  # [x0, y0, x1, y1) in frame pixels
+NO_BOX: Box = (0, 0, 0, 0)
 
 
 class Overlay(Protocol):
-    """An optional part of the frame (loss strip, drift bars, ...).
+    """A part of the frame beside the dots (header, loss strip, legend, cues, ...).
 
     ``draw_static(background)`` paints once into the background frame; ``draw(frame, time,
     step)`` paints per frame (cheap slices, no allocation), after the points.
@@ -33,7 +41,9 @@ class Overlay(Protocol):
     def draw(self, frame: np.ndarray, time: float, step: float) -> None: ...
 
 
-@functools.lru_cache(maxsize=4)
+# ---- text ------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=8)
 def _font(px: int):
     from matplotlib import font_manager, ft2font
 
@@ -45,9 +55,11 @@ def _font(px: int):
 _FONT_LOCK = threading.Lock()  # one FreeType face is shared by all render threads
 
 
-@functools.lru_cache(maxsize=512)
+@functools.lru_cache(maxsize=4096)
 def text_mask(text: str, px: int) -> tuple[np.ndarray, int]:
     """Anti-aliased coverage of ``text`` at ``px`` pixels: ``(mask (h, w) uint8, baseline row)``."""
+    if not text:
+        return np.zeros((1, 0), np.uint8), 0
     with _FONT_LOCK:
         font = _font(px)
         font.clear()
@@ -57,10 +69,31 @@ def text_mask(text: str, px: int) -> tuple[np.ndarray, int]:
         return mask, mask.shape[0] - int(round(font.get_descent() / 64))
 
 
-@functools.lru_cache(maxsize=512)
+def text_width(text: str, px: int) -> int:
+    """Width in pixels of ``text`` drawn at ``px``."""
+    return int(text_mask(text, px)[0].shape[1])
+
+
+@functools.lru_cache(maxsize=4096)
+def fit_text(text: str, px: int, width: float) -> str:
+    """``text`` if it fits in ``width`` pixels at ``px``, else its longest start that fits with
+    an ellipsis, else ``""``."""
+    if text_width(text, px) <= width:
+        return text
+    lo, hi = 0, len(text)
+    while lo < hi:  # the longest prefix that fits with its ellipsis
+        mid = (lo + hi + 1) // 2
+        if text_width(text[:mid].rstrip() + "…", px) <= width:
+            lo = mid
+        else:
+            hi = mid - 1
+    return text[:lo].rstrip() + "…" if lo else ""
+
+
+@functools.lru_cache(maxsize=4096)
 def _text_indices(text: str, px: int, dim: bool) -> tuple[np.ndarray, np.ndarray, int]:
     """``text`` as grey-ramp palette indices, its coverage mask and baseline row (cached, so
-    the per-frame header costs only a copy)."""
+    per-frame text costs only a copy)."""
     mask, base = text_mask(text, px)
     if dim:
         mask = (mask.astype(np.uint16) * 150 // 255).astype(np.uint8)
@@ -68,131 +101,347 @@ def _text_indices(text: str, px: int, dim: bool) -> tuple[np.ndarray, np.ndarray
 
 
 def draw_text(frame: np.ndarray, text: str, px: int, x: int, baseline: int, align: str = "left",
-              dim: bool = False) -> None:
-    """Draw ``text`` into the index ``frame`` with its baseline at row ``baseline``."""
+              dim: bool = False, clip: Box | None = None) -> None:
+    """Draw ``text`` into the index ``frame`` with its baseline at row ``baseline``, inside
+    ``clip`` (default: the frame)."""
+    if not text:
+        return
     idx, covered, base = _text_indices(text, px, dim)
     h, w = idx.shape
     if align == "right":
         x -= w
     y = baseline - base
-    # Clip to the frame.
-    fy0, fx0 = max(y, 0), max(x, 0)
-    fy1, fx1 = min(y + h, frame.shape[0]), min(x + w, frame.shape[1])
+    cx0, cy0, cx1, cy1 = clip if clip is not None else (0, 0, frame.shape[1], frame.shape[0])
+    fy0, fx0 = max(y, cy0, 0), max(x, cx0, 0)
+    fy1, fx1 = min(y + h, cy1, frame.shape[0]), min(x + w, cx1, frame.shape[1])
     if fy1 <= fy0 or fx1 <= fx0:
         return
     sy, sx = slice(fy0 - y, fy1 - y), slice(fx0 - x, fx1 - x)
     np.copyto(frame[fy0:fy1, fx0:fx1], idx[sy, sx], where=covered[sy, sx])
 
 
+def baseline_in(box: Box, px: int) -> int:
+    """The baseline that sets text of ``px`` pixels inside ``box``'s rows (room for accents
+    above and descenders below)."""
+    x0, y0, x1, y1 = box
+    return y0 + min(y1 - y0 - max(1, round(px * 0.26)), round((y1 - y0 + px * 0.74) / 2))
+
+
+def nice_below(x: float) -> float:
+    """The largest 1, 2 or 5 times a power of ten that is at most ``x`` (> 0)."""
+    e = math.floor(math.log10(x))
+    for m in (5, 2, 1):
+        if m * 10.0 ** e <= x * (1 + 1e-12):
+            return float(f"{m * 10.0 ** e:.12g}")
+    return float(f"{10.0 ** (e - 1) * 5:.12g}")
+
+
+def format_value(v: float) -> str:
+    """A scale bar's value as people write it: 0.1, 0.05, 2, 2e-05."""
+    return f"{v:g}"
+
+
+# ---- geometry ---------------------------------------------------------------------------------
+
+# Header fields, most important first: the ones at the end are left out first when the header
+# is too narrow for all of them.
+FIELD_PRIORITY = ("step", "loss", "tokens", "lr")
+LEGEND_TITLE = "overlapping dots"
+LEGEND_WIDEST = "88,888"
+MARK_WIDEST = "■ rebel +88.8"  # the widest mark a panel shows (see cues.py)
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameSpec:
+    """What a frame has to hold, for :func:`grid_layout` to measure.
+
+    ``labels``/``points``: each panel's label and number of dots; ``extents``: (L, 2) how far
+    its dots reach along x and y (data units; None: alike); ``groups``: a band number per
+    panel (each band starts a row); ``fields``: ``(name, widest text)`` of the header's fields,
+    left to right; ``captions``: footer lines for per-checkpoint captions; ``caption``: a
+    fixed caption; ``strip``: rows for the loss strip; ``shared``: one scale for all panels;
+    ``cues``: room under each panel for its activity line.
+    """
+
+    size: tuple[int, int]
+    labels: tuple[str, ...]
+    points: tuple[int, ...] = ()
+    extents: np.ndarray | None = None
+    groups: tuple[int, ...] | None = None
+    title: str = ""
+    fields: tuple[tuple[str, str], ...] = ()
+    captions: int = 0
+    caption: bool = False
+    strip: int = 0
+    shared: bool = False
+    point_size: float | None = None
+    cues: bool = True
+
+
 @dataclasses.dataclass(frozen=True)
 class Layout:
     """Where everything sits in a ``size = (W, H)`` frame.
 
-    rects: (L, 4) int64 ``[x0, y0, x1, y1)`` square drawing area of each panel;
-    header: height of the top strip; font/label_font: text sizes in pixels.
+    rects: (L, 4) int64 ``[x0, y0, x1, y1)`` drawing area of each panel (its border is the
+    pixel line around it); scale: (L,) pixels per data unit (equal along x and y); sigma: (L,)
+    dot footprint in pixels; font/label_font/panel_font: text sizes (panel_font 0: the panels
+    are too small for text); header: height of the top strip; title/fields: the header's text
+    boxes (a field left out has none); label/mark/scalebar/spark: (L, 4) each panel's text and
+    cue boxes (zero-sized when there is no room); bar_value/bar_px: (L,) the scale bar's length
+    in data units and pixels; captions: footer boxes for per-checkpoint captions; caption: the
+    fixed caption's box; legend: the colour legend's box; strip: the loss strip's box.
     """
 
     size: tuple[int, int]
     rects: np.ndarray
+    scale: np.ndarray
+    sigma: np.ndarray
     header: int
     font: int
     label_font: int
+    panel_font: int
+    title: Box
+    fields: dict[str, Box]
+    label: np.ndarray
+    mark: np.ndarray
+    scalebar: np.ndarray
+    spark: np.ndarray
+    bar_value: np.ndarray
+    bar_px: np.ndarray
+    captions: tuple[Box, ...] = ()
+    caption: Box = NO_BOX
+    legend: Box = NO_BOX
+    strip: Box = NO_BOX
+
+    @property
+    def baseline(self) -> int:
+        return baseline_in((0, 0, self.size[0], self.header - 2), self.font)
+
+    def boxes(self) -> list[tuple[str, Box]]:
+        """Every box that holds text, a cue or a panel (with its border), by name; none of
+        them overlaps another and all lie inside the frame."""
+        out = [("title", self.title), *((f"field {k}", b) for k, b in self.fields.items()),
+               *((f"caption line {i}", b) for i, b in enumerate(self.captions)),
+               ("caption", self.caption), ("legend", self.legend), ("strip", self.strip)]
+        for l, (x0, y0, x1, y1) in enumerate(self.rects):
+            out.append((f"panel {l}", (int(x0) - 1, int(y0) - 1, int(x1) + 1, int(y1) + 1)))
+            for name in ("label", "mark", "scalebar", "spark"):
+                out.append((f"{name} {l}", tuple(int(v) for v in getattr(self, name)[l])))
+        return [(n, b) for n, b in out if b[2] > b[0] and b[3] > b[1]]
 
 
-def grid_layout(n_panels: int, size: tuple[int, int], footer: int = 0,
-                groups: list[int] | None = None) -> Layout:
-    """Lay ``n_panels`` square panels on a grid that makes them as large as possible
-    (``footer``: pixel rows kept free at the bottom, e.g. for the loss strip).
-
-    ``groups`` (one non-decreasing number per panel) starts each group on a new row, so an
-    encoder's and a decoder's blocks sit in separate rows.
-    """
+def fonts(size: tuple[int, int]) -> tuple[int, int]:
+    """The header's and the smaller text's sizes in pixels for a frame of ``size``."""
     w, h = size
-    h -= footer
-    groups = list(groups) if groups is not None else [0] * n_panels
-    bands = [groups.count(g) for g in sorted(set(groups))] or [n_panels]
     font = max(9, round(min(h / 34, w / 40)))
-    label_font = max(8, round(font * 0.75))
+    return font, max(8, round(font * 0.75))
+
+
+def _header(spec: FrameSpec, font: int, header: int) -> tuple[Box, dict[str, Box]]:
+    """The title's box and the fields' boxes (right-aligned, widest text reserved), leaving out
+    the least important fields until the title keeps a fair share of the width."""
+    w = spec.size[0]
+    margin, gap = max(4, font // 2), font
+    fields = list(spec.fields)
+    want_title = min(text_width(spec.title, font), max(w // 3, 4 * font))
+    slack = max(2, font // 4)  # glyph boxes differ a little from digit to digit
+    while fields:
+        used = sum(text_width(t, font) + slack for _, t in fields) + gap * len(fields)
+        if w - 2 * margin - used >= want_title:
+            break
+        fields.remove(max(fields, key=lambda f: FIELD_PRIORITY.index(f[0])
+                          if f[0] in FIELD_PRIORITY else len(FIELD_PRIORITY)))
+    boxes, right = {}, w - margin
+    for name, text in reversed(fields):
+        width = text_width(text, font) + slack
+        if right - width < margin:
+            break
+        boxes[name] = (right - width, 0, right, header - 2)
+        right -= width + gap
+    title = (margin, 0, max(margin, right), header - 2)
+    return title, dict(reversed(list(boxes.items())))
+
+
+def _footer(spec: FrameSpec, lf: int) -> tuple[int, tuple[Box, ...], Box, Box]:
+    """Footer height, the per-checkpoint caption lines' boxes, the fixed caption's box and the
+    legend's box (on the last line, at the right)."""
+    w, h = spec.size
+    margin, line = max(4, lf // 2), round(lf * 1.6)
+    if h < 150 and not (spec.captions or spec.caption):
+        return 0, (), NO_BOX, NO_BOX  # a thumbnail: no room for a legend line
+    lines = spec.captions + 1
+    top = h - lines * line - max(2, lf // 4)
+    captions = tuple((margin, top + i * line, w - margin, top + (i + 1) * line)
+                     for i in range(spec.captions))
+    y0 = top + spec.captions * line
+    legend_w = (text_width(LEGEND_TITLE, lf) + 3 * lf + text_width("1", lf)
+                + max(4 * lf, w // 10) + text_width(LEGEND_WIDEST, lf))
+    if legend_w > w - 2 * margin:
+        legend_w = text_width("1", lf) + 2 * lf + max(2 * lf, w // 10) + text_width(LEGEND_WIDEST, lf)
+    legend = (w - margin - legend_w, y0, w - margin, y0 + line) if legend_w <= w - 2 * margin else NO_BOX
+    right = legend[0] - lf if legend != NO_BOX else w - margin
+    caption = (margin, y0, right, y0 + line) if spec.caption and right > margin + lf else NO_BOX
+    return h - top, captions, caption, legend
+
+
+def _panel_rows(cell_w: float, cell_h: float, lf: int, cues: bool) -> tuple[int, int, int]:
+    """The panel font and the heights of the label row above a panel and the row under it
+    (scale bar and activity line; 3 pixel rows of it for the drift bar); 0s when the cell is
+    too small for text.  The two rows take at most about a quarter of the cell's height, or
+    a third at the smallest readable size (7 pixels) in small frames."""
+    pf = min(lf, math.floor(cell_h / 12), math.floor(cell_w / 6))
+    if pf < 7:
+        pf = 7 if cell_h >= 63 and cell_w >= 42 else 0
+    if not pf:
+        return 0, 0, 0
+    return pf, round(pf * 1.5), round(pf * 1.45) + 3
+
+
+def _score(rw: float, rh: float, spec: FrameSpec, points: np.ndarray, ext: np.ndarray
+           ) -> tuple[float, np.ndarray, np.ndarray]:
+    """How large ``rw`` x ``rh`` panels draw the dots: (score, scale (L,), sigma (L,))."""
+    rect = np.array([[0, 0, rw, rh]] * len(points), dtype=np.float64)
+    sigma = raster.dot_sizes(rect, points, spec.point_size) / raster.FWHM
+    pad = raster.edge_pad(sigma)
+    scale = np.minimum((rw / 2 - pad) / ext[:, 0], (rh / 2 - pad) / ext[:, 1])
+    scale = np.maximum(scale, 1e-12)
+    if spec.shared:
+        scale = np.full(len(scale), scale.min())
+    return float(np.log(scale).sum()), scale, sigma
+
+
+def grid_layout(spec: FrameSpec) -> Layout:
+    """Lay out a frame for ``spec`` (see :class:`Layout`).
+
+    The panels sit on the grid whose panels draw the dots largest (the sum over panels of the
+    log of their pixels per data unit, or the common scale with ``shared``) given the frame's
+    aspect, the panels' extents and the room their text takes; each row is centred.  Raises
+    :class:`ConfigError` when the panels cannot be drawn at least 8 pixels wide.
+    """
+    W, H = spec.size
+    n = len(spec.labels)
+    font, lf = fonts(spec.size)
     header = round(font * 2.0)
-    label_h = round(label_font * 1.5)
-    pad = max(3, round(min(w, h) / 150))
+    title, fields = _header(spec, font, header)
+    footer, captions, caption, legend = _footer(spec, lf)
+    groups = list(spec.groups) if spec.groups is not None else [0] * n
+    bands = [groups.count(g) for g in sorted(set(groups))] or [n]
+    points = np.asarray(spec.points if spec.points else [1000] * n, dtype=np.float64)
+    ext = np.ones((n, 2)) if spec.extents is None else np.asarray(spec.extents, dtype=np.float64)
+    ext = np.where(np.isfinite(ext) & (ext > 0), ext, 1.0)
+    gap = max(3, round(min(W, H) / 150))
+    margin = max(4, font // 2)
+    gx0, gx1 = margin, W - margin
+    gy0, gy1 = header + gap, H - footer - spec.strip - gap
     best = None
     for cols in range(1, max(bands) + 1):
         rows = sum(math.ceil(b / cols) for b in bands)
-        side = min((w - pad * (cols + 1)) / cols, (h - header - pad * (rows + 1)) / rows - label_h)
-        if best is None or side > best[0]:
-            best = (side, cols, rows)
-    side, cols, rows = best
-    side = int(side)
-    if side < 8:
-        raise ConfigError(f"{n_panels} panels do not fit in a {w}x{h + footer} frame; use a larger "
-                          "--size or fewer panels (--tensor, --points embeddings)", field="size")
-    cell_h = side + label_h
-    used_w = cols * side + (cols - 1) * pad
-    used_h = rows * cell_h + (rows - 1) * pad
-    left = (w - used_w) // 2
-    top = header + (h - header - used_h) // 2
-    rects = np.empty((n_panels, 4), dtype=np.int64)
-    i = row0 = 0
+        ch = math.floor((gy1 - gy0 - (rows - 1) * gap) / rows)
+        pf = _panel_rows((gx1 - gx0) / cols, ch, lf, spec.cues)[0]
+        hgap = max(gap, pf)  # between columns: one panel's mark and the next's label
+        cw = math.floor((gx1 - gx0 - (cols - 1) * hgap) / cols)
+        pf, lh, uh = _panel_rows(cw, ch, lf, spec.cues)
+        rw, rh = cw - 2, ch - lh - uh - 2
+        if rw < 8 or rh < 8:
+            continue
+        score, scale, sigma = _score(rw, rh, spec, points, ext)
+        empty = rows * cols - n
+        if best is None or (score, -empty) > (best[0], -best[1]):
+            best = (score, empty, cols, rows, cw, ch, pf, lh, uh, scale, sigma, hgap)
+    if best is None:
+        raise ConfigError(f"{n} panels do not fit in a {W}x{H} frame; use a larger --size or "
+                          "fewer panels (--tensor, --points embeddings)", field="size")
+    _, _, cols, rows, cw, ch, pf, lh, uh, scale, sigma, hgap = best
+    rects = np.empty((n, 4), dtype=np.int64)
+    used_h = rows * ch + (rows - 1) * gap
+    top = gy0 + (gy1 - gy0 - used_h) // 2
+    i = row = 0
     for band in bands:
-        for j in range(band):
-            r, c = divmod(j, cols)
-            x0 = left + c * (side + pad)
-            y0 = top + (row0 + r) * (cell_h + pad) + label_h
-            rects[i] = (x0, y0, x0 + side, y0 + side)
-            i += 1
-        row0 += math.ceil(band / cols)
-    return Layout((w, h + footer), rects, header, font, label_font)
+        nrows = math.ceil(band / cols)
+        counts = [band // nrows + (1 if r < band % nrows else 0) for r in range(nrows)]
+        for count in counts:
+            left = gx0 + (gx1 - gx0 - (count * cw + (count - 1) * hgap)) // 2
+            y = top + row * (ch + gap)
+            for c in range(count):
+                x = left + c * (cw + hgap)
+                rects[i] = (x + 1, y + lh + 1, x + cw - 1, y + ch - uh - 1)
+                i += 1
+            row += 1
+    return Layout((W, H), rects, scale, sigma, header, font, lf, pf, title, fields,
+                  *_panel_boxes(spec, rects, scale, pf, lh, uh, gap),
+                  captions=captions, caption=caption, legend=legend,
+                  strip=(margin, H - footer - spec.strip, W - margin, H - footer) if spec.strip else NO_BOX)
+
+
+def _panel_boxes(spec: FrameSpec, rects: np.ndarray, scale: np.ndarray, pf: int, lh: int, uh: int,
+                 gap: int) -> tuple[np.ndarray, ...]:
+    """Each panel's label, mark, scale-bar and activity-line boxes and its scale bar's value
+    and length (see :class:`Layout`)."""
+    n = len(rects)
+    label, mark, scalebar, spark = (np.zeros((n, 4), dtype=np.int64) for _ in range(4))
+    value, length = np.zeros(n), np.zeros(n, dtype=np.int64)
+    room = max(3, pf // 2)
+    for l, (x0, y0, x1, y1) in enumerate(rects):
+        left, right = int(x0) - 1, int(x1) + 1
+        width = right - left
+        # The scale bar: a 1-2-5 length of at most a quarter of the panel, with its value; bar
+        # and value together at most 45 % of the row, the rest for the activity line.
+        v = nice_below(max(width / 4, 1.0) / scale[l])
+        while pf and v * scale[l] > 4 and (v * scale[l] + room + text_width(format_value(v), pf)
+                                           > width * 0.45):
+            v = nice_below(v * 0.99)
+        value[l], length[l] = v, max(1, int(round(v * scale[l])))
+        if not pf:
+            continue
+        # The label whole when it can be, then the mark in what is left (if a short mark fits).
+        text = fit_text(spec.labels[l], pf, width)
+        lw = text_width(text, pf)
+        label[l] = (left, y0 - 1 - lh, left + lw, y0 - 1)
+        if width - lw - room >= text_width("■ 8,888", pf):
+            mark[l] = (left + lw + room, y0 - 1 - lh, right, y0 - 1)
+        under = (int(y1) + 4, int(y1) + 1 + uh)
+        sw = int(length[l]) + room + text_width(format_value(value[l]), pf)
+        if sw <= width:
+            scalebar[l] = (left, under[0], left + sw, under[1])
+        start = left + (sw + 2 * room if sw <= width else 0)
+        if spec.cues and right - start >= 2.5 * pf:
+            spark[l] = (start, under[0], right, under[1])
+    return label, mark, scalebar, spark, value, length
 
 
 class FrameComposer:
-    """Builds each frame: the static background, the shaded points, the header text.
+    """Builds each frame: the static background, the shaded points, the overlays.
 
-    ``__call__(counts, step, loss, fraction)`` returns an ``(H, W)`` uint8 index
-    frame (a buffer reused from frame to frame) and resets ``counts``.
+    ``__call__(counts, time, step)`` returns an ``(H, W)`` uint8 index frame (a buffer reused
+    from frame to frame) and resets ``counts``.
     """
 
-    def __init__(self, layout: Layout, labels: list[str], notes: list[str], title: str,
-                 shader: shade.Shader, overlays: Sequence[Overlay] = ()):
+    BORDER = shade.TEXT_BASE + 2  # a dim grey
+
+    def __init__(self, layout: Layout, labels: list[str], shader: shade.Shader,
+                 overlays: Sequence[Overlay] = ()):
         self.layout = layout
         self.overlays = overlays
         self.shader = shader
         w, h = layout.size
         bg = np.full((h, w), shade.BACKGROUND, dtype=np.uint8)
-        border = shade.TEXT_BASE + 2  # a dim grey
-        for (x0, y0, x1, y1), label, note in zip(layout.rects, labels, notes):
-            bg[y0 - 1, x0 - 1:x1 + 1] = border
-            bg[y1, x0 - 1:x1 + 1] = border
-            bg[y0 - 1:y1 + 1, x0 - 1] = border
-            bg[y0 - 1:y1 + 1, x1] = border
-            base = y0 - 1 - round(layout.label_font * 0.4)
-            draw_text(bg, label, layout.label_font, x0, base)
-            draw_text(bg, note, layout.label_font, x1, base, align="right", dim=True)
-        self.baseline = round(layout.header * 0.68)
-        self.margin = max(4, layout.font // 2)
-        # Fixed fields, right-aligned, so digits never shift as the numbers change.
-        self.loss_right = w - self.margin
-        widest_loss = text_mask("loss 8.888e-08", layout.font)[0].shape[1]
-        self.step_right = self.loss_right - widest_loss - layout.font
-        draw_text(bg, title, layout.font, self.margin, self.baseline)
+        for l, (x0, y0, x1, y1) in enumerate(layout.rects):
+            bg[y0 - 1, x0 - 1:x1 + 1] = bg[y1, x0 - 1:x1 + 1] = self.BORDER
+            bg[y0 - 1:y1 + 1, x0 - 1] = bg[y0 - 1:y1 + 1, x1] = self.BORDER
+            box = tuple(layout.label[l])
+            if layout.panel_font and box[2] > box[0]:
+                text = fit_text(labels[l], layout.panel_font, box[2] - box[0])
+                draw_text(bg, text, layout.panel_font, box[0], baseline_in(box, layout.panel_font),
+                          clip=box)
         for overlay in overlays:
             overlay.draw_static(bg)
         self.background = bg
         self.frame = bg.copy()
 
-    def __call__(self, counts: np.ndarray, step: int, loss: float | None, fraction: float,
-                 time: float = 0.0) -> np.ndarray:
+    def __call__(self, counts: np.ndarray, time: float, step: float) -> np.ndarray:
         frame = self.frame
         np.copyto(frame, self.background)
         self.shader(counts, frame)
-        w = self.layout.size[0]
-        font = self.layout.font
-        draw_text(frame, f"step {step:,}", font, self.step_right, self.baseline, align="right")
-        if loss is not None:
-            draw_text(frame, f"loss {loss:.4g}", font, self.loss_right, self.baseline, align="right")
-        # A thin progress line under the header shows where in the run we are.
-        y = self.layout.header - 2
-        frame[y:y + 1, :int(round(fraction * w))] = shade.TEXT_BASE + 5
         for overlay in self.overlays:
             overlay.draw(frame, time, step)
         return frame

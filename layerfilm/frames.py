@@ -1,9 +1,9 @@
 """Keyframe layouts -> frame ``f`` of the film: interpolate, rasterize, shade and compose.
 
-:func:`prepare` fixes everything before the first frame -- the timeline, the panel layout,
-each panel's axis range, the film's colour span, the labels and the overlays -- into a
-read-only :class:`Film`.  A :class:`FrameMaker` (one per render job: it owns its buffers) then
-makes any frame of it.
+:func:`prepare` fixes everything before the first frame -- the timeline, each panel's reach,
+the frame's layout and scales, the film's colour span, the header, captions, legend and cues
+-- into a read-only :class:`Film`.  A :class:`FrameMaker` (one per render job: it owns its
+buffers) then makes any frame of it.
 """
 
 from __future__ import annotations
@@ -12,40 +12,53 @@ import dataclasses
 
 import numpy as np
 
-from . import compose, interpolate, overlays, project, raster, shade
-from .checkpoints import LossCurve
+from . import checkpoints, compose, cues, interpolate, overlays, project, raster, shade
 from .config import RenderConfig
 from .layouts import Keyframes
 from .plan import Plan
-from .stats import LayerStats
+from .stats import Drift, Settling
 
 
 @dataclasses.dataclass(frozen=True)
 class Film:
     """Everything fixed before the first frame; shared read-only by all render jobs.
 
-    P: (K, N, 2) float32 keyframe layouts; times: (K,) frame time of each keyframe; steps:
-    (K,) float64 training steps; half: (L,) each panel's axis half-width; starts: (L+1,)
-    panel offsets into the points.
+    P: (K, N, 2) float32 keyframe layouts; times: (K,) frame time of each keyframe (whole
+    numbers); steps: (K,) float64 training steps; starts: (L+1,) panel offsets into the
+    points; outside: (L,) how many (frame, dot) pairs are drawn pinned to a panel's edge.
     """
 
     P: np.ndarray
     times: np.ndarray
     steps: np.ndarray
-    loss: LossCurve | None
     layout: compose.Layout
-    half: np.ndarray
     starts: np.ndarray
     shader: shade.Shader
     labels: list[str]
-    notes: list[str]
-    title: str
     n_frames: int
     overlays: tuple[compose.Overlay, ...] = ()
+    outside: np.ndarray | None = None
 
     def keyframe_frames(self) -> list[int]:
-        """The frame number at (or just before) each keyframe."""
+        """The frame number of each keyframe."""
         return [int(t) for t in self.times]
+
+    def rasterizer(self) -> raster.Rasterizer:
+        lay = self.layout
+        return raster.Rasterizer(lay.size, lay.rects, lay.scale, lay.sigma, self.starts)
+
+    def describe(self) -> dict:
+        """How the film was drawn, for the manifest: per panel its scale, scale bar, dot size
+        and how many (frame, dot) pairs were pinned to its edge, and the colour span."""
+        lay = self.layout
+        out = np.zeros(len(self.labels), dtype=np.int64) if self.outside is None else self.outside
+        return {"color_span": round(float(self.shader.span), 6),
+                "panels": {label: {"pixels_per_unit": round(float(lay.scale[l]), 6),
+                                   "scale_bar": float(lay.bar_value[l]),
+                                   "dot_size_px": round(float(lay.sigma[l] * raster.FWHM), 3),
+                                   "pinned_to_edge": int(out[l])}
+                           for l, label in enumerate(self.labels)},
+                "pinned_to_edge": int(out.sum())}
 
 
 class FrameMaker:
@@ -54,31 +67,102 @@ class FrameMaker:
 
     def __init__(self, film: Film):
         self.film = film
-        self.rasterize = raster.Rasterizer(film.layout.size, film.layout.rects, film.half, film.starts)
-        self.compose = compose.FrameComposer(film.layout, film.labels, film.notes, film.title,
-                                             film.shader, film.overlays)
+        self.rasterize = film.rasterizer()
+        self.compose = compose.FrameComposer(film.layout, film.labels, film.shader, film.overlays)
         self.interp = interpolate.Interpolator(film.P, film.times)
 
     def __call__(self, f: int) -> np.ndarray:
         film = self.film
         step = int(round(np.interp(f, film.times, film.steps)))
-        loss = film.loss.at(step) if film.loss else None
-        return self.compose(self.rasterize(self.interp.at(f)), step, loss,
-                            f / max(film.n_frames - 1, 1), f)
+        return self.compose(self.rasterize(self.interp.at(f)), f, step)
 
 
-def settle_order(plan: Plan, keys: Keyframes, measured: LayerStats, threshold: float
-                 ) -> tuple[Plan, Keyframes, LayerStats]:
+def keyframe_maker(film: Film):
+    """``(k) -> index frame`` of the film at keyframe ``k`` (a buffer reused from call to call)."""
+    make = FrameMaker(film)
+    return lambda k: make(int(film.times[k]))
+
+
+def settle_order(plan: Plan, keys: Keyframes, measured: Drift, settling: Settling
+                 ) -> tuple[Plan, Keyframes, Drift]:
     """Panels reordered by settling step (earliest first, never-settling last, ties in film order)."""
-    settle = measured.settle_steps(threshold)
+    settle = measured.settle_steps(settling)
     order = sorted(range(len(plan.layers)), key=lambda l: (np.isnan(settle[l]), settle[l], l))
     return plan.reordered(order), keys.reordered(order, plan.starts), measured.reordered(order)
 
 
-def prepare(plan: Plan, keys: Keyframes, cfg: RenderConfig, measured: LayerStats | None = None) -> Film:
+@dataclasses.dataclass(frozen=True)
+class TokensSeen:
+    """The training tokens seen at a step (``None`` when unknown): ``per_step`` tokens a step,
+    else interpolated between ``(at, values)`` counts from ``at[0]`` on.  (Plain data, so a
+    film can travel to cluster workers.)"""
+
+    per_step: int | None = None
+    at: np.ndarray | None = None
+    values: np.ndarray | None = None
+
+    def __call__(self, step: float) -> float | None:
+        if self.per_step:
+            return step * self.per_step
+        return float(np.interp(step, self.at, self.values)) if step >= self.at[0] else None
+
+
+def tokens_seen(plan: Plan, tokens_per_step: int | None) -> TokensSeen | None:
+    """The tokens seen at each step: the step times ``--tokens-per-step``, else interpolated
+    between the checkpoints' own counts when every one is known, else between the log's;
+    ``None`` when none of these exists."""
+    if tokens_per_step:
+        return TokensSeen(per_step=tokens_per_step)
+    if plan.tokens is not None and np.isfinite(plan.tokens).all():
+        return TokensSeen(at=plan.steps.astype(np.float64), values=np.asarray(plan.tokens, float))
+    if plan.loss is not None and plan.loss.tokens is not None:
+        at, values = plan.loss.tokens
+        return TokensSeen(at=np.asarray(at, float), values=np.asarray(values, float))
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    """One header field's text at a step (``None``: left empty): ``"step"``, ``"tokens"``,
+    ``"lr"`` or ``"loss"``.  Plain data, so a film can travel to cluster workers."""
+
+    kind: str
+    loss: LossCurve | None = None
+    tokens: TokensSeen | None = None
+
+    def __call__(self, s: float) -> str | None:
+        if self.kind == "step":
+            return f"step {int(round(s)):,}"
+        if self.kind == "tokens":
+            t = self.tokens(s)
+            return None if t is None else f"{overlays.format_tokens(t)} tokens"
+        v = self.loss.lr_at(s) if self.kind == "lr" else self.loss.at(s)
+        if v is None:
+            return None
+        return f"lr {overlays.format_lr(v)}" if self.kind == "lr" else f"loss {v:.4g}"
+
+
+def _header_fields(plan: Plan, cfg: RenderConfig) -> tuple[dict, tuple]:
+    """The header's fields: name -> text at a step, and the widest text of each."""
+    loss, tokens = plan.loss, tokens_seen(plan, cfg.tokens_per_step)
+    fields = {"step": Field("step")}
+    widest = [("step", f"step {int(plan.steps.max()):,}")]
+    if tokens is not None:
+        fields["tokens"] = Field("tokens", tokens=tokens)
+        widest.append(("tokens", "88.8M tokens"))
+    if loss is not None and loss.lr is not None:
+        fields["lr"] = Field("lr", loss)
+        widest.append(("lr", "lr 8.8e-08"))
+    if loss is not None:
+        fields["loss"] = Field("loss", loss)
+        widest.append(("loss", "loss 8.888e-08"))
+    return fields, tuple(widest)
+
+
+def prepare(plan: Plan, keys: Keyframes, cfg: RenderConfig, measured: Drift | None = None) -> Film:
     """Everything about the film that is fixed before its first frame (see :class:`Film`).
 
-    ``measured`` (the layers' weight statistics) is needed for ``--drift`` and ``--order
+    ``measured`` (the layers' drift) is needed for the cues, ``--drift`` and ``--order
     settle``; the panels are drawn in ``plan``'s order.
     """
     starts = plan.starts
@@ -86,25 +170,42 @@ def prepare(plan: Plan, keys: Keyframes, cfg: RenderConfig, measured: LayerStats
         times = interpolate.step_times(plan.steps, cfg.keyframe_frames)
     else:
         times = interpolate.keyframe_times(len(plan.refs), cfg.keyframe_frames)
-    footer = overlays.strip_height(cfg.size) if cfg.loss_strip else 0
+    n_frames = interpolate.frame_count(times)
+    extremes = interpolate.curve_extremes(keys.P, times)
+    fields, widest = _header_fields(plan, cfg)
+    captions = checkpoints.load_captions(cfg.captions) if cfg.captions is not None else []
+    lf = compose.fonts(cfg.size)[1]
+    one_line = cfg.size[0] - 2 * max(4, lf // 2)
     groups = [l.group for l in plan.layers]  # encoder/decoder row bands, unless reordered
-    layout = compose.grid_layout(len(plan.layers), cfg.size, footer,
-                                 groups if groups == sorted(groups) else None)
-    half = project.axis_ranges(keys.P, starts)
-    span = raster.Rasterizer(cfg.size, layout.rects, half, starts).span(keys.P)
-    notes = [f"{l.n_points:,} pts" for l in plan.layers]
+    labels = [l.label for l in plan.layers]
     for l, panel in enumerate(keys.panels):
         if panel.get("plane"):  # a Fourier plane: say which frequency the ring is drawn in
-            notes[l] = f"k {panel['k']}/{panel['period']}"
-    extras: list[compose.Overlay] = []
-    if measured is not None and cfg.order == "settle":
-        notes = ["never settles" if np.isnan(s) else f"settles {int(s):,}"
-                 for s in measured.settle_steps(cfg.settle_threshold)]
-    if measured is not None and cfg.drift:
-        extras.append(overlays.DriftBars(layout.rects, measured.rate, times))
+            labels[l] = f"{labels[l]} k {panel['k']}/{panel['period']}"
+    points = np.array([l.n_points for l in plan.layers])
+    layout = compose.grid_layout(compose.FrameSpec(
+        cfg.size, tuple(labels), tuple(points), project.axis_ranges(extremes, starts),
+        tuple(groups) if groups == sorted(groups) else None, cfg.title or plan.name, widest,
+        captions=(2 if any(compose.text_width(t, lf) > one_line for _, t in captions) else 1)
+        if captions else 0, caption=cfg.caption is not None,
+        strip=overlays.strip_height(cfg.size) if cfg.loss_strip else 0,
+        shared=cfg.scale == "shared", point_size=cfg.point_size, cues=cfg.cues))
+    rasterizer = raster.Rasterizer(cfg.size, layout.rects, layout.scale, layout.sigma, starts)
+    shader = shade.Shader(rasterizer.span(keys.P), cfg.color_scale)
+    extras: list[compose.Overlay] = [
+        overlays.Header(layout, cfg.title or plan.name, fields, n_frames),
+        overlays.ScaleBars(layout), overlays.Legend(layout, shader)]
+    if captions or cfg.caption:
+        extras.append(overlays.Captions(layout, cfg.caption, captions))
     if cfg.loss_strip:
         extras.append(overlays.LossStrip.below_panels(layout, plan.loss.steps, plan.loss.values,
                                                       (float(plan.steps[0]), float(plan.steps[-1]))))
-    return Film(keys.P, times, plan.steps.astype(np.float64), plan.loss, layout, half, starts,
-                shade.Shader(span, cfg.color_scale), [l.label for l in plan.layers], notes,
-                plan.name, interpolate.frame_count(times), tuple(extras))
+    if measured is not None and cfg.drift:
+        extras.append(overlays.DriftBars(layout.rects, measured.rate, times))
+    live = measured is not None and (cfg.cues or cfg.order == "settle")
+    extras.append(cues.PanelCues(
+        layout, times, plan.steps, points, measured.rate if live else None,
+        measured.settle_steps(Settling.of(cfg)) if live else None,
+        measured.rebel if live else None, cfg.rebel_z, announce=cfg.order == "settle"))
+    return Film(keys.P, times, plan.steps.astype(np.float64), layout, starts, shader, labels,
+                n_frames, tuple(extras),
+                interpolate.outside_counts(keys.P, times, rasterizer.limits, starts, extremes))

@@ -8,8 +8,12 @@ velocity-continuous across them.
 
 from __future__ import annotations
 
+import concurrent.futures
+import os
+
 import numpy as np
 
+from ._draw_kernels import curve_extremes_kernel
 from ._kernels import hermite_kernel
 
 
@@ -19,15 +23,24 @@ def keyframe_times(n_keyframes: int, frames_per_keyframe: int) -> np.ndarray:
 
 
 def step_times(steps: np.ndarray, frames_per_keyframe: int) -> np.ndarray:
-    """Frame time of each keyframe placed by training step: ``(K,)`` float64.
+    """Frame time of each keyframe placed by training step: ``(K,)`` float64, whole numbers.
 
     The film is as long as with :func:`keyframe_times` (``(K-1) * frames_per_keyframe``
     frames from first to last keyframe), but each gap gets frames in proportion to its
-    training steps, so unevenly spaced checkpoints keep true time.
+    training steps, so unevenly spaced checkpoints keep true time.  Every keyframe sits
+    exactly on a frame of its own (its time rounded, then kept at least one frame after the
+    one before and before the one after), so the frame at a checkpoint shows that checkpoint's
+    layout and step, not an interpolation.
     """
     steps = np.asarray(steps, dtype=np.float64)
     span = (len(steps) - 1) * frames_per_keyframe
-    return (steps - steps[0]) / (steps[-1] - steps[0]) * span
+    t = np.round((steps - steps[0]) / (steps[-1] - steps[0]) * span)
+    for k in range(1, len(t)):
+        t[k] = max(t[k], t[k - 1] + 1)
+    t[-1] = span
+    for k in range(len(t) - 2, -1, -1):
+        t[k] = min(t[k], t[k + 1] - 1)
+    return t
 
 
 def frame_count(times: np.ndarray) -> int:
@@ -58,3 +71,50 @@ class Interpolator:
         k, _ = segment(self.times, t)
         hermite_kernel(self.P, self.times, k, float(t), self.out)
         return self.out
+
+
+def curve_extremes(P: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """How far out each point goes between keyframes: ``(K-1, N, 2)`` float64, the largest
+    ``|x|`` and ``|y|`` on each segment's curve, both ends included -- found exactly, where the
+    cubic's derivative vanishes, not by sampling (NaN for points that are not finite)."""
+    out = np.empty((len(times) - 1,) + P.shape[1:])
+    P = np.ascontiguousarray(P, dtype=np.float32)
+    times = np.ascontiguousarray(times, dtype=np.float64)
+    # Before the first frame nothing else runs: the segments are shared out to threads (the
+    # kernel releases the GIL; each segment is written by one thread, so the result is the same).
+    parts = np.linspace(0, len(times) - 1, threads() + 1).astype(np.int64)
+    with concurrent.futures.ThreadPoolExecutor(len(parts) - 1) as pool:
+        list(pool.map(lambda ab: curve_extremes_kernel(P, times, ab[0], ab[1], out),
+                      zip(parts[:-1], parts[1:])))
+    return out
+
+
+def threads() -> int:
+    """Threads for the work done once before the first frame (at most 4)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cpus, 4))
+
+
+def outside_counts(P: np.ndarray, times: np.ndarray, limits: np.ndarray, starts: np.ndarray,
+                   extremes: np.ndarray | None = None) -> np.ndarray:
+    """``(L,)`` int64: per panel, how many (frame, point) pairs of the film lie outside the
+    panel's range ``|x| <= limits[l, 0]``, ``|y| <= limits[l, 1]`` -- the dots drawn pinned to
+    the panel's edge.  Exact: the frames of every segment whose curve leaves the range are
+    evaluated by the film's own kernel."""
+    if extremes is None:
+        extremes = curve_extremes(P, times)
+    lim = np.repeat(np.asarray(limits, dtype=np.float64), np.diff(starts), axis=0)  # (N, 2)
+    panel = np.repeat(np.arange(len(starts) - 1), np.diff(starts))
+    out = np.zeros(len(starts) - 1, dtype=np.int64)
+    n_frames = frame_count(times)
+    leave = (extremes > lim[None]).any(axis=2)  # (K-1, N): the segments that leave the range
+    for k in np.flatnonzero(leave.any(axis=1)):
+        idx = np.flatnonzero(leave[k])
+        sub = np.ascontiguousarray(P[:, idx], dtype=np.float32)
+        xy = np.empty((len(idx), 2), dtype=np.float32)
+        end = n_frames if k == len(times) - 2 else int(np.ceil(times[k + 1]))
+        for f in range(int(np.ceil(times[k])), end):
+            hermite_kernel(sub, times, k, float(f), xy)
+            beyond = (np.abs(xy.astype(np.float64)) > lim[idx]).any(axis=1)
+            np.add.at(out, panel[idx[beyond]], 1)
+    return out

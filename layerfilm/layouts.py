@@ -12,6 +12,7 @@ import os
 import numpy as np
 
 from . import cache, cluster, extract, pca, project
+from ._kernels import sq_norms_kernel
 from .errors import ConfigError
 from .plan import Plan
 from .progress import QUIET, Progress
@@ -26,12 +27,16 @@ class Keyframes:
     P: np.ndarray
     nonfinite: int  # points hidden because their weights had NaN/Inf
     panels: tuple[dict, ...] = ()
+    # (L, K, 2) float64: sum W**2 and sum (W - W_prev)**2 of each layer's drawn weights at
+    # each keyframe (:func:`~layerfilm._kernels.sq_norms_kernel`), when measured in this pass.
+    drift_sums: np.ndarray | None = None
 
     def reordered(self, order: list[int], starts: np.ndarray) -> "Keyframes":
         """The same layouts with the panels (``starts``: (L+1,) offsets) in ``order``."""
         points = np.concatenate([np.arange(starts[l], starts[l + 1]) for l in order])
         panels = tuple(self.panels[l] for l in order) if self.panels else ()
-        return Keyframes(self.P[:, points], self.nonfinite, panels)
+        sums = self.drift_sums[order] if self.drift_sums is not None else None
+        return Keyframes(self.P[:, points], self.nonfinite, panels, sums)
 
 
 def fourier_reference(plan: Plan, fourier_ref: int | None) -> int:
@@ -127,9 +132,22 @@ class ChunkLayouts:
     P: np.ndarray  # (len(chunk), N, 2) float32
     panels: list[dict]
     fixed: list[bool]  # panels drawn in a fixed frame (never turned)
+    drift_sums: np.ndarray | None = None  # (L, len(chunk), 2), see Keyframes
 
 
-def project_chunk(plan: Plan, how: list[project.Projection], chunk: range,
+_NO_PREVIOUS = np.zeros((0, 0), np.float32)
+
+
+def _previous_clouds(plan: Plan, k: int) -> list[np.ndarray]:
+    """Every panel's cloud at keyframe ``k - 1`` (for the change into ``k``), or none at 0."""
+    if k == 0:
+        return [_NO_PREVIOUS] * len(plan.layers)
+    ckpt = plan.refs[k - 1].open()
+    shapes = ckpt.shapes()
+    return [extract.read_layer(ckpt, layer, shapes) for layer in plan.layers]
+
+
+def project_chunk(plan: Plan, how: list[project.Projection], drift: bool, chunk: range,
                   advance=None) -> ChunkLayouts:
     """A task: read and project the keyframes in ``chunk`` (one checkpoint in memory at a
     time; the next one's drawn rows are prefetched while this one is projected).
@@ -142,19 +160,27 @@ def project_chunk(plan: Plan, how: list[project.Projection], chunk: range,
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1, user_api="blas"):
-        return _project_chunk(plan, how, chunk, advance or (lambda n=1: None))
+        return _project_chunk(plan, how, drift, chunk, advance or (lambda n=1: None))
 
 
-def _project_chunk(plan: Plan, how: list[project.Projection], chunk: range, advance) -> ChunkLayouts:
+def _project_chunk(plan: Plan, how: list[project.Projection], drift: bool, chunk: range,
+                   advance) -> ChunkLayouts:
     starts, K = plan.starts, len(plan.refs)
     P = np.empty((len(chunk), starts[-1], 2), dtype=np.float32)
     tracks = [project.Track() for _ in plan.layers]
     threads = _threads(how[0].name if how else "pca")
+    # The layers' drift is measured from the very clouds projected (a film reads only what it
+    # draws); the change into a chunk's first keyframe needs the keyframe before it too.
+    sums = np.full((len(plan.layers), len(chunk), 2), np.nan) if drift else None
+    previous = _previous_clouds(plan, chunk.start) if drift else None
 
     def project_layers(ckpt, shapes: dict, k: int, part: int) -> None:
         # Each layer has its own track, so which thread projects it never changes the result.
         for l in range(part, len(plan.layers), threads):
             cloud = extract.read_layer(ckpt, plan.layers[l], shapes)
+            if sums is not None:
+                sq_norms_kernel(cloud, previous[l], sums[l, k - chunk.start])
+                previous[l] = cloud
             tracks[l].keyframe, tracks[l].last = k, k == K - 1
             P[k - chunk.start, starts[l]:starts[l + 1]] = project.project_keyframe(cloud, how[l], tracks[l])
 
@@ -172,10 +198,10 @@ def _project_chunk(plan: Plan, how: list[project.Projection], chunk: range, adva
             del ckpt
             advance(1)
     panels = [{"label": layer.label, **t.stats.as_dict(), **t.info} for layer, t in zip(plan.layers, tracks)]
-    return ChunkLayouts(chunk.start, P, panels, [t.fixed_frame for t in tracks])
+    return ChunkLayouts(chunk.start, P, panels, [t.fixed_frame for t in tracks], sums)
 
 
-def stitch(parts: list[ChunkLayouts], starts: np.ndarray) -> tuple[np.ndarray, list[dict]]:
+def stitch(parts: list[ChunkLayouts], starts: np.ndarray) -> tuple[np.ndarray, list[dict], np.ndarray | None]:
     """The chunks' layouts as one film: each chunk turned (rotation/reflection, per panel) onto
     where the previous one ended, as the keyframes within a chunk are; and each panel's
     projection record over the whole film."""
@@ -190,21 +216,51 @@ def stitch(parts: list[ChunkLayouts], starts: np.ndarray) -> tuple[np.ndarray, l
             end = a + len(parts[i].P)
             P[a:end, span] = (P[a:end, span].astype(np.float64) @ R).astype(np.float32)
     panels = [pca.PlaneStats.merged([c.panels[l] for c in parts]) for l in range(len(starts) - 1)]
-    return P, panels
+    sums = (np.concatenate([c.drift_sums for c in parts], axis=1)
+            if all(c.drift_sums is not None for c in parts) else None)
+    return P, panels, sums
 
 
 def keyframe_layouts(plan: Plan, projection: str = "pca", seed: int = 0,
                      progress: Progress = QUIET, fourier_ref: int | None = None,
-                     run: cluster.InProcess | cluster.Dask | None = None) -> Keyframes:
+                     run: cluster.InProcess | cluster.Dask | None = None,
+                     drift: bool = False) -> Keyframes:
     """Read, extract and project every keyframe, in chunks of keyframes run by ``run`` (this
-    process by default, else a Dask cluster: the same tasks, the same layouts bit for bit)."""
+    process by default, else a Dask cluster: the same tasks, the same layouts bit for bit);
+    with ``drift``, each layer's drift is measured in the same pass (``drift_sums``)."""
     run = run or cluster.InProcess()
     how = projections(plan, projection, seed, fourier_ref, run)
-    parts = run.map(project_chunk, chunks(len(plan.refs), projection), plan, how,
-                    stage="Loading + projecting", progress=progress,
-                    weights=[len(c) for c in chunks(len(plan.refs), projection)])
-    P, panels = stitch(parts, plan.starts)
-    return Keyframes(P, int(np.isnan(P).any(axis=2).sum()), tuple(panels))
+    runs = chunks(len(plan.refs), projection)
+    parts = run.map(project_chunk, runs, plan, how, drift, stage="Loading + projecting",
+                    progress=progress, weights=[len(c) for c in runs])
+    P, panels, sums = stitch(parts, plan.starts)
+    return Keyframes(P, int(np.isnan(P).any(axis=2).sum()), tuple(panels), sums)
+
+
+def drift_chunk(plan: Plan, chunk: range, advance=None) -> np.ndarray:
+    """A task: each layer's drift sums (see :class:`Keyframes`) over the keyframes in ``chunk``,
+    reading only (for when the layouts came from the cache)."""
+    sums = np.full((len(plan.layers), len(chunk), 2), np.nan)
+    previous = _previous_clouds(plan, chunk.start)
+    for k in chunk:
+        ckpt = plan.refs[k].open()
+        shapes = ckpt.shapes()
+        for l, layer in enumerate(plan.layers):
+            cloud = extract.read_layer(ckpt, layer, shapes)
+            sq_norms_kernel(cloud, previous[l], sums[l, k - chunk.start])
+            previous[l] = cloud
+        if advance is not None:
+            advance(1)
+    return sums
+
+
+def drift_sums(plan: Plan, progress: Progress = QUIET,
+               run: cluster.InProcess | cluster.Dask | None = None) -> np.ndarray:
+    """Each layer's drift sums over every keyframe (:func:`drift_chunk` in chunks, on ``run``)."""
+    runs = chunks(len(plan.refs), "pca")
+    parts = (run or cluster.InProcess()).map(drift_chunk, runs, plan, stage="Measuring layers",
+                                             progress=progress, weights=[len(c) for c in runs])
+    return np.concatenate(parts, axis=1)
 
 
 def _options(projection: str, seed: int, fourier_ref: int | None) -> str:
@@ -224,11 +280,13 @@ def load_cached(plan: Plan, projection: str = "pca", seed: int = 0,
 def cached_keyframe_layouts(plan: Plan, projection: str = "pca", seed: int = 0,
                             progress: Progress = QUIET, use_cache: bool = True,
                             fourier_ref: int | None = None,
-                            run: cluster.InProcess | cluster.Dask | None = None) -> Keyframes:
-    """:func:`keyframe_layouts`, memoised on disk (see :mod:`layerfilm.cache`)."""
+                            run: cluster.InProcess | cluster.Dask | None = None,
+                            drift: bool = False) -> Keyframes:
+    """:func:`keyframe_layouts`, memoised on disk (see :mod:`layerfilm.cache`); ``drift`` is
+    measured only when the layouts are computed (``drift_sums`` is ``None`` from the cache)."""
     keys = load_cached(plan, projection, seed, fourier_ref) if use_cache else None
     if keys is None:
-        keys = keyframe_layouts(plan, projection, seed, progress, fourier_ref, run)
+        keys = keyframe_layouts(plan, projection, seed, progress, fourier_ref, run, drift)
         if use_cache:
             cache.store_layouts(plan, _options(projection, seed, fourier_ref), keys.P, keys.nonfinite,
                                 json.dumps(list(keys.panels)))

@@ -69,6 +69,7 @@ def build(config: RenderConfig, result) -> dict[str, Any]:
             "size": list(config.size),
             "keyframes": result.keyframes,
         },
+        "drawing": getattr(result, "drawing", None),
         "checkpoints": {"folder": os.path.abspath(folder), "files": checkpoints, "loss": loss},
         "model_config": _model_config(folder, [r.path for r in plan.refs]),
         "options": {k: v for k, v in config_mod.options_dict(config).items() if k not in config_mod.RUN_ONLY},

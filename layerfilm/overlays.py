@@ -1,20 +1,31 @@
-"""Overlays: optional parts of the frame drawn with the film's palette, each following the
-:class:`~layerfilm.compose.Overlay` protocol (``draw_static`` once, ``draw`` per frame).
+"""Overlays: the parts of the frame beside the dots, drawn with the film's palette, each
+following the :class:`~layerfilm.compose.Overlay` protocol (``draw_static`` once, ``draw`` per
+frame) inside the boxes the :class:`~layerfilm.compose.Layout` gave it.
 
+* :class:`Header` -- the title, the step, tokens seen, learning rate and loss, a progress line;
 * :class:`LossStrip` -- the training loss under the panels with a cursor that follows the film;
-* :class:`DriftBars` -- a bar under each panel, as long as the layer's current rate of change.
+* :class:`DriftBars` -- a bar under each panel, as long as the layer's current rate of change;
+* :class:`ScaleBars` -- each panel's scale, a bar of a round length in weight units;
+* :class:`Legend` -- what the colours mean: how many dots overlap;
+* :class:`Captions` -- a fixed caption and per-checkpoint captions in the footer.
+
+The per-panel activity, settled and rebel cues are in :mod:`layerfilm.cues`.
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from . import shade
-from .compose import Layout, draw_text, text_mask
+from .compose import (LEGEND_TITLE, NO_BOX, Box, Layout, baseline_in, draw_text, fit_text, format_value,
+                      text_width)
 
 CURVE_PAST = shade.DENSITY_BASE + shade.DENSITY_LEVELS * 3 // 4  # a bright colormap colour
 CURVE_AHEAD = shade.TEXT_BASE + 5  # dim grey
 CURSOR = shade.TEXT_BASE + shade.TEXT_LEVELS - 1  # white
+INK = shade.TEXT_BASE + 11  # light grey: scale bars, legend ticks
 
 
 def strip_height(size: tuple[int, int]) -> int:
@@ -41,6 +52,54 @@ def polyline(xs: np.ndarray, ys: np.ndarray, w: int, h: int) -> np.ndarray:
     return mask
 
 
+def current_interval(times: np.ndarray, time: float) -> int:
+    """The keyframe ``k`` whose incoming interval ``(times[k-1], times[k]]`` holds ``time``
+    (0 at or before the first keyframe, the last one after it)."""
+    return min(int(np.searchsorted(times, time, side="left")), len(times) - 1)
+
+
+def format_tokens(n: float) -> str:
+    """Tokens as people say them: 930M, 2.18B, 1.5T (three significant digits)."""
+    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return f"{n:.0f}"
+
+
+def format_lr(lr: float) -> str:
+    return f"{lr:.2g}" if lr >= 0.01 else f"{lr:.1e}"
+
+
+class Header:
+    """The title (static) and, per frame, the header's fields and a thin progress line.
+
+    ``fields``: name -> function of the step giving the field's text (or ``None`` to leave it
+    empty), drawn right-aligned in the layout's box for that name (a field without a box is
+    not drawn); ``n_frames``: the film's length, for the progress line.
+    """
+
+    def __init__(self, layout: Layout, title: str, fields: dict[str, Callable[[float], str | None]],
+                 n_frames: int):
+        self.layout, self.title, self.n_frames = layout, title, n_frames
+        self.fields = [(layout.fields[name], fn) for name, fn in fields.items() if name in layout.fields]
+        self.baseline = layout.baseline
+
+    def draw_static(self, bg: np.ndarray) -> None:
+        box, font = self.layout.title, self.layout.font
+        draw_text(bg, fit_text(self.title, font, box[2] - box[0]), font, box[0], self.baseline,
+                  clip=box)
+
+    def draw(self, frame: np.ndarray, time: float, step: float) -> None:
+        font = self.layout.font
+        for box, fn in self.fields:
+            text = fn(step)
+            if text:
+                draw_text(frame, fit_text(text, font, box[2] - box[0]), font, box[2], self.baseline,
+                          align="right", clip=box)
+        y = self.layout.header - 2
+        frame[y, :int(round(time / max(self.n_frames - 1, 1) * self.layout.size[0]))] = CURVE_AHEAD
+
+
 class LossStrip:
     """The training loss under the panels (log scale when positive), brighter up to a cursor
     that follows the film's step.
@@ -49,11 +108,11 @@ class LossStrip:
     span: the film's first and last step (the strip's x range); font: label size in pixels.
     """
 
-    def __init__(self, rect: tuple[int, int, int, int], steps: np.ndarray, values: np.ndarray,
+    def __init__(self, rect: Box, steps: np.ndarray, values: np.ndarray,
                  span: tuple[float, float], font: int):
         x0, y0, x1, y1 = rect
         self.font = font
-        label_w = text_mask("loss (log)", font)[0].shape[1] + font // 2
+        label_w = text_width("loss (log)", font) + font // 2
         self.plot = (x0 + label_w, y0 + 1, x1, y1 - 1)  # the curve's box
         px0, py0, px1, py1 = self.plot
         w, h = px1 - px0, py1 - py0
@@ -69,9 +128,7 @@ class LossStrip:
         self.span = (float(s0), float(s1 if s1 > s0 else s0 + 1))
         mask = np.zeros((h, w), dtype=bool)
         if len(steps):
-            xs = self.x_of(steps) - px0
-            ys = (hi - y) / (hi - lo) * (h - 1)
-            mask = polyline(xs, ys, w, h)
+            mask = polyline(self.x_of(steps) - px0, (hi - y) / (hi - lo) * (h - 1), w, h)
         self.ahead = np.where(mask, CURVE_AHEAD, shade.BACKGROUND).astype(np.uint8)
         self.past = np.where(mask, CURVE_PAST, shade.BACKGROUND).astype(np.uint8)
         self.mask = mask
@@ -79,11 +136,10 @@ class LossStrip:
     @classmethod
     def below_panels(cls, layout: Layout, steps: np.ndarray, values: np.ndarray,
                      span: tuple[float, float]) -> "LossStrip":
-        """The strip in the :func:`strip_height` rows that ``layout`` keeps free at the bottom."""
-        w, h = layout.size
-        margin, pad = max(4, layout.font // 2), max(3, layout.label_font // 3)
-        rect = (margin, h - strip_height(layout.size) + pad, w - margin, h - pad)
-        return cls(rect, steps, values, span, layout.label_font)
+        """The strip in the box ``layout`` keeps for it under the panels."""
+        x0, y0, x1, y1 = layout.strip
+        pad = max(3, layout.label_font // 3)
+        return cls((x0, y0 + pad, x1, y1), steps, values, span, layout.label_font)
 
     def x_of(self, step) -> np.ndarray:
         """Frame column(s) of training step(s)."""
@@ -114,8 +170,11 @@ class LossStrip:
 
 class DriftBars:
     """A bar along the bottom edge of each panel, as long as the layer's relative change per
-    100 steps over the current keyframe interval (log scale over two decades up to the
-    film's largest change, the same scale for every panel and frame).
+    100 steps over the interval the dots are moving through (log scale over two decades up to
+    the film's largest change, the same scale for every panel and frame).
+
+    Frames after keyframe k-1 up to and including keyframe k show the change from k-1 to k
+    (the change *into* k); the first keyframe's frame shows none.
 
     rects: (L, 4) panel rects; rate: (L, K) relative change per 100 steps into each keyframe
     (column 0 unused); times: (K,) keyframe frame times.
@@ -133,10 +192,11 @@ class DriftBars:
         pass
 
     def draw(self, frame: np.ndarray, time: float, step: float) -> None:
-        k = int(np.searchsorted(self.times, time, side="right"))  # interval (k-1, k] -> column k
-        k = min(max(k, 1), self.lengths.shape[1] - 1)
+        k = current_interval(self.times, time)
+        if k == 0:
+            return
         for (x0, y0, x1, y1), n in zip(self.rects, self.lengths[:, k]):
-            frame[y1:y1 + 2, x0:x0 + n] = self.COLOUR
+            frame[y1 + 1:y1 + 3, x0:x0 + n] = self.COLOUR
 
 
 def drift_lengths(rate: np.ndarray, sides: np.ndarray, decades: float = 3.0) -> np.ndarray:
@@ -152,3 +212,122 @@ def drift_lengths(rate: np.ndarray, sides: np.ndarray, decades: float = 3.0) -> 
     level[ok] = np.clip(1 + np.log10(rate[ok] / top) / decades, 0, 1)
     lengths = np.round(level * np.asarray(sides)[:, None]).astype(np.int64)
     return np.where(ok, np.maximum(lengths, 1), 0)
+
+
+class ScaleBars:
+    """Under each panel, a bar ``layout.bar_px[l]`` pixels long with a tick at each end and its
+    length in weight units (``layout.bar_value[l]``) beside it: the panel's honest scale."""
+
+    def __init__(self, layout: Layout):
+        self.layout = layout
+
+    def draw_static(self, bg: np.ndarray) -> None:
+        lay, pf = self.layout, self.layout.panel_font
+        for l, box in enumerate(lay.scalebar):
+            x0, y0, x1, y1 = (int(v) for v in box)
+            if x1 <= x0:
+                continue
+            n = int(lay.bar_px[l])
+            y = (y0 + y1) // 2
+            bg[y, x0:x0 + n] = INK
+            tick = max(1, (y1 - y0) // 4)
+            bg[y - tick:y + tick + 1, x0] = bg[y - tick:y + tick + 1, x0 + n - 1] = INK
+            text = format_value(lay.bar_value[l])
+            draw_text(bg, text, pf, x0 + n + max(3, pf // 2), baseline_in(tuple(box), pf), dim=True,
+                      clip=tuple(box))
+
+    def draw(self, frame: np.ndarray, time: float, step: float) -> None:
+        pass
+
+
+def legend_span_text(span: float) -> str:
+    return f"{span:,.0f}" if span >= 10 else f"{span:.2g}"
+
+
+class Legend:
+    """What the colours mean, once, in the footer: ``overlapping dots 1 [colours] N`` -- a bar
+    whose columns run on the film's log colour scale from one dot (a lone dot's centre) to
+    the densest pixel of the film, with a tick at every power of ten between."""
+
+    def __init__(self, layout: Layout, shader: shade.Shader):
+        self.layout, self.shader = layout, shader
+        x0, y0, x1, y1 = layout.legend
+        lf = layout.label_font
+        self.base = baseline_in(layout.legend, lf)
+        self.top_text = legend_span_text(shader.span)
+        right = x1 - text_width(self.top_text, lf)
+        room = right - x0 - lf - text_width("1", lf)
+        self.title = LEGEND_TITLE if room - text_width(LEGEND_TITLE, lf) - lf >= 2 * lf else ""
+        left = x0 + (text_width(self.title, lf) + lf if self.title else 0)
+        self.one_x = left
+        self.bar = (left + text_width("1", lf) + lf // 2, right - lf // 2)  # columns [a, b)
+        bar_h = max(3, round(lf * 0.55))
+        self.rows = (self.base - bar_h, self.base)
+
+    def densities(self) -> np.ndarray:
+        """The density each column of the bar shows: 1 at its first, the span at its last."""
+        a, b = self.bar
+        return np.exp(np.linspace(0.0, np.log(self.shader.span), max(b - a, 1)))
+
+    def draw_static(self, bg: np.ndarray) -> None:
+        x0, y0, x1, y1 = self.layout.legend
+        if x1 <= x0 or self.bar[1] <= self.bar[0]:
+            return
+        lf = self.layout.label_font
+        box = self.layout.legend
+        if self.title:
+            draw_text(bg, self.title, lf, x0, self.base, dim=True, clip=box)
+        draw_text(bg, "1", lf, self.one_x, self.base, clip=box)
+        a, b = self.bar
+        r0, r1 = self.rows
+        bg[r0:r1, a:b] = self.shader.index(self.densities()).astype(np.uint8)[None, :]
+        for decade in range(1, int(np.log10(self.shader.span)) + 1):
+            x = a + int(round(decade * np.log(10) / np.log(self.shader.span) * (b - a - 1)))
+            if a < x < b - 1:
+                bg[r1:min(r1 + 2, y1), x] = INK
+        draw_text(bg, self.top_text, lf, x1, self.base, align="right", clip=box)
+
+    def draw(self, frame: np.ndarray, time: float, step: float) -> None:
+        pass
+
+
+def wrap(text: str, px: int, width: int, lines: int) -> list[str]:
+    """``text`` broken at spaces into at most ``lines`` lines of ``width`` pixels at ``px``
+    (the last one shortened with an ellipsis when the text goes on)."""
+    words, out = text.split(), []
+    while words and len(out) < lines:
+        line = words.pop(0)
+        while words and text_width(line + " " + words[0], px) <= width:
+            line += " " + words.pop(0)
+        out.append(line)
+    if words:
+        out[-1] = out[-1] + " " + " ".join(words)
+    return [fit_text(line, px, width) for line in out]
+
+
+class Captions:
+    """The footer's text: a fixed ``caption`` (static) and per-checkpoint ``captions`` --
+    ``(step, text)`` sorted by step, each shown from its step on until the next one's."""
+
+    def __init__(self, layout: Layout, caption: str | None, captions: list[tuple[int, str]]):
+        self.layout = layout
+        lf = layout.label_font
+        self.caption = caption
+        self.steps = np.array([s for s, _ in captions], dtype=np.float64)
+        boxes = layout.captions
+        self.lines = [wrap(t, lf, boxes[0][2] - boxes[0][0], len(boxes)) if boxes else []
+                      for _, t in captions]
+
+    def draw_static(self, bg: np.ndarray) -> None:
+        box, lf = self.layout.caption, self.layout.label_font
+        if self.caption and box != NO_BOX:
+            draw_text(bg, fit_text(self.caption, lf, box[2] - box[0]), lf, box[0],
+                      baseline_in(box, lf), dim=True, clip=box)
+
+    def draw(self, frame: np.ndarray, time: float, step: float) -> None:
+        i = int(np.searchsorted(self.steps, step, side="right")) - 1
+        if i < 0:
+            return
+        lf = self.layout.label_font
+        for box, line in zip(self.layout.captions, self.lines[i]):
+            draw_text(frame, line, lf, box[0], baseline_in(box, lf), clip=box)

@@ -31,6 +31,7 @@ class RenderResult:
     jobs: int = 1
     plan: Plan | None = None  # what was drawn (the manifest lists its checkpoints)
     panels: tuple[dict, ...] = ()  # what each panel's projection did (layouts.Keyframes.panels)
+    drawing: dict | None = None  # how it was drawn (frames.Film.describe): the manifest keeps it
 
 
 def _folder(path: Path | None):
@@ -52,17 +53,18 @@ def render(config: RenderConfig, progress: Progress = QUIET) -> RenderResult:
             raise CheckpointError("--loss-strip: no loss curve found beside the checkpoints "
                                   "(metrics.jsonl, metrics.csv, trainer_state.json, or a loss in "
                                   "the safetensors metadata); pass --metrics FILE", cfg.checkpoints)
-        keys = layouts.cached_keyframe_layouts(plan, cfg.projection, cfg.seed, progress, cfg.cache,
-                                               cfg.fourier_ref, run)
-        measured = stats.weight_stats(plan.refs, plan.layers, progress) if cfg.needs_layer_stats else None
+        keys, measured = stats.layouts_and_drift(plan, cfg.projection, cfg.seed, progress, cfg.cache,
+                                                 cfg.needs_drift, cfg.fourier_ref, run)
         if cfg.order == "settle":
-            plan, keys, measured = frames.settle_order(plan, keys, measured, cfg.settle_threshold)
+            plan, keys, measured = frames.settle_order(plan, keys, measured, stats.Settling.of(cfg))
         film = frames.prepare(plan, keys, cfg, measured)
         loaded = time.perf_counter() - t0
 
         palette = shade.palette(cfg.cmap)
         keep = (stills.Stills(film.keyframe_frames(), stills.tile_keyframes(len(plan.refs), cfg.stills_every),
-                              film.n_frames) if cfg.stills_dir is not None else None)
+                              film.n_frames, cfg.size, lambda size: frames.keyframe_maker(
+                                  frames.prepare(plan, keys, dataclasses.replace(cfg, size=size), measured)))
+                if cfg.stills_dir is not None else None)
         with _folder(cfg.frames_dir) as png_dir, _folder(cfg.stills_dir) as still_dir:
             done = segments.encode_film(run, film, cfg.output, cfg.format, cfg.size, cfg.fps, palette,
                                         cfg.jobs, png_dir, keep, progress)
@@ -71,7 +73,7 @@ def render(config: RenderConfig, progress: Progress = QUIET) -> RenderResult:
     seconds = {"load+project": loaded, "render": done.render_s, "encode": done.encode_s,
                "wall": time.perf_counter() - t0}
     return RenderResult(cfg.output, film.n_frames, len(plan.refs), seconds, cfg.output.stat().st_size,
-                        keys.nonfinite, done.command, done.jobs, plan, keys.panels)
+                        keys.nonfinite, done.command, done.jobs, plan, keys.panels, film.describe())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +109,8 @@ def measure(config: StatsConfig, progress: Progress = QUIET) -> StatsResult:
         result = result.with_layouts(keys.P, plan.starts)
     cfg.out.mkdir(exist_ok=True)
     csv_path, png_path = cfg.out / "layer_stats.csv", cfg.out / "layer_change.png"
-    stats.write_csv(result, cfg.settle_threshold, csv_path)
-    stats.write_heatmap(result, cfg.settle_threshold, png_path,
-                        f"{plan.name}: relative change per 100 steps")
+    settling = stats.Settling.of(cfg)
+    stats.write_csv(result, settling, csv_path)
+    stats.write_heatmap(result, settling, png_path, f"{plan.name}: relative change per 100 steps",
+                        cfg.rebel_z)
     return StatsResult(result, csv_path, png_path, where, plan)

@@ -25,6 +25,8 @@ class Plan:
     layers: list[extract.Layer]
     loss: checkpoints.LossCurve | None
     storage: Storage = dataclasses.field(default=LOCAL, compare=False, repr=False)
+    # (K,) training tokens seen at each checkpoint, NaN where unknown (checkpoints.checkpoint_tokens)
+    tokens: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
     def steps(self) -> np.ndarray:
@@ -97,4 +99,5 @@ def make_plan(selection: Selection, metrics: Path | None = None) -> Plan:
                               "a film needs at least two", folder)
     loss = (checkpoints.load_loss_file(metrics) if metrics is not None
             else checkpoints.load_loss_curve(folder, good, storage))
-    return Plan(Path(folder), good, skipped, layers, loss, storage)
+    return Plan(Path(folder), good, skipped, layers, loss, storage,
+                checkpoints.checkpoint_tokens(good, loss, storage))

@@ -31,3 +31,29 @@ class Quiet:
 
 
 QUIET = Quiet()
+
+
+class RichProgress:
+    """Rich progress bars, one per stage, on stderr (``quiet``: none); warnings always."""
+
+    def __init__(self, quiet: bool):
+        from rich.console import Console
+
+        self.console = Console(stderr=True, quiet=quiet)
+
+    def warn(self, message: str) -> None:
+        import sys
+
+        sys.stderr.write(f"warning: {message}\n")
+        sys.stderr.flush()
+
+    @contextlib.contextmanager
+    def stage(self, name: str, total: int):
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        columns = (TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=self.console, transient=False) as bar:
+            task = bar.add_task(name, total=total)
+            yield lambda n=1: bar.advance(task, n)

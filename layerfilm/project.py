@@ -235,21 +235,26 @@ def project_keyframe(X: np.ndarray, projection: Projection, track: Track) -> np.
     return track.layout
 
 
-def axis_ranges(P: np.ndarray, starts: np.ndarray, quantile: float = 0.995, margin: float = 1.08
-                ) -> np.ndarray:
-    """One square, origin-centred half-width per panel for the whole film.
+def axis_ranges(extremes: np.ndarray, starts: np.ndarray, quantile: float = 0.995,
+                cap: float = 1.5) -> np.ndarray:
+    """How far each panel's drawing reaches along x and y, for the whole film.
 
-    P: (K, N, 2) aligned keyframe layouts; starts: (L+1,) panel offsets.
-    Returns (L,) float64: the largest ``quantile`` of ``max(|x|, |y|)`` over all
-    keyframes, times ``margin`` -- robust to a handful of far outliers, which
-    are then simply not drawn.
+    extremes: (M, N, 2) how far out each point goes along x and y (e.g. over each segment of
+    the film's curves, :func:`layerfilm.interpolate.curve_extremes`); starts: (L+1,) panel
+    offsets.  Returns (L, 2) float64 half-extents: the farthest any point goes, so every dot of
+    every frame is inside -- unless that is more than ``cap`` times the ``quantile`` of the
+    points' reach (a few far outliers), in which case ``cap`` times that quantile, and the
+    outliers are drawn pinned to the panel's edge (and counted, see
+    :func:`layerfilm.interpolate.outside_counts`).  1.0 for a panel with nothing finite.
     """
-    out = np.empty(len(starts) - 1)
+    out = np.ones((len(starts) - 1, 2))
     for l in range(len(starts) - 1):
-        r = np.abs(P[:, starts[l]:starts[l + 1]]).max(axis=2)  # (K, n)
-        r = r[np.isfinite(r)]
-        half = np.quantile(r, quantile) * margin if r.size else 1.0
-        out[l] = half if half > 0 else 1.0
+        cols = np.ascontiguousarray(extremes[:, starts[l]:starts[l + 1]].reshape(-1, 2).T)
+        cols = [c if np.isfinite(c).all() else c[np.isfinite(c)] for c in cols]
+        full = np.array([c.max() if c.size else 0.0 for c in cols])
+        typical = np.array([np.quantile(c, quantile) if c.size else 0.0 for c in cols])
+        half = np.where(typical > 0, np.minimum(full, cap * typical), full)
+        out[l] = np.where(half > 0, half, 1.0)
     return out
 
 

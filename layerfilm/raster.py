@@ -1,43 +1,98 @@
-"""Positions -> per-panel density counts (numba splatting)."""
+"""Positions -> per-panel density counts (numba splatting of small Gaussian footprints)."""
 
 from __future__ import annotations
 
+import concurrent.futures
+
 import numpy as np
 
-from ._kernels import splat_kernel
+from ._draw_kernels import CUTOFF, footprint_table, splat_kernel
+from .interpolate import threads
+
+FWHM = 2.0 * np.sqrt(2.0 * np.log(2.0))  # a Gaussian's full width at half maximum, in sigmas
+# A dot's size (its full width at half maximum, in pixels) is this share of the side of the
+# square each point would have if a panel's points shared its area evenly, within the bounds.
+DOT_SHARE = 0.22
+DOT_MIN = 1.6
+
+
+def dot_sizes(rects: np.ndarray, points: np.ndarray, point_size: float | None = None) -> np.ndarray:
+    """(L,) float64 dot size in pixels (full width at half maximum of its footprint) for panels
+    ``rects`` (L, 4) holding ``points`` (L,) dots: ``DOT_SHARE * sqrt(area / points)``, at least
+    ``DOT_MIN`` and at most a sixtieth of the panel's shorter side (so it stays a dot), or
+    ``point_size`` for every panel when given."""
+    w = (rects[:, 2] - rects[:, 0]).astype(np.float64)
+    h = (rects[:, 3] - rects[:, 1]).astype(np.float64)
+    if point_size is not None:
+        return np.full(len(rects), float(point_size))
+    size = DOT_SHARE * np.sqrt(w * h / np.maximum(np.asarray(points, dtype=np.float64), 1))
+    return np.clip(size, DOT_MIN, np.maximum(DOT_MIN, np.minimum(w, h) / 60))
+
+
+def edge_pad(sigma: np.ndarray) -> np.ndarray:
+    """(L,) float64 pixels kept between a panel's edge and the farthest dot centre, so that a
+    dot at the edge of the range shows its bright core whole."""
+    return np.ceil(np.asarray(sigma) * CUTOFF * 0.6) + 1.0
 
 
 class Rasterizer:
     """Splats all panels' points into one ``(H, W)`` float32 count image.
 
-    rects: (L, 4) int64 ``[x0, y0, x1, y1)`` of each panel's square interior in the frame;
-    half: (L,) the half-width in data units that each panel shows (centred on 0);
-    starts: (L+1,) offsets of each panel's points in the flat ``(N, 2)`` positions.
+    rects: (L, 4) int64 ``[x0, y0, x1, y1)`` of each panel's interior in the frame; scale: (L,)
+    pixels per data unit (the same along x and y), data (0, 0) at the rect's centre; sigma:
+    (L,) footprint in pixels; starts: (L+1,) offsets of each panel's points in the flat
+    ``(N, 2)`` positions.  A point beyond the rect shrunk by :func:`edge_pad` is drawn pinned
+    onto that edge.
     """
 
-    def __init__(self, size: tuple[int, int], rects: np.ndarray, half: np.ndarray, starts: np.ndarray):
+    def __init__(self, size: tuple[int, int], rects: np.ndarray, scale: np.ndarray,
+                 sigma: np.ndarray, starts: np.ndarray):
         w, h = size
         self.rects = np.ascontiguousarray(rects, dtype=np.int64)
         self.starts = np.ascontiguousarray(starts, dtype=np.int64)
-        x0, y0, x1, y1 = self.rects.T
-        sx = (x1 - x0) / (2.0 * np.asarray(half, dtype=np.float64))
-        sy = (y1 - y0) / (2.0 * np.asarray(half, dtype=np.float64))
+        self.sigma = np.ascontiguousarray(sigma, dtype=np.float64)
+        x0, y0, x1, y1 = self.rects.T.astype(np.float64)
+        s = np.asarray(scale, dtype=np.float64)
+        pad = edge_pad(self.sigma)
         # y grows upwards in data, downwards in pixels.
-        self.xform = np.ascontiguousarray(np.stack([sx, (x0 + x1) / 2.0, -sy, (y0 + y1) / 2.0], axis=1))
+        self.xform = np.ascontiguousarray(np.stack(
+            [s, (x0 + x1) / 2.0, -s, (y0 + y1) / 2.0, (x1 - x0) / 2.0 - pad, (y1 - y0) / 2.0 - pad],
+            axis=1))
+        tables = [footprint_table(g) for g in self.sigma]
+        self.radius = np.array([(t.shape[1] - 1) // 2 for t in tables], dtype=np.int64)
+        self.offset = np.concatenate([[0], np.cumsum([t.size for t in tables])]).astype(np.int64)
+        self.table = np.concatenate([t.ravel() for t in tables]) if tables else np.zeros(0)
         self.counts = np.zeros((h, w), dtype=np.float32)
+
+    @property
+    def footprint(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(table, offset, radius)``: the splat kernel's footprint arguments."""
+        return self.table, self.offset, self.radius
+
+    @property
+    def limits(self) -> np.ndarray:
+        """(L, 2) the data half-ranges along x and y inside which dots are drawn where they are."""
+        return self.xform[:, 4:6] / self.xform[:, :1]
 
     def __call__(self, xy: np.ndarray) -> np.ndarray:
         """Add ``xy`` (N, 2) float32 into the count buffer and return it (owned by the caller
         until it is reset, e.g. by :class:`layerfilm.shade.Shader`)."""
-        splat_kernel(xy, self.starts, self.xform, self.rects, self.counts)
+        splat_kernel(xy, self.starts, self.xform, self.rects, *self.footprint, self.counts)
         return self.counts
 
     def span(self, P: np.ndarray) -> float:
         """The highest density of any pixel over all keyframes ``P`` (K, N, 2): the film's
-        colour span, fixed before the first frame."""
-        top = 0.0
-        for k in range(P.shape[0]):
-            counts = self(np.ascontiguousarray(P[k]))
-            top = max(top, float(counts.max()))
-            counts[...] = 0
-        return top if top > 0 else 1.0
+        colour span, fixed before the first frame (at least 1, a lone dot's centre)."""
+        def densest(part: range) -> float:
+            counts, top = np.zeros_like(self.counts), 0.0
+            for k in part:  # each thread splats into a buffer of its own
+                splat_kernel(np.ascontiguousarray(P[k]), self.starts, self.xform, self.rects,
+                             *self.footprint, counts)
+                top = max(top, float(counts.max()))
+                counts[...] = 0
+            return top
+
+        n = threads()
+        with concurrent.futures.ThreadPoolExecutor(n) as pool:
+            tops = list(pool.map(densest, [range(i, P.shape[0], n) for i in range(n)]))
+        return max([1.0, *tops])

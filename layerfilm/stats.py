@@ -1,10 +1,14 @@
-"""Per-layer numbers for a run: how far and how fast each layer moved, and when it settled.
+"""Per-layer numbers for a run: how far and how fast each layer moved, when it settled, and
+which layer moved against its neighbours.
 
-:func:`weight_stats` makes one streaming pass over the checkpoints.  It holds the previous
-keyframe's point clouds and their last update (about two checkpoints' drawn tensors) plus
-the keyframe being read; the first keyframe is re-read through its memory map when needed.
-:func:`layout_stats` adds the 2-D clouds' motion when keyframe layouts exist, and
-:func:`write_csv` / :func:`write_heatmap` write the results atomically.
+:class:`Drift` is what the film needs (each layer's norm and change per keyframe, measured by
+:class:`DriftMeter` in the same pass that reads the checkpoints for the layouts);
+:class:`LayerStats` adds what ``layerfilm stats`` reports.  :func:`weight_stats` makes one
+streaming pass over the checkpoints.  It holds the previous keyframe's point clouds and their
+last update (about two checkpoints' drawn tensors) plus the keyframe being read; the first
+keyframe is re-read through its memory map when needed.  :func:`layout_stats` adds the 2-D
+clouds' motion when keyframe layouts exist, and :func:`write_csv` / :func:`write_heatmap`
+write the results atomically.
 
 Every statistic is over a panel's drawn points (all of them unless the panel has more than
 ``--max-points``), i.e. the rows/columns of the panel's tensors that the film draws.
@@ -19,7 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import atomic, checkpoints, extract
+from . import atomic, cache, checkpoints, extract, layouts
+from ._kernels import sq_norms_kernel
+from .plan import Plan
 from .progress import QUIET, Progress
 
 # CSV columns and what they mean (the README's table is made from the same words).
@@ -39,17 +45,76 @@ COLUMNS: dict[str, str] = {
     "procrustes_residual": "||P_k R - P_(k-1)|| / ||P_(k-1)||, the residual of the orthogonal "
                            "Procrustes fit of the 2-D layout onto the previous one; empty without "
                            "cached layouts",
-    "settle_step": "the layer's settling step: after it, rel_change_per_100 stays below "
-                   "--settle-threshold; empty if it never settles",
+    "path_done": "share of the layer's whole path (the sum of rel_change_prev over all keyframes) "
+                 "covered by this keyframe, 0 .. 1",
+    "rebel_z": "z-score of log10(rel_change_per_100) against the layers up to two places before "
+               "and after (their mean and standard deviation, at least 0.1 decade); empty with "
+               "fewer than two neighbours",
+    "settle_step": "the layer's settling step (see --settle-fraction / --settle-threshold); "
+                   "empty if it never settles",
 }
+
+# The rebel: neighbours on either side, and the smallest spread of their log10 rates (decades),
+# so that near-identical neighbours do not turn a small difference into a huge score.
+REBEL_REACH = 2
+REBEL_FLOOR = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
-class LayerStats:
-    """Statistics per layer (rows) and keyframe (columns); NaN where undefined.
+class Settling:
+    """When a layer counts as settled.
 
-    steps: (K,) int64; labels: L panel labels; points: (L,) int64; every array below is
-    (L, K) float64.  ``displacement``/``residual`` are all NaN when no layouts were given.
+    By default (``threshold`` is ``None``) at the first keyframe by which it has covered
+    ``fraction`` of its whole path -- the sum over the film of its relative change between
+    keyframes -- which always answers.  With a ``threshold``: at the first step after which its
+    relative change per 100 steps stays below it (``None`` when its last change is above).
+    """
+
+    fraction: float = 0.9
+    threshold: float | None = None
+
+    @classmethod
+    def of(cls, config) -> "Settling":
+        return cls(config.settle_fraction, config.settle_threshold)
+
+    def describe(self) -> str:
+        if self.threshold is not None:
+            return f"relative change per 100 steps stays below {self.threshold:g}"
+        return f"{self.fraction:.0%} of its path (cumulative relative change) covered"
+
+
+def rebel_scores(rate: np.ndarray, reach: int = REBEL_REACH, floor: float = REBEL_FLOOR) -> np.ndarray:
+    """(L, K) z-score of each layer's log10 ``rate`` against its neighbours ``l-reach .. l+reach``
+    (itself left out) at the same keyframe: ``(x_l - mean) / max(std, floor)`` with the
+    neighbours' sample standard deviation; NaN where the rate or fewer than two neighbours'
+    rates are positive and finite."""
+    rate = np.asarray(rate, dtype=np.float64)
+    L = rate.shape[0]
+    x = np.full(rate.shape, np.nan)
+    ok = np.isfinite(rate) & (rate > 0)
+    x[ok] = np.log10(rate[ok])
+    z = np.full(rate.shape, np.nan)
+    for l in range(L):
+        nb = x[[j for j in range(l - reach, l + reach + 1) if 0 <= j < L and j != l]]
+        n = np.isfinite(nb).sum(axis=0)
+        use = (n >= 2) & np.isfinite(x[l])
+        if not use.any():
+            continue
+        v = nb[:, use]
+        mean = np.nanmean(v, axis=0)
+        std = np.sqrt(np.nansum((v - mean) ** 2, axis=0) / (n[use] - 1))
+        z[l, use] = (x[l, use] - mean) / np.maximum(std, floor)
+    return z
+
+
+@dataclasses.dataclass(frozen=True)
+class Drift:
+    """How much each layer (rows) moved at each keyframe (columns); NaN where undefined.
+
+    steps: (K,) int64; labels: L panel labels; points: (L,) int64; norm, rel_prev: (L, K)
+    float64 (``||W_k||`` and ``||W_k - W_(k-1)|| / ||W_(k-1)||``); rebel: (L, K)
+    :func:`rebel_scores` of :attr:`rate`, computed in the film's own panel order when not given
+    (and kept when the panels are reordered).
     """
 
     steps: np.ndarray
@@ -57,11 +122,11 @@ class LayerStats:
     points: np.ndarray
     norm: np.ndarray
     rel_prev: np.ndarray
-    rel_first: np.ndarray
-    mean_abs_first: np.ndarray
-    update_cosine: np.ndarray
-    displacement: np.ndarray
-    residual: np.ndarray
+    rebel: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.rebel is None:
+            object.__setattr__(self, "rebel", rebel_scores(self.rate))
 
     @property
     def rate(self) -> np.ndarray:
@@ -70,15 +135,26 @@ class LayerStats:
         return self.rel_prev * 100.0 / gap
 
     @property
-    def has_layouts(self) -> bool:
-        return bool(np.isfinite(self.displacement).any())
+    def path_done(self) -> np.ndarray:
+        """(L, K) share of each layer's path (summed ``rel_prev``, NaN counted as no change)
+        covered by each keyframe; all 1 for a layer that never moved."""
+        path = np.cumsum(np.nan_to_num(self.rel_prev, nan=0.0, posinf=0.0), axis=1)
+        total = path[:, -1:]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(total > 0, path / total, 1.0)
 
-    def settle_steps(self, threshold: float) -> np.ndarray:
-        """(L,) float64: each layer's settling step -- the first step after which its
-        :attr:`rate` stays below ``threshold`` -- or NaN when its last change is still above."""
+    def settle_steps(self, settling: Settling) -> np.ndarray:
+        """(L,) float64: each layer's settling step by ``settling`` (NaN: never settles)."""
         out = np.empty(len(self.labels))
+        if settling.threshold is None:
+            done = self.path_done
+            for l in range(len(out)):
+                # The fraction is compared with a little slack, so that a layer that moves
+                # evenly reaches "90 %" at the keyframe where it has done 9/10 of its moving.
+                out[l] = self.steps[int(np.argmax(done[l] >= settling.fraction - 1e-12))]
+            return out
         for l, r in enumerate(self.rate):
-            above = np.flatnonzero(r[1:] >= threshold) + 1  # NaN compares False: never "above"
+            above = np.flatnonzero(r[1:] >= settling.threshold) + 1  # NaN is never "above"
             if not above.size:
                 out[l] = self.steps[0]
             elif above[-1] == len(self.steps) - 1:
@@ -87,12 +163,30 @@ class LayerStats:
                 out[l] = self.steps[above[-1]]
         return out
 
-    def reordered(self, order: list[int]) -> "LayerStats":
-        """The same statistics with the layers (rows) in ``order``."""
-        return LayerStats(self.steps, [self.labels[l] for l in order], self.points[order],
-                          self.norm[order], self.rel_prev[order], self.rel_first[order],
-                          self.mean_abs_first[order], self.update_cosine[order],
-                          self.displacement[order], self.residual[order])
+    def reordered(self, order: list[int]) -> "Drift":
+        """The same numbers with the layers (rows) in ``order``."""
+        rows = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "steps"}
+        return dataclasses.replace(self, **{name: ([v[l] for l in order] if isinstance(v, list)
+                                                   else v[order]) for name, v in rows.items()})
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LayerStats(Drift):
+    """:class:`Drift` and more, per layer (rows) and keyframe (columns); NaN where undefined.
+
+    Every array below is (L, K) float64.  ``displacement``/``residual`` are all NaN when no
+    layouts were given.
+    """
+
+    rel_first: np.ndarray
+    mean_abs_first: np.ndarray
+    update_cosine: np.ndarray
+    displacement: np.ndarray
+    residual: np.ndarray
+
+    @property
+    def has_layouts(self) -> bool:
+        return bool(np.isfinite(self.displacement).any())
 
     def with_layouts(self, P: np.ndarray, starts: np.ndarray) -> "LayerStats":
         """A copy with :func:`layout_stats` of the aligned keyframe layouts ``P`` filled in."""
@@ -100,8 +194,85 @@ class LayerStats:
         return dataclasses.replace(self, displacement=disp, residual=resid)
 
 
+_NO_PREVIOUS = np.zeros((0, 0), np.float32)
+
+
+class DriftMeter:
+    """Measures each layer's norm and change as the keyframes pass.
+
+    ``add(k, l, W)`` takes layer ``l``'s (n, d) float32 cloud at keyframe ``k``; each layer's
+    calls come in keyframe order, different layers may come from different threads.  It keeps
+    a reference to each layer's last cloud (not a copy).
+    """
+
+    def __init__(self, n_keyframes: int, n_layers: int):
+        self.sums = np.full((n_layers, n_keyframes, 2), np.nan)
+        self.prev: list[np.ndarray | None] = [None] * n_layers
+
+    def add(self, k: int, l: int, W: np.ndarray) -> None:
+        W = np.asarray(W, dtype=np.float32)
+        prev = self.prev[l] if k > 0 and self.prev[l] is not None else _NO_PREVIOUS
+        sq_norms_kernel(W, prev, self.sums[l, k])
+        self.prev[l] = W
+
+    def norms(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(norm, rel_prev)``, each (L, K) float64."""
+        norm = np.sqrt(self.sums[:, :, 0])
+        rel = np.full(norm.shape, np.nan)
+        den = norm[:, :-1]
+        good = np.isfinite(den) & (den > 0)
+        num = np.sqrt(self.sums[:, 1:, 1])
+        rel[:, 1:][good] = num[good] / den[good]
+        return norm, rel
+
+    def drift(self, steps: np.ndarray, layers: list[extract.Layer]) -> Drift:
+        norm, rel = self.norms()
+        return Drift(np.asarray(steps, dtype=np.int64), [l.label for l in layers],
+                     np.array([l.n_points for l in layers], dtype=np.int64), norm, rel)
+
+
 def _ratio(num: float, den: float) -> float:
     return num / den if den > 0 and np.isfinite(den) else np.nan
+
+
+def measure_drift(refs: list[checkpoints.CheckpointRef], layers: list[extract.Layer],
+                  progress: Progress = QUIET) -> Drift:
+    """Each layer's :class:`Drift`, reading every keyframe once (in ``refs`` order)."""
+    meter = DriftMeter(len(refs), len(layers))
+    with progress.stage("Measuring layers", len(refs)) as advance:
+        for k, ref in enumerate(refs):
+            ckpt = ref.open()
+            shapes = ckpt.shapes()
+            for l, layer in enumerate(layers):
+                meter.add(k, l, extract.read_layer(ckpt, layer, shapes))
+            del ckpt
+            advance(1)
+    return meter.drift(np.array([r.step for r in refs]), layers)
+
+
+def layouts_and_drift(plan: Plan, projection: str, seed: int, progress: Progress = QUIET,
+                      use_cache: bool = True, drift: bool = True, fourier_ref: int | None = None,
+                      run=None) -> tuple[layouts.Keyframes, Drift | None]:
+    """The keyframe layouts (:func:`layouts.cached_keyframe_layouts`, on ``run``) and, when
+    ``drift``, each layer's :class:`Drift` -- measured in the same pass over the checkpoints
+    when the layouts have to be computed, read from the cache when it was measured before."""
+    found = None
+    if drift and use_cache:
+        cached = cache.load_arrays("drift", plan)
+        if cached is not None and cached["norm"].shape == (len(plan.layers), len(plan.refs)):
+            found = Drift(plan.steps, [l.label for l in plan.layers],
+                          np.array([l.n_points for l in plan.layers], dtype=np.int64),
+                          cached["norm"], cached["rel_prev"])
+    keys = layouts.cached_keyframe_layouts(plan, projection, seed, progress, use_cache, fourier_ref,
+                                           run, drift=drift and found is None)
+    if drift and found is None:
+        sums = keys.drift_sums  # None when the layouts came from the cache
+        meter = DriftMeter(len(plan.refs), len(plan.layers))
+        meter.sums = sums if sums is not None else layouts.drift_sums(plan, progress, run)
+        found = meter.drift(plan.steps, plan.layers)
+        if use_cache:
+            cache.store_arrays("drift", plan, norm=found.norm, rel_prev=found.rel_prev)
+    return keys, found
 
 
 def weight_stats(refs: list[checkpoints.CheckpointRef], layers: list[extract.Layer],
@@ -111,7 +282,8 @@ def weight_stats(refs: list[checkpoints.CheckpointRef], layers: list[extract.Lay
     A tensor that is missing or changed shape raises :class:`~layerfilm.errors.CheckpointError`.
     """
     K, L = len(refs), len(layers)
-    norm, rel_prev, rel_first, mean_abs, cosine = (np.full((L, K), np.nan) for _ in range(5))
+    rel_first, mean_abs, cosine = (np.full((L, K), np.nan) for _ in range(3))
+    meter = DriftMeter(K, L)
     first = refs[0].open()
     first_shapes = first.shapes()
     prev: list[np.ndarray | None] = [None] * L
@@ -121,29 +293,30 @@ def weight_stats(refs: list[checkpoints.CheckpointRef], layers: list[extract.Lay
             ckpt = first if k == 0 else ref.open()
             shapes = first_shapes if k == 0 else ckpt.shapes()
             for l, layer in enumerate(layers):
-                W = extract.read_layer(ckpt, layer, shapes).astype(np.float64)
-                norm[l, k] = np.sqrt(np.vdot(W, W))
+                W32 = extract.read_layer(ckpt, layer, shapes)
+                meter.add(k, l, W32)
+                W = W32.astype(np.float64)
                 if k == 0:
                     rel_first[l, k] = mean_abs[l, k] = 0.0
                 else:
                     d0 = W - extract.read_layer(first, layer, first_shapes)
-                    rel_first[l, k] = _ratio(np.sqrt(np.vdot(d0, d0)), norm[l, 0])
+                    rel_first[l, k] = _ratio(np.sqrt(np.vdot(d0, d0)), np.sqrt(meter.sums[l, 0, 0]))
                     mean_abs[l, k] = np.abs(d0).mean()
                     del d0
                     delta = W - prev[l]
-                    dn = np.sqrt(np.vdot(delta, delta))
-                    rel_prev[l, k] = _ratio(dn, norm[l, k - 1])
                     if prev_delta[l] is not None:
                         pd = prev_delta[l]
-                        cosine[l, k] = _ratio(np.vdot(delta, pd), dn * np.sqrt(np.vdot(pd, pd)))
+                        cosine[l, k] = _ratio(np.vdot(delta, pd),
+                                              np.sqrt(np.vdot(delta, delta)) * np.sqrt(np.vdot(pd, pd)))
                     prev_delta[l] = delta
                 prev[l] = W
             del ckpt
             advance(1)
+    base = meter.drift(np.array([r.step for r in refs]), layers)
     nan = np.full((L, K), np.nan)
-    return LayerStats(np.array([r.step for r in refs], dtype=np.int64), [l.label for l in layers],
-                      np.array([l.n_points for l in layers], dtype=np.int64), norm, rel_prev,
-                      rel_first, mean_abs, cosine, nan, nan.copy())
+    return LayerStats(base.steps, base.labels, base.points, base.norm, base.rel_prev,
+                      rel_first=rel_first, mean_abs_first=mean_abs, update_cosine=cosine,
+                      displacement=nan, residual=nan.copy())
 
 
 def layout_stats(P: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -172,10 +345,10 @@ def _fmt(v: float) -> str:
     return "" if not np.isfinite(v) else f"{v:.9g}"
 
 
-def csv_text(stats: LayerStats, threshold: float) -> str:
+def csv_text(stats: LayerStats, settling: Settling) -> str:
     """The CSV (header + one row per layer per keyframe, keyframes in step order)."""
-    settle = stats.settle_steps(threshold)
-    rate = stats.rate
+    settle = stats.settle_steps(settling)
+    rate, done = stats.rate, stats.path_done
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(COLUMNS)
@@ -185,18 +358,21 @@ def csv_text(stats: LayerStats, threshold: float) -> str:
                         _fmt(stats.rel_prev[l, k]), _fmt(rate[l, k]), _fmt(stats.rel_first[l, k]),
                         _fmt(stats.mean_abs_first[l, k]), _fmt(stats.update_cosine[l, k]),
                         _fmt(stats.displacement[l, k]), _fmt(stats.residual[l, k]),
+                        _fmt(done[l, k]), _fmt(stats.rebel[l, k]),
                         "" if np.isnan(settle[l]) else int(settle[l])])
     return buf.getvalue()
 
 
-def write_csv(stats: LayerStats, threshold: float, path: Path) -> None:
+def write_csv(stats: LayerStats, settling: Settling, path: Path) -> None:
     """Write :func:`csv_text` to ``path`` atomically."""
-    atomic.write_bytes(path, csv_text(stats, threshold).encode())
+    atomic.write_bytes(path, csv_text(stats, settling).encode())
 
 
-def write_heatmap(stats: LayerStats, threshold: float, path: Path, title: str = "") -> None:
-    """A PNG heatmap of :attr:`LayerStats.rate`: layers (rows) x steps (columns), log colour
-    scale, labelled axes and a colour bar; each layer's settling step is marked."""
+def write_heatmap(stats: Drift, settling: Settling, path: Path, title: str = "",
+                  rebel_z: float = 3.0) -> None:
+    """A PNG heatmap of :attr:`Drift.rate`: layers (rows) x steps (columns), log colour scale,
+    labelled axes and a colour bar; each layer's settling step is marked with a blue tick and
+    every interval where it is a rebel (``|rebel| >= rebel_z``) with a green dot."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -214,10 +390,14 @@ def write_heatmap(stats: LayerStats, threshold: float, path: Path, title: str = 
     # Cell k spans the interval (steps[k], steps[k+1]]: its edges are the keyframe steps.
     im = ax.pcolormesh(steps, np.arange(L + 1), np.where(rate > 0, rate, np.nan),
                        norm=LogNorm(vmin=lo, vmax=hi), cmap="inferno", shading="flat")
-    settle = stats.settle_steps(threshold)
+    settle = stats.settle_steps(settling)
     for l in range(L):
         if np.isfinite(settle[l]):
             ax.plot([settle[l]] * 2, [l + 0.08, l + 0.92], color="#3fd0ff", lw=2)
+    rl, rk = np.nonzero(np.abs(np.nan_to_num(stats.rebel[:, 1:])) >= rebel_z)
+    if rl.size:
+        ax.scatter((steps[rk] + steps[rk + 1]) / 2, rl + 0.5, s=14, color="#5cff7a",
+                   edgecolors="black", linewidths=0.5, zorder=3)
     ax.set_yticks(np.arange(L) + 0.5, stats.labels)
     ax.set_ylim(L, 0)
     ax.set_xlabel("training step")
@@ -225,9 +405,49 @@ def write_heatmap(stats: LayerStats, threshold: float, path: Path, title: str = 
     ax.set_title(title or "relative change of each layer's weights per 100 steps", fontsize=10)
     bar = fig.colorbar(im, ax=ax, pad=0.015)
     bar.set_label("||ΔW|| / ||W|| per 100 steps (log)")
-    ax.text(1.0, -0.02 - 0.5 / (1.6 + 0.42 * L), f"blue tick: settling step (rate < {threshold:g})",
-            transform=ax.transAxes, ha="right", va="top", fontsize=8, color="#1a7fa0")
-    fig.tight_layout()
+    note = f"blue tick: settled ({settling.describe()})"
+    if rl.size:
+        note += f"\ngreen dot: rebel (|z| ≥ {rebel_z:g} against its neighbours)"
+    fig.text(0.995, 0.005, note, ha="right", va="bottom", fontsize=7, color="#1a7fa0")
+    fig.tight_layout(rect=(0, 0.1 / (1.6 + 0.42 * L) * (3 if rl.size else 2), 1, 1))
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     atomic.write_bytes(path, buf.getvalue())
+
+
+def summary(stats: LayerStats, config) -> tuple[str, list[tuple[str, str]], list[list[str]], list[str]]:
+    """What ``layerfilm stats`` prints: ``(title, columns (name, justify), rows, lines)``.
+
+    Per layer: norm first -> last, change from the first keyframe, the *late rate* (median
+    rate over the last quarter of the keyframes), the settling step and its strongest rebel
+    score; then which layers settle first and which are rebels (``config``: its
+    ``settle_fraction``/``settle_threshold`` and ``rebel_z``)."""
+    settling = Settling.of(config)
+    settle = stats.settle_steps(settling)
+    late = stats.rate[:, max(1, len(stats.steps) * 3 // 4):]
+    columns = [("layer", "left"), ("points", "right"), ("|W| first -> last", "right"),
+               ("change vs first", "right"), ("late rate", "right"), ("settles at step", "right"),
+               ("rebel |z| max", "right")]
+    rows, rebels = [], []
+    for l, label in enumerate(stats.labels):
+        z = np.abs(np.nan_to_num(stats.rebel[l], nan=0.0))
+        k = int(np.argmax(z))
+        rows.append([label, f"{stats.points[l]:,}", f"{stats.norm[l, 0]:.3g} -> {stats.norm[l, -1]:.3g}",
+                     f"{stats.rel_first[l, -1]:.3g}", f"{np.nanmedian(late[l]):.3g}",
+                     "never" if np.isnan(settle[l]) else f"{int(settle[l]):,}",
+                     f"{z[k]:.2g} @ {int(stats.steps[k]):,}" if z[k] > 0 else ""])
+        hits = np.flatnonzero(z >= config.rebel_z)
+        if hits.size:
+            rebels.append(f"{label} (at {hits.size} keyframe{'s' if hits.size > 1 else ''}, "
+                          f"z {stats.rebel[l, k]:+.1f} at step {int(stats.steps[k]):,})")
+    lines = []
+    order = [l for l in np.argsort(settle, kind="stable") if np.isfinite(settle[l])]
+    if order:
+        first = settle[order[0]]
+        names = ", ".join(stats.labels[l] for l in order if settle[l] == first)
+        lines.append(f"settles first: {names} (step {int(first):,})")
+    else:
+        lines.append(f"no layer settles below {settling.threshold:g} per 100 steps")
+    lines.append(f"rebels (|z| >= {config.rebel_z:g}): {'; '.join(rebels)}" if rebels
+                 else f"no rebel (no layer's |z| reaches {config.rebel_z:g})")
+    return f"settling: {settling.describe()}", columns, rows, lines

@@ -1,7 +1,11 @@
 """``--stills DIR``: the film's first and last frames and a contact sheet, as lossless PNGs.
 
-The frames are the very index frames sent to the encoder (kept as they pass by), so every
-PNG pixel equals the film's pixel at that keyframe.
+``first.png`` and ``last.png`` are the very index frames sent to the encoder (kept as they
+pass by), so every pixel equals the film's.  The contact sheet is at most :data:`SHEET_MAX`
+pixels wide: when the film's frames fit, its tiles are the film's own frames at the chosen
+checkpoints; when they do not, the tiles are those checkpoints' frames drawn anew at the tile
+size -- with the layout, text sizes and dot sizes of that size, so their text still reads --
+rather than the film's frames scaled down.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import math
 import threading
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -17,6 +22,8 @@ from . import shade
 FIRST, LAST, SHEET = "first.png", "last.png", "contact_sheet.png"
 GAP = 4  # pixels between contact-sheet tiles
 GAP_COLOUR = shade.TEXT_BASE + 3  # a dark grey, so black tile edges stay visible
+SHEET_MAX = 4096  # the widest contact sheet, in pixels
+TILE_MIN = 480  # tiles are made no narrower than this (or the film), adding rows instead
 
 
 def tile_keyframes(n_keyframes: int, every: int | None) -> list[int]:
@@ -30,14 +37,42 @@ def tile_keyframes(n_keyframes: int, every: int | None) -> list[int]:
     return tiles
 
 
-class Stills:
-    """Keeps copies of the frames at ``wanted`` frame numbers as they are rendered (thread-safe:
-    render jobs call :meth:`offer` in parallel), then writes the PNGs."""
+def sheet_grid(n_tiles: int, size: tuple[int, int]) -> tuple[int, tuple[int, int]]:
+    """``(columns, tile size)`` of the contact sheet for ``n_tiles`` frames of ``size``: about
+    square in tiles, at most :data:`SHEET_MAX` wide, tiles no narrower than :data:`TILE_MIN`
+    (unless the film is), each the film's own size when that fits."""
+    w, h = size
+    widest = (SHEET_MAX + GAP) // (min(w, TILE_MIN) + GAP)
+    cols = max(1, min(math.ceil(math.sqrt(n_tiles)), widest, n_tiles))
+    tw = min(w, (SHEET_MAX - (cols - 1) * GAP) // cols)
+    return cols, (tw, h if tw == w else max(1, round(h * tw / w)))
 
-    def __init__(self, keyframe_frames: list[int], tiles: list[int], n_frames: int):
+
+def tile_origin(i: int, n_tiles: int, size: tuple[int, int]) -> tuple[int, int]:
+    """Top-left ``(x, y)`` of tile ``i`` on a sheet of ``n_tiles`` frames of ``size``."""
+    cols, (w, h) = sheet_grid(n_tiles, size)
+    r, c = divmod(i, cols)
+    return c * (w + GAP), r * (h + GAP)
+
+
+class Stills:
+    """Keeps copies of the frames it needs as they are rendered (thread-safe: render jobs call
+    :meth:`offer` in parallel), then writes the PNGs.
+
+    keyframe_frames: the film's frame of each keyframe; tiles: the keyframes on the sheet;
+    size: the film's frame size; tile_frames: ``(size) -> (keyframe -> index frame)`` draws a
+    keyframe's frame at another size, for sheets whose tiles cannot be the film's frames.
+    """
+
+    def __init__(self, keyframe_frames: list[int], tiles: list[int], n_frames: int,
+                 size: tuple[int, int], tile_frames: Callable[[tuple[int, int]], Callable[[int], np.ndarray]]):
+        self.tiles = tiles
+        self.cols, self.tile_size = sheet_grid(len(tiles), size)
+        self.own = self.tile_size == tuple(size)  # tiles are the film's own frames
         self.tile_frames = [keyframe_frames[k] for k in tiles]
-        self.wanted = set(self.tile_frames) | {0, n_frames - 1}
+        self.make_tiles = tile_frames
         self.first, self.last = 0, n_frames - 1
+        self.wanted = {0, n_frames - 1} | (set(self.tile_frames) if self.own else set())
         self.kept: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
 
@@ -47,10 +82,14 @@ class Stills:
                 self.kept[f] = frame.copy()
 
     def sheet(self) -> np.ndarray:
-        """The contact sheet as one index frame: tiles in rows of ``ceil(sqrt(n))``."""
-        tiles = [self.kept[f] for f in self.tile_frames]
-        h, w = tiles[0].shape
-        cols = math.ceil(math.sqrt(len(tiles)))
+        """The contact sheet as one index frame: tiles in rows of :attr:`cols`."""
+        if self.own:
+            tiles = [self.kept[f] for f in self.tile_frames]
+        else:
+            draw = self.make_tiles(self.tile_size)
+            tiles = [draw(k).copy() for k in self.tiles]
+        w, h = self.tile_size
+        cols = self.cols
         rows = math.ceil(len(tiles) / cols)
         out = np.full((rows * h + (rows - 1) * GAP, cols * w + (cols - 1) * GAP), GAP_COLOUR,
                       dtype=np.uint8)
@@ -74,12 +113,3 @@ def write_png(path: Path, frame: np.ndarray, palette: np.ndarray) -> None:
     from PIL import Image
 
     Image.fromarray(np.ascontiguousarray(palette[frame]), "RGB").save(path, optimize=True)
-
-
-def tile_origin(i: int, n_tiles: int, size: tuple[int, int]) -> tuple[int, int]:
-    """Top-left ``(x, y)`` of tile ``i`` on a sheet of ``n_tiles`` frames of ``size``."""
-    w, h = size
-    cols = math.ceil(math.sqrt(n_tiles))
-    r, c = divmod(i, cols)
-    return c * (w + GAP), r * (h + GAP)
-

@@ -130,9 +130,9 @@ def headers(monkeypatch):
     steps = []
     original = compose.FrameComposer.__call__
 
-    def call(self, counts, step, *rest):
+    def call(self, counts, time, step):
         steps.append(step)
-        return original(self, counts, step, *rest)
+        return original(self, counts, time, step)
 
     monkeypatch.setattr(compose.FrameComposer, "__call__", call)
     return steps

@@ -263,6 +263,37 @@ def test_timeline(tmp_path, headers, timeline):
     assert "gaps 100..1000" in info.output and "--timeline step" in info.output
 
 
+def test_step_timeline_puts_every_checkpoint_on_a_frame(tmp_path, headers):
+    """Steps 0, 100, 200, 1200 at 5 frames per keyframe: true-time positions 0, 1.25, 2.5 and 15
+    are fractional; each checkpoint gets the nearest frame of its own, and that frame shows its
+    real step and its own layout (the stills' tiles are those frames)."""
+    from layerfilm import interpolate, stills
+
+    run = _uneven_run(tmp_path / "run")
+    out = tmp_path / "f.mkv"
+    result = runner.invoke(app, ["render", str(run), str(out), "--timeline", "step", "--fps", "5",
+                                 "--size", "160x96", "--stills", str(tmp_path / "s"),
+                                 "--stills-every", "1", "-q"])
+    assert result.exit_code == 0, result.output
+    times = interpolate.step_times(np.array([0, 100, 200, 1200]), 5)
+    exact = np.array([0, 100, 200, 1200]) / 1200 * 15
+    assert times.tolist() == [0, 1, 2, 15] and np.abs(times - exact).max() <= 0.5
+    assert [headers[int(t)] for t in times] == [0, 100, 200, 1200]
+    film = decode(out)
+    sheet = decode(tmp_path / "s" / "contact_sheet.png")[0]
+    for i, t in enumerate(times.astype(int)):
+        x, y = stills.tile_origin(i, 4, (160, 96))
+        assert np.array_equal(sheet[y:y + 96, x:x + 160], film[t]), t
+    # Crowded steps still get a frame each, strictly increasing, the film's length unchanged.
+    crowded = interpolate.step_times(np.array([0, 1, 2, 3, 1000]), 1)
+    assert crowded.tolist() == [0, 1, 2, 3, 4]
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        steps = np.cumsum(rng.integers(1, 1000, size=rng.integers(2, 12)))
+        t = interpolate.step_times(steps, int(rng.integers(1, 6)))
+        assert (np.diff(t) >= 1).all() and t[0] == 0 and (t == np.round(t)).all()
+
+
 def _conv_run(folder):
     rng = np.random.default_rng(0)
     folder.mkdir()

@@ -30,12 +30,16 @@ def test_sample_film_is_bit_exact(tmp_path, sent, suffix):
     assert f"{len(sent)} frames" in result.output
 
 
-def _ink_contains(ink: np.ndarray, text: str, px: int) -> bool:
+def _ink_contains(ink: np.ndarray, text: str, px: int, dim: bool = False) -> bool:
     """Whether the exact glyph coverage of ``text`` at ``px`` pixels (what is left of it on the
-    palette's 15-level grey ramp) appears in the bool image ``ink`` (non-background pixels)."""
+    palette's 15-level grey ramp, dimmed as dim text is) appears in the bool image ``ink``
+    (non-background pixels)."""
     from layerfilm import shade
 
-    mask = shade.text_index(compose.text_mask(text, px)[0]) > 0
+    coverage = compose.text_mask(text, px)[0]
+    if dim:
+        coverage = (coverage.astype(np.uint16) * 150 // 255).astype(np.uint8)
+    mask = shade.text_index(coverage) > 0
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     mask = mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]  # the glyphs' bounding box
     h, w = mask.shape
@@ -55,7 +59,7 @@ def test_film_shows_motion_labels_and_header(tmp_path, run_dir, sent, headers):
     # Consecutive frames differ (points move every frame, no frozen stretches) ...
     assert all(not np.array_equal(a, b) for a, b in zip(sent, sent[1:]))
     # ... the header shows the run's name, the step and the loss of each frame, glyph for glyph
-    layout = compose.grid_layout(3, (400, 240))
+    layout = compose.grid_layout(compose.FrameSpec((400, 240), ("embed", "L0", "L1")))
     ink = lambda frame: frame[:layout.header - 2].any(axis=2)  # noqa: E731  (above the progress line)
     assert headers[0] == 0 and headers[-1] == 300
     for frame, texts in ((first, ["run", "step 0", "loss 4"]), (last, ["run", "step 300", "loss 1"])):
@@ -70,32 +74,31 @@ def test_film_shows_motion_labels_and_header(tmp_path, run_dir, sent, headers):
 def test_color_range_fixed_for_the_whole_film(tmp_path, run_dir, monkeypatch):
     """The span is the densest pixel of any keyframe (computed here with the numpy splat) and
     the same for every frame."""
-    from layerfilm import _kernels, layouts, plan, project, shade
+    from layerfilm import _draw_kernels, frames, layouts, plan, shade
     from layerfilm.config import Selection
 
-    spans = []
+    spans, films = [], []
     original = shade.Shader.__call__
+    prepare = frames.prepare
 
     def call(self, counts, frame):
         spans.append(self.span)
         original(self, counts, frame)
 
     monkeypatch.setattr(shade.Shader, "__call__", call)
+    monkeypatch.setattr(frames, "prepare", lambda *a, **k: films.append(prepare(*a, **k)) or films[-1])
     assert runner.invoke(app, ["render", str(run_dir), str(tmp_path / "f.gif"), "--fps", "3",
                                "--size", "320x180", "-q"]).exit_code == 0
     assert len(spans) == 10 and len(set(spans)) == 1
     made = plan.make_plan(Selection(checkpoints=run_dir))
     P = layouts.keyframe_layouts(made).P
-    rects = compose.grid_layout(len(made.layers), (320, 180)).rects
-    half = project.axis_ranges(P, made.starts)
-    x0, y0, x1, y1 = rects.T.astype(np.float64)
-    xform = np.stack([(x1 - x0) / (2 * half), (x0 + x1) / 2, -(y1 - y0) / (2 * half), (y0 + y1) / 2], 1)
+    r = films[0].rasterizer()
     densest = 0.0
     for k in range(len(P)):
         counts = np.zeros((180, 320), np.float32)
-        _kernels.splat_numpy(P[k], made.starts, xform, rects, counts)
+        _draw_kernels.splat_numpy(P[k], made.starts, r.xform, r.rects, *r.footprint, counts)
         densest = max(densest, float(counts.max()))
-    assert spans[0] == pytest.approx(densest, rel=1e-6)
+    assert spans[0] == pytest.approx(max(densest, 1.0), rel=1e-6)
 
 
 def test_options_reach_the_config(tmp_path, run_dir, seen):
@@ -250,10 +253,14 @@ def test_layout_cache_skips_loading_and_is_invalidated(tmp_path, run_dir, monkey
     opened.clear()
     again = layouts.cached_keyframe_layouts(plan())
     assert len(opened) == 4 and np.array_equal(first.P, again.P)  # the plan's checks only
-    # Another colormap / size / format through the CLI: still no keyframe is read.
+    # The first film measures each layer's drift (for its cues) once, reading the keyframes
+    # but projecting nothing; then another colormap / size / format reads no keyframe at all.
     args = ["render", str(run_dir), str(tmp_path / "a.gif"), "--fps", "2", "-q"]
+    assert runner.invoke(app, args).exit_code == 0
+    assert len(opened) == 4 + 4 + 4
+    opened.clear()
     assert runner.invoke(app, args + ["--cmap", "viridis", "--size", "320x200"]).exit_code == 0
-    assert len(opened) == 8
+    assert len(opened) == 4
     # Other layout options, a touched checkpoint, or --no-cache: read again.
     opened.clear()
     layouts.cached_keyframe_layouts(plan(), seed=1)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from layerfilm import compose, encode, overlays, stats, stills
+from layerfilm import compose, cues, encode, overlays, stats, stills
 from layerfilm.cli import app
 
 from conftest import decode, plan_of, write_run
@@ -19,9 +19,9 @@ def composer(monkeypatch):
     made = {}
     original = compose.FrameComposer.__init__
 
-    def init(self, layout, labels, notes, title, shader, overlays=()):
-        made.update(layout=layout, labels=labels, notes=notes, overlays=overlays)
-        original(self, layout, labels, notes, title, shader, overlays)
+    def init(self, layout, labels, shader, overlays=()):
+        made.update(layout=layout, labels=labels, overlays=overlays)
+        original(self, layout, labels, shader, overlays)
 
     monkeypatch.setattr(compose.FrameComposer, "__init__", init)
     return made
@@ -74,10 +74,10 @@ def test_loss_strip_draws_the_curve_and_a_moving_cursor(tmp_path, run_dir, index
     result = runner.invoke(app, ["render", str(run_dir), str(tmp_path / "f.gif"), "--size", "320x200",
                                  "--fps", "4", "--loss-strip", "-q"])
     assert result.exit_code == 0, result.output
-    (strip,) = composer["overlays"]
-    assert isinstance(strip, overlays.LossStrip)
-    # The panels leave the strip's rows free.
-    assert composer["layout"].rects[:, 3].max() < size[1] - overlays.strip_height(size)
+    (strip,) = [o for o in composer["overlays"] if isinstance(o, overlays.LossStrip)]
+    # The panels (and the text under them) leave the strip's rows free.
+    assert composer["layout"].strip[3] - composer["layout"].strip[1] == overlays.strip_height(size)
+    assert composer["layout"].rects[:, 3].max() < composer["layout"].strip[1]
     px0, py0, px1, py1 = strip.plot
     # The run logged loss 4/(k+1) at step 100k (safetensors metadata): log scale, 4 at the top.
     assert strip.log and np.allclose(strip.range, (np.log10(1.0), np.log10(4.0)))
@@ -101,9 +101,11 @@ def test_metrics_file_feeds_header_and_strip(tmp_path, run_dir, composer, monkey
     seen = []
     original = compose.FrameComposer.__call__
 
-    def call(self, counts, step, loss, fraction, time=0.0):
-        seen.append((step, loss))
-        return original(self, counts, step, loss, fraction, time)
+    def call(self, counts, time, step):
+        (header,) = [o for o in self.overlays if isinstance(o, overlays.Header)]
+        loss = dict(zip(self.layout.fields, [fn for _, fn in header.fields]))["loss"]
+        seen.append((step, loss(step)))
+        return original(self, counts, time, step)
 
     monkeypatch.setattr(compose.FrameComposer, "__call__", call)
     metrics = tmp_path / "log.csv"
@@ -111,8 +113,9 @@ def test_metrics_file_feeds_header_and_strip(tmp_path, run_dir, composer, monkey
     result = runner.invoke(app, ["render", str(run_dir), str(tmp_path / "f.gif"), "--fps", "2",
                                  "--size", "200x120", "--loss-strip", "--metrics", str(metrics), "-q"])
     assert result.exit_code == 0, result.output
-    assert seen[0] == (0, 9.5) and seen[-1] == (300, 0.25) and (150, 0.25) in seen
-    assert np.allclose(composer["overlays"][0].range, np.log10([0.25, 9.5]))
+    assert seen[0] == (0, "loss 9.5") and seen[-1] == (300, "loss 0.25") and (150, "loss 0.25") in seen
+    (strip,) = [o for o in composer["overlays"] if isinstance(o, overlays.LossStrip)]
+    assert np.allclose(strip.range, np.log10([0.25, 9.5]))
 
 
 def test_loss_strip_without_any_loss_is_one_line(tmp_path):
@@ -151,9 +154,13 @@ def test_drift_bars_follow_each_layers_change(tmp_path, index_frames, composer):
     rate = stats.weight_stats(plan.refs, plan.layers).rate
     want = overlays.drift_lengths(rate, rects[:, 2] - rects[:, 0], overlays.DriftBars.DECADES)
     for f, frame in enumerate(index_frames):
-        k = min(max(f // fps + 1, 1), 6)
+        k = -(-f // fps)  # the change into keyframe k: frames (k-1) * fps + 1 .. k * fps; none at 0
+        assert k == 0 or want[:, k].any()
         for l, (x0, y0, x1, y1) in enumerate(rects):
-            bar = frame[y1:y1 + 2, x0:x1] == overlays.DriftBars.COLOUR
+            if k == 0:
+                assert not (frame[y1 + 1:y1 + 3, x0:x1] == overlays.DriftBars.COLOUR).any()
+                continue
+            bar = frame[y1 + 1:y1 + 3, x0:x1] == overlays.DriftBars.COLOUR
             assert bar.all(axis=0).sum() == bar.any(axis=0).sum() == want[l, k], (f, l)
             assert not bar[:, want[l, k]:].any()
     # L1 froze after step 200: no bar from then on; L0 never froze.
@@ -168,7 +175,9 @@ def test_order_settle_lays_panels_out_by_settling_step(tmp_path, composer, index
     default_last = index_frames[-1]
     assert runner.invoke(app, args + ["--order", "settle", "--settle-threshold", "1e-6"]).exit_code == 0
     assert composer["labels"] == ["L1", "embed", "L0"]
-    assert composer["notes"] == ["settles 200", "settles 400", "never settles"]
+    (marks,) = [o for o in composer["overlays"] if isinstance(o, cues.PanelCues)]
+    np.testing.assert_array_equal(marks.settle, [200, 400, np.nan])
+    assert marks.announce
     # Same panels, other places: panel 0's pixels now show what panel 2 showed.
     x0, y0, x1, y1 = composer["layout"].rects[0]
     a0, b0, a1, b1 = composer["layout"].rects[2]
@@ -182,3 +191,42 @@ def test_points_and_tensor_reach_the_film(tmp_path, run_dir, composer):
     assert composer["labels"] == ["L0 mlp.c_fc", "L1 mlp.c_fc"]
     r = runner.invoke(app, ["info", str(run_dir), "--points", "embeddings"])
     assert r.exit_code == 0 and "embed" in r.output and "L0" not in r.output
+
+
+def test_contact_sheet_of_large_frames_stays_readable(tmp_path, monkeypatch):
+    """13 tiles of 1280x720 frames would make a 5,132 px wide sheet of shrunken text: the sheet
+    is at most 4,096 px wide, its tiles are each checkpoint's frame drawn at the tile size (the
+    layout of that size, its real step in the header), and first/last stay the film's frames."""
+    from layerfilm import frames
+    from test_cli import _ink_contains
+
+    made = []
+    prepare = frames.prepare
+    monkeypatch.setattr(frames, "prepare", lambda *a, **k: made.append(prepare(*a, **k)) or made[-1])
+    run = write_run(tmp_path / "run", n=13, d=8, vocab=12)
+    out = tmp_path / "stills"
+    result = runner.invoke(app, ["render", str(run), str(tmp_path / "f.mkv"), "--size", "1280x720",
+                                 "--fps", "1", "--stills", str(out), "--stills-every", "1", "-q"])
+    assert result.exit_code == 0, result.output
+    film = decode(tmp_path / "f.mkv")
+    assert np.array_equal(decode(out / "first.png")[0], film[0])
+    assert np.array_equal(decode(out / "last.png")[0], film[-1])
+    sheet = decode(out / "contact_sheet.png")[0]
+    cols, (tw, th) = stills.sheet_grid(13, (1280, 720))
+    assert (cols, tw, th) == (4, 1021, 574) and sheet.shape == (4 * 574 + 3 * 4, 4 * 1021 + 3 * 4, 3)
+    assert sheet.shape[1] <= 4096
+    tile_film = made[-1]
+    assert tile_film.layout.size == (1021, 574) and tile_film.layout.font >= 14
+    for k in range(13):
+        x, y = stills.tile_origin(k, 13, (1280, 720))
+        tile = sheet[y:y + th, x:x + tw]
+        header = tile[:tile_film.layout.header - 2].any(axis=2)
+        assert _ink_contains(header, f"step {k * 100:,}", tile_film.layout.font), k
+        expected = frames.keyframe_maker(tile_film)(k)
+        assert np.array_equal(tile, stills_palette()[expected]), k
+
+
+def stills_palette():
+    from layerfilm import shade
+
+    return shade.palette("inferno")

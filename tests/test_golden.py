@@ -24,8 +24,9 @@ GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("LAYERFILM_UPDATE_GOLDEN") == "1"
 runner = CliRunner()
 
-# name -> (checkpoints ("sample" or "wide": a synthetic run whose layers are 80 wide, so their
-# layouts are tracked rather than exact), options, frames kept)
+# name -> (checkpoints ("sample"; "wide": a synthetic run whose layers are 80 wide, so their
+# layouts are tracked rather than exact; "thirteen": 12 blocks and the embedding), options,
+# frames kept)
 CASES = {
     "sample_320x180": ("sample", ["--size", "320x180", "--frames-per-keyframe", "2"], (0, 51, 100)),
     "sample_640x360": ("sample", ["--size", "640x360", "--frames-per-keyframe", "2"], (0, 37, 100)),
@@ -36,12 +37,18 @@ CASES = {
                                           "--projection", "fourier", "--points", "embeddings"],
                                (0, 100)),
     "wide_320x180": ("wide", ["--size", "320x180", "--fps", "4"], (0, 5, 20)),
+    # 13 panels with every header field, a caption and a shared scale.
+    "thirteen_640x360": ("thirteen", ["--size", "640x360", "--fps", "3", "--title", "thirteen blocks",
+                                      "--caption", "a synthetic 12-block run", "--tokens-per-step",
+                                      "65536", "--scale", "shared"], (0, 4, 9)),
 }
 
 
 def _checkpoints(kind: str, tmp_path: Path) -> Path:
     if kind == "sample":
         return SAMPLE
+    if kind == "thirteen":
+        return write_run(tmp_path / "thirteen", n=4, seed=5, d=16, blocks=12, vocab=50)
     return write_run(tmp_path / "wide", n=6, seed=3, d=80, blocks=3, vocab=120)
 
 

@@ -3,10 +3,12 @@
 import numpy as np
 import pytest
 
+from layerfilm import _draw_kernels as D
 from layerfilm import _kernels as K
 from layerfilm.interpolate import Interpolator, frame_count, keyframe_times
 from layerfilm.raster import Rasterizer
-from layerfilm.shade import DENSITY_BASE, DENSITY_LEVELS, TEXT_BASE, TEXT_LEVELS, UNUSED, Shader, palette
+from layerfilm.shade import (CMAP_LOW, DENSITY_BASE, DENSITY_LEVELS, REBEL, SETTLED, TEXT_BASE, TEXT_LEVELS,
+                             UNUSED, Shader, palette)
 
 
 @pytest.fixture
@@ -64,32 +66,57 @@ def _panels():
     return rects, starts
 
 
-def test_splat_kernel_equals_numpy_twin():
+@pytest.mark.parametrize("sigma", [[0.6, 0.6], [1.3, 2.7], [4.0, 0.9]])
+def test_splat_kernel_equals_numpy_twin(sigma):
     rng = np.random.default_rng(1)
     rects, starts = _panels()
-    r = Rasterizer((100, 50), rects, np.array([2.0, 1.0]), starts)
+    r = Rasterizer((100, 50), rects, np.array([10.0, 20.0]), np.array(sigma), starts)
     xy = (rng.normal(size=(500, 2)) * 1.2).astype(np.float32)  # some fall outside their panel
     xy[5] = np.nan
+    xy[6] = [np.inf, 0]
     a, b = np.zeros((50, 100), np.float32), np.zeros((50, 100), np.float32)
-    K.splat_kernel(xy, starts, r.xform, rects, a)
-    K.splat_numpy(xy, starts, r.xform, rects, b)
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    D.splat_kernel(xy, starts, r.xform, rects, *r.footprint, a)
+    D.splat_numpy(xy, starts, r.xform, rects, *r.footprint, b)
+    np.testing.assert_array_equal(a, b)  # same deposits in the same order: the same bits
     assert a[:, :2].sum() == 0 and a[:3].sum() == 0 and a[:, 42:50].sum() == 0  # nothing outside panels
 
 
-def test_splat_conserves_weight_and_places_points():
+def test_splat_footprint_against_an_independent_gaussian():
+    """A lone dot is exp(-d^2 / 2 sigma^2) at every pixel centre within 2.5 sigma of it (1 at its
+    centre), at the place the transform says; overlapping dots add up."""
     rects, starts = _panels()
-    r = Rasterizer((100, 50), rects, np.array([2.0, 1.0]), starts)
+    sigma = np.array([1.5, 2.0])
+    r = Rasterizer((100, 50), rects, np.array([10.0, 20.0]), sigma, starts)
     xy = np.zeros((500, 2), np.float32)
-    xy[:300] = [0.5, 0.5]  # panel 0: 40 px for 4 units -> 10 px/unit; centre (22, 23)
-    xy[300:] = [-0.25, 0.0]  # panel 1: 40 px for 2 units -> 20 px/unit; centre (70, 23)
+    xy[:300] = [0.53, 0.31]  # panel 0: 10 px/unit about its centre (22, 23) -> (27.3, 19.9)
+    xy[300:] = [-0.25, 0.0]  # panel 1: 20 px/unit about (70, 23) -> (65.0, 23.0)
     counts = r(xy)
-    assert counts.sum() == pytest.approx(500)
-    # (0.5, 0.5) -> (x, y) = (27.0, 18.0) in pixel units: the corner shared by pixels 26|27 and
-    # 17|18 (pixel centres sit at +0.5), so each of the four gets a quarter.
-    np.testing.assert_allclose(counts[17:19, 26:28], 75.0)
-    # (-0.25, 0) -> (65.0, 23.0): again a corner, a quarter of 200 each.
-    np.testing.assert_allclose(counts[22:24, 64:66], 50.0)
+    yy, xx = np.mgrid[0:50, 0:100] + 0.5
+    for (cx, cy), n, s, (x0, y0, x1, y1) in (((27.3, 23 - 3.1), 300, 1.5, rects[0]),
+                                              ((65.0, 23.0), 200, 2.0, rects[1])):
+        d2 = (xx - cx) ** 2 + (yy - cy) ** 2
+        want = np.where(d2 <= (2.5 * s) ** 2, n * np.exp(-d2 / (2 * s * s)), 0.0)
+        inside = np.zeros_like(want, dtype=bool)
+        inside[y0:y1, x0:x1] = True
+        # The footprint is interpolated between 65 sub-pixel rows: within 7e-5 of exact per dot.
+        np.testing.assert_allclose(counts[inside], want[inside], rtol=0, atol=n * 7e-5)
+    assert counts[22:24, 64:66].max() == pytest.approx(200 * np.exp(-0.5 / 8), rel=1e-5)
+
+
+def test_dots_beyond_the_range_are_pinned_to_the_edge():
+    rects, starts = _panels()
+    r = Rasterizer((100, 50), rects, np.array([10.0, 20.0]), np.array([1.0, 1.0]), starts)
+    hw, hh = r.xform[0, 4], r.xform[0, 5]  # the drawing box: the rect less the edge pad
+    xy = np.zeros((500, 2), np.float32)
+    xy[:300] = [5.0, 2.5]  # 50 px right and 25 px up of the centre: far outside panel 0
+    xy[300:] = [0.0, 0.0]
+    counts = r(xy)
+    # Pinned along its direction onto the box: x = 22 + hw, y = 23 - hw / 2.
+    left = counts[:, :45]
+    y, x = np.unravel_index(np.argmax(left), left.shape)
+    assert abs(x + 0.5 - (22 + hw)) <= 0.5 and abs(y + 0.5 - (23 - hw / 2)) <= 0.5
+    assert counts[:, :45].sum() > 300 * 5.5  # all of them drawn (about 2 pi sigma^2 each), none dropped
+    np.testing.assert_allclose(r.limits[0], [hw / 10, hh / 10])
 
 
 @pytest.mark.parametrize("log", [True, False])
@@ -110,20 +137,27 @@ def test_shade_kernel_equals_numpy_twin_and_resets(log, span):
     a, b = np.zeros(counts.shape, np.uint8), np.zeros(counts.shape, np.uint8)
     ca, cb = counts.copy(), counts.copy()
     shader(ca, a)
-    K.shade_numpy(cb, shader.scaled_span, log, DENSITY_BASE, DENSITY_LEVELS, b)
+    D.shade_numpy(cb, span, shader.floor, log, DENSITY_BASE, DENSITY_LEVELS, b)
     np.testing.assert_array_equal(a, b)
     assert not ca.any()
     assert (a[counts > 0] >= DENSITY_BASE).all() and (a[counts == 0] == 0).all()
     assert a.max() == DENSITY_BASE + DENSITY_LEVELS - 1  # counts above the span clip to the top
-    assert a.max() != UNUSED
+    assert a.max() < SETTLED
 
 
 def test_log_scale_against_independent_formula():
-    counts = np.array([[0, 0.5, 1, 4, 9, 99]], np.float32)
+    """log(c / floor) / log(span / floor), floor = a footprint's edge weight exp(-2.5**2 / 2):
+    a lone dot's centre (1) sits a third of the way up a span of 99, not at the bottom."""
+    counts = np.array([[0, 0.01, 0.05, 0.5, 1, 4, 9, 99, 500]], np.float32)
     frame = np.zeros_like(counts, dtype=np.uint8)
+    c = np.maximum(counts[0, 1:].astype(np.float64), np.exp(-2.5 ** 2 / 2))
     Shader(span=99.0, scale="log")(counts, frame)
-    v = np.log1p([0.5, 1, 4, 9, 99]) / np.log1p(99)
-    assert list(frame[0]) == [0] + list(DENSITY_BASE + np.round(v * (DENSITY_LEVELS - 1)).astype(int))
+    floor = np.exp(-2.5 ** 2 / 2)
+    v = np.minimum(np.log(c / floor) / np.log(99 / floor), 1.0)
+    assert list(frame[0]) == [0] + list(DENSITY_BASE + np.floor(v * (DENSITY_LEVELS - 1) + 0.5).astype(int))
+    one = (frame[0, 4] - DENSITY_BASE) / (DENSITY_LEVELS - 1)
+    assert 0.35 < one < 0.45  # a lone dot: well above the faint end
+    assert frame[0, 1] == DENSITY_BASE  # below the floor: the faintest colour
 
 
 def test_palette_layout():
@@ -137,6 +171,24 @@ def test_palette_layout():
 
     np.testing.assert_allclose(pal[DENSITY_BASE + DENSITY_LEVELS - 1] / 255,
                                matplotlib.colormaps["viridis"](1.0)[:3], atol=1 / 255)
+    assert tuple(pal[SETTLED]) == (63, 208, 255) and tuple(pal[REBEL]) == (92, 255, 122)
+    assert (pal[UNUSED] == 0).all()
+
+
+@pytest.mark.parametrize("cmap", ["inferno", "viridis", "magma", "gray", "turbo", "cividis"])
+def test_density_colours_are_distinct_and_follow_the_colormap(cmap):
+    """Every one of the 237 density levels has its own colour (inferno sampled at its nearest
+    table entries repeats 59 of 239), each within 3/255 per channel of the colormap interpolated
+    linearly by numpy, in order along it."""
+    import matplotlib
+
+    cm = matplotlib.colormaps[cmap]
+    dens = palette(cmap)[DENSITY_BASE:DENSITY_BASE + DENSITY_LEVELS].astype(int)
+    assert len({tuple(c) for c in dens}) == DENSITY_LEVELS
+    table = cm(np.linspace(0, 1, cm.N))[:, :3]
+    x = np.linspace(CMAP_LOW, 1, DENSITY_LEVELS) * (cm.N - 1)
+    want = np.stack([np.interp(x, np.arange(cm.N), table[:, c]) for c in range(3)], axis=1) * 255
+    assert np.abs(dens - want).max() <= 3.5
 
 
 def test_palette_rgb_kernel_equals_numpy_twin():
@@ -216,3 +268,44 @@ def test_align_kernel_matches_the_svd_procrustes(reflect):
     out = np.empty_like(A)
     K.align_kernel(A, A[:0], out)  # no previous keyframe: centring only
     np.testing.assert_allclose(out, A - A.mean(axis=0), atol=1e-5)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_sq_norms_kernel_equals_numpy_twin(transposed):
+    rng = np.random.default_rng(4)
+    W = rng.normal(size=(37, 23)).astype(np.float32)
+    prev = (W + 0.1 * rng.normal(size=W.shape)).astype(np.float32)
+    if transposed:  # a column view, as read for --points cols
+        W, prev = np.asfortranarray(W).T.T, prev
+    out = np.empty(2)
+    K.sq_norms_kernel(W, prev, out)
+    np.testing.assert_allclose(out, K.sq_norms_numpy(W, prev), rtol=1e-12)
+    np.testing.assert_allclose(out[1], np.linalg.norm(W.astype(np.float64) - prev) ** 2, rtol=1e-12)
+    K.sq_norms_kernel(W, np.zeros((0, 0), np.float32), out)
+    assert out[0] == pytest.approx(K.sq_norms_numpy(W, None)[0], rel=1e-12) and np.isnan(out[1])
+
+
+@pytest.mark.parametrize("sigma", [0.68, 1.3, 4.0, 20.0])
+def test_footprint_table_interpolates_the_gaussian_closely(sigma):
+    """Linear interpolation between the table's sub-pixel rows stays within 7e-5 of the
+    exact exp(-d^2 / 2 sigma^2) at every tap, for the smallest dots and the largest."""
+    T = D.footprint_table(sigma)
+    R = (T.shape[1] - 1) // 2
+    for t in np.linspace(0, 1, 997, endpoint=False):
+        s = t * D.PHASES
+        p = min(int(s), D.PHASES - 1)
+        got = T[p] + (s - p) * (T[p + 1] - T[p])
+        d = np.arange(2 * R + 1) - R + 0.5 - t
+        np.testing.assert_allclose(got, np.exp(-d * d / (2 * sigma * sigma)), rtol=0, atol=7e-5)
+
+
+def test_curve_extremes_kernel_equals_numpy_twin(track):
+    P, times = track
+    P = P.copy()
+    P[2, 3] = np.nan
+    P[:, 5] = P[0, 5]  # a point that never moves: a constant cubic
+    out = np.empty((len(times) - 1,) + P.shape[1:])
+    D.curve_extremes_kernel(P, times, 0, len(times) - 1, out)
+    want = D.curve_extremes_numpy(P, times)
+    np.testing.assert_allclose(out, want, rtol=1e-12, equal_nan=True)
+    assert np.isnan(out[1:3, 3]).all() and np.isfinite(out[:, 4]).all()

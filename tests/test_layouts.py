@@ -381,7 +381,8 @@ def test_encoder_decoder_film_has_two_rows(tmp_path):
     plan = plan_of(tmp_path / "run")
     from layerfilm import compose
 
-    layout = compose.grid_layout(len(plan.layers), (1280, 720), groups=[l.group for l in plan.layers])
+    layout = compose.grid_layout(compose.FrameSpec((1280, 720), tuple(l.label for l in plan.layers),
+                                                   groups=tuple(l.group for l in plan.layers)))
     tops = {l.label: int(r[1]) for l, r in zip(plan.layers, layout.rects)}
     assert tops["embed"] == tops["enc L0"] == tops["enc L2"] < tops["dec L0"] == tops["dec L2"]
 

@@ -112,12 +112,65 @@ def test_nonfinite_rows_are_hidden_not_spread():
     assert np.isnan(out[[7, 9]]).all() and np.isfinite(np.delete(out, [7, 9], 0)).all()
 
 
-def test_axis_ranges_cover_all_keyframes():
-    P = np.zeros((3, 4, 2), np.float32)
-    P[2, :2] = [[3, 0], [0, -4]]
-    P[1, 2:] = [[1, 1], [0.5, 0]]
-    half = axis_ranges(P, np.array([0, 2, 4]), quantile=1.0, margin=1.0)
-    np.testing.assert_allclose(half, [4.0, 1.0])
+def _dense_curves(P, times, per_frame=400):
+    """Every point's position on a fine grid of times along the film's curves (numpy twin of
+    the interpolation kernel): (samples, N, 2) float64."""
+    from layerfilm._kernels import hermite_numpy
+
+    out = []
+    for k in range(len(times) - 1):
+        for s in np.linspace(0, 1, per_frame):
+            out.append(hermite_numpy(P, times, k, times[k] + s * (times[k + 1] - times[k])))
+    return np.array(out, dtype=np.float64)
+
+
+def test_curve_extremes_and_axis_ranges_hold_every_position():
+    """The range holds every keyframe and every interpolated position (cubic overshoot
+    included), found exactly: brute-force sampling of the curves never goes beyond it."""
+    rng = np.random.default_rng(3)
+    P = rng.normal(size=(7, 30, 2)).astype(np.float32)
+    P[3, 4] = [5.0, -4.0]  # a jump out and back: the curve overshoots around it
+    times = np.array([0.0, 3, 5, 11, 12, 20, 21])
+    from layerfilm.interpolate import curve_extremes
+
+    ext = curve_extremes(P, times)
+    dense = np.abs(_dense_curves(P, times))
+    np.testing.assert_allclose(ext.max(axis=0), dense.max(axis=0), rtol=1e-5)  # found, not sampled
+    assert (ext.max(axis=0) >= dense.max(axis=0) - 1e-6).all()
+    starts = np.array([0, 10, 30])
+    half = axis_ranges(ext, starts, cap=np.inf)
+    for l in range(2):
+        seen = dense[:, starts[l]:starts[l + 1]].max(axis=(0, 1))
+        np.testing.assert_allclose(half[l], seen, rtol=1e-5)
+    assert half[0, 0] > np.abs(P[:, :10, 0]).max()  # the overshoot goes beyond every keyframe
+
+
+def test_far_outliers_are_pinned_and_counted_exactly():
+    """One point wanders 20x further than the rest: the range stops at 1.5x the 99.5th
+    percentile of the points' reach, and the count of (frame, point) pairs beyond it equals
+    the count from evaluating every frame with numpy."""
+    from layerfilm._kernels import hermite_numpy
+    from layerfilm.interpolate import curve_extremes, frame_count, outside_counts
+
+    rng = np.random.default_rng(4)
+    P = rng.normal(size=(6, 400, 2)).astype(np.float32)
+    P[2:4, 7] = [[40.0, 1.0], [30.0, -20.0]]
+    times = np.arange(6) * 5.0
+    starts = np.array([0, 200, 400])
+    ext = curve_extremes(P, times)
+    half = axis_ranges(ext, starts)
+    typical = np.quantile(ext[:, :200, 0], 0.995)
+    assert half[0, 0] == pytest.approx(1.5 * typical) and half[0, 0] < 40
+    assert half[1, 0] == pytest.approx(ext[:, 200:, 0].max())  # no outlier: all of it
+    got = outside_counts(P, times, half, starts, ext)
+    want = np.zeros(2, dtype=int)
+    for f in range(frame_count(times)):
+        k = min(int(f // 5), 4)
+        xy = hermite_numpy(P, times, k, float(f)).astype(np.float64)
+        for l in range(2):
+            sl = slice(starts[l], starts[l + 1])
+            want[l] += int((np.abs(xy[sl]) > half[l]).any(axis=1).sum())
+    assert got.tolist() == want.tolist() and got[0] > 0 and got[1] == 0
 
 
 def test_umap_is_warm_started_and_aligned():

@@ -95,18 +95,169 @@ def test_settling_step_is_where_change_stays_below_the_threshold(tmp_path):
     plan = plan_of(run)
     s = stats.weight_stats(plan.refs, plan.layers)
     assert s.labels == ["embed", "L0", "L1"]
-    np.testing.assert_array_equal(s.settle_steps(1e-6), [400, np.nan, 200])
+    np.testing.assert_array_equal(s.settle_steps(stats.Settling(threshold=1e-6)), [400, np.nan, 200])
     # A threshold above every change: settled from the first keyframe on.
-    assert list(s.settle_steps(10.0)) == [0, 0, 0]
+    assert list(s.settle_steps(stats.Settling(threshold=10.0))) == [0, 0, 0]
+
+
+def _drift(steps, rel_prev, labels=None):
+    rel_prev = np.atleast_2d(np.asarray(rel_prev, dtype=np.float64))
+    L = rel_prev.shape[0]
+    return stats.Drift(np.asarray(steps), labels or [f"L{l}" for l in range(L)],
+                       np.ones(L, dtype=np.int64), np.ones(rel_prev.shape), rel_prev)
 
 
 def test_settling_counts_change_per_100_steps():
     # Uneven gaps: a change of 0.03 over 300 steps is 0.01 per 100 steps.
-    s = stats.LayerStats(np.array([0, 100, 400, 500]), ["a"], np.array([1]), *(np.zeros((1, 4)),) * 1,
-                         np.array([[np.nan, 0.05, 0.03, 0.001]]), *(np.zeros((1, 4)),) * 5)
+    s = _drift([0, 100, 400, 500], [[np.nan, 0.05, 0.03, 0.001]])
     np.testing.assert_allclose(s.rate[0, 1:], [0.05, 0.01, 0.001])
-    assert s.settle_steps(0.02)[0] == 100 and s.settle_steps(0.005)[0] == 400
-    assert np.isnan(s.settle_steps(0.0005)[0])
+    by = lambda x: s.settle_steps(stats.Settling(threshold=x))[0]  # noqa: E731
+    assert by(0.02) == 100 and by(0.005) == 400
+    assert np.isnan(by(0.0005))
+
+
+def _path_settle(steps, rel_prev, fraction):
+    """The path rule written out by hand: the first keyframe whose cumulative relative change
+    reaches ``fraction`` of the total (NaN counted as no change; a layer that never moved
+    settles at once)."""
+    out = []
+    for r in np.atleast_2d(rel_prev):
+        c = np.concatenate([[0.0], np.cumsum([0.0 if np.isnan(x) else x for x in r[1:]])])
+        out.append(steps[0] if c[-1] == 0 else
+                   next(steps[k] for k in range(len(c)) if c[k] >= fraction * c[-1] - 1e-12))
+    return out
+
+
+def test_path_settling_on_series_with_known_settling_steps():
+    steps = np.arange(0, 1100, 100)
+    # Layer 0 moves 0.1 per interval for 5 intervals, then nothing: 90 % of 0.5 is reached when
+    # 0.45 is, i.e. at the fifth interval (step 500).  Layer 1 moves evenly all along: 90 % at
+    # step 900.  Layer 2 makes one big jump at step 300 and jitters by 1e-3 after: step 300.
+    # Layer 3 never moves: settled from the start.  Layer 4 halves its change every interval:
+    # 1 - 2**-k >= 0.9 (of the finite total 1 - 2**-10) first at k = 4.
+    rel = np.full((5, 11), np.nan)
+    rel[0, 1:] = [0.1] * 5 + [0.0] * 5
+    rel[1, 1:] = 0.02
+    rel[2, 1:] = [1e-3, 1e-3, 1.0] + [1e-3] * 7
+    rel[3, 1:] = 0.0
+    rel[4, 1:] = 0.5 ** np.arange(1, 11)
+    d = _drift(steps, rel)
+    got = d.settle_steps(stats.Settling(0.9))
+    assert got.tolist() == [500, 900, 300, 0, 400]
+    assert got.tolist() == _path_settle(steps, rel, 0.9)
+    for f in (0.5, 0.75, 0.99, 1.0):
+        assert d.settle_steps(stats.Settling(f)).tolist() == _path_settle(steps, rel, f), f
+    np.testing.assert_allclose(d.path_done[1], np.arange(11) / 10)
+    assert (d.path_done[3] == 1).all()
+
+
+def test_path_settling_on_a_run_with_decaying_updates(tmp_path):
+    """Checkpoints whose updates shrink at different speeds per layer: the settling step is the
+    one numpy finds from the files' own weights."""
+    from safetensors.numpy import save_file
+
+    run = tmp_path / "run"
+    run.mkdir()
+    rng = np.random.default_rng(5)
+    sd = gpt_state(rng, d=8, blocks=2, vocab=12)
+    decay = {"transformer.wte": 0.3, "transformer.h.0.": 0.9, "transformer.h.1.": 0.6}
+    for k in range(9):
+        for key, v in sd.items():
+            rate = next((r for p, r in decay.items() if key.startswith(p)), 1.0)
+            if k:
+                sd[key] = (v + 0.2 * rate ** k * rng.normal(size=v.shape)).astype(np.float32)
+        save_file(sd, str(run / f"step_{k * 50:06d}.safetensors"))
+    result = runner.invoke(app, ["stats", str(run), "--out", str(tmp_path / "s"), "-q"])
+    assert result.exit_code == 0, result.output
+    steps = np.arange(0, 450, 50)
+    W = [flat_layers(run / f"step_{s:06d}.safetensors") for s in steps]
+    rows = list(csv.DictReader(open(tmp_path / "s" / "layer_stats.csv")))
+    for label in ("embed", "L0", "L1"):
+        w = [x[label] for x in W]
+        rel = [np.nan] + [np.linalg.norm(w[k] - w[k - 1]) / np.linalg.norm(w[k - 1]) for k in range(1, 9)]
+        want = _path_settle(steps, np.array(rel), 0.9)[0]
+        mine = [r for r in rows if r["layer"] == label]
+        assert {r["settle_step"] for r in mine} == {str(want)}, label
+        done = np.cumsum(np.nan_to_num(rel)) / np.nansum(rel)
+        np.testing.assert_allclose([float(r["path_done"]) for r in mine], done, rtol=1e-8)
+    settle = {r["layer"]: int(r["settle_step"]) for r in rows}
+    assert settle["embed"] < settle["L1"] < settle["L0"]  # the fastest decay settles first
+    assert f"settles first: embed (step {settle['embed']:,})" in result.output
+
+
+def _rebel_by_hand(rate, l, k):
+    x = np.log10(rate[:, k])
+    nb = [x[j] for j in range(l - 2, l + 3) if 0 <= j < len(x) and j != l]
+    return (x[l] - np.mean(nb)) / max(np.std(nb, ddof=1), 0.1)
+
+
+def test_rebel_is_the_layer_that_moves_against_its_neighbours(tmp_path):
+    """Six blocks drift alike, except L3, which moves ten times faster from step 300 on."""
+    from safetensors.numpy import save_file
+
+    run = tmp_path / "run"
+    run.mkdir()
+    rng = np.random.default_rng(11)
+    sd = gpt_state(rng, d=8, blocks=6, vocab=12)
+    for k in range(7):
+        for key, v in sd.items():
+            if k:
+                scale = 10.0 if key.startswith("transformer.h.3.") and k >= 3 else 1.0
+                sd[key] = (v + 0.01 * scale * np.linalg.norm(v) / np.sqrt(v.size)
+                           * rng.normal(size=v.shape)).astype(np.float32)
+        save_file(sd, str(run / f"step_{k * 100:06d}.safetensors"))
+    plan = plan_of(run)
+    s = stats.weight_stats(plan.refs, plan.layers)
+    assert s.labels == ["embed"] + [f"L{i}" for i in range(6)]
+    W = [flat_layers_n(run / f"step_{k * 100:06d}.safetensors", 6) for k in range(7)]
+    rate = np.array([[np.nan] + [np.linalg.norm(W[k][lab] - W[k - 1][lab]) / np.linalg.norm(W[k - 1][lab])
+                                 for k in range(1, 7)] for lab in s.labels])
+    for l in range(len(s.labels)):
+        assert np.isnan(s.rebel[l, 0])
+        for k in range(1, 7):
+            np.testing.assert_allclose(s.rebel[l, k], _rebel_by_hand(rate, l, k), rtol=1e-9)
+    rebels = {(s.labels[l], int(s.steps[k])) for l, k in zip(*np.nonzero(np.abs(np.nan_to_num(s.rebel)) >= 3))}
+    assert {lab for lab, _ in rebels} == {"L3"}
+    assert {step for _, step in rebels} == {300, 400, 500, 600}
+    result = runner.invoke(app, ["stats", str(run), "--out", str(tmp_path / "s"), "-q"])
+    assert "rebels (|z| >= 3): L3 (at 4 keyframes" in result.output
+    rows = [r for r in csv.DictReader(open(tmp_path / "s" / "layer_stats.csv")) if r["layer"] == "L3"]
+    np.testing.assert_allclose([float(r["rebel_z"]) for r in rows[1:]], s.rebel[4, 1:], rtol=1e-8)
+    assert rows[0]["rebel_z"] == ""
+
+
+def flat_layers_n(path, blocks):
+    sd = load_file(str(path))
+    out = {"embed": sd["transformer.wte.weight"].astype(np.float64).ravel()}
+    for i in range(blocks):
+        out[f"L{i}"] = np.concatenate([sd[f"transformer.h.{i}.{n}"].astype(np.float64).ravel()
+                                       for n in BLOCK])
+    return out
+
+
+def test_rebel_needs_two_neighbours_and_has_a_floor():
+    rate = np.array([[np.nan, 1.0], [np.nan, 1.0], [np.nan, 2.0]])
+    z = stats.rebel_scores(rate)
+    # Each layer has exactly two neighbours; theirs agree (std 0), so the floor of 0.1 decade holds.
+    np.testing.assert_allclose(z[:, 1], [(0 - np.log10(2) / 2) / max(np.std([0, np.log10(2)], ddof=1), 0.1),
+                                         (0 - np.log10(2) / 2) / max(np.std([0, np.log10(2)], ddof=1), 0.1),
+                                         np.log10(2) / 0.1])
+    assert np.isnan(stats.rebel_scores(np.array([[np.nan, 1.0], [np.nan, 3.0]]))).all()
+
+
+def test_drift_measured_with_the_layouts_equals_its_own_pass(tmp_path, run_dir):
+    plan = plan_of(run_dir)
+    keys, fused = stats.layouts_and_drift(plan, "pca", 0, use_cache=False)
+    alone = stats.measure_drift(plan.refs, plan.layers)
+    full = stats.weight_stats(plan.refs, plan.layers)
+    for d in (alone, full):
+        np.testing.assert_array_equal(fused.norm, d.norm)
+        np.testing.assert_array_equal(fused.rel_prev, d.rel_prev)
+    # The second time the drift comes from the cache, bit for bit.
+    stats.layouts_and_drift(plan, "pca", 0, use_cache=True)
+    again = stats.layouts_and_drift(plan, "pca", 0, use_cache=True)[1]
+    np.testing.assert_array_equal(again.rel_prev, fused.rel_prev)
+    np.testing.assert_array_equal(again.rebel, fused.rebel)
 
 
 def test_csv_rows_columns_and_files(tmp_path):
@@ -136,6 +287,8 @@ def test_csv_rows_columns_and_files(tmp_path):
             else:
                 np.testing.assert_allclose(float(r[col]), arr[l, k], rtol=1e-8)
         assert r["settle_step"] == {"embed": "400", "L0": "", "L1": "200"}[r["layer"]]
+        np.testing.assert_allclose(float(r["path_done"]), s.path_done[l, k], rtol=1e-8)
+        assert (r["rebel_z"] == "") == np.isnan(s.rebel[l, k])
     assert rows[3]["layout_displacement"] != "" and rows[0]["layout_displacement"] == ""
     import matplotlib.image
 
@@ -183,6 +336,8 @@ def test_stats_on_torch_pickles(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--settle-threshold", "0"], "--settle-threshold must be a positive number"),
+    (["--settle-fraction", "1.5"], "--settle-fraction must be above 0 and at most 1"),
+    (["--rebel-z", "-1"], "--rebel-z must be a positive number"),
     (["--points", "bogus"], "--points must be one of neurons, embeddings, rows, cols"),
     (["--tensor", "("], "--tensor '(' is not a regular expression"),
     (["--tensor", "nothing_like_this"], "no tensors to draw as --points neurons matching"),

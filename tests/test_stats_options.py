@@ -31,16 +31,22 @@ def mlp_layers(path):
 
 
 @np.errstate(divide="ignore", invalid="ignore")  # 0/0 (a layer that stopped) is NaN, as in the CSV
-def expected_rows(paths, steps, layers, threshold):
-    """The CSV's weight columns computed with numpy from the files at ``paths`` alone."""
+def expected_rows(paths, steps, layers, threshold=None, fraction=0.9):
+    """The CSV's weight columns computed with numpy from the files at ``paths`` alone (settling
+    by ``threshold`` when given, else by ``fraction`` of the path)."""
     W = [layers(p) for p in paths]
     out = {}
     for label in W[0]:
         w = [x[label] for x in W]
         rate = [np.nan] + [np.linalg.norm(w[k] - w[k - 1]) / np.linalg.norm(w[k - 1]) * 100
                            / (steps[k] - steps[k - 1]) for k in range(1, len(w))]
-        above = [k for k in range(1, len(w)) if rate[k] >= threshold]
-        settle = (steps[0] if not above else None if above[-1] == len(w) - 1 else steps[above[-1]])
+        if threshold is None:
+            rel = [np.linalg.norm(w[k] - w[k - 1]) / np.linalg.norm(w[k - 1]) for k in range(1, len(w))]
+            path = np.concatenate([[0.0], np.cumsum(rel)])
+            settle = next(steps[k] for k in range(len(w)) if path[k] >= fraction * path[-1] - 1e-12)
+        else:
+            above = [k for k in range(1, len(w)) if rate[k] >= threshold]
+            settle = (steps[0] if not above else None if above[-1] == len(w) - 1 else steps[above[-1]])
         for k, step in enumerate(steps):
             row = {"weight_norm": np.linalg.norm(w[k]),
                    "rel_change_first": np.linalg.norm(w[k] - w[0]) / np.linalg.norm(w[0]),
@@ -75,9 +81,10 @@ def stats(*args):
     return runner.invoke(app, ["stats", *map(str, args), "-q"])
 
 
-def test_default_threshold_is_one_percent_per_100_steps(tmp_path):
-    """Without --settle-threshold a layer settles once its change stays below 0.01 per 100 steps
-    (checked against numpy on a run whose L1 slows from ~5 % to ~0.5 % after step 300)."""
+def test_threshold_rule_settles_where_change_stays_below_it(tmp_path):
+    """With --settle-threshold 0.01 a layer settles once its change stays below 0.01 per 100
+    steps (checked against numpy on a run whose L1 slows from ~5 % to ~0.5 % after step 300);
+    by default, once it has covered 90 % of its path."""
     from safetensors.numpy import save_file
 
     from conftest import gpt_state
@@ -93,12 +100,17 @@ def test_default_threshold_is_one_percent_per_100_steps(tmp_path):
                 sd[key] = (v + rel * np.linalg.norm(v) / np.sqrt(v.size) * rng.normal(size=v.shape)
                            ).astype(np.float32)
         save_file(sd, str(run / f"step_{k * 100:06d}.safetensors"))
-    result = stats(run, "--out", tmp_path / "s")
+    result = stats(run, "--out", tmp_path / "s", "--settle-threshold", "0.01")
     assert result.exit_code == 0, result.output
     steps = list(range(0, 700, 100))
     paths = [run / f"step_{s:06d}.safetensors" for s in steps]
     rows = check_csv(tmp_path / "s" / "layer_stats.csv", expected_rows(paths, steps, flat_layers, 0.01))
     assert {r["layer"]: r["settle_step"] for r in rows}["L1"] == "300"
+    result = stats(run, "--out", tmp_path / "s")
+    assert result.exit_code == 0, result.output
+    rows = check_csv(tmp_path / "s" / "layer_stats.csv", expected_rows(paths, steps, flat_layers))
+    # L1 did 0.15 of its 0.165 path by step 300 (91 %); the others move evenly: 90 % at step 600.
+    assert {r["layer"]: r["settle_step"] for r in rows} == {"embed": "600", "L0": "600", "L1": "300"}
 
 
 def test_steps_pick_the_keyframes_measured(tmp_path):
@@ -125,7 +137,7 @@ def test_layer_pattern_groups_the_panels_measured(tmp_path):
     assert result.exit_code == 0, result.output
     steps = [0, 100, 200, 300]
     paths = [run / f"step_{s:06d}.safetensors" for s in steps]
-    rows = check_csv(out / "layer_stats.csv", expected_rows(paths, steps, mlp_layers, 0.01))
+    rows = check_csv(out / "layer_stats.csv", expected_rows(paths, steps, mlp_layers))
     assert {r["points"] for r in rows} == {"128"}  # 64 c_fc rows + 64 c_proj columns, 16 wide
     result = stats(run, "--out", tmp_path / "t", "--layer-pattern", "^nothing")
     assert result.exit_code == 1 and "--layer-pattern '^nothing' matches no 2-D tensor" in result.output
@@ -152,7 +164,7 @@ def test_skip_bad_measures_past_bad_checkpoints(tmp_path, damage, problem):
     assert problem in result.output
     steps = [0, 100, 300, 400]
     paths = [run / f"step_{s:06d}.safetensors" for s in steps]
-    check_csv(out / "layer_stats.csv", expected_rows(paths, steps, flat_layers, 0.01))
+    check_csv(out / "layer_stats.csv", expected_rows(paths, steps, flat_layers))
 
 
 @pytest.mark.parametrize("args, message", [
@@ -177,8 +189,8 @@ def test_selection_options_are_validated_as_for_render(tmp_path, run_dir, args, 
 
 def test_shared_options_are_stats_parameters_with_render_defaults_and_types():
     names = config.option_names(StatsConfig)
-    assert names == ["settle_threshold", "projection", "fourier_ref", "points", "tensor", "max_points",
-                     "seed", "steps", "layer_pattern", "skip_bad"]
+    assert names == ["settle_threshold", "settle_fraction", "rebel_z", "projection", "fourier_ref",
+                     "points", "tensor", "max_points", "seed", "steps", "layer_pattern", "skip_bad"]
     params = inspect.signature(cli.stats).parameters
     render, stats_ = typing.get_type_hints(RenderConfig), typing.get_type_hints(StatsConfig)
     fields = {f.name: f for f in dataclasses.fields(StatsConfig)}
@@ -247,9 +259,10 @@ def test_print_config_round_trips_and_render_reads_it(tmp_path, monkeypatch, see
     lines = first.output.splitlines()
     assert lines[0].startswith("# layerfilm ") and "stats options (defaults < layerfilm.toml < " \
         "command line)" in lines[0]
-    assert lines[1:] == ["settle_threshold = 0.01", 'projection = "pca"', "# fourier_ref is not set",
-                         'points = "neurons"', "# tensor is not set", "max_points = 2000", "seed = 3",
-                         'steps = "::500"', "# layer_pattern is not set", "skip_bad = true"]
+    assert lines[1:] == ["# settle_threshold is not set", "settle_fraction = 0.9", "rebel_z = 3.0",
+                         'projection = "pca"', "# fourier_ref is not set", 'points = "neurons"',
+                         "# tensor is not set", "max_points = 2000", "seed = 3", 'steps = "::500"',
+                         "# layer_pattern is not set", "skip_bad = true"]
     (tmp_path / "saved.toml").write_text(first.output)
     (tmp_path / "layerfilm.toml").unlink()
     again = runner.invoke(app, ["stats", "--print-config", "--config", "saved.toml"])

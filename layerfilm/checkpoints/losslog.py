@@ -1,4 +1,5 @@
-"""The training loss logged beside the checkpoints (for the header and the loss strip)."""
+"""What the run logged beside the checkpoints: the training loss (for the header and the loss
+strip), the learning rate and the tokens seen (for the header), and ``--captions`` files."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ from .discover import SAFETENSORS_SUFFIXES, CheckpointRef, parse_step
 from .storage import LOCAL, Storage
 
 METRICS_NAMES = ("metrics.jsonl", "log.jsonl", "metrics.csv", "trainer_state.json")
+# Column names, first found wins: the learning rate and the training tokens seen so far.
+LR_KEYS = ("lr", "learning_rate", "learning-rate", "train/lr", "lr-AdamW", "lr-Adam")
+TOKEN_KEYS = ("num_input_tokens_seen", "tokens_seen", "tokens", "train/tokens")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,10 +36,20 @@ class LossCurve:
     values: np.ndarray  # (n,) float64
     source: str
     path: PurePath | None = None
+    lr: tuple[np.ndarray, np.ndarray] | None = None  # (steps, values) when the log has them
+    tokens: tuple[np.ndarray, np.ndarray] | None = None
 
     def at(self, step: float) -> float | None:
-        i = int(np.searchsorted(self.steps, step, side="right")) - 1
-        return None if i < 0 else float(self.values[i])
+        return _last(self.steps, self.values, step)
+
+    def lr_at(self, step: float) -> float | None:
+        """The learning rate last logged at or before ``step`` (``None``: not logged)."""
+        return None if self.lr is None else _last(*self.lr, step)
+
+
+def _last(steps: np.ndarray, values: np.ndarray, step: float) -> float | None:
+    i = int(np.searchsorted(steps, step, side="right")) - 1
+    return None if i < 0 else float(values[i])
 
 
 def load_loss_curve(folder: PurePath | str | os.PathLike, refs: Iterable[CheckpointRef] = (),
@@ -58,18 +72,18 @@ def load_loss_curve(folder: PurePath | str | os.PathLike, refs: Iterable[Checkpo
         for name in METRICS_NAMES if place == folder else METRICS_NAMES[:-1]:
             path = place / name
             if storage.is_file(path):
-                pairs = _read_metrics(storage, path)
-                if pairs:
-                    return _curve(pairs, storage.display(path), path)
+                curve = _log_curve(storage, path, storage.display(path))
+                if curve is not None:
+                    return curve
     # Hugging Face Trainer: each checkpoint-N/trainer_state.json holds the whole log so far.
     states = [(r.path if storage.is_dir(r.path) else r.path.parent) / "trainer_state.json"
               for r in refs]
     states = [p for p in states if storage.is_file(p)] or sorted(
         _trainer_states(storage, folder), key=lambda p: parse_step(p, folder) or 0)
     if states:
-        pairs = _read_metrics(storage, states[-1])
-        if pairs:
-            return _curve(pairs, storage.display(states[-1]), states[-1])
+        curve = _log_curve(storage, states[-1], storage.display(states[-1]))
+        if curve is not None:
+            return curve
     pairs = []
     for ref in refs:
         if ref.path.suffix.lower() in SAFETENSORS_SUFFIXES:
@@ -95,10 +109,34 @@ def _trainer_states(storage: Storage, folder: PurePath) -> list[PurePath]:
             if storage.is_dir(p) and storage.is_file(p / "trainer_state.json")]
 
 
-def _curve(pairs: list[tuple[int, float]], source: str, path: PurePath | None = None) -> LossCurve:
+def _arrays(pairs: list[tuple[int, float]]) -> tuple[np.ndarray, np.ndarray]:
     by_step = dict(sorted(pairs))
-    return LossCurve(np.fromiter(by_step.keys(), np.int64), np.fromiter(by_step.values(), np.float64),
-                     source, path)
+    return np.fromiter(by_step.keys(), np.int64), np.fromiter(by_step.values(), np.float64)
+
+
+def _curve(pairs: list[tuple[int, float]], source: str, path: PurePath | None = None,
+           rows: list[dict] = ()) -> LossCurve:
+    """The loss ``pairs`` as a curve, with the learning rate and tokens seen that ``rows`` (the
+    log's rows) hold, if any."""
+    extra = {}
+    for name, keys in (("lr", LR_KEYS), ("tokens", TOKEN_KEYS)):
+        found = _pairs(rows, keys)
+        if found:
+            extra[name] = _arrays(found)
+    return LossCurve(*_arrays(pairs), source, path, **extra)
+
+
+def _pairs(rows, keys: tuple[str, ...]) -> list[tuple[int, float]]:
+    """(step, value) for every row with a step and one of ``keys`` (the first one present)."""
+    out = []
+    for row in rows:
+        if not isinstance(row, dict):
+            continue
+        step = _float(row.get("step", row.get("global_step", row.get("iter"))))
+        value = next((v for v in (_float(row.get(k)) for k in keys) if v is not None), None)
+        if step is not None and value is not None:
+            out.append((int(step), value))
+    return out
 
 
 def _float(v) -> float | None:
@@ -113,12 +151,12 @@ def _read_text(storage: Storage, path: PurePath) -> str:
     return storage.read(path, 0, storage.size(path)).decode("utf-8")
 
 
-def _read_metrics(storage: Storage, path: PurePath) -> list[tuple[int, float]]:
-    """(step, loss) pairs from a JSONL/CSV log or a trainer_state.json; bad lines skipped."""
-    rows: list[dict] = []
+def _read_rows(storage: Storage, path: PurePath) -> list:
+    """The rows of a JSONL/CSV log or a trainer_state.json's ``log_history``; bad lines skipped."""
+    rows: list = []
     try:
         text = _read_text(storage, path)
-        if path.name == "trainer_state.json":
+        if path.name == "trainer_state.json" or path.suffix.lower() == ".json":
             rows = json.loads(text).get("log_history", [])
         elif path.suffix == ".csv":
             rows = list(csv.DictReader(io.StringIO(text, newline="")))
@@ -130,15 +168,16 @@ def _read_metrics(storage: Storage, path: PurePath) -> list[tuple[int, float]]:
                     continue
     except (OSError, ValueError, AttributeError):
         return []
-    pairs = []
-    for row in rows:
-        if not isinstance(row, dict):
-            continue
-        step = _float(row.get("step", row.get("global_step", row.get("iter"))))
-        loss = _float(row.get("loss", row.get("train_loss", row.get("train_loss_step"))))
-        if step is not None and loss is not None:
-            pairs.append((int(step), loss))
-    return pairs
+    return rows if isinstance(rows, list) else []
+
+
+LOSS_KEYS = ("loss", "train_loss", "train_loss_step")
+
+
+def _log_curve(storage: Storage, path: PurePath, source: str) -> LossCurve | None:
+    rows = _read_rows(storage, path)
+    pairs = _pairs(rows, LOSS_KEYS)
+    return _curve(pairs, source, path, rows) if pairs else None
 
 
 def load_loss_file(path: str | os.PathLike) -> LossCurve:
@@ -146,18 +185,61 @@ def load_loss_file(path: str | os.PathLike) -> LossCurve:
     ``step`` and ``loss``/``train_loss``) or a Trainer-style JSON with ``log_history``.
     Raises :class:`CheckpointError` when it holds no (step, loss) pairs."""
     path = Path(path)
-    if path.suffix.lower() == ".json" and path.name != "trainer_state.json":
-        try:
-            rows = json.loads(path.read_text()).get("log_history", [])
-        except (OSError, ValueError, AttributeError):
-            rows = []
-        pairs = [(int(s), v) for s, v in ((_float(r.get("step", r.get("global_step"))),
-                                             _float(r.get("loss", r.get("train_loss"))))
-                                            for r in rows if isinstance(r, dict))
-                 if s is not None and v is not None]
-    else:
-        pairs = _read_metrics(LOCAL, path)
-    if not pairs:
+    curve = _log_curve(LOCAL, path, str(path))
+    if curve is None:
         raise CheckpointError("no (step, loss) values found (JSONL or CSV with columns step and loss, "
                               "or a trainer_state.json)", path)
-    return _curve(pairs, str(path), path)
+    return curve
+
+
+def checkpoint_tokens(refs: Iterable[CheckpointRef], loss: LossCurve | None = None,
+                      storage: Storage = LOCAL) -> np.ndarray:
+    """(K,) float64 training tokens seen at each checkpoint, NaN where unknown: from its name
+    (``tokens4B``, ``2BT``), else the ``num_input_tokens_seen`` of the ``trainer_state.json``
+    beside it, else the log's tokens column at that step."""
+    out = []
+    for ref in refs:
+        tokens = ref.tokens
+        if tokens is None:
+            state = (ref.path if storage.is_dir(ref.path) else ref.path.parent) / "trainer_state.json"
+            if storage.is_file(state):
+                try:
+                    tokens = _float(json.loads(_read_text(storage, state)).get("num_input_tokens_seen"))
+                except (OSError, ValueError, AttributeError):
+                    tokens = None
+                # 0 is what a Trainer that does not count tokens writes: only true at step 0.
+                tokens = tokens if tokens or (tokens == 0 and ref.step == 0) else None
+        if tokens is None and loss is not None and loss.tokens is not None:
+            steps, values = loss.tokens
+            hit = np.flatnonzero(steps == ref.step)
+            tokens = float(values[hit[0]]) if hit.size else None
+        out.append(np.nan if tokens is None else float(tokens))
+    return np.array(out, dtype=np.float64)
+
+
+def load_captions(path: str | os.PathLike) -> list[tuple[int, str]]:
+    """``--captions FILE.jsonl``: one ``{"step": N, "text": "..."}`` per line (blank lines
+    skipped), as (step, text) sorted by step.  A line that is not that raises
+    :class:`CheckpointError` naming the file and the line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"cannot read the captions: {getattr(e, 'strerror', None) or e}", path) from None
+    out = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"line {n}: not JSON ({e.msg})", path) from None
+        step = row.get("step") if isinstance(row, dict) else None
+        caption = row.get("text") if isinstance(row, dict) else None
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0 or not isinstance(caption, str):
+            raise CheckpointError(f'line {n}: expected {{"step": N, "text": "..."}} with a whole '
+                                  "step >= 0 and a text", path)
+        out[step] = " ".join(caption.split())
+    if not out:
+        raise CheckpointError('no captions in it (one {"step": N, "text": "..."} per line)', path)
+    return sorted(out.items())

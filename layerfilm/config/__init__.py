@@ -4,8 +4,8 @@
 from .files import (CONFIG_FILE, POSITIONAL, RUN_ONLY, load_options_file, option_names, option_types,
                     options_dict, options_from_table, options_toml, output_options, plain)
 from .resolve import resolve, validated_from, with_options
-from .schema import (COLOR_SCALES, ORDERS, POINTS, PROJECTIONS, SETTLE_THRESHOLD, SUFFIXES,
-                     TIMELINES, InfoConfig, PublishConfig, RenderConfig, Selection, StatsConfig,
+from .schema import (COLOR_SCALES, ORDERS, POINTS, PROJECTIONS, REBEL_Z, SCALES,
+                     SETTLE_FRACTION, SUFFIXES, TIMELINES, InfoConfig, PublishConfig, RenderConfig, Selection, StatsConfig,
                      parse_size,
                      parse_steps, validate)
 
@@ -13,6 +13,6 @@ __all__ = [
     "CONFIG_FILE", "POSITIONAL", "RUN_ONLY", "load_options_file", "option_names", "option_types",
     "options_dict", "options_from_table", "options_toml", "output_options", "plain", "resolve",
     "validated_from", "with_options", "COLOR_SCALES", "ORDERS", "POINTS", "PROJECTIONS",
-    "SETTLE_THRESHOLD", "SUFFIXES", "TIMELINES", "InfoConfig", "PublishConfig", "RenderConfig", "Selection",
+    "REBEL_Z", "SCALES", "SETTLE_FRACTION", "SUFFIXES", "TIMELINES", "InfoConfig", "PublishConfig", "RenderConfig", "Selection",
     "StatsConfig", "parse_size", "parse_steps", "validate",
 ]

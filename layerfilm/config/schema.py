@@ -24,9 +24,13 @@ TIMELINES = ("keyframe", "step")
 # the same names; a test keeps the two in step.
 SUFFIXES = {".webm": "webm", ".gif": "gif", ".webp": "webp", ".mp4": "mp4", ".mkv": "mkv"}
 ORDERS = ("film", "settle")
+SCALES = ("panel", "shared")
 POINTS = ("neurons", "embeddings", "rows", "cols")
-# Relative change per 100 training steps under which a layer counts as settled.
-SETTLE_THRESHOLD = 0.01
+# A layer has settled once it has covered this share of its whole path (see stats.Settling);
+# with --settle-threshold instead once its change per 100 steps stays below that.
+SETTLE_FRACTION = 0.9
+# |z| of a layer's drift against its neighbours' from which it is marked as a rebel.
+REBEL_Z = 3.0
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -112,10 +116,19 @@ class RenderConfig(Selection):
     metrics: Path | None = None
     drift: bool = False
     order: str = "film"
-    settle_threshold: float = SETTLE_THRESHOLD
+    settle_threshold: float | None = None
+    settle_fraction: float = SETTLE_FRACTION
+    rebel_z: float = REBEL_Z
     stills_dir: Path | None = None
     stills_every: int | None = None  # None: about a dozen tiles
     timeline: str = "keyframe"
+    point_size: float | None = None  # None: from each panel's size and number of dots
+    scale: str = "panel"
+    cues: bool = True  # per-panel activity, settled and rebel marks
+    title: str | None = None  # None: the run's folder name
+    caption: str | None = None
+    captions: Path | None = None
+    tokens_per_step: int | None = None
     scheduler: str | None = None  # a Dask scheduler's address (else $DASK_SCHEDULER_ADDRESS)
 
     @property
@@ -127,9 +140,10 @@ class RenderConfig(Selection):
         return self.frames_per_keyframe or self.fps
 
     @property
-    def needs_layer_stats(self) -> bool:
-        """Whether the film draws numbers measured on the weights (drift bars, settle order)."""
-        return self.drift or self.order == "settle"
+    def needs_drift(self) -> bool:
+        """Whether the film draws numbers measured on the weights (cues, drift bars, settle
+        order)."""
+        return self.cues or self.drift or self.order == "settle"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -141,7 +155,9 @@ class StatsConfig(Selection):
     """
 
     out: Path = Path("layerfilm-stats")
-    settle_threshold: float = SETTLE_THRESHOLD
+    settle_threshold: float | None = None
+    settle_fraction: float = SETTLE_FRACTION
+    rebel_z: float = REBEL_Z
     projection: str = "pca"
     fourier_ref: int | None = None
     layouts: bool = False
@@ -306,9 +322,22 @@ def _order(c) -> None:
 
 @_check("settle_threshold")
 def _settle_threshold(c) -> None:
-    if not (0 < c.settle_threshold < float("inf")):
+    if c.settle_threshold is not None and not (0 < c.settle_threshold < float("inf")):
         _fail("settle_threshold",
               f"--settle-threshold must be a positive number, got {c.settle_threshold}")
+
+
+@_check("settle_fraction")
+def _settle_fraction(c) -> None:
+    if not (0 < c.settle_fraction <= 1):
+        _fail("settle_fraction",
+              f"--settle-fraction must be above 0 and at most 1, got {c.settle_fraction}")
+
+
+@_check("rebel_z")
+def _rebel_z(c) -> None:
+    if not (0 < c.rebel_z < float("inf")):
+        _fail("rebel_z", f"--rebel-z must be a positive number, got {c.rebel_z}")
 
 
 @_check("metrics")
@@ -345,6 +374,37 @@ def _steps(c) -> None:
 @_check("timeline")
 def _timeline(c) -> None:
     _one_of("timeline", "--timeline", c.timeline, TIMELINES)
+
+
+@_check("point_size")
+def _point_size(c) -> None:
+    if c.point_size is not None and not 0.5 <= c.point_size <= 48:
+        _fail("point_size", f"--point-size must be between 0.5 and 48 pixels, got {c.point_size}")
+
+
+@_check("scale")
+def _scale(c) -> None:
+    _one_of("scale", "--scale", c.scale, SCALES)
+
+
+@_check("title", "caption")
+def _one_line(c) -> None:
+    for name in ("title", "caption"):
+        text = getattr(c, name, None)
+        if text is not None and (not text.strip() or any(ch in text for ch in "\n\r\t")):
+            _fail(name, f"--{name} must be one line of text, got {text!r}")
+
+
+@_check("captions")
+def _captions(c) -> None:
+    if c.captions is not None and not c.captions.is_file():
+        _fail("captions", "--captions: no such file", c.captions)
+
+
+@_check("tokens_per_step")
+def _tokens_per_step(c) -> None:
+    if c.tokens_per_step is not None and c.tokens_per_step < 1:
+        _fail("tokens_per_step", f"--tokens-per-step must be at least 1, got {c.tokens_per_step}")
 
 
 @_check("layer_pattern")
@@ -384,8 +444,10 @@ def _repo_type(c) -> None:
 # Cheap checks first; the colormap check imports matplotlib.
 _ORDER = ("output", "fps", "frames_per_keyframe", "size", "projection", "fourier_ref", "max_points",
           "color_scale",
-          "frames_dir", "jobs", "points", "tensor", "order", "settle_threshold", "metrics",
-          "stills_dir", "stills_every", "steps", "timeline", "layer_pattern", "out", "repo_id",
+          "frames_dir", "jobs", "points", "tensor", "order", "settle_threshold", "settle_fraction",
+          "rebel_z", "metrics",
+          "stills_dir", "stills_every", "steps", "timeline", "point_size", "scale", "title", "caption", "captions",
+          "tokens_per_step", "layer_pattern", "out", "repo_id",
           "repo_type", "cmap")
 assert set(_ORDER) == set(_CHECKS)
 

@@ -1,0 +1,282 @@
+"""The numba kernels that draw frames -- splatting, shading, how far the curves reach --
+each beside a plain-numpy twin that tests compare it to (see :mod:`layerfilm._kernels` for
+the rules they follow: inputs trusted, single-threaded, compiled code cached on disk).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._kernels import ngjit
+
+# --- rasterisation ---------------------------------------------------------------------------
+# Each point is a small Gaussian footprint, accumulated: its weight is 1 at its centre and
+# exp(-d^2 / (2 sigma^2)) at a pixel centre d pixels away, cut off beyond CUTOFF sigma.  So the
+# count image reads "how many dots overlap here", a lone dot peaks at 1 wherever it sits, and a
+# dot moving by a fraction of a pixel moves smoothly.  ``xform`` maps a panel's data coordinates
+# to frame pixels: px = x * sx + ox, py = y * sy + oy; a point whose centre falls outside the
+# panel's drawing box (``hw`` x ``hh`` pixels around (ox, oy)) is pinned onto the box's edge,
+# towards where it is, so no dot silently vanishes; ``rect`` clips deposits to the interior.
+#
+# The footprint is separable, w = f(dx) f(dy), and f at the pixel centres around a point
+# depends only on where in its pixel the point is.  Each panel gets a table of f for PHASES + 1
+# sub-pixel positions (:func:`footprint_table`); a point's factors are interpolated linearly
+# between the two nearest rows (within 7e-5 of the exact Gaussian for the smallest dots, far
+# less for larger ones) -- no exponential per point.
+
+CUTOFF = 2.5
+PHASES = 64
+FLOOR = float(np.exp(-CUTOFF * CUTOFF / 2.0))  # the footprint's weight at its cut-off
+
+
+def footprint_table(sigma: float) -> np.ndarray:
+    """``(PHASES + 1, 2R + 1)`` float64: row p holds exp(-d^2 / 2 sigma^2) at the 2R + 1 pixel
+    centres around a point p / PHASES of the way through its pixel (R = ceil(CUTOFF sigma), at
+    most 63)."""
+    R = min(int(np.ceil(CUTOFF * sigma)), 63)
+    t = np.arange(PHASES + 1) / PHASES
+    d = np.arange(2 * R + 1)[None, :] - R + 0.5 - t[:, None]
+    return np.exp(-d * d / (2.0 * sigma * sigma))
+
+
+@ngjit
+def splat_kernel(xy, starts, xform, rect, table, offset, radius, counts):
+    """Add every point of every panel into ``counts``.
+
+    xy: (N, 2) float32; starts: (L+1,) int64 offsets of each panel's points;
+    xform: (L, 6) float64 [sx, ox, sy, oy, hw, hh]; rect: (L, 4) int64 [x0, y0, x1, y1)
+    half-open; table: every panel's :func:`footprint_table` flattened, one after another,
+    panel l's from ``offset[l]``; radius: (L,) int64 its R; counts: (H, W) float32, added to
+    in place.  Weights below :data:`FLOOR` (beyond the cut-off circle) are not deposited.
+    """
+    ex, ey = np.empty(127), np.empty(127)
+    for l in range(starts.shape[0] - 1):
+        sx, ox, sy, oy, hw, hh = xform[l, 0], xform[l, 1], xform[l, 2], xform[l, 3], xform[l, 4], xform[l, 5]
+        x0, y0, x1, y1 = rect[l, 0], rect[l, 1], rect[l, 2], rect[l, 3]
+        R = radius[l]
+        n = 2 * R + 1
+        base = offset[l]
+        for i in range(starts[l], starts[l + 1]):
+            u, v = xy[i, 0] * sx, xy[i, 1] * sy
+            if not (np.isfinite(u) and np.isfinite(v)):
+                continue
+            r = max(abs(u) / hw, abs(v) / hh)
+            if r > 1.0:
+                u /= r
+                v /= r
+            fx, fy = u + ox, v + oy
+            ix, iy = np.floor(fx), np.floor(fy)
+            tx, ty = (fx - ix) * PHASES, (fy - iy) * PHASES
+            px, py = min(int(tx), PHASES - 1), min(int(ty), PHASES - 1)
+            tx -= px
+            ty -= py
+            rx, ry = base + px * n, base + py * n
+            for j in range(n):
+                a, b = table[rx + j], table[ry + j]
+                ex[j] = a + tx * (table[rx + n + j] - a)
+                ey[j] = b + ty * (table[ry + n + j] - b)
+            cx, cy = int(ix) - R, int(iy) - R
+            # Only taps whose own factor reaches FLOOR can (the other factor is at most 1).
+            ax, bx, ay, by = max(0, x0 - cx), min(n, x1 - cx), max(0, y0 - cy), min(n, y1 - cy)
+            while ax < bx and ex[ax] < FLOOR:
+                ax += 1
+            while bx > ax and ex[bx - 1] < FLOOR:
+                bx -= 1
+            while ay < by and ey[ay] < FLOOR:
+                ay += 1
+            while by > ay and ey[by - 1] < FLOOR:
+                by -= 1
+            for jy in range(ay, by):
+                wy = ey[jy]
+                for jx in range(ax, bx):
+                    w = ex[jx] * wy
+                    if w >= FLOOR:
+                        counts[cy + jy, cx + jx] += np.float32(w)
+
+
+def splat_numpy(xy, starts, xform, rect, table, offset, radius, counts):
+    """The numpy twin of :func:`splat_kernel` (same arguments, same in-place result)."""
+    for l in range(len(starts) - 1):
+        (sx, ox, sy, oy, hw, hh), (x0, y0, x1, y1), R = xform[l], rect[l], int(radius[l])
+        n = 2 * R + 1
+        T = table[offset[l]:offset[l] + (PHASES + 1) * n].reshape(PHASES + 1, n)
+        p = xy[starts[l]:starts[l + 1]].astype(np.float64)
+        u, v = p[:, 0] * sx, p[:, 1] * sy
+        ok = np.isfinite(u) & np.isfinite(v)
+        u, v = u[ok], v[ok]
+        r = np.maximum(np.maximum(np.abs(u) / hw, np.abs(v) / hh), 1.0)  # pinned onto the box
+        fx, fy = u / r + ox, v / r + oy
+        factors = []
+        for f in (fx, fy):
+            i = np.floor(f)
+            t = (f - i) * PHASES
+            ph = np.minimum(t.astype(np.int64), PHASES - 1)
+            t = (t - ph)[:, None]
+            factors.append((i.astype(np.int64) - R, T[ph] + t * (T[ph + 1] - T[ph])))
+        (cx, ex), (cy, ey) = factors
+        # Deposits in the kernel's order: point by point, row by row, column by column.
+        j = np.arange(n)
+        xx = np.broadcast_to((cx[:, None] + j)[:, None, :], (len(fx), n, n))
+        yy = np.broadcast_to((cy[:, None] + j)[:, :, None], xx.shape)
+        w = ex[:, None, :] * ey[:, :, None]
+        keep = (xx >= x0) & (xx < x1) & (yy >= y0) & (yy < y1) & (w >= FLOOR)
+        np.add.at(counts, (yy[keep], xx[keep]), w[keep].astype(np.float32))
+
+
+# --- how far the curves reach ----------------------------------------------------------------
+# Between keyframes k and k+1 a coordinate follows the cubic ((a s + b) s + c) s + d of the
+# Hermite interpolation (see _kernels.hermite_kernel); its largest |value| on [0, 1] is at an
+# end or where its derivative 3a s^2 + 2b s + c vanishes.
+
+@ngjit
+def curve_extremes_kernel(P, times, k0, k1, out):
+    """out[k, i, c] = max over s in [0, 1] of |coordinate c of point i| on segment k, for the
+    segments k0 <= k < k1.
+
+    P: (K, N, 2) float32 keyframe positions; times: (K,) float64; out: (K-1, N, 2) float64
+    (NaN for a point that is not finite).
+    """
+    K = P.shape[0]
+    for k in range(k0, k1):
+        km = k - 1 if k > 0 else k
+        kp = k + 2 if k + 2 < K else k + 1
+        h = times[k + 1] - times[k]
+        g0 = h / (times[k + 1] - times[km])
+        g1 = h / (times[kp] - times[k])
+        for i in range(P.shape[1]):
+            for c in range(2):
+                p0 = np.float64(P[k, i, c])
+                p1 = np.float64(P[k + 1, i, c])
+                t0 = (p1 - P[km, i, c]) * g0
+                t1 = (P[kp, i, c] - p0) * g1
+                a = 2 * p0 + t0 - 2 * p1 + t1
+                b = -3 * p0 - 2 * t0 + 3 * p1 - t1
+                best = max(abs(p0), abs(p1))
+                qa, qb = 3 * a, 2 * b
+                if qa != 0.0:
+                    disc = qb * qb - 4 * qa * t0
+                    if disc >= 0.0:
+                        root = np.sqrt(disc)
+                        for s in ((-qb + root) / (2 * qa), (-qb - root) / (2 * qa)):
+                            if 0.0 < s < 1.0:
+                                best = max(best, abs(((a * s + b) * s + t0) * s + p0))
+                elif qb != 0.0:
+                    s = -t0 / qb
+                    if 0.0 < s < 1.0:
+                        best = max(best, abs(((a * s + b) * s + t0) * s + p0))
+                out[k, i, c] = best if np.isfinite(p0) and np.isfinite(p1) else np.nan
+
+
+def curve_extremes_numpy(P, times):
+    """The numpy twin of :func:`curve_extremes_kernel`; returns ``(K-1, N, 2)`` float64."""
+    K = len(times)
+    out = np.empty((K - 1,) + P.shape[1:])
+    with np.errstate(all="ignore"):
+        for k in range(K - 1):
+            km, kp = max(k - 1, 0), min(k + 2, K - 1)
+            h = times[k + 1] - times[k]
+            p0, p1 = P[k].astype(np.float64), P[k + 1].astype(np.float64)
+            t0 = (p1 - P[km]) * (h / (times[k + 1] - times[km]))
+            t1 = (P[kp] - p0) * (h / (times[kp] - times[k]))
+            a, b = 2 * p0 + t0 - 2 * p1 + t1, -3 * p0 - 2 * t0 + 3 * p1 - t1
+            best = np.maximum(np.abs(p0), np.abs(p1))
+            qa, qb = 3 * a, 2 * b
+            root = np.sqrt(np.maximum(qb * qb - 4 * qa * t0, 0.0))
+            real = qb * qb - 4 * qa * t0 >= 0
+            for s in ((-qb + root) / (2 * qa), (-qb - root) / (2 * qa), -t0 / qb):
+                inside = np.isfinite(s) & (s > 0) & (s < 1) & real
+                value = np.abs(((a * s + b) * s + t0) * s + p0)
+                best = np.where(inside & (value > best), value, best)
+            out[k] = np.where(np.isfinite(p0) & np.isfinite(p1), best, np.nan)
+    return out
+
+
+# --- shading ---------------------------------------------------------------------------------
+# Density -> palette index.  Index ``base`` + j (j = 0 .. levels-1) holds colour j of the
+# colormap; pixels with no density keep the background frame's index.  On the log scale
+# level j is the nearest to (levels - 1) * log(c / floor) / log(span / floor), clipped to the
+# scale: ``floor`` is the faintest density drawn (a footprint's edge), so a lone dot (density 1
+# at its centre) sits well up the colormap and only the film's densest pixel reaches the top.
+
+@ngjit
+def shade_kernel(counts, bits, lut, frame):
+    """Write palette indices for every pixel with density into ``frame`` and zero ``counts``.
+
+    counts: (H, W) float32 (reset to 0 on return, ready for the next frame); bits: the same
+    memory viewed as uint32; lut: a :class:`ShadeTable`'s arrays (see :func:`shade_table`);
+    frame: (H, W) uint8, written in place.  Gives exactly :func:`shade_numpy`'s indices
+    without a logarithm per pixel: a float's bit pattern orders positive floats, so its top
+    bits pick a bin of the table, and each bin holds at most one colour boundary.
+    """
+    lo, hi, shift, first, base, top, start_level, boundary = lut
+    for y in range(counts.shape[0]):
+        for x in range(counts.shape[1]):
+            c = counts[y, x]
+            if c > 0.0:
+                if c < lo:
+                    j = 0
+                elif c >= hi:
+                    j = top
+                else:
+                    b = (bits[y, x] >> shift) - first
+                    j = start_level[b] + (1 if c >= boundary[b] else 0)
+                frame[y, x] = base + j
+                counts[y, x] = 0.0
+
+
+def shade_levels(c, span, floor, log_scale, levels):
+    """Colour level (0 .. levels-1, int64) of densities ``c`` (float64): the formula that
+    :func:`shade_kernel`'s table reproduces exactly."""
+    c = np.asarray(c, dtype=np.float64)
+    v = np.log(np.maximum(c, floor) / floor) / np.log(span / floor) if log_scale else c / span
+    return np.minimum(np.floor(v * (levels - 1) + 0.5), levels - 1).astype(np.int64)
+
+
+def shade_table(span, floor, log_scale, base, levels):
+    """The lookup table :func:`shade_kernel` uses in place of :func:`shade_levels`.
+
+    For every level j its boundary -- the smallest float32 density that :func:`shade_levels`
+    gives level j or more -- is found by bisection on float32 bit patterns; the densities
+    between the first and the last boundary are then binned by the top bits of their bit
+    pattern, each bin storing its level at the start and the boundary inside it, if any.
+    Returns ``(lo, hi, shift, first, base, top, start_level, boundary)``.
+    """
+    top = levels - 1
+
+    def level(c32):
+        return shade_levels(c32.astype(np.float64), span, floor, log_scale, levels)
+
+    # Smallest positive float32 (as bits) reaching each level 1..top, all levels at once.
+    want = np.arange(1, top + 1)
+    lo_b = np.zeros(top, np.int64)
+    hi_b = np.full(top, np.float32(np.finfo(np.float32).max).view(np.uint32), np.int64)
+    while (hi_b - lo_b > 1).any():
+        mid = (lo_b + hi_b) // 2
+        ok = level(mid.astype(np.uint32).view(np.float32)) >= want
+        hi_b = np.where(ok, mid, hi_b)
+        lo_b = np.where(ok, lo_b, mid)
+    edges = hi_b  # bits of the boundaries, non-decreasing
+    for shift in range(13, -1, -1):  # bins fine enough that none holds two boundaries
+        b = edges >> shift
+        if (np.diff(b) > 0).all():
+            break
+    first, last = int(b[0]), int(b[-1])
+    starts = ((np.arange(first, last + 1, dtype=np.int64)) << shift).astype(np.uint32)
+    start_level = level(starts.view(np.float32)).astype(np.int64)
+    # The one boundary a bin can hold is that of the level after the bin's first one.
+    as_float = edges.astype(np.uint32).view(np.float32)  # as_float[j - 1]: level j's boundary
+    nxt = np.minimum(start_level + 1, top)
+    inside = (start_level < top) & ((edges[nxt - 1] >> shift) == np.arange(first, last + 1))
+    boundary = np.where(inside, as_float[nxt - 1], np.float32(np.inf)).astype(np.float32)
+    return (np.float32(as_float[0]), np.float32(as_float[-1]), np.uint32(shift), np.uint32(first),
+            np.uint8(base), np.int64(top), start_level, boundary)
+
+
+def shade_numpy(counts, span, floor, log_scale, base, levels, frame):
+    """The numpy twin of :func:`shade_kernel`."""
+    c = counts.astype(np.float64)
+    hit = c > 0
+    frame[hit] = (base + shade_levels(c[hit], span, floor, log_scale, levels)).astype(np.uint8)
+    counts[...] = 0
+
+

@@ -1,0 +1,235 @@
+"""Per-panel cues that follow the film: who moves, when, which layers settled, which rebel.
+
+:class:`PanelCues` draws, for every panel,
+
+* its **border**, brighter the faster the layer is changing in the interval the dots are
+  moving through (relative change per 100 steps, log scale over two decades up to the film's
+  fastest change, one scale for every panel), green while the layer is a rebel;
+* an **activity line** under the panel: the layer's rate of change over the whole run on that
+  scale, one level per checkpoint interval, bright up to a cursor at the current step, green
+  where it was a rebel, with a cyan tick at its settling step once the film has passed it;
+* a **mark** beside its label: ``settled 4,400`` (cyan) from the frame of its settling step on,
+  ``rebel +3.8`` (green) while it is a rebel, else its number of dots.
+
+The numbers come from :class:`layerfilm.stats.Drift` (the same settling step and rebel score
+as ``layerfilm stats``).
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+
+import numpy as np
+
+from . import shade
+from .compose import Layout, baseline_in, draw_text, text_width
+from .overlays import CURSOR, CURVE_AHEAD, CURVE_PAST, current_interval, polyline
+
+DECADES = 2.0
+BORDER_DIM = shade.TEXT_BASE + 2
+
+
+def activity(rate: np.ndarray) -> np.ndarray:
+    """(L, K) 0..1: each rate on the log scale over :data:`DECADES` up to the largest; 0 where
+    the rate is zero or undefined."""
+    rate = np.asarray(rate, dtype=np.float64)
+    ok = np.isfinite(rate) & (rate > 0)
+    out = np.zeros(rate.shape)
+    if ok.any():
+        out[ok] = np.clip(1 + np.log10(rate[ok] / rate[ok].max()) / DECADES, 0, 1)
+    return out
+
+
+def _first_fit(options: list[str], px: int, width: int) -> str:
+    return next((t for t in options if text_width(t, px) <= width), "")
+
+
+class PanelCues:
+    """The cues described in the module docstring.
+
+    times/steps: (K,) keyframe frame times and training steps; rate, rebel: (L, K) relative
+    change per 100 steps and rebel score (column 0 unused); settle: (L,) settling steps (NaN:
+    never); rebel_z: the |score| that makes a rebel; points: (L,) dots per panel; announce:
+    say each panel's settling step before it comes (``--order settle``).  With ``rate`` None
+    only each panel's number of dots is shown.
+    """
+
+    def __init__(self, layout: Layout, times: np.ndarray, steps: np.ndarray, points: np.ndarray,
+                 rate: np.ndarray | None = None, settle: np.ndarray | None = None,
+                 rebel: np.ndarray | None = None, rebel_z: float = 3.0, announce: bool = False):
+        self.layout, self.times = layout, np.asarray(times, dtype=np.float64)
+        self.steps = np.asarray(steps, dtype=np.float64)
+        self.points, self.announce = np.asarray(points), announce
+        self.live = rate is not None
+        if not self.live:
+            return
+        L, K = rate.shape
+        self.level = activity(rate)
+        self.border = (BORDER_DIM + np.round(self.level * (shade.TEXT_LEVELS - 3))).astype(np.uint8)
+        self.border[:, 0] = BORDER_DIM
+        self.rebel = np.abs(np.nan_to_num(rebel, nan=0.0)) >= rebel_z
+        self.rebel[:, 0] = False
+        self.score = np.nan_to_num(rebel, nan=0.0)
+        self.settle = np.asarray(settle, dtype=np.float64)
+        self.border[self.rebel] = shade.REBEL
+        self.lines = [self._line(l) for l in range(L)]
+        self._flatten()
+        W, H = layout.size
+        self.mark_idx = np.concatenate(
+            [(np.arange(y0, y1)[:, None] * W + np.arange(x0, x1)[None, :]).ravel()
+             for x0, y0, x1, y1 in layout.mark if x1 > x0 and y1 > y0]
+            or [np.zeros(0, dtype=np.int64)]).astype(np.int64)
+        self._scratch = np.zeros((H, W), dtype=np.uint8)  # marks are drawn here, box by box
+        self._scratch_lock = threading.Lock()
+        self._marks = functools.lru_cache(maxsize=4)(self._mark_layer)
+        self.lines_at = np.flatnonzero(self.has_line)
+        self.settle_at = np.where(np.isfinite(self.settle), self.settle, np.inf)
+
+    def __getstate__(self) -> dict:
+        # Films travel to cluster workers: the lock and the memo are made anew there.
+        state = dict(self.__dict__)
+        del state["_scratch_lock"], state["_marks"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._scratch_lock = threading.Lock()
+        self._marks = functools.lru_cache(maxsize=4)(self._mark_layer)
+
+    def _flatten(self) -> None:
+        """Everything drawn per frame as flat frame indices, so a frame costs a few vectorised
+        assignments whatever the number of panels: each panel's border pixels, its activity
+        line's pixels (with their frame column and colour), and its box's rows."""
+        lay, W = self.layout, self.layout.size[0]
+        idx, owner = [], []
+        for l, (x0, y0, x1, y1) in enumerate(lay.rects):
+            xs, ys = np.arange(x0 - 1, x1 + 1), np.arange(y0 - 1, y1 + 1)
+            ring = np.concatenate([(y0 - 1) * W + xs, y1 * W + xs, ys * W + x0 - 1, ys * W + x1])
+            idx.append(ring)
+            owner.append(np.full(len(ring), l))
+        self.ring, self.ring_owner = np.concatenate(idx), np.concatenate(owner)
+        idx, owner, cols, vals = [], [], [], []
+        self.has_line = np.array([line is not None for line in self.lines])
+        for l, line in enumerate(self.lines):
+            if line is None:
+                continue
+            mask, _, past = line
+            x0, y0 = int(lay.spark[l][0]), int(lay.spark[l][1])
+            ys, xs = np.nonzero(mask)
+            idx.append((ys + y0) * W + xs + x0)
+            cols.append(xs + x0)
+            vals.append(past[ys, xs])
+            owner.append(np.full(len(ys), l))
+        empty = np.zeros(0, dtype=np.int64)
+        self.line_idx = np.concatenate(idx) if idx else empty
+        self.line_col = np.concatenate(cols) if cols else empty
+        self.line_val = np.concatenate(vals).astype(np.uint8) if vals else empty.astype(np.uint8)
+        self.line_owner = np.concatenate(owner) if owner else empty
+        spark = lay.spark[self.has_line] if self.has_line.any() else np.zeros((0, 4), dtype=np.int64)
+        h = int(spark[0, 3] - spark[0, 1]) if len(spark) else 0
+        self.line_rows = (spark[:, 1:2] + np.arange(h)[None, :]) * W  # (lines, h) row offsets
+        self.line_settle_x = np.array([int(round(float(self.x_of(l, self.settle[l]))))
+                                       if np.isfinite(self.settle[l]) else -1
+                                       for l in np.flatnonzero(self.has_line)], dtype=np.int64)
+
+    def x_of(self, l: int, step) -> np.ndarray:
+        x0, _, x1, _ = self.layout.spark[l]
+        s0, s1 = self.steps[0], max(self.steps[-1], self.steps[0] + 1)
+        return x0 + (np.asarray(step, dtype=np.float64) - s0) / (s1 - s0) * (x1 - x0 - 1)
+
+    def _line(self, l: int):
+        """Panel ``l``'s activity line: (mask, ahead, past) images of its box, or None."""
+        x0, y0, x1, y1 = (int(v) for v in self.layout.spark[l])
+        if x1 <= x0:
+            return None
+        w, h = x1 - x0, y1 - y0
+        xs, ys, rebel_cols = [], [], np.zeros(w, dtype=bool)
+        for k in range(1, len(self.steps)):
+            y = (1 - self.level[l, k]) * (h - 1)
+            a, b = self.x_of(l, self.steps[k - 1]) - x0, self.x_of(l, self.steps[k]) - x0
+            xs += [a, b]
+            ys += [y, y]
+            if self.rebel[l, k]:
+                rebel_cols[int(round(a)):int(round(b)) + 1] = True
+        mask = polyline(np.array(xs), np.array(ys), w, h)
+        ahead = np.where(mask, CURVE_AHEAD, shade.BACKGROUND).astype(np.uint8)
+        past = np.where(mask, np.where(rebel_cols[None, :], shade.REBEL, CURVE_PAST),
+                        shade.BACKGROUND).astype(np.uint8)
+        return mask, ahead, past
+
+    def draw_static(self, bg: np.ndarray) -> None:
+        lay = self.layout
+        for l, box in enumerate(lay.mark):
+            if not self.live:
+                self._mark(bg, l, None, [f"{int(self.points[l]):,} dots", f"{int(self.points[l]):,}"])
+                continue
+            line = self.lines[l]
+            if line is not None:
+                x0, y0, x1, y1 = (int(v) for v in lay.spark[l])
+                bg[y0:y1, x0:x1] = line[1]
+
+    def _mark(self, frame: np.ndarray, l: int, accent: int | None, options: list[str],
+              dim: bool = True) -> None:
+        x0, y0, x1, y1 = (int(v) for v in self.layout.mark[l])
+        pf = self.layout.panel_font
+        if x1 <= x0 or not pf:
+            return
+        square = max(3, round(pf * 0.55)) if accent is not None else 0
+        gap = max(2, pf // 4) if square else 0
+        text = _first_fit(options, pf, x1 - x0 - square - gap)
+        if not text and not square:
+            return
+        base = baseline_in((x0, y0, x1, y1), pf)
+        width = square + gap + text_width(text, pf)
+        left = x1 - width
+        if square:
+            frame[base - square:base, left:left + square] = accent
+        draw_text(frame, text, pf, left + square + gap, base, dim=dim, clip=(x0, y0, x1, y1))
+
+    def _mark_layer(self, k: int, settled: tuple[bool, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """The marks of every panel in interval ``k`` with these panels settled, as (flat
+        indices, palette indices) -- drawn once per state, not per frame."""
+        with self._scratch_lock:
+            scratch = self._scratch
+            for l in range(len(self.layout.rects)):
+                if self.rebel[l, k]:
+                    z = self.score[l, k]
+                    self._mark(scratch, l, shade.REBEL, [f"rebel {z:+.1f}", "rebel", ""], dim=False)
+                elif settled[l]:
+                    s = int(self.settle[l])
+                    self._mark(scratch, l, shade.SETTLED, [f"settled {s:,}", f"{s:,}", ""], dim=False)
+                elif self.announce:
+                    s = self.settle[l]
+                    self._mark(scratch, l, None, [f"settles {int(s):,}", f"{int(s):,}"]
+                               if np.isfinite(s) else ["never settles", "never"])
+                else:
+                    n_dots = int(self.points[l])
+                    self._mark(scratch, l, None, [f"{n_dots:,} dots", f"{n_dots:,}"])
+            idx = self.mark_idx[scratch.reshape(-1)[self.mark_idx] != 0]
+            values = scratch.reshape(-1)[idx].copy()
+            scratch.reshape(-1)[self.mark_idx] = 0
+        return idx, values
+
+    def draw(self, frame: np.ndarray, time: float, step: float) -> None:
+        if not self.live:
+            return
+        flat = frame.reshape(-1)
+        k = current_interval(self.times, time)
+        flat[self.ring] = self.border[self.ring_owner, k]
+        settled = step >= self.settle_at
+        if len(self.line_idx):
+            lines = self.lines_at
+            x0, x1 = self.layout.spark[lines, 0], self.layout.spark[lines, 2]
+            s0, s1 = self.steps[0], max(self.steps[-1], self.steps[0] + 1)
+            cx = np.clip(np.round(x0 + (step - s0) / (s1 - s0) * (x1 - x0 - 1)).astype(np.int64),
+                         x0, x1 - 1)
+            cursor = np.full(len(self.has_line), -1, dtype=np.int64)
+            cursor[lines] = cx
+            past = self.line_col <= cursor[self.line_owner]
+            flat[self.line_idx[past]] = self.line_val[past]
+            tick = settled[lines] & (self.line_settle_x >= 0)
+            flat[(self.line_rows[tick] + self.line_settle_x[tick, None]).ravel()] = shade.SETTLED
+            flat[(self.line_rows + cx[:, None]).ravel()] = CURSOR
+        idx, val = self._marks(k, tuple(bool(v) for v in settled))
+        flat[idx] = val
