@@ -6,7 +6,6 @@ a non-zero exit code; Ctrl-C exits with 130 and leaves no partial film.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import sys
 from pathlib import Path
@@ -16,8 +15,8 @@ import typer
 
 from . import __version__
 from .config import (COLOR_SCALES, CONFIG_FILE, ORDERS, POINTS, PROJECTIONS, SETTLE_THRESHOLD,
-                     SUFFIXES, TIMELINES, InfoConfig, RenderConfig, StatsConfig, option_names,
-                     options_toml, parse_size, resolve)
+                     SUFFIXES, TIMELINES, InfoConfig, RenderConfig, StatsConfig, as_location,
+                     option_names, options_toml, parse_size, resolve)
 from .errors import ConfigError, LayerfilmError
 
 app = typer.Typer(
@@ -47,24 +46,29 @@ def _one_line_errors(fn):
     return wrapper
 
 
-class _RichProgress:
-    """Rich progress bars, one per stage, on stderr; quiet when stderr is not a terminal."""
+def _progress(quiet: bool, remote: bool):
+    """Rich progress bars on stderr (none when quiet or stderr is not a terminal); for remote
+    checkpoints each shows the bytes fetched of those stored."""
+    from .checkpoints import TOTAL, human_bytes
+    from .progress import RichProgress
 
-    def __init__(self, quiet: bool):
-        from rich.console import Console
+    def fetched() -> str:
+        of = f" of {human_bytes(TOTAL.stored)}" if TOTAL.stored else ""
+        return f"{human_bytes(TOTAL.fetched)}{of} fetched"
 
-        self.console = Console(stderr=True, quiet=quiet)
+    return RichProgress(quiet or not sys.stderr.isatty(), fetched if remote else None)
 
-    @contextlib.contextmanager
-    def stage(self, name: str, total: int):
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
 
-        columns = (TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), TimeRemainingColumn())
-        with Progress(*columns, console=self.console, transient=False) as bar:
-            task = bar.add_task(name, total=total)
-            yield lambda n=1: bar.advance(task, n)
+def _fetched(plan) -> str:
+    """`` (fetched X of Y stored, Z %, N requests)`` for remote checkpoints, else nothing."""
+    traffic = getattr(plan.storage, "traffic", None) if plan else None
+    if traffic is None:
+        return ""
+    from .checkpoints import human_bytes
+
+    return (f" (fetched {human_bytes(traffic.fetched)} of {human_bytes(traffic.stored)} stored, "
+            f"{100 * traffic.fetched / max(traffic.stored, 1):.1f} %, in {traffic.data_requests} "
+            f"data requests)")
 
 
 def _version(value: bool) -> None:
@@ -81,9 +85,16 @@ def main(
     """Turn a folder of training checkpoints into a lossless film of every layer."""
 
 
-CkptArg = Annotated[Path, typer.Argument(
-    help="Folder of checkpoints (step_000100.safetensors, checkpoint-100/model.safetensors, ...).",
-    show_default=False)]
+CkptArg = Annotated[Optional[str], typer.Argument(
+    help="Folder of checkpoints (step_000100.safetensors, checkpoint-100/model.safetensors, ...), "
+         "or a URL: hf://ORG/REPO (every revision naming a step), hf://ORG/REPO@REV/DIR, "
+         "s3://..., gs://..., https://...", show_default=False)]
+RevisionsOpt = Annotated[Optional[str], typer.Option(
+    "--revisions", metavar="GLOB", help="hf://ORG/REPO: only the branches and tags matching "
+    "these globs (comma-separated, e.g. 'step*000').", show_default=False)]
+KeepOpt = Annotated[bool, typer.Option(
+    "--keep-downloads", help="Remote checkpoints: keep whole files that had to be downloaded "
+    "(torch pickles, servers that ignore Range) for the next run.")]
 StepsOpt = Annotated[Optional[str], typer.Option(
     "--steps", metavar="START:STOP:EVERY",
     help="Checkpoints to use: steps from START to STOP (both included), each at least EVERY "
@@ -114,9 +125,7 @@ ThresholdOpt = Annotated[float, typer.Option(
 @_one_line_errors
 def render(
     ctx: typer.Context,
-    checkpoints: Annotated[Optional[Path], typer.Argument(
-        help="Folder of checkpoints (step_000100.safetensors, checkpoint-100/model.safetensors, "
-             "...).", show_default=False)] = None,
+    checkpoints: CkptArg = None,
     output: Annotated[Optional[Path], typer.Argument(
         help=f"Film to write; the suffix picks the lossless format: {', '.join(SUFFIXES)}.",
         show_default=False)] = None,
@@ -185,6 +194,11 @@ def render(
              "unevenly spaced checkpoints keep true time).")] = "keyframe",
     layer_pattern: LayerPatternOpt = None,
     skip_bad: SkipBadOpt = False,
+    revisions: RevisionsOpt = None,
+    keep_downloads: KeepOpt = False,
+    verify_inputs: Annotated[bool, typer.Option(
+        "--verify-inputs", help="Record (and with --from-manifest check) the sha256 of every "
+        "checkpoint file in full, not only of the bytes drawn.")] = False,
 ) -> None:
     """Render CHECKPOINTS into the lossless film OUTPUT, one panel per layer.
 
@@ -196,13 +210,14 @@ def render(
     from .pipeline import render as run
 
     cli_config = RenderConfig(
-        checkpoints=checkpoints, output=output, fps=fps, frames_per_keyframe=frames_per_keyframe,
+        checkpoints=as_location(checkpoints), output=output, fps=fps, frames_per_keyframe=frames_per_keyframe,
         size=parse_size(size), projection=projection, max_points=max_points, seed=seed, cmap=cmap,
         color_scale=color_scale, jobs=jobs, cache=cache, frames_dir=frames_dir, points=points,
         tensor=tensor, loss_strip=loss_strip, metrics=metrics, drift=drift, order=order,
         settle_threshold=settle_threshold, stills_dir=stills_dir, stills_every=stills_every,
         steps=steps, timeline=timeline,
-        layer_pattern=layer_pattern, skip_bad=skip_bad,
+        layer_pattern=layer_pattern, skip_bad=skip_bad, revisions=revisions,
+        keep_downloads=keep_downloads, verify_inputs=verify_inputs,
     )
     given = _given_on_command_line(ctx)
     if from_manifest is not None:
@@ -224,7 +239,9 @@ def render(
     if from_manifest is not None:
         for warning in manifest.check_inputs(recorded, from_manifest, config):
             typer.echo(f"warning: {warning}", err=True)
-    result = run(config, _RichProgress(quiet or not sys.stderr.isatty()))
+    _notes(quiet)
+    remote = not isinstance(config.checkpoints, Path)
+    result = run(config, _progress(quiet, remote))
     written = manifest.write(config, result)
     mb = result.bytes / 1e6
     s = result.seconds
@@ -233,7 +250,7 @@ def render(
         f"{mb:.1f} MB) in {s['wall']:.1f} s "
         f"[load+project {s['load+project']:.1f} s, render {s['render']:.1f} s, "
         f"encode {s['encode']:.1f} s{f', {result.jobs} jobs' if result.jobs > 1 else ''}]"
-    )
+        + _fetched(result.plan))
     if config.jobs > 1 and result.jobs == 1:
         typer.echo(f"note: {config.format} chunks cannot be joined without re-encoding; used 1 job",
                    err=True)
@@ -247,6 +264,21 @@ def render(
             typer.echo(f"identical to the film recorded in {from_manifest} (sha256 {written['film']['sha256'][:16]}...)")
         elif same is False:
             typer.echo(f"warning: the film differs from the one recorded in {from_manifest}", err=True)
+
+
+def _notes(quiet: bool) -> None:
+    """What the checkpoint readers say while they work (the size of a whole file about to be
+    downloaded) as ``note:`` lines on stderr, unless quiet."""
+    import logging
+
+    class Echo(logging.Handler):
+        def emit(self, record):
+            typer.echo(f"note: {record.getMessage()}", err=True)
+
+    logger = logging.getLogger("layerfilm")
+    logger.handlers = [] if quiet else [Echo()]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 def _warn_skipped(plan) -> None:
@@ -279,6 +311,8 @@ def info(
     steps: StepsOpt = None,
     layer_pattern: LayerPatternOpt = None,
     skip_bad: SkipBadOpt = False,
+    revisions: RevisionsOpt = None,
+    keep_downloads: KeepOpt = False,
     config_file: Annotated[Optional[Path], typer.Option(
         "--config", help=f"Read options from this TOML file (as render does) instead of "
         f"./{CONFIG_FILE} or [tool.layerfilm] in ./pyproject.toml; options given here override "
@@ -286,57 +320,24 @@ def info(
 ) -> None:
     """Show the checkpoints, steps and layers that render would draw (with the same config
     file)."""
-    from .plan import make_plan
+    from .plan import describe, make_plan
 
-    cli_config = InfoConfig(checkpoints=checkpoints, fps=fps, frames_per_keyframe=frames_per_keyframe,
-                            max_points=max_points, points=points, tensor=tensor, steps=steps,
-                            layer_pattern=layer_pattern, skip_bad=skip_bad)
+    cli_config = InfoConfig(checkpoints=as_location(checkpoints), fps=fps,
+                            frames_per_keyframe=frames_per_keyframe, max_points=max_points,
+                            points=points, tensor=tensor, steps=steps, layer_pattern=layer_pattern,
+                            skip_bad=skip_bad, revisions=revisions, keep_downloads=keep_downloads)
     config, _ = resolve(cli_config, _given_on_command_line(ctx), config_file)
+    _notes(False)
     plan = make_plan(config, config.metrics)
-    steps_ = plan.steps
-    gaps = sorted({int(b - a) for a, b in zip(steps_[:-1], steps_[1:])})
-    every = f"every {gaps[0]}" if len(gaps) == 1 else f"gaps {gaps[0]}..{gaps[-1]}"
-    fps = config.fps
-    fpk = config.keyframe_frames
-    frames = (len(steps_) - 1) * fpk + 1
-    kinds = sorted({r.kind for r in plan.refs})
-    out = typer.echo
-    out(f"folder      {checkpoints}")
-    out(f"format      {'; '.join(kinds)}")
-    out(f"keyframes   {len(steps_)} checkpoints, steps {steps_[0]:,} .. {steps_[-1]:,} ({every})")
-    out(f"first/last  {_rel(plan.refs[0].path, checkpoints)} .. {_rel(plan.refs[-1].path, checkpoints)}")
-    loss = plan.loss
-    out(f"loss        {f'{len(loss.steps)} values from {loss.source}' if loss else 'none found'}")
-    out(f"film        {frames} frames, {frames / fps:.1f} s at {fps} fps, {fpk} frames per checkpoint")
-    if len(gaps) > 1:
-        out("            (uneven gaps: --timeline step spaces keyframes by training step)")
-    out(f"panels      {len(plan.layers)}")
-    out("")
-    out(f"  {'panel':<10} {'drawn':>7} {'of':>7} {'width':>6}  tensors (rows R / columns C)")
-    for layer in plan.layers:
-        tensors = ", ".join(
-            f"{s.tensor[len(layer.prefix):] if layer.prefix and s.tensor.startswith(layer.prefix) else s.tensor}"
-            f" {'R' if s.axis == 0 else 'C'}" for s in layer.sources)
-        out(f"  {layer.label:<10} {layer.n_points:>7,} {layer.total:>7,} {layer.dim:>6}  {tensors}")
-    for path, why in plan.skipped:
-        out(f"skipped     {path}: {why}")
-
-
-def _rel(path: Path, root: Path) -> str:
-    """``path`` relative to ``root`` (a checkpoint folder's own name when it is one)."""
-    try:
-        return str(path.relative_to(root)) if path != root else path.name
-    except ValueError:
-        return str(path)
+    for line in describe(plan, config.fps, config.keyframe_frames):
+        typer.echo(line)
 
 
 @app.command()
 @_one_line_errors
 def stats(
     ctx: typer.Context,
-    checkpoints: Annotated[Optional[Path], typer.Argument(
-        help="Folder of checkpoints (step_000100.safetensors, checkpoint-100/model.safetensors, "
-             "...).", show_default=False)] = None,
+    checkpoints: CkptArg = None,
     out: Annotated[Path, typer.Option(
         help="Folder for layer_stats.csv and layer_change.png (created if needed).")
     ] = Path("layerfilm-stats"),
@@ -354,6 +355,8 @@ def stats(
     steps: StepsOpt = None,
     layer_pattern: LayerPatternOpt = None,
     skip_bad: SkipBadOpt = False,
+    revisions: RevisionsOpt = None,
+    keep_downloads: KeepOpt = False,
     config_file: Annotated[Optional[Path], typer.Option(
         "--config", help=f"Read options from this TOML file (as render does) instead of "
         f"./{CONFIG_FILE} or [tool.layerfilm] in ./pyproject.toml; stats uses the options it "
@@ -372,10 +375,11 @@ def stats(
 
     from .pipeline import measure
 
-    cli_config = StatsConfig(checkpoints=checkpoints, out=out, settle_threshold=settle_threshold,
+    cli_config = StatsConfig(checkpoints=as_location(checkpoints), out=out, settle_threshold=settle_threshold,
                              points=points, tensor=tensor, max_points=max_points, seed=seed,
                              projection=projection, layouts=layouts, steps=steps,
-                             layer_pattern=layer_pattern, skip_bad=skip_bad)
+                             layer_pattern=layer_pattern, skip_bad=skip_bad, revisions=revisions,
+                             keep_downloads=keep_downloads)
     config, path = resolve(cli_config, _given_on_command_line(ctx), config_file)
     if print_config:
         source = f"defaults < {path} < command line" if path else "defaults < command line"
@@ -385,7 +389,8 @@ def stats(
     if config.checkpoints is None:
         raise ConfigError("Missing argument 'CHECKPOINTS' (see layerfilm stats --help)")
     settle_threshold = config.settle_threshold
-    result = measure(config, _RichProgress(quiet or not sys.stderr.isatty()))
+    _notes(quiet)
+    result = measure(config, _progress(quiet, not isinstance(config.checkpoints, Path)))
     s = result.stats
     settle = s.settle_steps(settle_threshold)
     rate = s.rate

@@ -21,10 +21,29 @@ class Plan:
 
     folder: PurePath
     refs: list[checkpoints.CheckpointRef]
-    skipped: list[tuple[PurePath, str]]
+    skipped: list[tuple[str, str]]  # (file or URL as shown, why)
     layers: list[extract.Layer]
     loss: checkpoints.LossCurve | None
     storage: Storage = dataclasses.field(default=LOCAL, compare=False, repr=False)
+    url: str | None = None  # the URL given, for remote checkpoints
+    ignored: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # Hub refs, no step
+
+    @property
+    def where(self) -> str:
+        """The checkpoints' folder or URL, as given."""
+        return self.url or str(self.folder)
+
+    def display(self, path: PurePath) -> str:
+        """A checkpoint path as messages show it (a URL for remote ones)."""
+        return self.storage.display(path)
+
+    def stored_bytes(self) -> int:
+        """Bytes of every file of the checkpoints drawn (what a full download would cost)."""
+        return sum(self.storage.size(p) for ref in self.refs for p in ref.files())
+
+    def drawn(self) -> list[tuple[str, "np.ndarray | None", int]]:
+        """``(tensor, index, axis)`` of every read a keyframe makes."""
+        return [(s.tensor, s.index, s.axis) for layer in self.layers for s in layer.sources]
 
     @property
     def steps(self) -> np.ndarray:
@@ -37,8 +56,10 @@ class Plan:
 
     @property
     def name(self) -> str:
-        """The run's name: its folder's."""
-        return Path(self.folder).resolve().name if self.storage is LOCAL else self.folder.name
+        """The run's name: its folder's (a repository's for a Hub repository)."""
+        if self.storage is LOCAL:
+            return Path(self.folder).resolve().name
+        return self.folder.name or (self.url or "").rstrip("/").rsplit("/", 1)[-1].split("@")[0]
 
     def reordered(self, order: list[int]) -> "Plan":
         """The same plan with its panels in ``order`` (indices into ``layers``)."""
@@ -55,15 +76,21 @@ def make_plan(selection: Selection, metrics: Path | None = None) -> Plan:
     ``skipped`` with the problem instead of stopping.  The loss curve comes from
     ``metrics`` when given, else from what lies beside the checkpoints.
     """
-    folder, storage, sel = selection.checkpoints, LOCAL, selection
+    sel = selection
+    location = sel.checkpoints
+    pins = dict(getattr(location, "revisions", ()) or ()) or None
+    source = checkpoints.open_source(location, sel.storage_options, sel.revisions,
+                                     sel.keep_downloads, pins)
+    folder, storage = source.root, source.storage
     refs, skipped = checkpoints.discover(folder, sel.skip_bad, storage)
+    ignored = [(storage.display(p), why) for p, why in source.skipped]
     if sel.steps is not None:
         picked = checkpoints.select_steps(refs, *sel.step_range)
         if len(picked) < 2:
             text = ":".join("" if v is None else str(v) for v in sel.step_range)
             raise CheckpointError(
                 f"--steps {text} keeps {len(picked)} of the {len(refs)} checkpoints (steps "
-                f"{refs[0].step}..{refs[-1].step}); a film needs at least two", folder)
+                f"{refs[0].step}..{refs[-1].step}); a film needs at least two", location)
         refs = picked
     layers: list[extract.Layer] | None = None
     good: list[checkpoints.CheckpointRef] = []
@@ -77,7 +104,7 @@ def make_plan(selection: Selection, metrics: Path | None = None) -> Plan:
         except CheckpointError as e:
             if not sel.skip_bad:
                 raise
-            skipped.append((Path(e.path) if e.path else ref.path, e.problem))
+            skipped.append((e.path if e.path else storage.display(ref.path), e.problem))
             continue
         if layers is None:
             try:
@@ -92,7 +119,83 @@ def make_plan(selection: Selection, metrics: Path | None = None) -> Plan:
             break
     if len(good) < 2 or layers is None:
         raise CheckpointError(f"only {len(good)} of {len(refs)} checkpoints could be read; "
-                              "a film needs at least two", folder)
+                              "a film needs at least two", location)
     loss = (checkpoints.load_loss_file(metrics) if metrics is not None
             else checkpoints.load_loss_curve(folder, good, storage))
-    return Plan(Path(folder), good, skipped, layers, loss, storage)
+    skipped = [(storage.display(p) if isinstance(p, PurePath) else p, why) for p, why in skipped]
+    plan = Plan(folder, good, skipped, layers, loss, storage, source.url, ignored)
+    if storage is not LOCAL:
+        storage.wanted = plan.drawn()  # each file's drawn rows are then fetched in one go
+        storage.traffic.add(stored=plan.stored_bytes())
+    return plan
+
+
+def read_estimate(plan: Plan) -> tuple[int, int]:
+    """``(bytes stored, bytes a render reads)`` of the checkpoints drawn: every file's size,
+    and what the drawn rows and headers take (the first checkpoint's ranges, for each; a
+    format read whole counts whole)."""
+    stored = plan.stored_bytes()
+    first = plan.refs[0].open()
+    ranges = checkpoints.drawn_ranges(first, plan.drawn())
+    del first
+    if ranges is None:
+        return stored, stored
+    per = sum(e - s for r in ranges.values() for s, e in r)
+    return stored, per * len(plan.refs)
+
+
+def describe(plan: Plan, fps: int, frames_per_keyframe: int) -> list[str]:
+    """What ``layerfilm info`` prints: the checkpoints, the film's length, the bytes read and
+    the panels."""
+    steps = plan.steps
+    gaps = sorted({int(b - a) for a, b in zip(steps[:-1], steps[1:])})
+    every = f"every {gaps[0]}" if len(gaps) == 1 else f"gaps {gaps[0]}..{gaps[-1]}"
+    frames = (len(steps) - 1) * frames_per_keyframe + 1
+    kinds = sorted({r.kind for r in plan.refs})
+    first, last = (_rel(r.path, plan.folder) for r in (plan.refs[0], plan.refs[-1]))
+    loss = plan.loss
+    stored, reads = read_estimate(plan)
+    human = checkpoints.human_bytes
+    out = [f"{'source' if plan.url else 'folder':<11} {plan.where}",
+           f"format      {'; '.join(kinds)}",
+           f"keyframes   {len(steps)} checkpoints, steps {steps[0]:,} .. {steps[-1]:,} ({every})",
+           f"first/last  {first} .. {last}"]
+    tokens = [r.tokens for r in plan.refs if r.tokens is not None]
+    if tokens:
+        out.append(f"tokens      {_count(tokens[0])} .. {_count(tokens[-1])} tokens seen")
+    out += [f"loss        {f'{len(loss.steps)} values from {loss.source}' if loss else 'none found'}",
+            f"film        {frames} frames, {frames / fps:.1f} s at {fps} fps, "
+            f"{frames_per_keyframe} frames per checkpoint"]
+    if len(gaps) > 1:
+        out.append("            (uneven gaps: --timeline step spaces keyframes by training step)")
+    out.append(f"bytes       {human(stored)} stored; a render reads {human(reads)} of them "
+               f"({100 * reads / max(stored, 1):.1f} %)")
+    traffic = getattr(plan.storage, "traffic", None)
+    if traffic is not None:
+        out.append(f"            this look fetched {human(traffic.fetched)} in "
+                   f"{traffic.data_requests} data and {traffic.requests} other requests")
+    out += [f"panels      {len(plan.layers)}", "",
+            f"  {'panel':<10} {'drawn':>7} {'of':>7} {'width':>6}  tensors (rows R / columns C)"]
+    for layer in plan.layers:
+        tensors = ", ".join(
+            f"{s.tensor[len(layer.prefix):] if layer.prefix and s.tensor.startswith(layer.prefix) else s.tensor}"
+            f" {'R' if s.axis == 0 else 'C'}" for s in layer.sources)
+        out.append(f"  {layer.label:<10} {layer.n_points:>7,} {layer.total:>7,} {layer.dim:>6}  {tensors}")
+    out += [f"skipped     {path}: {why}" for path, why in plan.ignored + plan.skipped]
+    return out
+
+
+def _count(n: int) -> str:
+    """``4_000_000_000`` -> ``"4B"``."""
+    for unit, v in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= v:
+            return f"{n / v:g}{unit}"
+    return str(n)
+
+
+def _rel(path: PurePath, root: PurePath) -> str:
+    """``path`` relative to ``root`` (a checkpoint folder's own name when it is one)."""
+    try:
+        return str(path.relative_to(root)) if path != root else path.name
+    except ValueError:
+        return str(path)

@@ -250,10 +250,14 @@ def test_layout_cache_skips_loading_and_is_invalidated(tmp_path, run_dir, monkey
     opened.clear()
     again = layouts.cached_keyframe_layouts(plan())
     assert len(opened) == 1 and np.array_equal(first.P, again.P)
-    # Another colormap / size / format through the CLI: still no keyframe is read.
+    # Another colormap / size / format through the CLI: no keyframe is projected; the first
+    # film's manifest reads the drawn bytes once to hash them (remembered for the next).
     args = ["render", str(run_dir), str(tmp_path / "a.gif"), "--fps", "2", "-q"]
     assert runner.invoke(app, args + ["--cmap", "viridis", "--size", "320x200"]).exit_code == 0
-    assert len(opened) == 2
+    assert len(opened) == 2 + 4
+    opened.clear()
+    assert runner.invoke(app, args + ["--cmap", "magma", "--size", "320x200"]).exit_code == 0
+    assert len(opened) == 1
     # Other layout options, a touched checkpoint, or --no-cache: read again.
     opened.clear()
     layouts.cached_keyframe_layouts(plan(), seed=1)
@@ -265,7 +269,7 @@ def test_layout_cache_skips_loading_and_is_invalidated(tmp_path, run_dir, monkey
     assert len(opened) == 5
     opened.clear()
     assert runner.invoke(app, args + ["--no-cache"]).exit_code == 0
-    assert len(opened) == 5
+    assert len(opened) == 5 + 4  # and the manifest hashes the drawn bytes again (no memo)
 
 
 def test_corrupt_cache_is_ignored(tmp_path, run_dir):

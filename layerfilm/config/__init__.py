@@ -1,18 +1,18 @@
 """The user's choices: the schema and its validation (``schema``), options in files
 (``files``), and precedence with blame (``resolve``)."""
 
-from .files import (CONFIG_FILE, POSITIONAL, load_options_file, option_names, option_types,
+from .files import (CONFIG_FILE, FILE_ONLY, POSITIONAL, load_options_file, option_names, option_types,
                     options_dict, options_from_table, options_toml, output_options, plain)
 from .resolve import resolve, validated_from, with_options
 from .schema import (COLOR_SCALES, ORDERS, POINTS, PROJECTIONS, SETTLE_THRESHOLD, SUFFIXES,
-                     TIMELINES, InfoConfig, PublishConfig, RenderConfig, Selection, StatsConfig,
-                     parse_size,
-                     parse_steps, validate)
+                     TIMELINES, InfoConfig, PublishConfig, Remote, RenderConfig, Selection,
+                     StatsConfig, as_location, parse_size, parse_steps, validate)
 
 __all__ = [
-    "CONFIG_FILE", "POSITIONAL", "load_options_file", "option_names", "option_types",
+    "CONFIG_FILE", "FILE_ONLY", "POSITIONAL", "load_options_file", "option_names", "option_types",
     "options_dict", "options_from_table", "options_toml", "output_options", "plain", "resolve",
     "validated_from", "with_options", "COLOR_SCALES", "ORDERS", "POINTS", "PROJECTIONS",
-    "SETTLE_THRESHOLD", "SUFFIXES", "TIMELINES", "InfoConfig", "PublishConfig", "RenderConfig", "Selection",
+    "SETTLE_THRESHOLD", "SUFFIXES", "TIMELINES", "InfoConfig", "PublishConfig", "Remote",
+    "RenderConfig", "Selection", "as_location",
     "StatsConfig", "parse_size", "parse_steps", "validate",
 ]

@@ -26,6 +26,8 @@ from .schema import RenderConfig, Selection
 
 CONFIG_FILE = "layerfilm.toml"
 POSITIONAL = ("checkpoints", "output")
+# Options set only in config files (fsspec's own settings, not layerfilm flags).
+FILE_ONLY = ("storage_options",)
 
 
 def option_names(config_type: type = RenderConfig) -> list[str]:

@@ -11,9 +11,10 @@ from then on the stages trust it.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from ..errors import ConfigError
 
@@ -48,6 +49,40 @@ def parse_steps(text: str) -> tuple[int | None, int | None, int | None]:
     return tuple(int(g) if g else None for g in m.groups())  # type: ignore[return-value]
 
 
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+@dataclasses.dataclass(frozen=True)
+class Remote:
+    """Checkpoints behind a URL (``hf://ORG/REPO``, ``s3://bucket/run``, ``https://...``).
+
+    ``revisions`` pins Hub ref names to commits, as a manifest recorded them (``()``: what
+    the refs point to now).  ``str()`` and ``os.fspath()`` give the URL, so messages name it.
+    """
+
+    url: str
+    revisions: tuple[tuple[str, str], ...] = ()
+
+    def __str__(self) -> str:
+        return self.url
+
+    def __fspath__(self) -> str:
+        return self.url
+
+    @property
+    def name(self) -> str:
+        """The last part of the URL (a run's name)."""
+        return self.url.rstrip("/").rsplit("/", 1)[-1].split("@")[0]
+
+
+def as_location(text: str | os.PathLike | None) -> "Path | Remote | None":
+    """A CHECKPOINTS argument: a :class:`Remote` for a URL, else a :class:`Path`."""
+    if text is None or isinstance(text, (Path, Remote)):
+        return text
+    text = os.fspath(text)
+    return Remote(text) if _URL.match(text) else Path(text)
+
+
 class _Validated:
     def validated(self):
         """Return ``self`` after :func:`validate` (run once per object); raise
@@ -62,14 +97,16 @@ class _Validated:
 class Selection(_Validated):
     """What is drawn or measured, shared by ``render``, ``info`` and ``stats``.
 
-    ``checkpoints``: the folder; ``steps="START:STOP:EVERY"`` picks keyframes
-    (:attr:`step_range`, see ``checkpoints.select_steps``); ``points``/``tensor``/
-    ``layer_pattern`` decide the panels and their dots (``extract.plan_panels``), at most
-    ``max_points`` a panel, subsampled with ``seed``; ``skip_bad`` leaves out unreadable
-    checkpoints instead of stopping.
+    ``checkpoints``: the folder, or a :class:`Remote` URL; ``steps="START:STOP:EVERY"``
+    picks keyframes (:attr:`step_range`, see ``checkpoints.select_steps``); ``points``/
+    ``tensor``/``layer_pattern`` decide the panels and their dots (``extract.plan_panels``), at
+    most ``max_points`` a panel, subsampled with ``seed``; ``skip_bad`` leaves out unreadable
+    checkpoints instead of stopping.  Remote sources: ``revisions`` (globs of Hub ref names),
+    ``storage_options`` (fsspec's, from a config file only), ``keep_downloads`` (keep whole
+    files that had to be downloaded).
     """
 
-    checkpoints: Path | None = None
+    checkpoints: Path | Remote | None = None
     points: str = "neurons"
     tensor: str | None = None
     max_points: int = 2000
@@ -77,6 +114,9 @@ class Selection(_Validated):
     steps: str | None = None  # kept as text, so config files and manifests hold it as typed
     layer_pattern: str | None = None
     skip_bad: bool = False
+    revisions: str | None = None
+    keep_downloads: bool = False
+    storage_options: dict[str, Any] | None = None  # a config-file table, never a flag
 
     @property
     def step_range(self) -> tuple[int | None, int | None, int | None] | None:
@@ -115,6 +155,7 @@ class RenderConfig(Selection):
     stills_dir: Path | None = None
     stills_every: int | None = None  # None: about a dozen tiles
     timeline: str = "keyframe"
+    verify_inputs: bool = False  # the manifest hashes every byte of every checkpoint
 
     @property
     def format(self) -> str:
@@ -356,6 +397,26 @@ def _cmap(c) -> None:
                       "magma, turbo)")
 
 
+@_check("checkpoints")
+def _checkpoints(c) -> None:
+    if isinstance(c.checkpoints, Remote) and not _URL.match(c.checkpoints.url):
+        _fail("checkpoints", f"not a URL: {c.checkpoints.url!r}")
+
+
+@_check("revisions")
+def _revisions(c) -> None:
+    if c.revisions is not None and not any(p.strip() for p in c.revisions.split(",")):
+        _fail("revisions", f"--revisions needs one or more globs (e.g. 'step*'), got {c.revisions!r}")
+
+
+@_check("storage_options")
+def _storage_options(c) -> None:
+    so = c.storage_options
+    if so is not None and not (isinstance(so, dict) and all(isinstance(k, str) for k in so)):
+        _fail("storage_options", "storage_options must be a table of fsspec options "
+                                 "(e.g. [storage_options] endpoint_url = \"...\")")
+
+
 @_check("repo_id")
 def _repo_id(c) -> None:
     if not _REPO_ID.fullmatch(c.repo_id):
@@ -368,7 +429,7 @@ def _repo_type(c) -> None:
 
 
 # Cheap checks first; the colormap check imports matplotlib.
-_ORDER = ("output", "fps", "frames_per_keyframe", "size", "projection", "max_points", "color_scale",
+_ORDER = ("checkpoints", "revisions", "storage_options", "output", "fps", "frames_per_keyframe", "size", "projection", "max_points", "color_scale",
           "frames_dir", "jobs", "points", "tensor", "order", "settle_threshold", "metrics",
           "stills_dir", "stills_every", "steps", "timeline", "layer_pattern", "out", "repo_id",
           "repo_type", "cmap")
