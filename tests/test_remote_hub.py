@@ -54,7 +54,7 @@ def hub(tmp_path_factory):
     commit_files(private, {"README.md": b"private\n"})
     commit_files(private, {"model.safetensors": files[0]}, branch="step100")
     proc, url = start_olah(root / "olah", mirrors)
-    yield {"url": url, "local": local, "trainer": tl, "commits": commits, "repo": repo,
+    yield {"url": url, "local": local, "mirrors": mirrors, "trainer": tl, "commits": commits, "repo": repo,
            "files": {n: local / f"step_{s:06d}.safetensors" for n, s in zip(NAMES, (100, 200, 300, 400))}}
     stop(proc)
 
@@ -206,3 +206,67 @@ def test_from_manifest_reads_the_recorded_commits(tmp_path, hub, proxy):
         git(repo, "reset", "-q", "--hard", hub["commits"]["step100"])
         git(repo, "checkout", "-q", "main")
     assert refs  # the moved render listed the refs; the re-render used the manifest's commits
+
+
+def test_torch_pickles_are_downloaded_whole_into_the_hub_cache(tmp_path, hub, proxy):
+    torch = pytest.importorskip("torch")
+    from safetensors.numpy import load_file
+
+    repo = new_repo(hub["mirrors"], "testorg/pickles")
+    commit_files(repo, {"README.md": b"pickles\n"})
+    local = tmp_path / "local" / "pickles"
+    local.mkdir(parents=True)
+    for name in NAMES[:3]:
+        sd = {k: torch.from_numpy(v) for k, v in load_file(str(hub["files"][name])).items()}
+        torch.save(sd, local / f"{name}.bin")
+        commit_files(repo, {"pytorch_model.bin": local / f"{name}.bin"}, branch=name)
+    git(repo, "checkout", "-q", "main")
+    expected = cli("render", local, tmp_path / "local.gif", *ARGS, "--no-cache")
+    assert expected.exit_code == 0, expected.output
+    result = runner.invoke(app, ["render", "hf://testorg/pickles", str(tmp_path / "hub.gif"),
+                                 *ARGS[:-3], "--max-points", "60"])
+    assert result.exit_code == 0, result.output
+    assert np.array_equal(decode(tmp_path / "local.gif"), decode(tmp_path / "hub.gif"))
+    size = (local / "step100.bin").stat().st_size
+    assert (f"note: hf://testorg/pickles@step100/pytorch_model.bin is a torch pickle: downloading "
+            f"all {size / 1000:.1f} kB of it") in result.output
+    from layerfilm.checkpoints import hub as hub_storage
+
+    kept = list((tmp_path / "hf-cache").rglob("pytorch_model.bin"))
+    assert len(kept) == 2  # in huggingface_hub's own cache, the last two only ...
+    hub_storage._dispose()  # ... and removed when it ends (atexit)
+    assert list((tmp_path / "hf-cache").rglob("pytorch_model.bin")) == []
+    assert [p for p in (tmp_path / "hf-cache").rglob("*") if p.is_file() and p.stat().st_size > 10_000] == []
+    keep = runner.invoke(app, ["render", "hf://testorg/pickles", str(tmp_path / "kept.gif"),
+                               *ARGS[:-3], "--max-points", "60", "--keep-downloads", "--no-cache"])
+    assert keep.exit_code == 0, keep.output
+    hub_storage._dispose()
+    assert len(list((tmp_path / "hf-cache").rglob("pytorch_model.bin"))) == 3
+
+
+def test_references_travel_to_another_process(tmp_path, hub, proxy):
+    """A checkpoint reference (with its storage) pickles small and reads its bytes itself."""
+    import pickle
+
+    from conftest import plan_of
+    from layerfilm import extract
+    from layerfilm.config import Remote, Selection
+    from layerfilm.plan import make_plan
+
+    plan = make_plan(Selection(checkpoints=Remote("hf://testorg/tiny"), max_points=60))
+    ref = plan.refs[1]
+    blob = pickle.dumps(ref)
+    assert len(blob) < 20_000
+    copy = pickle.loads(blob)
+    ckpt, local = copy.open(), plan_of(hub["local"], max_points=60).refs[1].open()
+    for layer in plan.layers:
+        assert np.array_equal(extract.read_layer(ckpt, layer, ckpt.shapes()),
+                              extract.read_layer(local, layer, local.shapes()))
+
+
+def test_stats_of_a_hub_repository_equal_the_local_ones(tmp_path, hub, proxy):
+    local = cli("stats", hub["local"], "--out", tmp_path / "local", "-q", "--max-points", "60")
+    remote = cli("stats", "hf://testorg/tiny", "--out", tmp_path / "hub", "-q", "--max-points", "60")
+    assert local.exit_code == 0 and remote.exit_code == 0, remote.output
+    assert (tmp_path / "local" / "layer_stats.csv").read_text() == \
+        (tmp_path / "hub" / "layer_stats.csv").read_text()

@@ -182,3 +182,39 @@ def test_storage_options_from_the_config_file_and_kept_out_of_manifests(tmp_path
     assert data_gets(s3)  # through the proxy named in the file
     doc = json.loads((tmp_path / "f.gif.json").read_text())
     assert doc["options"]["storage_options"] == {"endpoint_url": s3.url}  # no key, no secret
+
+
+def test_https_folder_listing_and_a_server_without_range(tmp_path):
+    """``python -m http.server`` lists folders as HTML and ignores Range: the whole-file
+    fallback, through fsspec's HTTP filesystem."""
+    import subprocess
+    import sys
+
+    from servers import LOCALHOST, _wait, free_port
+
+    run = write_run(tmp_path / "www" / "run", n=3)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", LOCALHOST,
+                             "--directory", str(tmp_path / "www")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        _wait(f"http://{LOCALHOST}:{port}/", proc, "http.server")
+        url = f"http://{LOCALHOST}:{port}/run"
+        result = cli("render", url, tmp_path / "f.gif", "--fps", "2", "--size", "128x72", "-q")
+        assert result.exit_code == 0, result.output
+        local = cli("render", run, tmp_path / "l.gif", "--fps", "2", "--size", "128x72", "-q",
+                    "--no-cache")
+        assert local.exit_code == 0
+        assert np.array_equal(decode(tmp_path / "l.gif"), decode(tmp_path / "f.gif"))
+        missing = cli("info", f"http://{LOCALHOST}:{port}/nothing")
+        assert missing.exit_code == 1 and len(missing.output.strip().splitlines()) == 1
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_a_protocol_without_its_library_is_one_line():
+    result = cli("info", "gs://bucket/run")
+    assert result.exit_code == 1
+    assert result.output.strip().startswith("layerfilm: error: gs://bucket/run: gs:// needs gcsfs:")
+    assert "pip install 'layerfilm[remote]' gcsfs" in result.output or "layerfilm[gcs]" in result.output

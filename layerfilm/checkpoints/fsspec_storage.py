@@ -13,7 +13,7 @@ import os
 from pathlib import PurePath, PurePosixPath
 from typing import Any
 
-from .remote import RemoteStorage
+from .remote import WORKERS, RemoteStorage
 from .transfer import PREFIX_MAX, Answer, Entry, RemoteError, status_error, transient
 
 # The library each protocol needs, for the one line that says what to install.
@@ -65,20 +65,22 @@ class FsspecStorage(RemoteStorage):
                     # layerfilm retries (and counts) itself; a dead endpoint fails fast.
                     config = dict(options.pop("config_kwargs", {}) or {})
                     config.setdefault("retries", {"total_max_attempts": 1})
+                    config.setdefault("max_pool_connections", WORKERS)
                     options["config_kwargs"] = config
                 self._fs = fsspec.filesystem(self.protocol, **options)
                 if self.protocol in ("s3", "s3a"):
                     self._fs.retries = 1
             except ImportError as e:
                 need = _NEEDS.get(self.protocol, f"the fsspec backend for {self.protocol}://")
-                raise RemoteError(f"{self.protocol}:// needs {need}: pip install 'layerfilm[remote]'"
-                                  + ("" if need == "s3fs" else f" {need}") + f" ({e})") from None
+                extra = {"gcsfs": "gcs", "adlfs": "azure"}.get(need, "remote")
+                raise RemoteError(f"{self.protocol}:// needs {need}: pip install "
+                                  f"'layerfilm[{extra}]' ({e})") from None
             except ValueError as e:
                 raise RemoteError(f"{self.protocol}:// is not a protocol fsspec knows ({e})") from None
         return self._fs
 
     def display(self, path: PurePath) -> str:
-        return self.base + str(path).lstrip("/" if self.base.endswith("://") else "")
+        return self.base + str(path)
 
     def url(self, path: PurePath) -> str:
         return self.display(path)

@@ -268,6 +268,8 @@ class HubStorage(RemoteStorage):
         self.traffic.add(fetched=size)
         if not self.keep_downloads:
             _DISPOSABLE.append(local)
+            while len(_DISPOSABLE) > 2:  # torch maps the file: removing it after load is safe
+                _remove_download(_DISPOSABLE.pop(0))
         return local
 
 
@@ -292,18 +294,21 @@ class _Body:
 _DISPOSABLE: list[Path] = []
 
 
+def _remove_download(link: Path) -> None:
+    try:
+        blob = link.resolve()
+        link.unlink(missing_ok=True)
+        if blob != link:
+            blob.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
 @atexit.register
 def _dispose() -> None:
     """Remove the pickles downloaded into the Hugging Face cache for this run only."""
-    for link in _DISPOSABLE:
-        try:
-            blob = link.resolve()
-            link.unlink(missing_ok=True)
-            if blob != link:
-                blob.unlink(missing_ok=True)
-        except OSError:
-            pass
-    _DISPOSABLE.clear()
+    while _DISPOSABLE:
+        _remove_download(_DISPOSABLE.pop())
 
 
 def parse_url(url: str) -> tuple[str, str, str | None, str]:

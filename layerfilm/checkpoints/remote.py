@@ -23,6 +23,7 @@ Storages pickle without their connections (a worker process re-opens them), so a
 from __future__ import annotations
 
 import atexit
+import bisect
 import concurrent.futures
 import hashlib
 import logging
@@ -42,7 +43,7 @@ from .transfer import (PREFIX_MAX, TOTAL, Answer, Entry, RemoteError, Traffic, T
 
 log = logging.getLogger("layerfilm")
 
-WORKERS = 8  # ranged requests in flight per read
+WORKERS = 16  # ranged requests in flight per read
 MAX_BLOCK = 16 << 20  # largest merged block fetched in one request
 MERGE_GAP = 8 << 10  # ranges closer than this are fetched as one block (a request costs more)
 KEEP_FALLBACKS = 2  # whole-file copies kept at once (a server that ignores Range)
@@ -196,7 +197,9 @@ class RemoteStorage:
             from .storage import LOCAL
 
             return LOCAL.read_ranges(self._copy(path), ranges)
-        return [_assemble(got, s, e) for s, e in ranges]
+        ordered = sorted(got.items())
+        starts = [b[0][0] for b in ordered]
+        return [_assemble(ordered, starts, s, e) for s, e in ranges]
 
     def _get(self, path: PurePath, entry: Entry, start: int, end: int) -> bytes:
         """Bytes ``[start, end)``, checked, retried; ``b""`` when the server sent the whole
@@ -395,12 +398,18 @@ def _blocks(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return out
 
 
-def _assemble(blocks: dict[tuple[int, int], bytes], start: int, end: int) -> bytes:
-    """Bytes ``[start, end)`` from the fetched blocks that cover them."""
+def _assemble(blocks: list[tuple[tuple[int, int], bytes]], starts: list[int], start: int,
+              end: int) -> bytes:
+    """Bytes ``[start, end)`` from the fetched blocks (sorted by start) that cover them."""
     if end <= start:
         return b""
-    parts = [data[max(start, bs) - bs:min(end, be) - bs]
-             for (bs, be), data in sorted(blocks.items()) if bs < end and start < be]
+    i = max(0, bisect.bisect_right(starts, start) - 1)
+    parts = []
+    while i < len(blocks) and blocks[i][0][0] < end:
+        (bs, be), data = blocks[i]
+        if be > start:
+            parts.append(data[max(start, bs) - bs:min(end, be) - bs])
+        i += 1
     return b"".join(parts)
 
 
