@@ -425,7 +425,11 @@ def publish(
         help="Films to publish; their manifests (FILM.json), stills and stats beside them go too.",
         show_default=False)],
     repo_id: Annotated[str, typer.Option("--repo-id", help="The Hub repository, USER/NAME.",
-                                         show_default=False)],
+                                         show_default=False)] = "",
+    bucket: Annotated[Optional[str], typer.Option(
+        "--bucket", metavar="USER/NAME[/FOLDER]", help="A Hugging Face Storage Bucket instead of a "
+        "repository (created if missing); files already there are not sent again.",
+        show_default=False)] = None,
     repo_type: Annotated[str, typer.Option(help="model | dataset.")] = "model",
     private: Annotated[bool, typer.Option("--private", help="Create the repository private.")] = False,
     path_in_repo: Annotated[str, typer.Option(
@@ -436,17 +440,21 @@ def publish(
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="List what would be uploaded and print the card; upload nothing.")] = False,
 ) -> None:
-    """Upload lossless films to the Hugging Face Hub in one commit, with a README card.
+    """Upload lossless films to a Hugging Face Hub repository (one commit) or Storage Bucket,
+    with a README card.
 
     The token is the one `hf auth login` saved, or $HF_TOKEN.
     """
     from .config import PublishConfig
     from .publish import publish as upload
 
-    config = PublishConfig(films=tuple(films), repo_id=repo_id, repo_type=repo_type, private=private,
-                           path_in_repo=path_in_repo, message=message, dry_run=dry_run)
+    config = PublishConfig(films=tuple(films), repo_id=repo_id, bucket=bucket, repo_type=repo_type,
+                           private=private, path_in_repo=path_in_repo, message=message,
+                           dry_run=dry_run)
     done = upload(config.validated(), typer.echo)
-    if not dry_run:
+    if bucket and not dry_run:
+        typer.echo(f"bucket: {done.url}")
+    elif not dry_run:
         typer.echo(f"published {len(done.files)} files and README.md to {done.url}"
                    + (f" ({done.commit_url})" if done.commit_url else ""))
 

@@ -221,21 +221,7 @@ class HubStorage(RemoteStorage):
         return f"{self.endpoint}/{kind}{self.repo_id}/resolve/{commit}/{quote(inside)}"
 
     def _fetch(self, path: PurePath, start: int, end: int | None, entry: Entry) -> Answer:
-        from huggingface_hub import get_session
-
-        headers = {**self._headers(), "Accept-Encoding": "identity"}
-        if end is not None:
-            headers["Range"] = f"bytes={start}-{end - 1}"
-        cm = get_session().stream("GET", self.file_url(path), headers=headers,
-                                  follow_redirects=True, timeout=60)
-        r = cm.__enter__()
-        body = _Body(r, cm)
-        if r.status_code in (401, 403):
-            body.close()
-            raise status_error(r.status_code, "", f": {_LOGIN}")
-        length = r.headers.get("Content-Length")
-        return Answer(r.status_code, r.headers.get("Content-Range"),
-                      int(length) if length and length.isdigit() else None, body)
+        return http_get(self.file_url(path), self._headers(), start, end)
 
     def local_path(self, path: PurePath) -> Path:
         """Torch pickles: the whole file, through ``hf_hub_download`` into huggingface_hub's
@@ -271,6 +257,24 @@ class HubStorage(RemoteStorage):
             while len(_DISPOSABLE) > 2:  # torch maps the file: removing it after load is safe
                 _remove_download(_DISPOSABLE.pop(0))
         return local
+
+
+def http_get(url: str, headers: dict[str, str], start: int, end: int | None) -> Answer:
+    """A (ranged) GET with huggingface_hub's session: the answer, its body read lazily."""
+    from huggingface_hub import get_session
+
+    headers = {**headers, "Accept-Encoding": "identity"}
+    if end is not None:
+        headers["Range"] = f"bytes={start}-{end - 1}"
+    cm = get_session().stream("GET", url, headers=headers, follow_redirects=True, timeout=60)
+    r = cm.__enter__()
+    body = _Body(r, cm)
+    if r.status_code in (401, 403):
+        body.close()
+        raise status_error(r.status_code, "", f": {_LOGIN}")
+    length = r.headers.get("Content-Length")
+    return Answer(r.status_code, r.headers.get("Content-Range"),
+                  int(length) if length and length.isdigit() else None, body)
 
 
 class _Body:

@@ -78,10 +78,8 @@ def _hub_source(url: str, options: dict[str, Any], revisions: str | None, keep: 
     from .hub import ROOT, HubStorage, _encode, parse_url
 
     if buckets_url(url):
-        try:
-            from .buckets import bucket_source
-        except ImportError:
-            raise RemoteError("Hugging Face Storage Buckets are not supported yet") from None
+        from .buckets import bucket_source
+
         return bucket_source(url, options, keep)
     repo_id, repo_type, revision, sub = parse_url(url)
     unknown = set(options) - {"token", "endpoint"}

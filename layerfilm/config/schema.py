@@ -209,6 +209,7 @@ class PublishConfig(_Validated):
 
     films: tuple[Path, ...] = ()
     repo_id: str = ""
+    bucket: str | None = None  # USER/NAME[/prefix]: a Storage Bucket instead of a repository
     repo_type: str = "model"
     private: bool = False
     path_in_repo: str = ""
@@ -419,8 +420,22 @@ def _storage_options(c) -> None:
 
 @_check("repo_id")
 def _repo_id(c) -> None:
+    if c.bucket is not None:
+        if c.repo_id:
+            _fail("repo_id", "give --repo-id or --bucket, not both")
+        return
+    if not c.repo_id:
+        _fail("repo_id", "give --repo-id USER/NAME (a repository) or --bucket USER/NAME (a "
+                         "Storage Bucket)")
     if not _REPO_ID.fullmatch(c.repo_id):
         _fail("repo_id", f"--repo-id must look like USER/NAME, got {c.repo_id!r}")
+
+
+@_check("bucket")
+def _bucket(c) -> None:
+    if c.bucket is not None and not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(/[^/]+)*/?",
+                                                 c.bucket):
+        _fail("bucket", f"--bucket must look like USER/NAME or USER/NAME/FOLDER, got {c.bucket!r}")
 
 
 @_check("repo_type")
@@ -432,7 +447,7 @@ def _repo_type(c) -> None:
 _ORDER = ("checkpoints", "revisions", "storage_options", "output", "fps", "frames_per_keyframe", "size", "projection", "max_points", "color_scale",
           "frames_dir", "jobs", "points", "tensor", "order", "settle_threshold", "metrics",
           "stills_dir", "stills_every", "steps", "timeline", "layer_pattern", "out", "repo_id",
-          "repo_type", "cmap")
+          "bucket", "repo_type", "cmap")
 assert set(_ORDER) == set(_CHECKS)
 
 
