@@ -11,6 +11,12 @@ Rows (``--fraction`` aside):
 Columns: wall time of the process, that time / local, bytes fetched (from the manifest) and
 the fraction of the bytes stored, requests.  Prints ratios; asserts nothing.
 
+moto's server reads a whole object for every ranged GET (measured here: 0.5 s for 9 kB of a
+475 MB object, 12 ms of a 10 MB one), so at full size the s3 row measures moto, not layerfilm:
+one GPT-2-124M checkpoint (about 6,600 ranged requests) takes it most of an hour.  The full
+row is for an S3 server that serves ranges in proportion to their size; ``--quick`` checks the
+machinery against moto.
+
 ``--fraction`` writes a Llama-3.2-1B-shaped bf16 series (sparse files: only the headers hold
 data, so it takes no disk) and reports the bytes a film draws against the bytes stored, as
 `layerfilm info` computes them and as fetched through the remote reader (``file://``).
