@@ -89,7 +89,6 @@ def llama_series(folder: Path) -> Path:
     stamp = folder / ".params"
     if stamp.exists() and stamp.read_text() == json.dumps(p):
         return folder
-    rng = np.random.default_rng(1)
     d, ff, kv = p["d"], p["ff"], p["kv"]
     shapes = {"model.embed_tokens.weight": (p["vocab"], d), "model.norm.weight": (d,)}
     for i in range(p["blocks"]):

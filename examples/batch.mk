@@ -7,6 +7,7 @@
 #   make -f examples/batch.mk -j4 -k             # keep going past a run that fails
 #   make -f examples/batch.mk -j4 RUNS=ckpts FILMS=out FORMATS="webm gif mp4"
 #   make -f examples/batch.mk publish REPO_ID=you/films
+#   make -f examples/batch.mk publish PUBLISH_BUCKET=you/films   # a Storage Bucket instead
 #
 # Each film's target is its manifest, films/<run>.<format>.json, which layerfilm writes only
 # after the film itself is in place.  A film is rendered again when any file of its run
@@ -64,6 +65,7 @@ endef
 $(foreach run,$(runs),$(eval $(call run_rule,$(run))))
 
 # Each film goes up with its manifest, films/<run>-stills and films/<run>-stats.
+# PUBLISH_BUCKET=user/name[/folder] sends them to a Storage Bucket (only what changed).
 publish: all
-	@test -n "$(REPO_ID)" || { echo "usage: make -f examples/batch.mk publish REPO_ID=user/name" >&2; exit 2; }
-	$(LAYERFILM) publish $(manifests:.json=) --repo-id $(REPO_ID) $(PUBLISH_FLAGS)
+	@test -n "$(REPO_ID)$(PUBLISH_BUCKET)" || { echo "usage: make -f examples/batch.mk publish REPO_ID=user/name (or PUBLISH_BUCKET=user/name)" >&2; exit 2; }
+	$(LAYERFILM) publish $(manifests:.json=) $(if $(PUBLISH_BUCKET),--bucket $(PUBLISH_BUCKET),--repo-id $(REPO_ID)) $(PUBLISH_FLAGS)

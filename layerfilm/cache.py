@@ -15,15 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, atomic
+from .checkpoints.storage import cache_root
 from .plan import Plan
 
 
 def cache_dir() -> Path:
     """Where the cache lives (see the module docstring)."""
-    if os.environ.get("LAYERFILM_CACHE_DIR"):
-        return Path(os.environ["LAYERFILM_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "layerfilm"
+    return cache_root()
 
 
 DEFAULT_SIZE = 2 * 10**9

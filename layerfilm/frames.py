@@ -13,6 +13,7 @@ import dataclasses
 import numpy as np
 
 from . import checkpoints, compose, cues, interpolate, overlays, project, raster, shade
+from .checkpoints import LossCurve
 from .config import RenderConfig
 from .layouts import Keyframes
 from .plan import Plan

@@ -13,16 +13,20 @@ bit with the same layerfilm and ffmpeg), after checking that the checkpoints are
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
-from pathlib import Path
+import re
+from pathlib import Path, PurePath
 from typing import Any, Iterable
 
-from . import __version__, atomic, cache, config as config_mod, encode
-from .config import RenderConfig
+import numpy as np
+
+from . import __version__, atomic, cache, checkpoints, config as config_mod, encode
+from .config import Remote, RenderConfig
 from .errors import CheckpointError, ConfigError, LayerfilmError
 
-FORMAT = 1  # manifest layout version
+FORMAT = 2  # manifest layout version (1: every file's full sha256; still read)
 FRAMES_MANIFEST = "manifest.json"  # the manifest inside a --frames folder
 MODEL_CONFIG = "config.json"  # a model config beside the checkpoints, recorded when small
 _MODEL_CONFIG_MAX = 256 * 1024
@@ -34,27 +38,132 @@ def manifest_path(film: str | os.PathLike) -> Path:
     return film.with_name(film.name + ".json")
 
 
-def _file_entry(path: Path, folder: Path, use_cache: bool) -> dict[str, Any]:
-    return {"path": Path(os.path.relpath(path, folder)).as_posix(), "bytes": path.stat().st_size,
-            "sha256": cache.sha256_file(path, use_cache)}
+def _rel(path: PurePath, root: PurePath) -> str:
+    return PurePath(os.path.relpath(path, root)).as_posix() if isinstance(path, Path) \
+        else path.relative_to(root).as_posix()
+
+
+def identities(plan, verify: bool = False, memo: bool = True) -> list[dict[str, Any]]:
+    """One entry per file of every checkpoint drawn: its path (relative to the folder), step,
+    size, and what identifies its contents without reading what the film does not draw.
+
+    Local safetensors files: modification time, the sha256 of the header and of the bytes the
+    film reads (``read_sha256``, over the drawn rows' byte ranges in file order); other local
+    files (torch pickles, indexes, DCP): the sha256 of the file.  Remote files: what the server
+    lists (the Hub's commit and LFS sha256 or git blob id, an S3 ETag).  ``verify``: the sha256
+    of every file in full as well (``--verify-inputs``).
+    """
+    storage, root, drawn = plan.storage, plan.folder, plan.drawn()
+    what = _drawn_key(drawn)
+    out = []
+    for ref in plan.refs:
+        files = ref.files()
+        known = _known_digests(ref, what) if memo and storage is checkpoints.LOCAL else None
+        ranges: dict = {}
+        if known is None and storage is checkpoints.LOCAL and \
+                any(p.suffix == ".safetensors" for p in files):
+            ranges = checkpoints.drawn_ranges(ref.open(), drawn) or {}
+            known = {str(p): _read_digests(Path(p), r) for p, r in ranges.items()}
+            if memo:
+                _remember_digests(ref, what, known)
+        for path in files:
+            entry: dict[str, Any] = {"path": _rel(path, root), "step": int(ref.step)}
+            if ref.tokens is not None:
+                entry["tokens"] = int(ref.tokens)
+            if storage is checkpoints.LOCAL:
+                st = Path(path).stat()
+                entry.update(bytes=st.st_size, mtime_ns=st.st_mtime_ns)
+                if known and str(path) in known:
+                    entry.update(known[str(path)])
+                if verify or not known or str(path) not in known:
+                    entry["sha256"] = cache.sha256_file(Path(path), memo)
+            else:
+                entry.update(storage.file_info(path))
+                if verify:
+                    entry["sha256"] = _remote_sha256(storage, path)
+            out.append(entry)
+    return out
+
+
+def _drawn_key(drawn) -> str:
+    h = hashlib.sha256()
+    for name, index, axis in drawn:
+        h.update(f"{name}|{axis}|".encode())
+        h.update(b"" if index is None else np.ascontiguousarray(index, dtype=np.int64).tobytes())
+    return h.hexdigest()
+
+
+def _digest_memo(ref, what: str) -> Path:
+    key = hashlib.sha256(f"{ref.identity()}|{what}".encode()).hexdigest()[:32]
+    return cache.cache_dir() / "read-digests" / f"{key}.json"
+
+
+def _known_digests(ref, what: str) -> dict | None:
+    """The digests of a checkpoint's drawn bytes remembered from an earlier render of the same
+    files (same size and time) and the same points, so a re-render reads nothing for them."""
+    try:
+        return json.loads(_digest_memo(ref, what).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _remember_digests(ref, what: str, digests: dict) -> None:
+    try:
+        path = _digest_memo(ref, what)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_bytes(path, json.dumps(digests).encode())
+    except OSError:
+        pass  # the memo only saves time
+
+
+def _read_digests(path: Path, ranges: list[tuple[int, int]]) -> dict[str, Any]:
+    """sha256 of the header (the first range) and of every drawn byte, in file order."""
+    header, rest = ranges[0], ranges[1:]
+    first = checkpoints.LOCAL.read(path, *header)
+    h = hashlib.sha256()
+    for chunk in checkpoints.LOCAL.read_ranges(path, rest):
+        h.update(chunk)
+    return {"header_sha256": hashlib.sha256(first).hexdigest(), "read_sha256": h.hexdigest(),
+            "read_bytes": sum(e - s for s, e in rest)}
+
+
+def _remote_sha256(storage, path) -> str:
+    h, size, step = hashlib.sha256(), storage.size(path), 64 << 20
+    for start in range(0, size, step):
+        h.update(storage.read_ranges(path, [(start, min(size, start + step))])[0])
+    return h.hexdigest()
+
+
+def _source(plan) -> dict[str, Any]:
+    """Where the checkpoints were read from, and how much of them was fetched."""
+    storage = plan.storage
+    out: dict[str, Any] = {"url": plan.url}
+    if hasattr(storage, "commits"):
+        used = {storage.revision_of(r.path)[0] for r in plan.refs}
+        out["revisions"] = {n: c for n, c in storage.commits().items() if n in used}
+    traffic = getattr(storage, "traffic", None)
+    if traffic is not None:
+        out.update(bytes_stored=plan.stored_bytes(), **traffic.as_dict())
+    return out
 
 
 def build(config: RenderConfig, result) -> dict[str, Any]:
     """The manifest of a finished render (``result`` is the pipeline's ``RenderResult``)."""
     plan = result.plan
-    folder = Path(config.checkpoints)
-    checkpoints = []
-    for ref in plan.refs:
-        for path in ref.files():  # a sharded or Distributed Checkpoint is several files
-            entry = _file_entry(path, folder, config.cache)
-            checkpoints.append({"path": entry["path"], "step": int(ref.step), "bytes": entry["bytes"],
-                                "sha256": entry["sha256"]})
+    files = identities(plan, config.verify_inputs, config.cache)
     loss = None
     if plan.loss is not None:
         source = plan.loss.path
-        loss = ({"source": "file", **_file_entry(Path(source), folder, config.cache)}
-                if source is not None and Path(source).is_file() else {"source": plan.loss.source})
+        if source is not None and config.metrics is not None:
+            loss = {"source": "file", "path": os.path.abspath(source),
+                    "bytes": Path(source).stat().st_size,
+                    "sha256": cache.sha256_file(Path(source), config.cache)}
+        elif source is not None and plan.storage.is_file(source):
+            loss = {"source": "file", **_loss_entry(plan, source, config.cache)}
+        else:
+            loss = {"source": plan.loss.source}
     enc = encode.FORMATS[config.format]
+    folder = plan.url or os.path.abspath(plan.folder)
     return {
         "layerfilm_manifest": FORMAT,
         "layerfilm": __version__,
@@ -70,9 +179,11 @@ def build(config: RenderConfig, result) -> dict[str, Any]:
             "keyframes": result.keyframes,
         },
         "drawing": getattr(result, "drawing", None),
-        "checkpoints": {"folder": os.path.abspath(folder), "files": checkpoints, "loss": loss},
-        "model_config": _model_config(folder, [r.path for r in plan.refs]),
-        "options": {k: v for k, v in config_mod.options_dict(config).items() if k not in config_mod.RUN_ONLY},
+        "checkpoints": {"folder": folder, "files": files, "loss": loss,
+                        **({"remote": _source(plan)} if plan.url else {})},
+        "model_config": _model_config(plan),
+        "options": {k: v for k, v in _public(config_mod.options_dict(config)).items()
+                    if k not in config_mod.RUN_ONLY},
         # Per panel: how its layouts were made (method, exact solves and corrections of tracked
         # planes, the lowest audited share of the exact top-two variance, the share of the
         # panel's variance on the drawn axes, a Fourier plane's frequency and reference step).
@@ -87,12 +198,37 @@ def build(config: RenderConfig, result) -> dict[str, Any]:
     }
 
 
-def _model_config(folder: Path, files: list[Path]) -> dict[str, Any] | None:
+def _loss_entry(plan, path, memo: bool) -> dict[str, Any]:
+    entry: dict[str, Any] = {"path": _rel(path, plan.folder)}
+    if plan.storage is checkpoints.LOCAL:
+        entry.update(bytes=Path(path).stat().st_size, sha256=cache.sha256_file(Path(path), memo))
+    else:
+        entry.update(plan.storage.file_info(path))
+    return entry
+
+
+_SECRET = re.compile(r"key|secret|token|password|credential|sas|signature|auth", re.I)
+
+
+def _public(options: dict[str, Any]) -> dict[str, Any]:
+    """Options without secrets: ``storage_options`` entries that look like credentials are left
+    out (they come from the environment or the config file again)."""
+    so = options.get("storage_options")
+    if isinstance(so, dict):
+        options = {**options, "storage_options": {k: v for k, v in so.items()
+                                                  if not _SECRET.search(k)} or None}
+    return options
+
+
+def _model_config(plan) -> dict[str, Any] | None:
     """A small ``config.json`` in the checkpoint folder or beside the last checkpoint."""
-    for candidate in (folder / MODEL_CONFIG, files[-1].parent / MODEL_CONFIG):
+    storage = plan.storage
+    last = plan.refs[-1].path
+    for candidate in (plan.folder / MODEL_CONFIG, last.parent / MODEL_CONFIG,
+                      last / MODEL_CONFIG):
         try:
-            if candidate.is_file() and candidate.stat().st_size <= _MODEL_CONFIG_MAX:
-                doc = json.loads(candidate.read_text(encoding="utf-8"))
+            if storage.is_file(candidate) and storage.size(candidate) <= _MODEL_CONFIG_MAX:
+                doc = json.loads(storage.read(candidate, 0, storage.size(candidate)))
                 if isinstance(doc, dict):
                     return doc
         except (OSError, ValueError):
@@ -133,9 +269,9 @@ def load(path: Path) -> dict[str, Any]:
         raise ConfigError(f"not a layerfilm manifest (invalid JSON: {e})", path) from None
     if not isinstance(doc, dict) or "layerfilm_manifest" not in doc:
         raise ConfigError("not a layerfilm manifest (no 'layerfilm_manifest' key)", path)
-    if doc["layerfilm_manifest"] != FORMAT:
+    if doc["layerfilm_manifest"] not in (1, FORMAT):
         raise ConfigError(f"manifest format {doc['layerfilm_manifest']!r} is not supported "
-                          f"(this layerfilm reads format {FORMAT})", path)
+                          f"(this layerfilm reads formats 1 and {FORMAT})", path)
     for key in ("film", "checkpoints", "options"):
         if not isinstance(doc.get(key), dict):
             raise ConfigError(f"manifest has no {key!r} section", path)
@@ -157,28 +293,65 @@ def config_from(doc: dict[str, Any], path: Path, cli: RenderConfig,
     checkpoints, output = cli.checkpoints, cli.output
     if output is None:
         checkpoints, output = None, checkpoints
-    checkpoints = checkpoints or Path(doc["checkpoints"]["folder"])
+    checkpoints = checkpoints or _recorded_location(doc)
     output = output or Path(doc["film"]["path"])
     config = config_mod.with_options(cli, values, keep=given)
     config = dataclasses.replace(config, checkpoints=checkpoints, output=output)
     return config_mod.validated_from(config, {k: path for k in values if k not in given})
 
 
+def _recorded_location(doc: dict[str, Any]) -> Path | Remote:
+    """The manifest's checkpoints: a folder, or a URL with its Hub revisions pinned to the
+    commits that were read."""
+    folder = doc["checkpoints"]["folder"]
+    if not checkpoints.is_url(folder):
+        return Path(folder)
+    revisions = (doc["checkpoints"].get("remote") or {}).get("revisions") or {}
+    return Remote(folder, tuple(sorted(revisions.items())))
+
+
+_COMPARED = ("bytes", "sha256", "header_sha256", "read_sha256", "lfs_sha256", "blob_id", "commit",
+             "ETag", "etag", "generation")
+
+
 def check_inputs(doc: dict[str, Any], path: Path, config: RenderConfig) -> list[str]:
     """Refuse (:class:`CheckpointError`) when a checkpoint or loss log the manifest lists is
-    missing or changed; return warnings for other differences (versions)."""
-    folder = Path(config.checkpoints)
-    files = list(doc["checkpoints"].get("files") or [])
+    missing or changed; return warnings for other differences (versions).
+
+    The identities are computed again as the manifest recorded them (see :func:`identities`):
+    the drawn bytes of local safetensors files are read and hashed (a value changed in place,
+    size and time kept, is found), full files hashed where the manifest has their sha256."""
+    from .plan import make_plan
+
+    recorded = list(doc["checkpoints"].get("files") or [])
+    where = str(config.checkpoints)
+    if not isinstance(config.checkpoints, Remote):
+        for entry in recorded:
+            p = Path(config.checkpoints) / entry["path"]
+            if not p.is_file():
+                raise CheckpointError(f"listed in {path} but missing; cannot reproduce the film", p)
     loss = doc["checkpoints"].get("loss") or {}
-    if loss.get("source") == "file":
-        files.append(loss)
-    for entry in files:
-        p = folder / entry["path"]
-        if not p.is_file():
-            raise CheckpointError(f"listed in {path} but missing; cannot reproduce the film", p)
-        if p.stat().st_size != entry["bytes"] or cache.sha256_file(p, config.cache) != entry["sha256"]:
+    local = not isinstance(config.checkpoints, Remote)
+    if loss.get("source") == "file" and "sha256" in loss and (local or config.metrics is not None):
+        lp = config.metrics if config.metrics is not None else Path(config.checkpoints) / loss["path"]
+        if not lp.is_file():
+            raise CheckpointError(f"listed in {path} but missing; cannot reproduce the film", lp)
+        if cache.sha256_file(lp, False) != loss["sha256"]:
             raise CheckpointError(f"changed since {path} was written (sha256 differs); "
-                                  "the film would not be the same", p)
+                                  "the film would not be the same", lp)
+    plan = make_plan(config, config.metrics)
+    verify = any("sha256" in e and "read_sha256" not in e for e in recorded) or config.verify_inputs
+    now = {e["path"]: e for e in identities(plan, verify, memo=False)}
+    for entry in recorded:
+        fresh = now.get(entry["path"])
+        target = f"{where.rstrip('/')}/{entry['path']}"
+        if fresh is None:
+            raise CheckpointError(f"listed in {path} but not among the checkpoints now; cannot "
+                                  "reproduce the film", target)
+        for key in _COMPARED:
+            if key in entry and key in fresh and entry[key] != fresh[key]:
+                raise CheckpointError(f"changed since {path} was written ({key} differs); "
+                                      "the film would not be the same", target)
     warnings = []
     if doc.get("layerfilm") != __version__:
         warnings.append(f"{path} was written by layerfilm {doc.get('layerfilm')}, this is "

@@ -21,12 +21,31 @@ class Plan:
 
     folder: PurePath
     refs: list[checkpoints.CheckpointRef]
-    skipped: list[tuple[PurePath, str]]
+    skipped: list[tuple[str, str]]  # (file or URL as shown, why)
     layers: list[extract.Layer]
     loss: checkpoints.LossCurve | None
     storage: Storage = dataclasses.field(default=LOCAL, compare=False, repr=False)
     # (K,) training tokens seen at each checkpoint, NaN where unknown (checkpoints.checkpoint_tokens)
     tokens: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
+    url: str | None = None  # the URL given, for remote checkpoints
+    ignored: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # Hub refs, no step
+
+    @property
+    def where(self) -> str:
+        """The checkpoints' folder or URL, as given."""
+        return self.url or str(self.folder)
+
+    def display(self, path: PurePath) -> str:
+        """A checkpoint path as messages show it (a URL for remote ones)."""
+        return self.storage.display(path)
+
+    def stored_bytes(self) -> int:
+        """Bytes of every file of the checkpoints drawn (what a full download would cost)."""
+        return sum(self.storage.size(p) for ref in self.refs for p in ref.files())
+
+    def drawn(self) -> list[tuple[str, "np.ndarray | None", int]]:
+        """``(tensor, index, axis)`` of every read a keyframe makes."""
+        return [(s.tensor, s.index, s.axis) for layer in self.layers for s in layer.sources]
 
     @property
     def steps(self) -> np.ndarray:
@@ -39,8 +58,10 @@ class Plan:
 
     @property
     def name(self) -> str:
-        """The run's name: its folder's."""
-        return Path(self.folder).resolve().name if isinstance(self.storage, LocalStorage) else self.folder.name
+        """The run's name: its folder's (a repository's for a Hub repository)."""
+        if isinstance(self.storage, LocalStorage):
+            return Path(self.folder).resolve().name
+        return self.folder.name or (self.url or "").rstrip("/").rsplit("/", 1)[-1].split("@")[0]
 
     def reordered(self, order: list[int]) -> "Plan":
         """The same plan with its panels in ``order`` (indices into ``layers``)."""
@@ -57,15 +78,21 @@ def make_plan(selection: Selection, metrics: Path | None = None) -> Plan:
     film with a one-line error, or with ``skip_bad`` joins ``skipped`` with the problem.  The loss curve comes from
     ``metrics`` when given, else from what lies beside the checkpoints.
     """
-    folder, storage, sel = selection.checkpoints, LOCAL, selection
+    sel = selection
+    location = sel.checkpoints
+    pins = dict(getattr(location, "revisions", ()) or ()) or None
+    source = checkpoints.open_source(location, sel.storage_options, sel.revisions,
+                                     sel.keep_downloads, pins)
+    folder, storage = source.root, source.storage
     refs, skipped = checkpoints.discover(folder, sel.skip_bad, storage)
+    ignored = [(storage.display(p), why) for p, why in source.skipped]
     if sel.steps is not None:
         picked = checkpoints.select_steps(refs, *sel.step_range)
         if len(picked) < 2:
             text = ":".join("" if v is None else str(v) for v in sel.step_range)
             raise CheckpointError(
                 f"--steps {text} keeps {len(picked)} of the {len(refs)} checkpoints (steps "
-                f"{refs[0].step}..{refs[-1].step}); a film needs at least two", folder)
+                f"{refs[0].step}..{refs[-1].step}); a film needs at least two", location)
         refs = picked
     # Every checkpoint is opened (headers, indexes, DCP metadata) and checked against the plan
     # before any data is read: a bad one late in a long series fails in seconds, not after
@@ -82,7 +109,7 @@ def make_plan(selection: Selection, metrics: Path | None = None) -> Plan:
         except CheckpointError as e:
             if not sel.skip_bad:
                 raise
-            skipped.append((Path(e.path) if e.path else ref.path, e.problem))
+            skipped.append((e.path if e.path else storage.display(ref.path), e.problem))
             continue
         if layers is None:
             try:
@@ -96,8 +123,27 @@ def make_plan(selection: Selection, metrics: Path | None = None) -> Plan:
         why = f" (skipped {skipped[0][0]}: {skipped[0][1]}{' and more' if len(skipped) > 1 else ''})" \
             if skipped else ""
         raise CheckpointError(f"only {len(good)} of {len(refs)} checkpoints could be read{why}; "
-                              "a film needs at least two", folder)
+                              "a film needs at least two", location)
     loss = (checkpoints.load_loss_file(metrics) if metrics is not None
             else checkpoints.load_loss_curve(folder, good, storage))
-    return Plan(Path(folder), good, skipped, layers, loss, storage,
-                checkpoints.checkpoint_tokens(good, loss, storage))
+    skipped = [(storage.display(p) if isinstance(p, PurePath) else p, why) for p, why in skipped]
+    plan = Plan(folder, good, skipped, layers, loss, storage,
+                checkpoints.checkpoint_tokens(good, loss, storage), source.url, ignored)
+    if storage is not LOCAL:
+        storage.wanted = plan.drawn()  # each file's drawn rows are then fetched in one go
+        storage.traffic.add(stored=plan.stored_bytes())
+    return plan
+
+
+def read_estimate(plan: Plan) -> tuple[int, int]:
+    """``(bytes stored, bytes a render reads)`` of the checkpoints drawn: every file's size,
+    and what the drawn rows and headers take (the first checkpoint's ranges, for each; a
+    format read whole counts whole)."""
+    stored = plan.stored_bytes()
+    first = plan.refs[0].open()
+    ranges = checkpoints.drawn_ranges(first, plan.drawn())
+    del first
+    if ranges is None:
+        return stored, stored
+    per = sum(e - s for r in ranges.values() for s, e in r)
+    return stored, per * len(plan.refs)

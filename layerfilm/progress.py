@@ -34,12 +34,14 @@ QUIET = Quiet()
 
 
 class RichProgress:
-    """Rich progress bars, one per stage, on stderr (``quiet``: none); warnings always."""
+    """Rich progress bars, one per stage, on stderr (``quiet``: none).  ``detail``, when
+    given, is called at each refresh for a last column (the bytes fetched so far)."""
 
-    def __init__(self, quiet: bool):
+    def __init__(self, quiet: bool, detail: Callable[[], str] | None = None):
         from rich.console import Console
 
         self.console = Console(stderr=True, quiet=quiet)
+        self.detail = detail
 
     def warn(self, message: str) -> None:
         import sys
@@ -49,11 +51,20 @@ class RichProgress:
 
     @contextlib.contextmanager
     def stage(self, name: str, total: int):
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn,
+                                   TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+        from rich.text import Text
 
-        columns = (TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), TimeRemainingColumn())
+        columns = [TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), TimeRemainingColumn()]
+        if self.detail is not None:
+            detail = self.detail
+
+            class Detail(ProgressColumn):
+                def render(self, task):
+                    return Text(detail())
+
+            columns.append(Detail())
         with Progress(*columns, console=self.console, transient=False) as bar:
             task = bar.add_task(name, total=total)
             yield lambda n=1: bar.advance(task, n)

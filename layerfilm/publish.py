@@ -119,7 +119,7 @@ def uploads(films: list[Film]) -> list[Upload]:
     return [Upload(local, path) for path, local in by_path.items()]
 
 
-def card(films: list[Film], repo_id: str) -> str:
+def card(films: list[Film], repo_id: str, how: str | None = None) -> str:
     """The repo's README: one section per run, the inline formats shown, the others linked."""
     runs: dict[str, list[Film]] = {}
     for film in films:
@@ -159,7 +159,7 @@ def card(films: list[Film], repo_id: str) -> str:
             files = doc["checkpoints"].get("files") or []
             if files:
                 lines += [f"Checkpoints: {len(files)}, steps {files[0]['step']:,} to "
-                          f"{files[-1]['step']:,} (sha256 of each in the `.json` manifest).", ""]
+                          f"{files[-1]['step']:,} (what identifies each file in the `.json` manifest).", ""]
             if doc.get("model_config"):
                 lines += ["Model config (`config.json` beside the checkpoints):", "", "```json",
                           json.dumps(doc["model_config"], indent=2, sort_keys=True), "```", ""]
@@ -174,7 +174,8 @@ def card(films: list[Film], repo_id: str) -> str:
         for film in members:
             if film.manifest:
                 lines += _render_again(film)
-    lines += [f"Published with `layerfilm publish --repo-id {repo_id}` (layerfilm {__version__}).", ""]
+    how = how or f"--repo-id {repo_id}"
+    lines += [f"Published with `layerfilm publish {how}` (layerfilm {__version__}).", ""]
     return "\n".join(lines)
 
 
@@ -236,6 +237,8 @@ def publish(config: PublishConfig, say: Callable[[str], None] = print) -> Publis
     """Upload ``config.films`` and their companions plus a README card to ``config.repo_id`` in
     one commit (created if needed).  ``dry_run`` only lists the files and prints the card."""
     cfg = config.validated()
+    if cfg.bucket:
+        return publish_to_bucket(cfg, say)
     repo_id, repo_type, private, message = cfg.repo_id, cfg.repo_type, cfg.private, cfg.message
     found = collect(list(cfg.films), cfg.path_in_repo)
     files = uploads(found)
@@ -275,3 +278,69 @@ def publish(config: PublishConfig, say: Callable[[str], None] = print) -> Publis
     except Exception as e:  # network errors come from httpx/requests, whichever the hub uses
         raise LayerfilmError(f"upload to {repo_id} failed: {type(e).__name__}: {first_line(e)}") from None
     return Published(str(url), getattr(info, "commit_url", None), files, text)
+
+
+def publish_to_bucket(cfg: PublishConfig, say: Callable[[str], None] = print) -> Published:
+    """Upload the films, their companions and a ``README.md`` card into a Hugging Face Storage
+    Bucket (``cfg.bucket``: ``USER/NAME[/prefix]``, created if missing, private on request),
+    with huggingface_hub's bucket API.  Files whose content is already there (same Xet hash)
+    are not sent again; nothing new means no upload at all."""
+    parts = cfg.bucket.strip("/").split("/")
+    bucket_id, base = "/".join(parts[:2]), "/".join(parts[2:])
+    found = collect(list(cfg.films), cfg.path_in_repo)  # paths relative to the card, in base/
+    files = [Upload(u.local, f"{base}/{u.in_repo}" if base else u.in_repo) for u in uploads(found)]
+    card_path = f"{base}/README.md" if base else "README.md"
+    text = card(found, bucket_id, f"--bucket {cfg.bucket}")
+    where = f"hf://buckets/{bucket_id}"
+    if cfg.dry_run:
+        say(f"would upload to {where}{' (private)' if cfg.private else ''}:")
+        for up in files:
+            say(f"  {up.in_repo:<40} {up.local} ({up.local.stat().st_size:,} bytes)")
+        say(f"  {card_path:<40} (the card below, {len(text.encode()):,} bytes)")
+        say("")
+        say(text)
+        return Published("", None, files, text)
+
+    import tempfile
+
+    import huggingface_hub
+    from huggingface_hub import errors
+
+    token = huggingface_hub.get_token()
+    if not token:
+        raise LayerfilmError("no Hugging Face token: run `hf auth login` or set HF_TOKEN")
+    api = huggingface_hub.HfApi(token=token)
+    try:
+        url = api.create_bucket(bucket_id, private=True if cfg.private else None, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            readme = Path(tmp) / "README.md"
+            readme.write_text(text, encoding="utf-8")
+            todo = [Upload(u.local, u.in_repo) for u in files] + [Upload(readme, card_path)]
+            there = {f.path: f.xet_hash for f in api.get_bucket_paths_info(
+                bucket_id, [u.in_repo for u in todo]) if hasattr(f, "xet_hash")}
+            new = [u for u, h in zip(todo, _xet_hashes([u.local for u in todo]))
+                   if there.get(u.in_repo) != h]
+            if new:
+                api.batch_bucket_files(bucket_id, add=[(str(u.local), u.in_repo) for u in new])
+    except (errors.HfHubHTTPError, errors.BucketBatchError) as e:
+        response = getattr(e, "response", None)
+        status = getattr(response, "status_code", "?")
+        detail = getattr(e, "server_message", None) or first_line(e)
+        raise LayerfilmError(f"the Hub refused the upload to {where} (HTTP {status}): "
+                             f"{' '.join(str(detail).split())}") from None
+    except Exception as e:  # network errors and the like, from whichever client does the work
+        raise LayerfilmError(f"upload to {where} failed: {type(e).__name__}: {first_line(e)}") from None
+    bucket_url = str(getattr(url, "url", url))
+    if not new:
+        say(f"nothing new: all {len(todo)} files are already in {where} with the same content")
+    else:
+        say(f"uploaded {len(new)} of {len(todo)} files to {where}"
+            + (f" ({len(todo) - len(new)} already there with the same content)" if len(new) < len(todo) else ""))
+    return Published(bucket_url, None, [u for u in new if u.in_repo != card_path], text)
+
+
+def _xet_hashes(paths: list[Path]) -> list[str]:
+    """Each file's Xet content hash, computed here (what a bucket lists for the same bytes)."""
+    import hf_xet
+
+    return [info.hash for info in hf_xet.hash_files([str(p) for p in paths])]

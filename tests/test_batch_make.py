@@ -116,6 +116,11 @@ def test_parallel_incremental_batch(project):
     for run in ("a", "b"):
         assert {f"{run}-stats/layer_stats.csv", f"{run}-stats/layer_change.png",
                 f"{run}-stills/last.png", f"{run}.webm", f"{run}.gif.json"} <= set(listed)
+    # ... or to a Storage Bucket.
+    result = make(project, "publish", "PUBLISH_BUCKET=alice/films/runs", "PUBLISH_FLAGS=--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "would upload to hf://buckets/alice/films:" in result.stdout
+    assert "  runs/a.webm " in result.stdout and "  runs/README.md " in result.stdout
 
     # Up to date: nothing to do.
     assert make(project, "-q").returncode == 0

@@ -37,7 +37,6 @@ def test_passes_exactly_through_every_keyframe(track):
 
 def test_velocity_is_continuous_at_keyframes(track):
     P, times = track
-    interp = Interpolator(P, times)
     h = 1e-4
     for k in range(1, len(times) - 1):
         t = times[k]

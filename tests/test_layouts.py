@@ -15,7 +15,6 @@ from typer.testing import CliRunner
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from layerfilm import checkpoints  # noqa: E402
 from layerfilm.checkpoints import (DcpCheckpoint, ShardedCheckpoint, discover,  # noqa: E402
                                    load_loss_curve, open_checkpoint)
 from layerfilm.cli import app  # noqa: E402

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from layerfilm import cache, encode, manifest
+from layerfilm import cache, encode
 from layerfilm.cli import app
 
 from conftest import capture, decode, write_run
@@ -17,6 +17,41 @@ runner = CliRunner()
 
 def sha(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def header_sha(path) -> str:
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    return hashlib.sha256(raw[:8 + n]).hexdigest()
+
+
+def drawn_sha(path, run, **selection) -> str:
+    """sha256 of the bytes of every drawn row, in file order, found from the safetensors
+    header by hand (not by layerfilm's reader)."""
+    from conftest import plan_of
+
+    plan = plan_of(run, **selection)
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    spans = set()
+    for layer in plan.layers:
+        for src in layer.sources:
+            e = header[src.tensor]
+            begin, end = (8 + n + o for o in e["data_offsets"])
+            if src.axis == 0 and len(e["shape"]) == 2:
+                row = (end - begin) // e["shape"][0]
+                spans |= {(begin + int(r) * row, begin + (int(r) + 1) * row) for r in src.index}
+            else:
+                spans.add((begin, end))
+    bytes_ = bytearray()
+    covered = -1
+    for a, b in sorted(spans):
+        a = max(a, covered)
+        if b > a:
+            bytes_ += raw[a:b]
+            covered = b
+    return hashlib.sha256(bytes(bytes_)).hexdigest()
 
 
 def render(*args):
@@ -34,8 +69,12 @@ def test_manifest_records_inputs_options_encoder_and_film(tmp_path, run_dir):
     files = sorted(run_dir.glob("step_*.safetensors"))
     assert [f["path"] for f in doc["checkpoints"]["files"]] == [f.name for f in files]
     assert [f["step"] for f in doc["checkpoints"]["files"]] == [0, 100, 200, 300]
-    assert [f["sha256"] for f in doc["checkpoints"]["files"]] == [sha(f) for f in files]
+    assert [f["header_sha256"] for f in doc["checkpoints"]["files"]] == [header_sha(f) for f in files]
+    assert [f["read_sha256"] for f in doc["checkpoints"]["files"]] == \
+        [drawn_sha(f, run_dir) for f in files]
     assert [f["bytes"] for f in doc["checkpoints"]["files"]] == [f.stat().st_size for f in files]
+    assert [f["mtime_ns"] for f in doc["checkpoints"]["files"]] == [f.stat().st_mtime_ns for f in files]
+    assert all("sha256" not in f for f in doc["checkpoints"]["files"])  # no full-file hashing
     assert doc["checkpoints"]["folder"] == str(run_dir)
     assert doc["model_config"] == {"n_layer": 2, "n_embd": 16}
     opts = doc["options"]
@@ -210,3 +249,65 @@ def test_manifest_records_how_each_panel_was_projected(tmp_path):
         exact.append((s[:2] ** 2).sum() / (s ** 2).sum())
         assert abs(pca.axis_share(W) - exact[-1]) < 1e-6
     assert 0.99 * min(exact) <= panels[0]["share_min"] and panels[0]["share_max"] <= max(exact) + 1e-6
+
+
+def test_render_reads_no_checkpoint_whole_for_the_manifest(tmp_path, run_dir, monkeypatch):
+    hashed = []
+    original = cache.sha256_file
+
+    def spy(path, use_cache=True):
+        hashed.append(path.name)
+        return original(path, use_cache)
+
+    monkeypatch.setattr(cache, "sha256_file", spy)
+    render(run_dir, tmp_path / "f.gif", "--fps", "2", "--size", "128x72")
+    assert hashed == ["f.gif"]  # the film itself, never a checkpoint
+    render(run_dir, tmp_path / "g.gif", "--fps", "2", "--size", "128x72", "--verify-inputs")
+    doc = json.loads((tmp_path / "g.gif.json").read_text())
+    files = sorted(run_dir.glob("step_*.safetensors"))
+    assert [f["sha256"] for f in doc["checkpoints"]["files"]] == [sha(f) for f in files]
+
+
+@pytest.mark.parametrize("verify", [[], ["--verify-inputs"]])
+def test_from_manifest_refuses_a_drawn_value_changed_in_place(tmp_path, verify):
+    """One drawn weight changed in place, the file's size and modification time restored: the
+    layout cache and the digest memo would both take it for the same file."""
+    import os
+
+    from conftest import plan_of
+
+    run = write_run(tmp_path / "run", n=3)
+    render(run, tmp_path / "f.gif", "--fps", "2", "--size", "128x72", *verify)
+    target = run / "step_000100.safetensors"
+    plan = plan_of(run)
+    src = plan.layers[1].sources[0]
+    raw = bytearray(target.read_bytes())
+    n = int.from_bytes(raw[:8], "little")
+    e = json.loads(raw[8:8 + n])[src.tensor]
+    row = int(src.index[0])
+    at = 8 + n + e["data_offsets"][0] + row * e["shape"][1] * 4
+    st = target.stat()
+    raw[at:at + 4] = np.float32(123.5).tobytes()
+    target.write_bytes(bytes(raw))
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert target.stat().st_size == st.st_size and target.stat().st_mtime_ns == st.st_mtime_ns
+    result = runner.invoke(app, ["render", "--from-manifest", str(tmp_path / "f.gif.json"),
+                                 str(tmp_path / "g.gif")])
+    assert result.exit_code == 1
+    assert "step_000100.safetensors: changed since" in result.output
+    assert ("read_sha256 differs" if not verify else "sha256 differs") in result.output
+    assert not (tmp_path / "g.gif").exists()
+
+
+def test_from_manifest_accepts_an_untouched_copy_with_new_times(tmp_path):
+    import os
+    import shutil
+
+    run = write_run(tmp_path / "run", n=3)
+    render(run, tmp_path / "f.gif", "--fps", "2", "--size", "128x72")
+    moved = tmp_path / "elsewhere" / "run"  # the film shows the run's name
+    shutil.copytree(run, moved)
+    for f in moved.iterdir():
+        os.utime(f, (1, 1))
+    result = render("--from-manifest", tmp_path / "f.gif.json", moved, tmp_path / "g.gif")
+    assert "identical to the film recorded" in result.output

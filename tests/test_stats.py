@@ -7,10 +7,10 @@ import pytest
 from safetensors.numpy import load_file, save_file
 from typer.testing import CliRunner
 
-from layerfilm import layouts, pipeline, stats
+from layerfilm import layouts, stats
 from layerfilm.cli import app
 
-from conftest import SAMPLE, gpt_state, plan_of, write_run
+from conftest import gpt_state, plan_of, write_run
 
 runner = CliRunner()
 BLOCK = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")

@@ -5,14 +5,13 @@ import csv
 import dataclasses
 import inspect
 import typing
-from pathlib import Path
 
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
-from layerfilm import cli, config, pipeline
+from layerfilm import cli, config
 from layerfilm.cli import app
 from layerfilm.config import RenderConfig, StatsConfig
 
@@ -190,7 +189,9 @@ def test_selection_options_are_validated_as_for_render(tmp_path, run_dir, args, 
 def test_shared_options_are_stats_parameters_with_render_defaults_and_types():
     names = config.option_names(StatsConfig)
     assert names == ["settle_threshold", "settle_fraction", "rebel_z", "projection", "fourier_ref",
-                     "points", "tensor", "max_points", "seed", "steps", "layer_pattern", "skip_bad"]
+                     "points", "tensor", "max_points", "seed", "steps", "layer_pattern", "skip_bad",
+                     "revisions", "keep_downloads", "storage_options"]
+    names = [n for n in names if n not in config.FILE_ONLY]
     params = inspect.signature(cli.stats).parameters
     render, stats_ = typing.get_type_hints(RenderConfig), typing.get_type_hints(StatsConfig)
     fields = {f.name: f for f in dataclasses.fields(StatsConfig)}
@@ -262,7 +263,9 @@ def test_print_config_round_trips_and_render_reads_it(tmp_path, monkeypatch, see
     assert lines[1:] == ["# settle_threshold is not set", "settle_fraction = 0.9", "rebel_z = 3.0",
                          'projection = "pca"', "# fourier_ref is not set", 'points = "neurons"',
                          "# tensor is not set", "max_points = 2000", "seed = 3", 'steps = "::500"',
-                         "# layer_pattern is not set", "skip_bad = true"]
+                         "# layer_pattern is not set", "skip_bad = true",
+                         "# revisions is not set", "keep_downloads = false",
+                         "# storage_options is not set"]
     (tmp_path / "saved.toml").write_text(first.output)
     (tmp_path / "layerfilm.toml").unlink()
     again = runner.invoke(app, ["stats", "--print-config", "--config", "saved.toml"])

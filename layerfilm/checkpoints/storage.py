@@ -120,6 +120,15 @@ class LocalStorage:
 LOCAL = LocalStorage()
 
 
+def cache_root() -> Path:
+    """layerfilm's cache folder: ``$LAYERFILM_CACHE_DIR``, else ``$XDG_CACHE_HOME/layerfilm``,
+    else ``~/.cache/layerfilm``."""
+    if os.environ.get("LAYERFILM_CACHE_DIR"):
+        return Path(os.environ["LAYERFILM_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "layerfilm"
+
+
 def coalesce(ranges: Sequence[tuple[int, int]], gap: int = 0) -> list[tuple[int, int]]:
     """Sorted ``[start, end)`` ranges merged where they touch or are at most ``gap`` bytes
     apart: fewer, larger reads."""

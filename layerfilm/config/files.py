@@ -28,6 +28,8 @@ CONFIG_FILE = "layerfilm.toml"
 POSITIONAL = ("checkpoints", "output")
 # Options about where the work runs, not what the film is: not recorded in manifests.
 RUN_ONLY = ("scheduler",)
+# Options set only in config files (fsspec's own settings, not layerfilm flags).
+FILE_ONLY = ("storage_options",)
 
 
 def option_names(config_type: type = RenderConfig) -> list[str]:
@@ -185,7 +187,7 @@ def _coerce(value: Any, tp: Any, base: Path, nullable: bool) -> Any:
         element = args[0] if args else Any
         items = [_coerce(v, element, base, nullable) for v in value]
         return tuple(items) if origin is tuple else items
-    return value  # a type this loader does not know: schema.validate checks it
+    return value  # a type this loader does not know: validate.py checks it
 
 
 def plain(value: Any) -> Any:

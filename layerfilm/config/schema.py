@@ -2,8 +2,8 @@
 
 :class:`Selection` is what every command shares: which checkpoints, which keyframes, which
 tensors and points.  :class:`RenderConfig`, :class:`StatsConfig` and :class:`InfoConfig` add
-what each command needs.  :func:`validate` checks every field of any of them, by name, in
-one table (:data:`_CHECKS`); an error carries the field, so a value that came from a config
+what each command needs.  :func:`~layerfilm.config.validate.validate` checks every field of
+any of them, by name, in one table; an error carries the field, so a value that came from a config
 file is blamed on that file and key.  ``config.validated()`` runs it once per config object;
 from then on the stages trust it.
 """
@@ -11,9 +11,10 @@ from then on the stages trust it.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 from ..errors import ConfigError
 
@@ -52,11 +53,47 @@ def parse_steps(text: str) -> tuple[int | None, int | None, int | None]:
     return tuple(int(g) if g else None for g in m.groups())  # type: ignore[return-value]
 
 
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+@dataclasses.dataclass(frozen=True)
+class Remote:
+    """Checkpoints behind a URL (``hf://ORG/REPO``, ``s3://bucket/run``, ``https://...``).
+
+    ``revisions`` pins Hub ref names to commits, as a manifest recorded them (``()``: what
+    the refs point to now).  ``str()`` and ``os.fspath()`` give the URL, so messages name it.
+    """
+
+    url: str
+    revisions: tuple[tuple[str, str], ...] = ()
+
+    def __str__(self) -> str:
+        return self.url
+
+    def __fspath__(self) -> str:
+        return self.url
+
+    @property
+    def name(self) -> str:
+        """The last part of the URL (a run's name)."""
+        return self.url.rstrip("/").rsplit("/", 1)[-1].split("@")[0]
+
+
+def as_location(text: str | os.PathLike | None) -> "Path | Remote | None":
+    """A CHECKPOINTS argument: a :class:`Remote` for a URL, else a :class:`Path`."""
+    if text is None or isinstance(text, (Path, Remote)):
+        return text
+    text = os.fspath(text)
+    return Remote(text) if _URL.match(text) else Path(text)
+
+
 class _Validated:
     def validated(self):
         """Return ``self`` after :func:`validate` (run once per object); raise
         :class:`ConfigError`."""
         if not getattr(self, "_valid", False):
+            from .validate import validate  # the checks need this module's constants
+
             validate(self)
             object.__setattr__(self, "_valid", True)
         return self
@@ -66,14 +103,16 @@ class _Validated:
 class Selection(_Validated):
     """What is drawn or measured, shared by ``render``, ``info`` and ``stats``.
 
-    ``checkpoints``: the folder; ``steps="START:STOP:EVERY"`` picks keyframes
-    (:attr:`step_range`, see ``checkpoints.select_steps``); ``points``/``tensor``/
-    ``layer_pattern`` decide the panels and their dots (``extract.plan_panels``), at most
-    ``max_points`` a panel, subsampled with ``seed``; ``skip_bad`` leaves out unreadable
-    checkpoints instead of stopping.
+    ``checkpoints``: the folder, or a :class:`Remote` URL; ``steps="START:STOP:EVERY"``
+    picks keyframes (:attr:`step_range`, see ``checkpoints.select_steps``); ``points``/
+    ``tensor``/``layer_pattern`` decide the panels and their dots (``extract.plan_panels``), at
+    most ``max_points`` a panel, subsampled with ``seed``; ``skip_bad`` leaves out unreadable
+    checkpoints instead of stopping.  Remote sources: ``revisions`` (globs of Hub ref names),
+    ``storage_options`` (fsspec's, from a config file only), ``keep_downloads`` (keep whole
+    files that had to be downloaded).
     """
 
-    checkpoints: Path | None = None
+    checkpoints: Path | Remote | None = None
     points: str = "neurons"
     tensor: str | None = None
     max_points: int = 2000
@@ -81,6 +120,9 @@ class Selection(_Validated):
     steps: str | None = None  # kept as text, so config files and manifests hold it as typed
     layer_pattern: str | None = None
     skip_bad: bool = False
+    revisions: str | None = None
+    keep_downloads: bool = False
+    storage_options: dict[str, Any] | None = None  # a config-file table, never a flag
 
     @property
     def step_range(self) -> tuple[int | None, int | None, int | None] | None:
@@ -130,6 +172,7 @@ class RenderConfig(Selection):
     captions: Path | None = None
     tokens_per_step: int | None = None
     scheduler: str | None = None  # a Dask scheduler's address (else $DASK_SCHEDULER_ADDRESS)
+    verify_inputs: bool = False  # the manifest hashes every byte of every checkpoint
 
     @property
     def format(self) -> str:
@@ -189,273 +232,9 @@ class PublishConfig(_Validated):
 
     films: tuple[Path, ...] = ()
     repo_id: str = ""
+    bucket: str | None = None  # USER/NAME[/prefix]: a Storage Bucket instead of a repository
     repo_type: str = "model"
     private: bool = False
     path_in_repo: str = ""
     message: str | None = None
     dry_run: bool = False
-
-
-# ---- validation: one check per field name ---------------------------------------------------
-
-_CHECKS: dict[str, Callable[[object], None]] = {}
-
-
-def _check(*names: str):
-    def register(fn):
-        for name in names:
-            _CHECKS[name] = fn
-        return fn
-    return register
-
-
-def _fail(field: str, message: str, path: Path | None = None):
-    raise ConfigError(message, path, field=field)
-
-
-def _one_of(field: str, option: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        _fail(field, f"{option} must be one of {', '.join(allowed)}, got {value!r}")
-
-
-def _regex(field: str, text: str, what: str) -> None:
-    try:
-        re.compile(text)
-    except re.error as e:
-        _fail(field, f"{what} {text!r} is not {'a valid' if field == 'layer_pattern' else 'a'} "
-                     f"regular expression: {e}")
-
-
-def _new_or_empty_folder(field: str, option: str, d: Path) -> None:
-    if d.exists() and (not d.is_dir() or any(d.iterdir())):
-        _fail(field, f"{option} needs a new or empty folder", d)
-    if not d.resolve().parent.exists():
-        _fail(field, f"the parent folder of {option} does not exist", d)
-
-
-@_check("output")
-def _output(c) -> None:
-    out = c.output
-    if out is None:
-        return  # not given yet (--print-config); the CLI asks for it before rendering
-    if out.suffix.lower() not in SUFFIXES:
-        _fail("output", f"unknown output format {out.suffix or '(no suffix)'!r}; use one of "
-                        f"{', '.join(SUFFIXES)}", out)
-    if out.exists() and out.is_dir():
-        _fail("output", "output is a directory; give a file name such as out.webm", out)
-    if not out.parent.exists() and str(out.parent) not in ("", "."):
-        _fail("output", "the output's folder does not exist", out.parent)
-
-
-@_check("fps")
-def _fps(c) -> None:
-    if not 1 <= c.fps <= 240:
-        _fail("fps", f"--fps must be between 1 and 240, got {c.fps}")
-
-
-@_check("frames_per_keyframe")
-def _frames_per_keyframe(c) -> None:
-    if c.frames_per_keyframe is not None and not 1 <= c.frames_per_keyframe <= 10_000:
-        _fail("frames_per_keyframe",
-              f"--frames-per-keyframe must be between 1 and 10000, got {c.frames_per_keyframe}")
-
-
-@_check("size")
-def _size(c) -> None:
-    w, h = c.size
-    if not (64 <= w <= 8192 and 64 <= h <= 8192):
-        _fail("size", f"--size must be between 64x64 and 8192x8192, got {w}x{h}")
-
-
-@_check("projection")
-def _projection(c) -> None:
-    _one_of("projection", "--projection", c.projection, PROJECTIONS)
-
-
-@_check("fourier_ref")
-def _fourier_ref(c) -> None:
-    if c.fourier_ref is not None and c.fourier_ref < 0:
-        _fail("fourier_ref", f"--fourier-ref must be a training step (0 or more), got {c.fourier_ref}")
-
-
-@_check("max_points")
-def _max_points(c) -> None:
-    if c.max_points < 3:
-        _fail("max_points", f"--max-points must be at least 3, got {c.max_points}")
-
-
-@_check("color_scale")
-def _color_scale(c) -> None:
-    _one_of("color_scale", "--color-scale", c.color_scale, COLOR_SCALES)
-
-
-@_check("frames_dir")
-def _frames_dir(c) -> None:
-    if c.frames_dir is not None:
-        _new_or_empty_folder("frames_dir", "--frames", c.frames_dir)
-        if getattr(c, "scheduler", None):
-            _fail("frames_dir", "--frames writes every frame as a PNG on this machine; render them "
-                                "without --scheduler", c.frames_dir)
-
-
-@_check("jobs")
-def _jobs(c) -> None:
-    if not 1 <= c.jobs <= 64:
-        _fail("jobs", f"--jobs must be between 1 and 64, got {c.jobs}")
-
-
-@_check("points")
-def _points(c) -> None:
-    _one_of("points", "--points", c.points, POINTS)
-
-
-@_check("tensor")
-def _tensor(c) -> None:
-    if c.tensor is not None:
-        _regex("tensor", c.tensor, "--tensor")
-
-
-@_check("order")
-def _order(c) -> None:
-    _one_of("order", "--order", c.order, ORDERS)
-
-
-@_check("settle_threshold")
-def _settle_threshold(c) -> None:
-    if c.settle_threshold is not None and not (0 < c.settle_threshold < float("inf")):
-        _fail("settle_threshold",
-              f"--settle-threshold must be a positive number, got {c.settle_threshold}")
-
-
-@_check("settle_fraction")
-def _settle_fraction(c) -> None:
-    if not (0 < c.settle_fraction <= 1):
-        _fail("settle_fraction",
-              f"--settle-fraction must be above 0 and at most 1, got {c.settle_fraction}")
-
-
-@_check("rebel_z")
-def _rebel_z(c) -> None:
-    if not (0 < c.rebel_z < float("inf")):
-        _fail("rebel_z", f"--rebel-z must be a positive number, got {c.rebel_z}")
-
-
-@_check("metrics")
-def _metrics(c) -> None:
-    if c.metrics is not None and not c.metrics.is_file():
-        _fail("metrics", "--metrics: no such file", c.metrics)
-
-
-@_check("stills_dir")
-def _stills_dir(c) -> None:
-    d = c.stills_dir
-    if d is not None:
-        _new_or_empty_folder("stills_dir", "--stills", d)
-        if c.frames_dir is not None and d.resolve() == c.frames_dir.resolve():
-            _fail("stills_dir", "--stills and --frames need different folders", d)
-
-
-@_check("stills_every")
-def _stills_every(c) -> None:
-    if c.stills_every is not None and c.stills_every < 1:
-        _fail("stills_every", f"--stills-every must be at least 1, got {c.stills_every}")
-
-
-@_check("steps")
-def _steps(c) -> None:
-    if c.steps is not None:
-        start, stop, every = parse_steps(c.steps)
-        if start is not None and stop is not None and start > stop:
-            _fail("steps", f"--steps START must not exceed STOP, got {start}:{stop}")
-        if every is not None and every < 1:
-            _fail("steps", f"--steps EVERY must be at least 1, got {every}")
-
-
-@_check("timeline")
-def _timeline(c) -> None:
-    _one_of("timeline", "--timeline", c.timeline, TIMELINES)
-
-
-@_check("point_size")
-def _point_size(c) -> None:
-    if c.point_size is not None and not 0.5 <= c.point_size <= 48:
-        _fail("point_size", f"--point-size must be between 0.5 and 48 pixels, got {c.point_size}")
-
-
-@_check("scale")
-def _scale(c) -> None:
-    _one_of("scale", "--scale", c.scale, SCALES)
-
-
-@_check("title", "caption")
-def _one_line(c) -> None:
-    for name in ("title", "caption"):
-        text = getattr(c, name, None)
-        if text is not None and (not text.strip() or any(ch in text for ch in "\n\r\t")):
-            _fail(name, f"--{name} must be one line of text, got {text!r}")
-
-
-@_check("captions")
-def _captions(c) -> None:
-    if c.captions is not None and not c.captions.is_file():
-        _fail("captions", "--captions: no such file", c.captions)
-
-
-@_check("tokens_per_step")
-def _tokens_per_step(c) -> None:
-    if c.tokens_per_step is not None and c.tokens_per_step < 1:
-        _fail("tokens_per_step", f"--tokens-per-step must be at least 1, got {c.tokens_per_step}")
-
-
-@_check("layer_pattern")
-def _layer_pattern(c) -> None:
-    if c.layer_pattern is not None:
-        _regex("layer_pattern", c.layer_pattern, "--layer-pattern")
-
-
-@_check("out")
-def _out(c) -> None:
-    if c.out.exists() and not c.out.is_dir():
-        _fail("out", "--out must be a folder", c.out)
-    if not c.out.exists() and not c.out.resolve().parent.is_dir():
-        _fail("out", "the parent folder of --out does not exist", c.out)
-
-
-@_check("cmap")
-def _cmap(c) -> None:
-    import matplotlib
-
-    if c.cmap not in matplotlib.colormaps:
-        _fail("cmap", f"--cmap {c.cmap!r} is not a matplotlib colormap (try inferno, viridis, "
-                      "magma, turbo)")
-
-
-@_check("repo_id")
-def _repo_id(c) -> None:
-    if not _REPO_ID.fullmatch(c.repo_id):
-        _fail("repo_id", f"--repo-id must look like USER/NAME, got {c.repo_id!r}")
-
-
-@_check("repo_type")
-def _repo_type(c) -> None:
-    _one_of("repo_type", "--repo-type", c.repo_type, REPO_TYPES)
-
-
-# Cheap checks first; the colormap check imports matplotlib.
-_ORDER = ("output", "fps", "frames_per_keyframe", "size", "projection", "fourier_ref", "max_points",
-          "color_scale",
-          "frames_dir", "jobs", "points", "tensor", "order", "settle_threshold", "settle_fraction",
-          "rebel_z", "metrics",
-          "stills_dir", "stills_every", "steps", "timeline", "point_size", "scale", "title", "caption", "captions",
-          "tokens_per_step", "layer_pattern", "out", "repo_id",
-          "repo_type", "cmap")
-assert set(_ORDER) == set(_CHECKS)
-
-
-def validate(config) -> None:
-    """Check every field of ``config`` that has a check; raise :class:`ConfigError` (with
-    ``field`` set) for the first that cannot work."""
-    names = {f.name for f in dataclasses.fields(config)}
-    for name in _ORDER:
-        if name in names:
-            _CHECKS[name](config)

@@ -11,7 +11,7 @@ import numpy as np
 
 from ...errors import CheckpointError
 from ..discover import HF_WEIGHTS, SAFETENSORS_SUFFIXES, TORCH_SUFFIXES
-from ..storage import LOCAL, Storage
+from ..storage import LOCAL, Storage, coalesce
 from .dcp import DcpCheckpoint
 from .pickles import TorchFile
 from .safetensors import SafetensorsFile
@@ -64,5 +64,27 @@ def open_checkpoint(path: PurePath | str, storage: Storage = LOCAL) -> TensorSou
     return open_file(path, storage)
 
 
+def drawn_ranges(ckpt: TensorSource, wanted) -> dict[PurePath, list[tuple[int, int]]] | None:
+    """The byte ranges of each file of ``ckpt`` that reading every ``(name, index, axis)`` in
+    ``wanted`` touches (safetensors: the header first, then the drawn rows, coalesced), or ``None``
+    when the format reads its files whole (torch pickles, Distributed Checkpoints)."""
+    if isinstance(ckpt, ShardedCheckpoint):
+        out: dict[PurePath, list[tuple[int, int]]] = {}
+        for shard in ckpt.shards.values():
+            found = drawn_ranges(shard, wanted)
+            if found is None:
+                return None
+            out.update(found)
+        return out
+    if not isinstance(ckpt, SafetensorsFile):
+        return None
+    names = ckpt.shapes()
+    ranges = []
+    for name, index, axis in wanted:
+        if name in names:
+            ranges += ckpt.byte_ranges(name, index, axis)
+    return {ckpt.path: [(0, ckpt.header_bytes)] + coalesce(ranges)}
+
+
 __all__ = ["TensorSource", "open_file", "open_checkpoint", "DcpCheckpoint", "TorchFile",
-           "SafetensorsFile", "ShardedCheckpoint"]
+           "SafetensorsFile", "ShardedCheckpoint", "drawn_ranges"]

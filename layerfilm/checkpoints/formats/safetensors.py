@@ -7,9 +7,11 @@ pages of drawn rows are read), else as byte ranges: the rows that are drawn, coa
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import struct
+import threading
 from pathlib import Path, PurePath
 
 import numpy as np
@@ -47,7 +49,7 @@ class SafetensorsFile:
         self.where = storage.display(self.path)
         try:
             size = storage.size(self.path)
-            first = storage.read(self.path, 0, min(size, _FIRST_READ))
+            first = storage.read(self.path, 0, min(size, getattr(storage, "first_read", _FIRST_READ)))
             if len(first) < 8:
                 raise CheckpointError(
                     "not a safetensors file: " + ("empty file" if size == 0 else "truncated header"),
@@ -73,6 +75,10 @@ class SafetensorsFile:
         self.header_bytes = 8 + n
         self._data_start = 8 + n
         self._map: np.ndarray | None = None
+        self._fetched: dict[tuple, bytes] = {}  # raw bytes of drawn rows (storage without a map)
+        self._head = first  # the first bytes, read with the header: never fetched again
+        self._prefetched = False
+        self._lock = threading.Lock()  # layers are read by several threads
         data_len = size - self._data_start
         self._entries: dict[str, tuple[str, tuple[int, ...], int]] = {}
         for name, e in header.items():
@@ -115,7 +121,7 @@ class SafetensorsFile:
                     raise CheckpointError(f"cannot read: {e.strerror or e}", self.where) from None
             start = self._data_start + begin
             if data is None:
-                return self._read_ranges(dtype, shape, start, index, axis)
+                return self._read_ranges(name, index, axis)
             nbytes = math.prod(shape) * DTYPES[dtype].itemsize
             arr = data[start:start + nbytes].view(DTYPES[dtype]).reshape(shape)
         if index is not None and not _is_everything(index, arr.shape[axis]):
@@ -135,33 +141,70 @@ class SafetensorsFile:
         row = shape[1] * DTYPES[dtype].itemsize
         return coalesce([(start + int(r) * row, start + (int(r) + 1) * row) for r in index])
 
-    def prefetch(self, wanted: list[tuple[str, np.ndarray | None, int]]) -> None:
-        """Hint the storage that these ``(name, index, axis)`` reads come next."""
+    def read_ahead(self, wanted: list[tuple[str, np.ndarray | None, int]]) -> None:
+        """Hint a storage that reads ahead (local files: the kernel's readahead) that these
+        ``(name, index, axis)`` reads come next; others are left to fetch on first read."""
+        hint = getattr(self.storage, "prefetch", None)
+        if hint is None:
+            return
         ranges = [r for name, index, axis in wanted if name in self._entries
                   and self._entries[name][2] >= 0 for r in self.byte_ranges(name, index, axis)]
         if ranges:
-            self.storage.prefetch(self.path, coalesce(ranges, gap=1 << 16))
+            hint(self.path, coalesce(ranges, gap=1 << 16))
 
-    def _read_ranges(self, dtype: str, shape: tuple[int, ...], start: int,
-                     index: np.ndarray | None, axis: int) -> np.ndarray:
-        """:meth:`read` through ranged reads (storage without a memory map)."""
-        item = DTYPES[dtype]
-        rows_only = index is not None and axis == 0 and len(shape) == 2 \
-            and not _is_everything(index, shape[0])
-        if rows_only:
-            row = shape[1] * item.itemsize
-            ranges = coalesce([(start + int(r) * row, start + (int(r) + 1) * row) for r in index])
-        else:
-            ranges = [(start, start + math.prod(shape) * item.itemsize)]
+    def prefetch(self, wanted) -> None:
+        """Fetch the byte ranges of every ``(name, index, axis)`` in ``wanted`` held here in
+        one go (in parallel, see the storage), so that :meth:`read` then makes no requests.
+        Only for storages without a memory map (remote ones)."""
+        keys, ranges = [], []
+        for name, index, axis in wanted:
+            if name in self._entries and self._entries[name][2] >= 0 and \
+                    self._entries[name][0] in FLOAT_DTYPES:
+                key = _key(name, index, axis)
+                if key not in self._fetched:
+                    r = self.byte_ranges(name, index, axis)
+                    keys.append((key, r))
+                    ranges += r
+        chunks = self._fetch(ranges) if ranges else []
+        i = 0
+        for key, r in keys:
+            self._fetched[key] = b"".join(chunks[i:i + len(r)])
+            i += len(r)
+        self._prefetched = True
+
+    def _fetch(self, ranges: list[tuple[int, int]]) -> list[bytes]:
+        head = len(self._head)
+        rest = [(max(s, head), e) for s, e in ranges if e > head]
         try:
-            chunks = self.storage.read_ranges(self.path, ranges)
+            fetched = iter(self.storage.read_ranges(self.path, rest) if rest else [])
+            chunks = [self._head[s:min(e, head)] + (next(fetched) if e > head else b"")
+                      for s, e in ranges]
         except OSError as e:
             raise CheckpointError(f"cannot read: {e.strerror or e}", self.where) from None
         for (s, e), chunk in zip(ranges, chunks):
             if len(chunk) != e - s:
                 raise CheckpointError(f"short read: bytes {s}-{e} came back as {len(chunk)} bytes",
                                       self.where)
-        arr = np.frombuffer(b"".join(chunks), dtype=item)
+        return chunks
+
+    def _read_ranges(self, name: str, index: np.ndarray | None, axis: int) -> np.ndarray:
+        """:meth:`read` through ranged reads (storage without a memory map): the drawn rows,
+        kept for this file's lifetime (a reader may ask twice), fetched with every other
+        drawn tensor of the file when the storage says what is drawn (``wanted``)."""
+        dtype, shape, _ = self._entries[name]
+        item = DTYPES[dtype]
+        rows_only = index is not None and axis == 0 and len(shape) == 2 \
+            and not _is_everything(index, shape[0])
+        key = _key(name, index, axis)
+        wanted = getattr(self.storage, "wanted", None)
+        if wanted and not self._prefetched:
+            with self._lock:  # one thread fetches the file's drawn rows, the others wait
+                if not self._prefetched:
+                    self.prefetch(wanted)
+        raw = self._fetched.get(key)
+        if raw is None:
+            raw = self._fetched[key] = b"".join(self._fetch(self.byte_ranges(name, index, axis)))
+        arr = np.frombuffer(raw, dtype=item)
         if rows_only:
             arr = arr.reshape(len(index), shape[1])
         else:
@@ -170,6 +213,12 @@ class SafetensorsFile:
                 arr = arr[index] if axis == 0 else arr[:, index]
         out = _to_float32(arr, dtype)
         return np.ascontiguousarray(out.T) if axis == 1 else out
+
+
+def _key(name: str, index: np.ndarray | None, axis: int) -> tuple:
+    if index is None:
+        return name, axis, None
+    return name, axis, hashlib.sha1(np.ascontiguousarray(index, dtype=np.int64).tobytes()).digest()
 
 
 def _is_everything(index: np.ndarray, n: int) -> bool:

@@ -41,6 +41,7 @@ class ShardedCheckpoint:
             if not storage.is_file(p):
                 raise CheckpointError(f"shard {shard} listed in the index is missing", self.where)
             shards[shard] = open_file(p, storage)
+        self.shards = shards
         self._where = {}
         self._shapes: dict[str, tuple[int, ...]] = {}
         for shard, source in shards.items():
