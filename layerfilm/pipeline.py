@@ -90,21 +90,22 @@ def measure(config: StatsConfig, progress: Progress = QUIET) -> StatsResult:
     into ``config.out`` (created if needed), over the keyframes and panels a render with the
     same selection draws."""
     cfg = config.validated()
-    plan = make_plan(cfg)
-    for path, why in plan.skipped:
-        progress.warn(f"skipped {path}: {why}")
-    result = stats.weight_stats(plan.refs, plan.layers, progress)
-    keys = layouts.load_cached(plan, cfg.projection, cfg.seed, cfg.fourier_ref)
-    if keys is not None:
-        where = "from the layout cache"
-    elif cfg.layouts:
-        keys = layouts.cached_keyframe_layouts(plan, cfg.projection, cfg.seed, progress,
-                                               fourier_ref=cfg.fourier_ref)
-        where = "computed (--layouts)"
-    else:
-        where = ("empty: no cached layouts for these options (render the film first with the same "
-                 "--points/--tensor/--max-points/--seed/--projection/--steps/--layer-pattern, or pass "
-                 "--layouts)")
+    with cluster.runner(cluster.scheduler_address(cfg.scheduler)) as run:
+        plan = make_plan(cfg)
+        for path, why in plan.skipped:
+            progress.warn(f"skipped {path}: {why}")
+        result = stats.weight_stats(plan.refs, plan.layers, progress, run)
+        keys = layouts.load_cached(plan, cfg.projection, cfg.seed, cfg.fourier_ref)
+        if keys is not None:
+            where = "from the layout cache"
+        elif cfg.layouts:
+            keys = layouts.cached_keyframe_layouts(plan, cfg.projection, cfg.seed, progress,
+                                                   fourier_ref=cfg.fourier_ref, run=run)
+            where = "computed (--layouts)"
+        else:
+            where = ("empty: no cached layouts for these options (render the film first with the "
+                     "same --points/--tensor/--max-points/--seed/--projection/--steps/--layer-pattern, "
+                     "or pass --layouts)")
     if keys is not None:
         result = result.with_layouts(keys.P, plan.starts)
     cfg.out.mkdir(exist_ok=True)

@@ -276,47 +276,73 @@ def layouts_and_drift(plan: Plan, projection: str, seed: int, progress: Progress
 
 
 def weight_stats(refs: list[checkpoints.CheckpointRef], layers: list[extract.Layer],
-                 progress: Progress = QUIET) -> LayerStats:
-    """Read every keyframe once (in ``refs`` order) and measure each layer's weights.
+                 progress: Progress = QUIET, run=None) -> LayerStats:
+    """Read every keyframe once and measure each layer's weights, in chunks of keyframes run
+    by ``run`` (this process by default, else a Dask cluster: the same numbers either way).
 
     A tensor that is missing or changed shape raises :class:`~layerfilm.errors.CheckpointError`.
     """
+    from .cluster import InProcess
+
     K, L = len(refs), len(layers)
-    rel_first, mean_abs, cosine = (np.full((L, K), np.nan) for _ in range(3))
+    runs = layouts.chunks(K, "pca")
+    parts = (run or InProcess()).map(weights_chunk, runs, refs, layers, stage="Measuring layers",
+                                     progress=progress, weights=[len(c) for c in runs])
     meter = DriftMeter(K, L)
-    first = refs[0].open()
-    first_shapes = first.shapes()
-    prev: list[np.ndarray | None] = [None] * L
-    prev_delta: list[np.ndarray | None] = [None] * L
-    with progress.stage("Measuring layers", K) as advance:
-        for k, ref in enumerate(refs):
-            ckpt = first if k == 0 else ref.open()
-            shapes = first_shapes if k == 0 else ckpt.shapes()
-            for l, layer in enumerate(layers):
-                W32 = extract.read_layer(ckpt, layer, shapes)
-                meter.add(k, l, W32)
-                W = W32.astype(np.float64)
-                if k == 0:
-                    rel_first[l, k] = mean_abs[l, k] = 0.0
-                else:
-                    d0 = W - extract.read_layer(first, layer, first_shapes)
-                    rel_first[l, k] = _ratio(np.sqrt(np.vdot(d0, d0)), np.sqrt(meter.sums[l, 0, 0]))
-                    mean_abs[l, k] = np.abs(d0).mean()
-                    del d0
-                    delta = W - prev[l]
-                    if prev_delta[l] is not None:
-                        pd = prev_delta[l]
-                        cosine[l, k] = _ratio(np.vdot(delta, pd),
-                                              np.sqrt(np.vdot(delta, delta)) * np.sqrt(np.vdot(pd, pd)))
-                    prev_delta[l] = delta
-                prev[l] = W
-            del ckpt
-            advance(1)
+    meter.sums = np.concatenate([p[0] for p in parts], axis=1)
+    rel_first, mean_abs, cosine = (np.concatenate([p[i] for p in parts], axis=1) for i in (1, 2, 3))
     base = meter.drift(np.array([r.step for r in refs]), layers)
     nan = np.full((L, K), np.nan)
     return LayerStats(base.steps, base.labels, base.points, base.norm, base.rel_prev,
                       rel_first=rel_first, mean_abs_first=mean_abs, update_cosine=cosine,
                       displacement=nan, residual=nan.copy())
+
+
+def weights_chunk(refs: list[checkpoints.CheckpointRef], layers: list[extract.Layer], chunk: range,
+                  advance=None) -> tuple[np.ndarray, ...]:
+    """A task: :func:`weight_stats`' numbers for the keyframes in ``chunk`` -- the drift sums
+    (L, n, 2) and the change from the first keyframe, its mean size and the update cosine,
+    each (L, n).  The first keyframe, and the two before the chunk, are read as needed."""
+    n, L = len(chunk), len(layers)
+    sums = np.full((L, n, 2), np.nan)
+    rel_first, mean_abs, cosine = (np.full((L, n), np.nan) for _ in range(3))
+    first = refs[0].open()
+    first_shapes = first.shapes()
+    norm0 = [np.sqrt(np.vdot(w, w)) for w in
+             (extract.read_layer(first, layer, first_shapes).astype(np.float64) for layer in layers)]
+
+    def clouds(k: int) -> list[np.ndarray]:
+        ckpt = first if k == 0 else refs[k].open()
+        shapes = first_shapes if k == 0 else ckpt.shapes()
+        return [extract.read_layer(ckpt, layer, shapes) for layer in layers]
+
+    before = [clouds(k) for k in range(max(0, chunk.start - 2), chunk.start)]
+    prev32 = before[-1] if before else [None] * L
+    prev_delta = ([b.astype(np.float64) - a.astype(np.float64) for a, b in zip(*before)]
+                  if len(before) == 2 else [None] * L)
+    for i, k in enumerate(chunk):
+        now = clouds(k)
+        for l, layer in enumerate(layers):
+            W32 = now[l]
+            sq_norms_kernel(W32, prev32[l] if prev32[l] is not None else _NO_PREVIOUS, sums[l, i])
+            W = W32.astype(np.float64)
+            if k == 0:
+                rel_first[l, i] = mean_abs[l, i] = 0.0
+            else:
+                d0 = W - extract.read_layer(first, layer, first_shapes)
+                rel_first[l, i] = _ratio(np.sqrt(np.vdot(d0, d0)), norm0[l])
+                mean_abs[l, i] = np.abs(d0).mean()
+                del d0
+                delta = W - prev32[l].astype(np.float64)
+                if prev_delta[l] is not None:
+                    pd = prev_delta[l]
+                    cosine[l, i] = _ratio(np.vdot(delta, pd),
+                                          np.sqrt(np.vdot(delta, delta)) * np.sqrt(np.vdot(pd, pd)))
+                prev_delta[l] = delta
+        prev32 = now
+        if advance is not None:
+            advance(1)
+    return sums, rel_first, mean_abs, cosine
 
 
 def layout_stats(P: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

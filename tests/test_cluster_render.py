@@ -135,3 +135,13 @@ def test_ctrl_c_cancels_and_leaves_no_output(tmp_path, procs):
     assert err.decode().strip() == "layerfilm: error: interrupted; no output was written"
     time.sleep(1)
     assert list(out.parent.iterdir()) == []
+
+
+def test_stats_on_a_cluster_are_the_one_machine_numbers(tmp_path, procs):
+    """layerfilm stats --scheduler: the same CSV, byte for byte (70 keyframes: two chunks, the
+    update cosine and the change from the first keyframe carried across their border)."""
+    run = write_run(tmp_path / "run", n=70, seed=5, d=24, blocks=2, vocab=50, every=10)
+    for where, extra in (("here", []), ("there", ["--scheduler", procs.address])):
+        result = runner.invoke(app, ["stats", str(run), "--out", str(tmp_path / where), "-q", *extra])
+        assert result.exit_code == 0, result.output
+    assert _sha(tmp_path / "here" / "layer_stats.csv") == _sha(tmp_path / "there" / "layer_stats.csv")

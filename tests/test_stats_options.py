@@ -189,7 +189,7 @@ def test_selection_options_are_validated_as_for_render(tmp_path, run_dir, args, 
 def test_shared_options_are_stats_parameters_with_render_defaults_and_types():
     names = config.option_names(StatsConfig)
     assert names == ["settle_threshold", "settle_fraction", "rebel_z", "projection", "fourier_ref",
-                     "points", "tensor", "max_points", "seed", "steps", "layer_pattern", "skip_bad",
+                     "scheduler", "points", "tensor", "max_points", "seed", "steps", "layer_pattern", "skip_bad",
                      "revisions", "keep_downloads", "storage_options"]
     names = [n for n in names if n not in config.FILE_ONLY]
     params = inspect.signature(cli.stats).parameters
@@ -261,7 +261,8 @@ def test_print_config_round_trips_and_render_reads_it(tmp_path, monkeypatch, see
     assert lines[0].startswith("# layerfilm ") and "stats options (defaults < layerfilm.toml < " \
         "command line)" in lines[0]
     assert lines[1:] == ["# settle_threshold is not set", "settle_fraction = 0.9", "rebel_z = 3.0",
-                         'projection = "pca"', "# fourier_ref is not set", 'points = "neurons"',
+                         'projection = "pca"', "# fourier_ref is not set", "# scheduler is not set",
+                         'points = "neurons"',
                          "# tensor is not set", "max_points = 2000", "seed = 3", 'steps = "::500"',
                          "# layer_pattern is not set", "skip_bad = true",
                          "# revisions is not set", "keep_downloads = false",

@@ -28,6 +28,7 @@ from .common import (
     LayerPatternOpt,
     PointsOpt,
     RebelOpt,
+    SchedulerOpt,
     RevisionsOpt,
     SkipBadOpt,
     StepsOpt,
@@ -102,6 +103,7 @@ def stats(
         "--layouts", help="Compute the keyframe layouts when none are cached (as render does).")
     ] = False,
     fourier_ref: FourierRefOpt = None,
+    scheduler: SchedulerOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     steps: StepsOpt = None,
     layer_pattern: LayerPatternOpt = None,
@@ -132,7 +134,8 @@ def stats(
                              points=points, tensor=tensor, max_points=max_points, seed=seed,
                              projection=projection, fourier_ref=fourier_ref, layouts=layouts,
                              steps=steps, layer_pattern=layer_pattern, skip_bad=skip_bad,
-                             revisions=revisions, keep_downloads=keep_downloads)
+                             revisions=revisions, keep_downloads=keep_downloads,
+                             scheduler=scheduler)
     config, path = resolve(cli_config, _given_on_command_line(ctx), config_file)
     if print_config:
         source = f"defaults < {path} < command line" if path else "defaults < command line"

@@ -204,6 +204,7 @@ class StatsConfig(Selection):
     projection: str = "pca"
     fourier_ref: int | None = None
     layouts: bool = False
+    scheduler: str | None = None  # a Dask scheduler's address (else $DASK_SCHEDULER_ADDRESS)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
