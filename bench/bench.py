@@ -86,7 +86,7 @@ if capture:  # record the exact bytes sent to ffmpeg, for the encode-only floor
 t = time.perf_counter()
 r = render(RenderConfig(checkpoints=Path(a["ckpts"]), output=Path(a["out"]), fps=a["fps"], frames_per_keyframe=a["fpk"],
                         size=tuple(a["size"]), max_points=a["max_points"], jobs=a.get("jobs", 1),
-                        cache=a.get("cache", False)))
+                        cache=a.get("cache", False), scheduler=a.get("scheduler")))
 wall = time.perf_counter() - t
 io = dict(line.split(": ") for line in open("/proc/self/io").read().split("\n") if ": " in line)
 print(json.dumps(dict(wall=wall, seconds=r.seconds, frames=r.frames, bytes=r.bytes, command=r.command,
