@@ -13,6 +13,7 @@ TORCH  ?= torch==2.13.0
 $(VENV)/.base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -e .
+	$(PY) -m layerfilm.warmup
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.base

@@ -124,9 +124,11 @@ def sha256_pass(folder: Path) -> tuple[float, int]:
     return time.perf_counter() - t, total
 
 
-def run(work: Path, run_layerfilm) -> None:
-    """Make (or reuse) both series and print a row for each."""
+def run(work: Path, run_layerfilm, only: list[str] | None = None) -> None:
+    """Make (or reuse) both series and print a row for each (``only``: names starting so)."""
     for name, make in (("gpt2-124M x30 fp32", gpt2_series), ("llama-1B x8 bf16", llama_series)):
+        if only and not any(name.startswith(o) for o in only):
+            continue
         t = time.perf_counter()
         folder = make(work / name.split()[0])
         made = time.perf_counter() - t

@@ -140,9 +140,13 @@ def card(films: list[Film], repo_id: str, how: str | None = None) -> str:
         "(`embed` is the token embedding, `L0`, `L1`, ... the blocks in order); each dot is one "
         "neuron's weight vector in the residual stream (a row or column of a weight matrix), "
         "followed one-to-one from checkpoint to checkpoint; the 2-D layout is PCA per layer, "
-        "aligned from one checkpoint to the next by Procrustes; colour is dot density with one "
-        "range for the whole film. The header shows the training step and, when it was logged, "
-        "the loss.",
+        "aligned from one checkpoint to the next by Procrustes (never rescaled: the bar under each "
+        "panel gives its scale in weight units). Colour is how many dots overlap, on one log "
+        "scale for the whole film (the legend runs from one lone dot to the densest pixel). A "
+        "panel's border brightens and the line under it moves while the layer changes fast; "
+        "'settled' marks the step by which it has made 90 % of its total change, 'rebel' a "
+        "layer moving against its neighbours. The header shows the training step, tokens seen, "
+        "learning rate and loss when they are known.",
         "",
     ]
     for run, members in runs.items():

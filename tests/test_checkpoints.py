@@ -140,22 +140,58 @@ def test_parse_step_parents(tmp_path, name, step):
     assert parse_step(tmp_path / name, tmp_path) == step
 
 
-def test_header_is_validated_before_any_data_is_mapped(tmp_path, monkeypatch):
+def test_header_is_validated_before_any_data_is_read(tmp_path, monkeypatch):
     from layerfilm.checkpoints import LocalStorage
 
-    mapped = []
-    original = LocalStorage.map
-    monkeypatch.setattr(LocalStorage, "map", lambda self, path: mapped.append(path) or original(self, path))
+    reads = []
+    original = LocalStorage.read_ranges
+    monkeypatch.setattr(LocalStorage, "read_ranges",
+                        lambda self, path, ranges: reads.append((path, list(ranges)))
+                        or original(self, path, ranges))
     good = tmp_path / "good.safetensors"
-    save_file({"w": np.ones((4, 4), np.float32)}, str(good))
+    save_file({"w": np.ones((512, 512), np.float32)}, str(good))  # more than the header's read
     opened = SafetensorsFile(good)  # opening validates the header only
     bad = _header_file(tmp_path / "bad.safetensors",
                        {"w": {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 64]}}, b"\0" * 32)
     with pytest.raises(CheckpointError, match="truncated: tensor 'w' ends at byte 64"):
         SafetensorsFile(bad)
-    assert mapped == []
-    np.testing.assert_array_equal(opened.read("w"), np.ones((4, 4)))  # reading data maps it
-    assert mapped == [good]
+    assert reads == []
+    np.testing.assert_array_equal(opened.read("w"), np.ones((512, 512)))  # reading data reads it
+    assert [p for p, _ in reads] == [good]
+
+
+def test_local_reads_only_the_drawn_rows_and_keep_nothing(tmp_path, monkeypatch):
+    """Local files are read by byte ranges: the drawn rows of a row-drawn tensor (coalesced),
+    the whole tensor when it is drawn by columns, values equal to safetensors' own reader, and
+    nothing kept after the read (a second read reads again)."""
+    from safetensors.numpy import load_file
+
+    from layerfilm.checkpoints import LocalStorage
+
+    reads = []
+    original = LocalStorage.read_ranges
+    monkeypatch.setattr(LocalStorage, "read_ranges",
+                        lambda self, path, ranges: reads.append(list(ranges))
+                        or original(self, path, ranges))
+    rng = np.random.default_rng(0)
+    path = tmp_path / "m.safetensors"
+    save_file({"a": rng.normal(size=(1024, 32)).astype(np.float16),
+               "b": rng.normal(size=(1024, 48)).astype(np.float32)}, str(path))
+    want = load_file(str(path))
+    f = SafetensorsFile(path)
+    rows = np.array([1001, 1002, 1003, 1010, 1023])  # past the header's first read
+    np.testing.assert_array_equal(f.read("a", rows), want["a"][rows].astype(np.float32))
+    start = f.byte_ranges("a")[0][0]
+    assert reads[-1] == [(start + 1001 * 64, start + 1004 * 64),
+                         (start + 1010 * 64, start + 1011 * 64),
+                         (start + 1023 * 64, start + 1024 * 64)]
+    cols = np.array([0, 5, 47])
+    np.testing.assert_array_equal(f.read("b", cols, axis=1), want["b"][:, cols].T)
+    (s, e), = f.byte_ranges("b")  # the whole tensor, less what came with the header
+    assert e - s == 1024 * 48 * 4 and reads[-1] == [(max(s, len(f._head)), e)]
+    n = len(reads)
+    f.read("a", rows)
+    assert len(reads) == n + 1 and f._fetched == {}
 
 
 def test_trainer_files_and_unindexed_shards_are_not_checkpoints(tmp_path):
@@ -169,9 +205,9 @@ def test_trainer_files_and_unindexed_shards_are_not_checkpoints(tmp_path):
         ("model-00001-of-00002.safetensors", "a shard without its index (*.index.json)")]
 
 
-def test_storage_seam_ranged_reads_equal_the_memory_map(tmp_path):
-    """A storage that cannot map (as remote ones) is read by byte ranges: only the drawn rows,
-    coalesced, and the values are those of the memory-mapped local read."""
+def test_storage_seam_ranged_reads_equal_the_local_read(tmp_path):
+    """Any storage is read by byte ranges: only the drawn rows, coalesced, and the values are
+    those of the local read."""
     from layerfilm import extract
     from layerfilm.checkpoints import LocalStorage
 
@@ -180,9 +216,6 @@ def test_storage_seam_ranged_reads_equal_the_memory_map(tmp_path):
 
         def __init__(self):
             self.ranges = []
-
-        def map(self, path):
-            return None
 
         def read_ranges(self, path, ranges):
             self.ranges += list(ranges)

@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "layerfilm"
 ORDER = ["__init__", "_kernels", "_draw_kernels", "errors", "atomic", "progress", "config", "checkpoints",
          "extract", "plan", "pca", "project", "cache", "cluster", "layouts", "interpolate", "raster",
          "shade", "compose", "overlays", "cues", "stats", "frames", "encode", "stills", "segments",
-         "manifest", "publish", "pipeline", "describe", "cli",
+         "manifest", "publish", "pipeline", "describe", "cli", "warmup",
          "__main__"]
 
 

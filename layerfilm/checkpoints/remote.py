@@ -146,14 +146,6 @@ class RemoteStorage:
         e = self._file(path)
         return {"bytes": e.size, **dict(e.info)}
 
-    def map(self, path: PurePath) -> np.ndarray | None:
-        copy = self._copy(path)
-        if copy is None:
-            return None  # readers fetch byte ranges
-        from .storage import LOCAL
-
-        return LOCAL.map(copy)
-
     # ---- reads ----------------------------------------------------------------------------
 
     def read(self, path: PurePath, start: int, end: int) -> bytes:

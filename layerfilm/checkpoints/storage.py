@@ -11,7 +11,6 @@ which the readers turn into one-line :class:`~layerfilm.errors.CheckpointError`\
 
 from __future__ import annotations
 
-import mmap
 import os
 from pathlib import Path, PurePath
 from typing import Protocol, Sequence
@@ -40,10 +39,6 @@ class Storage(Protocol):
     def read_ranges(self, path: PurePath, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         """Several ``[start, end)`` ranges of one file, in order."""
 
-    def map(self, path: PurePath) -> np.ndarray | None:
-        """The whole file as a read-only ``uint8`` array paged in on demand, or ``None`` when
-        this storage cannot map (then readers fetch byte ranges)."""
-
     def local_path(self, path: PurePath) -> Path:
         """A path on this machine holding the file's (or folder's) bytes, for readers that
         need one (``torch.load``)."""
@@ -57,7 +52,12 @@ class Storage(Protocol):
 
 
 class LocalStorage:
-    """Files on this machine.  Data is memory-mapped: only the pages of drawn rows are read."""
+    """Files on this machine.  Data is read as byte ranges -- the drawn rows, coalesced -- with
+    ``pread`` and the kernel's read-ahead off for them: a memory map would fault in (and keep
+    resident) whole neighbourhoods of pages around each drawn row, which on a 1B-parameter
+    bf16 series read 65 % of the file for 27 % drawn, and held two checkpoints in memory."""
+
+    cheap_reads = True  # readers need not keep what they read: reading it again costs little
 
     def display(self, path: PurePath) -> str:
         return str(path)
@@ -80,18 +80,22 @@ class LocalStorage:
             return f.read(max(0, end - start))
 
     def read_ranges(self, path: PurePath, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
-        out = []
-        with open(path, "rb") as f:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            if hasattr(os, "posix_fadvise"):  # scattered rows: no read-ahead around them
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+            out = []
             for start, end in ranges:
-                f.seek(start)
-                out.append(f.read(max(0, end - start)))
-        return out
-
-    def map(self, path: PurePath) -> np.ndarray | None:
-        # A plain ndarray over the mapping (slicing an ``np.memmap`` costs a Python-level
-        # ``__array_finalize__`` per view).
-        with open(path, "rb") as f:
-            return np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), dtype=np.uint8)
+                chunk = os.pread(fd, max(0, end - start), start)
+                while len(chunk) < end - start:  # pread may return less; the end of file stops it
+                    more = os.pread(fd, end - start - len(chunk), start + len(chunk))
+                    if not more:
+                        break
+                    chunk += more
+                out.append(chunk)
+            return out
+        finally:
+            os.close(fd)
 
     def local_path(self, path: PurePath) -> Path:
         return Path(path)

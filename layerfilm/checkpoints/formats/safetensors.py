@@ -1,8 +1,8 @@
 """Safetensors, read without torch.
 
 The header is validated (size, JSON, dtypes, shapes, offsets) before any tensor data is
-touched.  Data then comes from the storage's memory map when it has one (local files: only the
-pages of drawn rows are read), else as byte ranges: the rows that are drawn, coalesced.
+touched.  Data then comes as byte ranges from the storage: the rows that are drawn, coalesced
+(local files by ``pread``, remote ones by ranged requests, fetched per file in one go).
 """
 
 from __future__ import annotations
@@ -74,8 +74,7 @@ class SafetensorsFile:
         self.size = size
         self.header_bytes = 8 + n
         self._data_start = 8 + n
-        self._map: np.ndarray | None = None
-        self._fetched: dict[tuple, bytes] = {}  # raw bytes of drawn rows (storage without a map)
+        self._fetched: dict[tuple, bytes] = {}  # raw bytes of drawn rows (remote storage)
         self._head = first  # the first bytes, read with the header: never fetched again
         self._prefetched = False
         self._lock = threading.Lock()  # layers are read by several threads
@@ -109,25 +108,13 @@ class SafetensorsFile:
         return {k: shape for k, (dtype, shape, _) in self._entries.items() if dtype in FLOAT_DTYPES}
 
     def read(self, name: str, index: np.ndarray | None = None, axis: int = 0) -> np.ndarray:
-        dtype, shape, begin = self._entries[name]
+        dtype, shape, _ = self._entries[name]
         if math.prod(shape) == 0:
             arr = np.zeros(shape, dtype=np.float32)
-        else:
-            data = self._map
-            if data is None:  # one mapping per file, views per tensor (a race maps twice: harmless)
-                try:
-                    data = self._map = self.storage.map(self.path)
-                except OSError as e:
-                    raise CheckpointError(f"cannot read: {e.strerror or e}", self.where) from None
-            start = self._data_start + begin
-            if data is None:
-                return self._read_ranges(name, index, axis)
-            nbytes = math.prod(shape) * DTYPES[dtype].itemsize
-            arr = data[start:start + nbytes].view(DTYPES[dtype]).reshape(shape)
-        if index is not None and not _is_everything(index, arr.shape[axis]):
-            arr = arr[index] if axis == 0 else arr[:, index]
-        out = _to_float32(arr, dtype)  # in storage order: converting a strided view is slower
-        return np.ascontiguousarray(out.T) if axis == 1 else out
+            if index is not None:
+                arr = arr[index] if axis == 0 else arr[:, index]
+            return np.ascontiguousarray(arr.T) if axis == 1 else arr
+        return self._read_ranges(name, index, axis)
 
     def byte_ranges(self, name: str, index: np.ndarray | None = None, axis: int = 0
                     ) -> list[tuple[int, int]]:
@@ -150,12 +137,12 @@ class SafetensorsFile:
         ranges = [r for name, index, axis in wanted if name in self._entries
                   and self._entries[name][2] >= 0 for r in self.byte_ranges(name, index, axis)]
         if ranges:
-            hint(self.path, coalesce(ranges, gap=1 << 16))
+            hint(self.path, coalesce(ranges, gap=1 << 12))
 
     def prefetch(self, wanted) -> None:
         """Fetch the byte ranges of every ``(name, index, axis)`` in ``wanted`` held here in
         one go (in parallel, see the storage), so that :meth:`read` then makes no requests.
-        Only for storages without a memory map (remote ones)."""
+        Only for remote storages (local reads are cheap: they are not kept)."""
         keys, ranges = [], []
         for name, index, axis in wanted:
             if name in self._entries and self._entries[name][2] >= 0 and \
@@ -188,8 +175,8 @@ class SafetensorsFile:
         return chunks
 
     def _read_ranges(self, name: str, index: np.ndarray | None, axis: int) -> np.ndarray:
-        """:meth:`read` through ranged reads (storage without a memory map): the drawn rows,
-        kept for this file's lifetime (a reader may ask twice), fetched with every other
+        """:meth:`read` through ranged reads: the drawn rows, kept for this file's lifetime
+        when reads are not cheap (remote: a reader may ask twice), fetched with every other
         drawn tensor of the file when the storage says what is drawn (``wanted``)."""
         dtype, shape, _ = self._entries[name]
         item = DTYPES[dtype]
@@ -203,7 +190,9 @@ class SafetensorsFile:
                     self.prefetch(wanted)
         raw = self._fetched.get(key)
         if raw is None:
-            raw = self._fetched[key] = b"".join(self._fetch(self.byte_ranges(name, index, axis)))
+            raw = b"".join(self._fetch(self.byte_ranges(name, index, axis)))
+            if not getattr(self.storage, "cheap_reads", False):  # local files: read again
+                self._fetched[key] = raw
         arr = np.frombuffer(raw, dtype=item)
         if rows_only:
             arr = arr.reshape(len(index), shape[1])
