@@ -35,7 +35,6 @@ import threading
 from pathlib import Path, PurePath
 from typing import Iterable, Sequence
 
-import numpy as np
 
 from .storage import cache_root, coalesce
 from .transfer import (PREFIX_MAX, TOTAL, Answer, Entry, RemoteError, Traffic, Transient, drain, human_bytes,

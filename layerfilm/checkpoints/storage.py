@@ -15,7 +15,6 @@ import os
 from pathlib import Path, PurePath
 from typing import Protocol, Sequence
 
-import numpy as np
 
 
 class Storage(Protocol):
