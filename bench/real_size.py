@@ -9,7 +9,8 @@ and reused:
   (Conv1D shapes, 475 MB each, ``trainer_state.json`` beside them);
 * Llama-3.2-1B-shaped, 8 x bf16 safetensors (GQA, tied embedding, 2.5 GB each).
 
-For each: a render (fresh process, layout cache off) -- wall time, load+project, bytes read
+For each, with the series' files dropped from the page cache before each (both read from the
+disk): a render (fresh process, layout cache off) -- wall time, load+project, bytes read
 (``/proc/self/io``: ``rchar`` by read calls, ``read_bytes`` from the block device, which counts
 memory-mapped pages too), peak RSS -- against one sha256 pass over the same files in the same
 run (what a manifest that hashes every byte would add).  Prints; asserts nothing.
@@ -112,6 +113,21 @@ def llama_series(folder: Path) -> Path:
     return folder
 
 
+def evict(folder: Path) -> None:
+    """Drop the series' files from the page cache (``POSIX_FADV_DONTNEED``: no privileges
+    needed), so that the render and the sha256 pass both read from the disk, not one of them
+    from what the other (or the last row) left in memory."""
+    import os
+
+    for path in folder.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
 def sha256_pass(folder: Path) -> tuple[float, int]:
     """Seconds to sha256 every checkpoint file once, and the bytes hashed."""
     t, total = time.perf_counter(), 0
@@ -134,8 +150,10 @@ def run(work: Path, run_layerfilm, only: list[str] | None = None) -> None:
         made = time.perf_counter() - t
         stored = sum(p.stat().st_size for p in folder.rglob("*.safetensors"))
         one = max(p.stat().st_size for p in folder.rglob("*.safetensors"))
+        evict(folder)
         r = run_layerfilm(dict(ckpts=str(folder), out=str(work / f"{name.split()[0]}.gif"), fps=25, fpk=25,
                                size=(1280, 720), max_points=2000))
+        evict(folder)
         sha_s, hashed = sha256_pass(folder)
         s, io = r["seconds"], r.get("io", {})
         print(f"\n{name}: {stored / 1e9:.1f} GB stored ({one / 1e6:.0f} MB per checkpoint) "
