@@ -188,11 +188,11 @@ def _project_chunk(plan: Plan, how: list[project.Projection], drift: bool, chunk
         upcoming = plan.refs[chunk.start].open()
         for k in chunk:  # one checkpoint in memory at a time
             ckpt, upcoming = upcoming, None
+            shapes = ckpt.shapes()
+            parts = [pool.submit(project_layers, ckpt, shapes, k, part) for part in range(threads)]
             if k + 1 < chunk.stop:  # its rows are fetched while this one is projected
                 upcoming = plan.refs[k + 1].open()
                 extract.prefetch(upcoming, plan.layers)
-            shapes = ckpt.shapes()
-            parts = [pool.submit(project_layers, ckpt, shapes, k, part) for part in range(threads)]
             for part in parts:
                 part.result()
             del ckpt

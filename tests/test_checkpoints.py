@@ -163,7 +163,8 @@ def test_header_is_validated_before_any_data_is_read(tmp_path, monkeypatch):
 def test_local_reads_only_the_drawn_rows_and_keep_nothing(tmp_path, monkeypatch):
     """Local files are read by byte ranges: the drawn rows of a row-drawn tensor (coalesced),
     the whole tensor when it is drawn by columns, values equal to safetensors' own reader, and
-    nothing kept after the read (a second read reads again)."""
+    nothing kept after the read (a second read reads again), rows read ahead kept only until
+    they are read."""
     from safetensors.numpy import load_file
 
     from layerfilm.checkpoints import LocalStorage
@@ -192,6 +193,17 @@ def test_local_reads_only_the_drawn_rows_and_keep_nothing(tmp_path, monkeypatch)
     n = len(reads)
     f.read("a", rows)
     assert len(reads) == n + 1 and f._fetched == {}
+    # Read ahead (the next checkpoint, while this one is projected): one read for both
+    # tensors, then none; each tensor's bytes let go as soon as it has been read.
+    g = SafetensorsFile(path)
+    n = len(reads)
+    g.prefetch([("a", rows, 0), ("b", cols, 1)])
+    assert len(reads) == n + 1 and len(g._fetched) == 2
+    n = len(reads)
+    np.testing.assert_array_equal(g.read("b", cols, axis=1), want["b"][:, cols].T)
+    assert len(g._fetched) == 1
+    np.testing.assert_array_equal(g.read("a", rows), want["a"][rows].astype(np.float32))
+    assert len(reads) == n and g._fetched == {}
 
 
 def test_trainer_files_and_unindexed_shards_are_not_checkpoints(tmp_path):

@@ -42,10 +42,6 @@ class Storage(Protocol):
         """A path on this machine holding the file's (or folder's) bytes, for readers that
         need one (``torch.load``)."""
 
-    def prefetch(self, path: PurePath, ranges: Sequence[tuple[int, int]]) -> None:
-        """Start fetching these byte ranges in the background, because they will be read soon
-        (a hint: it may do nothing)."""
-
     def identity(self, path: PurePath) -> str:
         """A string that changes whenever the file's contents may have changed (cache keys)."""
 
@@ -81,8 +77,13 @@ class LocalStorage:
     def read_ranges(self, path: PurePath, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         fd = os.open(path, os.O_RDONLY)
         try:
-            if hasattr(os, "posix_fadvise"):  # scattered rows: no read-ahead around them
+            if hasattr(os, "posix_fadvise") and len(ranges) > 1:
+                # Scattered rows: no read-ahead around them, but every one of them asked for at
+                # once, so the disk sees them all queued instead of one after the other (measured
+                # on a 1B bf16 checkpoint's 766 MB of drawn rows, cold: 1.8-2.2 s against 3.2-4.3 s).
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+                for start, end in coalesce(ranges, gap=1 << 12):
+                    os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_WILLNEED)
             out = []
             for start, end in ranges:
                 chunk = os.pread(fd, max(0, end - start), start)
@@ -98,22 +99,6 @@ class LocalStorage:
 
     def local_path(self, path: PurePath) -> Path:
         return Path(path)
-
-    def prefetch(self, path: PurePath, ranges: Sequence[tuple[int, int]]) -> None:
-        # The kernel reads ahead in the background while the previous checkpoint is projected.
-        if not hasattr(os, "posix_fadvise"):
-            return
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:
-            return
-        try:
-            for start, end in ranges:
-                os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_WILLNEED)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
 
     def identity(self, path: PurePath) -> str:
         st = Path(path).stat()

@@ -74,7 +74,7 @@ class SafetensorsFile:
         self.size = size
         self.header_bytes = 8 + n
         self._data_start = 8 + n
-        self._fetched: dict[tuple, bytes] = {}  # raw bytes of drawn rows (remote storage)
+        self._fetched: dict[tuple, bytes] = {}  # raw bytes of drawn rows, fetched ahead
         self._head = first  # the first bytes, read with the header: never fetched again
         self._prefetched = False
         self._lock = threading.Lock()  # layers are read by several threads
@@ -128,21 +128,11 @@ class SafetensorsFile:
         row = shape[1] * DTYPES[dtype].itemsize
         return coalesce([(start + int(r) * row, start + (int(r) + 1) * row) for r in index])
 
-    def read_ahead(self, wanted: list[tuple[str, np.ndarray | None, int]]) -> None:
-        """Hint a storage that reads ahead (local files: the kernel's readahead) that these
-        ``(name, index, axis)`` reads come next; others are left to fetch on first read."""
-        hint = getattr(self.storage, "prefetch", None)
-        if hint is None:
-            return
-        ranges = [r for name, index, axis in wanted if name in self._entries
-                  and self._entries[name][2] >= 0 for r in self.byte_ranges(name, index, axis)]
-        if ranges:
-            hint(self.path, coalesce(ranges, gap=1 << 12))
-
     def prefetch(self, wanted) -> None:
         """Fetch the byte ranges of every ``(name, index, axis)`` in ``wanted`` held here in
-        one go (in parallel, see the storage), so that :meth:`read` then makes no requests.
-        Only for remote storages (local reads are cheap: they are not kept)."""
+        one go (in parallel or queued together, see the storage) and keep them until read, so
+        that :meth:`read` then makes no requests: the film reads the next checkpoint this way
+        while it projects the current one."""
         keys, ranges = [], []
         for name, index, axis in wanted:
             if name in self._entries and self._entries[name][2] >= 0 and \
@@ -176,7 +166,8 @@ class SafetensorsFile:
 
     def _read_ranges(self, name: str, index: np.ndarray | None, axis: int) -> np.ndarray:
         """:meth:`read` through ranged reads: the drawn rows, kept for this file's lifetime
-        when reads are not cheap (remote: a reader may ask twice), fetched with every other
+        when reads are not cheap (remote: a reader may ask twice; prefetched local rows are
+        let go once read), fetched with every other
         drawn tensor of the file when the storage says what is drawn (``wanted``)."""
         dtype, shape, _ = self._entries[name]
         item = DTYPES[dtype]
@@ -188,10 +179,11 @@ class SafetensorsFile:
             with self._lock:  # one thread fetches the file's drawn rows, the others wait
                 if not self._prefetched:
                     self.prefetch(wanted)
-        raw = self._fetched.get(key)
+        cheap = getattr(self.storage, "cheap_reads", False)  # local files: read again if asked
+        raw = self._fetched.pop(key, None) if cheap else self._fetched.get(key)
         if raw is None:
             raw = b"".join(self._fetch(self.byte_ranges(name, index, axis)))
-            if not getattr(self.storage, "cheap_reads", False):  # local files: read again
+            if not cheap:
                 self._fetched[key] = raw
         arr = np.frombuffer(raw, dtype=item)
         if rows_only:
