@@ -27,6 +27,23 @@ def gpt_state(rng, d=16, blocks=2, vocab=40, ff=None, prefix="transformer.h", dt
     return {k: v.astype(dtype) for k, v in sd.items()}
 
 
+def rebel_run(folder: Path) -> Path:
+    """Six blocks drift alike; L3 moves ten times faster from step 300 on (seven checkpoints)."""
+    from safetensors.numpy import save_file
+
+    folder.mkdir()
+    rng = np.random.default_rng(11)
+    sd = gpt_state(rng, d=8, blocks=6, vocab=12)
+    for k in range(7):
+        for key, v in sd.items():
+            if k:
+                scale = 10.0 if key.startswith("transformer.h.3.") and k >= 3 else 1.0
+                sd[key] = (v + 0.01 * scale * np.linalg.norm(v) / np.sqrt(v.size)
+                           * rng.normal(size=v.shape)).astype(np.float32)
+        save_file(sd, str(folder / f"step_{k * 100:06d}.safetensors"))
+    return folder
+
+
 def write_run(folder: Path, n=4, seed=0, name="step_{step:06d}.safetensors", every=100, **kw) -> Path:
     """A run whose weights drift and grow a little each checkpoint."""
     from safetensors.numpy import save_file

@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 TESTS = Path(__file__).resolve().parent
 
 
@@ -134,3 +136,13 @@ def running_dask_processes() -> list[str]:
     """Command lines of dask processes this machine is running (to check none is left)."""
     out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     return [line for line in out.splitlines() if " -m dask " in line]
+
+
+@pytest.fixture(scope="module")
+def procs(tmp_path_factory):
+    """A scheduler and two single-thread workers shared by a test module; afterwards, none of
+    the processes they started may be left running."""
+    with DaskProcs(tmp_path_factory.mktemp("dask")) as p:
+        p.wait_for_workers(2)
+        yield p
+    assert not [line for line in running_dask_processes() if str(p.workdir) in line]

@@ -14,15 +14,10 @@ from layerfilm import __version__, cluster  # noqa: E402
 from layerfilm.errors import CheckpointError  # noqa: E402
 
 from cluster_tasks import fails, scaled, slow_marked  # noqa: E402
-from dask_procs import DaskProcs, running_dask_processes  # noqa: E402
+import dask_procs  # noqa: E402
+from dask_procs import DaskProcs  # noqa: E402
 
-
-@pytest.fixture(scope="module")
-def procs(tmp_path_factory):
-    with DaskProcs(tmp_path_factory.mktemp("dask")) as p:
-        p.wait_for_workers(2)
-        yield p
-    assert not [line for line in running_dask_processes() if str(p.workdir) in line]
+procs = dask_procs.procs  # the module's scheduler and two workers (a fixture)
 
 
 def test_map_returns_results_in_order_with_progress(procs):

@@ -17,17 +17,12 @@ pytest.importorskip("distributed")
 from layerfilm.cli import app  # noqa: E402
 
 from conftest import SAMPLE, decode, write_run  # noqa: E402
-from dask_procs import DaskProcs, running_dask_processes  # noqa: E402
+import dask_procs  # noqa: E402
+from dask_procs import DaskProcs  # noqa: E402
+
+procs = dask_procs.procs  # the module's scheduler and two workers (a fixture)
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def procs(tmp_path_factory):
-    with DaskProcs(tmp_path_factory.mktemp("dask")) as p:
-        p.wait_for_workers(2)
-        yield p
-    assert not [line for line in running_dask_processes() if str(p.workdir) in line]
 
 
 def _sha(path):

@@ -15,7 +15,7 @@ from layerfilm import compose, cues, frames, overlays, shade, stats
 from layerfilm.cli import app
 from layerfilm.compose import FrameSpec, grid_layout
 
-from conftest import decode, gpt_state, plan_of, write_run
+from conftest import decode, gpt_state, plan_of, rebel_run, write_run
 from test_cli import _ink_contains
 
 runner = CliRunner()
@@ -280,26 +280,11 @@ def test_captions_from_their_step_on_and_bad_files(tmp_path, monkeypatch):
     assert not list(tmp_path.glob("g.gif*"))
 
 
-def _rebel_run(folder):
-    """Six blocks drift alike; L3 moves ten times faster from step 300 on."""
-    folder.mkdir()
-    rng = np.random.default_rng(11)
-    sd = gpt_state(rng, d=8, blocks=6, vocab=12)
-    for k in range(7):
-        for key, v in sd.items():
-            if k:
-                scale = 10.0 if key.startswith("transformer.h.3.") and k >= 3 else 1.0
-                sd[key] = (v + 0.01 * scale * np.linalg.norm(v) / np.sqrt(v.size)
-                           * rng.normal(size=v.shape)).astype(np.float32)
-        save_file(sd, str(folder / f"step_{k * 100:06d}.safetensors"))
-    return folder
-
-
 def test_cues_follow_the_stats(tmp_path, monkeypatch, index_frames):
     """The rebel's panel has a green border exactly in the intervals where stats gives it
     |z| >= 3 (and no other panel has); each panel's 'settled' mark (cyan) appears at the frame
     of its settling step by stats' definition and stays; borders brighten with the rate."""
-    run = _rebel_run(tmp_path / "run")
+    run = rebel_run(tmp_path / "run")
     films = _capture_film(monkeypatch)
     fps = 2
     assert runner.invoke(app, ["render", str(run), str(tmp_path / "f.gif"), "--size", "960x540",

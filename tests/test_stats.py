@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from layerfilm import layouts, stats
 from layerfilm.cli import app
 
-from conftest import gpt_state, plan_of, write_run
+from conftest import gpt_state, plan_of, rebel_run, write_run
 
 runner = CliRunner()
 BLOCK = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -193,19 +193,7 @@ def _rebel_by_hand(rate, l, k):
 
 def test_rebel_is_the_layer_that_moves_against_its_neighbours(tmp_path):
     """Six blocks drift alike, except L3, which moves ten times faster from step 300 on."""
-    from safetensors.numpy import save_file
-
-    run = tmp_path / "run"
-    run.mkdir()
-    rng = np.random.default_rng(11)
-    sd = gpt_state(rng, d=8, blocks=6, vocab=12)
-    for k in range(7):
-        for key, v in sd.items():
-            if k:
-                scale = 10.0 if key.startswith("transformer.h.3.") and k >= 3 else 1.0
-                sd[key] = (v + 0.01 * scale * np.linalg.norm(v) / np.sqrt(v.size)
-                           * rng.normal(size=v.shape)).astype(np.float32)
-        save_file(sd, str(run / f"step_{k * 100:06d}.safetensors"))
+    run = rebel_run(tmp_path / "run")
     plan = plan_of(run)
     s = stats.weight_stats(plan.refs, plan.layers)
     assert s.labels == ["embed"] + [f"L{i}" for i in range(6)]
