@@ -12,6 +12,7 @@ import json
 import math
 import struct
 import threading
+import weakref
 from pathlib import Path, PurePath
 
 import numpy as np
@@ -199,7 +200,24 @@ class SafetensorsFile:
 def _key(name: str, index: np.ndarray | None, axis: int) -> tuple:
     if index is None:
         return name, axis, None
-    return name, axis, hashlib.sha1(np.ascontiguousarray(index, dtype=np.int64).tobytes()).digest()
+    return name, axis, _digest(index)
+
+
+# A plan's row indexes are the same arrays at every checkpoint: hash each once (by identity,
+# while it lives; its entry goes with it).
+_DIGESTS: dict[int, tuple[weakref.ref, bytes]] = {}
+
+
+def _digest(index: np.ndarray) -> bytes:
+    hit = _DIGESTS.get(id(index))
+    if hit is not None and hit[0]() is index:
+        return hit[1]
+    digest = hashlib.sha1(np.ascontiguousarray(index, dtype=np.int64).tobytes()).digest()
+    try:
+        _DIGESTS[id(index)] = (weakref.ref(index, lambda _, k=id(index): _DIGESTS.pop(k, None)), digest)
+    except TypeError:  # not weakly referable (a view of a non-array): not remembered
+        pass
+    return digest
 
 
 def _is_everything(index: np.ndarray, n: int) -> bool:
