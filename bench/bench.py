@@ -4,6 +4,9 @@ matplotlib peer, all measured in this one run.  Prints ratios; asserts nothing.
     python bench/bench.py            # the full scale: 128 blocks x ~1,000 points, 180 keyframes, 1080p
     python bench/bench.py --quick    # a small run to check the machinery (~1 minute)
 
+The series are made once in --workdir and kept; the films, raw frames and other outputs of a
+run are deleted at its end (a full run writes about 9 GB while it runs).
+
 Columns:
   layerfilm   wall time of `layerfilm render` (a fresh process, numba cache warm, layout cache
               off), split into load+project / render / encode as the pipeline reports them
@@ -222,6 +225,11 @@ def main() -> None:
     peer = run_peer(ckpts, size, a.fpk, a.peer_frames, max_points, work)
     for raw in raws.values():
         raw.unlink()
+    # The films (GBs at full scale) go too: only the series is kept, for the next run.
+    for pattern in ("film*", "floor.*", "capture.*", "cached.*", "warm.gif*", "tiny.gif*", "peer*"):
+        for made in work.glob(pattern):
+            if made.is_file():
+                made.unlink()
     shutil.rmtree(cache, ignore_errors=True)
 
     frames = rows[0][1]["frames"]
