@@ -28,6 +28,13 @@ CONNECT_S = 10.0  # the scheduler must answer within this
 NO_WORKERS_S = 30.0  # a cluster without workers for this long gives up
 
 
+def threads() -> int:
+    """Threads for work in this process: this machine's cores (those this process may use), at
+    most 4 (the work split this way is small)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cpus, 4))
+
+
 class ClusterError(LayerfilmError):
     """The cluster cannot do the work: unreachable, no workers, the wrong layerfilm on them."""
 

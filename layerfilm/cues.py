@@ -45,6 +45,10 @@ def _first_fit(options: list[str], px: int, width: int) -> str:
     return next((t for t in options if text_width(t, px) <= width), "")
 
 
+# Mark states kept drawn: each --jobs chunk (its own thread) sits in its own interval, so this
+# is well above any sensible job count, yet bounded (a state is a few kB to ~100 kB of pixels).
+MARK_STATES = 64
+
 class PanelCues:
     """The cues described in the module docstring.
 
@@ -82,7 +86,7 @@ class PanelCues:
             or [np.zeros(0, dtype=np.int64)]).astype(np.int64)
         self._scratch = np.zeros((H, W), dtype=np.uint8)  # marks are drawn here, box by box
         self._scratch_lock = threading.Lock()
-        self._marks = functools.lru_cache(maxsize=4)(self._mark_layer)
+        self._marks = functools.lru_cache(maxsize=MARK_STATES)(self._mark_layer)
         self.lines_at = np.flatnonzero(self.has_line)
         self.settle_at = np.where(np.isfinite(self.settle), self.settle, np.inf)
 
@@ -95,7 +99,7 @@ class PanelCues:
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._scratch_lock = threading.Lock()
-        self._marks = functools.lru_cache(maxsize=4)(self._mark_layer)
+        self._marks = functools.lru_cache(maxsize=MARK_STATES)(self._mark_layer)
 
     def _flatten(self) -> None:
         """Everything drawn per frame as flat frame indices, so a frame costs a few vectorised

@@ -18,7 +18,8 @@ def describe(config: InfoConfig) -> list[str]:
     config = config.validated()
     plan = make_plan(config, config.metrics)
     fps, fpk = config.fps, config.keyframe_frames
-    shares = axis_shares(plan, config.projection, config.seed, config.fourier_ref)
+    how = projections(plan, config.projection, config.seed, config.fourier_ref)  # fitted once
+    shares = axis_shares(plan, how, config.seed)
     steps = plan.steps
     gaps = sorted({int(b - a) for a, b in zip(steps[:-1], steps[1:])})
     every = f"every {gaps[0]}" if len(gaps) == 1 else f"gaps {gaps[0]}..{gaps[-1]}"
@@ -47,11 +48,11 @@ def describe(config: InfoConfig) -> list[str]:
                    f"{traffic.data_requests} data and {traffic.requests} other requests")
     out.append(f"panels      {len(plan.layers)}")
     if config.projection == "fourier":
-        for layer, how in zip(plan.layers, projections(plan, "fourier", config.seed, config.fourier_ref)):
-            if isinstance(how, Fourier):
-                out.append(f"fourier     {layer.label}: k = {how.k} of period {how.period}, the plane of "
-                           f"step {how.reference_step:,} ({how.share:.0%} of its variance at that step)"
-                           if how.plane is not None else f"fourier     {layer.label}: no plane; drawn by PCA")
+        for layer, fitted in zip(plan.layers, how):
+            if isinstance(fitted, Fourier):
+                out.append(f"fourier     {layer.label}: k = {fitted.k} of period {fitted.period}, the plane of "
+                           f"step {fitted.reference_step:,} ({fitted.share:.0%} of its variance at that step)"
+                           if fitted.plane is not None else f"fourier     {layer.label}: no plane; drawn by PCA")
     axes = "fourier/pca" if config.projection == "fourier" else "pca"
     out += ["", f"  {'panel':<10} {'drawn':>7} {'of':>7} {'width':>6}  {'2 axes hold':>13}  tensors "
             "(rows R / columns C)"]

@@ -9,12 +9,12 @@ velocity-continuous across them.
 from __future__ import annotations
 
 import concurrent.futures
-import os
 
 import numpy as np
 
 from ._draw_kernels import curve_extremes_kernel
 from ._kernels import hermite_kernel
+from .cluster import threads
 
 
 def keyframe_times(n_keyframes: int, frames_per_keyframe: int) -> np.ndarray:
@@ -87,12 +87,6 @@ def curve_extremes(P: np.ndarray, times: np.ndarray) -> np.ndarray:
         list(pool.map(lambda ab: curve_extremes_kernel(P, times, ab[0], ab[1], out),
                       zip(parts[:-1], parts[1:])))
     return out
-
-
-def threads() -> int:
-    """Threads for the work done once before the first frame (at most 4)."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(cpus, 4))
 
 
 def outside_counts(P: np.ndarray, times: np.ndarray, limits: np.ndarray, starts: np.ndarray,

@@ -7,7 +7,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import json
-import os
 
 import numpy as np
 
@@ -80,14 +79,12 @@ def fit_fourier(plan: Plan, layers: list[int], k: int, advance=None) -> dict[int
     return out
 
 
-def axis_shares(plan: Plan, projection: str = "pca", seed: int = 0, fourier_ref: int | None = None
+def axis_shares(plan: Plan, how: list[project.Projection], seed: int = 0
                 ) -> list[tuple[float, float]]:
     """Per panel, the share of its variance that the two drawn axes hold at the first and at
     the last keyframe: its top two principal axes (also for UMAP, as a yardstick), or its
-    Fourier plane.  Reads two checkpoints (``layerfilm info`` prints it)."""
-    from . import pca
-
-    how = projections(plan, projection, seed, fourier_ref)
+    Fourier plane (``how``: the panels' projections, :func:`projections`).  Reads two
+    checkpoints (``layerfilm info`` prints it)."""
     shares = []
     for ref in (plan.refs[0], plan.refs[-1]):
         ckpt = ref.open()
@@ -109,10 +106,7 @@ def _threads(method: str) -> int:
     """Layers are projected in parallel threads (the wide-layer PCA and alignment are numba
     kernels that release the GIL and call no BLAS); UMAP brings its own threading, so it runs
     alone."""
-    if method == "umap":
-        return 1
-    return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                      else os.cpu_count() or 1, 4))
+    return 1 if method == "umap" else cluster.threads()
 
 
 def chunks(n_keyframes: int, method: str) -> list[range]:

@@ -35,10 +35,6 @@ class Plan:
         """The checkpoints' folder or URL, as given."""
         return self.url or str(self.folder)
 
-    def display(self, path: PurePath) -> str:
-        """A checkpoint path as messages show it (a URL for remote ones)."""
-        return self.storage.display(path)
-
     def stored_bytes(self) -> int:
         """Bytes of every file of the checkpoints drawn (what a full download would cost)."""
         return sum(self.storage.size(p) for ref in self.refs for p in ref.files())

@@ -7,7 +7,7 @@ import concurrent.futures
 import numpy as np
 
 from ._draw_kernels import CUTOFF, footprint_table, splat_kernel
-from .interpolate import threads
+from .cluster import threads
 
 FWHM = 2.0 * np.sqrt(2.0 * np.log(2.0))  # a Gaussian's full width at half maximum, in sigmas
 # A dot's size (its full width at half maximum, in pixels) is this share of the side of the

@@ -3,8 +3,9 @@
 A checkpoint is one file (safetensors or a torch pickle), a Hugging Face checkpoint folder
 (``checkpoint-N/`` holding ``model.safetensors``, ``pytorch_model.bin`` or a sharded
 ``*.index.json``) or a PyTorch Distributed Checkpoint folder (``.metadata`` + ``*.distcp``).
-Discovery lists folders through a :class:`~layerfilm.checkpoints.storage.Storage` and opens
-nothing but a ``trainer_state.json`` when a folder name carries no step.
+Discovery lists folders through a :class:`~layerfilm.checkpoints.storage.Storage`; it opens a
+``trainer_state.json`` when a folder name carries no step, and a file whose name carries none
+to find the step recorded inside it.
 """
 
 from __future__ import annotations
@@ -147,7 +148,6 @@ def _step_inside(storage: Storage, path: PurePath) -> int | None:
     """The step a step-less file records inside it: a safetensors header's ``step`` /
     ``global_step`` / ``iter_num`` metadata, a torch pickle's ``global_step`` / ``iter_num``
     (Lightning's ``last.ckpt``, nanoGPT's ``ckpt.pt``)."""
-    from ..errors import CheckpointError
     from .formats import open_checkpoint
 
     if storage.is_dir(path) or path.name.endswith(".index.json"):

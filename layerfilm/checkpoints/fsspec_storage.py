@@ -9,7 +9,6 @@ own client so the status, ``Content-Range`` and length of every answer can be ch
 
 from __future__ import annotations
 
-import os
 from pathlib import PurePath, PurePosixPath
 from typing import Any
 
@@ -229,9 +228,3 @@ def _first(e: BaseException) -> str:
 def _library_error(e: BaseException) -> bool:
     return any(c.__module__.split(".")[0] in ("botocore", "aiohttp", "aiobotocore")
                for c in type(e).__mro__)
-
-
-def env_summary() -> str:
-    """The fsspec-related variables set (names only), for messages."""
-    names = [k for k in os.environ if k.startswith(("FSSPEC_", "AWS_"))]
-    return ", ".join(sorted(names)) or "none"

@@ -35,7 +35,7 @@ import threading
 from pathlib import Path, PurePath
 from typing import Iterable, Sequence
 
-
+from .. import atomic
 from .storage import cache_root, coalesce
 from .transfer import (PREFIX_MAX, TOTAL, Answer, Entry, RemoteError, Traffic, Transient, drain, human_bytes,
                        retrying, status_error)
@@ -58,7 +58,6 @@ class RemoteStorage:
     ``_download(path, entry, dest)`` (the whole file).
     """
 
-    keep_downloads = False
     first_read = 16 << 10  # a safetensors header's first request (most headers fit)
 
     def __init__(self, keep_downloads: bool = False):
@@ -426,9 +425,7 @@ def _remove(path: Path) -> None:
 def _write_quietly(path: Path, data: bytes) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        atomic.write_bytes(path, data)
     except OSError:
         pass  # the cache only saves requests
 

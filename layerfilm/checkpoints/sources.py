@@ -11,7 +11,7 @@ from typing import Any
 
 from ..errors import CheckpointError
 from .storage import LOCAL, Storage
-from .transfer import RemoteError, Traffic
+from .transfer import RemoteError
 
 _URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 
@@ -30,10 +30,6 @@ class Source:
     root: PurePath
     url: str | None = None  # None for a local folder
     skipped: list[tuple[PurePath, str]] = dataclasses.field(default_factory=list)
-
-    @property
-    def traffic(self) -> Traffic | None:
-        return getattr(self.storage, "traffic", None)
 
 
 def open_source(location: str | os.PathLike, storage_options: dict[str, Any] | None = None,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 ATTEMPTS = 5  # tries per request (first + retries)
 BACKOFF = 0.25  # seconds before the first retry; doubles each time
@@ -146,12 +146,3 @@ def drain(answer: Answer) -> None:
     close = getattr(answer.chunks, "close", None)
     if close is not None:
         close()
-
-
-def chunked(read: Callable[[int], bytes], size: int = 1 << 20) -> Iterator[bytes]:
-    """``read(n)`` called until it returns nothing, as an iterator of chunks."""
-    while True:
-        chunk = read(size)
-        if not chunk:
-            return
-        yield chunk

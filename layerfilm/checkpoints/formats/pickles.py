@@ -6,6 +6,7 @@ execution to load is refused, never run.  torch is imported here, when such a fi
 
 from __future__ import annotations
 
+import collections
 from pathlib import Path, PurePath
 
 import numpy as np
@@ -86,9 +87,9 @@ class TorchFile:
                 self.metadata.setdefault("step", str(obj[key]))
         best: dict = {}
         best_count = 0
-        stack, seen = [obj], 0
+        stack, seen = collections.deque([obj]), 0  # breadth first: the shallowest wins ties
         while stack and seen < 10_000:  # bounded: a pickle may hold many small dicts
-            d = stack.pop(0)
+            d = stack.popleft()
             seen += 1
             tensors = {k: v for k, v in d.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
             count = sum(1 for v in tensors.values() if v.dim() >= 1 and v.is_floating_point())
@@ -96,7 +97,7 @@ class TorchFile:
                 best, best_count = tensors, count
             keys = [k for k in self._CONTAINER_KEYS if isinstance(d.get(k), dict)]
             keys += [k for k, v in d.items() if isinstance(v, dict) and k not in keys]
-            stack += [d[k] for k in keys]
+            stack.extend(d[k] for k in keys)
         return best
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
