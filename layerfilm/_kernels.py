@@ -157,6 +157,88 @@ def half_to_float_numpy(src):
     return np.asarray(src).view(np.float16).astype(np.float32)
 
 
+# --- drawn rows or columns -> float32 rows ----------------------------------------------------
+# A drawn tensor arrives as the bytes of its stored dtype; the film wants one float32 row per
+# point.  One pass gathers (the drawn rows, or the drawn columns of a tensor read whole), widens
+# and, for columns, transposes in blocks of rows that stay in cache.  Measured against numpy's
+# fancy index + conversion + transpose: 3.0-3.7x on column-drawn tensors, 3.1x on bf16 rows.
+
+_ROWS = 16  # rows of the source per block of a column gather
+
+
+@ngjit
+def widen_bits_kernel(src, index, axis, half, table, out):
+    """``out[r]`` = row ``index[r]`` (axis 0) or column ``index[r]`` (axis 1) of ``src`` as
+    float32.  src: (n, d) uint16 bit patterns -- IEEE binary16 (``half``: looked up in
+    ``table``, :func:`half_table`) or bfloat16 (the top half of a float32)."""
+    n, d = src.shape
+    m = index.shape[0]
+    bits = out.view(np.uint32)
+    if axis == 0:
+        for r in range(m):
+            i = index[r]
+            if half:
+                for j in range(d):
+                    out[r, j] = table[src[i, j]]
+            else:
+                for j in range(d):
+                    bits[r, j] = np.uint32(src[i, j]) << np.uint32(16)
+        return
+    for i0 in range(0, n, _ROWS):
+        i1 = min(i0 + _ROWS, n)
+        for r in range(m):
+            j = index[r]
+            if half:
+                for i in range(i0, i1):
+                    out[r, i] = table[src[i, j]]
+            else:
+                for i in range(i0, i1):
+                    bits[r, i] = np.uint32(src[i, j]) << np.uint32(16)
+
+
+@ngjit
+def widen_float_kernel(src, index, axis, out):
+    """:func:`widen_bits_kernel` for a float ``src`` (float32 or float64)."""
+    n, d = src.shape
+    m = index.shape[0]
+    if axis == 0:
+        for r in range(m):
+            i = index[r]
+            for j in range(d):
+                out[r, j] = src[i, j]
+        return
+    for i0 in range(0, n, _ROWS):
+        i1 = min(i0 + _ROWS, n)
+        for r in range(m):
+            j = index[r]
+            for i in range(i0, i1):
+                out[r, i] = src[i, j]
+
+
+_HALF_TABLE: list[np.ndarray] = []
+
+
+def half_table() -> np.ndarray:
+    """Every binary16 bit pattern as float32 (65,536 values, 256 KB: it stays in cache),
+    made once by :func:`half_to_float_kernel`."""
+    if not _HALF_TABLE:
+        out = np.empty((256, 256), np.float32)
+        half_to_float_kernel(np.arange(65536, dtype=np.uint16).reshape(256, 256), out)
+        _HALF_TABLE.append(out.reshape(65536))
+    return _HALF_TABLE[0]
+
+
+def widen_numpy(src, index, axis, kind):
+    """The numpy twin of the widen kernels (``kind``: "F16", "BF16" or a float dtype's name)."""
+    src = np.asarray(src)
+    if kind == "F16":
+        src = src.view(np.float16)
+    elif kind == "BF16":
+        src = (src.astype(np.uint32) << 16).view(np.float32)
+    picked = src[index] if axis == 0 else src[:, index].T
+    return np.ascontiguousarray(picked, dtype=np.float32)
+
+
 # --- tracked PCA -------------------------------------------------------------------------------
 # Block subspace iteration for the top principal axes of a layer, continued from the previous
 # keyframe's directions.  One kernel per keyframe and layer, with no BLAS inside: threads that

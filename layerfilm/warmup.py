@@ -58,6 +58,15 @@ def main() -> None:
             run = _run(tmp / dtype, dtype)
             render(RenderConfig(checkpoints=run, output=tmp / out, fps=2, size=(320, 180), cache=False,
                                 loss_strip=True, stills_dir=tmp / f"stills-{dtype}", **extra))
+        # fp32/fp64 checkpoints: their rows and columns go through the float widen kernel.
+        from .checkpoints.formats.safetensors import SafetensorsFile
+
+        rng = np.random.default_rng(0)
+        _write(tmp / "f.safetensors", {"a": ("F32", rng.standard_normal((8, 4)).astype(np.float32)),
+                                       "b": ("F64", rng.standard_normal((8, 4)))})
+        f = SafetensorsFile(tmp / "f.safetensors")
+        for name in "ab":
+            f.read(name, np.array([1, 3]), 0), f.read(name, np.array([1, 3]), 1), f.read(name)
     print(f"layerfilm: numba kernels compiled and cached in {time.perf_counter() - t:.1f} s")
 
 

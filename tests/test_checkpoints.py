@@ -83,6 +83,10 @@ def test_bf16_is_widened_exactly(tmp_path):
     expected = (bf16.astype(np.uint32) << 16).view(np.float32)
     np.testing.assert_array_equal(got, expected)
     assert got[0, 0] == 1.0 and got[0, 1] == -2.5
+    f = SafetensorsFile(tmp_path / "b.safetensors")
+    np.testing.assert_array_equal(f.read("w", np.array([1]), 0), expected[[1]])
+    np.testing.assert_array_equal(f.read("w", np.array([0, 1]), 1), expected.T)
+    np.testing.assert_array_equal(f.read("w", np.array([1]), 1), expected[:, [1]].T)
 
 
 def _header_file(path, header: dict, data: bytes = b"", declared=None):

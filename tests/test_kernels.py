@@ -213,6 +213,34 @@ def test_half_to_float_is_exact_for_every_bit_pattern(transposed):
     np.testing.assert_array_equal(out.view(np.uint32)[~nan], ref.view(np.uint32)[~nan])
 
 
+@pytest.mark.parametrize("kind", ["F16", "BF16", "F32", "F64"])
+@pytest.mark.parametrize("axis", [0, 1])
+def test_widen_kernels_gather_widen_and_transpose_like_numpy(kind, axis):
+    # Drawn rows, or drawn columns of a tensor read whole (blocks of 16 source rows: 53 rows
+    # end in a part block), as float32 rows: against numpy's fancy index + conversion.
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((53, 37)) * 10.0 ** rng.integers(-9, 9, (53, 37))
+    w[0, :6] = w[:6, 0] = [np.inf, -np.inf, np.nan, -0.0, 1e-7, -3e-8]  # fp16 subnormals too
+    if kind == "F16":
+        src, view = w.astype(np.float16).view(np.uint16), "bits"
+    elif kind == "BF16":
+        src, view = (w.astype(np.float32).view(np.uint32) >> 16).astype(np.uint16), "bits"
+    else:
+        src, view = w.astype(np.float32 if kind == "F32" else np.float64), "float"
+    index = np.sort(rng.choice(src.shape[axis], 19, replace=False)).astype(np.int64)
+    index[0] = 0  # the row or column holding the special values
+    out = np.full((19, src.shape[1 - axis]), 7.0, np.float32)
+    if view == "bits":
+        K.widen_bits_kernel(src, index, axis, kind == "F16", K.half_table(), out)
+    else:
+        K.widen_float_kernel(src, index, axis, out)
+    ref = K.widen_numpy(src, index, axis, kind)
+    assert out.shape == ref.shape and np.isnan(out[0]).sum() == np.isnan(ref[0]).sum() == 1
+    nan = np.isnan(ref)
+    assert np.isnan(out[nan]).all()
+    np.testing.assert_array_equal(out.view(np.uint32)[~nan], ref.view(np.uint32)[~nan])
+
+
 @pytest.mark.parametrize("passes", [0, 1, 4])
 def test_tracked_pca_kernel_matches_numpy(passes):
     rng = np.random.default_rng(passes)

@@ -188,13 +188,16 @@ class SafetensorsFile:
                 self._fetched[key] = raw
         arr = np.frombuffer(raw, dtype=item)
         if rows_only:
-            arr = arr.reshape(len(index), shape[1])
-        else:
-            arr = arr.reshape(shape)
-            if index is not None and not _is_everything(index, arr.shape[axis]):
-                arr = arr[index] if axis == 0 else arr[:, index]
-        out = _to_float32(arr, dtype)
-        return np.ascontiguousarray(out.T) if axis == 1 else out
+            return _widen(arr.reshape(len(index), shape[1]), None, 0, dtype)
+        arr = arr.reshape(shape)
+        if index is not None and _is_everything(index, arr.shape[axis]):
+            index = None
+        if arr.ndim == 2:
+            return _widen(arr, index, axis, dtype)
+        out = _widen(arr.reshape(1, -1), None, 0, dtype).reshape(shape)  # any other rank: whole
+        if index is not None:
+            out = out[index] if axis == 0 else out[:, index].T
+        return np.ascontiguousarray(out)
 
 
 def _key(name: str, index: np.ndarray | None, axis: int) -> tuple:
@@ -225,14 +228,17 @@ def _is_everything(index: np.ndarray, n: int) -> bool:
     return len(index) == n and (n == 0 or (index[0] == 0 and index[-1] == n - 1))
 
 
-def _to_float32(arr: np.ndarray, dtype: str) -> np.ndarray:
-    """A C-contiguous float32 copy of ``arr`` (a view of the stored dtype; any strides)."""
-    if dtype == "BF16":
-        return np.ascontiguousarray((arr.astype(np.uint32) << 16).view(np.float32))
-    if dtype == "F16" and arr.ndim == 2:
-        from ..._kernels import half_to_float_kernel  # numba only once a tensor is read
+def _widen(arr: np.ndarray, index: np.ndarray | None, axis: int, dtype: str) -> np.ndarray:
+    """Float32 rows, one per point: ``arr``'s rows ``index`` (axis 0; all when ``None``), or
+    its columns ``index`` (axis 1), from a 2-D view of the stored dtype -- gathered, widened
+    and (for columns) transposed in one pass by a kernel."""
+    from ... import _kernels  # numba only once a tensor is read
 
-        out = np.empty(arr.shape, dtype=np.float32)
-        half_to_float_kernel(arr.view(np.uint16), out)
-        return out
-    return np.array(arr, dtype=np.float32, order="C")
+    picked = np.arange(arr.shape[axis]) if index is None else np.asarray(index, dtype=np.int64)
+    out = np.empty((len(picked), arr.shape[1 - axis]), dtype=np.float32)
+    if dtype in ("F16", "BF16"):
+        _kernels.widen_bits_kernel(arr.view(np.uint16), picked, axis, dtype == "F16",
+                                   _kernels.half_table(), out)
+    else:
+        _kernels.widen_float_kernel(arr, picked, axis, out)
+    return out
