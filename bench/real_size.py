@@ -21,12 +21,13 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 GPT2 = dict(vocab=50257, positions=1024, d=768, blocks=12, ff=3072, checkpoints=30, every=500)
-LLAMA = dict(vocab=128256, d=2048, blocks=16, ff=8192, kv=512, checkpoints=8, every=1000)
+LLAMA = dict(vocab=128256, d=2048, blocks=16, ff=8192, kv=512, checkpoints=8, every=1000, drift=True)
 
 
 def _bf16(a: np.ndarray) -> np.ndarray:
@@ -102,10 +103,12 @@ def llama_series(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for c in range(p["checkpoints"]):
         step = (c + 1) * p["every"]
+        a = np.float32(np.sqrt(c + 1))  # drifting from one checkpoint to the next, as GPT-2's
         tensors = {}
         for k, s in shapes.items():  # one tensor at a time: 1.2 B parameters do not fit twice
-            seed = [c, abs(hash(k)) % (2**32)]
-            w = np.random.default_rng(seed).standard_normal(s, dtype=np.float32) * 0.02
+            seed = zlib.crc32(k.encode())  # the same start and direction at every checkpoint
+            w = np.random.default_rng([0, seed]).standard_normal(s, dtype=np.float32) * 0.02
+            w += a * np.random.default_rng([1, seed]).standard_normal(s, dtype=np.float32) * 0.01
             tensors[k] = ("BF16", _bf16(w))
         _write_safetensors(folder / f"step_{step:07d}.safetensors", tensors,
                            {"format": "pt", "loss": str(3.0 / (1 + c))})

@@ -89,6 +89,7 @@ def axis_shares(plan: Plan, how: list[project.Projection], seed: int = 0
     for ref in (plan.refs[0], plan.refs[-1]):
         ckpt = ref.open()
         shapes = ckpt.shapes()
+        extract.prefetch(ckpt, plan.layers)
         row = []
         for layer, projected in zip(plan.layers, how):
             X = extract.read_layer(ckpt, layer, shapes)
@@ -137,6 +138,7 @@ def _previous_clouds(plan: Plan, k: int) -> list[np.ndarray]:
     if k == 0:
         return [_NO_PREVIOUS] * len(plan.layers)
     ckpt = plan.refs[k - 1].open()
+    extract.prefetch(ckpt, plan.layers)
     shapes = ckpt.shapes()
     return [extract.read_layer(ckpt, layer, shapes) for layer in plan.layers]
 
@@ -180,6 +182,7 @@ def _project_chunk(plan: Plan, how: list[project.Projection], drift: bool, chunk
 
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
         upcoming = plan.refs[chunk.start].open()
+        extract.prefetch(upcoming, plan.layers)
         for k in chunk:  # one checkpoint in memory at a time
             ckpt, upcoming = upcoming, None
             shapes = ckpt.shapes()
@@ -238,6 +241,7 @@ def drift_chunk(plan: Plan, chunk: range, advance=None) -> np.ndarray:
     previous = _previous_clouds(plan, chunk.start)
     for k in chunk:
         ckpt = plan.refs[k].open()
+        extract.prefetch(ckpt, plan.layers)
         shapes = ckpt.shapes()
         for l, layer in enumerate(plan.layers):
             cloud = extract.read_layer(ckpt, layer, shapes)

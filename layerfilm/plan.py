@@ -126,7 +126,6 @@ def make_plan(selection: Selection, metrics: Path | None = None) -> Plan:
     plan = Plan(folder, good, skipped, layers, loss, storage,
                 checkpoints.checkpoint_tokens(good, loss, storage), source.url, ignored)
     if storage is not LOCAL:
-        storage.wanted = plan.drawn()  # each file's drawn rows are then fetched in one go
         storage.traffic.add(stored=plan.stored_bytes())
     return plan
 

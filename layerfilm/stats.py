@@ -242,6 +242,7 @@ def measure_drift(refs: list[checkpoints.CheckpointRef], layers: list[extract.La
     with progress.stage("Measuring layers", len(refs)) as advance:
         for k, ref in enumerate(refs):
             ckpt = ref.open()
+            extract.prefetch(ckpt, layers)
             shapes = ckpt.shapes()
             for l, layer in enumerate(layers):
                 meter.add(k, l, extract.read_layer(ckpt, layer, shapes))
@@ -307,13 +308,17 @@ def weights_chunk(refs: list[checkpoints.CheckpointRef], layers: list[extract.La
     sums = np.full((L, n, 2), np.nan)
     rel_first, mean_abs, cosine = (np.full((L, n), np.nan) for _ in range(3))
     first = refs[0].open()
+    extract.prefetch(first, layers)
     first_shapes = first.shapes()
     norm0 = [np.sqrt(np.vdot(w, w)) for w in
              (extract.read_layer(first, layer, first_shapes).astype(np.float64) for layer in layers)]
 
     def clouds(k: int) -> list[np.ndarray]:
-        ckpt = first if k == 0 else refs[k].open()
-        shapes = first_shapes if k == 0 else ckpt.shapes()
+        if k == 0:
+            return [extract.read_layer(first, layer, first_shapes) for layer in layers]
+        ckpt = refs[k].open()
+        extract.prefetch(ckpt, layers)
+        shapes = ckpt.shapes()
         return [extract.read_layer(ckpt, layer, shapes) for layer in layers]
 
     before = [clouds(k) for k in range(max(0, chunk.start - 2), chunk.start)]

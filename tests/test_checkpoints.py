@@ -210,6 +210,31 @@ def test_local_reads_only_the_drawn_rows_and_keep_nothing(tmp_path, monkeypatch)
     assert len(reads) == n and g._fetched == {}
 
 
+def test_sharded_checkpoint_reads_ahead_shard_by_shard(tmp_path, monkeypatch):
+    # The next checkpoint is read while this one is projected, sharded ones too: one read
+    # per shard for the drawn rows it holds, then none while the layers are read.
+    from layerfilm.checkpoints import LocalStorage
+
+    reads = []
+    original = LocalStorage.read_ranges
+    monkeypatch.setattr(LocalStorage, "read_ranges",
+                        lambda self, path, ranges: reads.append(path.name) or original(self, path, ranges))
+    rng = np.random.default_rng(2)
+    want = {"a": rng.normal(size=(2000, 64)).astype(np.float32), "b": rng.normal(size=(64, 3000)).astype(np.float16)}
+    save_file({"a": want["a"]}, str(tmp_path / "model-00001-of-00002.safetensors"))
+    save_file({"b": want["b"]}, str(tmp_path / "model-00002-of-00002.safetensors"))
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    ckpt = open_checkpoint(tmp_path / "model.safetensors.index.json")
+    rows, cols = np.array([3, 500, 1999]), np.array([0, 9, 2999])
+    reads.clear()
+    ckpt.prefetch([("a", rows, 0), ("b", cols, 1), ("missing", rows, 0)])
+    assert sorted(reads) == ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    np.testing.assert_array_equal(ckpt.read("a", rows), want["a"][rows])
+    np.testing.assert_array_equal(ckpt.read("b", cols, axis=1), want["b"][:, cols].T.astype(np.float32))
+    assert len(reads) == 2
+
+
 def test_trainer_files_and_unindexed_shards_are_not_checkpoints(tmp_path):
     run = write_run(tmp_path / "run", n=2)
     for name in ("optimizer.pt", "scheduler.pt", "rng_state_0.pth", "training_args.bin"):

@@ -219,3 +219,28 @@ def test_a_protocol_without_its_library_is_one_line():
     assert result.exit_code == 1
     assert result.output.strip().startswith("layerfilm: error: gs://bucket/run: gs:// needs gcsfs:")
     assert "pip install 'layerfilm[remote]' gcsfs" in result.output or "layerfilm[gcs]" in result.output
+
+
+def test_a_reader_of_one_panel_fetches_only_its_rows(tmp_path, moto, s3):
+    """The Fourier plane is fitted from the token embedding alone: only the embedding's rows
+    of that checkpoint are fetched, not every drawn row of the file (a whole checkpoint is
+    fetched in one go only where every panel is read: the projection's own prefetch)."""
+    from layerfilm import extract, layouts
+    from layerfilm.config import Remote, Selection
+    from layerfilm.plan import make_plan
+
+    run = write_run(tmp_path / "run", n=2, d=64, blocks=2, vocab=3000)
+    _bucket(moto, "films-f", run)
+    plan = make_plan(Selection(checkpoints=Remote("s3://films-f/run"), max_points=40))
+    embeds = [l for l, layer in enumerate(plan.layers) if extract.is_token_embedding(layer)]
+    assert embeds and len(plan.layers) > len(embeds)
+    s3.clear()
+    fitted = layouts.fit_fourier(plan, embeds, 1)
+    assert sorted(fitted) == embeds
+    ckpt = plan.refs[1].open()
+    embed = plan.layers[embeds[0]].sources[0]
+    (lo, _), (_, hi) = ckpt.byte_ranges(embed.tensor)[0], ckpt.byte_ranges(embed.tensor)[-1]
+    spans = [tuple(map(int, e[2][6:].split("-"))) for e in data_gets(s3) if "step_000100" in e[1]]
+    assert spans and all(lo <= s and e < hi for s, e in spans), (spans, lo, hi)
+    drawn = sum(e - s for name, index, axis in plan.drawn() for s, e in ckpt.byte_ranges(name, index, axis))
+    assert sum(e - s + 1 for s, e in spans) < 0.5 * drawn

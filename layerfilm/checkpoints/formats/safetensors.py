@@ -11,7 +11,6 @@ import hashlib
 import json
 import math
 import struct
-import threading
 import weakref
 from pathlib import Path, PurePath
 
@@ -77,8 +76,6 @@ class SafetensorsFile:
         self._data_start = 8 + n
         self._fetched: dict[tuple, bytes] = {}  # raw bytes of drawn rows, fetched ahead
         self._head = first  # the first bytes, read with the header: never fetched again
-        self._prefetched = False
-        self._lock = threading.Lock()  # layers are read by several threads
         data_len = size - self._data_start
         self._entries: dict[str, tuple[str, tuple[int, ...], int]] = {}
         for name, e in header.items():
@@ -148,7 +145,6 @@ class SafetensorsFile:
         for key, r in keys:
             self._fetched[key] = b"".join(chunks[i:i + len(r)])
             i += len(r)
-        self._prefetched = True
 
     def _fetch(self, ranges: list[tuple[int, int]]) -> list[bytes]:
         head = len(self._head)
@@ -166,20 +162,14 @@ class SafetensorsFile:
         return chunks
 
     def _read_ranges(self, name: str, index: np.ndarray | None, axis: int) -> np.ndarray:
-        """:meth:`read` through ranged reads: the drawn rows, kept for this file's lifetime
-        when reads are not cheap (remote: a reader may ask twice; prefetched local rows are
-        let go once read), fetched with every other
-        drawn tensor of the file when the storage says what is drawn (``wanted``)."""
+        """:meth:`read` through ranged reads: the drawn rows, from what :meth:`prefetch`
+        fetched when it was told of them, else fetched now; kept for this file's lifetime when
+        reads are not cheap (remote: a reader may ask twice), let go once read when they are."""
         dtype, shape, _ = self._entries[name]
         item = DTYPES[dtype]
         rows_only = index is not None and axis == 0 and len(shape) == 2 \
             and not _is_everything(index, shape[0])
         key = _key(name, index, axis)
-        wanted = getattr(self.storage, "wanted", None)
-        if wanted and not self._prefetched:
-            with self._lock:  # one thread fetches the file's drawn rows, the others wait
-                if not self._prefetched:
-                    self.prefetch(wanted)
         cheap = getattr(self.storage, "cheap_reads", False)  # local files: read again if asked
         raw = self._fetched.pop(key, None) if cheap else self._fetched.get(key)
         if raw is None:

@@ -55,3 +55,11 @@ class ShardedCheckpoint:
 
     def read(self, name: str, index: np.ndarray | None = None, axis: int = 0) -> np.ndarray:
         return self._where[name].read(name, index, axis)
+
+    def prefetch(self, wanted) -> None:
+        """Each shard that can fetches its part of ``wanted`` in one go (see
+        :meth:`SafetensorsFile.prefetch`)."""
+        for source in self.shards.values():
+            hint = getattr(source, "prefetch", None)
+            if hint is not None:
+                hint([w for w in wanted if self._where.get(w[0]) is source])
