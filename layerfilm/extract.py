@@ -290,8 +290,16 @@ def read_layer(ckpt: TensorSource, layer: Layer, shapes: dict[str, tuple[int, ..
     changed shape against the plan raises :class:`CheckpointError` naming the file.
     """
     check_fits(ckpt, layer, shapes)
-    parts = [ckpt.read(s.tensor, s.index, s.axis) for s in layer.sources]
-    return np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+    into = getattr(ckpt, "read_into", None)
+    if into is None or len(layer.sources) == 1:
+        parts = [ckpt.read(s.tensor, s.index, s.axis) for s in layer.sources]
+        return np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+    cloud = np.empty((sum(len(s.index) for s in layer.sources), layer.dim), dtype=np.float32)
+    at = 0
+    for s in layer.sources:  # each tensor's rows widened straight into their place
+        into(s.tensor, s.index, s.axis, cloud[at:at + len(s.index)])
+        at += len(s.index)
+    return cloud
 
 
 def prefetch(ckpt: TensorSource, layers: list[Layer]) -> None:

@@ -114,6 +114,13 @@ class SafetensorsFile:
             return np.ascontiguousarray(arr.T) if axis == 1 else arr
         return self._read_ranges(name, index, axis)
 
+    def read_into(self, name: str, index: np.ndarray, axis: int, out: np.ndarray) -> None:
+        """:meth:`read` of the rows (or columns) ``index`` of a 2-D tensor, written into
+        ``out`` (``(len(index), width)`` float32, C order: a slice of a layer's cloud, so the
+        cloud is assembled without a copy)."""
+        if out.size:
+            self._read_ranges(name, index, axis, out)
+
     def byte_ranges(self, name: str, index: np.ndarray | None = None, axis: int = 0
                     ) -> list[tuple[int, int]]:
         """The file's ``[start, end)`` byte ranges that :meth:`read` needs: the drawn rows of a
@@ -161,7 +168,8 @@ class SafetensorsFile:
                                       self.where)
         return chunks
 
-    def _read_ranges(self, name: str, index: np.ndarray | None, axis: int) -> np.ndarray:
+    def _read_ranges(self, name: str, index: np.ndarray | None, axis: int,
+                     out: np.ndarray | None = None) -> np.ndarray:
         """:meth:`read` through ranged reads: the drawn rows, from what :meth:`prefetch`
         fetched when it was told of them, else fetched now; kept for this file's lifetime when
         reads are not cheap (remote: a reader may ask twice), let go once read when they are."""
@@ -178,16 +186,16 @@ class SafetensorsFile:
                 self._fetched[key] = raw
         arr = np.frombuffer(raw, dtype=item)
         if rows_only:
-            return _widen(arr.reshape(len(index), shape[1]), None, 0, dtype)
+            return _widen(arr.reshape(len(index), shape[1]), None, 0, dtype, out)
         arr = arr.reshape(shape)
         if index is not None and _is_everything(index, arr.shape[axis]):
             index = None
         if arr.ndim == 2:
-            return _widen(arr, index, axis, dtype)
-        out = _widen(arr.reshape(1, -1), None, 0, dtype).reshape(shape)  # any other rank: whole
+            return _widen(arr, index, axis, dtype, out)
+        whole = _widen(arr.reshape(1, -1), None, 0, dtype).reshape(shape)  # any other rank
         if index is not None:
-            out = out[index] if axis == 0 else out[:, index].T
-        return np.ascontiguousarray(out)
+            whole = whole[index] if axis == 0 else whole[:, index].T
+        return np.ascontiguousarray(whole)
 
 
 def _key(name: str, index: np.ndarray | None, axis: int) -> tuple:
@@ -218,14 +226,16 @@ def _is_everything(index: np.ndarray, n: int) -> bool:
     return len(index) == n and (n == 0 or (index[0] == 0 and index[-1] == n - 1))
 
 
-def _widen(arr: np.ndarray, index: np.ndarray | None, axis: int, dtype: str) -> np.ndarray:
+def _widen(arr: np.ndarray, index: np.ndarray | None, axis: int, dtype: str,
+           out: np.ndarray | None = None) -> np.ndarray:
     """Float32 rows, one per point: ``arr``'s rows ``index`` (axis 0; all when ``None``), or
     its columns ``index`` (axis 1), from a 2-D view of the stored dtype -- gathered, widened
-    and (for columns) transposed in one pass by a kernel."""
+    and (for columns) transposed in one pass by a kernel, into ``out`` when given."""
     from ... import _kernels  # numba only once a tensor is read
 
     picked = np.arange(arr.shape[axis]) if index is None else np.asarray(index, dtype=np.int64)
-    out = np.empty((len(picked), arr.shape[1 - axis]), dtype=np.float32)
+    if out is None:
+        out = np.empty((len(picked), arr.shape[1 - axis]), dtype=np.float32)
     if dtype in ("F16", "BF16"):
         _kernels.widen_bits_kernel(arr.view(np.uint16), picked, axis, dtype == "F16",
                                    _kernels.half_table(), out)

@@ -56,6 +56,13 @@ class ShardedCheckpoint:
     def read(self, name: str, index: np.ndarray | None = None, axis: int = 0) -> np.ndarray:
         return self._where[name].read(name, index, axis)
 
+    def read_into(self, name: str, index: np.ndarray, axis: int, out: np.ndarray) -> None:
+        source = self._where[name]
+        if hasattr(source, "read_into"):
+            source.read_into(name, index, axis, out)
+        else:
+            out[...] = source.read(name, index, axis)
+
     def prefetch(self, wanted) -> None:
         """Each shard that can fetches its part of ``wanted`` in one go (see
         :meth:`SafetensorsFile.prefetch`)."""
