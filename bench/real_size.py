@@ -9,6 +9,11 @@ and reused:
   (Conv1D shapes, 475 MB each, ``trainer_state.json`` beside them);
 * Llama-3.2-1B-shaped, 8 x bf16 safetensors (GQA, tied embedding, 2.5 GB each).
 
+In both, every tensor moves from one checkpoint to the next as in a training run: a fixed start
+plus a fixed direction scaled by sqrt(checkpoint) (seeded by the tensor's name, so the series is
+the same on every machine).  Independent noise at every checkpoint would be the worst case for
+the tracked PCA (no plane carries over), not what a run looks like.
+
 For each, with the series' files dropped from the page cache before each (both read from the
 disk): a render (fresh process, layout cache off) -- wall time, load+project, bytes read
 (``/proc/self/io``: ``rchar`` by read calls, ``read_bytes`` from the block device, which counts
