@@ -1,12 +1,12 @@
 """Per-layer numbers for a run: how far and how fast each layer moved, when it settled, and
 which layer moved against its neighbours.
 
-:class:`Drift` is what the film needs (each layer's norm and change per keyframe, measured by
-:class:`DriftMeter` in the same pass that reads the checkpoints for the layouts);
+:class:`Drift` is what the film needs (each layer's norm and change per keyframe, measured in the
+same pass that reads the checkpoints for the layouts, :func:`drift_of`);
 :class:`LayerStats` adds what ``layerfilm stats`` reports.  :func:`weight_stats` makes one
 streaming pass over the checkpoints.  It holds the previous keyframe's point clouds and their
 last update (about two checkpoints' drawn tensors) plus the keyframe being read; the first
-keyframe is re-read through its memory map when needed.  :func:`layout_stats` adds the 2-D
+keyframe's drawn rows are read again when needed.  :func:`layout_stats` adds the 2-D
 clouds' motion when keyframe layouts exist, and :func:`write_csv` / :func:`write_heatmap`
 write the results atomically.
 
@@ -197,58 +197,23 @@ class LayerStats(Drift):
 _NO_PREVIOUS = np.zeros((0, 0), np.float32)
 
 
-class DriftMeter:
-    """Measures each layer's norm and change as the keyframes pass.
-
-    ``add(k, l, W)`` takes layer ``l``'s (n, d) float32 cloud at keyframe ``k``; each layer's
-    calls come in keyframe order, different layers may come from different threads.  It keeps
-    a reference to each layer's last cloud (not a copy).
-    """
-
-    def __init__(self, n_keyframes: int, n_layers: int):
-        self.sums = np.full((n_layers, n_keyframes, 2), np.nan)
-        self.prev: list[np.ndarray | None] = [None] * n_layers
-
-    def add(self, k: int, l: int, W: np.ndarray) -> None:
-        W = np.asarray(W, dtype=np.float32)
-        prev = self.prev[l] if k > 0 and self.prev[l] is not None else _NO_PREVIOUS
-        sq_norms_kernel(W, prev, self.sums[l, k])
-        self.prev[l] = W
-
-    def norms(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(norm, rel_prev)``, each (L, K) float64."""
-        norm = np.sqrt(self.sums[:, :, 0])
-        rel = np.full(norm.shape, np.nan)
-        den = norm[:, :-1]
-        good = np.isfinite(den) & (den > 0)
-        num = np.sqrt(self.sums[:, 1:, 1])
-        rel[:, 1:][good] = num[good] / den[good]
-        return norm, rel
-
-    def drift(self, steps: np.ndarray, layers: list[extract.Layer]) -> Drift:
-        norm, rel = self.norms()
-        return Drift(np.asarray(steps, dtype=np.int64), [l.label for l in layers],
-                     np.array([l.n_points for l in layers], dtype=np.int64), norm, rel)
+def drift_of(sums: np.ndarray, steps: np.ndarray, layers: list[extract.Layer]) -> Drift:
+    """Each layer's :class:`Drift` from its drift sums (``(L, K, 2)``: sum W**2 and sum
+    (W - W_prev)**2 of its drawn weights at each keyframe, by
+    :func:`~layerfilm._kernels.sq_norms_kernel`, measured in the layouts' pass, by
+    :func:`layouts.drift_sums` or in :func:`weight_stats`)."""
+    norm = np.sqrt(sums[:, :, 0])
+    rel = np.full(norm.shape, np.nan)
+    den = norm[:, :-1]
+    good = np.isfinite(den) & (den > 0)
+    num = np.sqrt(sums[:, 1:, 1])
+    rel[:, 1:][good] = num[good] / den[good]
+    return Drift(np.asarray(steps, dtype=np.int64), [l.label for l in layers],
+                 np.array([l.n_points for l in layers], dtype=np.int64), norm, rel)
 
 
 def _ratio(num: float, den: float) -> float:
     return num / den if den > 0 and np.isfinite(den) else np.nan
-
-
-def measure_drift(refs: list[checkpoints.CheckpointRef], layers: list[extract.Layer],
-                  progress: Progress = QUIET) -> Drift:
-    """Each layer's :class:`Drift`, reading every keyframe once (in ``refs`` order)."""
-    meter = DriftMeter(len(refs), len(layers))
-    with progress.stage("Measuring layers", len(refs)) as advance:
-        for k, ref in enumerate(refs):
-            ckpt = ref.open()
-            extract.prefetch(ckpt, layers)
-            shapes = ckpt.shapes()
-            for l, layer in enumerate(layers):
-                meter.add(k, l, extract.read_layer(ckpt, layer, shapes))
-            del ckpt
-            advance(1)
-    return meter.drift(np.array([r.step for r in refs]), layers)
 
 
 def layouts_and_drift(plan: Plan, projection: str, seed: int, progress: Progress = QUIET,
@@ -268,9 +233,8 @@ def layouts_and_drift(plan: Plan, projection: str, seed: int, progress: Progress
                                            run, drift=drift and found is None)
     if drift and found is None:
         sums = keys.drift_sums  # None when the layouts came from the cache
-        meter = DriftMeter(len(plan.refs), len(plan.layers))
-        meter.sums = sums if sums is not None else layouts.drift_sums(plan, progress, run)
-        found = meter.drift(plan.steps, plan.layers)
+        found = drift_of(sums if sums is not None else layouts.drift_sums(plan, progress, run),
+                         plan.steps, plan.layers)
         if use_cache:
             cache.store_arrays("drift", plan, norm=found.norm, rel_prev=found.rel_prev)
     return keys, found
@@ -289,10 +253,8 @@ def weight_stats(refs: list[checkpoints.CheckpointRef], layers: list[extract.Lay
     runs = layouts.chunks(K, "pca")
     parts = (run or InProcess()).map(weights_chunk, runs, refs, layers, stage="Measuring layers",
                                      progress=progress, weights=[len(c) for c in runs])
-    meter = DriftMeter(K, L)
-    meter.sums = np.concatenate([p[0] for p in parts], axis=1)
     rel_first, mean_abs, cosine = (np.concatenate([p[i] for p in parts], axis=1) for i in (1, 2, 3))
-    base = meter.drift(np.array([r.step for r in refs]), layers)
+    base = drift_of(np.concatenate([p[0] for p in parts], axis=1), np.array([r.step for r in refs]), layers)
     nan = np.full((L, K), np.nan)
     return LayerStats(base.steps, base.labels, base.points, base.norm, base.rel_prev,
                       rel_first=rel_first, mean_abs_first=mean_abs, update_cosine=cosine,

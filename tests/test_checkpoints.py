@@ -220,7 +220,8 @@ def test_sharded_checkpoint_reads_ahead_shard_by_shard(tmp_path, monkeypatch):
     monkeypatch.setattr(LocalStorage, "read_ranges",
                         lambda self, path, ranges: reads.append(path.name) or original(self, path, ranges))
     rng = np.random.default_rng(2)
-    want = {"a": rng.normal(size=(2000, 64)).astype(np.float32), "b": rng.normal(size=(64, 3000)).astype(np.float16)}
+    want = {"a": rng.normal(size=(2000, 64)).astype(np.float32),
+            "b": rng.normal(size=(64, 3000)).astype(np.float16)}
     save_file({"a": want["a"]}, str(tmp_path / "model-00001-of-00002.safetensors"))
     save_file({"b": want["b"]}, str(tmp_path / "model-00002-of-00002.safetensors"))
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps(

@@ -9,53 +9,35 @@ S3-compatible API: ``s3://`` with the bucket's endpoint works through :mod:`.fss
 
 from __future__ import annotations
 
-import os
 from pathlib import PurePath, PurePosixPath
 from typing import Any
 from urllib.parse import quote
 
-from .hub import _LOGIN, http_get
-from .remote import RemoteStorage
-from .transfer import Answer, Entry, RemoteError, retrying, status_error
+from .hub import _LOGIN, HubClient, http_get
+from .transfer import Answer, Entry, RemoteError
 
 
-class BucketStorage(RemoteStorage):
+class BucketStorage(HubClient):
     """Files of one bucket; paths are ``/`` + the path inside the bucket."""
 
     def __init__(self, bucket_id: str, token: str | None = None, endpoint: str | None = None,
                  keep_downloads: bool = False):
-        self.bucket_id, self.token = bucket_id, token
-        self.endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
-        super().__init__(keep_downloads)
+        self.bucket_id = bucket_id
+        super().__init__(token, endpoint, keep_downloads)
 
     def display(self, path: PurePath) -> str:
         inside = str(path).strip("/")
         return f"hf://buckets/{self.bucket_id}" + (f"/{inside}" if inside else "")
 
-    def _api(self):
-        from huggingface_hub import HfApi
-
-        return HfApi(endpoint=self.endpoint, token=self.token)
-
-    def _call(self, what: str, fn):
+    def _failure(self, error: Exception, what: str, revision: str | None) -> Exception | None:
         from huggingface_hub import errors
 
-        def once():
-            self.traffic.add(requests=1)
-            try:
-                return fn()
-            except errors.BucketNotFoundError:
-                raise RemoteError(f"no such bucket, or it is private and you have no access: "
-                                  f"{_LOGIN}") from None
-            except errors.HfHubHTTPError as e:
-                status = getattr(e.response, "status_code", None) if e.response is not None else None
-                if status == 404:
-                    raise FileNotFoundError(what) from None
-                if isinstance(status, int):
-                    raise status_error(status, "", f" ({what})") from None
-                raise
-
-        return retrying(once, what, self.traffic)
+        if isinstance(error, errors.BucketNotFoundError):
+            return RemoteError(f"no such bucket, or it is private and you have no access: {_LOGIN}")
+        response = getattr(error, "response", None)
+        if getattr(response, "status_code", None) == 404:
+            return FileNotFoundError(what)
+        return None
 
     def _list(self, folder: PurePath) -> list[Entry]:
         prefix = str(folder).strip("/")
@@ -82,9 +64,7 @@ class BucketStorage(RemoteStorage):
         return f"{self.endpoint}/buckets/{self.bucket_id}/resolve/{quote(str(path).strip('/'))}"
 
     def _fetch(self, path: PurePath, start: int, end: int | None, entry: Entry) -> Answer:
-        from huggingface_hub.utils import build_hf_headers
-
-        return http_get(self.file_url(path), build_hf_headers(token=self.token), start, end)
+        return http_get(self.file_url(path), self._headers(), start, end)
 
 
 def parse_bucket(url: str) -> tuple[str, str]:

@@ -44,7 +44,54 @@ def _decode(part: str) -> str:
     return part.replace("%2F", "/").replace("%25", "%")
 
 
-class HubStorage(RemoteStorage):
+class HubClient(RemoteStorage):
+    """What the Hub's storages share (:class:`HubStorage`, :class:`~.buckets.BucketStorage`):
+    the endpoint and token, the API client, a file request's headers, and API calls counted,
+    retried when worth it, with their failures as one line (``_failure`` names the ones a
+    storage knows better)."""
+
+    def __init__(self, token: str | None, endpoint: str | None, keep_downloads: bool):
+        self.token = token
+        self.endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+        super().__init__(keep_downloads)
+
+    def _api(self):
+        from huggingface_hub import HfApi
+
+        return HfApi(endpoint=self.endpoint, token=self.token)
+
+    def _headers(self) -> dict[str, str]:
+        from huggingface_hub.utils import build_hf_headers
+
+        return build_hf_headers(token=self.token)
+
+    def _failure(self, error: Exception, what: str, revision: str | None) -> Exception | None:
+        """The one-line error for an API failure this storage knows, else ``None``."""
+        return None
+
+    def _call(self, what: str, fn, revision: str | None = None):
+        """An API call, retried when worth it, its failures as one-line :class:`RemoteError`."""
+        from huggingface_hub import errors
+
+        def once():
+            self.traffic.add(requests=1)
+            try:
+                return fn()
+            except (errors.HfHubHTTPError, errors.EntryNotFoundError) as e:
+                known = self._failure(e, what, revision)
+                if known is not None:
+                    raise known from None
+                if not isinstance(e, errors.HfHubHTTPError):
+                    raise
+                status = getattr(e.response, "status_code", None) if e.response is not None else None
+                if isinstance(status, int):
+                    raise status_error(status, "", f" ({what})") from None
+                raise
+
+        return retrying(once, what, self.traffic)
+
+
+class HubStorage(HubClient):
     """A Hub repository's revisions as folders.
 
     ``revisions`` pins ref names to commits (a re-render from a manifest); ``only`` is the one
@@ -58,12 +105,10 @@ class HubStorage(RemoteStorage):
         self.repo_id, self.repo_type = repo_id, repo_type
         self.only, self.patterns = only, tuple(patterns)
         self.pins = dict(revisions or {})
-        self.token = token
-        self.endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
         self.refs: dict[str, str] | None = None  # ref name -> commit, once listed
         self.skipped_refs: list[tuple[PurePosixPath, str]] = []
         self._trees: dict[str, dict[str, Any]] = {}
-        super().__init__(keep_downloads)
+        super().__init__(token, endpoint, keep_downloads)
 
     def _portable(self, state: dict) -> dict:
         state.pop("_trees", None)
@@ -93,40 +138,23 @@ class HubStorage(RemoteStorage):
 
     # ---- the API ---------------------------------------------------------------------------
 
-    def _api(self):
-        from huggingface_hub import HfApi
-
-        return HfApi(endpoint=self.endpoint, token=self.token)
-
-    def _call(self, what: str, fn, revision: str | None = None):
-        """An API call, retried when worth it, its failures as one-line :class:`RemoteError`."""
+    def _failure(self, error: Exception, what: str, revision: str | None) -> Exception | None:
         from huggingface_hub import errors
 
-        def once():
-            self.traffic.add(requests=1)
-            try:
-                return fn()
-            except errors.GatedRepoError:
-                raise RemoteError(f"{self.url} is gated: accept its conditions at "
-                                  f"{self.endpoint}/{self.repo_id}, then {_LOGIN}") from None
-            except errors.RevisionNotFoundError:
-                raise RemoteError(f"no revision {revision!r} in {self.url}") from None
-            except errors.RepositoryNotFoundError:
-                if revision is not None and self.refs is not None:
-                    # The repository answered before: a mirror saying so for a revision.
-                    raise RemoteError(f"no revision {revision!r} in {self.url}") from None
-                raise RemoteError(f"{self.url}: no such repository, or it is private or gated "
-                                  f"and you have no access: {_LOGIN} (with an account that can "
-                                  "see it)") from None
-            except errors.EntryNotFoundError:
-                raise RemoteError(f"{self.url}: no such repository or path") from None
-            except errors.HfHubHTTPError as e:
-                status = getattr(e.response, "status_code", None) if e.response is not None else None
-                if isinstance(status, int):
-                    raise status_error(status, "", f" ({what})") from None
-                raise
-
-        return retrying(once, what, self.traffic)
+        if isinstance(error, errors.GatedRepoError):
+            return RemoteError(f"{self.url} is gated: accept its conditions at "
+                               f"{self.endpoint}/{self.repo_id}, then {_LOGIN}")
+        if isinstance(error, errors.RevisionNotFoundError) or (
+                # The repository answered before: a mirror saying so for a revision.
+                isinstance(error, errors.RepositoryNotFoundError) and revision is not None
+                and self.refs is not None):
+            return RemoteError(f"no revision {revision!r} in {self.url}")
+        if isinstance(error, errors.RepositoryNotFoundError):
+            return RemoteError(f"{self.url}: no such repository, or it is private or gated and "
+                               f"you have no access: {_LOGIN} (with an account that can see it)")
+        if isinstance(error, errors.EntryNotFoundError):
+            return RemoteError(f"{self.url}: no such repository or path")
+        return None
 
     def commits(self) -> dict[str, str]:
         """Ref name -> commit sha of every revision filmed (listed once)."""
@@ -208,11 +236,6 @@ class HubStorage(RemoteStorage):
         return out
 
     # ---- data ------------------------------------------------------------------------------
-
-    def _headers(self) -> dict[str, str]:
-        from huggingface_hub.utils import build_hf_headers
-
-        return build_hf_headers(token=self.token)
 
     def file_url(self, path: PurePath) -> str:
         name, commit = self.revision_of(path)
