@@ -127,7 +127,8 @@ def palette_rgb_numpy(frame, palette, out):
 # numpy converts half floats one value at a time in software (~3.4 ns each here); most training
 # checkpoints are fp16.  This is the exact bit-level conversion, in three loops the compiler
 # vectorises: shift sign-less bits into place, rescale by 2**112 (which also turns fp16
-# subnormals into the right float32 normals), then restore Inf/NaN exponents and the sign.
+# subnormals into the right float32 normals), then restore Inf/NaN exponents and the sign.  It
+# makes the table of every bit pattern that the widen kernels below look fp16 values up in.
 
 _TWO_POW_112 = np.float32(2.0 ** 112)
 
