@@ -126,7 +126,8 @@ def splat_numpy(xy, starts, xform, rect, table, offset, radius, counts):
 # --- how far the curves reach ----------------------------------------------------------------
 # Between keyframes k and k+1 a coordinate follows the cubic ((a s + b) s + c) s + d of the
 # Hermite interpolation (see _kernels.hermite_kernel); its largest |value| on [0, 1] is at an
-# end or where its derivative 3a s^2 + 2b s + c vanishes.
+# end or where its derivative 3a s^2 + 2b s + c vanishes -- looked for only where the curve's
+# Bezier hull reaches beyond its ends.
 
 @ngjit
 def curve_extremes_kernel(P, times, k0, k1, out):
@@ -149,9 +150,14 @@ def curve_extremes_kernel(P, times, k0, k1, out):
                 p1 = np.float64(P[k + 1, i, c])
                 t0 = (p1 - P[km, i, c]) * g0
                 t1 = (P[kp, i, c] - p0) * g1
+                best = max(abs(p0), abs(p1))
+                # The curve lies in the hull of its Bezier points p0, p0 + t0/3, p1 - t1/3, p1:
+                # inner points well inside the ends' reach mean the ends are the extremes.
+                if max(abs(p0 + t0 / 3), abs(p1 - t1 / 3)) < best * (1.0 - 1e-9):
+                    out[k, i, c] = best
+                    continue
                 a = 2 * p0 + t0 - 2 * p1 + t1
                 b = -3 * p0 - 2 * t0 + 3 * p1 - t1
-                best = max(abs(p0), abs(p1))
                 qa, qb = 3 * a, 2 * b
                 if qa != 0.0:
                     disc = qb * qb - 4 * qa * t0

@@ -336,3 +336,18 @@ def test_curve_extremes_kernel_equals_numpy_twin(track):
     want = D.curve_extremes_numpy(P, times)
     np.testing.assert_allclose(out, want, rtol=1e-12, equal_nan=True)
     assert np.isnan(out[1:3, 3]).all() and np.isfinite(out[:, 4]).all()
+
+
+def test_curve_extremes_kernel_skips_only_curves_inside_their_ends():
+    # Random walks: most segments stay within their ends' reach (the solve is skipped), some
+    # overshoot between keyframes (the exact extreme beyond both ends is found).
+    rng = np.random.default_rng(11)
+    P = (np.cumsum(rng.normal(size=(40, 300, 2)), axis=0) + rng.normal(size=(1, 300, 2)) * 3).astype(np.float32)
+    times = np.cumsum(rng.uniform(1, 6, 40))
+    out = np.empty((39, 300, 2))
+    D.curve_extremes_kernel(P, times, 0, 39, out)
+    want = D.curve_extremes_numpy(P, times)
+    np.testing.assert_allclose(out, want, rtol=1e-12)
+    ends = np.maximum(np.abs(P[:-1]), np.abs(P[1:]))
+    beyond = want > ends * (1 + 1e-6)
+    assert 0.05 < beyond.mean() < 0.95  # both kinds of segment are there
