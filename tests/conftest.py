@@ -27,21 +27,28 @@ def gpt_state(rng, d=16, blocks=2, vocab=40, ff=None, prefix="transformer.h", dt
     return {k: v.astype(dtype) for k, v in sd.items()}
 
 
-def rebel_run(folder: Path) -> Path:
-    """Six blocks drift alike; L3 moves ten times faster from step 300 on (seven checkpoints)."""
+def odd_block_run(folder: Path, seed: int, blocks: int, odd: int, rate: float, odd_rate: float,
+                  odd_from: int) -> Path:
+    """Seven checkpoints (steps 0..600) of a small GPT-2 whose weights each move ``rate`` of
+    their RMS per checkpoint, block ``odd``'s ``odd_rate`` from checkpoint ``odd_from`` on."""
     from safetensors.numpy import save_file
 
     folder.mkdir()
-    rng = np.random.default_rng(11)
-    sd = gpt_state(rng, d=8, blocks=6, vocab=12)
+    rng = np.random.default_rng(seed)
+    sd = gpt_state(rng, d=8, blocks=blocks, vocab=12)
     for k in range(7):
         for key, v in sd.items():
             if k:
-                scale = 10.0 if key.startswith("transformer.h.3.") and k >= 3 else 1.0
-                sd[key] = (v + 0.01 * scale * np.linalg.norm(v) / np.sqrt(v.size)
-                           * rng.normal(size=v.shape)).astype(np.float32)
+                r = odd_rate if key.startswith(f"transformer.h.{odd}.") and k >= odd_from else rate
+                sd[key] = (v + r * np.linalg.norm(v) / np.sqrt(v.size) * rng.normal(size=v.shape)
+                           ).astype(np.float32)
         save_file(sd, str(folder / f"step_{k * 100:06d}.safetensors"))
     return folder
+
+
+def rebel_run(folder: Path) -> Path:
+    """Six blocks drift alike; L3 moves ten times faster from step 300 on (seven checkpoints)."""
+    return odd_block_run(folder, 11, blocks=6, odd=3, rate=0.01, odd_rate=0.01 * 10.0, odd_from=3)
 
 
 def write_run(folder: Path, n=4, seed=0, name="step_{step:06d}.safetensors", every=100, **kw) -> Path:

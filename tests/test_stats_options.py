@@ -84,21 +84,9 @@ def test_threshold_rule_settles_where_change_stays_below_it(tmp_path):
     """With --settle-threshold 0.01 a layer settles once its change stays below 0.01 per 100
     steps (checked against numpy on a run whose L1 slows from ~5 % to ~0.5 % after step 300);
     by default, once it has covered 90 % of its path."""
-    from safetensors.numpy import save_file
+    from conftest import odd_block_run
 
-    from conftest import gpt_state
-
-    run = tmp_path / "run"
-    run.mkdir()
-    rng = np.random.default_rng(8)
-    sd = gpt_state(rng, d=8, blocks=2, vocab=12)
-    for k in range(7):
-        for key, v in sd.items():
-            if k:
-                rel = 0.005 if (key.startswith("transformer.h.1.") and k > 3) else 0.05
-                sd[key] = (v + rel * np.linalg.norm(v) / np.sqrt(v.size) * rng.normal(size=v.shape)
-                           ).astype(np.float32)
-        save_file(sd, str(run / f"step_{k * 100:06d}.safetensors"))
+    run = odd_block_run(tmp_path / "run", 8, blocks=2, odd=1, rate=0.05, odd_rate=0.005, odd_from=4)
     result = stats(run, "--out", tmp_path / "s", "--settle-threshold", "0.01")
     assert result.exit_code == 0, result.output
     steps = list(range(0, 700, 100))
