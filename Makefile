@@ -1,24 +1,29 @@
 # layerfilm — the two commands a fresh clone needs:
 #   make demo   set up .venv and render sample_checkpoints/ to films/sample.webm and .gif
 #   make test   set up .venv (with torch, CPU build) and run the whole test suite
+# Both install the exact versions in constraints/test.txt (the golden frames were recorded with
+# them); `make test-latest` runs the suite with today's newest releases instead (not in CI).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 LF     := $(VENV)/bin/layerfilm
 # torch: the CPU build pinned here (an unpinned torch pulls a multi-GB CUDA build).
 TORCH  ?= torch==2.13.0
+LOCK   ?= constraints/test.txt
+LATEST ?= .venv-latest
+EXTRAS := .[torch,test,dask]
 
-.PHONY: demo test sample bench clean batch
+.PHONY: demo test test-latest lock sample bench clean batch
 
-$(VENV)/.base: pyproject.toml
+$(VENV)/.base: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e .
+	$(PY) -m pip install --quiet -c $(LOCK) -e .
 	$(PY) -m layerfilm.warmup
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.base
-	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[torch,test,dask]"
+	$(PY) -m pip install --quiet -c $(LOCK) "$(TORCH)"
+	$(PY) -m pip install --quiet -c $(LOCK) -e "$(EXTRAS)"
 	touch $@
 
 demo: $(VENV)/.base
@@ -30,6 +35,23 @@ demo: $(VENV)/.base
 
 test: $(VENV)/.dev
 	$(PY) -m pytest -q
+
+# The suite with what the package index serves today (pyproject.toml's ranges, no lock) in a
+# fresh $(LATEST); golden frames that differ say by how many pixels and how much.  Ends with
+# which packages differ from the lock.  Not in CI: its result depends on the day.
+test-latest:
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install --quiet "$(TORCH)"
+	$(LATEST)/bin/python -m pip install --quiet --upgrade -e "$(EXTRAS)"
+	$(LATEST)/bin/python -m layerfilm.warmup
+	$(LATEST)/bin/python -m pytest -q --tb=line -p no:cacheprovider || true
+	@$(LATEST)/bin/python scripts/lock.py diff $(LATEST) $(LOCK)
+
+# Write the lock from $(LATEST) (after `make test-latest`); then `make test`, and re-record
+# golden frames only after looking at them (docs/internals.md, "Development").
+lock:
+	$(LATEST)/bin/python scripts/lock.py write $(LATEST) > $(LOCK)
 
 # Benchmarks (prints ratios; see bench/bench.py). BENCH_ARGS=--quick for a small run.
 bench: $(VENV)/.dev
@@ -45,4 +67,4 @@ batch: $(VENV)/.base
 	$(MAKE) -f examples/batch.mk LAYERFILM=$(abspath $(LF))
 
 clean:
-	rm -rf films .pytest_cache
+	rm -rf films .pytest_cache $(LATEST)

@@ -71,9 +71,23 @@ def test_frames_equal_the_recorded_ones(tmp_path, name):
         pytest.skip("golden frames recorded")
     with np.load(path) as golden:
         assert sorted(golden.files) == sorted(f"frame_{f}" for f in keep)
-        for f in keep:
-            want = golden[f"frame_{f}"]
-            assert got[f].shape == want.shape, f"{name} frame {f}: size"
-            differ = (got[f] != want).any(axis=2)
-            assert not differ.any(), (f"{name} frame {f}: {int(differ.sum())} pixels differ "
-                                      f"(first at {tuple(np.argwhere(differ)[0])})")
+        report = [difference(name, f, got[f], golden[f"frame_{f}"]) for f in keep]
+    report = [line for line in report if line]
+    assert not report, "; ".join(report)
+
+
+def difference(name: str, f: int, got: np.ndarray, want: np.ndarray) -> str:
+    """How frame ``f`` differs from its recorded one: empty when equal, else how many pixels
+    differ and by how much (the largest channel difference, and how many pixels differ by at
+    most 8 and by more), so a run with other library versions (``make test-latest``) says
+    whether a difference is a rounding or a changed picture."""
+    if got.shape != want.shape:
+        return f"{name} frame {f}: size {got.shape[1]}x{got.shape[0]}, recorded {want.shape[1]}x{want.shape[0]}"
+    by = np.abs(got.astype(np.int16) - want.astype(np.int16)).max(axis=2)
+    differ = by > 0
+    if not differ.any():
+        return ""
+    small = int((differ & (by <= 8)).sum())
+    return (f"{name} frame {f}: {int(differ.sum())} of {differ.size} pixels differ "
+            f"(first at {tuple(int(i) for i in np.argwhere(differ)[0])}; largest channel difference "
+            f"{int(by.max())}; {small} by at most 8, {int(differ.sum()) - small} by more)")
