@@ -265,12 +265,16 @@ _FOURIER_MAX_K = 512
 
 
 def fourier_frequency(X: np.ndarray, ids: np.ndarray, vocab: int) -> tuple[int, int, float]:
-    """The period ``p`` and frequency ``k`` whose cos/sin pair carries the most of the cloud's
-    variance over the token index, and that share (0..1).
+    """The period ``p`` and frequency ``k`` whose cos/sin plane over the token index carries
+    the most of the cloud's variance, and that share (0..1).
 
     X: (n, d) rows for tokens ``ids`` (n,) of a ``vocab``-token embedding.  Periods from
     ``vocab - 8`` to ``vocab`` are tried (a vocabulary may end with special tokens, which
-    take no part in the fit), frequencies ``1 .. min(p // 2, 512)``.
+    take no part in the fit), frequencies ``1 .. min(p // 2, 512)``.  The share is the exact
+    least-squares one (the variance in the span of the centred cos and sin columns), so it
+    stays right when the ids do not cover every residue, and a frequency whose cos and sin
+    span no plane over these ids -- ``k = p / 2``, where the sine vanishes -- is never chosen:
+    there is no ring to draw there.
     """
     X = np.asarray(X, dtype=np.float64)
     ids = np.asarray(ids, dtype=np.int64)
@@ -285,10 +289,18 @@ def fourier_frequency(X: np.ndarray, ids: np.ndarray, vocab: int) -> tuple[int, 
             continue
         ks = np.arange(1, min(p // 2, _FOURIER_MAX_K) + 1)
         angle = 2 * np.pi * np.outer(ks, ids[inside]) / p
-        # Least-squares fit of each column on cos/sin (rows are nearly orthogonal; the
-        # projection is exact when the ids cover every residue).
-        share = ((np.cos(angle) @ Xc) ** 2).sum(axis=1) + ((np.sin(angle) @ Xc) ** 2).sum(axis=1)
-        share *= 2.0 / (inside.sum() * total)
+        C, S = np.cos(angle), np.sin(angle)
+        C -= C.mean(axis=1, keepdims=True)
+        S -= S.mean(axis=1, keepdims=True)
+        cc, ss, cs = (C * C).sum(axis=1), (S * S).sum(axis=1), (C * S).sum(axis=1)
+        det = cc * ss - cs ** 2
+        plane = det > 1e-9 * cc * ss  # cos and sin independent over these ids
+        if not plane.any():
+            continue
+        Bc, Bs = C @ Xc, S @ Xc  # (k, d)
+        # |projection of Xc onto span(c, s)|^2 = b^T G^-1 b summed over the columns.
+        energy = ss * (Bc ** 2).sum(axis=1) - 2 * cs * (Bc * Bs).sum(axis=1) + cc * (Bs ** 2).sum(axis=1)
+        share = np.where(plane, energy / np.where(plane, det, 1.0), -1.0) / total
         i = int(np.argmax(share))
         if share[i] > best[2]:
             best = (p, int(ks[i]), float(share[i]))

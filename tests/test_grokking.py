@@ -57,6 +57,36 @@ def test_fourier_frequency_on_a_synthetic_ring():
     assert abs(np.mean(np.exp(1j * (angle - 2 * np.pi * k * a[:p] / p)))) > 0.99
 
 
+def _lstsq_share(X: np.ndarray, ids: np.ndarray, p: int, k: int) -> float:
+    """Independently: the share of the residues' variance explained by a least-squares fit on
+    [1, cos, sin] of 2 pi k a / p (numpy's lstsq)."""
+    inside = ids < p
+    Xc = X[inside] - X[inside].mean(axis=0)
+    t = 2 * np.pi * k * ids[inside] / p
+    A = np.stack([np.ones_like(t), np.cos(t), np.sin(t)], 1)
+    fit = A @ np.linalg.lstsq(A, Xc, rcond=None)[0]
+    return float((fit ** 2).sum() / (Xc ** 2).sum())
+
+
+def test_fourier_share_is_the_least_squares_one_and_never_a_planeless_frequency():
+    """Pure noise over an even period: k = p / 2 (sine zero, no plane) scored twice its share
+    before and was picked in 3 of 20 series; now the share is the exact least-squares one (also
+    when the ids skip residues) and the chosen frequency always spans a plane."""
+    rng = np.random.default_rng(1)
+    vocab, d = 98, 48
+    for trial in range(20):
+        ids = np.arange(vocab) if trial % 2 == 0 else np.sort(rng.choice(vocab, 70, replace=False))
+        X = rng.normal(size=(len(ids), d))
+        p, k, share = project.fourier_frequency(X, ids, vocab)
+        assert 2 * k != p, (trial, p, k)
+        assert project.fourier_plane(X, ids, p, k) is not None
+        assert abs(share - _lstsq_share(X, ids, p, k)) < 1e-9, trial
+        # The best over every plane-spanning (p, k) of an independent search.
+        best = max(_lstsq_share(X, ids, q, j) for q in range(vocab - 8, vocab + 1)
+                   for j in range(1, (q - 1) // 2 + 1))
+        assert abs(share - best) < 1e-9, trial
+
+
 def _phase_alignment(xy: np.ndarray, ids: np.ndarray, k: int, period: int) -> float:
     """How well token a sits at angle +-2 pi k a / period around the centre (1: a perfect ring)."""
     xy = xy - xy.mean(axis=0)
