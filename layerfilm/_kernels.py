@@ -105,6 +105,38 @@ def sq_norms_numpy(W, prev):
     return float((W ** 2).sum()), float(((W - np.asarray(prev, dtype=np.float64)) ** 2).sum())
 
 
+# --- drift sketch -------------------------------------------------------------------------------
+# A CountSketch of a layer's drawn weights: element (i, j) is added, with sign sr[i] * sc[j], into
+# bucket (hr[i] + hc[j]) mod S.  The sketch is linear, so the sketch of W_b - W_a is the difference
+# of the two sketches, and its squared norm estimates ||W_b - W_a||**2 (relative error about
+# sqrt(2 / S) for a dense difference): the change between ANY two keyframes, from one pass that
+# holds a single checkpoint.  Fixed hashes per shape make the sketches of every keyframe comparable.
+
+@ngjit
+def sketch_kernel(W, hr, sr, hc, sc, out):
+    """``out[(hr[i] + hc[j]) % S] += sr[i] * sc[j] * W[i, j]`` for every element (float64).
+
+    W: (n, d) float32, any strides; hr, hc: (n,), (d,) int64 in ``0 .. S-1``; sr, sc: (n,),
+    (d,) float64 of +-1; out: (S,) float64 with S a power of two, zeroed here.
+    """
+    mask = out.shape[0] - 1  # S is a power of two
+    out[:] = 0.0
+    n, d = W.shape
+    for i in range(n):
+        base, sign = hr[i], sr[i]
+        for j in range(d):
+            out[(base + hc[j]) & mask] += sign * sc[j] * np.float64(W[i, j])
+
+
+def sketch_numpy(W, hr, sr, hc, sc, S):
+    """The numpy twin of :func:`sketch_kernel`; returns ``(S,)`` float64."""
+    W = np.asarray(W, dtype=np.float64)
+    buckets = (hr[:, None] + hc[None, :]) % S
+    out = np.zeros(S)
+    np.add.at(out, buckets.ravel(), (sr[:, None] * sc[None, :] * W).ravel())
+    return out
+
+
 # --- palette lookup --------------------------------------------------------------------------
 
 @ngjit

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import json
 
 import numpy as np
 
 from . import cache, cluster, extract, pca, project
-from ._kernels import sq_norms_kernel
+from ._kernels import sketch_kernel, sq_norms_kernel
 from .errors import ConfigError
 from .plan import Plan
 from .progress import QUIET, Progress
@@ -26,8 +27,8 @@ class Keyframes:
     P: np.ndarray
     nonfinite: int  # points hidden because their weights had NaN/Inf
     panels: tuple[dict, ...] = ()
-    # (L, K, 2) float64: sum W**2 and sum (W - W_prev)**2 of each layer's drawn weights at
-    # each keyframe (:func:`~layerfilm._kernels.sq_norms_kernel`), when measured in this pass.
+    # (L, K, DRIFT_WIDTH) float64: each layer's :func:`measure_cloud` at each keyframe, when
+    # measured in this pass.
     drift_sums: np.ndarray | None = None
 
     def reordered(self, order: list[int], starts: np.ndarray) -> "Keyframes":
@@ -132,6 +133,34 @@ class ChunkLayouts:
 
 _NO_PREVIOUS = np.zeros((0, 0), np.float32)
 
+SKETCH = 256  # buckets of a cloud's drift sketch (:func:`~layerfilm._kernels.sketch_kernel`)
+DRIFT_WIDTH = 2 + SKETCH
+# A sketch reads at most about this many of a cloud's numbers (every few rows of a larger
+# cloud): the growth of change with the gap is a ratio of changes, which evenly spread rows
+# show as well as all of them, and the sketch stays a small part of a keyframe's work.
+SKETCH_MAX_VALUES = 1 << 17
+
+
+@functools.lru_cache(maxsize=64)
+def _sketch_hashes(n: int, d: int) -> tuple[np.ndarray, ...]:
+    """The fixed bucket and sign hashes of an ``(n, d)`` cloud's sketch: the same at every
+    keyframe, in every process, so any two keyframes' sketches can be subtracted."""
+    rng = np.random.default_rng([0x5CE7C4, n, d])
+    return (rng.integers(0, SKETCH, n), rng.choice([-1.0, 1.0], n),
+            rng.integers(0, SKETCH, d), rng.choice([-1.0, 1.0], d))
+
+
+def measure_cloud(cloud: np.ndarray, previous: np.ndarray, out: np.ndarray) -> None:
+    """A layer's drift numbers at one keyframe into ``out`` (DRIFT_WIDTH,) float64: sum W**2,
+    sum (W - W_prev)**2 (NaN without a previous cloud; :func:`~layerfilm._kernels.sq_norms_kernel`)
+    and the sketch of its rows (every few rows of a cloud of more than
+    :data:`SKETCH_MAX_VALUES` numbers; :func:`~layerfilm._kernels.sketch_kernel`), from which
+    the change between any two keyframes is estimated (the run's growth of change with the gap,
+    :func:`layerfilm.stats.gap_growth`)."""
+    sq_norms_kernel(cloud, previous, out[:2])
+    rows = cloud[::-(-cloud.size // SKETCH_MAX_VALUES) or 1]
+    sketch_kernel(rows, *_sketch_hashes(*rows.shape), out[2:])
+
 
 def _previous_clouds(plan: Plan, k: int) -> list[np.ndarray]:
     """Every panel's cloud at keyframe ``k - 1`` (for the change into ``k``), or none at 0."""
@@ -167,7 +196,7 @@ def _project_chunk(plan: Plan, how: list[project.Projection], drift: bool, chunk
     threads = _threads(how[0].name if how else "pca")
     # The layers' drift is measured from the very clouds projected (a film reads only what it
     # draws); the change into a chunk's first keyframe needs the keyframe before it too.
-    sums = np.full((len(plan.layers), len(chunk), 2), np.nan) if drift else None
+    sums = np.full((len(plan.layers), len(chunk), DRIFT_WIDTH), np.nan) if drift else None
     previous = _previous_clouds(plan, chunk.start) if drift else None
 
     def project_layers(ckpt, shapes: dict, k: int, part: int) -> None:
@@ -175,7 +204,7 @@ def _project_chunk(plan: Plan, how: list[project.Projection], drift: bool, chunk
         for l in range(part, len(plan.layers), threads):
             cloud = extract.read_layer(ckpt, plan.layers[l], shapes)
             if sums is not None:
-                sq_norms_kernel(cloud, previous[l], sums[l, k - chunk.start])
+                measure_cloud(cloud, previous[l], sums[l, k - chunk.start])
                 previous[l] = cloud
             tracks[l].keyframe, tracks[l].last = k, k == K - 1
             P[k - chunk.start, starts[l]:starts[l + 1]] = project.project_keyframe(cloud, how[l], tracks[l])
@@ -237,7 +266,7 @@ def keyframe_layouts(plan: Plan, projection: str = "pca", seed: int = 0,
 def drift_chunk(plan: Plan, chunk: range, advance=None) -> np.ndarray:
     """A task: each layer's drift sums (see :class:`Keyframes`) over the keyframes in ``chunk``,
     reading only (for when the layouts came from the cache)."""
-    sums = np.full((len(plan.layers), len(chunk), 2), np.nan)
+    sums = np.full((len(plan.layers), len(chunk), DRIFT_WIDTH), np.nan)
     previous = _previous_clouds(plan, chunk.start)
     for k in chunk:
         ckpt = plan.refs[k].open()
@@ -245,7 +274,7 @@ def drift_chunk(plan: Plan, chunk: range, advance=None) -> np.ndarray:
         shapes = ckpt.shapes()
         for l, layer in enumerate(plan.layers):
             cloud = extract.read_layer(ckpt, layer, shapes)
-            sq_norms_kernel(cloud, previous[l], sums[l, k - chunk.start])
+            measure_cloud(cloud, previous[l], sums[l, k - chunk.start])
             previous[l] = cloud
         if advance is not None:
             advance(1)

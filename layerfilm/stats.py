@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 
 from . import atomic, cache, checkpoints, extract, layouts
-from ._kernels import sq_norms_kernel
 from .plan import Plan
 from .progress import QUIET, Progress
 
@@ -35,7 +34,11 @@ COLUMNS: dict[str, str] = {
     "points": "drawn points (rows/columns) in the panel",
     "weight_norm": "Frobenius norm ||W_k|| of the panel's drawn weights",
     "rel_change_prev": "||W_k - W_(k-1)|| / ||W_(k-1)||; empty at the first keyframe",
-    "rel_change_per_100": "rel_change_prev scaled to 100 training steps",
+    "rel_change_per_100": "the layer's rate: relative change per 100 training steps over the film's "
+                          "shortest checkpoint gap; an interval of another length is first converted "
+                          "to that gap by gap_growth",
+    "gap_growth": "how much more a change over this interval's gap is than over the shortest gap, "
+                  "measured from the run (the gap ratio itself where the run cannot show it)",
     "rel_change_first": "||W_k - W_0|| / ||W_0||",
     "mean_abs_change_first": "mean over all weights of |W_k - W_0|",
     "update_cosine": "cosine between successive updates, dW_k . dW_(k-1) / (||dW_k|| ||dW_(k-1)||) "
@@ -50,8 +53,9 @@ COLUMNS: dict[str, str] = {
     "rebel_z": "z-score of log10(rel_change_per_100) against the layers up to two places before "
                "and after (their mean and standard deviation, at least 0.1 decade); empty with "
                "fewer than two neighbours",
-    "settle_step": "the layer's settling step (see --settle-fraction / --settle-threshold); "
-                   "empty if it never settles",
+    "settle_step": "the step from which the layer's rate stays below --settle-fraction of its "
+                   "early pace (or below --settle-threshold) for at least three intervals to the "
+                   "end; empty if it is still moving",
 }
 
 # The rebel: neighbours on either side, and the smallest spread of their log10 rates (decades),
@@ -62,15 +66,14 @@ REBEL_FLOOR = 0.1
 
 @dataclasses.dataclass(frozen=True)
 class Settling:
-    """When a layer counts as settled.
-
-    By default (``threshold`` is ``None``) at the first keyframe by which it has covered
-    ``fraction`` of its whole path -- the sum over the film of its relative change between
-    keyframes -- which always answers.  With a ``threshold``: at the first step after which its
-    relative change per 100 steps stays below it (``None`` when its last change is above).
+    """When a layer counts as settled: from the first keyframe after which its rate stays
+    below ``fraction`` of its own early pace (:func:`_peak_rate`; or, with a ``threshold``,
+    below that rate) in every later interval, and there are at least :data:`SETTLE_HOLD` such
+    intervals to show it.  A layer still changing at an unchanged rate at the end is *still moving* (``None``):
+    settling says the layer stopped, not that the film ran out of checkpoints.
     """
 
-    fraction: float = 0.9
+    fraction: float = 0.25
     threshold: float | None = None
 
     @classmethod
@@ -79,8 +82,27 @@ class Settling:
 
     def describe(self) -> str:
         if self.threshold is not None:
-            return f"relative change per 100 steps stays below {self.threshold:g}"
-        return f"{self.fraction:.0%} of its path (cumulative relative change) covered"
+            return (f"relative change per 100 steps stays below {self.threshold:g} "
+                    f"(at least {SETTLE_HOLD} intervals to the end)")
+        return (f"rate stays below {self.fraction:.0%} of the layer's early pace "
+                f"(at least {SETTLE_HOLD} intervals to the end)")
+
+
+# A layer is settled only when at least this many intervals after its settling step show it.
+SETTLE_HOLD = 3
+
+
+def _peak_rate(rate: np.ndarray) -> float:
+    """A layer's early pace (``rate``: (K-1,) per interval): the highest mean of three
+    neighbouring intervals in the first quarter of the film (at least its first three
+    intervals).  A mean, so one interval's spike (the first step away from initialisation, a
+    noisy save) does not set the scale; early, so a burst later in the run (a rebel moment)
+    does not make the layer's ordinary pace afterwards look like a stop."""
+    r = np.nan_to_num(np.asarray(rate, dtype=np.float64), nan=0.0)
+    if len(r) < 3:
+        return float(r.max(initial=0.0))
+    early = r[:max(3, -(-len(r) // 4))]
+    return float(np.convolve(early, np.ones(3) / 3, mode="valid").max())
 
 
 def rebel_scores(rate: np.ndarray, reach: int = REBEL_REACH, floor: float = REBEL_FLOOR) -> np.ndarray:
@@ -122,6 +144,9 @@ class Drift:
     points: np.ndarray
     norm: np.ndarray
     rel_prev: np.ndarray
+    # (L, K): how much larger each interval's change is than a change over the shortest gap
+    # (:func:`gap_growth`); ``None``: the gap ratio itself (change taken to grow linearly).
+    growth: np.ndarray | None = None
     rebel: np.ndarray | None = None
 
     def __post_init__(self):
@@ -129,10 +154,21 @@ class Drift:
             object.__setattr__(self, "rebel", rebel_scores(self.rate))
 
     @property
-    def rate(self) -> np.ndarray:
-        """(L, K) relative change per 100 training steps (NaN at the first keyframe)."""
+    def gap_growth(self) -> np.ndarray:
+        """(L, K) :attr:`growth`, or the gap ratio where it was not measured (NaN at 0)."""
         gap = np.diff(self.steps.astype(np.float64), prepend=np.nan)
-        return self.rel_prev * 100.0 / gap
+        ratio = gap / np.nanmin(gap) if len(gap) > 1 else gap
+        return self.growth if self.growth is not None else np.broadcast_to(ratio, self.rel_prev.shape)
+
+    @property
+    def rate(self) -> np.ndarray:
+        """(L, K) the layer's rate: relative change per 100 training steps over the film's
+        shortest checkpoint gap, each interval first converted to that gap by its
+        :attr:`gap_growth` -- so dense and sparse stretches of a run read alike (NaN at the
+        first keyframe)."""
+        gap = np.diff(self.steps.astype(np.float64), prepend=np.nan)
+        shortest = np.nanmin(gap) if len(gap) > 1 else np.nan
+        return self.rel_prev * 100.0 / (shortest * self.gap_growth)
 
     @property
     def path_done(self) -> np.ndarray:
@@ -144,28 +180,24 @@ class Drift:
             return np.where(total > 0, path / total, 1.0)
 
     def settle_steps(self, settling: Settling) -> np.ndarray:
-        """(L,) float64: each layer's settling step by ``settling`` (NaN: never settles)."""
-        out = np.empty(len(self.labels))
-        if settling.threshold is None:
-            done = self.path_done
-            for l in range(len(out)):
-                # The fraction is compared with a little slack, so that a layer that moves
-                # evenly reaches "90 %" at the keyframe where it has done 9/10 of its moving.
-                out[l] = self.steps[int(np.argmax(done[l] >= settling.fraction - 1e-12))]
-            return out
+        """(L,) float64: each layer's settling step by ``settling`` (NaN: still moving)."""
+        out = np.full(len(self.labels), np.nan)
         for l, r in enumerate(self.rate):
-            above = np.flatnonzero(r[1:] >= settling.threshold) + 1  # NaN is never "above"
-            if not above.size:
-                out[l] = self.steps[0]
-            elif above[-1] == len(self.steps) - 1:
-                out[l] = np.nan
-            else:
-                out[l] = self.steps[above[-1]]
+            r = r[1:]
+            if not np.isfinite(r).any():
+                continue
+            peak = _peak_rate(r)
+            limit = settling.threshold if settling.threshold is not None else settling.fraction * peak
+            above = np.flatnonzero(r >= limit) if peak > 0 else []  # NaN is never "above"
+            first = above[-1] + 1 if len(above) else 0  # keyframe index the calm starts from
+            if len(r) - first >= SETTLE_HOLD:
+                out[l] = self.steps[first]
         return out
 
     def reordered(self, order: list[int]) -> "Drift":
         """The same numbers with the layers (rows) in ``order``."""
-        rows = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "steps"}
+        rows = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name != "steps" and getattr(self, f.name) is not None}
         return dataclasses.replace(self, **{name: ([v[l] for l in order] if isinstance(v, list)
                                                    else v[order]) for name, v in rows.items()})
 
@@ -198,18 +230,82 @@ _NO_PREVIOUS = np.zeros((0, 0), np.float32)
 
 
 def drift_of(sums: np.ndarray, steps: np.ndarray, layers: list[extract.Layer]) -> Drift:
-    """Each layer's :class:`Drift` from its drift sums (``(L, K, 2)``: sum W**2 and sum
-    (W - W_prev)**2 of its drawn weights at each keyframe, by
-    :func:`~layerfilm._kernels.sq_norms_kernel`, measured in the layouts' pass, by
-    :func:`layouts.drift_sums` or in :func:`weight_stats`)."""
+    """Each layer's :class:`Drift` from its drift numbers (``(L, K, DRIFT_WIDTH)``: sum W**2,
+    sum (W - W_prev)**2 and the sketch of its drawn weights at each keyframe, by
+    :func:`layouts.measure_cloud`, in the layouts' pass, by :func:`layouts.drift_sums` or in
+    :func:`weight_stats`)."""
     norm = np.sqrt(sums[:, :, 0])
     rel = np.full(norm.shape, np.nan)
     den = norm[:, :-1]
     good = np.isfinite(den) & (den > 0)
     num = np.sqrt(sums[:, 1:, 1])
     rel[:, 1:][good] = num[good] / den[good]
-    return Drift(np.asarray(steps, dtype=np.int64), [l.label for l in layers],
-                 np.array([l.n_points for l in layers], dtype=np.int64), norm, rel)
+    steps = np.asarray(steps, dtype=np.int64)
+    return Drift(steps, [l.label for l in layers], np.array([l.n_points for l in layers], dtype=np.int64),
+                 norm, rel, gap_growth(sums[:, :, 2:], norm, steps))
+
+
+GROWTH_MIN_PAIRS = 3  # pairs of keyframes needed to measure the growth at one gap
+
+
+def gap_growth(sketches: np.ndarray, norm: np.ndarray, steps: np.ndarray) -> np.ndarray | None:
+    """(L, K) how much larger each interval's change is than a change over the run's shortest
+    checkpoint gap ``g``, as the run itself shows it; ``None`` when every gap is ``g``.
+
+    A layer's change does not grow in proportion to the gap: noisy updates partly cancel
+    (measured on the sample: a change over 500 steps is 1.8-2.5x one over 100, not 5x), so
+    dividing by the gap alone makes sparse stretches of a run look slower than dense ones.
+    Where the run has consecutive keyframes ``g`` apart, every pair ``m`` such intervals apart
+    shows how the change grows: the median over those pairs of ``|W_(i+m) - W_i|`` against the
+    mean change of the ``m`` intervals between them, each estimated from the keyframes'
+    sketches (``(L, K, S)``, :func:`layouts.measure_cloud`).  Gaps between the measured ones
+    are interpolated on log-log axes; beyond them the last measured slope is extended (held
+    between 0 and 1); where nothing was measured the change is taken to grow with the gap.
+    """
+    gaps = np.diff(np.asarray(steps, dtype=np.float64))
+    L, K = norm.shape
+    if K < 2 or (gaps == gaps.min()).all():
+        return None
+    ratio = gaps / gaps.min()
+    wanted = int(min(np.ceil(ratio.max()), K - 1))
+    fine = gaps == gaps.min()
+    # Runs of consecutive shortest gaps: intervals a .. b-1 (keyframes a .. b).
+    edges = np.flatnonzero(np.diff(np.r_[0, fine.astype(np.int8), 0]))
+    runs = [(a, b) for a, b in zip(edges[::2], edges[1::2]) if b - a >= 2]
+    growth = np.full((L, K), np.nan)
+    sk = np.asarray(sketches, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        step1 = np.linalg.norm(sk[:, 1:] - sk[:, :-1], axis=2) / norm[:, :-1]  # (L, K-1)
+        measured: list[dict[int, float]] = [{1: 1.0} for _ in range(L)]
+        for m in range(2, wanted + 1):
+            pairs = [(i, i + m) for a, b in runs for i in range(a, b - m + 1)]
+            if len(pairs) < GROWTH_MIN_PAIRS:
+                break
+            i, j = np.array(pairs).T
+            far = np.linalg.norm(sk[:, j] - sk[:, i], axis=2) / norm[:, i]  # (L, pairs)
+            inner = np.cumsum(np.c_[np.zeros(L), step1], axis=1)
+            local = (inner[:, j] - inner[:, i]) / m
+            r = far / local
+            for l in range(L):
+                ok = np.isfinite(r[l]) & (local[l] > 0)
+                if ok.sum() >= GROWTH_MIN_PAIRS:
+                    measured[l][m] = float(np.median(r[l, ok]))
+    for l in range(L):
+        growth[l, 1:] = _grow(measured[l], ratio)
+    return growth
+
+
+def _grow(measured: dict[int, float], ratio: np.ndarray) -> np.ndarray:
+    """The growth at each gap ``ratio`` (in shortest gaps) from the measured ``{m: growth}``:
+    log-log interpolation, and beyond the last measured gap its slope (0..1) extended."""
+    m = np.array(sorted(measured), dtype=np.float64)
+    g = np.log(np.maximum([measured[int(x)] for x in m], 1e-12))
+    x = np.log(ratio)
+    out = np.interp(x, np.log(m), g)
+    slope = float(np.clip((g[-1] - g[-2]) / (np.log(m[-1]) - np.log(m[-2])), 0.0, 1.0)) if len(m) > 1 else 1.0
+    beyond = x > np.log(m[-1])
+    out[beyond] = g[-1] + slope * (x[beyond] - np.log(m[-1]))
+    return np.exp(out)
 
 
 def _ratio(num: float, den: float) -> float:
@@ -225,10 +321,12 @@ def layouts_and_drift(plan: Plan, projection: str, seed: int, progress: Progress
     found = None
     if drift and use_cache:
         cached = cache.load_arrays("drift", plan)
-        if cached is not None and cached["norm"].shape == (len(plan.layers), len(plan.refs)):
+        if (cached is not None and cached["norm"].shape == (len(plan.layers), len(plan.refs))
+                and "growth" in cached):
+            growth = cached["growth"]
             found = Drift(plan.steps, [l.label for l in plan.layers],
                           np.array([l.n_points for l in plan.layers], dtype=np.int64),
-                          cached["norm"], cached["rel_prev"])
+                          cached["norm"], cached["rel_prev"], growth if growth.size else None)
     keys = layouts.cached_keyframe_layouts(plan, projection, seed, progress, use_cache, fourier_ref,
                                            run, drift=drift and found is None)
     if drift and found is None:
@@ -236,7 +334,8 @@ def layouts_and_drift(plan: Plan, projection: str, seed: int, progress: Progress
         found = drift_of(sums if sums is not None else layouts.drift_sums(plan, progress, run),
                          plan.steps, plan.layers)
         if use_cache:
-            cache.store_arrays("drift", plan, norm=found.norm, rel_prev=found.rel_prev)
+            cache.store_arrays("drift", plan, norm=found.norm, rel_prev=found.rel_prev,
+                               growth=found.growth if found.growth is not None else np.zeros(0))
     return keys, found
 
 
@@ -256,7 +355,7 @@ def weight_stats(refs: list[checkpoints.CheckpointRef], layers: list[extract.Lay
     rel_first, mean_abs, cosine = (np.concatenate([p[i] for p in parts], axis=1) for i in (1, 2, 3))
     base = drift_of(np.concatenate([p[0] for p in parts], axis=1), np.array([r.step for r in refs]), layers)
     nan = np.full((L, K), np.nan)
-    return LayerStats(base.steps, base.labels, base.points, base.norm, base.rel_prev,
+    return LayerStats(base.steps, base.labels, base.points, base.norm, base.rel_prev, base.growth,
                       rel_first=rel_first, mean_abs_first=mean_abs, update_cosine=cosine,
                       displacement=nan, residual=nan.copy())
 
@@ -267,7 +366,7 @@ def weights_chunk(refs: list[checkpoints.CheckpointRef], layers: list[extract.La
     (L, n, 2) and the change from the first keyframe, its mean size and the update cosine,
     each (L, n).  The first keyframe, and the two before the chunk, are read as needed."""
     n, L = len(chunk), len(layers)
-    sums = np.full((L, n, 2), np.nan)
+    sums = np.full((L, n, layouts.DRIFT_WIDTH), np.nan)
     rel_first, mean_abs, cosine = (np.full((L, n), np.nan) for _ in range(3))
     first = refs[0].open()
     extract.prefetch(first, layers)
@@ -291,7 +390,7 @@ def weights_chunk(refs: list[checkpoints.CheckpointRef], layers: list[extract.La
         now = clouds(k)
         for l, layer in enumerate(layers):
             W32 = now[l]
-            sq_norms_kernel(W32, prev32[l] if prev32[l] is not None else _NO_PREVIOUS, sums[l, i])
+            layouts.measure_cloud(W32, prev32[l] if prev32[l] is not None else _NO_PREVIOUS, sums[l, i])
             W = W32.astype(np.float64)
             if k == 0:
                 rel_first[l, i] = mean_abs[l, i] = 0.0
@@ -341,14 +440,15 @@ def _fmt(v: float) -> str:
 def csv_text(stats: LayerStats, settling: Settling) -> str:
     """The CSV (header + one row per layer per keyframe, keyframes in step order)."""
     settle = stats.settle_steps(settling)
-    rate, done = stats.rate, stats.path_done
+    rate, growth, done = stats.rate, stats.gap_growth, stats.path_done
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(COLUMNS)
     for k, step in enumerate(stats.steps):
         for l, label in enumerate(stats.labels):
             w.writerow([int(step), label, int(stats.points[l]), _fmt(stats.norm[l, k]),
-                        _fmt(stats.rel_prev[l, k]), _fmt(rate[l, k]), _fmt(stats.rel_first[l, k]),
+                        _fmt(stats.rel_prev[l, k]), _fmt(rate[l, k]), _fmt(growth[l, k]),
+                        _fmt(stats.rel_first[l, k]),
                         _fmt(stats.mean_abs_first[l, k]), _fmt(stats.update_cosine[l, k]),
                         _fmt(stats.displacement[l, k]), _fmt(stats.residual[l, k]),
                         _fmt(done[l, k]), _fmt(stats.rebel[l, k]),
@@ -427,7 +527,7 @@ def summary(stats: LayerStats, config) -> tuple[str, list[tuple[str, str]], list
         k = int(np.argmax(z))
         rows.append([label, f"{stats.points[l]:,}", f"{stats.norm[l, 0]:.3g} -> {stats.norm[l, -1]:.3g}",
                      f"{stats.rel_first[l, -1]:.3g}", f"{np.nanmedian(late[l]):.3g}",
-                     "never" if np.isnan(settle[l]) else f"{int(settle[l]):,}",
+                     "still moving" if np.isnan(settle[l]) else f"{int(settle[l]):,}",
                      f"{z[k]:.2g} @ {int(stats.steps[k]):,}" if z[k] > 0 else ""])
         hits = np.flatnonzero(z >= config.rebel_z)
         if hits.size:
@@ -440,7 +540,10 @@ def summary(stats: LayerStats, config) -> tuple[str, list[tuple[str, str]], list
         names = ", ".join(stats.labels[l] for l in order if settle[l] == first)
         lines.append(f"settles first: {names} (step {int(first):,})")
     else:
-        lines.append(f"no layer settles below {settling.threshold:g} per 100 steps")
+        lines.append("no layer settles: every layer is still moving ("
+                     + (f"its rate never stays below {settling.threshold:g} per 100 steps"
+                        if settling.threshold is not None else
+                        f"its rate never stays below {settling.fraction:.0%} of its early pace") + ")")
     lines.append(f"rebels (|z| >= {config.rebel_z:g}): {'; '.join(rebels)}" if rebels
                  else f"no rebel (no layer's |z| reaches {config.rebel_z:g})")
     return f"settling: {settling.describe()}", columns, rows, lines

@@ -176,7 +176,7 @@ def test_order_settle_lays_panels_out_by_settling_step(tmp_path, composer, index
     assert runner.invoke(app, args + ["--order", "settle", "--settle-threshold", "1e-6"]).exit_code == 0
     assert composer["labels"] == ["L1", "embed", "L0"]
     (marks,) = [o for o in composer["overlays"] if isinstance(o, cues.PanelCues)]
-    np.testing.assert_array_equal(marks.settle, [200, 400, np.nan])
+    np.testing.assert_array_equal(marks.settle, [200, 300, np.nan])
     assert marks.announce
     # Same panels, other places: panel 0's pixels now show what panel 2 showed.
     x0, y0, x1, y1 = composer["layout"].rects[0]

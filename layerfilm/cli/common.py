@@ -133,11 +133,11 @@ TensorOpt = Annotated[Optional[str], typer.Option(
     help="Draw only tensors whose name matches this regular expression (e.g. 'mlp.c_fc', 'wte').",
     show_default=False)]
 ThresholdOpt = Annotated[Optional[float], typer.Option(
-    help="Settle by rate instead: a layer has settled once its relative change per 100 steps "
-         "stays below this.", show_default=False)]
+    help="Settle below a fixed rate instead: a layer has settled once its relative change per "
+         "100 steps stays below this (for at least three intervals to the end).", show_default=False)]
 FractionOpt = Annotated[float, typer.Option(
-    help="A layer has settled at the first keyframe by which it has covered this share of its "
-         "whole path (the sum of its relative changes).")]
+    help="A layer has settled once its rate stays below this share of its own early pace, for at "
+         "least three intervals to the end; a layer that keeps its pace is still moving.")]
 RebelOpt = Annotated[float, typer.Option(
     help="A layer is a rebel while its drift's z-score against the two layers on either side "
          "reaches this.")]

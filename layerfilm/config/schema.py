@@ -27,9 +27,9 @@ SUFFIXES = {".webm": "webm", ".gif": "gif", ".webp": "webp", ".mp4": "mp4", ".mk
 ORDERS = ("film", "settle")
 SCALES = ("panel", "shared")
 POINTS = ("neurons", "embeddings", "rows", "cols")
-# A layer has settled once it has covered this share of its whole path (see stats.Settling);
-# with --settle-threshold instead once its change per 100 steps stays below that.
-SETTLE_FRACTION = 0.9
+# A layer has settled once its rate stays below this share of its own early pace (see
+# stats.Settling); with --settle-threshold instead once its change per 100 steps stays below that.
+SETTLE_FRACTION = 0.25
 # |z| of a layer's drift against its neighbours' from which it is marked as a rebel.
 REBEL_Z = 3.0
 

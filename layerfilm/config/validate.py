@@ -146,9 +146,9 @@ def _settle_threshold(c) -> None:
 
 @_check("settle_fraction")
 def _settle_fraction(c) -> None:
-    if not (0 < c.settle_fraction <= 1):
+    if not (0 < c.settle_fraction < 1):
         _fail("settle_fraction",
-              f"--settle-fraction must be above 0 and at most 1, got {c.settle_fraction}")
+              f"--settle-fraction must be above 0 and below 1, got {c.settle_fraction}")
 
 
 @_check("rebel_z")
