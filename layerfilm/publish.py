@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from . import __version__
+from . import __version__, cache
 from .config import (SUFFIXES, PublishConfig, RenderConfig, option_names, options_from_table,
                      options_toml)
 from .errors import ConfigError, LayerfilmError, first_line
@@ -68,6 +68,7 @@ def collect(films: list[Path], path_in_repo: str = "") -> list[Film]:
                 doc = json.loads(side.read_text(encoding="utf-8"))
             except (OSError, ValueError) as e:
                 raise LayerfilmError(f"cannot read the manifest: {e}", side) from None
+            _check_film_matches(film, side, doc)
 
         def in_repo(p: Path) -> str:
             rel = Path(os.path.relpath(p, film.parent)).as_posix()
@@ -98,6 +99,23 @@ def collect(films: list[Path], path_in_repo: str = "") -> list[Film]:
         companions = [Upload(p, in_repo(p)) for p in found]
         out.append(Film(film, in_repo(film), doc, companions))
     return out
+
+
+def _check_film_matches(film: Path, side: Path, doc: Any) -> None:
+    """Refuse a film whose bytes are not those its manifest describes (the film replaced or
+    cut after the manifest was written): the card would publish another film's numbers."""
+    recorded = doc.get("film") if isinstance(doc, dict) else None
+    if not isinstance(recorded, dict):
+        return  # not a layerfilm manifest: nothing it claims about the film
+    size = film.stat().st_size
+    if "bytes" in recorded and recorded["bytes"] != size:
+        why = f"{size:,} bytes, the manifest says {recorded['bytes']:,}"
+    elif "sha256" in recorded and cache.sha256_file(film, use_cache=False) != recorded["sha256"]:
+        why = "sha256 differs"
+    else:
+        return
+    raise LayerfilmError(f"does not match its manifest {side.name} ({why}); render it again or "
+                         "remove the manifest", film)
 
 
 def _is_other_manifest(p: Path) -> bool:

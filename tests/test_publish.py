@@ -283,3 +283,19 @@ def test_stills_folder_named_in_the_manifest_goes_too(tmp_path):
     for name in ("shots/first.png", "shots/last.png", "shots/contact_sheet.png", "r.webm.json"):
         assert f"  {name} " in result.output
     assert "![contact_sheet.png](shots/contact_sheet.png)" in result.output
+
+
+def test_a_film_that_does_not_match_its_manifest_is_refused(tmp_path, films):
+    film = films / "grok.gif"
+    data = film.read_bytes()
+    film.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # the same size, other bytes
+    result = runner.invoke(app, ["publish", str(film), "--repo-id", "a/b", "--dry-run"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"layerfilm: error: {film}: does not match its manifest grok.gif.json (sha256 differs); "
+        "render it again or remove the manifest"]
+    film.write_bytes(data[:-1])  # cut short
+    result = runner.invoke(app, ["publish", str(film), "--repo-id", "a/b", "--dry-run"])
+    assert result.exit_code == 1
+    assert f"does not match its manifest grok.gif.json ({len(data) - 1:,} bytes, the manifest " \
+           f"says {len(data):,})" in result.output
