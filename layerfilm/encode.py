@@ -12,17 +12,23 @@ measurements; the tests decode each output and compare it with what was sent):
 Two writers share one ffmpeg process manager: :class:`FilmWriter` (a film, written under a
 hidden temporary name and renamed only when ffmpeg has finished successfully) and
 :class:`PngFolderWriter` (numbered PNG frames into a folder).  On any error or Ctrl-C ffmpeg
-is killed, waited for, and temporary files removed.  :func:`encode_chunks` renders a film in
-contiguous chunks in parallel and joins them without re-encoding.
+is killed, waited for, and temporary files removed; on Linux ffmpeg also dies with layerfilm
+when layerfilm is killed outright.  :func:`encode_chunks` renders a film in contiguous chunks
+in parallel (in a folder of this process's own) and joins them without re-encoding.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import ctypes
 import dataclasses
+import functools
 import os
+import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -108,6 +114,41 @@ def palette_bytes(palette: np.ndarray) -> bytes:
     return ((0xFF << 24) | (p[:, 0] << 16) | (p[:, 1] << 8) | p[:, 2]).astype("<u4").tobytes()
 
 
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+@functools.cache
+def _prctl():
+    """libc's ``prctl``, loaded here rather than in a forked child; None off Linux."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+def dies_with_us() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes a child process get SIGKILL when this process dies, even by
+    SIGKILL (Linux ``PR_SET_PDEATHSIG``): otherwise an ffmpeg outlives a killed render and
+    writes on to its end.  None where there is no ``prctl``.
+
+    The signal follows the *thread* that started the child: each ffmpeg is started by the
+    thread that then waits for it to finish (a chunk's pool thread lives until every chunk is
+    done), so no thread ends while its ffmpeg still runs.
+    """
+    prctl, parent = _prctl(), os.getpid()
+    if prctl is None:
+        return None
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return preexec
+
+
 class _Ffmpeg:
     """One ffmpeg process fed ``(H, W)`` uint8 palette-index frames on stdin: RGB encoders
     receive ``palette[frame]``, ``pal8`` encoders the indices with the palette.  Used as a
@@ -128,6 +169,7 @@ class _Ffmpeg:
         self.frames_written = 0
         self._proc: subprocess.Popen | None = None
         self._log = None
+        self.shown = self.path  # the file errors name
 
     @property
     def command(self) -> list[str]:
@@ -149,7 +191,7 @@ class _Ffmpeg:
         self._log = tempfile.TemporaryFile()
         try:
             self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                          stderr=self._log)
+                                          stderr=self._log, preexec_fn=dies_with_us())
         except OSError as e:
             self._cleanup()
             raise EncodeError(f"cannot start ffmpeg: {e}") from None
@@ -167,7 +209,7 @@ class _Ffmpeg:
         except (BrokenPipeError, OSError):
             self._proc.wait()
             raise EncodeError(f"ffmpeg stopped after {self.frames_written} frames: {self._stderr()}",
-                              self.path) from None
+                              self.shown) from None
         self.frames_written += 1
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -182,7 +224,7 @@ class _Ffmpeg:
         if rc != 0:
             message = self._stderr()
             self._abort()
-            raise EncodeError(f"ffmpeg failed (exit {rc}): {message}", self.path)
+            raise EncodeError(f"ffmpeg failed (exit {rc}): {message}", self.shown)
         self._finish()
         self._cleanup()
 
@@ -218,9 +260,11 @@ class FilmWriter(_Ffmpeg):
     """
 
     def __init__(self, path: str | os.PathLike, size: tuple[int, int], fps: int, fmt: str,
-                 palette: np.ndarray):
+                 palette: np.ndarray, shown: str | os.PathLike | None = None):
         super().__init__(path, size, fps, FORMATS[fmt], palette)
         self._tmp: Path | None = None
+        if shown is not None:  # a chunk: errors name the film it is part of
+            self.shown = Path(shown)
 
     def _target(self) -> str:
         self._tmp = atomic.temporary_beside(self.path)
@@ -238,7 +282,7 @@ class FilmWriter(_Ffmpeg):
 
 class PngFolderWriter(_Ffmpeg):
     """Writes frames as lossless PNGs ``frame_NNNNNN.png`` (numbered from ``start_number``)
-    into the existing folder ``path`` (see :class:`layerfilm.atomic.Folder`)."""
+    into the existing folder ``path`` (see :meth:`layerfilm.atomic.Staged.folder`)."""
 
     def __init__(self, path: str | os.PathLike, size: tuple[int, int], fps: int,
                  palette: np.ndarray, start_number: int = 0):
@@ -248,23 +292,42 @@ class PngFolderWriter(_Ffmpeg):
         return str(self.path / FRAME_PATTERN)
 
 
-def join(chunks: list[Path], path: Path, fmt: str) -> list[str]:
+def concat_listing(chunks: Sequence[Path]) -> str:
+    """The concat demuxer's list of ``chunks``, each path quoted as the demuxer reads it (a
+    ``'`` in it written ``'\\''``), so any file name works."""
+    return "".join("file '" + str(c.resolve()).replace("'", "'\\''") + "'\n" for c in chunks)
+
+
+def join(chunks: list[Path], path: Path, fmt: str, shown: Path | None = None) -> list[str]:
     """Join encoded chunks into ``path`` with the concat demuxer, copying packets (no
-    re-encoding); atomic like :class:`FilmWriter`.  Returns the ffmpeg command used."""
-    tmp = atomic.temporary_beside(path)
-    listing = tmp.with_suffix(".txt")
-    listing.write_text("".join(f"file '{c.resolve()}'\n" for c in chunks))
-    cmd = join_command(listing, tmp, fmt)
+    re-encoding); atomic like :class:`FilmWriter`; errors name ``shown`` (default ``path``).
+    Returns the ffmpeg command used."""
+    tmp, listing = atomic.temporary_beside(path), atomic.temporary_beside(path)
     try:
-        out = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        listing.write_text(concat_listing(chunks))
+        cmd = join_command(listing, tmp, fmt)
+        out = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                             preexec_fn=dies_with_us())
         if out.returncode != 0:
             last = (out.stderr.strip().splitlines() or ["no message"])[-1]
-            raise EncodeError(f"ffmpeg could not join the chunks (exit {out.returncode}): {last}", path)
+            raise EncodeError(f"ffmpeg could not join the chunks (exit {out.returncode}): {last}",
+                              shown or path)
         atomic.publish(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
         listing.unlink(missing_ok=True)
     return cmd
+
+
+@contextlib.contextmanager
+def chunk_files(output: Path, n: int):
+    """``n`` chunk paths for ``output``, in a hidden folder of this process's own beside it
+    (removed afterwards): two renders of one output at once never write each other's chunks."""
+    folder = atomic.temporary_folder_beside(output)
+    try:
+        yield [folder / f"chunk{j}{output.suffix}" for j in range(n)]
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 # ---- a whole film, in parallel chunks ---------------------------------------------------------
@@ -316,8 +379,10 @@ def write_frames(make: Callable[[int], np.ndarray], frames: range, writers: Sequ
 def encode_chunks(output: Path, fmt: str, size: tuple[int, int], fps: int, palette: np.ndarray,
                   n_frames: int, jobs: int, frame_maker: Callable[[], Callable[[int], np.ndarray]],
                   png_dir: Path | None = None, taps: Sequence[Callable[[int, np.ndarray], None]] = (),
-                  advance: Callable[[int], None] = lambda n=1: None) -> Encoded:
-    """Encode frames ``0 .. n_frames-1`` into the film ``output`` (and PNGs into ``png_dir``).
+                  advance: Callable[[int], None] = lambda n=1: None,
+                  shown: Path | None = None) -> Encoded:
+    """Encode frames ``0 .. n_frames-1`` into the film ``output`` (and PNGs into ``png_dir``);
+    errors name ``shown`` (the film ``output`` is to become; default ``output``).
 
     With ``jobs > 1`` the frames are split into contiguous chunks, each made by its own
     ``frame_maker()`` (frame makers own their buffers) and encoded by its own ffmpeg in a
@@ -330,7 +395,7 @@ def encode_chunks(output: Path, fmt: str, size: tuple[int, int], fps: int, palet
     stop = threading.Event()
 
     def chunk(frames: range, path: Path) -> tuple[float, float, list[str]]:
-        writer = FilmWriter(path, size, fps, fmt, palette)
+        writer = FilmWriter(path, size, fps, fmt, palette, shown or output)
         pngs = (PngFolderWriter(png_dir, size, fps, palette, frames.start) if png_dir is not None
                 else None)
         with writer, (pngs or contextlib.nullcontext()):
@@ -343,8 +408,7 @@ def encode_chunks(output: Path, fmt: str, size: tuple[int, int], fps: int, palet
     if jobs == 1:
         render_s, encode_s, command = chunk(chunks[0], output)
         return Encoded(render_s, encode_s, command, 1)
-    parts = [output.with_name(f".{output.name}.chunk{j}{output.suffix}") for j in range(jobs)]
-    try:
+    with chunk_files(output, jobs) as parts:
         with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
             futures = [pool.submit(chunk, c, p) for c, p in zip(chunks, parts)]
             try:
@@ -352,8 +416,5 @@ def encode_chunks(output: Path, fmt: str, size: tuple[int, int], fps: int, palet
             except BaseException:
                 stop.set()  # the other chunks stop at their next frame and clean up
                 raise
-        command = join(parts, output, fmt)
-    finally:
-        for p in parts:
-            p.unlink(missing_ok=True)
+        command = join(parts, output, fmt, shown)
     return Encoded(sum(r[0] for r in results), sum(r[1] for r in results), command, jobs)

@@ -27,6 +27,14 @@ class LayerfilmError(Exception):
         self.field = field
         super().__init__(f"{self.path}: {message}" if self.path else message)
 
+    def renamed(self, old: str, new: str) -> None:
+        """Say ``new`` wherever this error says ``old``: an output's hidden temporary is named
+        as the output it was to become, the file the user asked for."""
+        if self.path is not None:
+            self.path = self.path.replace(old, new)
+        self.problem = self.problem.replace(old, new)
+        self.args = (f"{self.path}: {self.problem}" if self.path else self.problem,)
+
 
 class ConfigError(LayerfilmError):
     """An option value that cannot work (bad size, unknown colormap, ...)."""

@@ -3,8 +3,9 @@
 A manifest records layerfilm's version, every checkpoint drawn (path, step, size, sha256 of
 the file), the loss log and model config read, every resolved option (generic over
 :class:`~layerfilm.config.RenderConfig`'s fields), the ffmpeg version and the exact encoder
-arguments, and the film's frame count, fps, duration, size and sha256.  It is written after
-the film is in place, atomically, so a manifest always describes a finished film.
+arguments, and the film's frame count, fps, duration, size and sha256.  It is built from the
+finished film's bytes and put in place together with the film (see
+:class:`~layerfilm.atomic.Staged`), so a manifest always describes the film beside it.
 
 ``layerfilm render --from-manifest OUT.json [OUT]`` renders the same film again (bit for
 bit with the same layerfilm and ffmpeg), after checking that the checkpoints are unchanged.
@@ -147,8 +148,9 @@ def _source(plan) -> dict[str, Any]:
     return out
 
 
-def build(config: RenderConfig, result) -> dict[str, Any]:
-    """The manifest of a finished render (``result`` is the pipeline's ``RenderResult``)."""
+def build(config: RenderConfig, result, film: Path | None = None) -> dict[str, Any]:
+    """The manifest of a finished render (``result`` is the pipeline's ``RenderResult``) whose
+    film's bytes are now at ``film`` (default: ``config.output``)."""
     plan = result.plan
     files = identities(plan, config.verify_inputs, config.cache)
     loss = None
@@ -171,7 +173,7 @@ def build(config: RenderConfig, result) -> dict[str, Any]:
             "path": os.path.abspath(config.output),
             "format": config.format,
             "bytes": result.bytes,
-            "sha256": cache.sha256_file(config.output, use_cache=False),
+            "sha256": cache.sha256_file(film or config.output, use_cache=False),
             "frames": result.frames,
             "fps": config.fps,
             "duration_s": round(result.frames / config.fps, 6),
@@ -236,23 +238,21 @@ def _model_config(plan) -> dict[str, Any] | None:
     return None
 
 
-def write(config: RenderConfig, result) -> dict[str, Any]:
-    """Write the manifest beside the film (and into the ``--frames`` folder); returns it.
-
-    If it cannot be written, a stale manifest from an earlier render is removed, so a
-    manifest never describes another film than the one beside it.
-    """
-    doc = build(config, result)
-    targets = [(manifest_path(config.output), doc)]
+def write(config: RenderConfig, result, staged: atomic.Staged) -> dict[str, Any]:
+    """Stage the manifest beside the film (and in the ``--frames`` folder), built from the
+    staged film's bytes, to be put in place with the film; returns it.  Until then the older
+    film and manifest stay as they were, so a manifest never describes another film than the
+    one beside it."""
+    doc = build(config, result, staged.where(config.output))
+    targets = [(staged.file(manifest_path(config.output)), doc)]
     if config.frames_dir is not None:
         frames = {"dir": os.path.abspath(config.frames_dir), "pattern": encode.FRAME_PATTERN,
                   "count": result.frames}
-        targets.append((Path(config.frames_dir) / FRAMES_MANIFEST, {**doc, "frames": frames}))
+        targets.append((staged.where(config.frames_dir) / FRAMES_MANIFEST, {**doc, "frames": frames}))
     for target, data in targets:
         try:
             atomic.write_bytes(target, (json.dumps(data, indent=2) + "\n").encode())
         except OSError as e:
-            target.unlink(missing_ok=True)
             raise LayerfilmError(f"cannot write the manifest: {e.strerror or e}", target) from None
     return doc
 

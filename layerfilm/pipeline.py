@@ -7,12 +7,11 @@ stay in memory, and frames stream into ffmpeg as they are made.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 from pathlib import Path
 
-from . import atomic, cluster, frames, layouts, segments, shade, stats, stills
+from . import atomic, cluster, frames, layouts, manifest, segments, shade, stats, stills
 from .config import RenderConfig, StatsConfig
 from .errors import CheckpointError
 from .plan import Plan, make_plan
@@ -32,20 +31,23 @@ class RenderResult:
     plan: Plan | None = None  # what was drawn (the manifest lists its checkpoints)
     panels: tuple[dict, ...] = ()  # what each panel's projection did (layouts.Keyframes.panels)
     drawing: dict | None = None  # how it was drawn (frames.Film.describe): the manifest keeps it
+    manifest: dict | None = None  # the manifest written beside the film
 
 
-def _folder(path: Path | None):
-    """An atomic output folder (see :class:`layerfilm.atomic.Folder`), or nothing."""
-    return atomic.Folder(path) if path is not None else contextlib.nullcontext()
+def _stage_folder(staged: atomic.Staged, path: Path | None) -> Path | None:
+    """Where an output folder (``--frames``, ``--stills``) is written until the commit."""
+    return staged.folder(path) if path is not None else None
 
 
 def render(config: RenderConfig, progress: Progress = QUIET) -> RenderResult:
     """Render the film described by ``config`` to ``config.output`` (see :class:`RenderConfig`;
-    validated here unless it already was), with its ``--frames`` and ``--stills`` folders, in
-    this process or on the Dask cluster ``config.scheduler`` names."""
+    validated here unless it already was), with its manifest and its ``--frames`` and
+    ``--stills`` folders, in this process or on the Dask cluster ``config.scheduler`` names.
+    They are all put in place together once every one is written; any failure leaves the
+    older ones as they were."""
     cfg = config.validated()
     t0 = time.perf_counter()
-    with cluster.runner(cluster.scheduler_address(cfg.scheduler)) as run:
+    with atomic.Staged() as staged, cluster.runner(cluster.scheduler_address(cfg.scheduler)) as run:
         plan = make_plan(cfg, cfg.metrics)
         for path, why in plan.skipped:  # known before any layout is computed
             progress.warn(f"skipped {path}: {why}")
@@ -65,15 +67,19 @@ def render(config: RenderConfig, progress: Progress = QUIET) -> RenderResult:
                               film.n_frames, cfg.size, lambda size: frames.keyframe_maker(
                                   frames.prepare(plan, keys, dataclasses.replace(cfg, size=size), measured)))
                 if cfg.stills_dir is not None else None)
-        with _folder(cfg.frames_dir) as png_dir, _folder(cfg.stills_dir) as still_dir:
-            done = segments.encode_film(run, film, cfg.output, cfg.format, cfg.size, cfg.fps, palette,
-                                        cfg.jobs, png_dir, keep, progress)
-            if keep is not None:
-                keep.write(still_dir, palette)
-    seconds = {"load+project": loaded, "render": done.render_s, "encode": done.encode_s,
-               "wall": time.perf_counter() - t0}
-    return RenderResult(cfg.output, film.n_frames, len(plan.refs), seconds, cfg.output.stat().st_size,
-                        keys.nonfinite, done.command, done.jobs, plan, keys.panels, film.describe())
+        png_dir, still_dir = _stage_folder(staged, cfg.frames_dir), _stage_folder(staged, cfg.stills_dir)
+        film_file = staged.file(cfg.output)
+        done = segments.encode_film(run, film, film_file, cfg.format, cfg.size, cfg.fps, palette,
+                                    cfg.jobs, png_dir, keep, progress, cfg.output)
+        if keep is not None:
+            keep.write(still_dir, palette)
+        seconds = {"load+project": loaded, "render": done.render_s, "encode": done.encode_s,
+                   "wall": time.perf_counter() - t0}
+        result = RenderResult(cfg.output, film.n_frames, len(plan.refs), seconds, film_file.stat().st_size,
+                              keys.nonfinite, done.command, done.jobs, plan, keys.panels, film.describe())
+        result.manifest = manifest.write(cfg, result, staged)
+        staged.commit()
+    return result
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from . import __version__
+from . import __version__, cache
 from .config import (SUFFIXES, PublishConfig, RenderConfig, option_names, options_from_table,
                      options_toml)
 from .errors import ConfigError, LayerfilmError, first_line
@@ -29,6 +29,24 @@ COMPANION_DIRS = ("-stills", "-stats", ".stills", ".stats")
 class Upload:
     local: Path
     in_repo: str
+    data: bytes | None = None  # what goes up instead of the local file's bytes (a manifest made portable)
+
+    @property
+    def size(self) -> int:
+        return len(self.data) if self.data is not None else self.local.stat().st_size
+
+    def source(self) -> str | bytes:
+        """What huggingface_hub uploads: the bytes, or the local file's path."""
+        return self.data if self.data is not None else str(self.local)
+
+    def on_disk(self, folder: Path) -> "Upload":
+        """The same upload as a file (in ``folder`` when it has its own bytes), for the APIs
+        that take paths only."""
+        if self.data is None:
+            return self
+        path = folder / f"{len(list(folder.iterdir()))}-{self.local.name}"
+        path.write_bytes(self.data)
+        return Upload(path, self.in_repo)
 
 
 @dataclasses.dataclass
@@ -68,6 +86,7 @@ def collect(films: list[Path], path_in_repo: str = "") -> list[Film]:
                 doc = json.loads(side.read_text(encoding="utf-8"))
             except (OSError, ValueError) as e:
                 raise LayerfilmError(f"cannot read the manifest: {e}", side) from None
+            _check_film_matches(film, side, doc)
 
         def in_repo(p: Path) -> str:
             rel = Path(os.path.relpath(p, film.parent)).as_posix()
@@ -76,8 +95,6 @@ def collect(films: list[Path], path_in_repo: str = "") -> list[Film]:
             return f"{prefix}/{rel}" if prefix else rel
 
         found: dict[Path, None] = {}
-        if doc is not None:
-            found[side] = None
         stem = film.name[: -len(film.suffix)]
         for p in sorted(film.parent.iterdir()):
             if p.is_file() and p.resolve() not in given and p != side \
@@ -96,8 +113,41 @@ def collect(films: list[Path], path_in_repo: str = "") -> list[Film]:
                     if p.is_file() and p.suffix.lower() in COMPANION_SUFFIXES and p.name != FRAMES_MANIFEST:
                         found[p] = None
         companions = [Upload(p, in_repo(p)) for p in found]
+        if doc is not None:
+            doc = portable(doc, film.parent)
+            companions.insert(0, Upload(side, in_repo(side), (json.dumps(doc, indent=2) + "\n").encode()))
         out.append(Film(film, in_repo(film), doc, companions))
     return out
+
+
+def portable(doc: Any, base: Path) -> Any:
+    """``doc`` with every absolute local path made relative to ``base`` (the published
+    folder): what is uploaded names no one's home or scratch folders, and the links still
+    hold beside the film."""
+    if isinstance(doc, dict):
+        return {k: portable(v, base) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [portable(v, base) for v in doc]
+    if isinstance(doc, str) and os.path.isabs(doc):
+        return Path(os.path.relpath(doc, base)).as_posix()
+    return doc
+
+
+def _check_film_matches(film: Path, side: Path, doc: Any) -> None:
+    """Refuse a film whose bytes are not those its manifest describes (the film replaced or
+    cut after the manifest was written): the card would publish another film's numbers."""
+    recorded = doc.get("film") if isinstance(doc, dict) else None
+    if not isinstance(recorded, dict):
+        return  # not a layerfilm manifest: nothing it claims about the film
+    size = film.stat().st_size
+    if "bytes" in recorded and recorded["bytes"] != size:
+        why = f"{size:,} bytes, the manifest says {recorded['bytes']:,}"
+    elif "sha256" in recorded and cache.sha256_file(film, use_cache=False) != recorded["sha256"]:
+        why = "sha256 differs"
+    else:
+        return
+    raise LayerfilmError(f"does not match its manifest {side.name} ({why}); render it again or "
+                         "remove the manifest", film)
 
 
 def _is_other_manifest(p: Path) -> bool:
@@ -107,16 +157,17 @@ def _is_other_manifest(p: Path) -> bool:
 
 def uploads(films: list[Film]) -> list[Upload]:
     """Every file to upload, each once; two files for one repo path are an error."""
-    by_path: dict[str, Path] = {}
+    by_path: dict[str, Upload] = {}
     for film in films:
         for up in [Upload(film.path, film.in_repo), *film.companions]:
-            seen = by_path.setdefault(up.in_repo, up.local)
+            seen = by_path.setdefault(up.in_repo, up).local
             if seen.resolve() != up.local.resolve():
                 raise ConfigError(f"{seen} and {up.local} would both be uploaded as {up.in_repo!r}; "
                                   "publish them separately or use --path-in-repo")
     if "README.md" in by_path:
-        raise ConfigError("README.md is written by layerfilm publish; rename that file", by_path["README.md"])
-    return [Upload(local, path) for path, local in by_path.items()]
+        raise ConfigError("README.md is written by layerfilm publish; rename that file",
+                          by_path["README.md"].local)
+    return list(by_path.values())
 
 
 def card(films: list[Film], repo_id: str, how: str | None = None) -> str:
@@ -252,7 +303,7 @@ def publish(config: PublishConfig, say: Callable[[str], None] = print) -> Publis
         say(f"would upload to {repo_id} ({repo_type}{', private' if private else ''}) in one commit "
             f"{message!r}:")
         for up in files:
-            say(f"  {up.in_repo:<40} {up.local} ({up.local.stat().st_size:,} bytes)")
+            say(f"  {up.in_repo:<40} {up.local} ({up.size:,} bytes)")
         say(f"  {'README.md':<40} (the card below, {len(text.encode()):,} bytes)")
         say("")
         say(text)
@@ -266,7 +317,7 @@ def publish(config: PublishConfig, say: Callable[[str], None] = print) -> Publis
         raise LayerfilmError("no Hugging Face token: run `hf auth login` (or `huggingface-cli login`) "
                              "or set HF_TOKEN")
     api = huggingface_hub.HfApi(token=token)
-    ops = [huggingface_hub.CommitOperationAdd(path_in_repo=u.in_repo, path_or_fileobj=str(u.local))
+    ops = [huggingface_hub.CommitOperationAdd(path_in_repo=u.in_repo, path_or_fileobj=u.source())
            for u in files]
     ops.append(huggingface_hub.CommitOperationAdd(path_in_repo="README.md",
                                                   path_or_fileobj=text.encode()))
@@ -292,14 +343,15 @@ def publish_to_bucket(cfg: PublishConfig, say: Callable[[str], None] = print) ->
     parts = cfg.bucket.strip("/").split("/")
     bucket_id, base = "/".join(parts[:2]), "/".join(parts[2:])
     found = collect(list(cfg.films), cfg.path_in_repo)  # paths relative to the card, in base/
-    files = [Upload(u.local, f"{base}/{u.in_repo}" if base else u.in_repo) for u in uploads(found)]
+    files = [dataclasses.replace(u, in_repo=f"{base}/{u.in_repo}" if base else u.in_repo)
+             for u in uploads(found)]
     card_path = f"{base}/README.md" if base else "README.md"
     text = card(found, bucket_id, f"--bucket {cfg.bucket}")
     where = f"hf://buckets/{bucket_id}"
     if cfg.dry_run:
         say(f"would upload to {where}{' (private)' if cfg.private else ''}:")
         for up in files:
-            say(f"  {up.in_repo:<40} {up.local} ({up.local.stat().st_size:,} bytes)")
+            say(f"  {up.in_repo:<40} {up.local} ({up.size:,} bytes)")
         say(f"  {card_path:<40} (the card below, {len(text.encode()):,} bytes)")
         say("")
         say(text)
@@ -319,7 +371,7 @@ def publish_to_bucket(cfg: PublishConfig, say: Callable[[str], None] = print) ->
         with tempfile.TemporaryDirectory() as tmp:
             readme = Path(tmp) / "README.md"
             readme.write_text(text, encoding="utf-8")
-            todo = [Upload(u.local, u.in_repo) for u in files] + [Upload(readme, card_path)]
+            todo = [u.on_disk(Path(tmp)) for u in files] + [Upload(readme, card_path)]
             there = {f.path: f.xet_hash for f in api.get_bucket_paths_info(
                 bucket_id, [u.in_repo for u in todo]) if hasattr(f, "xet_hash")}
             new = [u for u, h in zip(todo, _xet_hashes([u.local for u in todo]))

@@ -49,9 +49,10 @@ def render_segment(film: frames.Film, fmt: str, size: tuple[int, int], fps: int,
 
 def encode_on_cluster(run: Dask, film: frames.Film, output: Path, fmt: str, size: tuple[int, int],
                       fps: int, palette: np.ndarray, jobs: int, wanted: set[int], progress,
-                      ) -> tuple[encode.Encoded, dict[int, np.ndarray]]:
+                      shown: Path | None = None) -> tuple[encode.Encoded, dict[int, np.ndarray]]:
     """The film's ``jobs`` segments rendered and encoded on the cluster, joined into
-    ``output`` (atomically; no segment file is left); returns what it took and the kept frames."""
+    ``output`` (atomically; no segment file is left; errors name ``shown``); returns what it
+    took and the kept frames."""
     chunks = encode.chunk_ranges(film.n_frames, min(jobs, film.n_frames) if encode.FORMATS[fmt].joinable else 1)
     parts = run.map(render_segment, chunks, film, fmt, size, fps, palette, frozenset(wanted),
                     stage=f"Rendering {output.name}", progress=progress, weights=[len(c) for c in chunks])
@@ -60,28 +61,26 @@ def encode_on_cluster(run: Dask, film: frames.Film, output: Path, fmt: str, size
     if len(parts) == 1:
         atomic.write_bytes(output, parts[0].data)
         return encode.Encoded(render_s, encode_s, parts[0].command, 1), kept
-    files = [output.with_name(f".{output.name}.chunk{j}{output.suffix}") for j in range(len(parts))]
-    try:
+    with encode.chunk_files(output, len(parts)) as files:
         for path, part in zip(files, parts):
             path.write_bytes(part.data)
-        command = encode.join(files, output, fmt)
-    finally:
-        for path in files:
-            path.unlink(missing_ok=True)
+        command = encode.join(files, output, fmt, shown)
     return encode.Encoded(render_s, encode_s, command, len(parts)), kept
 
 
 def encode_film(run, film: frames.Film, output: Path, fmt: str, size: tuple[int, int], fps: int,
-                palette: np.ndarray, jobs: int, png_dir: Path | None, keep, progress) -> encode.Encoded:
+                palette: np.ndarray, jobs: int, png_dir: Path | None, keep, progress,
+                shown: Path | None = None) -> encode.Encoded:
     """Frames to the film ``output``: on the cluster when ``run`` is one (segments as tasks),
-    else here in ``jobs`` parallel chunks (with the PNG frames and stills kept as they pass)."""
+    else here in ``jobs`` parallel chunks (with the PNG frames and stills kept as they pass);
+    errors name ``shown``, the film ``output`` is to become."""
     if isinstance(run, Dask):
         done, kept = encode_on_cluster(run, film, output, fmt, size, fps, palette, jobs,
-                                       keep.wanted if keep is not None else set(), progress)
+                                       keep.wanted if keep is not None else set(), progress, shown)
         if keep is not None:
             keep.kept.update(kept)
         return done
     with progress.stage(f"Rendering {output.name}", film.n_frames) as advance:
         return encode.encode_chunks(output, fmt, size, fps, palette, film.n_frames, jobs,
                                     lambda: frames.FrameMaker(film), png_dir,
-                                    (keep.offer,) if keep is not None else (), advance)
+                                    (keep.offer,) if keep is not None else (), advance, shown)

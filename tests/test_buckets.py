@@ -61,7 +61,12 @@ def test_publish_to_a_bucket_uploads_the_files_and_then_nothing_new(server, film
     expected = {"runs/" + k: p.read_bytes() for k, p in tree(films).items()}
     got = {path: f["data"] for (b, path), f in server.files.items() if b == "you/films"}
     card = got.pop("runs/README.md").decode()
-    assert got == expected  # every byte that arrived is the local file's
+    n_files = len(expected)
+    for name in [n for n in expected if n.endswith(".json")]:  # manifests: local paths made relative
+        sent, here = json.loads(got.pop(name)), json.loads(expected.pop(name))
+        assert (sent["film"]["path"], sent["checkpoints"]["folder"]) == (name[5:-5], "../run")
+        assert sent["film"]["sha256"] == here["film"]["sha256"]
+    assert got == expected  # every other byte that arrived is the local file's
     assert "![run: training film](a.gif)" in card and "[a.webm](a.webm)" in card
     assert "layerfilm publish --bucket you/films/runs" in card
     xorbs = len(server.requests("POST", "/v1/xorbs/"))
@@ -69,7 +74,7 @@ def test_publish_to_a_bucket_uploads_the_files_and_then_nothing_new(server, film
     server.log.clear()
     again = runner.invoke(app, args)
     assert again.exit_code == 0, again.output
-    assert f"nothing new: all {len(expected) + 1} files are already in hf://buckets/you/films" \
+    assert f"nothing new: all {n_files + 1} files are already in hf://buckets/you/films" \
         in again.output
     assert server.requests("POST", "/v1/xorbs/") == [] and server.requests("POST", "/batch") == []
     assert server.requests("POST", "/v1/shards") == []  # no file data at all

@@ -201,7 +201,7 @@ def test_jobs_join_chunks_into_one_bit_exact_stream(tmp_path, run_dir, sent_by_f
     assert result.exit_code == 0, result.output
     assert "3 jobs" in result.output
     names = sorted(sent_by_file)
-    assert names == [f".film{suffix}.chunk{j}{suffix}" for j in range(3)]
+    assert names == [f"chunk{j}{suffix}" for j in range(3)]
     sent = [f for name in names for f in sent_by_file[name]]
     assert len(sent) == 3 * 7 + 1
     got = decode(out)

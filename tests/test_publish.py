@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -199,6 +200,12 @@ def test_publish_uploads_everything_in_one_commit(tmp_path, hub, films):
             oid = hashlib.sha256(data).hexdigest()
             assert op["value"]["oid"] == oid and op["value"]["size"] == len(data)
             assert hub.blobs[oid] == data
+        elif in_repo.endswith(".json"):  # a manifest: the same, its local paths made relative
+            assert op["key"] == "file"
+            sent, here = json.loads(base64.b64decode(op["value"]["content"])), json.loads(data)
+            assert (sent["film"]["path"], sent["checkpoints"]["folder"]) == (local.name[:-5], "../grok")
+            sent["film"]["path"], sent["checkpoints"]["folder"] = here["film"]["path"], here["checkpoints"]["folder"]
+            assert sent == here
         else:
             assert op["key"] == "file" and base64.b64decode(op["value"]["content"]) == data
 
@@ -283,3 +290,48 @@ def test_stills_folder_named_in_the_manifest_goes_too(tmp_path):
     for name in ("shots/first.png", "shots/last.png", "shots/contact_sheet.png", "r.webm.json"):
         assert f"  {name} " in result.output
     assert "![contact_sheet.png](shots/contact_sheet.png)" in result.output
+
+
+def test_a_film_that_does_not_match_its_manifest_is_refused(tmp_path, films):
+    film = films / "grok.gif"
+    data = film.read_bytes()
+    film.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # the same size, other bytes
+    result = runner.invoke(app, ["publish", str(film), "--repo-id", "a/b", "--dry-run"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"layerfilm: error: {film}: does not match its manifest grok.gif.json (sha256 differs); "
+        "render it again or remove the manifest"]
+    film.write_bytes(data[:-1])  # cut short
+    result = runner.invoke(app, ["publish", str(film), "--repo-id", "a/b", "--dry-run"])
+    assert result.exit_code == 1
+    assert f"does not match its manifest grok.gif.json ({len(data) - 1:,} bytes, the manifest " \
+           f"says {len(data):,})" in result.output
+
+
+def test_what_is_published_names_no_local_folder(tmp_path, hub):
+    """Manifests and the card's options name the checkpoints, stills and loss log relative to
+    the published folder, not where they were on this machine."""
+    run = write_run(tmp_path / "grok", n=3)
+    (tmp_path / "loss.jsonl").write_text("".join(f'{{"step": {s}, "loss": {3 - s / 100}}}\n'
+                                                 for s in (0, 100, 200)))
+    out = tmp_path / "films"
+    out.mkdir()
+    result = runner.invoke(app, ["render", str(run), str(out / "grok.gif"), "--fps", "2", "--size",
+                                 "128x72", "--stills", str(tmp_path / "shots"), "--loss-strip",
+                                 "--metrics", str(tmp_path / "loss.jsonl"), "-q"])
+    assert result.exit_code == 0, result.output
+    assert str(tmp_path) in (out / "grok.gif.json").read_text()  # as written, for this machine
+    result = run_publish([out / "grok.gif", "--repo-id", "alice/x"], hub, tmp_path)
+    assert result.returncode == 0, result.stderr
+    header, ops = hub.commit()
+    sent = {path: hub.blobs[op["value"]["oid"]] if op["key"] == "lfsFile"
+            else base64.b64decode(op["value"]["content"]) for path, op in ops.items()}
+    assert sorted(sent) == ["README.md", "grok.gif", "grok.gif.json", "shots/contact_sheet.png",
+                            "shots/first.png", "shots/last.png"]
+    local = [str(tmp_path), str(tmp_path.resolve())] + ([str(Path.home())] if len(Path.home().parts) > 1 else [])
+    for path, data in sent.items():
+        assert not [d for d in local if d.encode() in data], path
+    manifest = json.loads(sent["grok.gif.json"])
+    assert manifest["checkpoints"]["folder"] == "../grok"
+    assert manifest["checkpoints"]["loss"]["path"] == "../loss.jsonl"
+    assert manifest["options"]["stills_dir"] == "../shots"

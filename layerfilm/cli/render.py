@@ -194,7 +194,7 @@ def render(
     _notes(quiet)
     remote = not isinstance(config.checkpoints, Path)
     result = run(config, _progress(quiet, remote))
-    written = manifest.write(config, result)
+    written = result.manifest
     mb = result.bytes / 1e6
     s = result.seconds
     typer.echo(
