@@ -11,7 +11,7 @@
 * a **mark** beside its label: ``settled 4,400`` (cyan) from the frame of its settling step on,
   ``rebel +3.8`` (green) while it is a rebel, else its number of dots.
 
-The numbers come from :class:`layerfilm.stats.Drift` (the same settling step and rebel score
+The numbers come from :class:`layerfilm.drift.Drift` (the same settling step and rebel score
 as ``layerfilm stats``).
 """
 

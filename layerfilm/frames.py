@@ -17,7 +17,7 @@ from .checkpoints import LossCurve
 from .config import RenderConfig
 from .layouts import Keyframes
 from .plan import Plan
-from .stats import Drift, Settling
+from .drift import Drift, Settling
 
 
 @dataclasses.dataclass(frozen=True)

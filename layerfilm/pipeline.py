@@ -11,7 +11,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-from . import atomic, cluster, frames, layouts, manifest, segments, shade, stats, stills
+from . import atomic, cluster, drift, frames, layouts, manifest, segments, shade, stats, stills
 from .config import RenderConfig, StatsConfig
 from .errors import CheckpointError
 from .plan import Plan, make_plan
@@ -58,7 +58,7 @@ def render(config: RenderConfig, progress: Progress = QUIET) -> RenderResult:
         keys, measured = stats.layouts_and_drift(plan, cfg.projection, cfg.seed, progress, cfg.cache,
                                                  cfg.needs_drift, cfg.fourier_ref, run)
         if cfg.order == "settle":
-            plan, keys, measured = frames.settle_order(plan, keys, measured, stats.Settling.of(cfg))
+            plan, keys, measured = frames.settle_order(plan, keys, measured, drift.Settling.of(cfg))
         film = frames.prepare(plan, keys, cfg, measured)
         loaded = time.perf_counter() - t0
 
@@ -116,7 +116,7 @@ def measure(config: StatsConfig, progress: Progress = QUIET) -> StatsResult:
         result = result.with_layouts(keys.P, plan.starts)
     cfg.out.mkdir(exist_ok=True)
     csv_path, png_path = cfg.out / "layer_stats.csv", cfg.out / "layer_change.png"
-    settling = stats.Settling.of(cfg)
+    settling = drift.Settling.of(cfg)
     stats.write_csv(result, settling, csv_path)
     stats.write_heatmap(result, settling, png_path, f"{plan.name}: relative change per 100 steps",
                         cfg.rebel_z)

@@ -28,7 +28,7 @@ ORDERS = ("film", "settle")
 SCALES = ("panel", "shared")
 POINTS = ("neurons", "embeddings", "rows", "cols")
 # A layer has settled once its rate stays below this share of its own early pace (see
-# stats.Settling); with --settle-threshold instead once its change per 100 steps stays below that.
+# drift.Settling); with --settle-threshold instead once its change per 100 steps stays below that.
 SETTLE_FRACTION = 0.25
 # |z| of a layer's drift against its neighbours' from which it is marked as a rebel.
 REBEL_Z = 3.0
