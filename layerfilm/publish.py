@@ -195,7 +195,8 @@ def card(films: list[Film], repo_id: str, how: str | None = None) -> str:
         "panel gives its scale in weight units). Colour is how many dots overlap, on one log "
         "scale for the whole film (the legend runs from one lone dot to the densest pixel). A "
         "panel's border brightens and the line under it moves while the layer changes fast; "
-        "'settled' marks the step by which it has made 90 % of its total change, 'rebel' a "
+        "'settled' marks the step from which its rate stayed below a quarter of its early pace "
+        "to the end (a layer that keeps its pace is still moving), 'rebel' a "
         "layer moving against its neighbours. The header shows the training step, tokens seen, "
         "learning rate and loss when they are known.",
         "",
