@@ -224,7 +224,7 @@ def layouts_and_drift(plan: Plan, projection: str, seed: int, progress: Progress
     when the layouts have to be computed, read from the cache when it was measured before."""
     found = None
     if drift and use_cache:
-        cached = cache.load_arrays("drift", plan)
+        cached = cache.load_arrays("drift", plan, progress.warn)
         if cached is not None and cached["norm"].shape == (len(plan.layers), len(plan.refs)):
             found = Drift(plan.steps, [l.label for l in plan.layers],
                           np.array([l.n_points for l in plan.layers], dtype=np.int64),
@@ -236,7 +236,9 @@ def layouts_and_drift(plan: Plan, projection: str, seed: int, progress: Progress
         found = drift_of(sums if sums is not None else layouts.drift_sums(plan, progress, run),
                          plan.steps, plan.layers)
         if use_cache:
-            cache.store_arrays("drift", plan, norm=found.norm, rel_prev=found.rel_prev)
+            why = cache.store_arrays("drift", plan, norm=found.norm, rel_prev=found.rel_prev)
+            if why is not None and sums is None:  # else the layouts' store just said why
+                progress.warn(f"{why}: the layers' drift is not cached")
     return keys, found
 
 
