@@ -211,11 +211,12 @@ def _store(path: Path, **arrays) -> str | None:
 
 
 def layout_key(plan: Plan, options: str) -> str:
-    """Checkpoint identities (path, size, mtime, step of every file) + everything that shapes
-    a layout (``options``: projection, seed, ...; the version; each panel's points)."""
+    """Checkpoint identities (path, size, mtime, step of every file, as taken when the plan was
+    made: before any of their data was read) + everything that shapes a layout (``options``:
+    projection, seed, ...; the version; each panel's points)."""
     h = hashlib.sha256()
-    for ref in plan.refs:
-        h.update(f"{ref.identity()}\n".encode())
+    for k in range(len(plan.refs)):
+        h.update(f"{plan.identity(k)}\n".encode())
     h.update(f"{__version__}|{options}\n".encode())
     for layer in plan.layers:
         for src in layer.sources:
@@ -269,6 +270,18 @@ def store_arrays(kind: str, plan: Plan, **arrays: np.ndarray) -> str | None:
     """Cache measurements of a plan's checkpoints and panels (e.g. each layer's drift) beside
     the layouts; ``None`` when stored, else why not (see :func:`_store`)."""
     return _store(_entry_path(kind, plan, kind), **arrays)
+
+
+def keep(plan: Plan, store: Callable[[], str | None]) -> str | None:
+    """Store (``store()``) what was computed from the plan's checkpoints, unless one of their
+    files changed since the plan took its identity: what was read of it may be old bytes, new
+    bytes or a mix, and the entry's key names the old ones.  ``None`` when stored, else why
+    not (one line naming the file or the cache folder)."""
+    changed = plan.changed()
+    if changed:
+        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+        return f"{changed[0]}{more} changed while it was read"
+    return store()
 
 
 def _digest_memo(key: str) -> Path:

@@ -283,14 +283,15 @@ def cached_keyframe_layouts(plan: Plan, projection: str = "pca", seed: int = 0,
                             drift: bool = False) -> Keyframes:
     """:func:`keyframe_layouts`, memoised on disk (see :mod:`layerfilm.cache`); ``drift`` is
     measured only when the layouts are computed (``drift_sums`` is ``None`` from the cache).
-    A cache that cannot be written is a warning, never a failed render."""
+    Layouts are cached only when no checkpoint changed while they were read, and a cache that
+    cannot be written is a warning, never a failed render."""
     options = _options(projection, seed, fourier_ref)
     keys = load_cached(plan, projection, seed, fourier_ref, progress) if use_cache else None
     if keys is None:
         keys = keyframe_layouts(plan, projection, seed, progress, fourier_ref, run, drift)
         if use_cache:
-            why = cache.store_layouts(plan, options, keys.P, keys.nonfinite,
-                                      json.dumps(list(keys.panels)))
+            why = cache.keep(plan, lambda: cache.store_layouts(
+                plan, options, keys.P, keys.nonfinite, json.dumps(list(keys.panels))))
             if why is not None:
                 progress.warn(f"{why}: the layouts are not cached")
     return keys

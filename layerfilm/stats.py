@@ -236,7 +236,8 @@ def layouts_and_drift(plan: Plan, projection: str, seed: int, progress: Progress
         found = drift_of(sums if sums is not None else layouts.drift_sums(plan, progress, run),
                          plan.steps, plan.layers)
         if use_cache:
-            why = cache.store_arrays("drift", plan, norm=found.norm, rel_prev=found.rel_prev)
+            why = cache.keep(plan, lambda: cache.store_arrays("drift", plan, norm=found.norm,
+                                                              rel_prev=found.rel_prev))
             if why is not None and sums is None:  # else the layouts' store just said why
                 progress.warn(f"{why}: the layers' drift is not cached")
     return keys, found

@@ -1,5 +1,6 @@
-"""The layout cache never breaks a render: entries carry a checksum of their own bytes, and a
-cache that cannot be written (a full disk) is a warning that leaves nothing behind."""
+"""The layout cache never draws stale data and never breaks a render: entries are keyed by the
+checkpoints' identities taken before they were read, carry a checksum of their own bytes, and
+a cache that cannot be written (a full disk) is a warning that leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -35,6 +36,58 @@ def render_ok(run, out, *extra) -> str:
 
 def warnings(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("warning:")]
+
+
+class RewriteAfterFirstKeyframe:
+    """A progress reporter that, once the first keyframe has been read and projected, rewrites
+    a checkpoint with other weights of the same shapes (a trainer saving over it), and keeps
+    the warnings it is given."""
+
+    def __init__(self, target, replacement):
+        self.target, self.replacement, self.done = target, replacement, False
+        self.warned: list[str] = []
+
+    @contextlib.contextmanager
+    def stage(self, name, total):
+        def advance(n=1):
+            if name == "Loading + projecting" and not self.done:
+                self.done = True
+                shutil.copyfile(self.replacement, self.target)  # in place, as save_file does
+        yield advance
+
+    def warn(self, message):
+        self.warned.append(message)
+
+
+def test_a_checkpoint_rewritten_while_read_is_not_cached(tmp_path):
+    from layerfilm import manifest, pipeline
+    from layerfilm.config import RenderConfig
+
+    run = write_run(tmp_path / "run", n=3)
+    other = write_run(tmp_path / "other", n=3, seed=5)
+    target = run / "step_000000.safetensors"
+    before = target.stat()
+    report = RewriteAfterFirstKeyframe(target, other / target.name)
+    config = RenderConfig(checkpoints=run, output=tmp_path / "a.gif", size=(128, 72), fps=2)
+    result = pipeline.render(config, report)
+    assert report.done and target.read_bytes() == (other / target.name).read_bytes()
+    changed = [w for w in report.warned if "changed while it was read" in w]
+    assert len(changed) == 1 and str(target) in changed[0], report.warned
+    assert list(cache.cache_dir().glob("layouts-*")) == []
+    assert list(cache.cache_dir().glob("drift-*")) == []
+    # The manifest records what was read (the size and time from before) and no digest of the
+    # new bytes; a re-render from it is refused.
+    doc = manifest.write(config, result)
+    entry = next(f for f in doc["checkpoints"]["files"] if f["path"] == target.name)
+    assert entry[manifest.CHANGED] is True and entry["mtime_ns"] == before.st_mtime_ns
+    assert "read_sha256" not in entry and "sha256" not in entry
+    refused = layerfilm("render", "--from-manifest", tmp_path / "a.gif.json", tmp_path / "b.gif")
+    assert refused.returncode == 1 and "changed while the film was read" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "b.gif").exists()
+    # The next render draws the new bytes: the same film as one that uses no cache at all.
+    render_ok(run, tmp_path / "cached.gif")
+    render_ok(run, tmp_path / "fresh.gif", "--no-cache")
+    assert (tmp_path / "cached.gif").read_bytes() == (tmp_path / "fresh.gif").read_bytes()
 
 
 def _truncate(raw: bytes) -> bytes:
