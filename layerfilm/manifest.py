@@ -64,26 +64,18 @@ def identities(plan, verify: bool = False, memo: bool = True) -> list[dict[str, 
             out.extend(_checkpoint_entries(plan, k, what, verify, memo))
             continue
         try:
-            entries = None if _changed(files) else _checkpoint_entries(plan, k, what, verify, memo)
+            entries = None if plan.changed(k) else _checkpoint_entries(plan, k, what, verify, memo)
         except CheckpointError:
-            if not _changed(files):
+            if not plan.changed(k):
                 raise
             entries = None  # rewritten while it was hashed: unreadable for a moment
-        if entries is None or _changed(files):  # checked again: the hashing took time
+        if entries is None or plan.changed(k):  # checked again: the hashing took time
             entries = [{**_base_entry(plan, k, path, ident), CHANGED: True} for path, ident in files]
         out.extend(entries)
     return out
 
 
 CHANGED = "changed_while_read"
-
-
-def _changed(files) -> bool:
-    """Whether a local checkpoint's files are not what they were before they were read."""
-    try:
-        return any(checkpoints.LOCAL.identity(path) != ident for path, ident in files)
-    except OSError:
-        return True
 
 
 def _base_entry(plan, k: int, path: PurePath, ident: str) -> dict[str, Any]:
@@ -108,7 +100,7 @@ def _checkpoint_entries(plan, k: int, what: str, verify: bool, memo: bool) -> li
     if known is None and local and any(p.suffix == ".safetensors" for p, _ in files):
         ranges = checkpoints.drawn_ranges(ref.open(), plan.drawn()) or {}
         known = {str(p): _read_digests(Path(p), r) for p, r in ranges.items()}
-        if memo and not _changed(files):  # digests of the bytes the key names, nothing else
+        if memo and not plan.changed(k):  # digests of the bytes the key names, nothing else
             _remember_digests(key, known)
     out = []
     for path, ident in files:

@@ -67,15 +67,12 @@ class Plan:
         """Checkpoint ``k``'s identity as it was before anything was read (the cache key's)."""
         return self.refs[k].identity(self.identities[k])
 
-    def read_as(self, path: PurePath) -> str | None:
-        """A file's identity as it was before anything was read, or ``None`` if not planned."""
-        return dict(f for files in self.identities for f in files).get(path)
-
-    def changed(self) -> list[str]:
-        """The files (as shown) whose identity differs now from the one taken before they were
-        read: what a render read of them may be old bytes, new bytes or a mix."""
+    def changed(self, k: int | None = None) -> list[str]:
+        """The files (as shown) of checkpoint ``k`` (default: of every one) whose identity
+        differs now from the one taken before they were read: what a render read of them may
+        be old bytes, new bytes or a mix."""
         out = []
-        for ref, files in zip(self.refs, self.identities):
+        for files in self.identities if k is None else [self.identities[k]]:
             for path, ident in files:
                 try:
                     now = self.storage.identity(path)
