@@ -295,9 +295,10 @@ def _options(projection: str, seed: int, fourier_ref: int | None) -> str:
 
 
 def load_cached(plan: Plan, projection: str = "pca", seed: int = 0,
-                fourier_ref: int | None = None) -> Keyframes | None:
-    """The keyframe layouts a render with these options cached, or ``None`` (nothing computed)."""
-    found = cache.load_layouts(plan, _options(projection, seed, fourier_ref))
+                fourier_ref: int | None = None, progress: Progress = QUIET) -> Keyframes | None:
+    """The keyframe layouts a render with these options cached, or ``None`` (nothing computed;
+    a damaged entry is removed, with a warning)."""
+    found = cache.load_layouts(plan, _options(projection, seed, fourier_ref), progress.warn)
     if found is None:
         return None
     P, nonfinite, info = found
@@ -310,11 +311,16 @@ def cached_keyframe_layouts(plan: Plan, projection: str = "pca", seed: int = 0,
                             run: cluster.InProcess | cluster.Dask | None = None,
                             drift: bool = False) -> Keyframes:
     """:func:`keyframe_layouts`, memoised on disk (see :mod:`layerfilm.cache`); ``drift`` is
-    measured only when the layouts are computed (``drift_sums`` is ``None`` from the cache)."""
-    keys = load_cached(plan, projection, seed, fourier_ref) if use_cache else None
+    measured only when the layouts are computed (``drift_sums`` is ``None`` from the cache).
+    Layouts are cached only when no checkpoint changed while they were read, and a cache that
+    cannot be written is a warning, never a failed render."""
+    options = _options(projection, seed, fourier_ref)
+    keys = load_cached(plan, projection, seed, fourier_ref, progress) if use_cache else None
     if keys is None:
         keys = keyframe_layouts(plan, projection, seed, progress, fourier_ref, run, drift)
         if use_cache:
-            cache.store_layouts(plan, _options(projection, seed, fourier_ref), keys.P, keys.nonfinite,
-                                json.dumps(list(keys.panels)))
+            why = cache.keep(plan, lambda: cache.store_layouts(
+                plan, options, keys.P, keys.nonfinite, json.dumps(list(keys.panels))))
+            if why is not None:
+                progress.warn(f"{why}: the layouts are not cached")
     return keys

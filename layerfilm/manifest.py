@@ -53,36 +53,69 @@ def identities(plan, verify: bool = False, memo: bool = True) -> list[dict[str, 
     files (torch pickles, indexes, DCP): the sha256 of the file.  Remote files: what the server
     lists (the Hub's commit and LFS sha256 or git blob id, an S3 ETag).  ``verify``: the sha256
     of every file in full as well (``--verify-inputs``).
+
+    Size and time are the ones the plan took before reading (what the cache keys say was
+    read); a local file that is not the same now (or changed while it was hashed) gets no
+    digest, which would be of other bytes than the film's, but ``changed_while_read``.
     """
-    storage, root, drawn = plan.storage, plan.folder, plan.drawn()
-    what = _drawn_key(drawn)
+    out, what = [], _drawn_key(plan.drawn())
+    for k in range(len(plan.refs)):
+        files = plan.identities[k]
+        if plan.storage is not checkpoints.LOCAL:
+            out.extend(_checkpoint_entries(plan, k, what, verify, memo))
+            continue
+        try:
+            entries = None if plan.changed(k) else _checkpoint_entries(plan, k, what, verify, memo)
+        except CheckpointError:
+            if not plan.changed(k):
+                raise
+            entries = None  # rewritten while it was hashed: unreadable for a moment
+        if entries is None or plan.changed(k):  # checked again: the hashing took time
+            entries = [{**_base_entry(plan, k, path, ident), CHANGED: True} for path, ident in files]
+        out.extend(entries)
+    return out
+
+
+CHANGED = "changed_while_read"
+
+
+def _base_entry(plan, k: int, path: PurePath, ident: str) -> dict[str, Any]:
+    """Path, step, tokens and (local files) size and time as they were before reading."""
+    ref = plan.refs[k]
+    entry: dict[str, Any] = {"path": _rel(path, plan.folder), "step": int(ref.step)}
+    if ref.tokens is not None:
+        entry["tokens"] = int(ref.tokens)
+    if plan.storage is checkpoints.LOCAL:
+        size, mtime_ns = checkpoints.LocalStorage.size_and_time(ident)
+        entry.update(bytes=size, mtime_ns=mtime_ns)
+    return entry
+
+
+def _checkpoint_entries(plan, k: int, what: str, verify: bool, memo: bool) -> list[dict[str, Any]]:
+    """The entries of checkpoint ``k``'s files (see :func:`identities`; ``what``: the drawn
+    points' key, :func:`_drawn_key`)."""
+    storage, ref, files = plan.storage, plan.refs[k], plan.identities[k]
+    key = f"{plan.identity(k)}|{what}"
+    local = storage is checkpoints.LOCAL
+    known = _known_digests(key) if memo and local else None
+    if known is None and local and any(p.suffix == ".safetensors" for p, _ in files):
+        ranges = checkpoints.drawn_ranges(ref.open(), plan.drawn()) or {}
+        known = {str(p): _read_digests(Path(p), r) for p, r in ranges.items()}
+        if memo and not plan.changed(k):  # digests of the bytes the key names, nothing else
+            _remember_digests(key, known)
     out = []
-    for ref in plan.refs:
-        files = ref.files()
-        known = _known_digests(ref, what) if memo and storage is checkpoints.LOCAL else None
-        ranges: dict = {}
-        if known is None and storage is checkpoints.LOCAL and \
-                any(p.suffix == ".safetensors" for p in files):
-            ranges = checkpoints.drawn_ranges(ref.open(), drawn) or {}
-            known = {str(p): _read_digests(Path(p), r) for p, r in ranges.items()}
-            if memo:
-                _remember_digests(ref, what, known)
-        for path in files:
-            entry: dict[str, Any] = {"path": _rel(path, root), "step": int(ref.step)}
-            if ref.tokens is not None:
-                entry["tokens"] = int(ref.tokens)
-            if storage is checkpoints.LOCAL:
-                st = Path(path).stat()
-                entry.update(bytes=st.st_size, mtime_ns=st.st_mtime_ns)
-                if known and str(path) in known:
-                    entry.update(known[str(path)])
-                if verify or not known or str(path) not in known:
-                    entry["sha256"] = cache.sha256_file(Path(path), memo)
-            else:
-                entry.update(storage.file_info(path))
-                if verify:
-                    entry["sha256"] = _remote_sha256(storage, path)
-            out.append(entry)
+    for path, ident in files:
+        entry = _base_entry(plan, k, path, ident)
+        if local:
+            if known and str(path) in known:
+                entry.update(known[str(path)])
+            if verify or not known or str(path) not in known:
+                entry["sha256"] = cache.sha256_file(Path(path), memo)
+        else:
+            entry.update(storage.file_info(path))
+            if verify:
+                entry["sha256"] = _remote_sha256(storage, path)
+        out.append(entry)
     return out
 
 
@@ -94,25 +127,23 @@ def _drawn_key(drawn) -> str:
     return h.hexdigest()
 
 
-def _digest_memo(ref, what: str) -> Path:
-    key = hashlib.sha256(f"{ref.identity()}|{what}".encode()).hexdigest()[:32]
-    return cache.cache_dir() / "read-digests" / f"{key}.json"
+def _digest_memo(key: str) -> Path:
+    return cache.cache_dir() / "read-digests" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
 
 
-def _known_digests(ref, what: str) -> dict | None:
+def _known_digests(key: str) -> dict | None:
     """The digests of a checkpoint's drawn bytes remembered from an earlier render of the same
     files (same size and time) and the same points, so a re-render reads nothing for them."""
+    found = cache.read_entry(_digest_memo(key))
     try:
-        return json.loads(_digest_memo(ref, what).read_text())
-    except (OSError, ValueError):
+        return None if found is None else json.loads(bytes(found))
+    except ValueError:
         return None
 
 
-def _remember_digests(ref, what: str, digests: dict) -> None:
+def _remember_digests(key: str, digests: dict) -> None:
     try:
-        path = _digest_memo(ref, what)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic.write_bytes(path, json.dumps(digests).encode())
+        cache.write_entry(_digest_memo(key), json.dumps(digests).encode())
     except OSError:
         pass  # the memo only saves time
 
@@ -348,6 +379,9 @@ def check_inputs(doc: dict[str, Any], path: Path, config: RenderConfig) -> list[
         if fresh is None:
             raise CheckpointError(f"listed in {path} but not among the checkpoints now; cannot "
                                   "reproduce the film", target)
+        if entry.get(CHANGED) or fresh.get(CHANGED):
+            raise CheckpointError(f"changed while {'the film' if entry.get(CHANGED) else 'it'} "
+                                  "was read; cannot reproduce the film", target)
         for key in _COMPARED:
             if key in entry and key in fresh and entry[key] != fresh[key]:
                 raise CheckpointError(f"changed since {path} was written ({key} differs); "

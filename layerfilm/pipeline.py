@@ -101,7 +101,7 @@ def measure(config: StatsConfig, progress: Progress = QUIET) -> StatsResult:
         for path, why in plan.skipped:
             progress.warn(f"skipped {path}: {why}")
         result = stats.weight_stats(plan.refs, plan.layers, progress, run)
-        keys = layouts.load_cached(plan, cfg.projection, cfg.seed, cfg.fourier_ref)
+        keys = layouts.load_cached(plan, cfg.projection, cfg.seed, cfg.fourier_ref, progress)
         if keys is not None:
             where = "from the layout cache"
         elif cfg.layouts:

@@ -29,6 +29,10 @@ class Plan:
     tokens: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
     url: str | None = None  # the URL given, for remote checkpoints
     ignored: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # Hub refs, no step
+    # Per checkpoint, each file's identity taken before any of its bytes were read
+    # (CheckpointRef.file_identities): what the cache keys and the manifest say was read.
+    identities: tuple[tuple[tuple[PurePath, str], ...], ...] = \
+        dataclasses.field(default=(), compare=False, repr=False)
 
     @property
     def where(self) -> str:
@@ -58,6 +62,25 @@ class Plan:
         if isinstance(self.storage, LocalStorage):
             return Path(self.folder).resolve().name
         return self.folder.name or (self.url or "").rstrip("/").rsplit("/", 1)[-1].split("@")[0]
+
+    def identity(self, k: int) -> str:
+        """Checkpoint ``k``'s identity as it was before anything was read (the cache key's)."""
+        return self.refs[k].identity(self.identities[k])
+
+    def changed(self, k: int | None = None) -> list[str]:
+        """The files (as shown) of checkpoint ``k`` (default: of every one) whose identity
+        differs now from the one taken before they were read: what a render read of them may
+        be old bytes, new bytes or a mix."""
+        out = []
+        for files in self.identities if k is None else [self.identities[k]]:
+            for path, ident in files:
+                try:
+                    now = self.storage.identity(path)
+                except OSError:
+                    now = None
+                if now != ident:
+                    out.append(self.storage.display(path))
+        return out
 
     def reordered(self, order: list[int]) -> "Plan":
         """The same plan with its panels in ``order`` (indices into ``layers``)."""
@@ -95,8 +118,10 @@ def make_plan(selection: Selection, metrics: Path | None = None) -> Plan:
     # minutes of work, and --skip-bad knows what it leaves out before the film starts.
     layers: list[extract.Layer] | None = None
     good: list[checkpoints.CheckpointRef] = []
+    identities = []
     for ref in refs:
         try:
+            files = _identities_before_reading(ref)
             ckpt = ref.open()
             shapes = ckpt.shapes()
             if layers is not None:
@@ -114,6 +139,7 @@ def make_plan(selection: Selection, metrics: Path | None = None) -> Plan:
             except CheckpointError as e:
                 raise CheckpointError(e.problem, ckpt.where) from None
         good.append(ref)
+        identities.append(files)
         del ckpt
     if len(good) < 2 or layers is None:
         why = f" (skipped {skipped[0][0]}: {skipped[0][1]}{' and more' if len(skipped) > 1 else ''})" \
@@ -124,10 +150,22 @@ def make_plan(selection: Selection, metrics: Path | None = None) -> Plan:
             else checkpoints.load_loss_curve(folder, good, storage))
     skipped = [(storage.display(p) if isinstance(p, PurePath) else p, why) for p, why in skipped]
     plan = Plan(folder, good, skipped, layers, loss, storage,
-                checkpoints.checkpoint_tokens(good, loss, storage), source.url, ignored)
+                checkpoints.checkpoint_tokens(good, loss, storage), source.url, ignored,
+                tuple(identities))
     if storage is not LOCAL:
         storage.traffic.add(stored=plan.stored_bytes())
     return plan
+
+
+def _identities_before_reading(ref: checkpoints.CheckpointRef) -> tuple[tuple[PurePath, str], ...]:
+    """The identities of a checkpoint's files, taken before its first byte is read (so a file
+    rewritten later is seen as changed, not cached under its new identity); a file gone since
+    discovery is unreadable like any other."""
+    try:
+        return ref.file_identities()
+    except OSError as e:
+        raise CheckpointError(f"cannot be read ({e.strerror or e})",
+                              ref.storage.display(ref.path)) from None
 
 
 def read_estimate(plan: Plan) -> tuple[int, int]:

@@ -99,7 +99,7 @@ def layouts_and_drift(plan: Plan, projection: str, seed: int, progress: Progress
     when the layouts have to be computed, read from the cache when it was measured before."""
     found = None
     if drift and use_cache:
-        cached = cache.load_arrays("drift", plan)
+        cached = cache.load_arrays("drift", plan, progress.warn)
         if (cached is not None and cached["norm"].shape == (len(plan.layers), len(plan.refs))
                 and "growth" in cached):
             growth = cached["growth"]
@@ -113,8 +113,11 @@ def layouts_and_drift(plan: Plan, projection: str, seed: int, progress: Progress
         found = drift_of(sums if sums is not None else layouts.drift_sums(plan, progress, run),
                          plan.steps, plan.layers)
         if use_cache:
-            cache.store_arrays("drift", plan, norm=found.norm, rel_prev=found.rel_prev,
-                               growth=found.growth if found.growth is not None else np.zeros(0))
+            growth = found.growth if found.growth is not None else np.zeros(0)
+            why = cache.keep(plan, lambda: cache.store_arrays("drift", plan, norm=found.norm,
+                                                              rel_prev=found.rel_prev, growth=growth))
+            if why is not None and sums is None:  # else the layouts' store just said why
+                progress.warn(f"{why}: the layers' drift is not cached")
     return keys, found
 
 

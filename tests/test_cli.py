@@ -282,7 +282,7 @@ def test_corrupt_cache_is_ignored(tmp_path, run_dir):
     from layerfilm.plan import make_plan
 
     keys = layouts.cached_keyframe_layouts(make_plan(Selection(checkpoints=run_dir)))
-    entries = list(cache.cache_dir().glob("*.npz"))
+    entries = list(cache.cache_dir().glob("*.lfc"))
     assert len(entries) == 1
     for f in entries:
         f.write_bytes(b"garbage")
@@ -368,7 +368,7 @@ def test_cache_is_capped_least_recently_used_first_and_can_be_shown_and_cleared(
     runs = [write_run(tmp_path / f"run{i}", n=3, seed=i) for i in range(3)]
     plans = [make_plan(Selection(checkpoints=r)) for r in runs]
     layouts.cached_keyframe_layouts(plans[0])
-    entry = next(cache.cache_dir().glob("layouts-*.npz"))
+    entry = next(cache.cache_dir().glob("layouts-*.lfc"))
     size = entry.stat().st_size
     monkeypatch.setenv("LAYERFILM_CACHE_SIZE", str(int(2.5 * size)))  # room for two entries
     past = time.time() - 100
@@ -383,4 +383,4 @@ def test_cache_is_capped_least_recently_used_first_and_can_be_shown_and_cleared(
     assert f"{int(2.5 * size) / 1e6:,.0f} MB" in shown.output
     cleared = runner.invoke(app, ["cache", "--clear"])
     assert cleared.exit_code == 0 and "removed 2 files" in cleared.output
-    assert list(cache.cache_dir().glob("*.npz")) == []
+    assert list(cache.cache_dir().glob("*.lfc")) == []

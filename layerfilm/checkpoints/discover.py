@@ -82,9 +82,15 @@ class CheckpointRef:
             return [self.path] + sorted(self.path.parent / str(s) for s in shards)
         return [self.path]
 
-    def identity(self) -> str:
-        """What changes when any of its files may have changed (cache keys)."""
-        return "\n".join(f"{self.storage.identity(p)}|{self.step}" for p in self.files())
+    def file_identities(self) -> tuple[tuple[PurePath, str], ...]:
+        """Each of its files with what changes when that file's contents may have changed."""
+        return tuple((p, self.storage.identity(p)) for p in self.files())
+
+    def identity(self, files: tuple[tuple[PurePath, str], ...] | None = None) -> str:
+        """What changes when any of its files may have changed (cache keys): now, or as
+        ``files`` (:meth:`file_identities` taken earlier) says."""
+        files = self.file_identities() if files is None else files
+        return "\n".join(f"{ident}|{self.step}" for _, ident in files)
 
 
 def parse_step(path: PurePath, root: PurePath | None = None) -> int | None:

@@ -104,6 +104,12 @@ class LocalStorage:
         st = Path(path).stat()
         return f"{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}"
 
+    @staticmethod
+    def size_and_time(identity: str) -> tuple[int, int]:
+        """The size and modification time (ns) an :meth:`identity` recorded."""
+        _, size, mtime_ns = identity.rsplit("|", 2)
+        return int(size), int(mtime_ns)
+
 
 LOCAL = LocalStorage()
 

@@ -209,7 +209,8 @@ def cache_command(
     """Show where the layout cache is, what it holds and its size cap; --clear empties it.
 
     The cap is $LAYERFILM_CACHE_SIZE (e.g. 500M, 10G; default 2G): storing an entry removes
-    the least recently used ones until the rest fits.
+    the least recently used ones until the rest fits.  Unfinished writes (.part files a killed
+    render left) are counted, removed by --clear, and swept by renders after an hour.
     """
     from .. import cache
 
@@ -219,11 +220,12 @@ def cache_command(
         return
     found = cache.entries()
     layouts = [e for e in found if e[0].name.startswith("layouts-")]
+    parts = cache.leftovers()
     total = sum(size for _, size, _ in found)
     typer.echo(f"cache       {cache.cache_dir()}")
     typer.echo(f"holds       {len(layouts)} layout entries, {len(found) - len(layouts)} file digests, "
                f"{total / 1e6:.1f} MB")
+    typer.echo(f"unfinished  {len(parts)} .part files, {sum(size for _, size, _ in parts) / 1e6:.1f} MB"
+               + (" (layerfilm cache --clear removes them)" if parts else ""))
     typer.echo(f"size cap    {cache.size_cap() / 1e6:,.0f} MB ($LAYERFILM_CACHE_SIZE; least recently used "
                "entries go first)")
-
-
