@@ -39,6 +39,17 @@ def _stage_folder(staged: atomic.Staged, path: Path | None) -> Path | None:
     return staged.folder(path) if path is not None else None
 
 
+def _changed_later(plan: Plan, said: set[str], progress: Progress) -> None:
+    """Name a checkpoint file that changed or vanished after the film read it (a trainer's
+    ``save_total_limit`` deleting an old checkpoint): the film shows the bytes it read, and its
+    manifest marks the file ``changed_while_read`` with no digest."""
+    late = [path for path in plan.changed() if path not in said]
+    if late:
+        more = f" (and {len(late) - 1} more)" if len(late) > 1 else ""
+        progress.warn(f"{late[0]}{more} changed or vanished after it was read: the film shows what "
+                      "was read; its manifest records no digest of it")
+
+
 def render(config: RenderConfig, progress: Progress = QUIET) -> RenderResult:
     """Render the film described by ``config`` to ``config.output`` (see :class:`RenderConfig`;
     validated here unless it already was), with its manifest and its ``--frames`` and
@@ -57,6 +68,7 @@ def render(config: RenderConfig, progress: Progress = QUIET) -> RenderResult:
                                   "the safetensors metadata); pass --metrics FILE", cfg.checkpoints)
         keys, measured = stats.layouts_and_drift(plan, cfg.projection, cfg.seed, progress, cfg.cache,
                                                  cfg.needs_drift, cfg.fourier_ref, run)
+        said = set(plan.changed())  # the layouts' store named these (not cached)
         if cfg.order == "settle":
             plan, keys, measured = frames.settle_order(plan, keys, measured, drift.Settling.of(cfg))
         film = frames.prepare(plan, keys, cfg, measured)
@@ -78,6 +90,7 @@ def render(config: RenderConfig, progress: Progress = QUIET) -> RenderResult:
         result = RenderResult(cfg.output, film.n_frames, len(plan.refs), seconds, film_file.stat().st_size,
                               keys.nonfinite, done.command, done.jobs, plan, keys.panels, film.describe())
         result.manifest = manifest.write(cfg, result, staged)
+        _changed_later(plan, said, progress)
         staged.commit()
     return result
 

@@ -60,7 +60,7 @@ class RewriteAfterFirstKeyframe:
 
 
 def test_a_checkpoint_rewritten_while_read_is_not_cached(tmp_path):
-    from layerfilm import manifest, pipeline
+    from layerfilm import manifest, pipeline  # noqa: F401
     from layerfilm.config import RenderConfig
 
     run = write_run(tmp_path / "run", n=3)
@@ -77,7 +77,7 @@ def test_a_checkpoint_rewritten_while_read_is_not_cached(tmp_path):
     assert list(cache.cache_dir().glob("drift-*")) == []
     # The manifest records what was read (the size and time from before) and no digest of the
     # new bytes; a re-render from it is refused.
-    doc = manifest.write(config, result)
+    doc = result.manifest  # written by the render, with the film
     entry = next(f for f in doc["checkpoints"]["files"] if f["path"] == target.name)
     assert entry[manifest.CHANGED] is True and entry["mtime_ns"] == before.st_mtime_ns
     assert "read_sha256" not in entry and "sha256" not in entry
