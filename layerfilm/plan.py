@@ -81,6 +81,7 @@ def make_plan(selection: Selection, metrics: Path | None = None) -> Plan:
                                      sel.keep_downloads, pins)
     folder, storage = source.root, source.storage
     refs, skipped = checkpoints.discover(folder, sel.skip_bad, storage)
+    newest = refs[-1].step  # the one a run still training may be writing now
     ignored = [(storage.display(p), why) for p, why in source.skipped]
     if sel.steps is not None:
         picked = checkpoints.select_steps(refs, *sel.step_range)
@@ -104,7 +105,7 @@ def make_plan(selection: Selection, metrics: Path | None = None) -> Plan:
                     extract.check_fits(ckpt, layer, shapes)
         except CheckpointError as e:
             if not sel.skip_bad:
-                raise
+                raise in_the_way(e, ref.step == newest) from None
             skipped.append((e.path if e.path else storage.display(ref.path), e.problem))
             continue
         if layers is None:
@@ -128,6 +129,13 @@ def make_plan(selection: Selection, metrics: Path | None = None) -> Plan:
     if storage is not LOCAL:
         storage.traffic.add(stored=plan.stored_bytes())
     return plan
+
+
+def in_the_way(error: CheckpointError, newest: bool) -> CheckpointError:
+    """``error`` (one checkpoint that cannot be used) with the way past it: ``--skip-bad``
+    leaves it out; the newest one is most often still being written by a run in progress."""
+    why = "it is the newest checkpoint, which a run may still be writing: " if newest else ""
+    return CheckpointError(f"{error.problem}; {why}--skip-bad leaves it out", error.path)
 
 
 def read_estimate(plan: Plan) -> tuple[int, int]:

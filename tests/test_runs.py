@@ -3,14 +3,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 from safetensors.numpy import load_file, save_file
 
-from conftest import ROOT, SAMPLE, write_run
+from layerfilm.errors import CheckpointError
+from layerfilm.progress import Quiet
+
+from conftest import ROOT, SAMPLE, decode, write_run
 
 # layerfilm's own stderr lines start with one of these; anything else is someone else's noise.
 OWN = ("layerfilm: ", "warning: ", "note: ")
@@ -92,3 +97,69 @@ def test_layer_names_the_font_lacks_leave_stderr_empty(tmp_path):
         done = layerfilm(*args)
         assert done.returncode == 0, (args, done.stderr)
         assert done.stderr == "", (args, done.stderr)
+
+
+# ---- a checkpoint in the way ---------------------------------------------------------------------
+
+def test_a_half_written_newest_checkpoint_names_itself_and_the_way_past_it(tmp_path):
+    run = write_run(tmp_path / "run", n=5)
+    newest = run / "step_000400.safetensors"
+    newest.write_bytes(newest.read_bytes()[:-100])  # what a run still saving it leaves
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    args = ["render", run, out_dir / "f.gif", "--size", "160x96", "--fps", "2", "-q"]
+    done = layerfilm(*args)
+    assert done.returncode == 1 and done.stdout == ""
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(f"layerfilm: error: {newest}: truncated: tensor ")
+    assert line.endswith("-byte data section; it is the newest checkpoint, which a run may still be "
+                         "writing: --skip-bad leaves it out")
+    assert list(out_dir.iterdir()) == []
+    done = layerfilm(*args, "--skip-bad")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.startswith(f"warning: skipped {newest}: truncated: ")
+    assert decode(out_dir / "f.gif").shape[0] == 3 * 2 + 1  # steps 0..300
+
+
+def test_an_older_bad_checkpoint_is_not_called_the_newest(tmp_path):
+    run = write_run(tmp_path / "run", n=5)
+    bad = run / "step_000200.safetensors"
+    bad.write_bytes(b"")
+    for command in (["render", run, tmp_path / "f.gif"], ["info", run], ["stats", run, "--out", tmp_path]):
+        done = layerfilm(*command)
+        assert done.returncode == 1
+        assert done.stderr == (f"layerfilm: error: {bad}: not a safetensors file: empty file; "
+                               "--skip-bad leaves it out\n")
+    assert not (tmp_path / "f.gif").exists()
+
+
+class DeleteOnceLoading(Quiet):
+    """A progress reporter that deletes ``path`` when the first stage starts: after discovery
+    and planning, as a trainer rotating its checkpoints would."""
+
+    def __init__(self, path):
+        self.path = path
+
+    @contextlib.contextmanager
+    def stage(self, name, total):
+        self.path.unlink(missing_ok=True)
+        yield lambda n=1: None
+
+
+def test_a_checkpoint_deleted_mid_render_names_itself(tmp_path):
+    from layerfilm import pipeline
+    from layerfilm.config import RenderConfig, StatsConfig
+
+    run = write_run(tmp_path / "run", n=5)
+    gone = run / "step_000300.safetensors"
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    config = RenderConfig(checkpoints=run, output=out_dir / "f.webm", size=(160, 96), fps=2)
+    with pytest.raises(CheckpointError) as error:
+        pipeline.render(config, DeleteOnceLoading(gone))
+    assert str(error.value) == f"{gone}: no longer there: deleted or moved after it was listed"
+    assert list(out_dir.iterdir()) == []
+    write_run(tmp_path / "run", n=5)  # the same files again
+    with pytest.raises(CheckpointError) as error:
+        pipeline.measure(StatsConfig(checkpoints=run, out=out_dir), DeleteOnceLoading(gone))
+    assert str(error.value) == f"{gone}: no longer there: deleted or moved after it was listed"

@@ -45,6 +45,7 @@ _NOT_WEIGHTS = re.compile(r"^(?:optimizer|optim|scheduler|lr_scheduler|rng_state
                           r"scaler|trainer_state|ema_state)", re.I)
 _SHARD = re.compile(r"-\d+-of-\d+$")
 _MAX_DEPTH = 3  # sub-folder levels searched below the folder given
+GONE = "no longer there: deleted or moved after it was listed"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +67,11 @@ class CheckpointRef:
         """The checkpoint opened for lazy reading (see :func:`~layerfilm.checkpoints.open_checkpoint`)."""
         from .formats import open_checkpoint
 
-        return open_checkpoint(self.path, self.storage)
+        try:
+            return open_checkpoint(self.path, self.storage)
+        except CheckpointError:
+            self._still_there()
+            raise
 
     def files(self) -> list[PurePath]:
         """Every file this checkpoint is made of (for cache keys and manifests)."""
@@ -84,7 +89,19 @@ class CheckpointRef:
 
     def identity(self) -> str:
         """What changes when any of its files may have changed (cache keys)."""
-        return "\n".join(f"{self.storage.identity(p)}|{self.step}" for p in self.files())
+        try:
+            return "\n".join(f"{self.storage.identity(p)}|{self.step}" for p in self.files())
+        except OSError as e:
+            self._still_there()
+            raise CheckpointError(f"cannot read: {e.strerror or e}", self.storage.display(self.path)
+                                  ) from None
+
+    def _still_there(self) -> None:
+        """Raise :data:`GONE` when the checkpoint is no longer where discovery listed it: a
+        trainer rotating its checkpoints (``save_total_limit``) deletes them while a film is
+        made, and "cannot read: No such file" would not say so."""
+        if not (self.storage.is_file(self.path) or self.storage.is_dir(self.path)):
+            raise CheckpointError(GONE, self.storage.display(self.path)) from None
 
 
 def parse_step(path: PurePath, root: PurePath | None = None) -> int | None:
