@@ -342,3 +342,29 @@ def test_run_option_in_help_config_files_and_its_check(tmp_path, monkeypatch):
                                      "the runs here: run1, run2")
     result = runner.invoke(app, ["info", str(folder), "--run", " / "])
     assert result.exit_code == 2 and "--run needs a run's name" in result.output
+
+
+@pytest.mark.parametrize("path, step_in_name, run", [
+    ("step_000100.safetensors", True, ""),
+    ("epoch=1-step=100.ckpt", True, ""),  # Lightning's counters are not a run's name
+    ("val_loss=0.32-step=100.ckpt", True, ""),
+    ("ckpt_100.pth", True, ""),
+    ("runB-step150.safetensors", True, "runB"),
+    ("gpt2-small_iter_500.pt", True, "gpt2-small"),
+    ("run1/checkpoint-50/model.safetensors", True, "run1"),
+    ("run1/300/model.safetensors", True, "run1"),
+    ("lightning_logs/version_0/checkpoints/epoch=0-step=50.ckpt", True,
+     "lightning_logs/version_0/checkpoints"),
+    ("lightning_logs/version_0/checkpoints/last.ckpt", False, "lightning_logs/version_0/checkpoints"),
+    ("run2/final/model.safetensors", False, "run2"),  # step from trainer_state.json
+    ("step1000-tokens4B/model.safetensors", True, ""),
+])
+def test_run_names(path, step_in_name, run):
+    from pathlib import PurePosixPath
+
+    from layerfilm.checkpoints.discover import in_run, run_name
+
+    root = PurePosixPath("/ckpts")
+    assert run_name(root / path, root, step_in_name) == run
+    assert in_run(run, run or ".") and in_run(run, run.split("/")[0] or ".")
+    assert not in_run(run, "elsewhere")

@@ -154,12 +154,16 @@ def run_name(path: PurePath, root: PurePath, step_in_name: bool = True) -> str:
     and the name that carries the step, then what that name says before its step, counters
     left out (``run1/checkpoint-50/model.safetensors`` -> ``run1``; ``runB-step150.safetensors``
     -> ``runB``; ``step_000100.safetensors`` -> ``""``).  ``step_in_name=False``: the step came
-    from inside the file, so its folders alone name the run."""
+    from inside the file or a ``trainer_state.json``, so the folders above the checkpoint alone
+    name the run."""
     if path == root:
         return ""
     parts = _name_parts(path, root)
     found = _step_at(path, root) if step_in_name else None
-    folders, before = (parts[1:], "") if found is None else (parts[found[1] + 1:], parts[found[1]][:found[2]])
+    if found is None:  # a Hugging Face checkpoint is its folder: the run is above it
+        folders, before = parts[2 if path.name in HF_WEIGHTS else 1:], ""
+    else:
+        folders, before = parts[found[1] + 1:], parts[found[1]][:found[2]]
     before = _NOT_A_RUN.sub("", before).strip("-_=. ")
     return "/".join([*reversed(folders), *([before] if before else [])])
 
