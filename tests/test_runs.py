@@ -1,5 +1,6 @@
-"""One run per film, a checkpoint in the way, and a stderr that holds only layerfilm's own lines
-(issue #23): real checkpoint folders, the real command in its own process."""
+"""One run per film, a checkpoint in the way (issue #23) and a stderr that holds only layerfilm's
+own lines (#29 item 9): real checkpoint folders, and the real command in a process of its own
+wherever stderr is what is tested."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from conftest import ROOT, SAMPLE, decode, gpt_state, plan_of, write_run
 
 # layerfilm's own stderr lines start with one of these; anything else is someone else's noise.
 OWN = ("layerfilm: ", "warning: ", "note: ")
+runner = CliRunner()
+FILM = ["--size", "160x96", "--fps", "2", "-q"]
 
 
 def layerfilm(*args, cwd=None) -> subprocess.CompletedProcess:
@@ -170,10 +173,6 @@ def test_a_checkpoint_deleted_mid_render_names_itself(tmp_path):
 
 
 # ---- one run per film ----------------------------------------------------------------------------
-
-runner = CliRunner()
-FILM = ["--size", "160x96", "--fps", "2", "-q"]
-
 
 def _shift(folder, by):
     """Move a run's steps ``by`` later: its files (or checkpoint folders) renamed, ``by`` past
