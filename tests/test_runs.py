@@ -42,12 +42,16 @@ def foreign(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if not line.startswith(OWN)]
 
 
-def test_a_sample_render_writes_nothing_to_stderr(tmp_path):
+def test_the_sample_writes_nothing_to_stderr(tmp_path):
     done = layerfilm("render", SAMPLE, tmp_path / "f.webm", "--size", "160x96", "--fps", "2",
                      "--loss-strip", "--drift")
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     assert done.stdout.startswith(f"wrote {tmp_path / 'f.webm'}")
+    for args in (["info", SAMPLE], ["stats", SAMPLE, "--out", tmp_path / "stats"]):
+        done = layerfilm(*args)
+        assert done.returncode == 0 and done.stdout, (args, done.stderr)
+        assert done.stderr == "", (args, done.stderr)
 
 
 def _nonfinite_run(folder):
