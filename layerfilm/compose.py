@@ -14,10 +14,12 @@ FreeType binding (no figure, no canvas), anti-aliased into the palette's grey ra
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
 import threading
+import warnings
 from typing import Protocol, Sequence
 
 import numpy as np
@@ -55,12 +57,22 @@ def _font(px: int):
 _FONT_LOCK = threading.Lock()  # one FreeType face is shared by all render threads
 
 
+@contextlib.contextmanager
+def missing_glyphs_as_boxes():
+    """Text drawn inside this block may hold characters the font lacks (CJK or emoji in layer
+    names): FreeType draws the font's empty box for each, which is what the film shows, but
+    matplotlib also warns on stderr once per glyph, which would bury layerfilm's own lines."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"Glyph \d+ .* missing from font", UserWarning)
+        yield
+
+
 @functools.lru_cache(maxsize=4096)
 def text_mask(text: str, px: int) -> tuple[np.ndarray, int]:
     """Anti-aliased coverage of ``text`` at ``px`` pixels: ``(mask (h, w) uint8, baseline row)``."""
     if not text:
         return np.zeros((1, 0), np.uint8), 0
-    with _FONT_LOCK:
+    with _FONT_LOCK, missing_glyphs_as_boxes():
         font = _font(px)
         font.clear()
         font.set_text(text, 0.0)

@@ -289,7 +289,7 @@ def read_layer(ckpt: TensorSource, layer: Layer, shapes: dict[str, tuple[int, ..
     ``shapes`` is the checkpoint's own ``shapes()``; a tensor that is missing or
     changed shape against the plan raises :class:`CheckpointError` naming the file.
     """
-    check_fits(ckpt, layer, shapes)
+    check_fits(ckpt.where, layer, shapes)
     into = getattr(ckpt, "read_into", None)
     if into is None or len(layer.sources) == 1:
         parts = [ckpt.read(s.tensor, s.index, s.axis) for s in layer.sources]
@@ -310,9 +310,9 @@ def prefetch(ckpt: TensorSource, layers: list[Layer]) -> None:
         hint([(s.tensor, s.index, s.axis) for layer in layers for s in layer.sources])
 
 
-def check_fits(ckpt: TensorSource, layer: Layer, shapes: dict[str, tuple[int, ...]]) -> None:
-    """Raise :class:`CheckpointError` naming the file unless every tensor ``layer`` draws is
-    in ``shapes`` with the planned width and at least the planned rows/columns.
+def check_fits(where: str, layer: Layer, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Raise :class:`CheckpointError` naming the file (``where``) unless every tensor ``layer``
+    draws is in ``shapes`` with the planned width and at least the planned rows/columns.
 
     A tensor that grew (a larger vocabulary) fits: the planned rows keep their identity and
     the new ones are not drawn.
@@ -320,13 +320,13 @@ def check_fits(ckpt: TensorSource, layer: Layer, shapes: dict[str, tuple[int, ..
     for s in layer.sources:
         shape = shapes.get(s.tensor)
         if shape is None:
-            raise CheckpointError(f"tensor {s.tensor!r} is missing", ckpt.where)
+            raise CheckpointError(f"tensor {s.tensor!r} is missing", where)
         need = int(s.index[-1]) + 1
         if len(shape) != 2 or shape[1 - s.axis] != layer.dim or shape[s.axis] < need:
             raise CheckpointError(
                 f"tensor {s.tensor!r} has shape {list(shape)}, which no longer fits the layout "
                 f"planned from the first checkpoint (needs width {layer.dim} and at least "
-                f"{need} {'rows' if s.axis == 0 else 'columns'})", ckpt.where)
+                f"{need} {'rows' if s.axis == 0 else 'columns'})", where)
 
 
 POINT_KINDS = ("neurons", "embeddings", "rows", "cols")

@@ -91,7 +91,7 @@ def exact_2d(X: np.ndarray) -> tuple[np.ndarray, float]:
     n, d = X.shape
     if min(n, d) < 2:
         out = np.zeros((n, 2))
-        if d >= 1:
+        if d >= 1 and n:  # no rows (every point NaN): nothing to centre, and no warning
             out[:, 0] = X[:, 0] - X[:, 0].mean()
         return out, 1.0
     Xc = _centred64(X)

@@ -94,8 +94,10 @@ def make_plan(selection: Selection, metrics: Path | None = None) -> Plan:
 
     Every checkpoint is opened (headers only where the format allows) and checked against the
     plan here, before any data is read; one that cannot be read or no longer fits stops the
-    film with a one-line error, or with ``skip_bad`` joins ``skipped`` with the problem.  The loss curve comes from
-    ``metrics`` when given, else from what lies beside the checkpoints.
+    film with a one-line error, or with ``skip_bad`` joins ``skipped`` with the problem.  The
+    checkpoints must be one training run (``checkpoints.check_one_run``; ``selection.run``
+    picks one of several).  The loss curve comes from ``metrics`` when given, else from what
+    lies beside the checkpoints.
     """
     sel = selection
     location = sel.checkpoints
@@ -103,7 +105,8 @@ def make_plan(selection: Selection, metrics: Path | None = None) -> Plan:
     source = checkpoints.open_source(location, sel.storage_options, sel.revisions,
                                      sel.keep_downloads, pins)
     folder, storage = source.root, source.storage
-    refs, skipped = checkpoints.discover(folder, sel.skip_bad, storage)
+    refs, skipped = checkpoints.discover(folder, sel.skip_bad, storage, sel.run)
+    newest = refs[-1].step  # the one a run still training may be writing now
     ignored = [(storage.display(p), why) for p, why in source.skipped]
     if sel.steps is not None:
         picked = checkpoints.select_steps(refs, *sel.step_range)
@@ -116,31 +119,30 @@ def make_plan(selection: Selection, metrics: Path | None = None) -> Plan:
     # Every checkpoint is opened (headers, indexes, DCP metadata) and checked against the plan
     # before any data is read: a bad one late in a long series fails in seconds, not after
     # minutes of work, and --skip-bad knows what it leaves out before the film starts.
+    headers = _headers(refs, sel.skip_bad, newest, skipped, storage)
+    odd = checkpoints.check_one_run([(ref, shapes) for ref, _, shapes, _ in headers], folder, storage)
     layers: list[extract.Layer] | None = None
     good: list[checkpoints.CheckpointRef] = []
     identities = []
-    for ref in refs:
+    for ref, where, shapes, files in headers:
         try:
-            files = _identities_before_reading(ref)
-            ckpt = ref.open()
-            shapes = ckpt.shapes()
-            if layers is not None:
-                for layer in layers:
-                    extract.check_fits(ckpt, layer, shapes)
+            for layer in layers or ():
+                extract.check_fits(where, layer, shapes)
+            if ref in odd:
+                raise CheckpointError(odd[ref], where)
         except CheckpointError as e:
             if not sel.skip_bad:
-                raise
-            skipped.append((e.path if e.path else storage.display(ref.path), e.problem))
+                raise in_the_way(e, ref.step == newest) from None
+            skipped.append((e.path, e.problem))
             continue
         if layers is None:
             try:
                 layers = extract.plan_panels(shapes, sel.max_points, sel.seed, sel.points, sel.tensor,
                                              sel.layer_pattern)
             except CheckpointError as e:
-                raise CheckpointError(e.problem, ckpt.where) from None
+                raise CheckpointError(e.problem, where) from None
         good.append(ref)
         identities.append(files)
-        del ckpt
     if len(good) < 2 or layers is None:
         why = f" (skipped {skipped[0][0]}: {skipped[0][1]}{' and more' if len(skipped) > 1 else ''})" \
             if skipped else ""
@@ -157,15 +159,30 @@ def make_plan(selection: Selection, metrics: Path | None = None) -> Plan:
     return plan
 
 
-def _identities_before_reading(ref: checkpoints.CheckpointRef) -> tuple[tuple[PurePath, str], ...]:
-    """The identities of a checkpoint's files, taken before its first byte is read (so a file
-    rewritten later is seen as changed, not cached under its new identity); a file gone since
-    discovery is unreadable like any other."""
-    try:
-        return ref.file_identities()
-    except OSError as e:
-        raise CheckpointError(f"cannot be read ({e.strerror or e})",
-                              ref.storage.display(ref.path)) from None
+def _headers(refs: list[checkpoints.CheckpointRef], skip_bad: bool, newest: int,
+             skipped: list, storage: Storage) -> list[tuple[checkpoints.CheckpointRef, str, dict, tuple]]:
+    """``(ref, where, shapes, identities)`` of every checkpoint that opens: its files'
+    identities taken first, then headers only, so what each holds is known before any data is
+    read; one that does not open stops the film (``skip_bad``: it joins ``skipped``)."""
+    out = []
+    for ref in refs:
+        try:
+            files = ref.file_identities()  # before its first byte is read: a rewrite shows
+            ckpt = ref.open()
+            out.append((ref, ckpt.where, ckpt.shapes(), files))
+            del ckpt  # a torch pickle holds its tensors: one at a time
+        except CheckpointError as e:
+            if not skip_bad:
+                raise in_the_way(e, ref.step == newest) from None
+            skipped.append((e.path if e.path else storage.display(ref.path), e.problem))
+    return out
+
+
+def in_the_way(error: CheckpointError, newest: bool) -> CheckpointError:
+    """``error`` (one checkpoint that cannot be used) with the way past it: ``--skip-bad``
+    leaves it out; the newest one is most often still being written by a run in progress."""
+    why = "it is the newest checkpoint, which a run may still be writing: " if newest else ""
+    return CheckpointError(f"{error.problem}; {why}--skip-bad leaves it out", error.path)
 
 
 def read_estimate(plan: Plan) -> tuple[int, int]:

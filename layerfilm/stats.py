@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from . import atomic, cache, checkpoints, extract, layouts
+from .compose import missing_glyphs_as_boxes
 from .drift import Drift, Settling, drift_of, rebel_scores  # noqa: F401  (what stats reports)
 from .plan import Plan
 from .progress import QUIET, Progress
@@ -89,6 +90,13 @@ _NO_PREVIOUS = np.zeros((0, 0), np.float32)
 
 def _ratio(num: float, den: float) -> float:
     return num / den if den > 0 and np.isfinite(den) else np.nan
+
+
+def _nanmedian(values: np.ndarray) -> float:
+    """The median of the finite-or-inf values, NaN when there are none (a layer whose weights are
+    all NaN) -- without numpy's All-NaN warning on stderr."""
+    kept = values[~np.isnan(values)]
+    return float(np.median(kept)) if kept.size else np.nan
 
 
 def layouts_and_drift(plan: Plan, projection: str, seed: int, progress: Progress = QUIET,
@@ -166,8 +174,9 @@ def weights_chunk(refs: list[checkpoints.CheckpointRef], layers: list[extract.La
 
     before = [clouds(k) for k in range(max(0, chunk.start - 2), chunk.start)]
     prev32 = before[-1] if before else [None] * L
-    prev_delta = ([b.astype(np.float64) - a.astype(np.float64) for a, b in zip(*before)]
-                  if len(before) == 2 else [None] * L)
+    with np.errstate(invalid="ignore"):  # as below: Inf weights give NaN changes
+        prev_delta = ([b.astype(np.float64) - a.astype(np.float64) for a, b in zip(*before)]
+                      if len(before) == 2 else [None] * L)
     for i, k in enumerate(chunk):
         now = clouds(k)
         for l, layer in enumerate(layers):
@@ -176,17 +185,18 @@ def weights_chunk(refs: list[checkpoints.CheckpointRef], layers: list[extract.La
             W = W32.astype(np.float64)
             if k == 0:
                 rel_first[l, i] = mean_abs[l, i] = 0.0
-            else:
+                continue
+            with np.errstate(invalid="ignore"):  # Inf weights: inf - inf is NaN, counted as such
                 d0 = W - extract.read_layer(first, layer, first_shapes)
                 rel_first[l, i] = _ratio(np.sqrt(np.vdot(d0, d0)), norm0[l])
                 mean_abs[l, i] = np.abs(d0).mean()
                 del d0
                 delta = W - prev32[l].astype(np.float64)
-                if prev_delta[l] is not None:
-                    pd = prev_delta[l]
-                    cosine[l, i] = _ratio(np.vdot(delta, pd),
-                                          np.sqrt(np.vdot(delta, delta)) * np.sqrt(np.vdot(pd, pd)))
-                prev_delta[l] = delta
+            if prev_delta[l] is not None:
+                pd = prev_delta[l]
+                cosine[l, i] = _ratio(np.vdot(delta, pd),
+                                      np.sqrt(np.vdot(delta, delta)) * np.sqrt(np.vdot(pd, pd)))
+            prev_delta[l] = delta
         prev32 = now
         if advance is not None:
             advance(1)
@@ -284,9 +294,10 @@ def write_heatmap(stats: Drift, settling: Settling, path: Path, title: str = "",
     if rl.size:
         note += f"\ngreen dot: rebel (|z| ≥ {rebel_z:g} against its neighbours)"
     fig.text(0.995, 0.005, note, ha="right", va="bottom", fontsize=7, color="#1a7fa0")
-    fig.tight_layout(rect=(0, 0.1 / (1.6 + 0.42 * L) * (3 if rl.size else 2), 1, 1))
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    with missing_glyphs_as_boxes():  # layer labels are laid out and drawn only here
+        fig.tight_layout(rect=(0, 0.1 / (1.6 + 0.42 * L) * (3 if rl.size else 2), 1, 1))
+        fig.savefig(buf, format="png")
     atomic.write_bytes(path, buf.getvalue())
 
 
@@ -308,7 +319,7 @@ def summary(stats: LayerStats, config) -> tuple[str, list[tuple[str, str]], list
         z = np.abs(np.nan_to_num(stats.rebel[l], nan=0.0))
         k = int(np.argmax(z))
         rows.append([label, f"{stats.points[l]:,}", f"{stats.norm[l, 0]:.3g} -> {stats.norm[l, -1]:.3g}",
-                     f"{stats.rel_first[l, -1]:.3g}", f"{np.nanmedian(late[l]):.3g}",
+                     f"{stats.rel_first[l, -1]:.3g}", f"{_nanmedian(late[l]):.3g}",
                      "still moving" if np.isnan(settle[l]) else f"{int(settle[l]):,}",
                      f"{z[k]:.2g} @ {int(stats.steps[k]):,}" if z[k] > 0 else ""])
         hits = np.flatnonzero(z >= config.rebel_z)

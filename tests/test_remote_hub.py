@@ -176,7 +176,8 @@ def test_a_missing_file_is_named_with_its_revision(tmp_path, hub, proxy):
     bad = cli("render", "hf://testorg/tiny", tmp_path / "g.gif", *ARGS, "--no-cache")
     assert bad.exit_code == 1 and not (tmp_path / "g.gif").exists()
     assert bad.output.strip() == ("layerfilm: error: hf://testorg/tiny@step200-tokens1B/"
-                                  "model.safetensors: cannot read: not found (HTTP 404)"), bad.output
+                                  "model.safetensors: cannot read: not found (HTTP 404); "
+                                  "--skip-bad leaves it out"), bad.output
     skipped = cli("render", "hf://testorg/tiny", tmp_path / "g.gif", *ARGS, "--no-cache",
                   "--skip-bad")
     assert skipped.exit_code == 0, skipped.output

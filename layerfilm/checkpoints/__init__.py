@@ -1,13 +1,14 @@
 """Checkpoints: where their bytes are (``storage``: local; ``remote``/``transfer``: what remote
 storages share; ``hub``, ``fsspec_storage``, ``buckets``: the Hub, fsspec URLs, Storage
 Buckets; ``sources``: a folder or URL -> storage), which ones there are and their steps
-(``discover``), how bytes become tensors (``formats``) and the loss logged beside them
-(``losslog``).  torch, fsspec and the Hub client are imported only where they are needed."""
+(``discover``), that they are one run (``runs``), how bytes become tensors (``formats``) and
+the loss logged beside them (``losslog``).  torch, fsspec and the Hub client are imported only where they are needed."""
 
 from .discover import (CHECKPOINT_SUFFIXES, HF_WEIGHTS, SAFETENSORS_SUFFIXES, TORCH_SUFFIXES,
                        CheckpointRef, discover, parse_step, parse_tokens, select_steps)
 from .formats import (DcpCheckpoint, SafetensorsFile, ShardedCheckpoint, TensorSource, TorchFile,
                       drawn_ranges, open_checkpoint, open_file)
+from .runs import check_one_run
 from .losslog import (METRICS_NAMES, LossCurve, checkpoint_tokens, load_captions, load_loss_curve,
                       load_loss_file)
 from .sources import Source, is_url, open_source
@@ -16,7 +17,7 @@ from .transfer import TOTAL, RemoteError, Traffic, human_bytes
 
 __all__ = [
     "CHECKPOINT_SUFFIXES", "HF_WEIGHTS", "SAFETENSORS_SUFFIXES", "TORCH_SUFFIXES", "CheckpointRef",
-    "discover", "parse_step", "parse_tokens", "select_steps", "DcpCheckpoint", "SafetensorsFile",
+    "discover", "check_one_run", "parse_step", "parse_tokens", "select_steps", "DcpCheckpoint", "SafetensorsFile",
     "ShardedCheckpoint", "TensorSource", "TorchFile", "drawn_ranges", "open_checkpoint", "open_file",
     "METRICS_NAMES", "LossCurve", "checkpoint_tokens", "load_captions", "load_loss_curve",
     "load_loss_file", "LOCAL", "LocalStorage", "Storage", "coalesce", "cache_root", "Source",

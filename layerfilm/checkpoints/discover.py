@@ -45,6 +45,7 @@ _NOT_WEIGHTS = re.compile(r"^(?:optimizer|optim|scheduler|lr_scheduler|rng_state
                           r"scaler|trainer_state|ema_state)", re.I)
 _SHARD = re.compile(r"-\d+-of-\d+$")
 _MAX_DEPTH = 3  # sub-folder levels searched below the folder given
+GONE = "no longer there: deleted or moved after it was listed"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,12 +62,17 @@ class CheckpointRef:
     kind: str = ""
     storage: Storage = dataclasses.field(default=LOCAL, compare=False, repr=False)
     tokens: int | None = None  # training tokens seen, when the name (or the trainer) says
+    run: str = dataclasses.field(default="", compare=False)  # see run_name; "" at the top
 
     def open(self):
         """The checkpoint opened for lazy reading (see :func:`~layerfilm.checkpoints.open_checkpoint`)."""
         from .formats import open_checkpoint
 
-        return open_checkpoint(self.path, self.storage)
+        try:
+            return open_checkpoint(self.path, self.storage)
+        except CheckpointError:
+            self._still_there()
+            raise
 
     def files(self) -> list[PurePath]:
         """Every file this checkpoint is made of (for cache keys and manifests)."""
@@ -84,13 +90,25 @@ class CheckpointRef:
 
     def file_identities(self) -> tuple[tuple[PurePath, str], ...]:
         """Each of its files with what changes when that file's contents may have changed."""
-        return tuple((p, self.storage.identity(p)) for p in self.files())
+        try:
+            return tuple((p, self.storage.identity(p)) for p in self.files())
+        except OSError as e:
+            self._still_there()
+            raise CheckpointError(f"cannot read: {e.strerror or e}", self.storage.display(self.path)
+                                  ) from None
 
     def identity(self, files: tuple[tuple[PurePath, str], ...] | None = None) -> str:
         """What changes when any of its files may have changed (cache keys): now, or as
         ``files`` (:meth:`file_identities` taken earlier) says."""
         files = self.file_identities() if files is None else files
         return "\n".join(f"{ident}|{self.step}" for _, ident in files)
+
+    def _still_there(self) -> None:
+        """Raise :data:`GONE` when the checkpoint is no longer where discovery listed it: a
+        trainer rotating its checkpoints (``save_total_limit``) deletes them while a film is
+        made, and "cannot read: No such file" would not say so."""
+        if not (self.storage.is_file(self.path) or self.storage.is_dir(self.path)):
+            raise CheckpointError(GONE, self.storage.display(self.path)) from None
 
 
 def parse_step(path: PurePath, root: PurePath | None = None) -> int | None:
@@ -101,23 +119,72 @@ def parse_step(path: PurePath, root: PurePath | None = None) -> int | None:
     number (``checkpoint-300/model.safetensors`` is step 300) or a name that is
     only a number (``300/model.safetensors``).
     """
+    found = _step_at(path, root)
+    return None if found is None else found[0]
+
+
+def _name_parts(path: PurePath, root: PurePath | None) -> list[str]:
+    """The names :func:`parse_step` reads: the file's stem, then each folder up to ``root``."""
     parts = [path.stem if path.suffix in CHECKPOINT_SUFFIXES or path.suffix == ".json" else path.name]
     for parent in path.parents:
         if root is not None and parent == root:
             break
         parts.append(parent.name)
-    for i, part in enumerate(parts):
+    return parts
+
+
+def _step_at(path: PurePath, root: PurePath | None) -> tuple[int, int, int] | None:
+    """``(step, part, start)``: the step, which of :func:`_name_parts` holds it and where its
+    text begins there (what comes before it names the run, see :func:`run_name`)."""
+    for i, part in enumerate(_name_parts(path, root)):
         for pattern in _STEP_PATTERNS:
-            found = pattern.findall(part)
+            found = list(pattern.finditer(part))
             if found:
-                return int(found[-1])
+                return int(found[-1].group(1)), i, found[-1].start()
         if i == 0:
             m = _LAST_NUMBER.search(part)
             if m:
-                return int(m.group(1))
+                return int(m.group(1)), 0, m.start()
         elif part.isdigit():
-            return int(part)
+            return int(part), i, 0
     return None
+
+
+# Counters and metrics that trainers put in front of the step (Lightning's "epoch=1-",
+# "val_loss=0.32-", a date): they change from one checkpoint to the next of one run.
+_NOT_A_RUN = re.compile(r"(?:epoch|ep)[_\-=]?\d+|[a-z_]+=[-+.\de]+|\d+\.\d+", re.I)
+
+
+def run_name(path: PurePath, root: PurePath, step_in_name: bool = True) -> str:
+    """Which run a checkpoint belongs to, as ``--run`` selects it: the folders between ``root``
+    and the name that carries the step, then what that name says before its step, counters
+    left out (``run1/checkpoint-50/model.safetensors`` -> ``run1``; ``runB-step150.safetensors``
+    -> ``runB``; ``step_000100.safetensors`` -> ``""``).  ``step_in_name=False``: the step came
+    from inside the file or a ``trainer_state.json``, so the folders above the checkpoint alone
+    name the run."""
+    if path == root:
+        return ""
+    parts = _name_parts(path, root)
+    found = _step_at(path, root) if step_in_name else None
+    if found is None:  # a Hugging Face checkpoint is its folder: the run is above it
+        folders, before = parts[2 if path.name in HF_WEIGHTS else 1:], ""
+    else:
+        folders, before = parts[found[1] + 1:], parts[found[1]][:found[2]]
+    before = _NOT_A_RUN.sub("", before).strip("-_=. ")
+    return "/".join([*reversed(folders), *([before] if before else [])])
+
+
+def in_run(run: str, name: str) -> bool:
+    """Whether a checkpoint of ``run`` is picked by ``--run name``: the run itself, or any run
+    in the folder ``name`` (``.`` picks the checkpoints at the top, outside every folder)."""
+    name = name.strip().strip("/")
+    name = "" if name == "." else name
+    return run == name or (bool(name) and run.startswith(name + "/"))
+
+
+def shown_run(run: str) -> str:
+    """A run's name as ``--run`` takes it (``.`` for the checkpoints at the top)."""
+    return run or "."
 
 
 def parse_tokens(name: str) -> int | None:
@@ -215,16 +282,16 @@ def _find_units(storage: Storage, root: PurePath) -> Iterator[tuple[PurePath, st
     yield from visit(root, 0)
 
 
-def discover(folder: str | os.PathLike | PurePath, skip_bad: bool = False, storage: Storage = LOCAL
-             ) -> tuple[list[CheckpointRef], list[tuple[PurePath, str]]]:
+def discover(folder: str | os.PathLike | PurePath, skip_bad: bool = False, storage: Storage = LOCAL,
+             run: str | None = None) -> tuple[list[CheckpointRef], list[tuple[PurePath, str]]]:
     """Checkpoints under ``folder`` (up to three sub-folders deep), ordered by step.
 
     Finds single files, Hugging Face checkpoint folders (the step from the folder name, else
-    ``trainer_state.json``) and Distributed Checkpoint folders.  Returns ``(checkpoints,
-    skipped)`` where ``skipped`` lists what looks like weights but cannot be placed (no step
-    in its name), with the reason.  Raises :class:`CheckpointError` when there is nothing to
-    film or two checkpoints claim the same step (with ``skip_bad`` the later one is skipped
-    instead).
+    ``trainer_state.json``) and Distributed Checkpoint folders; with ``run``, only those of that
+    run (:func:`in_run`).  Returns ``(checkpoints, skipped)`` where ``skipped`` lists what looks
+    like weights but cannot be placed (no step in its name), with the reason.  Raises
+    :class:`CheckpointError` when there is nothing to film or two checkpoints claim the same
+    step (with ``skip_bad`` the later one is skipped instead).
     """
     root = folder if isinstance(folder, PurePath) else Path(folder)
     if not storage.is_dir(root):
@@ -235,11 +302,16 @@ def discover(folder: str | os.PathLike | PurePath, skip_bad: bool = False, stora
     found: dict[int, CheckpointRef] = {}
     inside: set[int] = set()  # steps read from inside a step-less file (last.ckpt, ...)
     skipped: list[tuple[PurePath, str]] = []
+    runs: set[str] = set()  # every run seen, for a --run that picks none
     for path, kind, why_not in _find_units(storage, root):
         if why_not is not None:
             skipped.append((path, why_not))
             continue
         step = parse_step(path, root) if path != root else 0  # the folder is one checkpoint
+        named = run_name(path, root, step is not None)
+        runs.add(named)
+        if run is not None and not in_run(named, run):
+            continue  # before the same-step check: two runs' steps often collide
         if step is None and kind.startswith("Hugging Face Trainer"):
             step = _trainer_state_step(storage, path.parent)
         from_inside = step is None
@@ -258,13 +330,18 @@ def discover(folder: str | os.PathLike | PurePath, skip_bad: bool = False, stora
         elif step in found:
             problem = f"has the same step ({step}) as {storage.display(found[step].path)}"
             if not skip_bad:
-                raise CheckpointError(problem, storage.display(path))
+                raise CheckpointError(problem + _same_step_way_out(found[step].run, named),
+                                      storage.display(path))
             skipped.append((path, problem))
             continue
         if from_inside:
             inside.add(step)
-        found[step] = CheckpointRef(path, step, kind, storage, _tokens_in(path, root))
+        found[step] = CheckpointRef(path, step, kind, storage, _tokens_in(path, root), named)
     refs = [found[s] for s in sorted(found)]
+    if not refs and run is not None:
+        raise CheckpointError(f"--run {run} picks no checkpoint; the runs here: "
+                              f"{', '.join(sorted(shown_run(r) for r in runs)) or 'none'}",
+                              storage.display(root))
     if not refs:
         raise CheckpointError(
             "no checkpoints found (looked for *.safetensors, *.pt, *.pth, *.bin, *.ckpt named "
@@ -279,6 +356,15 @@ def discover(folder: str | os.PathLike | PurePath, skip_bad: bool = False, stora
             storage.display(root),
         )
     return refs, skipped
+
+
+def _same_step_way_out(run: str, other: str) -> str:
+    """What to do about two checkpoints with one step: pick a run when their names say they
+    are two, else leave the second out."""
+    if run != other:
+        return (f"; if they are two runs, film one with --run {shown_run(run)} or "
+                f"--run {shown_run(other)}, else --skip-bad leaves this one out")
+    return "; --skip-bad leaves this one out"
 
 
 def _relative(path: PurePath, root: PurePath) -> str:

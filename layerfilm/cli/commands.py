@@ -30,6 +30,7 @@ from .common import (
     RebelOpt,
     SchedulerOpt,
     RevisionsOpt,
+    RunOpt,
     SkipBadOpt,
     StepsOpt,
     TensorOpt,
@@ -56,6 +57,7 @@ def info(
     steps: StepsOpt = None,
     layer_pattern: LayerPatternOpt = None,
     skip_bad: SkipBadOpt = False,
+    run: RunOpt = None,
     projection: Annotated[str, typer.Option(
         help="As for render: which axes the variance column describes.")] = "pca",
     fourier_ref: FourierRefOpt = None,
@@ -74,7 +76,8 @@ def info(
     cli_config = InfoConfig(checkpoints=as_location(checkpoints), fps=fps,
                             frames_per_keyframe=frames_per_keyframe, max_points=max_points,
                             points=points, tensor=tensor, steps=steps, layer_pattern=layer_pattern,
-                            skip_bad=skip_bad, revisions=revisions, keep_downloads=keep_downloads,
+                            skip_bad=skip_bad, run=run, revisions=revisions,
+                            keep_downloads=keep_downloads,
                             projection=projection, fourier_ref=fourier_ref)
     config, _ = resolve(cli_config, _given_on_command_line(ctx), config_file)
     _notes(False)
@@ -108,6 +111,7 @@ def stats(
     steps: StepsOpt = None,
     layer_pattern: LayerPatternOpt = None,
     skip_bad: SkipBadOpt = False,
+    run: RunOpt = None,
     revisions: RevisionsOpt = None,
     keep_downloads: KeepOpt = False,
     config_file: Annotated[Optional[Path], typer.Option(
@@ -133,7 +137,7 @@ def stats(
                              settle_fraction=settle_fraction, rebel_z=rebel_z,
                              points=points, tensor=tensor, max_points=max_points, seed=seed,
                              projection=projection, fourier_ref=fourier_ref, layouts=layouts,
-                             steps=steps, layer_pattern=layer_pattern, skip_bad=skip_bad,
+                             steps=steps, layer_pattern=layer_pattern, skip_bad=skip_bad, run=run,
                              revisions=revisions, keep_downloads=keep_downloads,
                              scheduler=scheduler)
     config, path = resolve(cli_config, _given_on_command_line(ctx), config_file)

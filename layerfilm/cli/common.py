@@ -120,6 +120,12 @@ FourierRefOpt = Annotated[Optional[int], typer.Option(
     "--fourier-ref", metavar="STEP",
     help="--projection fourier: fit the plane at this checkpoint's step [default: the last].",
     show_default=False)]
+RunOpt = Annotated[Optional[str], typer.Option(
+    "--run", metavar="NAME",
+    help="Film one training run of several in the folder: the checkpoints in the folder NAME "
+         "(run1 for run1/checkpoint-50/), or named NAME before their step (runA for "
+         "runA-step100.safetensors); '.' for those at the top. Two runs in one folder are "
+         "refused without it.", show_default=False)]
 SkipBadOpt = Annotated[bool, typer.Option(
     "--skip-bad", help="Leave out checkpoints that cannot be read or no longer fit (a warning "
     "names each) instead of stopping.")]

@@ -35,6 +35,7 @@ from .common import (
     RebelOpt,
     RevisionsOpt,
     SchedulerOpt,
+    RunOpt,
     SkipBadOpt,
     StepsOpt,
     TensorOpt,
@@ -142,6 +143,7 @@ def render(
              "trainer_state.json].", show_default=False)] = None,
     layer_pattern: LayerPatternOpt = None,
     skip_bad: SkipBadOpt = False,
+    run: RunOpt = None,
     fourier_ref: FourierRefOpt = None,
     scheduler: SchedulerOpt = None,
     revisions: RevisionsOpt = None,
@@ -157,7 +159,7 @@ def render(
     A manifest OUTPUT.json is written beside the film.
     """
     from .. import manifest
-    from ..pipeline import render as run
+    from ..pipeline import render as render_film
 
     cli_config = RenderConfig(
         checkpoints=as_location(checkpoints), output=output, fps=fps, frames_per_keyframe=frames_per_keyframe,
@@ -168,7 +170,8 @@ def render(
         stills_dir=stills_dir, stills_every=stills_every,
         steps=steps, timeline=timeline, point_size=point_size, scale=scale, cues=cues, title=title,
         caption=caption, captions=captions, tokens_per_step=tokens_per_step,
-        layer_pattern=layer_pattern, skip_bad=skip_bad, fourier_ref=fourier_ref, scheduler=scheduler,
+        layer_pattern=layer_pattern, skip_bad=skip_bad, run=run, fourier_ref=fourier_ref,
+        scheduler=scheduler,
         revisions=revisions, keep_downloads=keep_downloads, verify_inputs=verify_inputs,
     )
     given = _given_on_command_line(ctx)
@@ -193,7 +196,7 @@ def render(
             typer.echo(f"warning: {warning}", err=True)
     _notes(quiet)
     remote = not isinstance(config.checkpoints, Path)
-    result = run(config, _progress(quiet, remote))
+    result = render_film(config, _progress(quiet, remote))
     written = result.manifest
     mb = result.bytes / 1e6
     s = result.seconds

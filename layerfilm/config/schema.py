@@ -107,7 +107,8 @@ class Selection(_Validated):
     picks keyframes (:attr:`step_range`, see ``checkpoints.select_steps``); ``points``/
     ``tensor``/``layer_pattern`` decide the panels and their dots (``extract.plan_panels``), at
     most ``max_points`` a panel, subsampled with ``seed``; ``skip_bad`` leaves out unreadable
-    checkpoints instead of stopping.  Remote sources: ``revisions`` (globs of Hub ref names),
+    checkpoints instead of stopping; ``run`` picks one training run of several in the folder
+    (``checkpoints.discover.in_run``).  Remote sources: ``revisions`` (globs of Hub ref names),
     ``storage_options`` (fsspec's, from a config file only), ``keep_downloads`` (keep whole
     files that had to be downloaded).
     """
@@ -120,6 +121,7 @@ class Selection(_Validated):
     steps: str | None = None  # kept as text, so config files and manifests hold it as typed
     layer_pattern: str | None = None
     skip_bad: bool = False
+    run: str | None = None
     revisions: str | None = None
     keep_downloads: bool = False
     storage_options: dict[str, Any] | None = None  # a config-file table, never a flag

@@ -224,6 +224,13 @@ def _tokens_per_step(c) -> None:
         _fail("tokens_per_step", f"--tokens-per-step must be at least 1, got {c.tokens_per_step}")
 
 
+@_check("run")
+def _run(c) -> None:
+    if c.run is not None and not c.run.strip().strip("/"):
+        _fail("run", "--run needs a run's name (a folder, a name before the step, or '.' for "
+                     "the checkpoints at the top)")
+
+
 @_check("layer_pattern")
 def _layer_pattern(c) -> None:
     if c.layer_pattern is not None:
@@ -297,7 +304,7 @@ _ORDER = ("checkpoints", "revisions", "storage_options", "output", "fps", "frame
           "size", "projection", "fourier_ref", "max_points", "color_scale", "frames_dir", "jobs",
           "points", "tensor", "order", "settle_threshold", "settle_fraction", "rebel_z", "metrics",
           "stills_dir", "stills_every", "steps", "timeline", "point_size", "scale", "title",
-          "caption", "captions", "tokens_per_step", "layer_pattern", "out", "repo_id", "bucket",
+          "caption", "captions", "tokens_per_step", "layer_pattern", "run", "out", "repo_id", "bucket",
           "repo_type", "cmap")
 assert set(_ORDER) == set(_CHECKS)
 
