@@ -65,7 +65,7 @@ def collect(films: list[Path], path_in_repo: str = "") -> list[Film]:
         side = manifest_path(film)
         if side.is_file():
             try:
-                doc = json.loads(side.read_text(encoding="utf-8"))
+                doc = load_json(side.read_text(encoding="utf-8"))
             except (OSError, ValueError) as e:
                 raise LayerfilmError(f"cannot read the manifest: {e}", side) from None
 

@@ -11,13 +11,13 @@ to find the step recorded inside it.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 from pathlib import Path, PurePath
 from typing import Iterator
 
 from ..errors import CheckpointError
+from ..untrusted import load_json, within
 from .storage import LOCAL, Storage
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
@@ -76,10 +76,10 @@ class CheckpointRef:
         if self.path.name.endswith(".index.json"):
             try:
                 raw = st.read(self.path, 0, st.size(self.path))
-                shards = set(json.loads(raw)["weight_map"].values())
-            except (OSError, ValueError, KeyError, TypeError, AttributeError):
-                shards = set()
-            return [self.path] + sorted(self.path.parent / str(s) for s in shards)
+                shards = set(load_json(raw)["weight_map"].values())
+                return [self.path] + sorted(within(self.path.parent, str(s)) for s in shards)
+            except (OSError, ValueError, KeyError, TypeError, AttributeError, CheckpointError):
+                return [self.path]  # opening it names the problem
         return [self.path]
 
     def identity(self) -> str:
@@ -138,7 +138,7 @@ def _trainer_state_step(storage: Storage, folder: PurePath) -> int | None:
     """``global_step`` from a Hugging Face ``trainer_state.json`` in ``folder``."""
     path = folder / "trainer_state.json"
     try:
-        step = json.loads(storage.read(path, 0, storage.size(path))).get("global_step")
+        step = load_json(storage.read(path, 0, storage.size(path))).get("global_step")
     except (OSError, ValueError, AttributeError):
         return None
     return step if isinstance(step, int) and step >= 0 else None
