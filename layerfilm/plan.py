@@ -4,7 +4,9 @@ the checkpoints (in step order), the panels and their points, and the loss curve
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path, PurePath
+from typing import Callable
 
 import numpy as np
 
@@ -64,7 +66,49 @@ class Plan:
         return dataclasses.replace(self, layers=[self.layers[l] for l in order])
 
 
-def make_plan(selection: Selection, metrics: Path | None = None) -> Plan:
+# Checkpoints in memory at once while layouts are made: the one projected and the next, whose
+# drawn rows are fetched meanwhile (layouts.py).
+IN_FLIGHT = 2
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to this process now (``MemAvailable``: free memory plus what
+    the kernel can reclaim), else free pages; ``None`` where the system does not say."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def check_memory(ckpt, layers: list[extract.Layer], shapes: dict, budget: int | None,
+                 given: bool) -> None:
+    """Refuse (:class:`CheckpointError` naming the checkpoint) a plan whose reads would take
+    more than ``budget`` bytes (``given``: it is ``--max-memory``, else what is available),
+    before a byte of data is read: a declared 10^6 x 10^6 tensor otherwise reads until the
+    process is killed."""
+    if budget is None:
+        return
+    need, tensor, alone = extract.read_memory(layers, shapes, getattr(ckpt, "itemsize", None))
+    need *= IN_FLIGHT
+    if need > budget:
+        human = checkpoints.human_bytes
+        limit = "--max-memory" if given else "available memory"
+        raise CheckpointError(
+            f"reading the drawn points would take about {human(need)} of memory (tensor "
+            f"{tensor!r}, shape {list(shapes.get(tensor, ()))}, {human(alone)} alone), more than "
+            f"the {human(budget)} of {limit}; draw fewer points (--max-points, --tensor) or "
+            "raise --max-memory", ckpt.where)
+
+
+def make_plan(selection: Selection, metrics: Path | None = None,
+              check_panels: Callable[[list[extract.Layer]], None] | None = None) -> Plan:
     """Discover the checkpoints of ``selection.checkpoints``, pick ``selection.steps`` and plan
     the panels from the first one (``points``/``tensor``/``layer_pattern``/``max_points``/
     ``seed``: what to draw, see :func:`extract.plan_panels`).
@@ -73,6 +117,11 @@ def make_plan(selection: Selection, metrics: Path | None = None) -> Plan:
     plan here, before any data is read; one that cannot be read or no longer fits stops the
     film with a one-line error, or with ``skip_bad`` joins ``skipped`` with the problem.  The loss curve comes from
     ``metrics`` when given, else from what lies beside the checkpoints.
+
+    The panels are checked as soon as they are planned from the first checkpoint, before any
+    other is opened: against ``check_panels`` (a render: do they fit in the frame?) and
+    against the memory their reads take (:func:`check_memory`, ``selection.max_memory`` or what
+    is available).
     """
     sel = selection
     location = sel.checkpoints
@@ -95,6 +144,9 @@ def make_plan(selection: Selection, metrics: Path | None = None) -> Plan:
     # minutes of work, and --skip-bad knows what it leaves out before the film starts.
     layers: list[extract.Layer] | None = None
     good: list[checkpoints.CheckpointRef] = []
+    budget = sel.memory_budget
+    given = budget is not None
+    budget = budget if given else available_memory()
     for ref in refs:
         try:
             ckpt = ref.open()
@@ -102,6 +154,7 @@ def make_plan(selection: Selection, metrics: Path | None = None) -> Plan:
             if layers is not None:
                 for layer in layers:
                     extract.check_fits(ckpt, layer, shapes)
+                check_memory(ckpt, layers, shapes, budget, given)
         except CheckpointError as e:
             if not sel.skip_bad:
                 raise
@@ -113,6 +166,9 @@ def make_plan(selection: Selection, metrics: Path | None = None) -> Plan:
                                              sel.layer_pattern)
             except CheckpointError as e:
                 raise CheckpointError(e.problem, ckpt.where) from None
+            if check_panels is not None:
+                check_panels(layers)
+            check_memory(ckpt, layers, shapes, budget, given)
         good.append(ref)
         del ckpt
     if len(good) < 2 or layers is None:

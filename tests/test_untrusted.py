@@ -244,6 +244,73 @@ def test_safetensors_header_fuzz_nesting_and_huge_sizes(tmp_path):
     assert opened and refused
 
 
+# ---- declared sizes: memory and panels checked at plan time ---------------------------------
+
+def _sparse_run(folder, rows: int, width: int):
+    """Two checkpoints of one BF16 token embedding ``rows x width``, backed by sparse files
+    (a few kB on disk, terabytes declared); skipped where the file system cannot hold them."""
+    folder.mkdir()
+    for step in (0, 100):
+        header = json.dumps({"transformer.wte.weight": {
+            "dtype": "BF16", "shape": [rows, width], "data_offsets": [0, rows * width * 2]}}).encode()
+        path = folder / f"step_{step:06d}.safetensors"
+        with open(path, "wb") as f:
+            f.write(struct.pack("<Q", len(header)) + header)
+            try:
+                f.truncate(8 + len(header) + rows * width * 2)
+            except OSError as e:
+                pytest.skip(f"no sparse file of {rows * width * 2} bytes here: {e}")
+    return folder
+
+
+def test_a_declared_huge_tensor_is_refused_before_it_is_read(tmp_path):
+    """10^5 x 10^7 BF16 (2 TB declared, sparse): its 2,000 drawn rows take 40 GB as stored
+    and 80 GB widened.  Refused at plan time against the memory available, and against
+    --max-memory, in render, info and stats; nothing written."""
+    run = _sparse_run(tmp_path / "run", 10**5, 10**7)
+    first = run / "step_000000.safetensors"
+    result = cli("info", run)
+    line = one_line(result, str(first), "reading the drawn points would take about 240.0 GB")
+    assert "tensor 'transformer.wte.weight', shape [100000, 10000000]" in line
+    assert "of available memory" in line
+    out = tmp_path / "out" / "f.gif"
+    out.parent.mkdir()
+    for args in (["render", run, out, *FAST], ["stats", run, "--out", tmp_path / "out" / "s", "-q"]):
+        one_line(cli(*args, "--max-memory", "1GiB"), str(first), "more than the 1.1 GB of --max-memory")
+    assert list(out.parent.iterdir()) == []
+
+
+def test_max_memory_option(tmp_path, run_dir):
+    from layerfilm.config import parse_memory
+
+    assert [parse_memory(t) for t in ("8G", "512M", "1.5GiB", "1000", "2 kb")] == \
+        [8 * 10**9, 512 * 10**6, 3 * 2**29, 1000, 2000]
+    bad = cli("render", run_dir, tmp_path / "f.gif", "--max-memory", "lots")
+    assert bad.exit_code == 2 and "--max-memory must be a size such as 8G" in bad.output
+    small = cli("info", run_dir, "--max-memory", "10k")  # the tiny run needs ~100 kB
+    one_line(small, str(run_dir / "step_000000.safetensors"), "of --max-memory")
+    assert cli("info", run_dir, "--max-memory", "1M").exit_code == 0
+
+
+def test_panels_that_cannot_fit_are_refused_before_the_other_checkpoints_are_opened(tmp_path):
+    """3,000 panels in a 160x96 frame: refused as soon as they are planned from the first
+    checkpoint -- the second, truncated, is never opened (it would be named otherwise)."""
+    from safetensors.numpy import save_file
+
+    run = tmp_path / "run"
+    run.mkdir()
+    sd = {f"w{i}": np.ones((4, 3), np.float32) for i in range(3000)}
+    for step in (0, 100):
+        save_file(sd, str(run / f"step_{step:06d}.safetensors"))
+    late = run / "step_000100.safetensors"
+    late.write_bytes(late.read_bytes()[:-10])
+    result = cli("render", run, tmp_path / "f.gif", "--layer-pattern", r"^(w\d+)$", "--size", "160x96",
+                 "-q")
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "3000 panels do not fit in a 160x96 frame" in result.output
+    assert not (tmp_path / "f.gif").exists()
+
+
 # Fixtures shared with the S3 tests: moto's server and the proxy that points fsspec at it.
 try:
     from test_remote_s3 import moto, s3  # noqa: E402,F401

@@ -120,6 +120,11 @@ FourierRefOpt = Annotated[Optional[int], typer.Option(
     "--fourier-ref", metavar="STEP",
     help="--projection fourier: fit the plane at this checkpoint's step [default: the last].",
     show_default=False)]
+MaxMemoryOpt = Annotated[Optional[str], typer.Option(
+    "--max-memory", metavar="SIZE",
+    help="Most memory that reading the drawn points may take (8G, 512M, 1.5GiB) [default: what "
+         "is available when the checkpoints are planned]; more is refused before any is read.",
+    show_default=False)]
 SkipBadOpt = Annotated[bool, typer.Option(
     "--skip-bad", help="Leave out checkpoints that cannot be read or no longer fit (a warning "
     "names each) instead of stopping.")]

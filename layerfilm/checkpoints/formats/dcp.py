@@ -108,6 +108,10 @@ class DcpCheckpoint:
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return dict(self._shapes)
 
+    def itemsize(self, name: str) -> int:
+        """Bytes per stored element of ``name`` (for the memory a read will take)."""
+        return self._dtypes[name].itemsize
+
     def read(self, name: str, index: np.ndarray | None = None, axis: int = 0) -> np.ndarray:
         import warnings
 

@@ -107,6 +107,10 @@ class SafetensorsFile:
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {k: shape for k, (dtype, shape, _) in self._entries.items() if dtype in FLOAT_DTYPES}
 
+    def itemsize(self, name: str) -> int:
+        """Bytes per stored element of tensor ``name`` (for the memory a read will take)."""
+        return DTYPES[self._entries[name][0]].itemsize
+
     def read(self, name: str, index: np.ndarray | None = None, axis: int = 0) -> np.ndarray:
         dtype, shape, _ = self._entries[name]
         if math.prod(shape) == 0:

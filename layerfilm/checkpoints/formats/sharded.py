@@ -58,6 +58,10 @@ class ShardedCheckpoint:
     def read(self, name: str, index: np.ndarray | None = None, axis: int = 0) -> np.ndarray:
         return self._where[name].read(name, index, axis)
 
+    def itemsize(self, name: str) -> int:
+        """Bytes per stored element of ``name``, as its shard says (4 when it does not)."""
+        return getattr(self._where[name], "itemsize", lambda _: 4)(name)
+
     def read_into(self, name: str, index: np.ndarray, axis: int, out: np.ndarray) -> None:
         source = self._where[name]
         if hasattr(source, "read_into"):
