@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import struct
+import threading
 
 import numpy as np
 import pytest
@@ -14,8 +15,8 @@ from typer.testing import CliRunner
 from layerfilm.cli import app
 from layerfilm.errors import CheckpointError
 
-from conftest import write_run
-from servers import s3_put, tree
+from conftest import gpt_state, write_run
+from servers import Proxy, s3_put, tree
 
 runner = CliRunner()
 FAST = ["--fps", "2", "--size", "128x72", "-q", "--no-cache"]
@@ -309,6 +310,69 @@ def test_panels_that_cannot_fit_are_refused_before_the_other_checkpoints_are_ope
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
     assert "3000 panels do not fit in a 160x96 frame" in result.output
     assert not (tmp_path / "f.gif").exists()
+
+
+# ---- interrupted remote renders remove their downloads ---------------------------------------
+
+class HoldingProxy(Proxy):
+    """A proxy that holds every GET whose path contains ``match`` until ``release`` is set:
+    a download is then surely under way when the test sends its signal."""
+
+    def __init__(self, upstream: str, match: str):
+        self.match, self.held, self.release = match, threading.Event(), threading.Event()
+        super().__init__(upstream)
+
+    def _handle(self, h) -> None:
+        if h.command == "GET" and self.match in h.path:
+            self.held.set()
+            self.release.wait(120)
+        super()._handle(h)
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_interrupted_remote_render_removes_its_downloads(tmp_path, moto, monkeypatch, signame):
+    """Torch pickles on S3 are downloaded whole into a ``layerfilm-downloads-*`` folder; a
+    render interrupted (a real signal to a real process) while the third is downloading
+    exits 130 and leaves no such folder."""
+    torch = pytest.importorskip("torch")
+    import signal
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(0)
+    files = {}
+    for step in (0, 100, 200):
+        path = tmp_path / f"step_{step:06d}.pt"
+        torch.save({k: torch.from_numpy(v) for k, v in gpt_state(rng).items()}, path)
+        files[f"run/{path.name}"] = path
+    s3_put(moto, f"held-{signame.lower()}", files)
+    proxy = HoldingProxy(moto, "step_000200")
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    for var, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                       ("AWS_DEFAULT_REGION", "us-east-1"), ("FSSPEC_S3_ENDPOINT_URL", proxy.url),
+                       ("TMPDIR", str(temp))):
+        monkeypatch.setenv(var, value)
+    out = tmp_path / "out" / "f.gif"
+    out.parent.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "layerfilm", "render",
+                             f"s3://held-{signame.lower()}/run", str(out), "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        assert proxy.held.wait(120), proc.communicate(timeout=60)
+        assert [p.name[:len("layerfilm-downloads-")] for p in temp.iterdir()] == \
+            ["layerfilm-downloads-"]  # the first two are down, the third is on its way
+        proc.send_signal(getattr(signal, signame))
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proxy.release.set()
+        if proc.poll() is None:
+            proc.kill()
+        proxy.close()
+    assert proc.returncode == 130, err
+    assert err.decode().strip() == "layerfilm: error: interrupted; no output was written"
+    assert list(temp.iterdir()) == [] and list(out.parent.iterdir()) == []
 
 
 # Fixtures shared with the S3 tests: moto's server and the proxy that points fsspec at it.

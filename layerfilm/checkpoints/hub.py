@@ -13,7 +13,6 @@ bytes from a server that ignores ``Range``).  Torch pickles are downloaded whole
 
 from __future__ import annotations
 
-import atexit
 import concurrent.futures
 import fnmatch
 import os
@@ -22,7 +21,7 @@ from typing import Any
 from urllib.parse import quote
 
 from .discover import parse_step
-from .remote import RemoteStorage, log
+from .remote import RemoteStorage, log, on_exit
 from .transfer import Answer, Entry, RemoteError, Transient, human_bytes, retrying, status_error
 
 ROOT = PurePosixPath("/")
@@ -331,7 +330,7 @@ def _remove_download(link: Path) -> None:
         pass
 
 
-@atexit.register
+@on_exit
 def _dispose() -> None:
     """Remove the pickles downloaded into the Hugging Face cache for this run only."""
     while _DISPOSABLE:

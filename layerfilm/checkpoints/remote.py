@@ -412,6 +412,25 @@ def _assemble(blocks: list[tuple[tuple[int, int], bytes]], starts: list[int], st
 
 
 _TEMP: list[Path] = []
+_CLEANUPS: list = []
+
+
+def on_exit(fn):
+    """Run ``fn`` (removing this run's downloads) at exit, and from :func:`clean_up_now`."""
+    _CLEANUPS.append(fn)
+    atexit.register(fn)
+    return fn
+
+
+def clean_up_now() -> None:
+    """Remove what this run downloaded only for itself, now: an interrupted run leaves through
+    ``os._exit`` (see ``cli.main_entry``), which runs no exit handlers, and left its
+    ``layerfilm-downloads-*`` folder behind."""
+    for fn in list(_CLEANUPS):
+        try:
+            fn()
+        except Exception:  # noqa: BLE001 - the others are still removed
+            pass
 
 
 def _downloads_root(keep: bool) -> Path:
@@ -419,7 +438,7 @@ def _downloads_root(keep: bool) -> Path:
         return cache_root() / "downloads"
     if not _TEMP:
         _TEMP.append(Path(tempfile.mkdtemp(prefix="layerfilm-downloads-")))
-        atexit.register(shutil.rmtree, _TEMP[0], True)
+        on_exit(lambda folder=_TEMP[0]: shutil.rmtree(folder, True))
     return _TEMP[0]
 
 
