@@ -375,6 +375,44 @@ def test_interrupted_remote_render_removes_its_downloads(tmp_path, moto, monkeyp
     assert list(temp.iterdir()) == [] and list(out.parent.iterdir()) == []
 
 
+# ---- listings retried; the same checkpoint through a symbolic link ---------------------------
+
+def test_s3_listings_are_retried_like_reads(tmp_path, moto, s3):
+    """Two 503s on listings (the root's first): retried, the film made, the retries counted;
+    a listing that keeps failing is one line, not a folder that seems missing."""
+    run = write_run(tmp_path / "run", n=3)
+    s3_put(moto, "listed-twice", {f"run/{k}": p for k, p in tree(run).items()})
+    s3.fail(503, n=2, match="list-type")
+    result = cli("render", "s3://listed-twice/run", tmp_path / "f.gif", *FAST)
+    assert result.exit_code == 0, result.output
+    listings = [e for e in s3.gets("list-type")]
+    assert [e[3] for e in listings[:3]] == [503, 503, 200]
+    assert json.loads((tmp_path / "f.gif.json").read_text())["checkpoints"]["remote"]["retries"] == 2
+    s3.clear()
+    s3.fail(503, n=-1, match="list-type")
+    failed = cli("info", "s3://listed-twice/run")
+    line = one_line(failed, "s3://listed-twice/run", "gave up after 5 tries")
+    assert "no such folder" not in line
+
+
+def test_a_symlink_to_the_folder_itself_or_a_checkpoint_is_not_a_second_checkpoint(tmp_path):
+    run = write_run(tmp_path / "run", n=4)
+    (run / "self").symlink_to(".")
+    (run / "again").symlink_to(run)
+    (run / "step_000300_best.safetensors").symlink_to(run / "step_000300.safetensors")
+    info = cli("info", run)
+    assert info.exit_code == 0, info.output
+    assert "keyframes   4 checkpoints" in info.output
+    assert f"skipped     {run / 'step_000300_best.safetensors'}: the same file as " \
+           f"{run / 'step_000300.safetensors'}" in info.output, info.output
+    result = cli("render", run, tmp_path / "f.gif", *FAST)
+    assert result.exit_code == 0, result.output
+    # Two different files that claim one step are still refused.
+    (run / "step_000300_best.safetensors").unlink()
+    (run / "step_000300_best.safetensors").write_bytes((run / "step_000300.safetensors").read_bytes())
+    one_line(cli("info", run), str(run / "step_000300_best.safetensors"), "has the same step (300)")
+
+
 # Fixtures shared with the S3 tests: moto's server and the proxy that points fsspec at it.
 try:
     from test_remote_s3 import moto, s3  # noqa: E402,F401

@@ -18,7 +18,7 @@ from typing import Iterator
 
 from ..errors import CheckpointError
 from ..untrusted import load_json, within
-from .storage import LOCAL, Storage
+from .storage import LOCAL, LocalStorage, Storage
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
@@ -163,12 +163,31 @@ def _step_inside(storage: Storage, path: PurePath) -> int | None:
     return None
 
 
+def _identity(storage: Storage, path: PurePath) -> object:
+    """What names a file or folder whatever symbolic links lead to it: ``(st_dev, st_ino)`` on
+    this machine, the path itself in storages that have no links."""
+    if isinstance(storage, LocalStorage):
+        try:
+            st = os.stat(path)
+            return st.st_dev, st.st_ino
+        except OSError:
+            pass
+    return path
+
+
 def _find_units(storage: Storage, root: PurePath) -> Iterator[tuple[PurePath, str, str | None]]:
     """``(path, kind, why_not)`` for every checkpoint-looking thing under ``root``.
 
-    ``why_not`` is a reason to skip it (``None`` for a usable checkpoint).
+    ``why_not`` is a reason to skip it (``None`` for a usable checkpoint).  A folder reached
+    again through a symbolic link (``self -> .``, a loop, a second name) is searched once.
     """
+    seen: set = set()
+
     def visit(folder: PurePath, depth: int) -> Iterator[tuple[PurePath, str, str | None]]:
+        key = _identity(storage, folder)
+        if key in seen:
+            return
+        seen.add(key)
         try:
             entries = storage.listdir(folder)
         except OSError:
@@ -249,6 +268,10 @@ def discover(folder: str | os.PathLike | PurePath, skip_bad: bool = False, stora
             if from_inside:
                 continue
             inside.discard(step)
+        elif step in found and _identity(storage, path) == _identity(storage, found[step].path):
+            # The same file under a second name (a symbolic link): one checkpoint, not two.
+            skipped.append((path, f"the same file as {storage.display(found[step].path)}"))
+            continue
         elif step in found:
             problem = f"has the same step ({step}) as {storage.display(found[step].path)}"
             if not skip_bad:
