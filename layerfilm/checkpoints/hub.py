@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import quote
 
 from .discover import parse_step
+from ..untrusted import within
 from .remote import RemoteStorage, log, on_exit
 from .transfer import Answer, Entry, RemoteError, Transient, human_bytes, retrying, status_error
 
@@ -254,6 +255,8 @@ class HubStorage(HubClient):
 
         name, commit = self.revision_of(path)
         inside = "/".join(PurePosixPath(path).parts[2:])
+        # A listed name joined into huggingface_hub's cache folder: checked as every such name is.
+        within(ROOT, inside, self.display(path), "file name")
         kwargs = dict(repo_id=self.repo_id, filename=inside, revision=commit, repo_type=self.repo_type)
         cached = try_to_load_from_cache(**kwargs)
         if isinstance(cached, str):
