@@ -18,6 +18,7 @@ from .config import (SUFFIXES, PublishConfig, RenderConfig, option_names, option
                      options_toml)
 from .errors import ConfigError, LayerfilmError, first_line
 from .manifest import FRAMES_MANIFEST, manifest_path
+from .untrusted import load_json
 
 INLINE = (".gif", ".webp")  # formats a Markdown image shows (and every browser plays)
 COMPANION_SUFFIXES = (".png", ".jpg", ".jpeg", ".csv", ".json", ".svg")

@@ -20,7 +20,7 @@ import numpy as np
 from .errors import CheckpointError
 
 MAX_JSON_DEPTH = 64  # far above any real file's nesting (headers 3, trainer states 4, configs ~6)
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)  # unrolled: one step per run of plain text
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 
 
@@ -46,7 +46,8 @@ def within(folder: PurePath, name: str | os.PathLike, where: str | os.PathLike |
     if (not text or "\x00" in text or parts[0] == "" or PurePath(text).is_absolute()
             or ".." in parts or all(p in ("", ".") for p in parts)):
         raise CheckpointError(f"refused {what} {text!r}: it leads outside its folder "
-                              f"({folder}); nothing was read or written there", where if where is not None else folder)
+                              f"({folder}); nothing was read or written there",
+                              folder if where is None else where)
     return folder / text
 
 
