@@ -1,12 +1,17 @@
-"""Untrusted inputs (issue #29, the loading side): names from outside never lead out of their
-folder, JSON nesting is bounded, and the parsers of JSON and safetensors headers survive
-random nesting and sizes with one-line errors."""
+"""Untrusted inputs (issue #29, the loading side), against real files, real processes and
+moto's S3 server: names from outside never lead out of their folder; JSON nesting is bounded
+(and the JSON and safetensors header parsers survive seeded random nesting and sizes); declared
+sizes meet a memory budget and the panels the frame before any data is read; interrupted
+remote renders remove their downloads; listings are retried; a checkpoint seen again through
+a symbolic link is not a second one.  docs/security.md names each test."""
 
 from __future__ import annotations
 
 import json
+import os
 import struct
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +22,12 @@ from layerfilm.errors import CheckpointError
 
 from conftest import gpt_state, write_run
 from servers import Proxy, s3_put, tree
+
+# Fixtures shared with the S3 tests: moto's server and the proxy that points fsspec at it.
+try:
+    from test_remote_s3 import moto, s3  # noqa: F401
+except pytest.skip.Exception:  # no s3fs or moto here: the tests that need them skip
+    pass
 
 runner = CliRunner()
 FAST = ["--fps", "2", "--size", "128x72", "-q", "--no-cache"]
@@ -77,6 +88,8 @@ def test_object_keys_with_dots_are_refused_and_nothing_is_written_outside(tmp_pa
     line = one_line(cli(*args), f"{url}/step-100", "refused object name '..'")
     assert "leads outside its folder" in line
     _untouched(outside)
+    kept = Path(os.environ["LAYERFILM_CACHE_DIR"]) / "downloads"
+    assert not kept.exists() or not any(kept.rglob("*.distcp"))  # refused before any download
     assert not (tmp_path / "f.gif").exists() and not (tmp_path / "st").exists()
     skipped = cli(*args, "--skip-bad")
     assert skipped.exit_code == 0, skipped.output
@@ -411,10 +424,3 @@ def test_a_symlink_to_the_folder_itself_or_a_checkpoint_is_not_a_second_checkpoi
     (run / "step_000300_best.safetensors").unlink()
     (run / "step_000300_best.safetensors").write_bytes((run / "step_000300.safetensors").read_bytes())
     one_line(cli("info", run), str(run / "step_000300_best.safetensors"), "has the same step (300)")
-
-
-# Fixtures shared with the S3 tests: moto's server and the proxy that points fsspec at it.
-try:
-    from test_remote_s3 import moto, s3  # noqa: E402,F401
-except pytest.skip.Exception:  # no s3fs or moto here: those tests skip themselves
-    pass
