@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 import re
 import zlib
 
@@ -327,6 +328,30 @@ def check_fits(where: str, layer: Layer, shapes: dict[str, tuple[int, ...]]) -> 
                 f"tensor {s.tensor!r} has shape {list(shape)}, which no longer fits the layout "
                 f"planned from the first checkpoint (needs width {layer.dim} and at least "
                 f"{need} {'rows' if s.axis == 0 else 'columns'})", where)
+
+
+def read_memory(layers: list[Layer], shapes: dict[str, tuple[int, ...]], itemsize=None
+                ) -> tuple[int, str, int]:
+    """``(bytes, tensor, its bytes)``: the memory that reading ``layers`` from one checkpoint
+    takes -- the stored bytes fetched (a 2-D tensor's drawn rows; the whole tensor where
+    columns or another rank are drawn, as the readers fetch them) and the float32 cloud each
+    panel becomes -- and the tensor that takes most.  Computed from the declared shapes alone,
+    so a header that declares 10^12 elements is refused before one is read.
+    ``itemsize(name)``: bytes per stored element (4 when the reader does not say)."""
+    total, worst, worst_bytes = 0, "", -1
+    for layer in layers:
+        for s in layer.sources:
+            shape = shapes.get(s.tensor, ())
+            size = itemsize(s.tensor) if itemsize is not None else 4
+            if len(shape) == 2 and s.axis == 0:
+                stored = len(s.index) * shape[1] * size
+            else:
+                stored = math.prod(shape) * size
+            need = stored + len(s.index) * layer.dim * 4
+            total += need
+            if need > worst_bytes:
+                worst, worst_bytes = s.tensor, need
+    return total, worst, worst_bytes
 
 
 POINT_KINDS = ("neurons", "embeddings", "rows", "cols")

@@ -160,6 +160,38 @@ def _header_fields(plan: Plan, cfg: RenderConfig) -> tuple[dict, tuple]:
     return fields, tuple(widest)
 
 
+def _frame_spec(cfg: RenderConfig, layers, labels: list[str], captions: list[tuple[int, str]],
+                extents=None, title: str = "", widest: tuple = ()) -> compose.FrameSpec:
+    """What the frame has to hold (see :class:`compose.FrameSpec`): the one description both
+    the plan-time fit check and the film's layout measure."""
+    lf = compose.fonts(cfg.size)[1]
+    one_line = cfg.size[0] - 2 * max(4, lf // 2)
+    groups = [l.group for l in layers]  # encoder/decoder row bands, unless reordered
+    points = np.array([l.n_points for l in layers])
+    return compose.FrameSpec(
+        cfg.size, tuple(labels), tuple(points), extents,
+        tuple(groups) if groups == sorted(groups) else None, title, widest,
+        captions=(2 if any(compose.text_width(t, lf) > one_line for _, t in captions) else 1)
+        if captions else 0, caption=cfg.caption is not None,
+        strip=overlays.strip_height(cfg.size) if cfg.loss_strip else 0,
+        shared=cfg.scale == "shared", point_size=cfg.point_size, cues=cfg.cues)
+
+
+def panels_fit(cfg: RenderConfig):
+    """A check for :func:`~layerfilm.plan.make_plan` to run once the panels are planned from
+    the first checkpoint: :class:`ConfigError` when they cannot fit in a ``cfg.size`` frame,
+    before any other checkpoint is opened or any data read (100,000 panels were refused only
+    after a minute of loading).  How far each panel's dots reach is not known yet; whether the
+    panels fit at all does not depend on it."""
+    def check(layers) -> None:
+        captions = checkpoints.load_captions(cfg.captions) if cfg.captions is not None else []
+        spec = _frame_spec(cfg, layers, [l.label for l in layers], captions)
+        if cfg.order == "settle":  # panels reordered later may lose their bands: the looser case
+            spec = dataclasses.replace(spec, groups=None)
+        compose.grid_layout(spec)
+    return check
+
+
 def prepare(plan: Plan, keys: Keyframes, cfg: RenderConfig, measured: Drift | None = None) -> Film:
     """Everything about the film that is fixed before its first frame (see :class:`Film`).
 
@@ -175,21 +207,14 @@ def prepare(plan: Plan, keys: Keyframes, cfg: RenderConfig, measured: Drift | No
     extremes = interpolate.curve_extremes(keys.P, times)
     fields, widest = _header_fields(plan, cfg)
     captions = checkpoints.load_captions(cfg.captions) if cfg.captions is not None else []
-    lf = compose.fonts(cfg.size)[1]
-    one_line = cfg.size[0] - 2 * max(4, lf // 2)
-    groups = [l.group for l in plan.layers]  # encoder/decoder row bands, unless reordered
     labels = [l.label for l in plan.layers]
     for l, panel in enumerate(keys.panels):
         if panel.get("plane"):  # a Fourier plane: say which frequency the ring is drawn in
             labels[l] = f"{labels[l]} k {panel['k']}/{panel['period']}"
     points = np.array([l.n_points for l in plan.layers])
-    layout = compose.grid_layout(compose.FrameSpec(
-        cfg.size, tuple(labels), tuple(points), project.axis_ranges(extremes, starts),
-        tuple(groups) if groups == sorted(groups) else None, cfg.title or plan.name, widest,
-        captions=(2 if any(compose.text_width(t, lf) > one_line for _, t in captions) else 1)
-        if captions else 0, caption=cfg.caption is not None,
-        strip=overlays.strip_height(cfg.size) if cfg.loss_strip else 0,
-        shared=cfg.scale == "shared", point_size=cfg.point_size, cues=cfg.cues))
+    layout = compose.grid_layout(_frame_spec(cfg, plan.layers, labels, captions,
+                                             project.axis_ranges(extremes, starts),
+                                             cfg.title or plan.name, widest))
     rasterizer = raster.Rasterizer(cfg.size, layout.rects, layout.scale, layout.sigma, starts)
     shader = shade.Shader(rasterizer.span(keys.P), cfg.color_scale)
     extras: list[compose.Overlay] = [

@@ -26,6 +26,7 @@ import numpy as np
 from . import __version__, atomic, cache, checkpoints, config as config_mod, encode
 from .config import Remote, RenderConfig
 from .errors import CheckpointError, ConfigError, LayerfilmError
+from .untrusted import load_json, within
 
 FORMAT = 2  # manifest layout version (1: every file's full sha256; still read)
 FRAMES_MANIFEST = "manifest.json"  # the manifest inside a --frames folder
@@ -261,7 +262,7 @@ def _model_config(plan) -> dict[str, Any] | None:
                       last / MODEL_CONFIG):
         try:
             if storage.is_file(candidate) and storage.size(candidate) <= _MODEL_CONFIG_MAX:
-                doc = json.loads(storage.read(candidate, 0, storage.size(candidate)))
+                doc = load_json(storage.read(candidate, 0, storage.size(candidate)))
                 if isinstance(doc, dict):
                     return doc
         except (OSError, ValueError):
@@ -291,7 +292,7 @@ def write(config: RenderConfig, result, staged: atomic.Staged) -> dict[str, Any]
 def load(path: Path) -> dict[str, Any]:
     """Read a manifest; a missing, unreadable or foreign file is a one-line :class:`ConfigError`."""
     try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        doc = load_json(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError("no such manifest", path) from None
     except (OSError, UnicodeDecodeError) as e:
@@ -358,13 +359,14 @@ def check_inputs(doc: dict[str, Any], path: Path, config: RenderConfig) -> list[
     where = str(config.checkpoints)
     if not isinstance(config.checkpoints, Remote):
         for entry in recorded:
-            p = Path(config.checkpoints) / entry["path"]
+            p = within(Path(config.checkpoints), str(entry["path"]), path, "file entry")
             if not p.is_file():
                 raise CheckpointError(f"listed in {path} but missing; cannot reproduce the film", p)
     loss = doc["checkpoints"].get("loss") or {}
     local = not isinstance(config.checkpoints, Remote)
     if loss.get("source") == "file" and "sha256" in loss and (local or config.metrics is not None):
-        lp = config.metrics if config.metrics is not None else Path(config.checkpoints) / loss["path"]
+        lp = config.metrics if config.metrics is not None else \
+            within(Path(config.checkpoints), str(loss["path"]), path, "loss log entry")
         if not lp.is_file():
             raise CheckpointError(f"listed in {path} but missing; cannot reproduce the film", lp)
         if cache.sha256_file(lp, False) != loss["sha256"]:

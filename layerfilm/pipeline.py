@@ -59,7 +59,7 @@ def render(config: RenderConfig, progress: Progress = QUIET) -> RenderResult:
     cfg = config.validated()
     t0 = time.perf_counter()
     with atomic.Staged() as staged, cluster.runner(cluster.scheduler_address(cfg.scheduler)) as run:
-        plan = make_plan(cfg, cfg.metrics)
+        plan = make_plan(cfg, cfg.metrics, frames.panels_fit(cfg))
         for path, why in plan.skipped:  # known before any layout is computed
             progress.warn(f"skipped {path}: {why}")
         if cfg.loss_strip and plan.loss is None:

@@ -4,7 +4,9 @@ the checkpoints (in step order), the panels and their points, and the loss curve
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path, PurePath
+from typing import Callable
 
 import numpy as np
 
@@ -87,7 +89,49 @@ class Plan:
         return dataclasses.replace(self, layers=[self.layers[l] for l in order])
 
 
-def make_plan(selection: Selection, metrics: Path | None = None) -> Plan:
+# Checkpoints in memory at once while layouts are made: the one projected and the next, whose
+# drawn rows are fetched meanwhile (layouts.py).
+IN_FLIGHT = 2
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to this process now (``MemAvailable``: free memory plus what
+    the kernel can reclaim), else free pages; ``None`` where the system does not say."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def check_memory(where: str, itemsize: int | None, layers: list[extract.Layer], shapes: dict,
+                 budget: int | None, given: bool) -> None:
+    """Refuse (:class:`CheckpointError` naming the checkpoint) a plan whose reads would take
+    more than ``budget`` bytes (``given``: it is ``--max-memory``, else what is available),
+    before a byte of data is read: a declared 10^6 x 10^6 tensor otherwise reads until the
+    process is killed."""
+    if budget is None:
+        return
+    need, tensor, alone = extract.read_memory(layers, shapes, itemsize)
+    need *= IN_FLIGHT
+    if need > budget:
+        human = checkpoints.human_bytes
+        limit = "--max-memory" if given else "available memory"
+        raise CheckpointError(
+            f"reading the drawn points would take about {human(need)} of memory (tensor "
+            f"{tensor!r}, shape {list(shapes.get(tensor, ()))}, {human(alone)} alone), more than "
+            f"the {human(budget)} of {limit}; draw fewer points (--max-points, --tensor) or "
+            "raise --max-memory", where)
+
+
+def make_plan(selection: Selection, metrics: Path | None = None,
+              check_panels: Callable[[list[extract.Layer]], None] | None = None) -> Plan:
     """Discover the checkpoints of ``selection.checkpoints``, pick ``selection.steps`` and plan
     the panels from the first one (``points``/``tensor``/``layer_pattern``/``max_points``/
     ``seed``: what to draw, see :func:`extract.plan_panels`).
@@ -98,6 +142,11 @@ def make_plan(selection: Selection, metrics: Path | None = None) -> Plan:
     checkpoints must be one training run (``checkpoints.check_one_run``; ``selection.run``
     picks one of several).  The loss curve comes from ``metrics`` when given, else from what
     lies beside the checkpoints.
+
+    The panels are checked as soon as they are planned from the first checkpoint, before any
+    other is opened: against ``check_panels`` (a render: do they fit in the frame?) and
+    against the memory their reads take (:func:`check_memory`, ``selection.max_memory`` or what
+    is available).
     """
     sel = selection
     location = sel.checkpoints
@@ -119,15 +168,34 @@ def make_plan(selection: Selection, metrics: Path | None = None) -> Plan:
     # Every checkpoint is opened (headers, indexes, DCP metadata) and checked against the plan
     # before any data is read: a bad one late in a long series fails in seconds, not after
     # minutes of work, and --skip-bad knows what it leaves out before the film starts.
-    headers = _headers(refs, sel.skip_bad, newest, skipped, storage)
-    odd = checkpoints.check_one_run([(ref, shapes) for ref, _, shapes, _ in headers], folder, storage)
-    layers: list[extract.Layer] | None = None
+    budget = sel.memory_budget
+    given = budget is not None
+    budget = budget if given else available_memory()
+    planned: list[list[extract.Layer]] = []
+
+    def plan_first(where: str, shapes: dict, itemsize: int | None) -> None:
+        # The panels are planned, and checked, from the first checkpoint that opens, before any
+        # other is opened: panels that cannot fit, or reads too big for memory, fail at once.
+        try:
+            layers = extract.plan_panels(shapes, sel.max_points, sel.seed, sel.points, sel.tensor,
+                                         sel.layer_pattern)
+        except CheckpointError as e:
+            raise CheckpointError(e.problem, where) from None
+        if check_panels is not None:
+            check_panels(layers)
+        check_memory(where, itemsize, layers, shapes, budget, given)
+        planned.append(layers)
+
+    headers = _headers(refs, sel.skip_bad, newest, skipped, storage, plan_first)
+    odd = checkpoints.check_one_run([(ref, shapes) for ref, _, shapes, _, _ in headers], folder, storage)
+    layers = planned[0] if planned else None
     good: list[checkpoints.CheckpointRef] = []
     identities = []
-    for ref, where, shapes, files in headers:
+    for ref, where, shapes, files, itemsize in headers:
         try:
-            for layer in layers or ():
+            for layer in layers:
                 extract.check_fits(where, layer, shapes)
+            check_memory(where, itemsize, layers, shapes, budget, given)
             if ref in odd:
                 raise CheckpointError(odd[ref], where)
         except CheckpointError as e:
@@ -135,12 +203,6 @@ def make_plan(selection: Selection, metrics: Path | None = None) -> Plan:
                 raise in_the_way(e, ref.step == newest) from None
             skipped.append((e.path, e.problem))
             continue
-        if layers is None:
-            try:
-                layers = extract.plan_panels(shapes, sel.max_points, sel.seed, sel.points, sel.tensor,
-                                             sel.layer_pattern)
-            except CheckpointError as e:
-                raise CheckpointError(e.problem, where) from None
         good.append(ref)
         identities.append(files)
     if len(good) < 2 or layers is None:
@@ -159,22 +221,28 @@ def make_plan(selection: Selection, metrics: Path | None = None) -> Plan:
     return plan
 
 
-def _headers(refs: list[checkpoints.CheckpointRef], skip_bad: bool, newest: int,
-             skipped: list, storage: Storage) -> list[tuple[checkpoints.CheckpointRef, str, dict, tuple]]:
-    """``(ref, where, shapes, identities)`` of every checkpoint that opens: its files'
+def _headers(refs: list[checkpoints.CheckpointRef], skip_bad: bool, newest: int, skipped: list,
+             storage: Storage, first: Callable[[str, dict, int | None], None]
+             ) -> list[tuple[checkpoints.CheckpointRef, str, dict, tuple, int | None]]:
+    """``(ref, where, shapes, identities, itemsize)`` of every checkpoint that opens: its files'
     identities taken first, then headers only, so what each holds is known before any data is
-    read; one that does not open stops the film (``skip_bad``: it joins ``skipped``)."""
+    read; ``first(where, shapes, itemsize)`` is called on the first that opens, before any
+    other is opened.  One that does not open stops the film (``skip_bad``: it joins
+    ``skipped``)."""
     out = []
     for ref in refs:
         try:
             files = ref.file_identities()  # before its first byte is read: a rewrite shows
             ckpt = ref.open()
-            out.append((ref, ckpt.where, ckpt.shapes(), files))
+            out.append((ref, ckpt.where, ckpt.shapes(), files, getattr(ckpt, "itemsize", None)))
             del ckpt  # a torch pickle holds its tensors: one at a time
         except CheckpointError as e:
             if not skip_bad:
                 raise in_the_way(e, ref.step == newest) from None
             skipped.append((e.path if e.path else storage.display(ref.path), e.problem))
+            continue
+        if len(out) == 1:
+            first(*out[0][1:3], out[0][4])
     return out
 
 

@@ -18,6 +18,7 @@ from .config import (SUFFIXES, PublishConfig, RenderConfig, option_names, option
                      options_toml)
 from .errors import ConfigError, LayerfilmError, first_line
 from .manifest import FRAMES_MANIFEST, manifest_path
+from .untrusted import load_json
 
 INLINE = (".gif", ".webp")  # formats a Markdown image shows (and every browser plays)
 COMPANION_SUFFIXES = (".png", ".jpg", ".jpeg", ".csv", ".json", ".svg")
@@ -83,7 +84,7 @@ def collect(films: list[Path], path_in_repo: str = "") -> list[Film]:
         side = manifest_path(film)
         if side.is_file():
             try:
-                doc = json.loads(side.read_text(encoding="utf-8"))
+                doc = load_json(side.read_text(encoding="utf-8"))
             except (OSError, ValueError) as e:
                 raise LayerfilmError(f"cannot read the manifest: {e}", side) from None
             _check_film_matches(film, side, doc)

@@ -180,7 +180,7 @@ def test_shared_options_are_stats_parameters_with_render_defaults_and_types():
     names = config.option_names(StatsConfig)
     assert names == ["settle_threshold", "settle_fraction", "rebel_z", "projection", "fourier_ref",
                      "scheduler", "points", "tensor", "max_points", "seed", "steps", "layer_pattern", "skip_bad",
-                     "run", "revisions", "keep_downloads", "storage_options"]
+                     "run", "revisions", "keep_downloads", "storage_options", "max_memory"]
     names = [n for n in names if n not in config.FILE_ONLY]
     params = inspect.signature(cli.stats).parameters
     render, stats_ = typing.get_type_hints(RenderConfig), typing.get_type_hints(StatsConfig)
@@ -256,7 +256,7 @@ def test_print_config_round_trips_and_render_reads_it(tmp_path, monkeypatch, see
                          "# tensor is not set", "max_points = 2000", "seed = 3", 'steps = "::500"',
                          "# layer_pattern is not set", "skip_bad = true", "# run is not set",
                          "# revisions is not set", "keep_downloads = false",
-                         "# storage_options is not set"]
+                         "# storage_options is not set", "# max_memory is not set"]
     (tmp_path / "saved.toml").write_text(first.output)
     (tmp_path / "layerfilm.toml").unlink()
     again = runner.invoke(app, ["stats", "--print-config", "--config", "saved.toml"])

@@ -11,14 +11,14 @@ to find the step recorded inside it.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 from pathlib import Path, PurePath
 from typing import Iterator
 
 from ..errors import CheckpointError
-from .storage import LOCAL, Storage
+from ..untrusted import load_json, within
+from .storage import LOCAL, LocalStorage, Storage
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
@@ -82,10 +82,10 @@ class CheckpointRef:
         if self.path.name.endswith(".index.json"):
             try:
                 raw = st.read(self.path, 0, st.size(self.path))
-                shards = set(json.loads(raw)["weight_map"].values())
-            except (OSError, ValueError, KeyError, TypeError, AttributeError):
-                shards = set()
-            return [self.path] + sorted(self.path.parent / str(s) for s in shards)
+                shards = set(load_json(raw)["weight_map"].values())
+                return [self.path] + sorted(within(self.path.parent, str(s)) for s in shards)
+            except (OSError, ValueError, KeyError, TypeError, AttributeError, CheckpointError):
+                return [self.path]  # opening it names the problem
         return [self.path]
 
     def file_identities(self) -> tuple[tuple[PurePath, str], ...]:
@@ -211,7 +211,7 @@ def _trainer_state_step(storage: Storage, folder: PurePath) -> int | None:
     """``global_step`` from a Hugging Face ``trainer_state.json`` in ``folder``."""
     path = folder / "trainer_state.json"
     try:
-        step = json.loads(storage.read(path, 0, storage.size(path))).get("global_step")
+        step = load_json(storage.read(path, 0, storage.size(path))).get("global_step")
     except (OSError, ValueError, AttributeError):
         return None
     return step if isinstance(step, int) and step >= 0 else None
@@ -236,12 +236,31 @@ def _step_inside(storage: Storage, path: PurePath) -> int | None:
     return None
 
 
+def _identity(storage: Storage, path: PurePath) -> object:
+    """What names a file or folder whatever symbolic links lead to it: ``(st_dev, st_ino)`` on
+    this machine, the path itself in storages that have no links."""
+    if isinstance(storage, LocalStorage):
+        try:
+            st = os.stat(path)
+            return st.st_dev, st.st_ino
+        except OSError:
+            pass
+    return path
+
+
 def _find_units(storage: Storage, root: PurePath) -> Iterator[tuple[PurePath, str, str | None]]:
     """``(path, kind, why_not)`` for every checkpoint-looking thing under ``root``.
 
-    ``why_not`` is a reason to skip it (``None`` for a usable checkpoint).
+    ``why_not`` is a reason to skip it (``None`` for a usable checkpoint).  A folder reached
+    again through a symbolic link (``self -> .``, a loop, a second name) is searched once.
     """
+    seen: set = set()
+
     def visit(folder: PurePath, depth: int) -> Iterator[tuple[PurePath, str, str | None]]:
+        key = _identity(storage, folder)
+        if key in seen:
+            return
+        seen.add(key)
         try:
             entries = storage.listdir(folder)
         except OSError:
@@ -327,6 +346,10 @@ def discover(folder: str | os.PathLike | PurePath, skip_bad: bool = False, stora
             if from_inside:
                 continue
             inside.discard(step)
+        elif step in found and _identity(storage, path) == _identity(storage, found[step].path):
+            # The same file under a second name (a symbolic link): one checkpoint, not two.
+            skipped.append((path, f"the same file as {storage.display(found[step].path)}"))
+            continue
         elif step in found:
             problem = f"has the same step ({step}) as {storage.display(found[step].path)}"
             if not skip_bad:

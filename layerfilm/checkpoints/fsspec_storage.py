@@ -13,7 +13,8 @@ from pathlib import PurePath, PurePosixPath
 from typing import Any
 
 from .remote import WORKERS, RemoteStorage
-from .transfer import PREFIX_MAX, Answer, Entry, RemoteError, status_error, transient
+from .transfer import (PREFIX_MAX, Answer, Entry, RemoteError, Transient, retrying, status_error,
+                       transient)
 
 # The library each protocol needs, for the one line that says what to install.
 _NEEDS = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs",
@@ -85,6 +86,13 @@ class FsspecStorage(RemoteStorage):
         return self.display(path)
 
     def _list(self, folder: PurePath) -> list[Entry]:
+        """A folder's entries; a listing is retried as a read is (5xx, timeouts, dropped
+        connections; a bounded number of times), so one dropped connection does not make a
+        folder look missing."""
+        return retrying(lambda: self._list_once(folder), f"listing of {self.display(folder)}",
+                        self.traffic)
+
+    def _list_once(self, folder: PurePath) -> list[Entry]:
         self.traffic.add(requests=1)
         try:
             infos = self.fs.ls(self.url(folder), detail=True)
@@ -93,6 +101,11 @@ class FsspecStorage(RemoteStorage):
         except PermissionError as e:
             raise RemoteError(f"access denied ({_first(e)})") from None
         except Exception as e:  # noqa: BLE001 - library errors become one line
+            if transient(e) or (e.__cause__ is not None and transient(e.__cause__)):
+                raise Transient(_first(e)) from None
+            failure = _s3_error(e) if self.protocol in ("s3", "s3a") else None
+            if isinstance(failure, Transient):
+                raise failure from None  # s3fs hides a 5xx in the error's cause: retried
             if isinstance(e, OSError) and not _library_error(e):
                 raise
             raise RemoteError(_first(e)) from None

@@ -13,7 +13,6 @@ bytes from a server that ignores ``Range``).  Torch pickles are downloaded whole
 
 from __future__ import annotations
 
-import atexit
 import concurrent.futures
 import fnmatch
 import os
@@ -22,7 +21,8 @@ from typing import Any
 from urllib.parse import quote
 
 from .discover import parse_step
-from .remote import RemoteStorage, log
+from ..untrusted import within
+from .remote import RemoteStorage, log, on_exit
 from .transfer import Answer, Entry, RemoteError, Transient, human_bytes, retrying, status_error
 
 ROOT = PurePosixPath("/")
@@ -255,6 +255,8 @@ class HubStorage(HubClient):
 
         name, commit = self.revision_of(path)
         inside = "/".join(PurePosixPath(path).parts[2:])
+        # A listed name joined into huggingface_hub's cache folder: checked as every such name is.
+        within(ROOT, inside, self.display(path), "file name")
         kwargs = dict(repo_id=self.repo_id, filename=inside, revision=commit, repo_type=self.repo_type)
         cached = try_to_load_from_cache(**kwargs)
         if isinstance(cached, str):
@@ -331,7 +333,7 @@ def _remove_download(link: Path) -> None:
         pass
 
 
-@atexit.register
+@on_exit
 def _dispose() -> None:
     """Remove the pickles downloaded into the Hugging Face cache for this run only."""
     while _DISPOSABLE:

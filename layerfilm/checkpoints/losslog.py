@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 import math
 import os
 from pathlib import Path, PurePath
@@ -15,6 +14,7 @@ from typing import Iterable
 import numpy as np
 
 from ..errors import CheckpointError
+from ..untrusted import load_json
 from .discover import SAFETENSORS_SUFFIXES, CheckpointRef, parse_step
 from .storage import LOCAL, Storage
 
@@ -157,14 +157,14 @@ def _read_rows(storage: Storage, path: PurePath) -> list:
     try:
         text = _read_text(storage, path)
         if path.name == "trainer_state.json" or path.suffix.lower() == ".json":
-            rows = json.loads(text).get("log_history", [])
+            rows = load_json(text).get("log_history", [])
         elif path.suffix == ".csv":
             rows = list(csv.DictReader(io.StringIO(text, newline="")))
         else:
             for line in text.splitlines():
                 try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
+                    rows.append(load_json(line))
+                except ValueError:  # not JSON, or nested too deeply
                     continue
     except (OSError, ValueError, AttributeError):
         return []
@@ -204,7 +204,7 @@ def checkpoint_tokens(refs: Iterable[CheckpointRef], loss: LossCurve | None = No
             state = (ref.path if storage.is_dir(ref.path) else ref.path.parent) / "trainer_state.json"
             if storage.is_file(state):
                 try:
-                    tokens = _float(json.loads(_read_text(storage, state)).get("num_input_tokens_seen"))
+                    tokens = _float(load_json(_read_text(storage, state)).get("num_input_tokens_seen"))
                 except (OSError, ValueError, AttributeError):
                     tokens = None
                 # 0 is what a Trainer that does not count tokens writes: only true at step 0.
@@ -231,9 +231,9 @@ def load_captions(path: str | os.PathLike) -> list[tuple[int, str]]:
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"line {n}: not JSON ({e.msg})", path) from None
+            row = load_json(line)
+        except ValueError as e:
+            raise CheckpointError(f"line {n}: not JSON ({getattr(e, 'msg', e)})", path) from None
         step = row.get("step") if isinstance(row, dict) else None
         caption = row.get("text") if isinstance(row, dict) else None
         if not isinstance(step, int) or isinstance(step, bool) or step < 0 or not isinstance(caption, str):

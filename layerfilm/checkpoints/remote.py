@@ -36,6 +36,7 @@ from pathlib import Path, PurePath
 from typing import Iterable, Sequence
 
 from .. import atomic
+from ..untrusted import within
 from .storage import cache_root, coalesce
 from .transfer import (PREFIX_MAX, TOTAL, Answer, Entry, RemoteError, Traffic, Transient, drain, human_bytes,
                        retrying, status_error)
@@ -258,7 +259,7 @@ class RemoteStorage:
 
     def _spill(self, path: PurePath, entry: Entry, chunks: Iterable[bytes]) -> Path:
         """Stream a whole-file body to a local copy (checked against the listed size)."""
-        dest = self._copy_path(path) / path.name
+        dest = within(self._copy_path(path), path.name, self.display(path), "file name")
         tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{threading.get_ident()}.part")
         tmp.parent.mkdir(parents=True, exist_ok=True)
         n = 0
@@ -295,16 +296,20 @@ class RemoteStorage:
 
     def local_path(self, path: PurePath) -> Path:
         """A local copy of a whole file (torch pickles) or folder (Distributed Checkpoints),
-        downloaded once, its size said first."""
+        downloaded once, its size said first.  Every listed name is checked (:func:`within`)
+        before anything is downloaded: a key such as ``run/step-100/../../x`` is refused, never
+        followed out of the folder."""
         if self.is_dir(path):
             files = self._walk(path)
             total = sum(self.size(f) for f in files)
             log.info("%s: downloading the whole folder (%s)", self.display(path), human_bytes(total))
             dest = self._copy_path(path)
             for f in files:
-                self._whole(f, dest / f.relative_to(path), quiet=True)
+                self._whole(f, within(dest, f.relative_to(path).as_posix(), self.display(path),
+                                      "object name"), quiet=True)
             return dest
-        return self._copy(path) or self._whole(path, self._copy_path(path) / path.name)
+        return self._copy(path) or self._whole(
+            path, within(self._copy_path(path), path.name, self.display(path), "file name"))
 
     def _whole(self, path: PurePath, dest: Path, quiet: bool = False) -> Path:
         entry = self._file(path)
@@ -330,10 +335,13 @@ class RemoteStorage:
             self._remember(path, dest)
         return dest
 
-    def _walk(self, folder: PurePath) -> list[PurePath]:
+    def _walk(self, folder: PurePath, top: PurePath | None = None) -> list[PurePath]:
+        """Every file under ``folder``; a listed name that would lead out of it (``..``) is
+        refused before it is listed or read (object stores list such keys as folders)."""
         out = []
         for p in self.listdir(folder):
-            out += self._walk(p) if self.is_dir(p) else [p]
+            within(folder, p.name, self.display(top or folder), "object name")
+            out += self._walk(p, top or folder) if self.is_dir(p) else [p]
         return out
 
     def _copy_path(self, path: PurePath) -> Path:
@@ -351,7 +359,7 @@ class RemoteStorage:
             return copy
         if self.keep_downloads:  # kept by an earlier run?
             try:
-                dest = self._copy_path(path) / path.name
+                dest = within(self._copy_path(path), path.name, self.display(path), "file name")
                 if dest.is_file() and dest.stat().st_size == self._file(path).size:
                     self._remember(path, dest)
                     return dest
@@ -404,6 +412,25 @@ def _assemble(blocks: list[tuple[tuple[int, int], bytes]], starts: list[int], st
 
 
 _TEMP: list[Path] = []
+_CLEANUPS: list = []
+
+
+def on_exit(fn):
+    """Run ``fn`` (removing this run's downloads) at exit, and from :func:`clean_up_now`."""
+    _CLEANUPS.append(fn)
+    atexit.register(fn)
+    return fn
+
+
+def clean_up_now() -> None:
+    """Remove what this run downloaded only for itself, now: an interrupted run leaves through
+    ``os._exit`` (see ``cli.main_entry``), which runs no exit handlers, and left its
+    ``layerfilm-downloads-*`` folder behind."""
+    for fn in list(_CLEANUPS):
+        try:
+            fn()
+        except Exception:  # noqa: BLE001 - the others are still removed
+            pass
 
 
 def _downloads_root(keep: bool) -> Path:
@@ -411,7 +438,7 @@ def _downloads_root(keep: bool) -> Path:
         return cache_root() / "downloads"
     if not _TEMP:
         _TEMP.append(Path(tempfile.mkdtemp(prefix="layerfilm-downloads-")))
-        atexit.register(shutil.rmtree, _TEMP[0], True)
+        on_exit(lambda folder=_TEMP[0]: shutil.rmtree(folder, True))
     return _TEMP[0]
 
 

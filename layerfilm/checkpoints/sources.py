@@ -11,7 +11,7 @@ from typing import Any
 
 from ..errors import CheckpointError
 from .storage import LOCAL, Storage
-from .transfer import RemoteError
+from .transfer import RemoteError, Transient
 
 _URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 
@@ -63,7 +63,7 @@ def open_source(location: str | os.PathLike, storage_options: dict[str, Any] | N
         storage.fs  # noqa: B018 - the library is there and the options are accepted
         _probe(storage, root)
         return Source(storage, root, text)
-    except RemoteError as e:
+    except (RemoteError, Transient) as e:
         raise CheckpointError(str(e), text) from None
     except TypeError as e:  # storage_options the library does not take
         raise CheckpointError(f"storage_options not accepted by {protocol}:// ({e})", text) from None
@@ -110,11 +110,11 @@ def buckets_url(url: str) -> bool:
 
 
 def _probe(storage, root: PurePath) -> None:
-    """List the root once, so that access problems are named now (a folder that is not there
-    is discovery's to name)."""
+    """List the root once, so that access problems -- and a server that kept failing after
+    every retry -- are named now (a folder that is not there is discovery's to name)."""
     try:
         storage.listdir(root)
-    except RemoteError:
+    except (RemoteError, Transient):
         raise
     except OSError:
         pass

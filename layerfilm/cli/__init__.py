@@ -44,8 +44,13 @@ def main_entry() -> None:
         sys.exit(e.exit_code)
     if code == 130:
         # Interrupted, and everything written cleaned up: leave now, with 130.  (A Dask client's
-        # exit handlers can otherwise turn the interrupt into death by SIGINT, exit -2.)
+        # exit handlers can otherwise turn the interrupt into death by SIGINT, exit -2.)  Exit
+        # handlers do not run on this way out: the run's temporary downloads go first.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        from ..checkpoints.remote import clean_up_now
+
+        clean_up_now()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(130)

@@ -26,6 +26,7 @@ from .common import (
     FractionOpt,
     KeepOpt,
     LayerPatternOpt,
+    MaxMemoryOpt,
     PointsOpt,
     RebelOpt,
     SchedulerOpt,
@@ -63,6 +64,7 @@ def info(
     fourier_ref: FourierRefOpt = None,
     revisions: RevisionsOpt = None,
     keep_downloads: KeepOpt = False,
+    max_memory: MaxMemoryOpt = None,
     config_file: Annotated[Optional[Path], typer.Option(
         "--config", help=f"Read options from this TOML file (as render does) instead of "
         f"./{CONFIG_FILE} or [tool.layerfilm] in ./pyproject.toml; options given here override "
@@ -77,8 +79,8 @@ def info(
                             frames_per_keyframe=frames_per_keyframe, max_points=max_points,
                             points=points, tensor=tensor, steps=steps, layer_pattern=layer_pattern,
                             skip_bad=skip_bad, run=run, revisions=revisions,
-                            keep_downloads=keep_downloads,
-                            projection=projection, fourier_ref=fourier_ref)
+                            keep_downloads=keep_downloads, projection=projection,
+                            fourier_ref=fourier_ref, max_memory=max_memory)
     config, _ = resolve(cli_config, _given_on_command_line(ctx), config_file)
     _notes(False)
     for line in describe(config):
@@ -114,6 +116,7 @@ def stats(
     run: RunOpt = None,
     revisions: RevisionsOpt = None,
     keep_downloads: KeepOpt = False,
+    max_memory: MaxMemoryOpt = None,
     config_file: Annotated[Optional[Path], typer.Option(
         "--config", help=f"Read options from this TOML file (as render does) instead of "
         f"./{CONFIG_FILE} or [tool.layerfilm] in ./pyproject.toml; stats uses the options it "
@@ -139,7 +142,7 @@ def stats(
                              projection=projection, fourier_ref=fourier_ref, layouts=layouts,
                              steps=steps, layer_pattern=layer_pattern, skip_bad=skip_bad, run=run,
                              revisions=revisions, keep_downloads=keep_downloads,
-                             scheduler=scheduler)
+                             scheduler=scheduler, max_memory=max_memory)
     config, path = resolve(cli_config, _given_on_command_line(ctx), config_file)
     if print_config:
         source = f"defaults < {path} < command line" if path else "defaults < command line"

@@ -126,6 +126,11 @@ RunOpt = Annotated[Optional[str], typer.Option(
          "(run1 for run1/checkpoint-50/), or named NAME before their step (runA for "
          "runA-step100.safetensors); '.' for those at the top. Two runs in one folder are "
          "refused without it.", show_default=False)]
+MaxMemoryOpt = Annotated[Optional[str], typer.Option(
+    "--max-memory", metavar="SIZE",
+    help="Most memory that reading the drawn points may take (8G, 512M, 1.5GiB) [default: what "
+         "is available when the checkpoints are planned]; more is refused before any is read.",
+    show_default=False)]
 SkipBadOpt = Annotated[bool, typer.Option(
     "--skip-bad", help="Leave out checkpoints that cannot be read or no longer fit (a warning "
     "names each) instead of stopping.")]

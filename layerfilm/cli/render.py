@@ -31,6 +31,7 @@ from .common import (
     FractionOpt,
     KeepOpt,
     LayerPatternOpt,
+    MaxMemoryOpt,
     PointsOpt,
     RebelOpt,
     RevisionsOpt,
@@ -148,6 +149,7 @@ def render(
     scheduler: SchedulerOpt = None,
     revisions: RevisionsOpt = None,
     keep_downloads: KeepOpt = False,
+    max_memory: MaxMemoryOpt = None,
     verify_inputs: Annotated[bool, typer.Option(
         "--verify-inputs", help="Record (and with --from-manifest check) the sha256 of every "
         "checkpoint file in full, not only of the bytes drawn.")] = False,
@@ -173,6 +175,7 @@ def render(
         layer_pattern=layer_pattern, skip_bad=skip_bad, run=run, fourier_ref=fourier_ref,
         scheduler=scheduler,
         revisions=revisions, keep_downloads=keep_downloads, verify_inputs=verify_inputs,
+        max_memory=max_memory,
     )
     given = _given_on_command_line(ctx)
     if from_manifest is not None:

@@ -7,7 +7,7 @@ from .files import (CONFIG_FILE, FILE_ONLY, POSITIONAL, RUN_ONLY, load_options_f
 from .resolve import resolve, validated_from, with_options
 from .schema import (COLOR_SCALES, ORDERS, POINTS, PROJECTIONS, REBEL_Z, SCALES, SETTLE_FRACTION,
                      SUFFIXES, TIMELINES, InfoConfig, PublishConfig, Remote, RenderConfig,
-                     Selection, StatsConfig, as_location, parse_size, parse_steps)
+                     Selection, StatsConfig, as_location, parse_memory, parse_size, parse_steps)
 from .validate import validate
 
 __all__ = [
@@ -16,5 +16,5 @@ __all__ = [
     "plain", "resolve", "validated_from", "with_options", "COLOR_SCALES", "ORDERS", "POINTS",
     "PROJECTIONS", "REBEL_Z", "SCALES", "SETTLE_FRACTION", "SUFFIXES", "TIMELINES", "InfoConfig",
     "PublishConfig", "Remote", "RenderConfig", "Selection", "as_location",
-    "StatsConfig", "parse_size", "parse_steps", "validate",
+    "StatsConfig", "parse_memory", "parse_size", "parse_steps", "validate",
 ]

@@ -53,6 +53,20 @@ def parse_steps(text: str) -> tuple[int | None, int | None, int | None]:
     return tuple(int(g) if g else None for g in m.groups())  # type: ignore[return-value]
 
 
+_MEMORY_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+                 "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+
+
+def parse_memory(text: str) -> int:
+    """``"8G"``, ``"500MB"``, ``"1.5GiB"``, ``"1000000"`` -> bytes (K/M/G/T: powers of 1000,
+    Ki/Mi/Gi/Ti: of 1024); raises :class:`ConfigError` otherwise."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?\s*", str(text), re.I)
+    if not m or float(m.group(1)) <= 0:
+        raise ConfigError(f"--max-memory must be a size such as 8G, 512M or 1.5GiB, got {text!r}",
+                          field="max_memory")
+    return int(float(m.group(1)) * _MEMORY_UNITS[(m.group(2) or "").lower()])
+
+
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 
@@ -108,7 +122,9 @@ class Selection(_Validated):
     ``tensor``/``layer_pattern`` decide the panels and their dots (``extract.plan_panels``), at
     most ``max_points`` a panel, subsampled with ``seed``; ``skip_bad`` leaves out unreadable
     checkpoints instead of stopping; ``run`` picks one training run of several in the folder
-    (``checkpoints.discover.in_run``).  Remote sources: ``revisions`` (globs of Hub ref names),
+    (``checkpoints.discover.in_run``); ``max_memory`` (text such as ``"8G"``, see
+    :attr:`memory_budget`) bounds the memory that reading the drawn points may take.  Remote
+    sources: ``revisions`` (globs of Hub ref names),
     ``storage_options`` (fsspec's, from a config file only), ``keep_downloads`` (keep whole
     files that had to be downloaded).
     """
@@ -125,6 +141,12 @@ class Selection(_Validated):
     revisions: str | None = None
     keep_downloads: bool = False
     storage_options: dict[str, Any] | None = None  # a config-file table, never a flag
+    max_memory: str | None = None  # kept as text, as typed; None: the memory available now
+
+    @property
+    def memory_budget(self) -> int | None:
+        """``max_memory`` in bytes, or ``None`` (then the memory available when planning)."""
+        return None if self.max_memory is None else parse_memory(self.max_memory)
 
     @property
     def step_range(self) -> tuple[int | None, int | None, int | None] | None:

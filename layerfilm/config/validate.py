@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import ConfigError
-from .schema import (PROJECTIONS, COLOR_SCALES, TIMELINES, SUFFIXES, ORDERS, SCALES, POINTS, REPO_TYPES, _REPO_ID, parse_steps, Remote, _URL)
+from .schema import (PROJECTIONS, COLOR_SCALES, TIMELINES, SUFFIXES, ORDERS, SCALES, POINTS, REPO_TYPES, _REPO_ID, parse_steps, Remote, _URL,
+                     parse_memory)
 
 
 # ---- validation: one check per field name ---------------------------------------------------
@@ -287,6 +288,12 @@ def _repo_id(c) -> None:
         _fail("repo_id", f"--repo-id must look like USER/NAME, got {c.repo_id!r}")
 
 
+@_check("max_memory")
+def _max_memory(c) -> None:
+    if c.max_memory is not None:
+        parse_memory(c.max_memory)
+
+
 @_check("bucket")
 def _bucket(c) -> None:
     if c.bucket is not None and not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(/[^/]+)*/?",
@@ -305,7 +312,7 @@ _ORDER = ("checkpoints", "revisions", "storage_options", "output", "fps", "frame
           "points", "tensor", "order", "settle_threshold", "settle_fraction", "rebel_z", "metrics",
           "stills_dir", "stills_every", "steps", "timeline", "point_size", "scale", "title",
           "caption", "captions", "tokens_per_step", "layer_pattern", "run", "out", "repo_id", "bucket",
-          "repo_type", "cmap")
+          "repo_type", "max_memory", "cmap")
 assert set(_ORDER) == set(_CHECKS)
 
 

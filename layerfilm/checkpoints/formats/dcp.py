@@ -11,6 +11,7 @@ from pathlib import Path, PurePath
 import numpy as np
 
 from ...errors import CheckpointError, first_line
+from ...untrusted import within
 from ..storage import LOCAL, Storage
 from .pickles import tensor_to_numpy
 
@@ -92,7 +93,7 @@ class DcpCheckpoint:
         for index, info in (self._meta.storage_data or {}).items():
             if index.fqn not in self._shapes:
                 continue
-            p = self.path / str(info.relative_path)
+            p = within(self.path, str(info.relative_path), self.where, "data file")
             if Path(str(info.relative_path)).name != str(info.relative_path):
                 raise CheckpointError(f"metadata names a data file outside the folder: "
                                       f"{info.relative_path!r}", self.where)
@@ -106,6 +107,10 @@ class DcpCheckpoint:
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return dict(self._shapes)
+
+    def itemsize(self, name: str) -> int:
+        """Bytes per stored element of ``name`` (for the memory a read will take)."""
+        return self._dtypes[name].itemsize
 
     def read(self, name: str, index: np.ndarray | None = None, axis: int = 0) -> np.ndarray:
         import warnings

@@ -8,7 +8,6 @@ touched.  Data then comes as byte ranges from the storage: the rows that are dra
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import struct
 import weakref
@@ -17,6 +16,7 @@ from pathlib import Path, PurePath
 import numpy as np
 
 from ...errors import CheckpointError
+from ...untrusted import JSONTooDeep, load_json
 from ..storage import LOCAL, Storage, coalesce
 
 _MAX_HEADER = 100 * 1024 * 1024
@@ -64,8 +64,10 @@ class SafetensorsFile:
         except OSError as e:
             raise CheckpointError(f"cannot read: {e.strerror or e}", self.where) from None
         try:
-            header = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+            header = load_json(raw)
+        except JSONTooDeep as e:
+            raise CheckpointError(f"corrupt safetensors header ({e})", self.where) from None
+        except ValueError:  # not UTF-8, not JSON
             raise CheckpointError("corrupt safetensors header (not valid JSON)", self.where) from None
         if not isinstance(header, dict):
             raise CheckpointError("corrupt safetensors header (not a JSON object)", self.where)
@@ -104,6 +106,10 @@ class SafetensorsFile:
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {k: shape for k, (dtype, shape, _) in self._entries.items() if dtype in FLOAT_DTYPES}
+
+    def itemsize(self, name: str) -> int:
+        """Bytes per stored element of tensor ``name`` (for the memory a read will take)."""
+        return DTYPES[self._entries[name][0]].itemsize
 
     def read(self, name: str, index: np.ndarray | None = None, axis: int = 0) -> np.ndarray:
         dtype, shape, _ = self._entries[name]

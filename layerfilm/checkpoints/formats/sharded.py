@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path, PurePath
 
 import numpy as np
 
 from ...errors import CheckpointError
+from ...untrusted import JSONTooDeep, load_json, within
 from ..storage import LOCAL, Storage
 
 
@@ -26,7 +26,9 @@ class ShardedCheckpoint:
         except OSError as e:
             raise CheckpointError(f"cannot read: {e.strerror or e}", self.where) from None
         try:
-            weight_map = json.loads(raw)["weight_map"]
+            weight_map = load_json(raw)["weight_map"]
+        except JSONTooDeep as e:
+            raise CheckpointError(f"not a sharded-checkpoint index ({e})", self.where) from None
         except (ValueError, KeyError, TypeError):
             raise CheckpointError("not a sharded-checkpoint index (no valid JSON 'weight_map')",
                                   self.where) from None
@@ -35,9 +37,9 @@ class ShardedCheckpoint:
         self.metadata: dict[str, str] = {}
         shards = {}
         for shard in sorted(set(map(str, weight_map.values()))):
+            p = within(self.path.parent, shard, self.where, "shard")
             if PurePath(shard).name != shard or shard.startswith("."):
                 raise CheckpointError(f"the index names a shard outside its folder: {shard!r}", self.where)
-            p = self.path.parent / shard
             if not storage.is_file(p):
                 raise CheckpointError(f"shard {shard} listed in the index is missing", self.where)
             shards[shard] = open_file(p, storage)
@@ -55,6 +57,10 @@ class ShardedCheckpoint:
 
     def read(self, name: str, index: np.ndarray | None = None, axis: int = 0) -> np.ndarray:
         return self._where[name].read(name, index, axis)
+
+    def itemsize(self, name: str) -> int:
+        """Bytes per stored element of ``name``, as its shard says (4 when it does not)."""
+        return getattr(self._where[name], "itemsize", lambda _: 4)(name)
 
     def read_into(self, name: str, index: np.ndarray, axis: int, out: np.ndarray) -> None:
         source = self._where[name]
