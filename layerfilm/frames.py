@@ -191,7 +191,7 @@ def prepare(plan: Plan, keys: Keyframes, cfg: RenderConfig, measured: Drift | No
         strip=overlays.strip_height(cfg.size) if cfg.loss_strip else 0,
         shared=cfg.scale == "shared", point_size=cfg.point_size, cues=cfg.cues))
     rasterizer = raster.Rasterizer(cfg.size, layout.rects, layout.scale, layout.sigma, starts)
-    shader = shade.Shader(rasterizer.span(keys.P), cfg.color_scale)
+    shader = shade.Shader(rasterizer.span(keys.P, times), cfg.color_scale)
     extras: list[compose.Overlay] = [
         overlays.Header(layout, cfg.title or plan.name, fields, n_frames),
         overlays.ScaleBars(layout), overlays.Legend(layout, shader)]
