@@ -160,6 +160,13 @@ def _header_fields(plan: Plan, cfg: RenderConfig) -> tuple[dict, tuple]:
     return fields, tuple(widest)
 
 
+def _share_range(panel: dict) -> tuple[float, float] | None:
+    """The lowest and highest share of a panel's variance on its drawn axes over the film's
+    keyframes, as its projection measured them (None for UMAP, which measures none)."""
+    lo, hi = panel.get("share_min"), panel.get("share_max")
+    return None if lo is None or hi is None else (float(lo), float(hi))
+
+
 def prepare(plan: Plan, keys: Keyframes, cfg: RenderConfig, measured: Drift | None = None) -> Film:
     """Everything about the film that is fixed before its first frame (see :class:`Film`).
 
@@ -189,7 +196,8 @@ def prepare(plan: Plan, keys: Keyframes, cfg: RenderConfig, measured: Drift | No
         captions=(2 if any(compose.text_width(t, lf) > one_line for _, t in captions) else 1)
         if captions else 0, caption=cfg.caption is not None,
         strip=overlays.strip_height(cfg.size) if cfg.loss_strip else 0,
-        shared=cfg.scale == "shared", point_size=cfg.point_size, cues=cfg.cues))
+        shared=cfg.scale == "shared", point_size=cfg.point_size, cues=cfg.cues,
+        shares=tuple(_share_range(panel) for panel in keys.panels) if keys.panels else ()))
     rasterizer = raster.Rasterizer(cfg.size, layout.rects, layout.scale, layout.sigma, starts)
     shader = shade.Shader(rasterizer.span(keys.P, times), cfg.color_scale)
     extras: list[compose.Overlay] = [
@@ -203,10 +211,11 @@ def prepare(plan: Plan, keys: Keyframes, cfg: RenderConfig, measured: Drift | No
     if measured is not None and cfg.drift:
         extras.append(overlays.DriftBars(layout.rects, measured.rate, times))
     live = measured is not None and (cfg.cues or cfg.order == "settle")
+    pinned = interpolate.outside_counts(keys.P, times, rasterizer.limits, starts, extremes)
     extras.append(cues.PanelCues(
         layout, times, plan.steps, points, measured.rate if live else None,
         measured.settle_steps(Settling.of(cfg)) if live else None,
-        measured.rebel if live else None, cfg.rebel_z, announce=cfg.order == "settle"))
+        measured.rebel if live else None, cfg.rebel_z, announce=cfg.order == "settle",
+        pinned=pinned))
     return Film(keys.P, times, plan.steps.astype(np.float64), layout, starts, shader, labels,
-                n_frames, tuple(extras),
-                interpolate.outside_counts(keys.P, times, rasterizer.limits, starts, extremes))
+                n_frames, tuple(extras), pinned)
