@@ -401,3 +401,14 @@ def test_scale_bar_says_the_captured_variance(tmp_path, monkeypatch, index_frame
         for frame in index_frames[::3]:
             assert _ink_contains(frame[y0:y1, x0:x1] != 0, lay.variance[l], lay.panel_font, dim=True)
     assert ranged >= 1
+
+
+@pytest.mark.parametrize("n", [1, 5, 13, 60, 129])
+def test_activity_lines_read_at_1080p(n):
+    """At 1080p every panel's activity line is at least 2 % of the frame's height (22 pixels)
+    tall, also for 129 panels, whose text is small (the rows under and above a panel stay
+    within a third of its cell, so at 160 panels it is 20)."""
+    lay = grid_layout(FrameSpec((1920, 1080), tuple(f"L{i}" for i in range(n)), tuple([384] * n)))
+    spark = lay.spark[lay.spark[:, 2] > lay.spark[:, 0]]
+    assert len(spark) == n
+    assert (spark[:, 3] - spark[:, 1] >= 22).all(), (n, sorted(set(spark[:, 3] - spark[:, 1])))
