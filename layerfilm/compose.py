@@ -153,6 +153,17 @@ def format_value(v: float) -> str:
     return f"{v:g}"
 
 
+def share_texts(share: tuple[float, float] | None) -> list[str]:
+    """The captured variance beside a scale bar, longest first: the share of the panel's
+    variance on its two drawn axes over the film, ``var 8–63%`` (one number when it stays
+    within a percent), or nothing when the projection measured none (UMAP)."""
+    if share is None or not np.isfinite(share).all():
+        return []
+    lo, hi = (int(round(100 * v)) for v in share)
+    span = f"{lo}%" if lo == hi else f"{lo}–{hi}%"
+    return [f"var {span}", span]
+
+
 # ---- geometry ---------------------------------------------------------------------------------
 
 # Header fields, most important first: the ones at the end are left out first when the header
@@ -172,7 +183,8 @@ class FrameSpec:
     panel (each band starts a row); ``fields``: ``(name, widest text)`` of the header's fields,
     left to right; ``captions``: footer lines for per-checkpoint captions; ``caption``: a
     fixed caption; ``strip``: rows for the loss strip; ``shared``: one scale for all panels;
-    ``cues``: room under each panel for its activity line.
+    ``cues``: room under each panel for its activity line; ``shares``: per panel the lowest
+    and highest share of its variance on the drawn axes over the film (None: not measured).
     """
 
     size: tuple[int, int]
@@ -188,6 +200,7 @@ class FrameSpec:
     shared: bool = False
     point_size: float | None = None
     cues: bool = True
+    shares: tuple[tuple[float, float] | None, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,8 +213,10 @@ class Layout:
     are too small for text); header: height of the top strip; title/fields: the header's text
     boxes (a field left out has none); label/mark/scalebar/spark: (L, 4) each panel's text and
     cue boxes (zero-sized when there is no room); bar_value/bar_px: (L,) the scale bar's length
-    in data units and pixels; captions: footer boxes for per-checkpoint captions; caption: the
-    fixed caption's box; legend: the colour legend's box; strip: the loss strip's box.
+    in data units and pixels; variance: (L,) the captured-variance text drawn after the scale
+    bar's value ("" when none fits); captions: footer boxes for per-checkpoint captions;
+    caption: the fixed caption's box; legend: the colour legend's box; strip: the loss strip's
+    box.
     """
 
     size: tuple[int, int]
@@ -220,6 +235,7 @@ class Layout:
     spark: np.ndarray
     bar_value: np.ndarray
     bar_px: np.ndarray
+    variance: tuple[str, ...] = ()
     captions: tuple[Box, ...] = ()
     caption: Box = NO_BOX
     legend: Box = NO_BOX
@@ -296,17 +312,28 @@ def _footer(spec: FrameSpec, lf: int) -> tuple[int, tuple[Box, ...], Box, Box]:
     return h - top, captions, caption, legend
 
 
-def _panel_rows(cell_w: float, cell_h: float, lf: int, cues: bool) -> tuple[int, int, int]:
+# An activity line is at least this share of the frame's height tall (22 pixels at 1080p), so
+# its levels read even where many panels make the text small.
+LINE_SHARE = 0.02
+
+
+def _panel_rows(cell_w: float, cell_h: float, lf: int, cues: bool, frame_h: int = 0
+                ) -> tuple[int, int, int]:
     """The panel font and the heights of the label row above a panel and the row under it
     (scale bar and activity line; 3 pixel rows of it for the drift bar); 0s when the cell is
     too small for text.  The two rows take at most about a quarter of the cell's height, or
-    a third at the smallest readable size (7 pixels) in small frames."""
+    a third at the smallest readable size (7 pixels) in small frames; the row under a panel
+    grows to :data:`LINE_SHARE` of ``frame_h`` for the activity line while the two rows stay
+    within a third of the cell."""
     pf = min(lf, math.floor(cell_h / 12), math.floor(cell_w / 6))
     if pf < 7:
         pf = 7 if cell_h >= 63 and cell_w >= 42 else 0
     if not pf:
         return 0, 0, 0
-    return pf, round(pf * 1.5), round(pf * 1.45) + 3
+    lh, uh = round(pf * 1.5), round(pf * 1.45)
+    if cues:
+        uh = max(uh, min(round(frame_h * LINE_SHARE), math.floor(cell_h / 3) - lh - 3))
+    return pf, lh, uh + 3
 
 
 def _score(rw: float, rh: float, spec: FrameSpec, points: np.ndarray, ext: np.ndarray
@@ -349,10 +376,10 @@ def grid_layout(spec: FrameSpec) -> Layout:
     for cols in range(1, max(bands) + 1):
         rows = sum(math.ceil(b / cols) for b in bands)
         ch = math.floor((gy1 - gy0 - (rows - 1) * gap) / rows)
-        pf = _panel_rows((gx1 - gx0) / cols, ch, lf, spec.cues)[0]
+        pf = _panel_rows((gx1 - gx0) / cols, ch, lf, spec.cues, H)[0]
         hgap = max(gap, pf)  # between columns: one panel's mark and the next's label
         cw = math.floor((gx1 - gx0 - (cols - 1) * hgap) / cols)
-        pf, lh, uh = _panel_rows(cw, ch, lf, spec.cues)
+        pf, lh, uh = _panel_rows(cw, ch, lf, spec.cues, H)
         rw, rh = cw - 2, ch - lh - uh - 2
         if rw < 8 or rh < 8:
             continue
@@ -387,11 +414,12 @@ def grid_layout(spec: FrameSpec) -> Layout:
 
 def _panel_boxes(spec: FrameSpec, rects: np.ndarray, scale: np.ndarray, pf: int, lh: int, uh: int,
                  gap: int) -> tuple[np.ndarray, ...]:
-    """Each panel's label, mark, scale-bar and activity-line boxes and its scale bar's value
-    and length (see :class:`Layout`)."""
+    """Each panel's label, mark, scale-bar and activity-line boxes, its scale bar's value and
+    length, and its captured-variance text (see :class:`Layout`)."""
     n = len(rects)
     label, mark, scalebar, spark = (np.zeros((n, 4), dtype=np.int64) for _ in range(4))
     value, length = np.zeros(n), np.zeros(n, dtype=np.int64)
+    variance = [""] * n
     room = max(3, pf // 2)
     for l, (x0, y0, x1, y1) in enumerate(rects):
         left, right = int(x0) - 1, int(x1) + 1
@@ -411,14 +439,35 @@ def _panel_boxes(spec: FrameSpec, rects: np.ndarray, scale: np.ndarray, pf: int,
         label[l] = (left, y0 - 1 - lh, left + lw, y0 - 1)
         if width - lw - room >= text_width("■ 8,888", pf):
             mark[l] = (left + lw + room, y0 - 1 - lh, right, y0 - 1)
+    # The captured variance after each scale bar's value, in the longest form that leaves every
+    # panel's activity line at least 40 % of its row -- one form for the film, or none, so no
+    # panel seems to lack what its neighbours show.
+    texts = [share_texts(spec.shares[l] if spec.shares else None) for l in range(n)]
+    forms = max((len(t) for t in texts), default=0)
+    if pf:
+        def base(l: int) -> int:
+            return int(length[l]) + room + text_width(format_value(value[l]), pf)
+        widths = [int(rects[l][2]) - int(rects[l][0]) + 2 for l in range(n)]
+        form = next((i for i in range(forms) if all(
+            not t or base(l) + room + text_width(t[min(i, len(t) - 1)], pf) <= widths[l] * 0.6
+            for l, t in enumerate(texts))), None)
+        if form is not None:
+            variance = [t[min(form, len(t) - 1)] if t else "" for t in texts]
+    for l, (x0, y0, x1, y1) in enumerate(rects):
+        if not pf:
+            continue
+        left, right = int(x0) - 1, int(x1) + 1
+        width = right - left
         under = (int(y1) + 4, int(y1) + 1 + uh)
         sw = int(length[l]) + room + text_width(format_value(value[l]), pf)
+        if variance[l]:
+            sw += room + text_width(variance[l], pf)
         if sw <= width:
             scalebar[l] = (left, under[0], left + sw, under[1])
         start = left + (sw + 2 * room if sw <= width else 0)
         if spec.cues and right - start >= 2.5 * pf:
             spark[l] = (start, under[0], right, under[1])
-    return label, mark, scalebar, spark, value, length
+    return label, mark, scalebar, spark, value, length, tuple(variance)
 
 
 class FrameComposer:

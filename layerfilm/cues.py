@@ -7,9 +7,13 @@
   fastest change, one scale for every panel), green while the layer is a rebel;
 * an **activity line** under the panel: the layer's rate of change over the whole run on that
   scale, one level per checkpoint interval, bright up to a cursor at the current step, green
-  where it was a rebel, with a cyan tick at its settling step once the film has passed it;
+  with a green bar beneath it where it is a rebel (from the first frame on, so every rebel
+  interval of the film is in view), with a cyan tick at its settling step once the film has
+  passed it;
 * a **mark** beside its label: ``settled 4,400`` (cyan) from the frame of its settling step on,
-  ``rebel +3.8`` (green) while it is a rebel, else its number of dots.
+  ``rebel +3.8`` (green) while it is a rebel -- both when both hold --, else its number of
+  dots; and, left in the same row, ``142 pinned`` when the film draws (frame, dot) pairs
+  pinned to the panel's edge.
 
 The numbers come from :class:`layerfilm.drift.Drift` (the same settling step and rebel score
 as ``layerfilm stats``).
@@ -45,6 +49,12 @@ def _first_fit(options: list[str], px: int, width: int) -> str:
     return next((t for t in options if text_width(t, px) <= width), "")
 
 
+def pinned_texts(n: int) -> list[str]:
+    """How a panel says that ``n`` (frame, dot) pairs are drawn pinned to its edge, longest
+    first (none when there are none)."""
+    return [f"{n:,} pinned", f"↦{n:,}", "↦"] if n else []
+
+
 # Mark states kept drawn: each --jobs chunk (its own thread) sits in its own interval, so this
 # is well above any sensible job count, yet bounded (a state is a few kB to ~100 kB of pixels).
 MARK_STATES = 64
@@ -55,16 +65,19 @@ class PanelCues:
     times/steps: (K,) keyframe frame times and training steps; rate, rebel: (L, K) relative
     change per 100 steps and rebel score (column 0 unused); settle: (L,) settling steps (NaN:
     never); rebel_z: the |score| that makes a rebel; points: (L,) dots per panel; announce:
-    say each panel's settling step before it comes (``--order settle``).  With ``rate`` None
-    only each panel's number of dots is shown.
+    say each panel's settling step before it comes (``--order settle``); pinned: (L,) (frame,
+    dot) pairs drawn pinned to each panel's edge.  With ``rate`` None only each panel's number
+    of dots (and what is pinned) is shown.
     """
 
     def __init__(self, layout: Layout, times: np.ndarray, steps: np.ndarray, points: np.ndarray,
                  rate: np.ndarray | None = None, settle: np.ndarray | None = None,
-                 rebel: np.ndarray | None = None, rebel_z: float = 3.0, announce: bool = False):
+                 rebel: np.ndarray | None = None, rebel_z: float = 3.0, announce: bool = False,
+                 pinned: np.ndarray | None = None):
         self.layout, self.times = layout, np.asarray(times, dtype=np.float64)
         self.steps = np.asarray(steps, dtype=np.float64)
         self.points, self.announce = np.asarray(points), announce
+        self.pinned, self.marks_at = self._pinned_notes(pinned)
         self.live = rate is not None
         if not self.live:
             return
@@ -142,6 +155,20 @@ class PanelCues:
         s0, s1 = self.steps[0], max(self.steps[-1], self.steps[0] + 1)
         return x0 + (np.asarray(step, dtype=np.float64) - s0) / (s1 - s0) * (x1 - x0 - 1)
 
+    def _pinned_notes(self, pinned: np.ndarray | None) -> tuple[list[str], np.ndarray]:
+        """Each panel's pinned note (the longest that leaves the mark a settled step's room)
+        and the box left to its marks, right of the note."""
+        lay, pf = self.layout, self.layout.panel_font
+        notes, boxes = [], np.array(lay.mark, dtype=np.int64).reshape(-1, 4)
+        for l, (x0, y0, x1, y1) in enumerate(boxes):
+            n = 0 if pinned is None else int(pinned[l])
+            room = x1 - x0 - text_width("■ 8,888", pf) - 2 * max(2, pf // 4) if pf else -1
+            note = _first_fit(pinned_texts(n), pf, room) if x1 > x0 and room > 0 else ""
+            notes.append(note)
+            if note:
+                boxes[l, 0] = x0 + text_width(note, pf) + 2 * max(2, pf // 4)
+        return notes, boxes
+
     def _line(self, l: int):
         """Panel ``l``'s activity line: (mask, ahead, past) images of its box, or None."""
         x0, y0, x1, y1 = (int(v) for v in self.layout.spark[l])
@@ -157,39 +184,62 @@ class PanelCues:
             if self.rebel[l, k]:
                 rebel_cols[int(round(a)):int(round(b)) + 1] = True
         mask = polyline(np.array(xs), np.array(ys), w, h)
-        ahead = np.where(mask, CURVE_AHEAD, shade.BACKGROUND).astype(np.uint8)
-        past = np.where(mask, np.where(rebel_cols[None, :], shade.REBEL, CURVE_PAST),
-                        shade.BACKGROUND).astype(np.uint8)
-        return mask, ahead, past
+        # Rebel intervals are green from the first frame on, the line and a bar beneath it, so
+        # the film shows when a layer breaks from its neighbours before the cursor gets there.
+        bar = np.zeros((h, w), dtype=bool)
+        bar[max(0, h - max(2, h // 8)):, :] = rebel_cols[None, :]
+        green = (mask | bar) & rebel_cols[None, :]
+        mask = mask | bar
+        ahead = np.where(green, shade.REBEL, np.where(mask, CURVE_AHEAD, shade.BACKGROUND))
+        past = np.where(green, shade.REBEL, np.where(mask, CURVE_PAST, shade.BACKGROUND))
+        return mask, ahead.astype(np.uint8), past.astype(np.uint8)
 
     def draw_static(self, bg: np.ndarray) -> None:
         lay = self.layout
         for l, box in enumerate(lay.mark):
+            if self.pinned[l]:
+                x0, y0, x1, y1 = (int(v) for v in box)
+                draw_text(bg, self.pinned[l], lay.panel_font, x0, baseline_in(tuple(box), lay.panel_font),
+                          clip=(x0, y0, int(self.marks_at[l][0]), y1))
             if not self.live:
-                self._mark(bg, l, None, [f"{int(self.points[l]):,} dots", f"{int(self.points[l]):,}"])
+                self._mark(bg, l, self._dots(l))
                 continue
             line = self.lines[l]
             if line is not None:
                 x0, y0, x1, y1 = (int(v) for v in lay.spark[l])
                 bg[y0:y1, x0:x1] = line[1]
 
-    def _mark(self, frame: np.ndarray, l: int, accent: int | None, options: list[str],
+    def _dots(self, l: int) -> list[list[tuple[int | None, str]]]:
+        """Panel ``l``'s number of dots, the mark before anything else is to be said."""
+        n_dots = int(self.points[l])
+        return [[(None, f"{n_dots:,} dots")], [(None, f"{n_dots:,}")]]
+
+    def _mark(self, frame: np.ndarray, l: int, options: list[list[tuple[int | None, str]]],
               dim: bool = True) -> None:
-        x0, y0, x1, y1 = (int(v) for v in self.layout.mark[l])
+        """The first of ``options`` that fits, right-aligned in panel ``l``'s mark box: each
+        option a list of ``(accent, text)`` pieces, an accent (palette index, or None) drawn
+        as a small square before its text."""
+        x0, y0, x1, y1 = (int(v) for v in self.marks_at[l])
         pf = self.layout.panel_font
         if x1 <= x0 or not pf:
             return
-        square = max(3, round(pf * 0.55)) if accent is not None else 0
-        gap = max(2, pf // 4) if square else 0
-        text = _first_fit(options, pf, x1 - x0 - square - gap)
-        if not text and not square:
+        square, gap = max(3, round(pf * 0.55)), max(2, pf // 4)
+
+        def width(pieces) -> int:
+            return (sum((square + gap if accent is not None else 0) + text_width(text, pf)
+                        for accent, text in pieces) + 2 * gap * (len(pieces) - 1))
+
+        pieces = next((o for o in options if width(o) <= x1 - x0), None)
+        if pieces is None or not any(accent is not None or text for accent, text in pieces):
             return
         base = baseline_in((x0, y0, x1, y1), pf)
-        width = square + gap + text_width(text, pf)
-        left = x1 - width
-        if square:
-            frame[base - square:base, left:left + square] = accent
-        draw_text(frame, text, pf, left + square + gap, base, dim=dim, clip=(x0, y0, x1, y1))
+        left = x1 - width(pieces)
+        for accent, text in pieces:
+            if accent is not None:
+                frame[base - square:base, left:left + square] = accent
+                left += square + gap
+            draw_text(frame, text, pf, left, base, dim=dim, clip=(x0, y0, x1, y1))
+            left += text_width(text, pf) + 2 * gap
 
     def _mark_layer(self, k: int, settled: tuple[bool, ...]) -> tuple[np.ndarray, np.ndarray]:
         """The marks of every panel in interval ``k`` with these panels settled, as (flat
@@ -197,23 +247,35 @@ class PanelCues:
         with self._scratch_lock:
             scratch = self._scratch
             for l in range(len(self.layout.rects)):
-                if self.rebel[l, k]:
-                    z = self.score[l, k]
-                    self._mark(scratch, l, shade.REBEL, [f"rebel {z:+.1f}", "rebel", ""], dim=False)
-                elif settled[l]:
-                    s = int(self.settle[l])
-                    self._mark(scratch, l, shade.SETTLED, [f"settled {s:,}", f"{s:,}", ""], dim=False)
+                if self.rebel[l, k] or settled[l]:
+                    self._mark(scratch, l, self._accents(l, k, settled[l]), dim=False)
                 elif self.announce:
                     s = self.settle[l]
-                    self._mark(scratch, l, None, [f"settles {int(s):,}", f"{int(s):,}"]
-                               if np.isfinite(s) else ["never settles", "never"])
+                    self._mark(scratch, l, [[(None, t)] for t in (
+                        [f"settles {int(s):,}", f"{int(s):,}"] if np.isfinite(s)
+                        else ["still moving", "moving"])])
                 else:
-                    n_dots = int(self.points[l])
-                    self._mark(scratch, l, None, [f"{n_dots:,} dots", f"{n_dots:,}"])
+                    self._mark(scratch, l, self._dots(l))
             idx = self.mark_idx[scratch.reshape(-1)[self.mark_idx] != 0]
             values = scratch.reshape(-1)[idx].copy()
             scratch.reshape(-1)[self.mark_idx] = 0
         return idx, values
+
+    def _accents(self, l: int, k: int, settled: bool) -> list[list[tuple[int, str]]]:
+        """Panel ``l``'s settled and rebel marks in interval ``k``, longest first: both when
+        both hold (a rebel that has settled is still named settled, so no other layer seems
+        the first to settle), shortening to the accent squares alone."""
+        parts = []
+        if settled:
+            s = int(self.settle[l])
+            parts.append((shade.SETTLED, [f"settled {s:,}", f"{s:,}", ""]))
+        if self.rebel[l, k]:
+            parts.append((shade.REBEL, [f"rebel {self.score[l, k]:+.1f}", "rebel", ""]))
+        # Every combination, the most said first (both long ... both bare).
+        options = [[]]
+        for accent, texts in parts:
+            options = [o + [(accent, t)] for o in options for t in texts]
+        return sorted(options, key=lambda o: -sum(len(t) for _, t in o))
 
     def draw(self, frame: np.ndarray, time: float, step: float) -> None:
         if not self.live:

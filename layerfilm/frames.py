@@ -161,7 +161,7 @@ def _header_fields(plan: Plan, cfg: RenderConfig) -> tuple[dict, tuple]:
 
 
 def _frame_spec(cfg: RenderConfig, layers, labels: list[str], captions: list[tuple[int, str]],
-                extents=None, title: str = "", widest: tuple = ()) -> compose.FrameSpec:
+                extents=None, title: str = "", widest: tuple = (), shares: tuple = ()) -> compose.FrameSpec:
     """What the frame has to hold (see :class:`compose.FrameSpec`): the one description both
     the plan-time fit check and the film's layout measure."""
     lf = compose.fonts(cfg.size)[1]
@@ -174,7 +174,7 @@ def _frame_spec(cfg: RenderConfig, layers, labels: list[str], captions: list[tup
         captions=(2 if any(compose.text_width(t, lf) > one_line for _, t in captions) else 1)
         if captions else 0, caption=cfg.caption is not None,
         strip=overlays.strip_height(cfg.size) if cfg.loss_strip else 0,
-        shared=cfg.scale == "shared", point_size=cfg.point_size, cues=cfg.cues)
+        shared=cfg.scale == "shared", point_size=cfg.point_size, cues=cfg.cues, shares=shares)
 
 
 def panels_fit(cfg: RenderConfig):
@@ -190,6 +190,13 @@ def panels_fit(cfg: RenderConfig):
             spec = dataclasses.replace(spec, groups=None)
         compose.grid_layout(spec)
     return check
+
+
+def _share_range(panel: dict) -> tuple[float, float] | None:
+    """The lowest and highest share of a panel's variance on its drawn axes over the film's
+    keyframes, as its projection measured them (None for UMAP, which measures none)."""
+    lo, hi = panel.get("share_min"), panel.get("share_max")
+    return None if lo is None or hi is None else (float(lo), float(hi))
 
 
 def prepare(plan: Plan, keys: Keyframes, cfg: RenderConfig, measured: Drift | None = None) -> Film:
@@ -212,11 +219,11 @@ def prepare(plan: Plan, keys: Keyframes, cfg: RenderConfig, measured: Drift | No
         if panel.get("plane"):  # a Fourier plane: say which frequency the ring is drawn in
             labels[l] = f"{labels[l]} k {panel['k']}/{panel['period']}"
     points = np.array([l.n_points for l in plan.layers])
-    layout = compose.grid_layout(_frame_spec(cfg, plan.layers, labels, captions,
-                                             project.axis_ranges(extremes, starts),
-                                             cfg.title or plan.name, widest))
+    layout = compose.grid_layout(_frame_spec(
+        cfg, plan.layers, labels, captions, project.axis_ranges(extremes, starts), cfg.title or plan.name,
+        widest, tuple(_share_range(panel) for panel in keys.panels) if keys.panels else ()))
     rasterizer = raster.Rasterizer(cfg.size, layout.rects, layout.scale, layout.sigma, starts)
-    shader = shade.Shader(rasterizer.span(keys.P), cfg.color_scale)
+    shader = shade.Shader(rasterizer.span(keys.P, times), cfg.color_scale)
     extras: list[compose.Overlay] = [
         overlays.Header(layout, cfg.title or plan.name, fields, n_frames),
         overlays.ScaleBars(layout), overlays.Legend(layout, shader)]
@@ -228,10 +235,11 @@ def prepare(plan: Plan, keys: Keyframes, cfg: RenderConfig, measured: Drift | No
     if measured is not None and cfg.drift:
         extras.append(overlays.DriftBars(layout.rects, measured.rate, times))
     live = measured is not None and (cfg.cues or cfg.order == "settle")
+    pinned = interpolate.outside_counts(keys.P, times, rasterizer.limits, starts, extremes)
     extras.append(cues.PanelCues(
         layout, times, plan.steps, points, measured.rate if live else None,
         measured.settle_steps(Settling.of(cfg)) if live else None,
-        measured.rebel if live else None, cfg.rebel_z, announce=cfg.order == "settle"))
+        measured.rebel if live else None, cfg.rebel_z, announce=cfg.order == "settle",
+        pinned=pinned))
     return Film(keys.P, times, plan.steps.astype(np.float64), layout, starts, shader, labels,
-                n_frames, tuple(extras),
-                interpolate.outside_counts(keys.P, times, rasterizer.limits, starts, extremes))
+                n_frames, tuple(extras), pinned)

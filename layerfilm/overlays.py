@@ -216,7 +216,9 @@ def drift_lengths(rate: np.ndarray, sides: np.ndarray, decades: float = 3.0) -> 
 
 class ScaleBars:
     """Under each panel, a bar ``layout.bar_px[l]`` pixels long with a tick at each end and its
-    length in weight units (``layout.bar_value[l]``) beside it: the panel's honest scale."""
+    length in weight units (``layout.bar_value[l]``) beside it: the panel's honest scale; then
+    the share of the panel's variance its two axes hold (``layout.variance[l]``), since a
+    scale only reads right knowing how much of the cloud the plane shows."""
 
     def __init__(self, layout: Layout):
         self.layout = layout
@@ -232,9 +234,13 @@ class ScaleBars:
             bg[y, x0:x0 + n] = INK
             tick = max(1, (y1 - y0) // 4)
             bg[y - tick:y + tick + 1, x0] = bg[y - tick:y + tick + 1, x0 + n - 1] = INK
+            room, base = max(3, pf // 2), baseline_in(tuple(box), pf)
             text = format_value(lay.bar_value[l])
-            draw_text(bg, text, pf, x0 + n + max(3, pf // 2), baseline_in(tuple(box), pf), dim=True,
-                      clip=tuple(box))
+            x = x0 + n + room
+            draw_text(bg, text, pf, x, base, dim=True, clip=tuple(box))
+            if lay.variance and lay.variance[l]:
+                draw_text(bg, lay.variance[l], pf, x + text_width(text, pf) + room, base, dim=True,
+                          clip=tuple(box))
 
     def draw(self, frame: np.ndarray, time: float, step: float) -> None:
         pass

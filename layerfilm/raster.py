@@ -6,6 +6,7 @@ import concurrent.futures
 
 import numpy as np
 
+from . import interpolate
 from ._draw_kernels import CUTOFF, footprint_table, splat_kernel
 from .cluster import threads
 
@@ -80,19 +81,28 @@ class Rasterizer:
         splat_kernel(xy, self.starts, self.xform, self.rects, *self.footprint, self.counts)
         return self.counts
 
-    def span(self, P: np.ndarray) -> float:
-        """The highest density of any pixel over all keyframes ``P`` (K, N, 2): the film's
-        colour span, fixed before the first frame (at least 1, a lone dot's centre)."""
+    def span(self, P: np.ndarray, times: np.ndarray) -> float:
+        """The highest density of any pixel in any frame of the film: the keyframes ``P``
+        (K, N, 2) at frame ``times`` (K,) and every frame between them, placed as the film's
+        :class:`~layerfilm.interpolate.Interpolator` places them -- the film's colour span,
+        fixed before the first frame (at least 1, a lone dot's centre).  Keyframes alone are
+        not enough: dots converging between two keyframes pile up denser than at either."""
+        # Deposits stay inside the panels' rects, so only their rows are searched and cleared.
+        rows = slice(int(self.rects[:, 1].min()), int(self.rects[:, 3].max())) if len(self.rects) \
+            else slice(0, 0)
+        n_frames = interpolate.frame_count(times)
+
         def densest(part: range) -> float:
             counts, top = np.zeros_like(self.counts), 0.0
-            for k in part:  # each thread splats into a buffer of its own
-                splat_kernel(np.ascontiguousarray(P[k]), self.starts, self.xform, self.rects,
+            at = interpolate.Interpolator(P, times).at  # each thread its own buffers
+            for f in part:
+                splat_kernel(at(f), self.starts, self.xform, self.rects,
                              *self.footprint, counts)
-                top = max(top, float(counts.max()))
-                counts[...] = 0
+                top = max(top, float(counts[rows].max(initial=0.0)))
+                counts[rows] = 0
             return top
 
         n = threads()
         with concurrent.futures.ThreadPoolExecutor(n) as pool:
-            tops = list(pool.map(densest, [range(i, P.shape[0], n) for i in range(n)]))
+            tops = list(pool.map(densest, [range(i, n_frames, n) for i in range(n)]))
         return max([1.0, *tops])

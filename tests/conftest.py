@@ -188,6 +188,22 @@ def seen_stats(monkeypatch):
     return capture(monkeypatch, "measure")
 
 
+def densest_pixel(P, times, n_frames, rasterizer, shape, frames=None) -> float:
+    """The densest pixel of the given frames (default: every frame) of a film whose keyframes
+    ``P`` sit at ``times``, by the numpy twins of the interpolation and splatting kernels, so
+    the film's colour span is checked against an independent maximum."""
+    from layerfilm import _draw_kernels, _kernels
+
+    densest = 0.0
+    for f in range(n_frames) if frames is None else frames:
+        k = min(max(int(np.searchsorted(times, f, side="right")) - 1, 0), len(times) - 2)
+        counts = np.zeros(shape, np.float32)
+        _draw_kernels.splat_numpy(_kernels.hermite_numpy(P, times, k, float(f)), rasterizer.starts,
+                                  rasterizer.xform, rasterizer.rects, *rasterizer.footprint, counts)
+        densest = max(densest, float(counts.max()))
+    return densest
+
+
 def plan_of(folder, metrics=None, **selection):
     """``make_plan`` for a folder and selection options (``layer_pattern=...``, ...)."""
     from layerfilm.config import Selection

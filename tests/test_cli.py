@@ -9,7 +9,7 @@ from layerfilm import compose, encode
 from layerfilm.cli import app
 from layerfilm.config import RenderConfig
 
-from conftest import SAMPLE, decode, write_run
+from conftest import SAMPLE, decode, densest_pixel, write_run
 
 runner = CliRunner()
 
@@ -71,9 +71,10 @@ def test_film_shows_motion_labels_and_header(tmp_path, run_dir, sent, headers):
 
 
 def test_color_range_fixed_for_the_whole_film(tmp_path, run_dir, monkeypatch):
-    """The span is the densest pixel of any keyframe (computed here with the numpy splat) and
-    the same for every frame."""
-    from layerfilm import _draw_kernels, frames, layouts, plan, shade
+    """The span is the densest pixel of any frame, keyframes and every frame between them
+    (computed here with the numpy twins of interpolation and splatting), and the same for
+    every frame."""
+    from layerfilm import frames, layouts, plan, shade
     from layerfilm.config import Selection
 
     spans, films = [], []
@@ -91,12 +92,8 @@ def test_color_range_fixed_for_the_whole_film(tmp_path, run_dir, monkeypatch):
     assert len(spans) == 10 and len(set(spans)) == 1
     made = plan.make_plan(Selection(checkpoints=run_dir))
     P = layouts.keyframe_layouts(made).P
-    r = films[0].rasterizer()
-    densest = 0.0
-    for k in range(len(P)):
-        counts = np.zeros((180, 320), np.float32)
-        _draw_kernels.splat_numpy(P[k], made.starts, r.xform, r.rects, *r.footprint, counts)
-        densest = max(densest, float(counts.max()))
+    film = films[0]
+    densest = densest_pixel(P, film.times, film.n_frames, film.rasterizer(), (180, 320))
     assert spans[0] == pytest.approx(max(densest, 1.0), rel=1e-6)
 
 

@@ -15,7 +15,7 @@ from layerfilm import compose, cues, frames, overlays, shade, stats
 from layerfilm.cli import app
 from layerfilm.compose import FrameSpec, grid_layout
 
-from conftest import decode, gpt_state, plan_of, rebel_run, write_run
+from conftest import SAMPLE, decode, densest_pixel, gpt_state, plan_of, rebel_run, write_run
 from test_cli import _ink_contains
 
 runner = CliRunner()
@@ -120,13 +120,14 @@ def test_scale_bars_and_legend_say_what_the_dots_show(tmp_path, monkeypatch, ind
     """Read off the frame: each panel's scale bar is bar_px pixels of bar_value weight units,
     and a lone dot sits where its layout coordinates times that ratio put it (within a pixel);
     its centre has the colour of its density exp(-d^2 / 2 sigma^2) (numpy) on the legend's
-    scale, whose ends are one dot and the densest pixel of any keyframe."""
-    from layerfilm import _draw_kernels, layouts
+    scale, whose ends are one dot and the densest pixel of any frame -- here denser between
+    two keyframes than at any keyframe."""
+    from layerfilm import layouts
 
     run = write_run(tmp_path / "run", n=3, blocks=2, d=16, vocab=40)
     films = _capture_film(monkeypatch)
     assert runner.invoke(app, ["render", str(run), str(tmp_path / "f.gif"), "--size", "960x540",
-                               "--fps", "1", "-q"]).exit_code == 0
+                               "--fps", "4", "-q"]).exit_code == 0
     film = films[0]
     lay = film.layout
     P = layouts.keyframe_layouts(plan_of(run)).P
@@ -163,12 +164,10 @@ def test_scale_bars_and_legend_say_what_the_dots_show(tmp_path, monkeypatch, ind
     row = last[legend.rows[0], a:b]
     assert row[0] == film.shader.index(1.0) and row[-1] == shade.DENSITY_BASE + shade.DENSITY_LEVELS - 1
     assert (np.diff(row.astype(int)) >= 0).all()
-    densest = 1.0
     r = film.rasterizer()
-    for k in range(len(P)):
-        counts = np.zeros(last.shape, np.float32)
-        _draw_kernels.splat_numpy(P[k], film.starts, r.xform, r.rects, *r.footprint, counts)
-        densest = max(densest, float(counts.max()))
+    densest = max(1.0, densest_pixel(P, film.times, film.n_frames, r, last.shape))
+    at_keyframes = densest_pixel(P, film.times, film.n_frames, r, last.shape, film.keyframe_frames())
+    assert densest > at_keyframes * 1.1  # a film whose densest pixel is between keyframes
     assert film.shader.span == pytest.approx(densest, rel=1e-6)
     assert legend.top_text == overlays.legend_span_text(densest)
     ink = last[lay.legend[1]:lay.legend[3], lay.legend[0]:lay.legend[2]] != 0
@@ -282,8 +281,10 @@ def test_captions_from_their_step_on_and_bad_files(tmp_path, monkeypatch):
 
 def test_cues_follow_the_stats(tmp_path, monkeypatch, index_frames):
     """The rebel's panel has a green border exactly in the intervals where stats gives it
-    |z| >= 3 (and no other panel has); each panel's 'settled' mark (cyan) appears at the frame
-    of its settling step by stats' definition and stays; borders brighten with the rate."""
+    |z| >= 3 (and no other panel has), a 'rebel' mark then, and its activity line is green in
+    those intervals' columns in every frame; each panel's 'settled' mark (cyan) appears at the
+    frame of its settling step by stats' definition and stays (here: none settles); borders
+    brighten with the rate."""
     run = rebel_run(tmp_path / "run")
     films = _capture_film(monkeypatch)
     fps = 2
@@ -297,6 +298,7 @@ def test_cues_follow_the_stats(tmp_path, monkeypatch, index_frames):
     settle = s.settle_steps(stats.Settling())
     level = cues.activity(s.rate)
     assert rebel[4].sum() == 4 and rebel.sum() == 4  # L3 (row 4), from step 300 on
+    assert np.isnan(settle).all()  # every layer keeps (at least) its pace: none settles
     for f, frame in enumerate(index_frames):
         k = -(-f // fps)
         step = f * 100 / fps
@@ -310,14 +312,54 @@ def test_cues_follow_the_stats(tmp_path, monkeypatch, index_frames):
                 assert border[0] == want, (f, l)
             mx0, my0, mx1, my1 = lay.mark[l]
             mark = frame[my0:my1, mx0:mx1]
-            assert (mark == shade.SETTLED).any() == (step >= settle[l] and not (k and rebel[l, k])), (f, l)
+            assert (mark == shade.SETTLED).any() == (step >= settle[l]), (f, l)
             assert (mark == shade.REBEL).any() == bool(k and rebel[l, k]), (f, l)
+            # Every rebel interval is green on the activity line from the first frame on: the
+            # columns of its steps, and no others (but the cursor's and the settled tick's).
+            sx0, sy0, sx1, sy1 = lay.spark[l]
+            x = lambda st: sx0 + int(round(st / 600 * (sx1 - sx0 - 1)))  # noqa: E731
+            want = set()
+            for j in np.flatnonzero(rebel[l]):
+                want |= set(range(x((j - 1) * 100), x(j * 100) + 1))
+            want -= {x(step)} | ({x(settle[l])} if step >= settle[l] else set())
+            green = set(sx0 + np.flatnonzero((frame[sy0:sy1, sx0:sx1] == shade.REBEL).any(axis=0)))
+            assert green == want, (f, l)
 
 
-def test_manifest_counts_the_dots_pinned_to_an_edge(tmp_path, monkeypatch):
+def test_a_rebel_that_settled_shows_both_marks(tmp_path, monkeypatch, index_frames):
+    """L3 slows tenfold after step 200: a rebel against neighbours that keep their pace, and
+    settled (below a quarter of its early pace for the last four intervals).  Its mark box
+    shows the settled accent and the rebel accent at once from the frame of step 300 on, so
+    the film never seems to name another layer as first to settle."""
+    from conftest import odd_block_run
+
+    run = odd_block_run(tmp_path / "run", 11, blocks=6, odd=3, rate=0.01, odd_rate=0.001, odd_from=3)
+    films = _capture_film(monkeypatch)
+    fps = 2
+    assert runner.invoke(app, ["render", str(run), str(tmp_path / "f.gif"), "--size", "960x540",
+                               "--fps", str(fps), "-q"]).exit_code == 0
+    lay = films[0].layout
+    plan = plan_of(run)
+    s = stats.weight_stats(plan.refs, plan.layers)
+    rebel = np.abs(np.nan_to_num(s.rebel)) >= 3
+    settle = s.settle_steps(stats.Settling())
+    assert settle[4] == 200 and np.isnan(np.delete(settle, 4)).all()
+    assert rebel[4, 3:].all() and rebel.sum() == 4  # L3 (row 4), the intervals into 300..600
+    mx0, my0, mx1, my1 = lay.mark[4]
+    for f, frame in enumerate(index_frames):
+        k, step = -(-f // fps), f * 100 / fps
+        mark = frame[my0:my1, mx0:mx1]
+        assert (mark == shade.SETTLED).any() == (step >= 200), f
+        assert (mark == shade.REBEL).any() == bool(k and rebel[4, k]), f
+    assert any(((frame[my0:my1, mx0:mx1] == shade.SETTLED).any() and (frame[my0:my1, mx0:mx1] == shade.REBEL).any())
+               for frame in index_frames)
+
+
+def test_manifest_counts_the_dots_pinned_to_an_edge(tmp_path, monkeypatch, index_frames):
     """A run where one neuron flies far out: its panel's range stops at 1.5x the 99.5th
     percentile of the reach, and the manifest counts every (frame, dot) drawn pinned to the
-    edge -- the count numpy finds by evaluating every frame's positions."""
+    edge -- the count numpy finds by evaluating every frame's positions; the command's output
+    names the panel with that count, and every frame says it beside the panel's label."""
     from layerfilm import _kernels, layouts
 
     run = tmp_path / "run"
@@ -328,8 +370,9 @@ def test_manifest_counts_the_dots_pinned_to_an_edge(tmp_path, monkeypatch):
         sd["transformer.wte.weight"][3] = 40.0 * (k == 2)  # token 3 jumps out and back
         save_file({n: v + 0.05 * k for n, v in sd.items()}, str(run / f"step_{k * 100:06d}.safetensors"))
     films = _capture_film(monkeypatch)
-    assert runner.invoke(app, ["render", str(run), str(tmp_path / "f.gif"), "--size", "320x180",
-                               "--fps", "3", "-q"]).exit_code == 0
+    r = runner.invoke(app, ["render", str(run), str(tmp_path / "f.gif"), "--size", "640x360",
+                            "--fps", "3", "-q"])
+    assert r.exit_code == 0, r.output
     doc = json.loads((tmp_path / "f.gif.json").read_text())["drawing"]
     film = films[0]
     P = layouts.keyframe_layouts(plan_of(run)).P
@@ -344,6 +387,55 @@ def test_manifest_counts_the_dots_pinned_to_an_edge(tmp_path, monkeypatch):
     assert want[0] > 0  # the embedding's runaway token
     assert {k: v["pinned_to_edge"] for k, v in doc["panels"].items()} == dict(zip(film.labels, want.tolist()))
     assert doc["pinned_to_edge"] == want.sum()
+    said = [line for line in r.output.splitlines() if "pinned" in line]
+    assert said == ["dots drawn pinned to their panel's edge, beyond its range (frame x dot pairs): "
+                    + ", ".join(f"{label} {n:,}" for label, n in zip(film.labels, want) if n)]
+    lay = film.layout
+    for l, n in enumerate(want):
+        x0, y0, x1, y1 = lay.mark[l]
+        for frame in index_frames:
+            ink = frame[y0:y1, x0:x1] != 0
+            assert _ink_contains(ink, f"{n:,} pinned", lay.panel_font) == bool(n), (l, n)
     assert doc["color_span"] == pytest.approx(film.shader.span, rel=1e-6)
     for l, label in enumerate(film.labels):
         assert doc["panels"][label]["pixels_per_unit"] == pytest.approx(film.layout.scale[l], rel=1e-6)
+
+
+def test_scale_bar_says_the_captured_variance(tmp_path, monkeypatch, index_frames):
+    """Beside each scale bar, the share of the panel's variance on its two drawn axes over the
+    film, lowest to highest keyframe: numpy's (top two squared singular values of the centred
+    cloud over all of them) rounded to a percent, in every frame."""
+    from layerfilm import extract
+
+    films = _capture_film(monkeypatch)
+    assert runner.invoke(app, ["render", str(SAMPLE), str(tmp_path / "f.gif"), "--size", "960x540",
+                               "--fps", "2", "--steps", "::2500", "-q"]).exit_code == 0
+    lay = films[0].layout
+    plan = plan_of(SAMPLE, steps="::2500")
+    shares = np.zeros((len(plan.layers), len(plan.refs)))
+    for k, ref in enumerate(plan.refs):
+        ckpt = ref.open()
+        for l, layer in enumerate(plan.layers):
+            X = extract.read_layer(ckpt, layer, ckpt.shapes()).astype(np.float64)
+            sv = np.linalg.svd(X - X.mean(axis=0), compute_uv=False) ** 2
+            shares[l, k] = sv[:2].sum() / sv.sum()
+    ranged = 0
+    for l in range(len(plan.layers)):
+        lo, hi = (int(round(100 * v)) for v in (shares[l].min(), shares[l].max()))
+        ranged += lo < hi
+        assert lay.variance[l] == (f"var {lo}–{hi}%" if lo < hi else f"var {lo}%"), l
+        x0, y0, x1, y1 = lay.scalebar[l]
+        for frame in index_frames[::3]:
+            assert _ink_contains(frame[y0:y1, x0:x1] != 0, lay.variance[l], lay.panel_font, dim=True)
+    assert ranged >= 1
+
+
+@pytest.mark.parametrize("n", [1, 5, 13, 60, 129])
+def test_activity_lines_read_at_1080p(n):
+    """At 1080p every panel's activity line is at least 2 % of the frame's height (22 pixels)
+    tall, also for 129 panels, whose text is small (the rows under and above a panel stay
+    within a third of its cell, so at 160 panels it is 20)."""
+    lay = grid_layout(FrameSpec((1920, 1080), tuple(f"L{i}" for i in range(n)), tuple([384] * n)))
+    spark = lay.spark[lay.spark[:, 2] > lay.spark[:, 0]]
+    assert len(spark) == n
+    assert (spark[:, 3] - spark[:, 1] >= 22).all(), (n, sorted(set(spark[:, 3] - spark[:, 1])))

@@ -209,6 +209,9 @@ def render(
         f"[load+project {s['load+project']:.1f} s, render {s['render']:.1f} s, "
         f"encode {s['encode']:.1f} s{f', {result.jobs} jobs' if result.jobs > 1 else ''}]"
         + _fetched(result.plan))
+    pinned = pinned_line(result.drawing)
+    if pinned:
+        typer.echo(pinned)
     if config.jobs > 1 and result.jobs == 1:
         typer.echo(f"note: {config.format} chunks cannot be joined without re-encoding; used 1 job",
                    err=True)
@@ -223,3 +226,13 @@ def render(
             typer.echo(f"warning: the film differs from the one recorded in {from_manifest}", err=True)
 
 
+def pinned_line(drawing: dict | None) -> str:
+    """One line naming each panel with dots drawn pinned to its edge and how many (frame, dot)
+    pairs (as the manifest counts them), or ``""`` when none is: a reader should not need the
+    manifest to learn that the picture holds dots beyond the panel's range."""
+    panels = (drawing or {}).get("panels", {})
+    named = [f"{label} {p['pinned_to_edge']:,}" for label, p in panels.items() if p["pinned_to_edge"]]
+    if not named:
+        return ""
+    return ("dots drawn pinned to their panel's edge, beyond its range (frame x dot pairs): "
+            + ", ".join(named))
