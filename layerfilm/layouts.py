@@ -190,7 +190,7 @@ def project_chunk(plan: Plan, how: list[project.Projection], drift: bool, chunk:
 
 def _project_chunk(plan: Plan, how: list[project.Projection], drift: bool, chunk: range,
                    advance) -> ChunkLayouts:
-    starts, K = plan.starts, len(plan.refs)
+    starts = plan.starts
     P = np.empty((len(chunk), starts[-1], 2), dtype=np.float32)
     tracks = [project.Track() for _ in plan.layers]
     threads = _threads(how[0].name if how else "pca")
@@ -206,7 +206,7 @@ def _project_chunk(plan: Plan, how: list[project.Projection], drift: bool, chunk
             if sums is not None:
                 measure_cloud(cloud, previous[l], sums[l, k - chunk.start])
                 previous[l] = cloud
-            tracks[l].keyframe, tracks[l].last = k, k == K - 1
+            tracks[l].keyframe = k
             P[k - chunk.start, starts[l]:starts[l + 1]] = project.project_keyframe(cloud, how[l], tracks[l])
 
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:

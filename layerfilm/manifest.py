@@ -218,9 +218,10 @@ def build(config: RenderConfig, result, film: Path | None = None) -> dict[str, A
         "model_config": _model_config(plan),
         "options": {k: v for k, v in _public(config_mod.options_dict(config)).items()
                     if k not in config_mod.RUN_ONLY},
-        # Per panel: how its layouts were made (method, exact solves and corrections of tracked
-        # planes, the lowest audited share of the exact top-two variance, the share of the
-        # panel's variance on the drawn axes, a Fourier plane's frequency and reference step).
+        # Per panel: how its layouts were made (method, exact solves, corrections and exact
+        # checks of tracked planes, a lower bound on the share of the exact top-two variance the
+        # drawn plane held at every keyframe, the share of the panel's variance on the drawn
+        # axes, a Fourier plane's frequency and reference step).
         "projection": {"method": config.projection, "panels": list(result.panels)},
         "encoder": {
             "ffmpeg": encode.ffmpeg_version(),

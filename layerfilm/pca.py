@@ -8,14 +8,20 @@ an eigendecomposition.  Tracking never falls behind unnoticed:
 * every pass reports how much variance the block's best two directions held before and after
   it; while a pass still gains more than 0.3 %, up to three more passes follow, and a block
   that is still gaining then is replaced by an exact solve at that keyframe ("corrected");
-* the keyframes are cut into chunks of :data:`CHUNK`: each chunk starts from an exact solve
-  (so chunks can be computed anywhere, in any order, with the same result), and at each
-  chunk's last keyframe the tracked plane is audited against the exact top-two variance and
-  corrected when it holds less than 99 % of it.
+* a block that gains too little to pass again can still be behind (a new direction it barely
+  touches), so every tracked keyframe's plane is then checked before it is drawn: a cheap
+  certificate (:func:`certified_share`: the block's residuals and a few Lanczos steps on the
+  covariance off the block bound the exact top-two variance; wrong with probability at most
+  :data:`CHECK_FAIL`, whatever the data) shows that it holds at least 99 % of the exact
+  top-two variance, or, where the certificate falls short, an exact solve
+  measures what it holds and replaces it below 99 %;
+* the keyframes are cut into chunks of :data:`CHUNK`, each starting from an exact solve (so
+  chunks can be computed anywhere, in any order, with the same result).
 
 What happened is counted per panel (:class:`PlaneStats`): exact solves, corrections, extra
-passes, the lowest audited share of the exact variance, and the share of the panel's total
-variance the two drawn axes hold.
+passes, exact checks, a lower bound on the share of the exact top-two variance that the drawn
+plane held at every keyframe, and the share of the panel's total variance the two drawn axes
+hold.
 """
 
 from __future__ import annotations
@@ -33,6 +39,12 @@ EXTRA_PASSES = 3
 AUDIT_MIN = 0.99  # an audited plane holding less of the exact top-two variance is corrected
 EXACT_BASIS_MAX = 1536  # min(n, d) up to which a chunk start is an eigendecomposition
 _COLD_PASSES = 6  # otherwise: passes from a seeded random start, then as many as still gain
+# Every tracked keyframe's plane is checked (certified_share) by Lanczos stages of these many
+# steps on the covariance off the plane, each stage's bound wrong with probability at most
+# CHECK_FAIL / len(LANCZOS_STEPS); a plane no stage certifies is checked by an exact solve.
+LANCZOS_STEPS = (16, 32, 64)
+CHECK_FAIL = 1e-6
+ROUNDING = 1e-4  # relative slack for the float32 products (their errors are ~1e-6)
 
 
 @dataclasses.dataclass
@@ -44,8 +56,11 @@ class PlaneStats:
     exact: int = 0  # keyframes solved exactly (chunk starts and corrections)
     corrected: int = 0  # tracked planes replaced by an exact solve
     extra_passes: int = 0
-    # Lowest share of the exact top-two variance held by a plane the film shows, over the
-    # keyframes where it was measured (audits; exact solves count as 1).
+    exact_checks: int = 0  # tracked planes checked by an exact solve (no cheap certificate)
+    # A lower bound on the share of the exact top-two variance held by the plane the film
+    # shows, over every keyframe: exact solves count as 1, planes checked exactly as what they
+    # held, certified planes as their certified bound (certified_share: it may sit a little
+    # below what the plane holds, and is wrong with probability at most CHECK_FAIL each).
     captured_min: float | None = None
     share_min: float | None = None  # share of the panel's total variance on the two axes
     share_max: float | None = None
@@ -65,7 +80,7 @@ class PlaneStats:
         consecutive runs of keyframes, as one for the whole film."""
         out = dict(parts[0])
         for part in parts[1:]:
-            for key in ("keyframes", "exact", "corrected", "extra_passes"):
+            for key in ("keyframes", "exact", "corrected", "extra_passes", "exact_checks"):
                 out[key] += part[key]
             for key, pick in (("captured_min", min), ("share_min", min), ("share_max", max)):
                 values = [v for v in (out[key], part[key]) if v is not None]
@@ -152,6 +167,93 @@ def _refine(X: np.ndarray, start: np.ndarray, passes: int
     return scores, basis, ritz
 
 
+def lanczos_slack(m: int, steps: int, fail: float) -> float:
+    """The ``eps`` for which ``steps`` Lanczos steps from a uniformly random start on an
+    ``m``-dimensional positive semi-definite matrix end below ``(1 - eps)`` times its largest
+    eigenvalue with probability at most ``fail``, whatever the matrix (Kuczynski and
+    Wozniakowski 1992, Thm 4.2: ``P <= 1.648 sqrt(m) exp(-sqrt(eps) (2 steps - 1))``)."""
+    return (np.log(1.648 * np.sqrt(m) / fail) / (2 * steps - 1)) ** 2
+
+
+def _block_top2(M: np.ndarray, G: np.ndarray, outside: float, t: np.ndarray) -> np.ndarray:
+    """The top-two sum of diag(M + G / t, (outside + t) I) for each t (see top2_bound)."""
+    a = np.linalg.eigvalsh(M[None] + G[None] / t[:, None, None])
+    a1, a2, b = a[:, -1], a[:, -2], outside + t
+    return np.maximum(np.maximum(a1 + a2, a1 + b), 2 * b)
+
+
+def top2_bound(M: np.ndarray, G: np.ndarray, outside: float) -> float:
+    """An upper bound on the top-two eigenvalue sum of a symmetric C, from orthonormal rows
+    V (p, d): ``M = V C V^T``, ``G = R R^T`` for the residuals ``R = V C - M V``, and
+    ``outside`` >= the largest eigenvalue of C off V's span.
+
+    For every t > 0, C <= diag(M + G / t, W + t I) in the Loewner order (in V's basis and
+    its complement's: the coupling 2 b.(R^T a) is at most |R^T a|^2 / t + t |b|^2), and Ky
+    Fan sums follow that order; the bound is the least over t of the top-two sum of that
+    block diagonal (any t gives a bound: a coarse grid, then a finer one around its best).
+    Second order in the residuals where V's span is ahead of the rest.
+    """
+    scale = max(float(np.trace(M)), float(outside), 1e-300)
+    t = scale * np.geomspace(1e-9, 1e3, 49)
+    coarse = _block_top2(M, G, outside, t)
+    best = int(np.argmin(coarse))
+    fine = np.geomspace(t[max(best - 1, 0)], t[min(best + 1, len(t) - 1)], 17)
+    return float(min(coarse[best], _block_top2(M, G, outside, fine).min()))
+
+
+def certified_share(X: np.ndarray, basis: np.ndarray, rng: np.random.Generator) -> float:
+    """A lower bound on the share of ``X``'s exact top-two variance that the plane of
+    ``basis``'s first two rows holds (``basis``: (p, d), the tracked block), in stages of
+    Lanczos steps (:data:`LANCZOS_STEPS`) until it reaches :data:`AUDIT_MIN` or the stages
+    run out.
+
+    The block's Rayleigh quotient and residuals bound the top-two variance
+    (:func:`top2_bound`) given the largest variance off the block, which Lanczos from a
+    random start bounds by what it found divided by ``1 - eps`` (:func:`lanczos_slack`):
+    wrong, over all stages together, with probability at most :data:`CHECK_FAIL`, whatever
+    the data.  (No cheap check can be certain: a direction that no probe met could hold up
+    to all the variance left off the block.)  The whole block is deflated, not only the
+    plane: the largest variance left is then about the (p + 1)-th eigenvalue, well below the
+    second even in slowly falling spectra, so a few Lanczos steps bound it closely enough.
+    """
+    from ._plane_kernels import block_lanczos_kernel, centre_kernel, covariance_apply
+
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    d = X.shape[1]
+    Xc = np.empty_like(X)
+    centre_kernel(X, Xc)
+    V = np.ascontiguousarray(np.linalg.qr(np.asarray(basis, dtype=np.float64).T)[0].T)
+    CV = np.empty_like(V)
+    covariance_apply(Xc, V, CV)
+    M = CV @ V.T
+    M = (M + M.T) / 2
+    held = float(M[0, 0] + M[1, 1])  # the first two rows of V span the drawn plane
+    if held <= 0.0:
+        return 1.0 if not np.any(CV) else 0.0
+    R = CV - M @ V
+    G = R @ R.T
+    steps = LANCZOS_STEPS[-1]
+    L = np.zeros((steps + 1, d))
+    start = rng.standard_normal(d)
+    start -= V.T @ (V @ start)
+    L[0] = start / np.linalg.norm(start)
+    alpha, beta = np.zeros(steps), np.zeros(steps)
+    done, best = 0, 0.0
+    for stage in LANCZOS_STEPS:
+        if not (done and beta[done - 1] == 0.0):  # else the space is invariant: all is found
+            done = block_lanczos_kernel(Xc, V, L, alpha, beta, done, stage)
+        eps = lanczos_slack(d - len(V), stage, CHECK_FAIL / len(LANCZOS_STEPS))
+        if eps >= 1.0:
+            continue
+        T = np.diag(alpha[:done]) + np.diag(beta[:done - 1], 1) + np.diag(beta[:done - 1], -1)
+        found = max(float(np.linalg.eigvalsh(T)[-1]), 0.0)
+        bound = top2_bound(M, G, found / (1.0 - eps) * (1 + ROUNDING) + ROUNDING * held)
+        best = max(best, held / (bound * (1 + ROUNDING)))
+        if best >= AUDIT_MIN:
+            break
+    return min(best, 1.0)
+
+
 def _gain(ritz: np.ndarray, p: int) -> float:
     """How much the last refinement raised the top-two variance, as a fraction of it."""
     after = ritz[0] + ritz[1]
@@ -168,7 +270,8 @@ class PlaneTracker:
         self.stats = stats or PlaneStats("tracked pca")
 
     def _exact(self, X: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """An exact (or, for very wide and long clouds, converged) solve from scratch."""
+        """An exact (or, for very wide and long clouds, converged and certified) solve from
+        scratch."""
         n, d = X.shape
         self.stats.exact += 1
         if min(n, d) <= EXACT_BASIS_MAX:
@@ -182,9 +285,11 @@ class PlaneTracker:
             if _gain(ritz, p) <= GAIN / 10:
                 break
             scores, basis, ritz = _refine(X, basis, 1)
+        # Too wide for an eigendecomposition: what this plane holds is bounded, not known.
+        self.stats.audited(certified_share(X, basis, np.random.default_rng([self.seed, -1])))
         return scores, basis, ritz
 
-    def __call__(self, X: np.ndarray, keyframe: int, last: bool = False) -> np.ndarray:
+    def __call__(self, X: np.ndarray, keyframe: int) -> np.ndarray:
         X = np.ascontiguousarray(X, dtype=np.float32)
         n, d = X.shape
         p = min(BLOCK, d, n)
@@ -200,17 +305,32 @@ class PlaneTracker:
             if _gain(ritz, p) > GAIN:
                 self.stats.corrected += 1
                 scores, basis, ritz = self._exact(X, p)
-            elif (keyframe + 1) % CHUNK == 0 or last:
-                # Audit the plane that has been tracked longest from its exact start.
-                if min(n, d) <= EXACT_BASIS_MAX:
-                    captured = (ritz[0] + ritz[1]) / max(exact_top2(X), 1e-300)
-                    self.stats.audited(min(float(captured), 1.0))
-                    if captured < AUDIT_MIN:
-                        self.stats.corrected += 1
-                        scores, basis, ritz = self._exact(X, p)
+            else:
+                scores, basis, ritz = self._checked(X, keyframe, scores, basis, ritz)
         self.basis = basis
         self.stats.saw((ritz[0] + ritz[1]) / ritz[p + 1] if ritz[p + 1] > 0 else 1.0)
         return scores
+
+    def _checked(self, X: np.ndarray, keyframe: int, scores: np.ndarray, basis: np.ndarray,
+                 ritz: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The tracked plane if it holds :data:`AUDIT_MIN` of the exact top-two variance, else
+        an exact solve; what the drawn plane holds is recorded either way.
+
+        A plane gaining too little to pass again can still be behind (a new direction the
+        block barely touches), so every one is checked: cheaply certified
+        (:func:`certified_share`, its start seeded by the keyframe so any chunk gets the same
+        answer), or, where that falls short, measured against the exact top-two variance.
+        """
+        n, d = X.shape
+        share = certified_share(X, basis, np.random.default_rng([self.seed, keyframe]))
+        if share < AUDIT_MIN and min(n, d) <= EXACT_BASIS_MAX:
+            self.stats.exact_checks += 1
+            share = min(float((ritz[0] + ritz[1]) / max(exact_top2(X), 1e-300)), 1.0)
+            if share < AUDIT_MIN:
+                self.stats.corrected += 1
+                return self._exact(X, basis.shape[0])
+        self.stats.audited(share)  # beyond EXACT_BASIS_MAX, the bound as it is
+        return scores, basis, ritz
 
 
 def pca_2d(X: np.ndarray, seed: int = 0, basis: np.ndarray | None = None

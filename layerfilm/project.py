@@ -90,14 +90,13 @@ def align(layout: np.ndarray, previous: np.ndarray | None) -> np.ndarray:
 class Track:
     """One layer's state carried from keyframe to keyframe.
 
-    The driver sets ``keyframe`` (the keyframe's index in the film) and ``last`` before each
-    call; projections keep what they need (``layout``, the last aligned layout; ``planes``,
-    a wide layer's :class:`~layerfilm.pca.PlaneTracker`) and say what they did in ``stats``.
+    The driver sets ``keyframe`` (the keyframe's index in the film) before each call;
+    projections keep what they need (``layout``, the last aligned layout; ``planes``, a wide
+    layer's :class:`~layerfilm.pca.PlaneTracker`) and say what they did in ``stats``.
     """
 
     layout: np.ndarray | None = None  # the last aligned layout, (n, 2) float32
     keyframe: int = 0
-    last: bool = False
     fixed_frame: bool = False  # the projection draws in fixed axes (never turned)
     planes: PlaneTracker | None = None
     stats: PlaneStats = dataclasses.field(default_factory=PlaneStats)
@@ -151,7 +150,7 @@ class PCA:
         if track.planes is None:
             track.stats.method = "tracked pca"
             track.planes = PlaneTracker(self.seed, track.stats)
-        return Projected(track.planes(X, track.keyframe, track.last), "tracked pca")
+        return Projected(track.planes(X, track.keyframe), "tracked pca")
 
 
 class UMAP:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from . import atomic, cache, checkpoints, extract, layouts
-from .compose import missing_glyphs_as_boxes
+from .text import missing_glyphs_as_boxes
 from .drift import Drift, Settling, drift_of, rebel_scores  # noqa: F401  (what stats reports)
 from .plan import Plan
 from .progress import QUIET, Progress

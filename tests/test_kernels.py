@@ -5,6 +5,7 @@ import pytest
 
 from layerfilm import _draw_kernels as D
 from layerfilm import _kernels as K
+from layerfilm import _plane_kernels as PK
 from layerfilm.interpolate import Interpolator, frame_count, keyframe_times
 from layerfilm.raster import Rasterizer
 from layerfilm.shade import (CMAP_LOW, DENSITY_BASE, DENSITY_LEVELS, REBEL, SETTLED, TEXT_BASE, TEXT_LEVELS,
@@ -263,6 +264,55 @@ def test_tracked_pca_kernel_matches_numpy(passes):
         np.testing.assert_allclose(np.abs(basis[c] @ ref_basis[c]), 1.0, atol=1e-5)
     np.testing.assert_allclose(basis @ basis.T, np.eye(p), atol=1e-5)
     assert abs(scores.mean(axis=0)).max() < 1e-4 * np.abs(scores).max()  # centred
+
+
+def test_block_lanczos_kernel_matches_numpy():
+    # The check of a tracked plane: centring, products with the covariance (float64 and
+    # float32 sums) and Lanczos off a block, continued in two calls as the stages do.
+    rng = np.random.default_rng(4)
+    n, d, p, steps = 400, 90, 8, 12
+    X = (rng.normal(size=(n, d)) * 0.95 ** np.arange(d) + 3.0).astype(np.float32)
+    V = np.linalg.qr(rng.normal(size=(d, p)))[0].T.copy()
+    start = rng.normal(size=d)
+    alpha_ref, beta_ref, CV_ref = PK.block_lanczos_numpy(X, V, start, steps)
+    Xc = np.empty_like(X)
+    PK.centre_kernel(X, Xc)
+    np.testing.assert_allclose(Xc, X - X.mean(axis=0, dtype=np.float64), atol=1e-5)
+    CV = np.empty((p, d))
+    PK.covariance_apply(Xc, V, CV)
+    np.testing.assert_allclose(CV, CV_ref, rtol=1e-5, atol=1e-5 * np.abs(CV_ref).max())
+    L, alpha, beta = np.zeros((steps + 1, d)), np.zeros(steps), np.zeros(steps)
+    q = start - V.T @ (V @ start)
+    L[0] = q / np.linalg.norm(q)
+    assert PK.block_lanczos_kernel(Xc, V, L, alpha, beta, 0, 5) == 5
+    assert PK.block_lanczos_kernel(Xc, V, L, alpha, beta, 5, steps) == steps
+    np.testing.assert_allclose(alpha, alpha_ref, rtol=1e-5)
+    np.testing.assert_allclose(beta, beta_ref, rtol=1e-5)
+    np.testing.assert_allclose(L @ L.T, np.eye(steps + 1), atol=1e-9)  # fully reorthogonalised
+    assert np.abs(L @ V.T).max() < 1e-9  # and off the block
+
+
+def test_block_lanczos_kernel_finds_the_largest_variance_off_the_block():
+    # Rank 3 off a random plane: a few steps give its top eigenvalue (numpy, exact); an
+    # all-zero layer stops at the first step, the space being invariant.
+    rng = np.random.default_rng(5)
+    n, d = 300, 70
+    X = (rng.normal(size=(n, 3)) @ rng.normal(size=(3, d))).astype(np.float32)
+    V = np.linalg.qr(rng.normal(size=(d, 2)))[0].T.copy()
+    Xc64 = X.astype(np.float64) - X.mean(axis=0, dtype=np.float64)
+    P = np.eye(d) - V.T @ V
+    want = np.linalg.eigvalsh(P @ Xc64.T @ Xc64 @ P)[-1]
+    for X, steps, top in ((X, 6, want), (np.zeros((n, d), np.float32), 1, 0.0)):
+        Xc = np.empty_like(X)
+        PK.centre_kernel(X, Xc)
+        L, alpha, beta = np.zeros((7, d)), np.zeros(6), np.zeros(6)
+        q = rng.normal(size=d)
+        q -= V.T @ (V @ q)
+        L[0] = q / np.linalg.norm(q)
+        done = PK.block_lanczos_kernel(Xc, V, L, alpha, beta, 0, 6)
+        assert done == steps
+        T = np.diag(alpha[:done]) + np.diag(beta[:done - 1], 1) + np.diag(beta[:done - 1], -1)
+        assert abs(np.linalg.eigvalsh(T)[-1] - top) <= 1e-5 * want
 
 
 def test_tracked_pca_kernel_keeps_full_rank_on_degenerate_layers():

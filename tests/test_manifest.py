@@ -227,9 +227,10 @@ def test_inputs_are_kept_and_output_folders_dropped_on_rerender(tmp_path, run_di
 
 
 def test_manifest_records_how_each_panel_was_projected(tmp_path):
-    """Per panel: the method, the exact solves of a tracked plane and its lowest audited share
-    of the exact top-two variance (checked here with numpy on the last keyframe), the share of
-    variance on the drawn axes."""
+    """Per panel: the method, the exact solves and exact checks of a tracked plane, a lower
+    bound on the share of the exact top-two variance it held at every keyframe (that it is one
+    is tested in test_project.py), the share of variance on the drawn axes (checked here with
+    numpy)."""
     from layerfilm import pca
 
     run = write_run(tmp_path / "run", n=4, seed=3, d=80, blocks=2, vocab=120)
@@ -239,6 +240,7 @@ def test_manifest_records_how_each_panel_was_projected(tmp_path):
     for p in panels:
         assert p["method"] == "tracked pca" and p["keyframes"] == 4 and p["exact"] >= 1
         assert 0.99 <= p["captured_min"] <= 1.0 and 0 < p["share_min"] <= p["share_max"] <= 1
+        assert 0 <= p["exact_checks"] < p["keyframes"]  # a chunk's first keyframe is solved exactly
     # The recorded shares lie within what exact PCA gives at the keyframes (numpy, the embedding).
     from safetensors.numpy import load_file
 
