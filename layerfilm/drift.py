@@ -206,13 +206,13 @@ def gap_growth(sketches: np.ndarray, norm: np.ndarray, steps: np.ndarray) -> np.
     with np.errstate(invalid="ignore", divide="ignore"):
         step1 = np.linalg.norm(sk[:, 1:] - sk[:, :-1], axis=2) / norm[:, :-1]  # (L, K-1)
         measured: list[dict[int, float]] = [{1: 1.0} for _ in range(L)]
+        inner = np.cumsum(np.c_[np.zeros(L), step1], axis=1)  # summed changes up to each keyframe
         for m in range(2, wanted + 1):
             pairs = [(i, i + m) for a, b in runs for i in range(a, b - m + 1)]
             if len(pairs) < GROWTH_MIN_PAIRS:
                 break
             i, j = np.array(pairs).T
             far = np.linalg.norm(sk[:, j] - sk[:, i], axis=2) / norm[:, i]  # (L, pairs)
-            inner = np.cumsum(np.c_[np.zeros(L), step1], axis=1)
             local = (inner[:, j] - inner[:, i]) / m
             r = far / local
             for l in range(L):
