@@ -40,6 +40,20 @@ def footprint_table(sigma: float) -> np.ndarray:
 
 
 @ngjit
+def take_max(counts, y0, y1):
+    """The largest value in rows ``y0:y1`` of ``counts``, which are set to zero (one pass, no
+    GIL: the colour span's pass runs in threads)."""
+    top = 0.0
+    for y in range(y0, y1):
+        for x in range(counts.shape[1]):
+            v = counts[y, x]
+            if v > top:
+                top = v
+            counts[y, x] = 0.0
+    return top
+
+
+@ngjit
 def splat_kernel(xy, starts, xform, rect, table, offset, radius, counts):
     """Add every point of every panel into ``counts``.
 

@@ -1,18 +1,21 @@
-"""The numba kernels that check a tracked plane (``pca.certified_share``), each beside a
-plain-numpy twin that tests compare it to.
+"""The numba kernels that track and check a layer's principal plane beside the row-sweeping
+tracking kernel (:mod:`layerfilm._kernels`), each tested against numpy.
 
-Lanczos on the covariance with the tracked block projected out, from a random start: what it
-finds bounds (with a stated probability) the largest variance off the block, which with the
-block's residuals bounds the exact top-two variance.  BLAS-free for the same reason as the
-tracking kernel in :mod:`layerfilm._kernels`: layers are checked in parallel threads.
+* Narrow clouds (``pca._Moments``): the tracking passes on the covariance matrix, and its exact
+  top eigenpairs by LAPACK's ``ssyevx`` -- without the GIL, since layers are projected in
+  parallel threads (numpy's and scipy's eigensolvers hold it: two threads then ran no faster
+  than one).
+* Wider clouds (``pca.certified_share``): Lanczos on the covariance with the tracked block
+  projected out, from a random start: what it finds bounds (with a stated probability) the
+  largest variance off the block, which with the block's residuals bounds the exact top-two
+  variance.  BLAS-free, for the same reason.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ._kernels import ngjit_fast
-
+from ._kernels import _orthonormalize_rows, ngjit_fast
 
 @ngjit_fast
 def centre_kernel(X, Xc):
@@ -25,6 +28,88 @@ def centre_kernel(X, Xc):
     for i in range(n):
         for k in range(d):
             Xc[i, k] = X[i, k] - np.float32(acc[k] / n)
+
+
+@ngjit_fast
+def top_eigen(M, k, vectors, w, Z):
+    """The top ``k`` eigenvalues of the symmetric float32 ``M`` (m, m), descending, into
+    ``w[:k]`` (float64), and with ``vectors`` their unit eigenvectors into the rows of
+    ``Z[:k]`` ((k, m) float32)."""
+    m = M.shape[0]
+    if vectors:
+        lam, E = np.linalg.eigh(M.astype(np.float64))
+        for i in range(k):
+            w[i] = lam[m - 1 - i]
+            for j in range(m):
+                Z[i, j] = E[j, m - 1 - i]
+    else:  # values alone in float32: a quarter faster, and M is float32 already
+        lam32 = np.linalg.eigvalsh(M)
+        for i in range(k):
+            w[i] = lam32[m - 1 - i]
+
+
+@ngjit_fast
+def _definite(A):
+    """Whether the symmetric float64 ``A`` is positive definite (its Cholesky factor exists)."""
+    try:
+        np.linalg.cholesky(A)
+    except Exception:  # numba raises LinAlgError where the factorisation breaks down
+        return False
+    return True
+
+
+@ngjit_fast
+def top2_at_most(C, q, r, bound1, bound2):
+    """Whether the largest eigenvalue of the symmetric ``C`` (d, d) is below ``bound1`` and the
+    second below ``bound2``, shown by two Cholesky factorisations (float64, a third of the
+    work of the eigenvalues): ``bound1 I - C`` is positive definite, and so is
+    ``bound2 I - (C - r q q^T)`` for the unit ``q`` and ``r >= 0`` (the top Ritz pair): the
+    second eigenvalue of C is at most the largest of C minus any positive semi-definite
+    rank-one matrix (Weyl).  False: not shown (either bound may still hold)."""
+    d = C.shape[0]
+    A = np.empty((d, d))
+    for i in range(d):
+        for j in range(d):
+            A[i, j] = -C[i, j]
+        A[i, i] += bound1
+    if not _definite(A):
+        return False
+    for i in range(d):
+        for j in range(d):
+            A[i, j] = r * q[i] * q[j] - C[i, j]
+        A[i, i] += bound2
+    return _definite(A)
+
+
+@ngjit_fast
+def covariance_refine_kernel(C, Xc, start, passes, total, scores, basis, ritz):
+    """What ``_kernels.tracked_pca_kernel`` computes (same outputs, same meaning), from the
+    covariance matrix ``C = Xc^T Xc`` (d, d) float32 instead of a sweep over the rows per
+    pass: each pass is a (p, d) x (d, d) product; the rows are read once, for the scores."""
+    p, d = start.shape
+    Q = start.copy()
+    incoming = -1.0
+    for it in range(passes):
+        Z = np.dot(Q, C)
+        if it == 0:  # the start block's Rayleigh quotient: what it held, for free
+            G = np.dot(Z, Q.T).astype(np.float64)
+            win = np.linalg.eigvalsh((G + G.T) / 2)
+            incoming = win[p - 1] + win[p - 2]
+        _orthonormalize_rows(Z)
+        Q[:] = Z
+    G = np.dot(np.dot(Q, C), Q.T).astype(np.float64)
+    w, V = np.linalg.eigh((G + G.T) / 2)  # ascending
+    for a in range(p):
+        ritz[a] = w[p - 1 - a]
+    ritz[p] = incoming if incoming >= 0.0 else w[p - 1] + w[p - 2]
+    ritz[p + 1] = total
+    for a in range(p):
+        for k in range(d):
+            s = 0.0
+            for j in range(p):
+                s += V[j, p - 1 - a] * Q[j, k]
+            basis[a, k] = s
+    scores[:] = np.dot(Xc, np.ascontiguousarray(basis[:2].T))
 
 
 @ngjit_fast

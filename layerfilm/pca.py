@@ -9,12 +9,16 @@ an eigendecomposition.  Tracking never falls behind unnoticed:
   it; while a pass still gains more than 0.3 %, up to three more passes follow, and a block
   that is still gaining then is replaced by an exact solve at that keyframe ("corrected");
 * a block that gains too little to pass again can still be behind (a new direction it barely
-  touches), so every tracked keyframe's plane is then checked before it is drawn: a cheap
-  certificate (:func:`certified_share`: the block's residuals and a few Lanczos steps on the
-  covariance off the block bound the exact top-two variance; wrong with probability at most
-  :data:`CHECK_FAIL`, whatever the data) shows that it holds at least 99 % of the exact
-  top-two variance, or, where the certificate falls short, an exact solve
-  measures what it holds and replaces it below 99 %;
+  touches), so every tracked keyframe's plane is then checked before it is drawn, and
+  replaced by an exact solve where it holds less than 99 % of the exact top-two variance.
+  Up to ``min(n, d) =`` :data:`EXACT_CHECK_MAX` the check is exact: the keyframe's float32
+  covariance (or Gram) matrix is formed once (:class:`_Moments`) and the passes, the exact
+  top-two eigenvalues and any exact solve all work on it -- at 1,024 x 128 that costs about
+  what the passes on the rows cost alone.  Wider, a cheap certificate
+  (:func:`certified_share`: the block's residuals and a few Lanczos steps on the covariance
+  off the block bound the exact top-two variance; wrong with probability at most
+  :data:`CHECK_FAIL`, whatever the data) shows the 99 %, or, where it falls short, an exact
+  solve measures what the plane holds;
 * the keyframes are cut into chunks of :data:`CHUNK`, each starting from an exact solve (so
   chunks can be computed anywhere, in any order, with the same result).
 
@@ -27,6 +31,7 @@ hold.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -38,6 +43,17 @@ GAIN = 3e-3  # a pass that raised the top-two variance by more than this fractio
 EXTRA_PASSES = 3
 AUDIT_MIN = 0.99  # an audited plane holding less of the exact top-two variance is corrected
 EXACT_BASIS_MAX = 1536  # min(n, d) up to which a chunk start is an eigendecomposition
+# Up to this min(n, d), every tracked keyframe is checked exactly on its covariance (or Gram)
+# matrix: measured cheaper than the certificate there (1,024 x 128: 0.6 ms against 1.6 ms, and
+# 2,000 x 256: 2.9 ms against ~5 ms), the certificate cheaper beyond.
+EXACT_CHECK_MAX = 256
+# The slacks tried for the Cholesky bound (_Moments.share) before the eigenvalues are computed:
+# the first shows a converged plane holds >= 0.999, the second >= AUDIT_MIN.
+# A narrow plane is shown to hold at least min(the panel's lowest share so far, CLOSE) of the
+# exact top-two variance by a certificate, else its share is computed exactly: captured_min
+# is the true minimum to within 1 - CLOSE, and an exact eigenvalue solve is paid only at
+# keyframes that hold less than every keyframe before them.
+CLOSE = 0.9995
 _COLD_PASSES = 6  # otherwise: passes from a seeded random start, then as many as still gain
 # Every tracked keyframe's plane is checked (certified_share) by Lanczos stages of these many
 # steps on the covariance off the plane, each stage's bound wrong with probability at most
@@ -56,11 +72,13 @@ class PlaneStats:
     exact: int = 0  # keyframes solved exactly (chunk starts and corrections)
     corrected: int = 0  # tracked planes replaced by an exact solve
     extra_passes: int = 0
-    exact_checks: int = 0  # tracked planes checked by an exact solve (no cheap certificate)
+    exact_checks: int = 0  # tracked planes checked on the covariance matrix, or exactly
     # A lower bound on the share of the exact top-two variance held by the plane the film
     # shows, over every keyframe: exact solves count as 1, planes checked exactly as what they
-    # held, certified planes as their certified bound (certified_share: it may sit a little
-    # below what the plane holds, and is wrong with probability at most CHECK_FAIL each).
+    # held.  Narrow panels (EXACT_CHECK_MAX): the true minimum, or at most 1 - CLOSE below it.
+    # Wider ones: certified planes count as their certified bound (certified_share: it may
+    # sit a little below what the plane holds, and is wrong with probability at most
+    # CHECK_FAIL each).
     captured_min: float | None = None
     share_min: float | None = None  # share of the panel's total variance on the two axes
     share_max: float | None = None
@@ -260,6 +278,78 @@ def _gain(ritz: np.ndarray, p: int) -> float:
     return (after - ritz[p]) / after if after > 0 else 0.0
 
 
+class _Moments:
+    """One keyframe's rows centred, and their covariance ``Xc^T Xc`` (``n >= d``) or Gram
+    matrix ``Xc Xc^T`` (``n < d``) in float32 (one BLAS product, formed once), for panels up
+    to :data:`EXACT_CHECK_MAX` wide: tracking passes, the exact top-two variance and exact
+    solves then cost a few small products and one partial eigendecomposition each (numba
+    kernels in :mod:`layerfilm._plane_kernels`, free of the GIL)."""
+
+    def __init__(self, X: np.ndarray, scratch: np.ndarray | None = None):
+        from ._plane_kernels import centre_kernel
+
+        # ``scratch``: an array of X's shape to centre into, kept by the caller: a fresh one
+        # per keyframe is fresh pages from the kernel, which doubled this step's cost.
+        self.X, self.gram = X, X.shape[0] < X.shape[1]
+        self.Xc = scratch if scratch is not None and scratch.shape == X.shape else np.empty_like(X)
+        centre_kernel(X, self.Xc)  # numpy's mean in float64 took 20x longer
+        self.M = self.Xc @ self.Xc.T if self.gram else self.Xc.T @ self.Xc  # BLAS syrk
+        self.total = float(np.trace(self.M, dtype=np.float64))
+
+    def _top(self, k: int, vectors: bool) -> tuple[np.ndarray, np.ndarray]:
+        from ._plane_kernels import top_eigen
+
+        w, Z = np.empty(k), np.empty((k if vectors else 1, self.M.shape[0]), np.float32)
+        top_eigen(self.M, k, vectors, w, Z)
+        return w, Z
+
+    def top2(self) -> float:
+        """The exact variance on the top two principal axes."""
+        return float(np.clip(self._top(2, False)[0], 0, None).sum())
+
+    def share(self, ritz: np.ndarray, basis: np.ndarray, floor: float = 1.0) -> float:
+        """The share of the exact top-two variance that the plane of ``basis``'s first two
+        rows holds (``ritz``: their variances first, as :meth:`refine` returns them), or
+        ``min(floor, CLOSE)`` where the plane is shown to hold at least that much: each of
+        the top two eigenvalues at most its Ritz value times the matching ``1 + slack``
+        (:func:`~layerfilm._plane_kernels.top2_at_most`, a third of the work of computing
+        them)."""
+        from ._plane_kernels import top2_at_most
+
+        held = float(ritz[0] + ritz[1])
+        if held <= 0.0:
+            return 1.0 if self.total <= 0.0 else 0.0
+        target = min(floor, CLOSE)
+        grow = 1.0 / target - 2 * ROUNDING  # 1 / (grow + 2 ROUNDING) == target
+        if not self.gram and grow > 1 + ROUNDING:
+            r1, r2 = max(float(ritz[0]), 0.0), max(float(ritz[1]), 0.0)
+            if top2_at_most(self.M, basis[0], r1, r1 * grow + ROUNDING * held,
+                            r2 * grow + ROUNDING * held):
+                return target
+        return min(held / max(self.top2(), 1e-300), 1.0)
+
+    def basis(self, p: int) -> np.ndarray:
+        """The top ``p`` principal directions as orthonormal rows ``(p, d)`` float32."""
+        w, U = self._top(p, True)
+        if not self.gram:
+            return U
+        V = self.Xc.T.astype(np.float64) @ (U.T / np.sqrt(np.maximum(w, 1e-300)))
+        return np.ascontiguousarray(np.linalg.qr(V)[0].T, dtype=np.float32)
+
+    def refine(self, start: np.ndarray, passes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """What :func:`_refine` returns, from the covariance matrix (``n >= d``) instead of a
+        sweep over the rows per pass."""
+        from ._plane_kernels import covariance_refine_kernel
+
+        if self.gram:
+            return _refine(self.X, start, passes)
+        p, d = start.shape
+        scores, basis, ritz = np.empty((len(self.X), 2), np.float32), np.empty((p, d), np.float32), np.empty(p + 2)
+        covariance_refine_kernel(self.M, self.Xc, np.ascontiguousarray(start, dtype=np.float32),
+                                 passes, self.total, scores, basis, ritz)
+        return scores, basis, ritz
+
+
 class PlaneTracker:
     """The principal plane of one wide panel, keyframe after keyframe (see the module
     docstring).  ``__call__(X, keyframe, last)`` returns the ``(n, 2)`` float32 scores."""
@@ -268,15 +358,20 @@ class PlaneTracker:
         self.seed = seed
         self.basis: np.ndarray | None = None
         self.stats = stats or PlaneStats("tracked pca")
+        self._scratch: np.ndarray | None = None  # see _Moments
 
-    def _exact(self, X: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _exact(self, X: np.ndarray, p: int, moments: _Moments | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """An exact (or, for very wide and long clouds, converged and certified) solve from
         scratch."""
         n, d = X.shape
         self.stats.exact += 1
+        if moments is not None:
+            self.stats.audited(1.0)  # an exact solve holds all of it
+            return moments.refine(moments.basis(p), 0)
         if min(n, d) <= EXACT_BASIS_MAX:
             start, _ = exact_basis(X, p)
-            self.stats.audited(1.0)  # an exact solve holds all of it
+            self.stats.audited(1.0)
             return _refine(X, start, 0)
         rng = np.random.default_rng(self.seed)
         start = np.ascontiguousarray(np.linalg.qr(rng.standard_normal((d, p)))[0].T, dtype=np.float32)
@@ -293,42 +388,52 @@ class PlaneTracker:
         X = np.ascontiguousarray(X, dtype=np.float32)
         n, d = X.shape
         p = min(BLOCK, d, n)
+        moments = _Moments(X, self._scratch) if min(n, d) <= EXACT_CHECK_MAX else None
+        self._scratch = moments.Xc if moments is not None else None
+        refine = moments.refine if moments is not None else functools.partial(_refine, X)
         if self.basis is None or self.basis.shape != (p, d) or keyframe % CHUNK == 0:
-            scores, basis, ritz = self._exact(X, p)
+            scores, basis, ritz = self._exact(X, p, moments)
         else:
-            scores, basis, ritz = _refine(X, self.basis, 1)
+            scores, basis, ritz = refine(self.basis, 1)
             extra = 0
             while _gain(ritz, p) > GAIN and extra < EXTRA_PASSES:
-                scores, basis, ritz = _refine(X, basis, 1)
+                scores, basis, ritz = refine(basis, 1)
                 extra += 1
             self.stats.extra_passes += extra
-            if _gain(ritz, p) > GAIN:
+            if moments is None and _gain(ritz, p) > GAIN:
                 self.stats.corrected += 1
                 scores, basis, ritz = self._exact(X, p)
             else:
-                scores, basis, ritz = self._checked(X, keyframe, scores, basis, ritz)
+                scores, basis, ritz = self._checked(X, keyframe, scores, basis, ritz, moments)
         self.basis = basis
         self.stats.saw((ritz[0] + ritz[1]) / ritz[p + 1] if ritz[p + 1] > 0 else 1.0)
         return scores
 
     def _checked(self, X: np.ndarray, keyframe: int, scores: np.ndarray, basis: np.ndarray,
-                 ritz: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 ritz: np.ndarray, moments: _Moments | None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The tracked plane if it holds :data:`AUDIT_MIN` of the exact top-two variance, else
         an exact solve; what the drawn plane holds is recorded either way.
 
         A plane gaining too little to pass again can still be behind (a new direction the
-        block barely touches), so every one is checked: cheaply certified
-        (:func:`certified_share`, its start seeded by the keyframe so any chunk gets the same
-        answer), or, where that falls short, measured against the exact top-two variance.
+        block barely touches), so every one is checked: exactly where ``moments`` are at hand;
+        else cheaply certified (:func:`certified_share`, its start seeded by the keyframe so
+        any chunk gets the same answer), or, where that falls short, measured against the
+        exact top-two variance.
         """
         n, d = X.shape
-        share = certified_share(X, basis, np.random.default_rng([self.seed, keyframe]))
-        if share < AUDIT_MIN and min(n, d) <= EXACT_BASIS_MAX:
+        if moments is not None:
             self.stats.exact_checks += 1
-            share = min(float((ritz[0] + ritz[1]) / max(exact_top2(X), 1e-300)), 1.0)
-            if share < AUDIT_MIN:
-                self.stats.corrected += 1
-                return self._exact(X, basis.shape[0])
+            floor = 1.0 if self.stats.captured_min is None else self.stats.captured_min
+            share = moments.share(ritz, basis, max(floor, AUDIT_MIN))
+        else:
+            share = certified_share(X, basis, np.random.default_rng([self.seed, keyframe]))
+            if share < AUDIT_MIN and min(n, d) <= EXACT_BASIS_MAX:
+                self.stats.exact_checks += 1
+                share = min(float((ritz[0] + ritz[1]) / max(exact_top2(X), 1e-300)), 1.0)
+        if share < AUDIT_MIN and (moments is not None or min(n, d) <= EXACT_BASIS_MAX):
+            self.stats.corrected += 1
+            return self._exact(X, basis.shape[0], moments)
         self.stats.audited(share)  # beyond EXACT_BASIS_MAX, the bound as it is
         return scores, basis, ritz
 

@@ -7,7 +7,7 @@ import concurrent.futures
 import numpy as np
 
 from . import interpolate
-from ._draw_kernels import CUTOFF, footprint_table, splat_kernel
+from ._draw_kernels import CUTOFF, footprint_table, splat_kernel, take_max
 from .cluster import threads
 
 FWHM = 2.0 * np.sqrt(2.0 * np.log(2.0))  # a Gaussian's full width at half maximum, in sigmas
@@ -88,8 +88,7 @@ class Rasterizer:
         fixed before the first frame (at least 1, a lone dot's centre).  Keyframes alone are
         not enough: dots converging between two keyframes pile up denser than at either."""
         # Deposits stay inside the panels' rects, so only their rows are searched and cleared.
-        rows = slice(int(self.rects[:, 1].min()), int(self.rects[:, 3].max())) if len(self.rects) \
-            else slice(0, 0)
+        y0, y1 = (int(self.rects[:, 1].min()), int(self.rects[:, 3].max())) if len(self.rects) else (0, 0)
         n_frames = interpolate.frame_count(times)
 
         def densest(part: range) -> float:
@@ -98,8 +97,7 @@ class Rasterizer:
             for f in part:
                 splat_kernel(at(f), self.starts, self.xform, self.rects,
                              *self.footprint, counts)
-                top = max(top, float(counts[rows].max(initial=0.0)))
-                counts[rows] = 0
+                top = max(top, take_max(counts, y0, y1))
             return top
 
         n = threads()

@@ -25,9 +25,9 @@ def header_sha(path) -> str:
     return hashlib.sha256(raw[:8 + n]).hexdigest()
 
 
-def drawn_sha(path, run, **selection) -> str:
-    """sha256 of the bytes of every drawn row, in file order, found from the safetensors
-    header by hand (not by layerfilm's reader)."""
+def drawn_digest(path, run, digest="xxh3", **selection) -> str:
+    """XXH3-128 (or sha256) of the bytes of every drawn row, in file order, found from the
+    safetensors header by hand (not by layerfilm's reader)."""
     from conftest import plan_of
 
     plan = plan_of(run, **selection)
@@ -51,7 +51,9 @@ def drawn_sha(path, run, **selection) -> str:
         if b > a:
             bytes_ += raw[a:b]
             covered = b
-    return hashlib.sha256(bytes(bytes_)).hexdigest()
+    import xxhash
+
+    return (xxhash.xxh3_128 if digest == "xxh3" else hashlib.sha256)(bytes(bytes_)).hexdigest()
 
 
 def render(*args):
@@ -70,8 +72,8 @@ def test_manifest_records_inputs_options_encoder_and_film(tmp_path, run_dir):
     assert [f["path"] for f in doc["checkpoints"]["files"]] == [f.name for f in files]
     assert [f["step"] for f in doc["checkpoints"]["files"]] == [0, 100, 200, 300]
     assert [f["header_sha256"] for f in doc["checkpoints"]["files"]] == [header_sha(f) for f in files]
-    assert [f["read_sha256"] for f in doc["checkpoints"]["files"]] == \
-        [drawn_sha(f, run_dir) for f in files]
+    assert [f["read_xxh3"] for f in doc["checkpoints"]["files"]] == \
+        [drawn_digest(f, run_dir) for f in files]
     assert [f["bytes"] for f in doc["checkpoints"]["files"]] == [f.stat().st_size for f in files]
     assert [f["mtime_ns"] for f in doc["checkpoints"]["files"]] == [f.stat().st_mtime_ns for f in files]
     assert all("sha256" not in f for f in doc["checkpoints"]["files"])  # no full-file hashing
@@ -297,8 +299,28 @@ def test_from_manifest_refuses_a_drawn_value_changed_in_place(tmp_path, verify):
                                  str(tmp_path / "g.gif")])
     assert result.exit_code == 1
     assert "step_000100.safetensors: changed since" in result.output
-    assert ("read_sha256 differs" if not verify else "sha256 differs") in result.output
+    assert ("read_xxh3 differs" if not verify else "sha256 differs") in result.output
     assert not (tmp_path / "g.gif").exists()
+
+
+def test_a_manifest_with_the_older_read_sha256_is_checked_with_sha256(tmp_path):
+    """Manifests written before read_xxh3 recorded the sha256 of the drawn bytes: they are
+    checked with it -- accepted while the drawn bytes are the same, refused when one changes."""
+    run = write_run(tmp_path / "run", n=3)
+    render(run, tmp_path / "f.gif", "--fps", "2", "--size", "128x72")
+    path = tmp_path / "f.gif.json"
+    doc = json.loads(path.read_text())
+    for entry in doc["checkpoints"]["files"]:
+        assert entry.pop("read_xxh3") == drawn_digest(run / entry["path"], run)
+        entry["read_sha256"] = drawn_digest(run / entry["path"], run, digest="sha256")
+    path.write_text(json.dumps(doc))
+    assert "identical to the film recorded" in \
+        render("--from-manifest", path, tmp_path / "g.gif").output
+    doc["checkpoints"]["files"][1]["read_sha256"] = "0" * 64  # as if the bytes had changed
+    path.write_text(json.dumps(doc))
+    result = runner.invoke(app, ["render", "--from-manifest", str(path), str(tmp_path / "h.gif")])
+    assert result.exit_code == 1 and "read_sha256 differs" in result.output
+    assert not (tmp_path / "h.gif").exists()
 
 
 def test_from_manifest_accepts_an_untouched_copy_with_new_times(tmp_path):

@@ -291,15 +291,23 @@ def _eigh_top2(X):
     return np.linalg.eigh(G)[0][-2:].sum()
 
 
+@pytest.mark.parametrize("check", ["exact", "certified"])
 @pytest.mark.parametrize("case, keyframes", [(_sudden, 14), (_turning, 14), (_emerging, 14),
                                              (_turning_84, 16), (_rank2_emerging, 24)])
-def test_tracked_planes_hold_99_percent_of_the_exact_variance_at_every_keyframe(case, keyframes):
+def test_tracked_planes_hold_99_percent_of_the_exact_variance_at_every_keyframe(
+        case, keyframes, check, monkeypatch):
     """The ways one pass per keyframe falls behind (checked: it does, here) are caught and
     corrected at every keyframe -- also where the block barely touches the new direction, so
     that a pass gains too little to be passed again (the 84-degree turn; the rank-2 structure
     growing out of noise) -- against numpy's eigh at every keyframe; and the recorded
-    captured_min is a lower bound on what the drawn planes held, and at least AUDIT_MIN."""
+    captured_min is a lower bound on what the drawn planes held, and at least AUDIT_MIN.
+    Both checks: exact on the covariance matrix (these 512 x 160 clouds, by default) and the
+    certificate used for wider clouds."""
+    from layerfilm import pca
     from layerfilm.pca import AUDIT_MIN, PlaneTracker
+
+    if check == "certified":
+        monkeypatch.setattr(pca, "EXACT_CHECK_MAX", 0)
 
     X = [x.astype(np.float32) for x in case(np.random.default_rng(1), 512, 160, keyframes)]
     exact = [_eigh_top2(x) for x in X]
@@ -316,6 +324,36 @@ def test_tracked_planes_hold_99_percent_of_the_exact_variance_at_every_keyframe(
     assert st.keyframes == len(X) and st.exact >= 1 and st.extra_passes + st.corrected > 0
     # Certified shares sit below what the planes hold (1e-6: float32 scores against float64).
     assert AUDIT_MIN <= st.captured_min <= min(captured) + 1e-6
+    if check == "exact":
+        assert st.exact_checks == st.keyframes - st.exact + st.corrected
+        # ... and the minimum itself, to within 1 - CLOSE (below).
+        assert st.captured_min >= min(captured) - (1 - pca.CLOSE) - 1e-6
+
+
+@pytest.mark.parametrize("n, d", [(400, 96), (90, 200)])
+def test_passes_on_the_covariance_matrix_are_the_passes_on_the_rows(n, d):
+    """The narrow route (pca._Moments: passes on the covariance or Gram matrix formed once)
+    gives what the row-sweeping kernel gives: the same Ritz values, incoming variance and
+    total, the same plane and scores (up to each axis's sign), and its exact solve is numpy's
+    top plane."""
+    from layerfilm import pca
+
+    rng = np.random.default_rng(5)
+    X = (rng.normal(size=(n, d)) * 0.95 ** np.arange(d) + 3.0).astype(np.float32)
+    start = np.linalg.qr(rng.normal(size=(d, 8)))[0].T.astype(np.float32)
+    m = pca._Moments(X)
+    for passes in (0, 1, 3):
+        s1, b1, r1 = pca._refine(X, start, passes)
+        s2, b2, r2 = m.refine(start, passes)
+        np.testing.assert_allclose(r2, r1, rtol=2e-4)
+        signs = np.sign((s1 * s2).sum(axis=0))
+        np.testing.assert_allclose(s2 * signs, s1, atol=2e-3 * np.abs(s1).max())
+        np.testing.assert_allclose(np.abs(b2[:2] @ b1[:2].T), np.eye(2), atol=1e-3)
+    Xc = X.astype(np.float64) - X.mean(axis=0)
+    w, E = np.linalg.eigh(Xc.T @ Xc)
+    assert m.top2() == pytest.approx(w[-2:].sum(), rel=1e-5)
+    top = m.basis(8)
+    np.testing.assert_allclose(np.abs(top[:2] @ E[:, ::-1][:, :2]), np.eye(2), atol=1e-3)
 
 
 def test_certified_share_never_exceeds_what_a_plane_holds():
