@@ -1,6 +1,7 @@
-"""The numbers a film and ``layerfilm stats`` share: how fast each layer moved at each keyframe
-(:class:`Drift`, from the drift numbers measured while the checkpoints are read), when it
-settled (:class:`Settling`) and which layer moved against its neighbours (:func:`rebel_scores`).
+"""The numbers a film and ``layerfilm stats`` share: each layer's drift numbers, measured cloud
+by cloud while the checkpoints are read (:func:`measure_cloud`, :class:`DriftMeter`), how fast
+each layer moved at each keyframe (:class:`Drift`), when it settled (:class:`Settling`) and
+which layer moved against its neighbours (:func:`rebel_scores`).
 
 A rate does not depend on how often the run saved: :func:`gap_growth` measures from the run how
 a layer's change grows with the gap and converts every interval to the shortest one.
@@ -9,10 +10,60 @@ a layer's change grows with the gap and converts every interval to the shortest 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
 from . import extract
+from ._kernels import sketch_kernel, sq_norms_kernel
+
+SKETCH = 256  # buckets of a cloud's drift sketch (:func:`~layerfilm._kernels.sketch_kernel`)
+DRIFT_WIDTH = 2 + SKETCH
+# A sketch reads at most about this many of a cloud's numbers (every few rows of a larger
+# cloud): the growth of change with the gap is a ratio of changes, which evenly spread rows
+# show as well as all of them, and the sketch stays a small part of a keyframe's work.
+SKETCH_MAX_VALUES = 1 << 17
+
+_NO_PREVIOUS = np.zeros((0, 0), np.float32)  # the first keyframe's: no change to measure
+
+@functools.lru_cache(maxsize=64)
+def _sketch_hashes(n: int, d: int) -> tuple[np.ndarray, ...]:
+    """The fixed bucket and sign hashes of an ``(n, d)`` cloud's sketch: the same at every
+    keyframe, in every process, so any two keyframes' sketches can be subtracted."""
+    rng = np.random.default_rng([0x5CE7C4, n, d])
+    return (rng.integers(0, SKETCH, n), rng.choice([-1.0, 1.0], n),
+            rng.integers(0, SKETCH, d), rng.choice([-1.0, 1.0], d))
+
+
+def measure_cloud(cloud: np.ndarray, previous: np.ndarray | None, out: np.ndarray) -> None:
+    """A layer's drift numbers at one keyframe into ``out`` (DRIFT_WIDTH,) float64: sum W**2,
+    sum (W - W_prev)**2 (NaN without a ``previous`` cloud; :func:`~layerfilm._kernels.sq_norms_kernel`)
+    and the sketch of its rows (every few rows of a cloud of more than
+    :data:`SKETCH_MAX_VALUES` numbers; :func:`~layerfilm._kernels.sketch_kernel`), from which
+    the change between any two keyframes is estimated (:func:`gap_growth`)."""
+    sq_norms_kernel(cloud, _NO_PREVIOUS if previous is None else previous, out[:2])
+    rows = cloud[::-(-cloud.size // SKETCH_MAX_VALUES) or 1]
+    sketch_kernel(rows, *_sketch_hashes(*rows.shape), out[2:])
+
+
+class DriftMeter:
+    """Each panel's drift numbers over the keyframes ``keyframes`` (a range), measured as the
+    clouds are read, each against the same panel's cloud at the keyframe before (``previous``:
+    every panel's cloud at ``keyframes.start - 1``, ``None`` where there is none).
+
+    ``sums``: (L, len(keyframes), DRIFT_WIDTH) float64, NaN until measured.  Panels may be
+    measured from different threads (each panel's own slots only)."""
+
+    def __init__(self, keyframes: range, previous: list[np.ndarray | None]):
+        self.start = keyframes.start
+        self.previous = list(previous)
+        self.sums = np.full((len(previous), len(keyframes), DRIFT_WIDTH), np.nan)
+
+    def measure(self, l: int, k: int, cloud: np.ndarray) -> None:
+        """Panel ``l``'s ``cloud`` at keyframe ``k`` (the next one after the last measured)."""
+        measure_cloud(cloud, self.previous[l], self.sums[l, k - self.start])
+        self.previous[l] = cloud
+
 
 # The rebel: neighbours on either side, and the smallest spread of their log10 rates (decades),
 # so that near-identical neighbours do not turn a small difference into a huge score.
@@ -161,8 +212,8 @@ class Drift:
 def drift_of(sums: np.ndarray, steps: np.ndarray, layers: list[extract.Layer]) -> Drift:
     """Each layer's :class:`Drift` from its drift numbers (``(L, K, DRIFT_WIDTH)``: sum W**2,
     sum (W - W_prev)**2 and the sketch of its drawn weights at each keyframe, by
-    :func:`layouts.measure_cloud`, in the layouts' pass, by :func:`layouts.drift_sums` or in
-    :func:`weight_stats`)."""
+    :func:`measure_cloud`, in the layouts' pass, by :func:`layouts.drift_sums` or in
+    :func:`stats.weight_stats`)."""
     norm = np.sqrt(sums[:, :, 0])
     rel = np.full(norm.shape, np.nan)
     den = norm[:, :-1]
@@ -187,7 +238,7 @@ def gap_growth(sketches: np.ndarray, norm: np.ndarray, steps: np.ndarray) -> np.
     Where the run has consecutive keyframes ``g`` apart, every pair ``m`` such intervals apart
     shows how the change grows: the median over those pairs of ``|W_(i+m) - W_i|`` against the
     mean change of the ``m`` intervals between them, each estimated from the keyframes'
-    sketches (``(L, K, S)``, :func:`layouts.measure_cloud`).  Gaps between the measured ones
+    sketches (``(L, K, S)``, :func:`measure_cloud`).  Gaps between the measured ones
     are interpolated on log-log axes; beyond them the last measured slope is extended (held
     between 0 and 1); where nothing was measured the change is taken to grow with the gap.
     """

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import functools
 import json
 
 import numpy as np
 
 from . import cache, cluster, extract, pca, project
-from ._kernels import sketch_kernel, sq_norms_kernel
+from .drift import Drift, DriftMeter, drift_of
 from .errors import ConfigError
 from .plan import Plan
 from .progress import QUIET, Progress
@@ -27,8 +26,8 @@ class Keyframes:
     P: np.ndarray
     nonfinite: int  # points hidden because their weights had NaN/Inf
     panels: tuple[dict, ...] = ()
-    # (L, K, DRIFT_WIDTH) float64: each layer's :func:`measure_cloud` at each keyframe, when
-    # measured in this pass.
+    # (L, K, DRIFT_WIDTH) float64: each layer's :func:`~layerfilm.drift.measure_cloud` at each
+    # keyframe, when measured in this pass.
     drift_sums: np.ndarray | None = None
 
     def reordered(self, order: list[int], starts: np.ndarray) -> "Keyframes":
@@ -128,44 +127,13 @@ class ChunkLayouts:
     P: np.ndarray  # (len(chunk), N, 2) float32
     panels: list[dict]
     fixed: list[bool]  # panels drawn in a fixed frame (never turned)
-    drift_sums: np.ndarray | None = None  # (L, len(chunk), 2), see Keyframes
+    drift_sums: np.ndarray | None = None  # (L, len(chunk), DRIFT_WIDTH), see Keyframes
 
 
-_NO_PREVIOUS = np.zeros((0, 0), np.float32)
-
-SKETCH = 256  # buckets of a cloud's drift sketch (:func:`~layerfilm._kernels.sketch_kernel`)
-DRIFT_WIDTH = 2 + SKETCH
-# A sketch reads at most about this many of a cloud's numbers (every few rows of a larger
-# cloud): the growth of change with the gap is a ratio of changes, which evenly spread rows
-# show as well as all of them, and the sketch stays a small part of a keyframe's work.
-SKETCH_MAX_VALUES = 1 << 17
-
-
-@functools.lru_cache(maxsize=64)
-def _sketch_hashes(n: int, d: int) -> tuple[np.ndarray, ...]:
-    """The fixed bucket and sign hashes of an ``(n, d)`` cloud's sketch: the same at every
-    keyframe, in every process, so any two keyframes' sketches can be subtracted."""
-    rng = np.random.default_rng([0x5CE7C4, n, d])
-    return (rng.integers(0, SKETCH, n), rng.choice([-1.0, 1.0], n),
-            rng.integers(0, SKETCH, d), rng.choice([-1.0, 1.0], d))
-
-
-def measure_cloud(cloud: np.ndarray, previous: np.ndarray, out: np.ndarray) -> None:
-    """A layer's drift numbers at one keyframe into ``out`` (DRIFT_WIDTH,) float64: sum W**2,
-    sum (W - W_prev)**2 (NaN without a previous cloud; :func:`~layerfilm._kernels.sq_norms_kernel`)
-    and the sketch of its rows (every few rows of a cloud of more than
-    :data:`SKETCH_MAX_VALUES` numbers; :func:`~layerfilm._kernels.sketch_kernel`), from which
-    the change between any two keyframes is estimated (the run's growth of change with the gap,
-    :func:`layerfilm.stats.gap_growth`)."""
-    sq_norms_kernel(cloud, previous, out[:2])
-    rows = cloud[::-(-cloud.size // SKETCH_MAX_VALUES) or 1]
-    sketch_kernel(rows, *_sketch_hashes(*rows.shape), out[2:])
-
-
-def _previous_clouds(plan: Plan, k: int) -> list[np.ndarray]:
+def _previous_clouds(plan: Plan, k: int) -> list[np.ndarray | None]:
     """Every panel's cloud at keyframe ``k - 1`` (for the change into ``k``), or none at 0."""
     if k == 0:
-        return [_NO_PREVIOUS] * len(plan.layers)
+        return [None] * len(plan.layers)
     ckpt = plan.refs[k - 1].open()
     extract.prefetch(ckpt, plan.layers)
     shapes = ckpt.shapes()
@@ -196,16 +164,14 @@ def _project_chunk(plan: Plan, how: list[project.Projection], drift: bool, chunk
     threads = _threads(how[0].name if how else "pca")
     # The layers' drift is measured from the very clouds projected (a film reads only what it
     # draws); the change into a chunk's first keyframe needs the keyframe before it too.
-    sums = np.full((len(plan.layers), len(chunk), DRIFT_WIDTH), np.nan) if drift else None
-    previous = _previous_clouds(plan, chunk.start) if drift else None
+    meter = DriftMeter(chunk, _previous_clouds(plan, chunk.start)) if drift else None
 
     def project_layers(ckpt, shapes: dict, k: int, part: int) -> None:
         # Each layer has its own track, so which thread projects it never changes the result.
         for l in range(part, len(plan.layers), threads):
             cloud = extract.read_layer(ckpt, plan.layers[l], shapes)
-            if sums is not None:
-                measure_cloud(cloud, previous[l], sums[l, k - chunk.start])
-                previous[l] = cloud
+            if meter is not None:
+                meter.measure(l, k, cloud)
             tracks[l].keyframe = k
             P[k - chunk.start, starts[l]:starts[l + 1]] = project.project_keyframe(cloud, how[l], tracks[l])
 
@@ -224,7 +190,8 @@ def _project_chunk(plan: Plan, how: list[project.Projection], drift: bool, chunk
             del ckpt
             advance(1)
     panels = [{"label": layer.label, **t.stats.as_dict(), **t.info} for layer, t in zip(plan.layers, tracks)]
-    return ChunkLayouts(chunk.start, P, panels, [t.fixed_frame for t in tracks], sums)
+    return ChunkLayouts(chunk.start, P, panels, [t.fixed_frame for t in tracks],
+                        meter.sums if meter is not None else None)
 
 
 def stitch(parts: list[ChunkLayouts], starts: np.ndarray) -> tuple[np.ndarray, list[dict], np.ndarray | None]:
@@ -266,19 +233,16 @@ def keyframe_layouts(plan: Plan, projection: str = "pca", seed: int = 0,
 def drift_chunk(plan: Plan, chunk: range, advance=None) -> np.ndarray:
     """A task: each layer's drift sums (see :class:`Keyframes`) over the keyframes in ``chunk``,
     reading only (for when the layouts came from the cache)."""
-    sums = np.full((len(plan.layers), len(chunk), DRIFT_WIDTH), np.nan)
-    previous = _previous_clouds(plan, chunk.start)
+    meter = DriftMeter(chunk, _previous_clouds(plan, chunk.start))
     for k in chunk:
         ckpt = plan.refs[k].open()
         extract.prefetch(ckpt, plan.layers)
         shapes = ckpt.shapes()
         for l, layer in enumerate(plan.layers):
-            cloud = extract.read_layer(ckpt, layer, shapes)
-            measure_cloud(cloud, previous[l], sums[l, k - chunk.start])
-            previous[l] = cloud
+            meter.measure(l, k, extract.read_layer(ckpt, layer, shapes))
         if advance is not None:
             advance(1)
-    return sums
+    return meter.sums
 
 
 def drift_sums(plan: Plan, progress: Progress = QUIET,
@@ -324,3 +288,34 @@ def cached_keyframe_layouts(plan: Plan, projection: str = "pca", seed: int = 0,
             if why is not None:
                 progress.warn(f"{why}: the layouts are not cached")
     return keys
+
+
+def layouts_and_drift(plan: Plan, projection: str, seed: int, progress: Progress = QUIET,
+                      use_cache: bool = True, drift: bool = True, fourier_ref: int | None = None,
+                      run=None) -> tuple[Keyframes, Drift | None]:
+    """The keyframe layouts (:func:`cached_keyframe_layouts`, on ``run``) and, when ``drift``,
+    each layer's :class:`~layerfilm.drift.Drift` -- measured in the same pass over the
+    checkpoints when the layouts have to be computed, read from the cache when it was measured
+    before."""
+    found = None
+    if drift and use_cache:
+        cached = cache.load_arrays("drift", plan, progress.warn)
+        if (cached is not None and cached["norm"].shape == (len(plan.layers), len(plan.refs))
+                and "growth" in cached):
+            growth = cached["growth"]
+            found = Drift(plan.steps, [l.label for l in plan.layers],
+                          np.array([l.n_points for l in plan.layers], dtype=np.int64),
+                          cached["norm"], cached["rel_prev"], growth if growth.size else None)
+    keys = cached_keyframe_layouts(plan, projection, seed, progress, use_cache, fourier_ref,
+                                   run, drift=drift and found is None)
+    if drift and found is None:
+        sums = keys.drift_sums  # None when the layouts came from the cache
+        found = drift_of(sums if sums is not None else drift_sums(plan, progress, run),
+                         plan.steps, plan.layers)
+        if use_cache:
+            growth = found.growth if found.growth is not None else np.zeros(0)
+            why = cache.keep(plan, lambda: cache.store_arrays("drift", plan, norm=found.norm,
+                                                              rel_prev=found.rel_prev, growth=growth))
+            if why is not None and sums is None:  # else the layouts' store just said why
+                progress.warn(f"{why}: the layers' drift is not cached")
+    return keys, found

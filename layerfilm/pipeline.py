@@ -66,8 +66,8 @@ def render(config: RenderConfig, progress: Progress = QUIET) -> RenderResult:
             raise CheckpointError("--loss-strip: no loss curve found beside the checkpoints "
                                   "(metrics.jsonl, metrics.csv, trainer_state.json, or a loss in "
                                   "the safetensors metadata); pass --metrics FILE", cfg.checkpoints)
-        keys, measured = stats.layouts_and_drift(plan, cfg.projection, cfg.seed, progress, cfg.cache,
-                                                 cfg.needs_drift, cfg.fourier_ref, run)
+        keys, measured = layouts.layouts_and_drift(plan, cfg.projection, cfg.seed, progress, cfg.cache,
+                                                   cfg.needs_drift, cfg.fourier_ref, run)
         said = set(plan.changed())  # the layouts' store named these (not cached)
         if cfg.order == "settle":
             plan, keys, measured = frames.settle_order(plan, keys, measured, drift.Settling.of(cfg))

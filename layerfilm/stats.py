@@ -1,14 +1,14 @@
-"""Per-layer numbers for a run: how far and how fast each layer moved, when it settled, and
-which layer moved against its neighbours.
+"""``layerfilm stats``: per-layer numbers for a run -- how far and how fast each layer moved,
+when it settled and which layer moved against its neighbours -- as a CSV, a heatmap and a
+printed summary.
 
-:class:`Drift` is what the film needs (each layer's norm and change per keyframe, measured in the
-same pass that reads the checkpoints for the layouts, :func:`drift_of`);
-:class:`LayerStats` adds what ``layerfilm stats`` reports.  :func:`weight_stats` makes one
+:class:`LayerStats` adds to :class:`~layerfilm.drift.Drift` (the numbers the film shares,
+:mod:`layerfilm.drift`) what ``layerfilm stats`` reports.  :func:`weight_stats` makes one
 streaming pass over the checkpoints.  It holds the previous keyframe's point clouds and their
 last update (about two checkpoints' drawn tensors) plus the keyframe being read; the first
 keyframe's drawn rows are read again when needed.  :func:`layout_stats` adds the 2-D
-clouds' motion when keyframe layouts exist, and :func:`write_csv` / :func:`write_heatmap`
-write the results atomically.
+clouds' motion when keyframe layouts exist, :func:`write_csv` / :func:`write_heatmap`
+write the results atomically and :func:`summary` is what the command prints.
 
 Every statistic is over a panel's drawn points (all of them unless the panel has more than
 ``--max-points``), i.e. the rows/columns of the panel's tensors that the film draws.
@@ -23,13 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import atomic, cache, checkpoints, extract, layouts
-from .text import missing_glyphs_as_boxes
-from .drift import Drift, Settling, drift_of, rebel_scores  # noqa: F401  (what stats reports)
-from .plan import Plan
+from . import atomic, checkpoints, extract, layouts
+from .drift import DriftMeter, Drift, Settling, drift_of
 from .progress import QUIET, Progress
+from .text import missing_glyphs_as_boxes
 
-# CSV columns and what they mean (the README's table is made from the same words).
+# CSV columns and what they mean (docs/stats.md explains each in its own words: keep the two in step).
 COLUMNS: dict[str, str] = {
     "step": "training step of the keyframe",
     "layer": "panel label (embed, L0, L1, ...)",
@@ -85,9 +84,6 @@ class LayerStats(Drift):
         return dataclasses.replace(self, displacement=disp, residual=resid)
 
 
-_NO_PREVIOUS = np.zeros((0, 0), np.float32)
-
-
 def _ratio(num: float, den: float) -> float:
     return num / den if den > 0 and np.isfinite(den) else np.nan
 
@@ -97,36 +93,6 @@ def _nanmedian(values: np.ndarray) -> float:
     all NaN) -- without numpy's All-NaN warning on stderr."""
     kept = values[~np.isnan(values)]
     return float(np.median(kept)) if kept.size else np.nan
-
-
-def layouts_and_drift(plan: Plan, projection: str, seed: int, progress: Progress = QUIET,
-                      use_cache: bool = True, drift: bool = True, fourier_ref: int | None = None,
-                      run=None) -> tuple[layouts.Keyframes, Drift | None]:
-    """The keyframe layouts (:func:`layouts.cached_keyframe_layouts`, on ``run``) and, when
-    ``drift``, each layer's :class:`Drift` -- measured in the same pass over the checkpoints
-    when the layouts have to be computed, read from the cache when it was measured before."""
-    found = None
-    if drift and use_cache:
-        cached = cache.load_arrays("drift", plan, progress.warn)
-        if (cached is not None and cached["norm"].shape == (len(plan.layers), len(plan.refs))
-                and "growth" in cached):
-            growth = cached["growth"]
-            found = Drift(plan.steps, [l.label for l in plan.layers],
-                          np.array([l.n_points for l in plan.layers], dtype=np.int64),
-                          cached["norm"], cached["rel_prev"], growth if growth.size else None)
-    keys = layouts.cached_keyframe_layouts(plan, projection, seed, progress, use_cache, fourier_ref,
-                                           run, drift=drift and found is None)
-    if drift and found is None:
-        sums = keys.drift_sums  # None when the layouts came from the cache
-        found = drift_of(sums if sums is not None else layouts.drift_sums(plan, progress, run),
-                         plan.steps, plan.layers)
-        if use_cache:
-            growth = found.growth if found.growth is not None else np.zeros(0)
-            why = cache.keep(plan, lambda: cache.store_arrays("drift", plan, norm=found.norm,
-                                                              rel_prev=found.rel_prev, growth=growth))
-            if why is not None and sums is None:  # else the layouts' store just said why
-                progress.warn(f"{why}: the layers' drift is not cached")
-    return keys, found
 
 
 def weight_stats(refs: list[checkpoints.CheckpointRef], layers: list[extract.Layer],
@@ -153,10 +119,9 @@ def weight_stats(refs: list[checkpoints.CheckpointRef], layers: list[extract.Lay
 def weights_chunk(refs: list[checkpoints.CheckpointRef], layers: list[extract.Layer], chunk: range,
                   advance=None) -> tuple[np.ndarray, ...]:
     """A task: :func:`weight_stats`' numbers for the keyframes in ``chunk`` -- the drift sums
-    (L, n, 2) and the change from the first keyframe, its mean size and the update cosine,
+    (L, n, DRIFT_WIDTH) and the change from the first keyframe, its mean size and the update cosine,
     each (L, n).  The first keyframe, and the two before the chunk, are read as needed."""
     n, L = len(chunk), len(layers)
-    sums = np.full((L, n, layouts.DRIFT_WIDTH), np.nan)
     rel_first, mean_abs, cosine = (np.full((L, n), np.nan) for _ in range(3))
     first = refs[0].open()
     extract.prefetch(first, layers)
@@ -174,6 +139,7 @@ def weights_chunk(refs: list[checkpoints.CheckpointRef], layers: list[extract.La
 
     before = [clouds(k) for k in range(max(0, chunk.start - 2), chunk.start)]
     prev32 = before[-1] if before else [None] * L
+    meter = DriftMeter(chunk, prev32)
     with np.errstate(invalid="ignore"):  # as below: Inf weights give NaN changes
         prev_delta = ([b.astype(np.float64) - a.astype(np.float64) for a, b in zip(*before)]
                       if len(before) == 2 else [None] * L)
@@ -181,7 +147,7 @@ def weights_chunk(refs: list[checkpoints.CheckpointRef], layers: list[extract.La
         now = clouds(k)
         for l, layer in enumerate(layers):
             W32 = now[l]
-            layouts.measure_cloud(W32, prev32[l] if prev32[l] is not None else _NO_PREVIOUS, sums[l, i])
+            meter.measure(l, k, W32)
             W = W32.astype(np.float64)
             if k == 0:
                 rel_first[l, i] = mean_abs[l, i] = 0.0
@@ -200,7 +166,7 @@ def weights_chunk(refs: list[checkpoints.CheckpointRef], layers: list[extract.La
         prev32 = now
         if advance is not None:
             advance(1)
-    return sums, rel_first, mean_abs, cosine
+    return meter.sums, rel_first, mean_abs, cosine
 
 
 def layout_stats(P: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -36,7 +36,7 @@ def main() -> None:
     from matplotlib import font_manager
     from PIL import Image, ImageDraw, ImageFont
 
-    from layerfilm import compose, frames, overlays, shade, stats
+    from layerfilm import compose, frames, layouts, overlays, shade
     from layerfilm.config import RenderConfig, parse_size
     from layerfilm.plan import make_plan
 
@@ -51,7 +51,7 @@ def main() -> None:
                        loss_strip=True, captions=captions,
                        caption="4-block GPT (d_model 48) learning a + b mod 97").validated()
     plan = make_plan(cfg)
-    keys, drift = stats.layouts_and_drift(plan, cfg.projection, cfg.seed, use_cache=cfg.cache)
+    keys, drift = layouts.layouts_and_drift(plan, cfg.projection, cfg.seed, use_cache=cfg.cache)
     film = frames.prepare(plan, keys, cfg, drift)
     k = int(np.flatnonzero(plan.steps == a.step)[0])
     index = frames.keyframe_maker(film)(k)

@@ -11,7 +11,7 @@ import pytest
 from safetensors.numpy import save_file
 from typer.testing import CliRunner
 
-from layerfilm import compose, cues, frames, overlays, shade, stats
+from layerfilm import compose, cues, drift, frames, overlays, shade, stats
 from layerfilm.cli import app
 from layerfilm.compose import FrameSpec, grid_layout
 
@@ -295,7 +295,7 @@ def test_cues_follow_the_stats(tmp_path, monkeypatch, index_frames):
     plan = plan_of(run)
     s = stats.weight_stats(plan.refs, plan.layers)
     rebel = np.abs(np.nan_to_num(s.rebel)) >= 3
-    settle = s.settle_steps(stats.Settling())
+    settle = s.settle_steps(drift.Settling())
     level = cues.activity(s.rate)
     assert rebel[4].sum() == 4 and rebel.sum() == 4  # L3 (row 4), from step 300 on
     assert np.isnan(settle).all()  # every layer keeps (at least) its pace: none settles
@@ -342,7 +342,7 @@ def test_a_rebel_that_settled_shows_both_marks(tmp_path, monkeypatch, index_fram
     plan = plan_of(run)
     s = stats.weight_stats(plan.refs, plan.layers)
     rebel = np.abs(np.nan_to_num(s.rebel)) >= 3
-    settle = s.settle_steps(stats.Settling())
+    settle = s.settle_steps(drift.Settling())
     assert settle[4] == 200 and np.isnan(np.delete(settle, 4)).all()
     assert rebel[4, 3:].all() and rebel.sum() == 4  # L3 (row 4), the intervals into 300..600
     mx0, my0, mx1, my1 = lay.mark[4]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from layerfilm import extract, layouts, stats
+from layerfilm import drift, extract, stats
 from layerfilm._kernels import sketch_kernel, sketch_numpy
 
 from conftest import SAMPLE, gpt_state, plan_of
@@ -40,12 +40,12 @@ def sample_films(tmp_path_factory):
 def test_sketch_kernel_equals_numpy_twin():
     rng = np.random.default_rng(0)
     W = rng.normal(size=(37, 300)).astype(np.float32)
-    hr, sr, hc, sc = layouts._sketch_hashes(37, 300)
-    out = np.zeros(layouts.SKETCH)
+    hr, sr, hc, sc = drift._sketch_hashes(37, 300)
+    out = np.zeros(drift.SKETCH)
     sketch_kernel(W, hr, sr, hc, sc, out)
-    np.testing.assert_allclose(out, sketch_numpy(W, hr, sr, hc, sc, layouts.SKETCH), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(out, sketch_numpy(W, hr, sr, hc, sc, drift.SKETCH), rtol=1e-12, atol=1e-12)
     sketch_kernel(W.T.copy().T, hr, sr, hc, sc, out)  # any strides
-    np.testing.assert_allclose(out, sketch_numpy(W, hr, sr, hc, sc, layouts.SKETCH), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(out, sketch_numpy(W, hr, sr, hc, sc, drift.SKETCH), rtol=1e-12, atol=1e-12)
 
 
 def test_sketches_estimate_the_change_between_any_two_keyframes():
@@ -55,9 +55,9 @@ def test_sketches_estimate_the_change_between_any_two_keyframes():
     W = [rng.normal(size=(300, 200)).astype(np.float32)]
     for _ in range(12):
         W.append((W[-1] + 0.05 * rng.normal(size=W[0].shape)).astype(np.float32))
-    sk = np.empty((len(W), layouts.DRIFT_WIDTH))
+    sk = np.empty((len(W), drift.DRIFT_WIDTH))
     for k, w in enumerate(W):
-        layouts.measure_cloud(w, W[k - 1] if k else np.zeros((0, 0), np.float32), sk[k])
+        drift.measure_cloud(w, W[k - 1] if k else np.zeros((0, 0), np.float32), sk[k])
     err = [np.linalg.norm(sk[j, 2:] - sk[i, 2:]) / np.linalg.norm(W[j].astype(np.float64) - W[i]) - 1
            for i in range(len(W)) for j in range(i + 1, len(W))]
     assert np.median(np.abs(err)) < 0.06 and np.max(np.abs(err)) < 0.2, (np.median(np.abs(err)), np.max(err))
@@ -110,7 +110,7 @@ def test_rates_do_not_depend_on_checkpoint_spacing(sample_films):
     # none has settled in any of the three films, and the embedding's rebel moment at 2,400
     # (validation accuracy jumps) is seen in the dense films.
     for film in sample_films.values():
-        assert np.isnan(film.settle_steps(stats.Settling())).all()
+        assert np.isnan(film.settle_steps(drift.Settling())).all()
     for name in ("even", "uneven"):
         film = sample_films[name]
         assert film.rebel[0, list(film.steps).index(2400)] >= 3, name
@@ -124,7 +124,7 @@ def _designed_run(folder: Path) -> Path:
     folder.mkdir()
     rng = np.random.default_rng(7)
     base = gpt_state(rng, d=8, blocks=6, vocab=12)
-    drift = {key: rng.normal(size=v.shape) for key, v in base.items()}
+    direction = {key: rng.normal(size=v.shape) for key, v in base.items()}
     pos = {key: v.astype(np.float64) for key, v in base.items()}
     for k in range(25):
         step = 100 * k
@@ -137,7 +137,7 @@ def _designed_run(folder: Path) -> Path:
             if key.startswith("transformer.h.5.") and step > 1200:
                 speed = 0.0
             if k:
-                pos[key] = pos[key] + speed * scale * (drift[key] + 0.3 * rng.normal(size=v.shape))
+                pos[key] = pos[key] + speed * scale * (direction[key] + 0.3 * rng.normal(size=v.shape))
             sd[key] = (pos[key] + 0.002 * scale * rng.normal(size=v.shape)).astype(np.float32)
         save_file(sd, str(folder / f"step_{step:06d}.safetensors"))
     return folder
@@ -149,7 +149,7 @@ def test_a_designed_settle_and_rebel_survive_sparser_and_uneven_filming(tmp_path
     films = {"even": _measured(run), "uneven": _measured(uneven), "::300": _measured(run, steps="::300")}
     labels = films["even"].labels
     for name, film in films.items():
-        settle = dict(zip(labels, film.settle_steps(stats.Settling())))
+        settle = dict(zip(labels, film.settle_steps(drift.Settling())))
         # L5 settles where it stopped, within one keyframe of the film; the others keep moving.
         gaps = np.diff(film.steps)
         assert 1200 <= settle["L5"] <= 1200 + gaps.max(), (name, settle)

@@ -7,7 +7,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 from typer.testing import CliRunner
 
-from layerfilm import layouts, stats
+from layerfilm import drift, layouts, stats
 from layerfilm.cli import app
 
 from conftest import gpt_state, plan_of, rebel_run, write_run
@@ -95,15 +95,15 @@ def test_settling_step_is_where_change_stays_below_the_threshold(tmp_path):
     plan = plan_of(run)
     s = stats.weight_stats(plan.refs, plan.layers)
     assert s.labels == ["embed", "L0", "L1"]
-    np.testing.assert_array_equal(s.settle_steps(stats.Settling(threshold=1e-6)), [300, np.nan, 200])
+    np.testing.assert_array_equal(s.settle_steps(drift.Settling(threshold=1e-6)), [300, np.nan, 200])
     # A threshold above every change: settled from the first keyframe on.
-    assert list(s.settle_steps(stats.Settling(threshold=10.0))) == [0, 0, 0]
+    assert list(s.settle_steps(drift.Settling(threshold=10.0))) == [0, 0, 0]
 
 
 def _drift(steps, rel_prev, labels=None):
     rel_prev = np.atleast_2d(np.asarray(rel_prev, dtype=np.float64))
     L = rel_prev.shape[0]
-    return stats.Drift(np.asarray(steps), labels or [f"L{l}" for l in range(L)],
+    return drift.Drift(np.asarray(steps), labels or [f"L{l}" for l in range(L)],
                        np.ones(L, dtype=np.int64), np.ones(rel_prev.shape), rel_prev)
 
 
@@ -112,13 +112,13 @@ def test_settling_counts_change_per_100_steps():
     # so the change is taken to grow with the gap).
     s = _drift([0, 100, 400, 500, 600, 700], [[np.nan, 0.05, 0.03, 0.001, 0.001, 0.001]])
     np.testing.assert_allclose(s.rate[0, 1:], [0.05, 0.01, 0.001, 0.001, 0.001])
-    by = lambda x: s.settle_steps(stats.Settling(threshold=x))[0]  # noqa: E731
+    by = lambda x: s.settle_steps(drift.Settling(threshold=x))[0]  # noqa: E731
     assert by(0.02) == 100 and by(0.005) == 400
     assert np.isnan(by(0.0005))
     # Below 0.002 only in the last two intervals: too few to show a layer stopped.
-    assert np.isnan(stats.Drift(s.steps, s.labels, s.points, s.norm,
+    assert np.isnan(drift.Drift(s.steps, s.labels, s.points, s.norm,
                                 np.array([[np.nan, 0.05, 0.03, 0.03, 0.001, 0.001]])
-                                ).settle_steps(stats.Settling(threshold=0.002))[0])
+                                ).settle_steps(drift.Settling(threshold=0.002))[0])
 
 
 def _peak(r):
@@ -166,11 +166,11 @@ def test_settling_on_series_with_known_settling_steps():
     rel[5, 1:] = [0.1] * 3 + [0.01] * 6 + [0.1]
     rel[6, 1:] = [0.02] * 4 + [0.5] * 2 + [0.02] * 4
     d = _drift(steps, rel)
-    got = d.settle_steps(stats.Settling(0.25))
+    got = d.settle_steps(drift.Settling(0.25))
     np.testing.assert_array_equal(got, [500, np.nan, 300, 0, 300, np.nan, np.nan])
     for f in (0.05, 0.25, 0.5, 0.9):
         want = _settle_by_hand(steps, d.rate, fraction=f)
-        np.testing.assert_array_equal(d.settle_steps(stats.Settling(f)),
+        np.testing.assert_array_equal(d.settle_steps(drift.Settling(f)),
                                       [np.nan if w is None else w for w in want], f)
     np.testing.assert_allclose(d.path_done[1], np.arange(11) / 10)
     assert (d.path_done[3] == 1).all()
@@ -252,27 +252,27 @@ def flat_layers_n(path, blocks):
 
 def test_rebel_needs_two_neighbours_and_has_a_floor():
     rate = np.array([[np.nan, 1.0], [np.nan, 1.0], [np.nan, 2.0]])
-    z = stats.rebel_scores(rate)
+    z = drift.rebel_scores(rate)
     # Each layer has exactly two neighbours; theirs agree (std 0), so the floor of 0.1 decade holds.
     np.testing.assert_allclose(z[:, 1], [(0 - np.log10(2) / 2) / max(np.std([0, np.log10(2)], ddof=1), 0.1),
                                          (0 - np.log10(2) / 2) / max(np.std([0, np.log10(2)], ddof=1), 0.1),
                                          np.log10(2) / 0.1])
-    assert np.isnan(stats.rebel_scores(np.array([[np.nan, 1.0], [np.nan, 3.0]]))).all()
+    assert np.isnan(drift.rebel_scores(np.array([[np.nan, 1.0], [np.nan, 3.0]]))).all()
 
 
 def test_drift_measured_with_the_layouts_equals_its_own_pass(tmp_path, run_dir):
     plan = plan_of(run_dir)
     # Three passes measure it: the layouts' own, the reading-only pass (when the layouts come
     # from the cache) and the stats'.
-    keys, fused = stats.layouts_and_drift(plan, "pca", 0, use_cache=False)
-    alone = stats.drift_of(layouts.drift_sums(plan), plan.steps, plan.layers)
+    keys, fused = layouts.layouts_and_drift(plan, "pca", 0, use_cache=False)
+    alone = drift.drift_of(layouts.drift_sums(plan), plan.steps, plan.layers)
     full = stats.weight_stats(plan.refs, plan.layers)
     for d in (alone, full):
         np.testing.assert_array_equal(fused.norm, d.norm)
         np.testing.assert_array_equal(fused.rel_prev, d.rel_prev)
     # The second time the drift comes from the cache, bit for bit.
-    stats.layouts_and_drift(plan, "pca", 0, use_cache=True)
-    again = stats.layouts_and_drift(plan, "pca", 0, use_cache=True)[1]
+    layouts.layouts_and_drift(plan, "pca", 0, use_cache=True)
+    again = layouts.layouts_and_drift(plan, "pca", 0, use_cache=True)[1]
     np.testing.assert_array_equal(again.rel_prev, fused.rel_prev)
     np.testing.assert_array_equal(again.rebel, fused.rebel)
 
