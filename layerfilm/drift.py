@@ -37,10 +37,10 @@ def _sketch_hashes(n: int, d: int) -> tuple[np.ndarray, ...]:
 
 def measure_cloud(cloud: np.ndarray, previous: np.ndarray | None, out: np.ndarray) -> None:
     """A layer's drift numbers at one keyframe into ``out`` (DRIFT_WIDTH,) float64: sum W**2,
-    sum (W - W_prev)**2 (NaN without a ``previous`` cloud; :func:`~layerfilm._kernels.sq_norms_kernel`)
-    and the sketch of its rows (every few rows of a cloud of more than
-    :data:`SKETCH_MAX_VALUES` numbers; :func:`~layerfilm._kernels.sketch_kernel`), from which
-    the change between any two keyframes is estimated (:func:`gap_growth`)."""
+    sum (W - W_prev)**2 (NaN without a ``previous`` cloud;
+    :func:`~layerfilm._kernels.sq_norms_kernel`) and the sketch of its rows (every few rows of
+    a cloud of more than :data:`SKETCH_MAX_VALUES` numbers; :func:`~layerfilm._kernels.sketch_kernel`),
+    from which the change between any two keyframes is estimated (:func:`gap_growth`)."""
     sq_norms_kernel(cloud, _NO_PREVIOUS if previous is None else previous, out[:2])
     rows = cloud[::-(-cloud.size // SKETCH_MAX_VALUES) or 1]
     sketch_kernel(rows, *_sketch_hashes(*rows.shape), out[2:])

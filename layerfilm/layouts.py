@@ -1,6 +1,7 @@
 """Checkpoints -> aligned 2-D keyframe layouts of every panel (the ``project`` stage driven over
-a run): one checkpoint in memory at a time, layers projected in parallel threads, results
-memoised in the cache."""
+a run), and each layer's drift measured in the same pass: the clouds read from one
+:class:`~layerfilm.clouds.CloudStream` (one checkpoint in memory at a time, the next one's read
+ahead), layers projected in parallel threads, results memoised in the cache."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import json
 
 import numpy as np
 
-from . import cache, cluster, extract, pca, project
+from . import cache, clouds, cluster, extract, pca, project
 from .drift import Drift, DriftMeter, drift_of
 from .errors import ConfigError
 from .plan import Plan
@@ -69,14 +70,9 @@ def projections(plan: Plan, method: str, seed: int, fourier_ref: int | None = No
 
 def fit_fourier(plan: Plan, layers: list[int], k: int, advance=None) -> dict[int, project.Fourier]:
     """A task: the Fourier plane of each of ``layers`` (token embeddings) at keyframe ``k``."""
-    ckpt = plan.refs[k].open()
-    shapes = ckpt.shapes()
-    out = {}
-    for l in layers:
-        layer = plan.layers[l]
-        cloud = extract.read_layer(ckpt, layer, shapes)
-        out[l] = project.Fourier.fit(cloud, layer.sources[0].index, layer.total, plan.refs[k].step)
-    return out
+    frame = clouds.of(plan, layers).open(k)
+    return {l: project.Fourier.fit(frame.cloud(l), plan.layers[l].sources[0].index, plan.layers[l].total,
+                                   frame.step) for l in layers}
 
 
 def axis_shares(plan: Plan, how: list[project.Projection], seed: int = 0
@@ -86,13 +82,9 @@ def axis_shares(plan: Plan, how: list[project.Projection], seed: int = 0
     Fourier plane (``how``: the panels' projections, :func:`projections`).  Reads two
     checkpoints (``layerfilm info`` prints it)."""
     shares = []
-    for ref in (plan.refs[0], plan.refs[-1]):
-        ckpt = ref.open()
-        shapes = ckpt.shapes()
-        extract.prefetch(ckpt, plan.layers)
+    for frame in clouds.stream(plan, [0, len(plan.refs) - 1]):
         row = []
-        for layer, projected in zip(plan.layers, how):
-            X = extract.read_layer(ckpt, layer, shapes)
+        for X, projected in zip(frame.clouds(), how):
             if isinstance(projected, project.Fourier) and projected.plane is not None:
                 ok = np.isfinite(X).all(axis=1)
                 row.append(project.plane_share(X[ok], projected.ids[ok], projected.period,
@@ -130,14 +122,9 @@ class ChunkLayouts:
     drift_sums: np.ndarray | None = None  # (L, len(chunk), DRIFT_WIDTH), see Keyframes
 
 
-def _previous_clouds(plan: Plan, k: int) -> list[np.ndarray | None]:
+def _previous_clouds(source: clouds.WeightClouds, k: int) -> list[np.ndarray | None]:
     """Every panel's cloud at keyframe ``k - 1`` (for the change into ``k``), or none at 0."""
-    if k == 0:
-        return [None] * len(plan.layers)
-    ckpt = plan.refs[k - 1].open()
-    extract.prefetch(ckpt, plan.layers)
-    shapes = ckpt.shapes()
-    return [extract.read_layer(ckpt, layer, shapes) for layer in plan.layers]
+    return source.open(k - 1).clouds() if k > 0 else [None] * len(source.panels)
 
 
 def project_chunk(plan: Plan, how: list[project.Projection], drift: bool, chunk: range,
@@ -164,30 +151,27 @@ def _project_chunk(plan: Plan, how: list[project.Projection], drift: bool, chunk
     threads = _threads(how[0].name if how else "pca")
     # The layers' drift is measured from the very clouds projected (a film reads only what it
     # draws); the change into a chunk's first keyframe needs the keyframe before it too.
-    meter = DriftMeter(chunk, _previous_clouds(plan, chunk.start)) if drift else None
+    source = clouds.of(plan)
+    meter = DriftMeter(chunk, _previous_clouds(source, chunk.start)) if drift else None
 
-    def project_layers(ckpt, shapes: dict, k: int, part: int) -> None:
+    def project_layers(frame: clouds.Keyframe, part: int) -> None:
         # Each layer has its own track, so which thread projects it never changes the result.
+        k = frame.index
         for l in range(part, len(plan.layers), threads):
-            cloud = extract.read_layer(ckpt, plan.layers[l], shapes)
+            cloud = frame.cloud(l)
             if meter is not None:
                 meter.measure(l, k, cloud)
             tracks[l].keyframe = k
             P[k - chunk.start, starts[l]:starts[l + 1]] = project.project_keyframe(cloud, how[l], tracks[l])
 
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-        upcoming = plan.refs[chunk.start].open()
-        extract.prefetch(upcoming, plan.layers)
-        for k in chunk:  # one checkpoint in memory at a time
-            ckpt, upcoming = upcoming, None
-            shapes = ckpt.shapes()
-            parts = [pool.submit(project_layers, ckpt, shapes, k, part) for part in range(threads)]
-            if k + 1 < chunk.stop:  # its rows are fetched while this one is projected
-                upcoming = plan.refs[k + 1].open()
-                extract.prefetch(upcoming, plan.layers)
+        frames = source.stream(chunk)
+        for frame in frames:  # one checkpoint in memory at a time
+            parts = [pool.submit(project_layers, frame, part) for part in range(threads)]
+            frames.read_ahead()  # the next one's rows are fetched while this one is projected
             for part in parts:
                 part.result()
-            del ckpt
+            del frame
             advance(1)
     panels = [{"label": layer.label, **t.stats.as_dict(), **t.info} for layer, t in zip(plan.layers, tracks)]
     return ChunkLayouts(chunk.start, P, panels, [t.fixed_frame for t in tracks],
@@ -233,13 +217,11 @@ def keyframe_layouts(plan: Plan, projection: str = "pca", seed: int = 0,
 def drift_chunk(plan: Plan, chunk: range, advance=None) -> np.ndarray:
     """A task: each layer's drift sums (see :class:`Keyframes`) over the keyframes in ``chunk``,
     reading only (for when the layouts came from the cache)."""
-    meter = DriftMeter(chunk, _previous_clouds(plan, chunk.start))
-    for k in chunk:
-        ckpt = plan.refs[k].open()
-        extract.prefetch(ckpt, plan.layers)
-        shapes = ckpt.shapes()
-        for l, layer in enumerate(plan.layers):
-            meter.measure(l, k, extract.read_layer(ckpt, layer, shapes))
+    source = clouds.of(plan)
+    meter = DriftMeter(chunk, _previous_clouds(source, chunk.start))
+    for frame in source.stream(chunk):
+        for l, cloud in enumerate(frame.clouds()):
+            meter.measure(l, frame.index, cloud)
         if advance is not None:
             advance(1)
     return meter.sums

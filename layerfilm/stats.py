@@ -19,11 +19,12 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import itertools
 from pathlib import Path
 
 import numpy as np
 
-from . import atomic, checkpoints, extract, layouts
+from . import atomic, checkpoints, clouds, extract, layouts
 from .drift import DriftMeter, Drift, Settling, drift_of
 from .progress import QUIET, Progress
 from .text import missing_glyphs_as_boxes
@@ -123,29 +124,24 @@ def weights_chunk(refs: list[checkpoints.CheckpointRef], layers: list[extract.La
     each (L, n).  The first keyframe, and the two before the chunk, are read as needed."""
     n, L = len(chunk), len(layers)
     rel_first, mean_abs, cosine = (np.full((L, n), np.nan) for _ in range(3))
-    first = refs[0].open()
-    extract.prefetch(first, layers)
-    first_shapes = first.shapes()
-    norm0 = [np.sqrt(np.vdot(w, w)) for w in
-             (extract.read_layer(first, layer, first_shapes).astype(np.float64) for layer in layers)]
-
-    def clouds(k: int) -> list[np.ndarray]:
-        if k == 0:
-            return [extract.read_layer(first, layer, first_shapes) for layer in layers]
-        ckpt = refs[k].open()
-        extract.prefetch(ckpt, layers)
-        shapes = ckpt.shapes()
-        return [extract.read_layer(ckpt, layer, shapes) for layer in layers]
-
-    before = [clouds(k) for k in range(max(0, chunk.start - 2), chunk.start)]
+    lo = max(0, chunk.start - 2)  # the two keyframes before the chunk give its first updates
+    source = clouds.WeightClouds(refs, layers)
+    frames = source.stream(range(lo, chunk.stop))
+    # The first keyframe stays open all along (each keyframe's change from it): the stream's own
+    # first one where the stream starts there (its clouds read again, the file not opened again).
+    first = next(frames) if lo == 0 else source.open(0)
+    norm0 = [np.sqrt(np.vdot(w, w)) for w in (c.astype(np.float64) for c in first.clouds())]
+    if lo == 0:
+        frames = itertools.chain([first], frames)
+    before = [next(frames).clouds() for _ in range(lo, chunk.start)]
     prev32 = before[-1] if before else [None] * L
     meter = DriftMeter(chunk, prev32)
     with np.errstate(invalid="ignore"):  # as below: Inf weights give NaN changes
         prev_delta = ([b.astype(np.float64) - a.astype(np.float64) for a, b in zip(*before)]
                       if len(before) == 2 else [None] * L)
-    for i, k in enumerate(chunk):
-        now = clouds(k)
-        for l, layer in enumerate(layers):
+    for i, frame in enumerate(frames):
+        k, now = frame.index, frame.clouds()
+        for l in range(L):
             W32 = now[l]
             meter.measure(l, k, W32)
             W = W32.astype(np.float64)
@@ -153,7 +149,7 @@ def weights_chunk(refs: list[checkpoints.CheckpointRef], layers: list[extract.La
                 rel_first[l, i] = mean_abs[l, i] = 0.0
                 continue
             with np.errstate(invalid="ignore"):  # Inf weights: inf - inf is NaN, counted as such
-                d0 = W - extract.read_layer(first, layer, first_shapes)
+                d0 = W - first.cloud(l)
                 rel_first[l, i] = _ratio(np.sqrt(np.vdot(d0, d0)), norm0[l])
                 mean_abs[l, i] = np.abs(d0).mean()
                 del d0
@@ -164,6 +160,7 @@ def weights_chunk(refs: list[checkpoints.CheckpointRef], layers: list[extract.La
                                       np.sqrt(np.vdot(delta, delta)) * np.sqrt(np.vdot(pd, pd)))
             prev_delta[l] = delta
         prev32 = now
+        del frame
         if advance is not None:
             advance(1)
     return meter.sums, rel_first, mean_abs, cosine

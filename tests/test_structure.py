@@ -8,8 +8,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "layerfilm"
 
 # Data flows down this list; a module may import only modules above it.
 ORDER = ["__init__", "_kernels", "_draw_kernels", "_plane_kernels", "errors", "atomic", "untrusted",
-         "progress", "config", "checkpoints", "extract", "plan", "pca", "project", "cache", "cluster",
-         "drift", "layouts", "interpolate", "raster",
+         "progress", "config", "checkpoints", "extract", "plan", "clouds", "pca", "project", "cache",
+         "cluster", "drift", "layouts", "interpolate", "raster",
          "shade", "text", "compose", "overlays", "cues", "stats", "frames", "encode", "stills", "segments",
          "manifest", "publish", "pipeline", "describe", "cli", "warmup",
          "__main__"]
