@@ -52,16 +52,18 @@ def fourier_reference(plan: Plan, fourier_ref: int | None) -> int:
     return steps.index(fourier_ref)
 
 
-def projections(plan: Plan, method: str, seed: int, fourier_ref: int | None = None,
+def projections(plan: Plan, projection: str, seed: int, fourier_ref: int | None = None,
                 run: cluster.InProcess | cluster.Dask | None = None) -> list[project.Projection]:
-    """The projection of each panel.  ``fourier`` lays out token-embedding panels in one fixed
-    plane -- of their strongest frequency at the reference checkpoint (:func:`fourier_reference`;
-    fitted where the bytes are, by ``run``) -- and every other panel by PCA."""
+    """The projection of each panel for ``--projection`` (the one place its name is read: the
+    layout stage decides by these objects).  ``fourier`` lays out token-embedding panels in one
+    fixed plane -- of their strongest frequency at the reference checkpoint
+    (:func:`fourier_reference`; fitted where the bytes are, by ``run``) -- and every other panel
+    by PCA."""
     pca = project.PCA(seed)
-    if method == "umap":
+    if projection == "umap":
         return [project.UMAP(seed) for _ in plan.layers]
     embeds = [l for l, layer in enumerate(plan.layers) if extract.is_token_embedding(layer)]
-    if method != "fourier" or not embeds:
+    if projection != "fourier" or not embeds:
         return [pca] * len(plan.layers)
     ref = fourier_reference(plan, fourier_ref)
     fitted, = (run or cluster.InProcess()).map(fit_fourier, [ref], plan, embeds)
@@ -95,18 +97,23 @@ def axis_shares(plan: Plan, how: list[project.Projection], seed: int = 0
     return list(zip(*shares))
 
 
-def _threads(method: str) -> int:
+def _sequential(how: list[project.Projection]) -> bool:
+    """Whether any panel's projection is warm-started from keyframe to keyframe (UMAP)."""
+    return any(p.sequential for p in how)
+
+
+def _threads(how: list[project.Projection]) -> int:
     """Layers are projected in parallel threads (the wide-layer PCA and alignment are numba
-    kernels that release the GIL and call no BLAS); UMAP brings its own threading, so it runs
-    alone."""
-    return 1 if method == "umap" else cluster.threads()
+    kernels that release the GIL and call no BLAS); a sequential projection (UMAP) brings its
+    own threading, so it runs alone."""
+    return 1 if _sequential(how) else cluster.threads()
 
 
-def chunks(n_keyframes: int, method: str) -> list[range]:
-    """The keyframes each layout task projects: runs of :data:`~layerfilm.pca.CHUNK`, where
-    tracked planes restart from an exact solve (so a chunk needs nothing from the one before
-    it); UMAP, warm-started from keyframe to keyframe, is one run."""
-    size = n_keyframes if method == "umap" else pca.CHUNK
+def chunks(n_keyframes: int, sequential: bool = False) -> list[range]:
+    """The keyframes each task reads: runs of :data:`~layerfilm.pca.CHUNK`, where tracked
+    planes restart from an exact solve (so a chunk needs nothing from the one before it); a
+    ``sequential`` projection (UMAP, warm-started from keyframe to keyframe) is one run."""
+    size = n_keyframes if sequential else pca.CHUNK
     return [range(a, min(a + size, n_keyframes)) for a in range(0, n_keyframes, size)]
 
 
@@ -148,7 +155,7 @@ def _project_chunk(plan: Plan, how: list[project.Projection], drift: bool, chunk
     starts = plan.starts
     P = np.empty((len(chunk), starts[-1], 2), dtype=np.float32)
     tracks = [project.Track() for _ in plan.layers]
-    threads = _threads(how[0].name if how else "pca")
+    threads = _threads(how)
     # The layers' drift is measured from the very clouds projected (a film reads only what it
     # draws); the change into a chunk's first keyframe needs the keyframe before it too.
     source = clouds.of(plan)
@@ -207,7 +214,7 @@ def keyframe_layouts(plan: Plan, projection: str = "pca", seed: int = 0,
     with ``drift``, each layer's drift is measured in the same pass (``drift_sums``)."""
     run = run or cluster.InProcess()
     how = projections(plan, projection, seed, fourier_ref, run)
-    runs = chunks(len(plan.refs), projection)
+    runs = chunks(len(plan.refs), _sequential(how))
     parts = run.map(project_chunk, runs, plan, how, drift, stage="Loading + projecting",
                     progress=progress, weights=[len(c) for c in runs])
     P, panels, sums = stitch(parts, plan.starts)
@@ -230,13 +237,16 @@ def drift_chunk(plan: Plan, chunk: range, advance=None) -> np.ndarray:
 def drift_sums(plan: Plan, progress: Progress = QUIET,
                run: cluster.InProcess | cluster.Dask | None = None) -> np.ndarray:
     """Each layer's drift sums over every keyframe (:func:`drift_chunk` in chunks, on ``run``)."""
-    runs = chunks(len(plan.refs), "pca")
+    runs = chunks(len(plan.refs))
     parts = (run or cluster.InProcess()).map(drift_chunk, runs, plan, stage="Measuring layers",
                                              progress=progress, weights=[len(c) for c in runs])
     return np.concatenate(parts, axis=1)
 
 
-def _options(projection: str, seed: int, fourier_ref: int | None) -> str:
+def cache_key(projection: str, seed: int, fourier_ref: int | None) -> str:
+    """The layout cache's name for the options that decide the layouts (``--projection``,
+    ``--seed``, ``--fourier-ref``): made here only, and byte for byte as it always was, so
+    existing caches stay valid."""
     return f"{projection}|{seed}" + (f"|fourier_ref={fourier_ref}" if fourier_ref is not None else "")
 
 
@@ -244,7 +254,11 @@ def load_cached(plan: Plan, projection: str = "pca", seed: int = 0,
                 fourier_ref: int | None = None, progress: Progress = QUIET) -> Keyframes | None:
     """The keyframe layouts a render with these options cached, or ``None`` (nothing computed;
     a damaged entry is removed, with a warning)."""
-    found = cache.load_layouts(plan, _options(projection, seed, fourier_ref), progress.warn)
+    return _load_cached(plan, cache_key(projection, seed, fourier_ref), progress)
+
+
+def _load_cached(plan: Plan, key: str, progress: Progress) -> Keyframes | None:
+    found = cache.load_layouts(plan, key, progress.warn)
     if found is None:
         return None
     P, nonfinite, info = found
@@ -260,13 +274,13 @@ def cached_keyframe_layouts(plan: Plan, projection: str = "pca", seed: int = 0,
     measured only when the layouts are computed (``drift_sums`` is ``None`` from the cache).
     Layouts are cached only when no checkpoint changed while they were read, and a cache that
     cannot be written is a warning, never a failed render."""
-    options = _options(projection, seed, fourier_ref)
-    keys = load_cached(plan, projection, seed, fourier_ref, progress) if use_cache else None
+    key = cache_key(projection, seed, fourier_ref)
+    keys = _load_cached(plan, key, progress) if use_cache else None
     if keys is None:
         keys = keyframe_layouts(plan, projection, seed, progress, fourier_ref, run, drift)
         if use_cache:
             why = cache.keep(plan, lambda: cache.store_layouts(
-                plan, options, keys.P, keys.nonfinite, json.dumps(list(keys.panels))))
+                plan, key, keys.P, keys.nonfinite, json.dumps(list(keys.panels))))
             if why is not None:
                 progress.warn(f"{why}: the layouts are not cached")
     return keys

@@ -124,9 +124,14 @@ class Projection(Protocol):
     layer's state from earlier keyframes (the projection may read and update it); ``rows`` is
     ``None`` when ``X`` holds all the layer's points, else the boolean mask of the points it
     holds (the others had NaN/Inf weights).
+
+    ``sequential``: each keyframe's layout starts from the one before (warm-started), so a
+    run's keyframes are laid out in one go, in order, and on one thread (it may bring its own
+    threading); otherwise keyframes may be laid out in independent chunks, layers in parallel.
     """
 
     name: str
+    sequential: bool
 
     def __call__(self, X: np.ndarray, track: "Track", rows: np.ndarray | None) -> Projected: ...
 
@@ -137,6 +142,7 @@ class PCA:
     every :data:`~layerfilm.pca.CHUNK` keyframes)."""
 
     name = "pca"
+    sequential = False  # tracked planes restart from an exact solve every CHUNK keyframes
 
     def __init__(self, seed: int = 0):
         self.seed = seed
@@ -157,6 +163,7 @@ class UMAP:
     """UMAP, warm-started from the previous keyframe's layout when every point is there."""
 
     name = "umap"
+    sequential = True  # warm-started from the previous keyframe; umap-learn has its own threads
 
     def __init__(self, seed: int = 0):
         self.seed = seed
@@ -173,6 +180,7 @@ class Fourier:
     when the reference gave no plane (then the panel is laid out by PCA)."""
 
     name = "fourier"
+    sequential = False
 
     def __init__(self, ids: np.ndarray, period: int, k: int, plane: np.ndarray | None,
                  share: float = 0.0, reference_step: int | None = None):

@@ -106,7 +106,7 @@ def weight_stats(refs: list[checkpoints.CheckpointRef], layers: list[extract.Lay
     from .cluster import InProcess
 
     K, L = len(refs), len(layers)
-    runs = layouts.chunks(K, "pca")
+    runs = layouts.chunks(K)
     parts = (run or InProcess()).map(weights_chunk, runs, refs, layers, stage="Measuring layers",
                                      progress=progress, weights=[len(c) for c in runs])
     rel_first, mean_abs, cosine = (np.concatenate([p[i] for p in parts], axis=1) for i in (1, 2, 3))

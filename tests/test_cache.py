@@ -135,7 +135,7 @@ def test_entries_are_never_unpickled(tmp_path, run_dir):
                                     nonfinite=0, info=np.array(""))
     cache.write_entry(path, payload)
     warned = []
-    assert cache.load_layouts(plan, layouts._options("pca", 0, None), warned.append) is None
+    assert cache.load_layouts(plan, layouts.cache_key("pca", 0, None), warned.append) is None
     assert not (tmp_path / "ran").exists() and not path.exists() and len(warned) == 1
 
 

@@ -230,6 +230,21 @@ def test_projection_threads_never_change_the_layouts(tmp_path, monkeypatch):
     np.testing.assert_array_equal(results[0], results[1])
 
 
+def test_a_warm_started_projection_is_one_chunk_on_one_thread():
+    """The layout stage decides by the projections themselves: UMAP starts each keyframe from
+    the one before, so the whole run is one chunk on one thread; PCA and Fourier chunks are
+    independent and their layers run in parallel."""
+    import layerfilm.layouts as layouts
+    from layerfilm import pca
+    from layerfilm.project import Fourier
+
+    assert UMAP.sequential and not PCA.sequential and not Fourier.sequential
+    n = 2 * pca.CHUNK + 1
+    assert layouts.chunks(n, sequential=True) == [range(n)]
+    assert layouts.chunks(n) == [range(0, pca.CHUNK), range(pca.CHUNK, 2 * pca.CHUNK), range(2 * pca.CHUNK, n)]
+    assert layouts._threads([PCA(), UMAP()]) == 1
+
+
 # --- tracked PCA never falls behind unnoticed -------------------------------------------------
 
 def _exact_top2(X):
