@@ -90,7 +90,7 @@ class Plan:
 
 
 # Checkpoints in memory at once while layouts are made: the one projected and the next, whose
-# drawn rows are fetched meanwhile (layouts.py).
+# drawn rows are fetched meanwhile (clouds.py).
 IN_FLIGHT = 2
 
 
