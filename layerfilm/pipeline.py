@@ -11,7 +11,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-from . import atomic, cluster, drift, frames, layouts, manifest, segments, shade, stats, stills
+from . import atomic, cluster, drift, encode, frames, layouts, manifest, shade, stats, stills
 from .config import RenderConfig, StatsConfig
 from .errors import CheckpointError
 from .plan import Plan, make_plan
@@ -82,8 +82,8 @@ def render(config: RenderConfig, progress: Progress = QUIET) -> RenderResult:
                 if cfg.stills_dir is not None else None)
         png_dir, still_dir = _stage_folder(staged, cfg.frames_dir), _stage_folder(staged, cfg.stills_dir)
         film_file = staged.file(cfg.output)
-        done = segments.encode_film(run, film, film_file, cfg.format, film.size, cfg.fps, palette,
-                                    cfg.jobs, png_dir, keep, progress, cfg.output)
+        out = encode.Output(film_file, cfg.format, cfg.fps, palette, cfg.jobs, png_dir, cfg.output)
+        done = encode.encode_film(film, out, run, keep, progress)
         if keep is not None:
             keep.write(still_dir, palette)
         seconds = {"load+project": loaded, "render": done.render_s, "encode": done.encode_s,
