@@ -2,13 +2,15 @@
 
 :func:`prepare` fixes everything before the first frame -- the timeline, each panel's reach,
 the frame's layout and scales, the film's colour span, the header, captions, legend and cues
--- into a read-only :class:`Film`.  A :class:`FrameMaker` (one per render job: it owns its
-buffers) then makes any frame of it.
+-- into a read-only :class:`Film`, from a :class:`FilmSpec` (the few choices that decide the
+picture).  A :class:`FrameMaker` (one per render job: it owns its buffers) then makes any frame
+of it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 
@@ -18,6 +20,41 @@ from .config import RenderConfig
 from .layouts import Keyframes
 from .plan import Plan
 from .drift import Drift, Settling
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FilmSpec:
+    """What the picture is made from, of all the render options: the frame ``size`` (the one
+    source of the film's size; stills at another size get a copy with another ``size``), the
+    timeline (``timeline``, ``keyframe_frames`` frames between keyframes), the header
+    (``title``, ``tokens_per_step``), the footer (``caption`` text, ``captions`` JSONL file),
+    the panels (``scale``, ``point_size``, ``order``), the colours (``color_scale``) and what is
+    drawn from the drift (``loss_strip``, ``drift``, ``cues``, ``rebel_z``, ``settling``).
+    Build it from a config with :meth:`of`."""
+
+    size: tuple[int, int]
+    timeline: str
+    keyframe_frames: int
+    tokens_per_step: int | None
+    title: str | None
+    caption: str | None
+    captions: Path | None
+    loss_strip: bool
+    scale: str
+    point_size: float | None
+    cues: bool
+    color_scale: str
+    drift: bool
+    order: str
+    rebel_z: float
+    settling: Settling
+
+    @classmethod
+    def of(cls, config: RenderConfig) -> "FilmSpec":
+        """The spec of ``config``'s film: its attribute of each name (``keyframe_frames`` is
+        worked out from ``fps``), and its settling rule."""
+        named = {f.name: getattr(config, f.name) for f in dataclasses.fields(cls) if f.name != "settling"}
+        return cls(**named, settling=Settling.of(config))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +76,11 @@ class Film:
     n_frames: int
     overlays: tuple[compose.Overlay, ...] = ()
     outside: np.ndarray | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(width, height)`` of every frame, in pixels."""
+        return self.layout.size
 
     def keyframe_frames(self) -> list[int]:
         """The frame number of each keyframe."""
@@ -143,9 +185,9 @@ class Field:
         return f"lr {overlays.format_lr(v)}" if self.kind == "lr" else f"loss {v:.4g}"
 
 
-def _header_fields(plan: Plan, cfg: RenderConfig) -> tuple[dict, tuple]:
+def _header_fields(plan: Plan, spec: FilmSpec) -> tuple[dict, tuple]:
     """The header's fields: name -> text at a step, and the widest text of each."""
-    loss, tokens = plan.loss, tokens_seen(plan, cfg.tokens_per_step)
+    loss, tokens = plan.loss, tokens_seen(plan, spec.tokens_per_step)
     fields = {"step": Field("step")}
     widest = [("step", f"step {int(plan.steps.max()):,}")]
     if tokens is not None:
@@ -160,35 +202,35 @@ def _header_fields(plan: Plan, cfg: RenderConfig) -> tuple[dict, tuple]:
     return fields, tuple(widest)
 
 
-def _frame_spec(cfg: RenderConfig, layers, labels: list[str], captions: list[tuple[int, str]],
+def _frame_spec(spec: FilmSpec, layers, labels: list[str], captions: list[tuple[int, str]],
                 extents=None, title: str = "", widest: tuple = (), shares: tuple = ()) -> compose.FrameSpec:
     """What the frame has to hold (see :class:`compose.FrameSpec`): the one description both
     the plan-time fit check and the film's layout measure."""
-    lf = compose.fonts(cfg.size)[1]
-    one_line = cfg.size[0] - 2 * max(4, lf // 2)
+    lf = compose.fonts(spec.size)[1]
+    one_line = spec.size[0] - 2 * max(4, lf // 2)
     groups = [l.group for l in layers]  # encoder/decoder row bands, unless reordered
     points = np.array([l.n_points for l in layers])
     return compose.FrameSpec(
-        cfg.size, tuple(labels), tuple(points), extents,
+        spec.size, tuple(labels), tuple(points), extents,
         tuple(groups) if groups == sorted(groups) else None, title, widest,
         captions=(2 if any(compose.text_width(t, lf) > one_line for _, t in captions) else 1)
-        if captions else 0, caption=cfg.caption is not None,
-        strip=overlays.strip_height(cfg.size) if cfg.loss_strip else 0,
-        shared=cfg.scale == "shared", point_size=cfg.point_size, cues=cfg.cues, shares=shares)
+        if captions else 0, caption=spec.caption is not None,
+        strip=overlays.strip_height(spec.size) if spec.loss_strip else 0,
+        shared=spec.scale == "shared", point_size=spec.point_size, cues=spec.cues, shares=shares)
 
 
-def panels_fit(cfg: RenderConfig):
+def panels_fit(spec: FilmSpec):
     """A check for :func:`~layerfilm.plan.make_plan` to run once the panels are planned from
-    the first checkpoint: :class:`ConfigError` when they cannot fit in a ``cfg.size`` frame,
+    the first checkpoint: :class:`ConfigError` when they cannot fit in a ``spec.size`` frame,
     before any other checkpoint is opened or any data read (100,000 panels were refused only
     after a minute of loading).  How far each panel's dots reach is not known yet; whether the
     panels fit at all does not depend on it."""
     def check(layers) -> None:
-        captions = checkpoints.load_captions(cfg.captions) if cfg.captions is not None else []
-        spec = _frame_spec(cfg, layers, [l.label for l in layers], captions)
-        if cfg.order == "settle":  # panels reordered later may lose their bands: the looser case
-            spec = dataclasses.replace(spec, groups=None)
-        compose.grid_layout(spec)
+        captions = checkpoints.load_captions(spec.captions) if spec.captions is not None else []
+        frame = _frame_spec(spec, layers, [l.label for l in layers], captions)
+        if spec.order == "settle":  # panels reordered later may lose their bands: the looser case
+            frame = dataclasses.replace(frame, groups=None)
+        compose.grid_layout(frame)
     return check
 
 
@@ -199,47 +241,47 @@ def _share_range(panel: dict) -> tuple[float, float] | None:
     return None if lo is None or hi is None else (float(lo), float(hi))
 
 
-def prepare(plan: Plan, keys: Keyframes, cfg: RenderConfig, measured: Drift | None = None) -> Film:
+def prepare(plan: Plan, keys: Keyframes, spec: FilmSpec, measured: Drift | None = None) -> Film:
     """Everything about the film that is fixed before its first frame (see :class:`Film`).
 
     ``measured`` (the layers' drift) is needed for the cues, ``--drift`` and ``--order
     settle``; the panels are drawn in ``plan``'s order.
     """
     starts = plan.starts
-    if cfg.timeline == "step":
-        times = interpolate.step_times(plan.steps, cfg.keyframe_frames)
+    if spec.timeline == "step":
+        times = interpolate.step_times(plan.steps, spec.keyframe_frames)
     else:
-        times = interpolate.keyframe_times(len(plan.refs), cfg.keyframe_frames)
+        times = interpolate.keyframe_times(len(plan.refs), spec.keyframe_frames)
     n_frames = interpolate.frame_count(times)
     extremes = interpolate.curve_extremes(keys.P, times)
-    fields, widest = _header_fields(plan, cfg)
-    captions = checkpoints.load_captions(cfg.captions) if cfg.captions is not None else []
+    fields, widest = _header_fields(plan, spec)
+    captions = checkpoints.load_captions(spec.captions) if spec.captions is not None else []
     labels = [l.label for l in plan.layers]
     for l, panel in enumerate(keys.panels):
         if panel.get("plane"):  # a Fourier plane: say which frequency the ring is drawn in
             labels[l] = f"{labels[l]} k {panel['k']}/{panel['period']}"
     points = np.array([l.n_points for l in plan.layers])
     layout = compose.grid_layout(_frame_spec(
-        cfg, plan.layers, labels, captions, project.axis_ranges(extremes, starts), cfg.title or plan.name,
+        spec, plan.layers, labels, captions, project.axis_ranges(extremes, starts), spec.title or plan.name,
         widest, tuple(_share_range(panel) for panel in keys.panels) if keys.panels else ()))
-    rasterizer = raster.Rasterizer(cfg.size, layout.rects, layout.scale, layout.sigma, starts)
-    shader = shade.Shader(rasterizer.span(keys.P, times), cfg.color_scale)
+    rasterizer = raster.Rasterizer(spec.size, layout.rects, layout.scale, layout.sigma, starts)
+    shader = shade.Shader(rasterizer.span(keys.P, times), spec.color_scale)
     extras: list[compose.Overlay] = [
-        overlays.Header(layout, cfg.title or plan.name, fields, n_frames),
+        overlays.Header(layout, spec.title or plan.name, fields, n_frames),
         overlays.ScaleBars(layout), overlays.Legend(layout, shader)]
-    if captions or cfg.caption:
-        extras.append(overlays.Captions(layout, cfg.caption, captions))
-    if cfg.loss_strip:
+    if captions or spec.caption:
+        extras.append(overlays.Captions(layout, spec.caption, captions))
+    if spec.loss_strip:
         extras.append(overlays.LossStrip.below_panels(layout, plan.loss.steps, plan.loss.values,
                                                       (float(plan.steps[0]), float(plan.steps[-1]))))
-    if measured is not None and cfg.drift:
+    if measured is not None and spec.drift:
         extras.append(overlays.DriftBars(layout.rects, measured.rate, times))
-    live = measured is not None and (cfg.cues or cfg.order == "settle")
+    live = measured is not None and (spec.cues or spec.order == "settle")
     pinned = interpolate.outside_counts(keys.P, times, rasterizer.limits, starts, extremes)
     extras.append(cues.PanelCues(
         layout, times, plan.steps, points, measured.rate if live else None,
-        measured.settle_steps(Settling.of(cfg)) if live else None,
-        measured.rebel if live else None, cfg.rebel_z, announce=cfg.order == "settle",
+        measured.settle_steps(spec.settling) if live else None,
+        measured.rebel if live else None, spec.rebel_z, announce=spec.order == "settle",
         pinned=pinned))
     return Film(keys.P, times, plan.steps.astype(np.float64), layout, starts, shader, labels,
                 n_frames, tuple(extras), pinned)

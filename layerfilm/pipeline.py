@@ -11,7 +11,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-from . import atomic, cluster, drift, frames, layouts, manifest, segments, shade, stats, stills
+from . import atomic, cluster, drift, encode, frames, layouts, manifest, shade, stats, stills
 from .config import RenderConfig, StatsConfig
 from .errors import CheckpointError
 from .plan import Plan, make_plan
@@ -59,7 +59,8 @@ def render(config: RenderConfig, progress: Progress = QUIET) -> RenderResult:
     cfg = config.validated()
     t0 = time.perf_counter()
     with atomic.Staged() as staged, cluster.runner(cluster.scheduler_address(cfg.scheduler)) as run:
-        plan = make_plan(cfg, cfg.metrics, frames.panels_fit(cfg))
+        spec = frames.FilmSpec.of(cfg)
+        plan = make_plan(cfg, cfg.metrics, frames.panels_fit(spec))
         for path, why in plan.skipped:  # known before any layout is computed
             progress.warn(f"skipped {path}: {why}")
         if cfg.loss_strip and plan.loss is None:
@@ -71,18 +72,18 @@ def render(config: RenderConfig, progress: Progress = QUIET) -> RenderResult:
         said = set(plan.changed())  # the layouts' store named these (not cached)
         if cfg.order == "settle":
             plan, keys, measured = frames.settle_order(plan, keys, measured, drift.Settling.of(cfg))
-        film = frames.prepare(plan, keys, cfg, measured)
+        film = frames.prepare(plan, keys, spec, measured)
         loaded = time.perf_counter() - t0
 
         palette = shade.palette(cfg.cmap)
         keep = (stills.Stills(film.keyframe_frames(), stills.tile_keyframes(len(plan.refs), cfg.stills_every),
-                              film.n_frames, cfg.size, lambda size: frames.keyframe_maker(
-                                  frames.prepare(plan, keys, dataclasses.replace(cfg, size=size), measured)))
+                              film.n_frames, film.size, lambda size: frames.keyframe_maker(
+                                  frames.prepare(plan, keys, dataclasses.replace(spec, size=size), measured)))
                 if cfg.stills_dir is not None else None)
         png_dir, still_dir = _stage_folder(staged, cfg.frames_dir), _stage_folder(staged, cfg.stills_dir)
         film_file = staged.file(cfg.output)
-        done = segments.encode_film(run, film, film_file, cfg.format, cfg.size, cfg.fps, palette,
-                                    cfg.jobs, png_dir, keep, progress, cfg.output)
+        out = encode.Output(film_file, cfg.format, cfg.fps, palette, cfg.jobs, png_dir, cfg.output)
+        done = encode.encode_film(film, out, run, keep, progress)
         if keep is not None:
             keep.write(still_dir, palette)
         seconds = {"load+project": loaded, "render": done.render_s, "encode": done.encode_s,

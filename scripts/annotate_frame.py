@@ -52,7 +52,7 @@ def main() -> None:
                        caption="4-block GPT (d_model 48) learning a + b mod 97").validated()
     plan = make_plan(cfg)
     keys, drift = layouts.layouts_and_drift(plan, cfg.projection, cfg.seed, use_cache=cfg.cache)
-    film = frames.prepare(plan, keys, cfg, drift)
+    film = frames.prepare(plan, keys, frames.FilmSpec.of(cfg), drift)
     k = int(np.flatnonzero(plan.steps == a.step)[0])
     index = frames.keyframe_maker(film)(k)
     img = Image.fromarray(shade.palette(cfg.cmap)[index], "RGB")

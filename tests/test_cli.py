@@ -107,6 +107,19 @@ def test_options_reach_the_config(tmp_path, run_dir, seen):
                                  max_points=77, seed=5, cmap="viridis", color_scale="linear", jobs=2)]
 
 
+def test_parameters_become_config_fields_by_name():
+    """A command's parameters are its config's fields by name (parsed where named), its own
+    ones left out; a parameter that names no field is a mistake, not silently dropped."""
+    from layerfilm.cli.common import _config_of
+    from layerfilm.config import parse_size
+
+    params = {"size": "64x32", "fps": 9, "quiet": True}
+    assert (_config_of(RenderConfig, params, ("quiet",), size=parse_size)
+            == RenderConfig(size=(64, 32), fps=9))
+    with pytest.raises(TypeError, match="fsp"):
+        _config_of(RenderConfig, {"fsp": 9}, ())
+
+
 def test_help_documents_every_option():
     import re
 

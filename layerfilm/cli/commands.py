@@ -36,6 +36,7 @@ from .common import (
     StepsOpt,
     TensorOpt,
     ThresholdOpt,
+    _config_of,
     _given_on_command_line,
     _notes,
     _one_line_errors,
@@ -73,14 +74,10 @@ def info(
     """Show the checkpoints, steps and layers that render would draw (with the same config
     file), how many bytes a render reads, and how much of each panel's variance its two drawn
     axes hold."""
+    params = dict(locals())  # the parameters, before any other name is bound
     from ..describe import describe
 
-    cli_config = InfoConfig(checkpoints=as_location(checkpoints), fps=fps,
-                            frames_per_keyframe=frames_per_keyframe, max_points=max_points,
-                            points=points, tensor=tensor, steps=steps, layer_pattern=layer_pattern,
-                            skip_bad=skip_bad, run=run, revisions=revisions,
-                            keep_downloads=keep_downloads, projection=projection,
-                            fourier_ref=fourier_ref, max_memory=max_memory)
+    cli_config = _config_of(InfoConfig, params, ("ctx", "config_file"), checkpoints=as_location)
     config, _ = resolve(cli_config, _given_on_command_line(ctx), config_file)
     _notes(False)
     for line in describe(config):
@@ -130,19 +127,15 @@ def stats(
 
     Options come from the command line, else from the config file, else their defaults.
     """
+    params = dict(locals())  # the parameters, before any other name is bound
     from rich.console import Console
     from rich.table import Table
 
     from ..pipeline import measure
     from ..stats import summary
 
-    cli_config = StatsConfig(checkpoints=as_location(checkpoints), out=out, settle_threshold=settle_threshold,
-                             settle_fraction=settle_fraction, rebel_z=rebel_z,
-                             points=points, tensor=tensor, max_points=max_points, seed=seed,
-                             projection=projection, fourier_ref=fourier_ref, layouts=layouts,
-                             steps=steps, layer_pattern=layer_pattern, skip_bad=skip_bad, run=run,
-                             revisions=revisions, keep_downloads=keep_downloads,
-                             scheduler=scheduler, max_memory=max_memory)
+    cli_config = _config_of(StatsConfig, params, ("ctx", "quiet", "config_file", "print_config"),
+                            checkpoints=as_location)
     config, path = resolve(cli_config, _given_on_command_line(ctx), config_file)
     if print_config:
         source = f"defaults < {path} < command line" if path else "defaults < command line"

@@ -3,6 +3,7 @@ options several commands take."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
 from typing import Annotated, Optional
@@ -180,3 +181,15 @@ def _given_on_command_line(ctx: typer.Context) -> set[str]:
     return given
 
 
+def _config_of(cls, params: dict, own: tuple[str, ...], **parse):
+    """A ``cls`` config from a command's parameters (its ``locals()`` on entry), by name: each
+    parameter gives the config field of its name, through ``parse[name]`` where the option's
+    text needs parsing (``size="1280x720"`` -> ``(1280, 720)``), so a new option is only a
+    parameter named like its field.  The parameters in ``own`` are the command's own
+    (``--quiet``, ``--config``); any other that names no field is a mistake in the command."""
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    stray = set(params) - fields - set(own)
+    if stray:
+        raise TypeError(f"{sorted(stray)} name no field of {cls.__name__}")
+    return cls(**{name: parse[name](value) if name in parse else value
+                  for name, value in params.items() if name in fields})

@@ -45,9 +45,13 @@ from .common import (
     _given_on_command_line,
     _notes,
     _one_line_errors,
+    _config_of,
     _progress,
     app,
 )
+
+# render's parameters that are not RenderConfig fields: every other one is the field of its name.
+OWN = ("ctx", "quiet", "config_file", "print_config", "from_manifest")
 
 
 @app.command()
@@ -160,23 +164,10 @@ def render(
 
     A manifest OUTPUT.json is written beside the film.
     """
+    cli_config = _config_of(RenderConfig, locals(), OWN, checkpoints=as_location, size=parse_size)
     from .. import manifest
     from ..pipeline import render as render_film
 
-    cli_config = RenderConfig(
-        checkpoints=as_location(checkpoints), output=output, fps=fps, frames_per_keyframe=frames_per_keyframe,
-        size=parse_size(size), projection=projection, max_points=max_points, seed=seed, cmap=cmap,
-        color_scale=color_scale, jobs=jobs, cache=cache, frames_dir=frames_dir, points=points,
-        tensor=tensor, loss_strip=loss_strip, metrics=metrics, drift=drift, order=order,
-        settle_threshold=settle_threshold, settle_fraction=settle_fraction, rebel_z=rebel_z,
-        stills_dir=stills_dir, stills_every=stills_every,
-        steps=steps, timeline=timeline, point_size=point_size, scale=scale, cues=cues, title=title,
-        caption=caption, captions=captions, tokens_per_step=tokens_per_step,
-        layer_pattern=layer_pattern, skip_bad=skip_bad, run=run, fourier_ref=fourier_ref,
-        scheduler=scheduler,
-        revisions=revisions, keep_downloads=keep_downloads, verify_inputs=verify_inputs,
-        max_memory=max_memory,
-    )
     given = _given_on_command_line(ctx)
     if from_manifest is not None:
         if config_file is not None:

@@ -1,7 +1,8 @@
-"""Stream palette-indexed frames to imageio-ffmpeg's bundled ffmpeg, losslessly.
+"""ffmpeg for one output: the lossless settings of each format, and the writers that stream
+palette-indexed frames to imageio-ffmpeg's bundled ffmpeg.
 
-Every format here is bit-exact for RGB (``shared/ENCODERS.md`` has the
-measurements; the tests decode each output and compare it with what was sent):
+Every format here is bit-exact for RGB (``tests/test_encode.py`` decodes each one and
+compares it with what was sent; ``docs/rendering.md`` lists where each plays):
 
 * ``.webm``  VP9 ``-lossless 1`` in ``gbrp`` (``yuv444p`` is *not* RGB-exact)
 * ``.gif``   the palette itself, frames sent as ``pal8`` indices, no dithering
@@ -13,33 +14,27 @@ Two writers share one ffmpeg process manager: :class:`FilmWriter` (a film, writt
 hidden temporary name and renamed only when ffmpeg has finished successfully) and
 :class:`PngFolderWriter` (numbered PNG frames into a folder).  On any error or Ctrl-C ffmpeg
 is killed, waited for, and temporary files removed; on Linux ffmpeg also dies with layerfilm
-when layerfilm is killed outright.  :func:`encode_chunks` renders a film in contiguous chunks
-in parallel (in a folder of this process's own) and joins them without re-encoding.
+when layerfilm is killed outright.  :func:`join` joins encoded chunks without re-encoding.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import contextlib
 import ctypes
 import dataclasses
 import functools
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from . import atomic
-from ._kernels import palette_rgb_kernel
-from .errors import EncodeError
+from .. import atomic
+from .._kernels import palette_rgb_kernel
+from ..errors import EncodeError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -317,104 +312,3 @@ def join(chunks: list[Path], path: Path, fmt: str, shown: Path | None = None) ->
         tmp.unlink(missing_ok=True)
         listing.unlink(missing_ok=True)
     return cmd
-
-
-@contextlib.contextmanager
-def chunk_files(output: Path, n: int):
-    """``n`` chunk paths for ``output``, in a hidden folder of this process's own beside it
-    (removed afterwards): two renders of one output at once never write each other's chunks."""
-    folder = atomic.temporary_folder_beside(output)
-    try:
-        yield [folder / f"chunk{j}{output.suffix}" for j in range(n)]
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-# ---- a whole film, in parallel chunks ---------------------------------------------------------
-
-class Stopped(Exception):
-    """Another chunk failed or the user pressed Ctrl-C: this chunk stops at its next frame."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Encoded:
-    """What :func:`encode_chunks` did: seconds making frames and encoding them (summed over
-    chunks), the ffmpeg command (the join's when there were chunks) and the chunks used."""
-
-    render_s: float
-    encode_s: float
-    command: list[str]
-    jobs: int
-
-
-def chunk_ranges(n_frames: int, jobs: int) -> list[range]:
-    """``jobs`` contiguous, nearly equal runs of frame numbers covering ``0 .. n_frames-1``."""
-    bounds = np.linspace(0, n_frames, jobs + 1).round().astype(int)
-    return [range(bounds[j], bounds[j + 1]) for j in range(jobs)]
-
-
-def write_frames(make: Callable[[int], np.ndarray], frames: range, writers: Sequence[_Ffmpeg],
-                 taps: Sequence[Callable[[int, np.ndarray], None]] = (),
-                 advance: Callable[[int], None] = lambda n=1: None,
-                 stop: threading.Event | None = None) -> tuple[float, float]:
-    """Make each frame of ``frames`` with ``make(f)`` and send it to every writer (already
-    entered) and tap; returns (seconds making frames, seconds writing them)."""
-    render_s = encode_s = 0.0
-    for f in frames:
-        if stop is not None and stop.is_set():
-            raise Stopped()
-        t0 = time.perf_counter()
-        frame = make(f)
-        t1 = time.perf_counter()
-        for writer in writers:
-            writer.write(frame)
-        for tap in taps:
-            tap(f, frame)
-        render_s += t1 - t0
-        encode_s += time.perf_counter() - t1
-        advance(1)
-    return render_s, encode_s
-
-
-def encode_chunks(output: Path, fmt: str, size: tuple[int, int], fps: int, palette: np.ndarray,
-                  n_frames: int, jobs: int, frame_maker: Callable[[], Callable[[int], np.ndarray]],
-                  png_dir: Path | None = None, taps: Sequence[Callable[[int, np.ndarray], None]] = (),
-                  advance: Callable[[int], None] = lambda n=1: None,
-                  shown: Path | None = None) -> Encoded:
-    """Encode frames ``0 .. n_frames-1`` into the film ``output`` (and PNGs into ``png_dir``);
-    errors name ``shown`` (the film ``output`` is to become; default ``output``).
-
-    With ``jobs > 1`` the frames are split into contiguous chunks, each made by its own
-    ``frame_maker()`` (frame makers own their buffers) and encoded by its own ffmpeg in a
-    thread (the numba kernels release the GIL), then joined without re-encoding.  Formats that
-    cannot be joined that way (animated WebP) use one job.  A failing chunk stops the others;
-    no chunk file is left behind.
-    """
-    jobs = min(jobs, n_frames) if FORMATS[fmt].joinable else 1
-    chunks = chunk_ranges(n_frames, jobs)
-    stop = threading.Event()
-
-    def chunk(frames: range, path: Path) -> tuple[float, float, list[str]]:
-        writer = FilmWriter(path, size, fps, fmt, palette, shown or output)
-        pngs = (PngFolderWriter(png_dir, size, fps, palette, frames.start) if png_dir is not None
-                else None)
-        with writer, (pngs or contextlib.nullcontext()):
-            render_s, encode_s = write_frames(frame_maker(), frames,
-                                              [writer] + ([pngs] if pngs else []), taps, advance, stop)
-            t = time.perf_counter()
-        encode_s += time.perf_counter() - t  # ffmpeg finishing the file
-        return render_s, encode_s, writer.command
-
-    if jobs == 1:
-        render_s, encode_s, command = chunk(chunks[0], output)
-        return Encoded(render_s, encode_s, command, 1)
-    with chunk_files(output, jobs) as parts:
-        with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
-            futures = [pool.submit(chunk, c, p) for c, p in zip(chunks, parts)]
-            try:
-                results = [f.result() for f in futures]
-            except BaseException:
-                stop.set()  # the other chunks stop at their next frame and clean up
-                raise
-        command = join(parts, output, fmt, shown)
-    return Encoded(sum(r[0] for r in results), sum(r[1] for r in results), command, jobs)
