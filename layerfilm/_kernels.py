@@ -1,6 +1,6 @@
 """The numba kernels, each beside a plain-numpy twin that tests compare it to.
 
-Kernels trust their inputs (validation happened in ``config.py``) and run
+Kernels trust their inputs (validation happened in ``config/validate.py``) and run
 single-threaded on purpose: ffmpeg needs the other cores, and ``parallel=True``
 kernels fighting the encoder cost more than they win.  ``cache=True`` keeps the
 compiled code on disk so a second run starts fast.

@@ -19,6 +19,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 from .errors import LayerfilmError
 
@@ -90,15 +91,24 @@ def publish(tmp: Path, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
+@contextlib.contextmanager
+def writing(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary file beside ``path`` (:func:`temporary_beside`) for the block to write, in
+    one go or in pieces, as often as it needs (a retried download); put over ``path``
+    (:func:`publish`) when the block ends without an error, removed when it does not."""
     path = Path(path)
     tmp = temporary_beside(path)
     try:
-        tmp.write_bytes(data)
+        yield tmp
         publish(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with writing(path) as tmp:
+        tmp.write_bytes(data)
 
 
 class Staged:

@@ -59,10 +59,23 @@ def test_a_long_tracked_series_in_chunks_is_the_same_film(tmp_path, procs):
 
 
 def test_dask_scheduler_address_variable_is_honoured(tmp_path, procs, monkeypatch):
+    """Without --scheduler the render runs on the cluster the variable names: the scheduler's
+    own task stream shows the layout and segment tasks, run by its workers (a render that
+    ignored the variable would write the same film here and leave the stream empty)."""
+    from distributed import Client
+
     monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", procs.address)
     out = tmp_path / "f.gif"
-    result = _render(SAMPLE, out, "--size", "160x90", "--fps", "1", "--steps", "::1000")
-    assert out.exists() and "wrote" in result.output
+    with Client(procs.address, timeout="10s", set_as_default=False) as client:
+        workers = set(client.scheduler_info(n_workers=-1)["workers"])
+        start = time.time()
+        client.get_task_stream(start=start)  # the scheduler records tasks from now on
+        _render(SAMPLE, out, "--size", "160x90", "--fps", "1", "--steps", "::1000")
+        ran = client.get_task_stream(start=start)
+    assert out.exists()
+    prefixes = {str(t["key"]).split("-")[0] for t in ran}
+    assert {"project_chunk", "render_segment"} <= prefixes, prefixes
+    assert {t["worker"] for t in ran} <= workers
 
 
 def test_a_worker_killed_mid_render_changes_nothing(tmp_path):

@@ -148,10 +148,19 @@ def test_output_options_are_the_path_typed_ones():
     assert "frames_dir" in out and not {"fps", "size", "cmap", "cache", "frames_per_keyframe"} & set(out)
 
 
-def test_help_documents_the_new_options():
-    text = runner.invoke(cli.app, ["render", "--help"], env={"COLUMNS": "200"}).output
-    for opt in ["--config", "--print-config", "--from-manifest"]:
-        assert opt in text
+def test_info_takes_seed_and_metrics_as_render_does(tmp_path, run_dir, monkeypatch):
+    from layerfilm import describe
+
+    loss = tmp_path / "loss.csv"
+    loss.write_text("step,loss\n0,2.5\n100,2.0\n200,1.5\n")
+    result = runner.invoke(cli.app, ["info", str(run_dir), "--metrics", str(loss)])
+    assert result.exit_code == 0, result.output
+    assert f"3 values from {loss}" in result.output
+    seen = []
+    monkeypatch.setattr(describe, "describe", lambda config: seen.append(config) or [])
+    result = runner.invoke(cli.app, ["info", str(run_dir), "--seed", "7", "--metrics", str(loss)])
+    assert result.exit_code == 0, result.output
+    assert (seen[-1].seed, seen[-1].metrics) == (7, loss)
 
 
 def test_info_reads_the_same_config_file_as_render(tmp_path, run_dir, monkeypatch):

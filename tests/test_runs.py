@@ -327,12 +327,9 @@ def test_two_runs_on_one_step_are_told_how_to_pick_one(tmp_path):
     assert result.exit_code == 0 and "first/last  runB-step0.safetensors .. runB-step200" in result.output
 
 
-def test_run_option_in_help_config_files_and_its_check(tmp_path, monkeypatch):
+def test_run_option_in_config_files_and_its_check(tmp_path, monkeypatch):
     folder = tmp_path / "ckpts"
     _shapes(folder)
-    for command in ("render", "info", "stats"):
-        text = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"}).output
-        assert "--run" in text and "Film one training run of several" in text, command
     monkeypatch.chdir(tmp_path)
     (tmp_path / "layerfilm.toml").write_text('run = "run2"\n')
     printed = runner.invoke(app, ["render", str(folder), "f.gif", "--print-config"]).output

@@ -303,9 +303,3 @@ def test_bad_value_on_the_command_line_is_not_blamed_on_the_file(tmp_path, run_d
     result = runner.invoke(app, ["stats", str(run_dir), "--max-points", "1"])
     assert result.exit_code == 2 and result.output.strip() == \
         "layerfilm: error: --max-points must be at least 3, got 1"
-
-
-def test_help_documents_the_new_options():
-    text = runner.invoke(app, ["stats", "--help"], env={"COLUMNS": "200"}).output
-    for opt in ["--steps", "--layer-pattern", "--skip-bad", "--config", "--print-config"]:
-        assert opt in text, opt

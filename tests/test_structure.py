@@ -58,6 +58,104 @@ def test_nothing_imports_upward():
     assert not wrong, wrong
 
 
+def _module_name(path: Path) -> str:
+    """`layerfilm.checkpoints.formats` for formats/__init__.py, `layerfilm.cache` for cache.py."""
+    parts = ("layerfilm",) + path.relative_to(PACKAGE).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Every layerfilm module → the layerfilm modules it imports, at any depth of the file (inside
+    functions too), relative imports resolved; `from pkg import name` points at the submodule
+    `pkg.name` when there is one, else at `pkg` itself."""
+    files = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph = {}
+    for me, path in files.items():
+        package = me if path.name == "__init__.py" else me.rpartition(".")[0]
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")
+                    anchor = anchor[:len(anchor) - (node.level - 1)]
+                    base = ".".join(anchor + ([base] if base else []))
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in files else base for a in node.names]
+            else:
+                continue
+            for target in targets:
+                while target and target not in files:  # `import layerfilm.x.y` of a name, not a module
+                    target = target.rpartition(".")[0]
+                if target and target != me:
+                    edges.add(target)
+        graph[me] = edges
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Cycles covering every module that sits on one (Tarjan's strongly connected groups, then the
+    shortest way round through each of their modules)."""
+    index, low, stack, on_stack, groups = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = set()
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                group.add(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                groups.append(group)
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    cycles, covered = [], set()
+    for group in groups:
+        for start in sorted(group):  # the shortest way round through each module not yet shown
+            if start in covered:
+                continue
+            paths, seen = [[start]], {start}
+            while paths:
+                path = paths.pop(0)
+                nxt = sorted(w for w in graph[path[-1]] if w in group)
+                if start in nxt:
+                    cycles.append(path + [start])
+                    covered.update(path)
+                    break
+                for w in nxt:
+                    if w not in seen:
+                        seen.add(w)
+                        paths.append(path + [w])
+    return cycles
+
+
+def test_no_import_cycles_anywhere():
+    """Inside subpackages and inside functions too: a function-level import hides a circle from
+    the interpreter, not from the design."""
+    cycles = _cycles(_module_graph())
+    assert not cycles, "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_the_cycle_check_sees_a_cycle():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a", "e"}, "e": {"d"}}
+    assert sorted(_cycles(graph)) == [["a", "b", "c", "a"], ["d", "e", "d"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
 def test_no_module_over_500_lines():
     long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py")
             if (n := len(p.read_text().splitlines())) > 500}

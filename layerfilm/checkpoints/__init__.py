@@ -4,10 +4,10 @@ Buckets; ``sources``: a folder or URL -> storage), which ones there are and thei
 (``discover``), that they are one run (``runs``), how bytes become tensors (``formats``) and
 the loss logged beside them (``losslog``).  torch, fsspec and the Hub client are imported only where they are needed."""
 
-from .discover import (CHECKPOINT_SUFFIXES, HF_WEIGHTS, SAFETENSORS_SUFFIXES, TORCH_SUFFIXES,
-                       CheckpointRef, discover, parse_step, parse_tokens, select_steps)
-from .formats import (DcpCheckpoint, SafetensorsFile, ShardedCheckpoint, TensorSource, TorchFile,
-                      drawn_ranges, open_checkpoint, open_file)
+from .discover import CheckpointRef, discover, parse_step, parse_tokens, select_steps
+from .formats import (CHECKPOINT_SUFFIXES, HF_WEIGHTS, SAFETENSORS_SUFFIXES, TORCH_SUFFIXES, DcpCheckpoint,
+                      SafetensorsFile, ShardedCheckpoint, TensorSource, TorchFile, drawn_ranges,
+                      open_checkpoint, open_file)
 from .runs import check_one_run
 from .losslog import (METRICS_NAMES, LossCurve, checkpoint_tokens, load_captions, load_loss_curve,
                       load_loss_file)

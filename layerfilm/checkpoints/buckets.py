@@ -10,7 +10,6 @@ S3-compatible API: ``s3://`` with the bucket's endpoint works through :mod:`.fss
 from __future__ import annotations
 
 from pathlib import PurePath, PurePosixPath
-from typing import Any
 from urllib.parse import quote
 
 from .hub import _LOGIN, HubClient, http_get
@@ -73,17 +72,3 @@ def parse_bucket(url: str) -> tuple[str, str]:
     if len(parts) < 2 or not parts[0] or not parts[1]:
         raise RemoteError("a bucket URL looks like hf://buckets/USER/NAME[/FOLDER]")
     return f"{parts[0]}/{parts[1]}", "/".join(parts[2:])
-
-
-def bucket_source(url: str, options: dict[str, Any], keep: bool):
-    from .sources import Source, _probe
-
-    bucket_id, sub = parse_bucket(url)
-    unknown = set(options) - {"token", "endpoint"}
-    if unknown:
-        raise RemoteError(f"storage_options for hf://buckets take token and endpoint, not "
-                          f"{', '.join(sorted(unknown))}")
-    storage = BucketStorage(bucket_id, options.get("token"), options.get("endpoint"), keep)
-    root = PurePosixPath("/" + sub) if sub else PurePosixPath("/")
-    _probe(storage, root)
-    return Source(storage, root, url)

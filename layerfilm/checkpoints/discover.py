@@ -18,11 +18,8 @@ from typing import Iterator
 
 from ..errors import CheckpointError
 from ..untrusted import load_json, within
+from .formats import CHECKPOINT_SUFFIXES, HF_WEIGHTS, SAFETENSORS_SUFFIXES, open_checkpoint
 from .storage import LOCAL, LocalStorage, Storage
-
-SAFETENSORS_SUFFIXES = (".safetensors",)
-TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
-CHECKPOINT_SUFFIXES = SAFETENSORS_SUFFIXES + TORCH_SUFFIXES
 
 # Keyword-tagged numbers win over bare numbers, so "epoch=1-step=300" is step 300.
 _STEP_PATTERNS = (
@@ -37,9 +34,6 @@ _TOKEN_PATTERNS = (
 )
 _UNITS = {"K": 10**3, "M": 10**6, "B": 10**9, "T": 10**12}
 
-# Hugging Face weights inside one checkpoint folder, most preferred first.
-HF_WEIGHTS = ("model.safetensors.index.json", "model.safetensors",
-              "pytorch_model.bin.index.json", "pytorch_model.bin")
 # Files trainers write beside the weights that are not the model (HF Trainer, Lightning, ...).
 _NOT_WEIGHTS = re.compile(r"^(?:optimizer|optim|scheduler|lr_scheduler|rng_state|training_args|"
                           r"scaler|trainer_state|ema_state)", re.I)
@@ -66,8 +60,6 @@ class CheckpointRef:
 
     def open(self):
         """The checkpoint opened for lazy reading (see :func:`~layerfilm.checkpoints.open_checkpoint`)."""
-        from .formats import open_checkpoint
-
         try:
             return open_checkpoint(self.path, self.storage)
         except CheckpointError:
@@ -221,8 +213,6 @@ def _step_inside(storage: Storage, path: PurePath) -> int | None:
     """The step a step-less file records inside it: a safetensors header's ``step`` /
     ``global_step`` / ``iter_num`` metadata, a torch pickle's ``global_step`` / ``iter_num``
     (Lightning's ``last.ckpt``, nanoGPT's ``ckpt.pt``)."""
-    from .formats import open_checkpoint
-
     if storage.is_dir(path) or path.name.endswith(".index.json"):
         return None
     try:

@@ -15,7 +15,8 @@ import numpy as np
 
 from ..errors import CheckpointError
 from ..untrusted import load_json
-from .discover import SAFETENSORS_SUFFIXES, CheckpointRef, parse_step
+from .discover import CheckpointRef, parse_step
+from .formats import SAFETENSORS_SUFFIXES
 from .storage import LOCAL, Storage
 
 METRICS_NAMES = ("metrics.jsonl", "log.jsonl", "metrics.csv", "trainer_state.json")

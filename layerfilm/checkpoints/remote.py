@@ -27,7 +27,6 @@ import bisect
 import concurrent.futures
 import hashlib
 import logging
-import os
 import re
 import shutil
 import tempfile
@@ -260,10 +259,9 @@ class RemoteStorage:
     def _spill(self, path: PurePath, entry: Entry, chunks: Iterable[bytes]) -> Path:
         """Stream a whole-file body to a local copy (checked against the listed size)."""
         dest = within(self._copy_path(path), path.name, self.display(path), "file name")
-        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{threading.get_ident()}.part")
-        tmp.parent.mkdir(parents=True, exist_ok=True)
+        dest.parent.mkdir(parents=True, exist_ok=True)
         n = 0
-        try:
+        with atomic.writing(dest) as tmp:
             with open(tmp, "wb") as f:
                 for chunk in chunks:
                     f.write(chunk)
@@ -273,9 +271,6 @@ class RemoteStorage:
                         break
             if n != entry.size:
                 raise Transient(f"the whole-file answer had {n} bytes, the file has {entry.size}")
-            os.replace(tmp, dest)
-        finally:
-            tmp.unlink(missing_ok=True)
         self._remember(path, dest)
         return dest
 
@@ -320,17 +315,13 @@ class RemoteStorage:
                      human_bytes(entry.size), "" if self.keep_downloads else
                      "; it is removed after use (--keep-downloads keeps it)")
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
+        with atomic.writing(dest) as tmp:
 
-        def once():
-            self.traffic.add(data_requests=1)
-            self._download(path, entry, tmp)
+            def once():
+                self.traffic.add(data_requests=1)
+                self._download(path, entry, tmp)
 
-        try:
             retrying(once, f"download of {self.display(path)}", self.traffic)
-            os.replace(tmp, dest)
-        finally:
-            tmp.unlink(missing_ok=True)
         if not quiet:
             self._remember(path, dest)
         return dest

@@ -15,7 +15,8 @@ from pathlib import PurePath
 from typing import Any
 
 from ..errors import CheckpointError
-from .discover import HF_WEIGHTS, CheckpointRef, _relative, shown_run
+from .discover import CheckpointRef, _relative, shown_run
+from .formats import HF_WEIGHTS
 from .storage import Storage
 
 Shapes = dict[str, tuple[int, ...]]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from pathlib import Path, PurePath
+from pathlib import Path, PurePath, PurePosixPath
 from typing import Any
 
 from ..errors import CheckpointError
@@ -74,9 +74,7 @@ def _hub_source(url: str, options: dict[str, Any], revisions: str | None, keep: 
     from .hub import ROOT, HubStorage, _encode, parse_url
 
     if buckets_url(url):
-        from .buckets import bucket_source
-
-        return bucket_source(url, options, keep)
+        return _bucket_source(url, options, keep)
     repo_id, repo_type, revision, sub = parse_url(url)
     unknown = set(options) - {"token", "endpoint"}
     if unknown:
@@ -100,6 +98,20 @@ def _hub_source(url: str, options: dict[str, Any], revisions: str | None, keep: 
     root = ROOT / _encode(revision)
     for part in [p for p in sub.split("/") if p]:
         root = root / part
+    _probe(storage, root)
+    return Source(storage, root, url)
+
+
+def _bucket_source(url: str, options: dict[str, Any], keep: bool) -> Source:
+    from .buckets import BucketStorage, parse_bucket
+
+    bucket_id, sub = parse_bucket(url)
+    unknown = set(options) - {"token", "endpoint"}
+    if unknown:
+        raise RemoteError(f"storage_options for hf://buckets take token and endpoint, not "
+                          f"{', '.join(sorted(unknown))}")
+    storage = BucketStorage(bucket_id, options.get("token"), options.get("endpoint"), keep)
+    root = PurePosixPath("/" + sub) if sub else PurePosixPath("/")
     _probe(storage, root)
     return Source(storage, root, url)
 

@@ -51,9 +51,14 @@ def info(
     ctx: typer.Context,
     checkpoints: CkptArg,
     max_points: Annotated[int, typer.Option(help="As for render: most points drawn per layer.")] = 2000,
+    seed: Annotated[int, typer.Option(
+        help="As for render: which points a larger layer's sample draws, so which bytes are read.")] = 0,
     fps: Annotated[int, typer.Option(help="As for render, to show the film's length.")] = 25,
     frames_per_keyframe: Annotated[Optional[int], typer.Option(
-        help="As for render [default: fps].", show_default=False)] = None,
+        help="As for render (default: fps).", show_default=False)] = None,
+    metrics: Annotated[Optional[Path], typer.Option(
+        help="As for render: the loss log to show instead of the one found beside the checkpoints.",
+        show_default=False)] = None,
     points: PointsOpt = "neurons",
     tensor: TensorOpt = None,
     steps: StepsOpt = None,
@@ -68,7 +73,7 @@ def info(
     max_memory: MaxMemoryOpt = None,
     config_file: Annotated[Optional[Path], typer.Option(
         "--config", help=f"Read options from this TOML file (as render does) instead of "
-        f"./{CONFIG_FILE} or [tool.layerfilm] in ./pyproject.toml; options given here override "
+        f"./{CONFIG_FILE} or \\[tool.layerfilm] in ./pyproject.toml; options given here override "
         "it.", show_default=False)] = None,
 ) -> None:
     """Show the checkpoints, steps and layers that render would draw (with the same config
@@ -116,7 +121,7 @@ def stats(
     max_memory: MaxMemoryOpt = None,
     config_file: Annotated[Optional[Path], typer.Option(
         "--config", help=f"Read options from this TOML file (as render does) instead of "
-        f"./{CONFIG_FILE} or [tool.layerfilm] in ./pyproject.toml; stats uses the options it "
+        f"./{CONFIG_FILE} or \\[tool.layerfilm] in ./pyproject.toml; stats uses the options it "
         "shares with render; options given here override it.", show_default=False)] = None,
     print_config: Annotated[bool, typer.Option(
         "--print-config", help="Print the resolved options stats shares with render as TOML "
@@ -177,7 +182,7 @@ def publish(
     path_in_repo: Annotated[str, typer.Option(
         help="Folder in the repository for the films (default: its top).")] = "",
     message: Annotated[Optional[str], typer.Option(
-        "--message", "-m", help="Commit message [default: layerfilm: FILM, ...].",
+        "--message", "-m", help="Commit message (default: layerfilm: FILM, ...).",
         show_default=False)] = None,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="List what would be uploaded and print the card; upload nothing.")] = False,

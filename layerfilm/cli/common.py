@@ -115,11 +115,11 @@ LayerPatternOpt = Annotated[Optional[str], typer.Option(
 SchedulerOpt = Annotated[Optional[str], typer.Option(
     "--scheduler", metavar="ADDRESS",
     help="Run the work on the Dask cluster whose scheduler is at ADDRESS (tcp://host:8786) "
-         "[default: $DASK_SCHEDULER_ADDRESS, else here]; the film is the same bit for bit.",
+         "(default: $DASK_SCHEDULER_ADDRESS, else here); the film is the same bit for bit.",
     show_default=False)]
 FourierRefOpt = Annotated[Optional[int], typer.Option(
     "--fourier-ref", metavar="STEP",
-    help="--projection fourier: fit the plane at this checkpoint's step [default: the last].",
+    help="--projection fourier: fit the plane at this checkpoint's step (default: the last).",
     show_default=False)]
 RunOpt = Annotated[Optional[str], typer.Option(
     "--run", metavar="NAME",
@@ -129,8 +129,8 @@ RunOpt = Annotated[Optional[str], typer.Option(
          "refused without it.", show_default=False)]
 MaxMemoryOpt = Annotated[Optional[str], typer.Option(
     "--max-memory", metavar="SIZE",
-    help="Most memory that reading the drawn points may take (8G, 512M, 1.5GiB) [default: what "
-         "is available when the checkpoints are planned]; more is refused before any is read.",
+    help="Most memory that reading the drawn points may take, such as 8G, 512M or 1.5GiB (default: "
+         "what is available when the checkpoints are planned); more is refused before any is read.",
     show_default=False)]
 SkipBadOpt = Annotated[bool, typer.Option(
     "--skip-bad", help="Leave out checkpoints that cannot be read or no longer fit (a warning "

@@ -110,11 +110,11 @@ def render(
         "--stills", help="Also write first.png, last.png and contact_sheet.png (keyframes) into "
         "this new or empty folder.", show_default=False)] = None,
     stills_every: Annotated[Optional[int], typer.Option(
-        help="Contact sheet: one tile every N keyframes (and the last) [default: about 12 tiles].",
+        help="Contact sheet: one tile every N keyframes (and the last) (default: about 12 tiles).",
         show_default=False)] = None,
     config_file: Annotated[Optional[Path], typer.Option(
         "--config", help=f"Read options from this TOML file instead of ./{CONFIG_FILE} or "
-        "[tool.layerfilm] in ./pyproject.toml; options given here override it.",
+        "\\[tool.layerfilm] in ./pyproject.toml; options given here override it.",
         show_default=False)] = None,
     print_config: Annotated[bool, typer.Option(
         "--print-config", help="Print the resolved options as TOML and exit.")] = False,
@@ -129,7 +129,7 @@ def render(
              "unevenly spaced checkpoints keep true time).")] = "keyframe",
     point_size: Annotated[Optional[float], typer.Option(
         help="Dot size in pixels (the width of its footprint at half height) for every panel "
-             "[default: from each panel's size and number of dots].", show_default=False)] = None,
+             "(default: from each panel's size and number of dots).", show_default=False)] = None,
     scale: Annotated[str, typer.Option(
         help=f"Panel scale: {' | '.join(SCALES)} (shared: every panel at one common scale, so "
              "sizes compare).")] = "panel",
@@ -137,15 +137,15 @@ def render(
         help="Per panel: border and activity line following its rate of change, 'settled' and "
              "'rebel' marks.")] = True,
     title: Annotated[Optional[str], typer.Option(
-        help="Header title [default: the checkpoint folder's name].", show_default=False)] = None,
+        help="Header title (default: the checkpoint folder's name).", show_default=False)] = None,
     caption: Annotated[Optional[str], typer.Option(
         help="A footer line, e.g. what the model is.", show_default=False)] = None,
     captions: Annotated[Optional[Path], typer.Option(
         help='JSONL of {"step": N, "text": "..."}: each text shown from step N on (e.g. a sample '
              "completion per checkpoint).", show_default=False)] = None,
     tokens_per_step: Annotated[Optional[int], typer.Option(
-        help="Training tokens per step, for the header's tokens seen [default: from names or "
-             "trainer_state.json].", show_default=False)] = None,
+        help="Training tokens per step, for the header's tokens seen (default: from names or "
+             "trainer_state.json).", show_default=False)] = None,
     layer_pattern: LayerPatternOpt = None,
     skip_bad: SkipBadOpt = False,
     run: RunOpt = None,

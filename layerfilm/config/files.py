@@ -3,7 +3,7 @@
 Every field of :class:`RenderConfig` except the two positional ones is an *option*: it can be
 set in a config file, is recorded in manifests and printed by ``--print-config``.  Reading and
 writing are generic over the fields (their names and type annotations), so a new field needs no
-code here; its check lives in ``schema.py`` like every other.  On the command line each option
+code here; its check lives in ``validate.py`` like every other.  On the command line each option
 is the ``render`` parameter of the same name (a test keeps the two in step).  ``info`` and
 ``stats`` read the same files and use the options that are fields of their own configs.
 """

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import ConfigError
-from .schema import (PROJECTIONS, COLOR_SCALES, TIMELINES, SUFFIXES, ORDERS, SCALES, POINTS, REPO_TYPES, _REPO_ID, parse_steps, Remote, _URL,
-                     parse_memory)
+from .values import (COLOR_SCALES, ORDERS, POINTS, PROJECTIONS, REPO_ID, REPO_TYPES, SCALES, SUFFIXES,
+                     TIMELINES, URL, Remote, parse_memory, parse_steps)
 
 
 # ---- validation: one check per field name ---------------------------------------------------
@@ -257,7 +257,7 @@ def _cmap(c) -> None:
 
 @_check("checkpoints")
 def _checkpoints(c) -> None:
-    if isinstance(c.checkpoints, Remote) and not _URL.match(c.checkpoints.url):
+    if isinstance(c.checkpoints, Remote) and not URL.match(c.checkpoints.url):
         _fail("checkpoints", f"not a URL: {c.checkpoints.url!r}")
 
 
@@ -284,7 +284,7 @@ def _repo_id(c) -> None:
     if not c.repo_id:
         _fail("repo_id", "give --repo-id USER/NAME (a repository) or --bucket USER/NAME (a "
                          "Storage Bucket)")
-    if not _REPO_ID.fullmatch(c.repo_id):
+    if not REPO_ID.fullmatch(c.repo_id):
         _fail("repo_id", f"--repo-id must look like USER/NAME, got {c.repo_id!r}")
 
 

@@ -10,9 +10,9 @@ from typing import Protocol
 import numpy as np
 
 from ...errors import CheckpointError
-from ..discover import HF_WEIGHTS, SAFETENSORS_SUFFIXES, TORCH_SUFFIXES
 from ..storage import LOCAL, Storage, coalesce
 from .dcp import DcpCheckpoint
+from .files import CHECKPOINT_SUFFIXES, HF_WEIGHTS, SAFETENSORS_SUFFIXES, TORCH_SUFFIXES, open_file
 from .pickles import TorchFile
 from .safetensors import SafetensorsFile
 from .sharded import ShardedCheckpoint
@@ -33,15 +33,6 @@ class TensorSource(Protocol):
     def shapes(self) -> dict[str, tuple[int, ...]]: ...
 
     def read(self, name: str, index: np.ndarray | None = None, axis: int = 0) -> np.ndarray: ...
-
-
-def open_file(path: PurePath, storage: Storage = LOCAL) -> TensorSource:
-    """One weights file, by its suffix."""
-    if path.suffix.lower() in SAFETENSORS_SUFFIXES:
-        return SafetensorsFile(path, storage)
-    if path.suffix.lower() in TORCH_SUFFIXES:
-        return TorchFile(path, storage)
-    raise CheckpointError(f"unknown checkpoint format {path.suffix!r}", storage.display(path))
 
 
 def open_checkpoint(path: PurePath | str, storage: Storage = LOCAL) -> TensorSource:
@@ -86,5 +77,6 @@ def drawn_ranges(ckpt: TensorSource, wanted) -> dict[PurePath, list[tuple[int, i
     return {ckpt.path: [(0, ckpt.header_bytes)] + coalesce(ranges)}
 
 
-__all__ = ["TensorSource", "open_file", "open_checkpoint", "DcpCheckpoint", "TorchFile",
+__all__ = ["CHECKPOINT_SUFFIXES", "HF_WEIGHTS", "SAFETENSORS_SUFFIXES", "TORCH_SUFFIXES",
+           "TensorSource", "open_file", "open_checkpoint", "DcpCheckpoint", "TorchFile",
            "SafetensorsFile", "ShardedCheckpoint", "drawn_ranges"]

@@ -10,6 +10,7 @@ import numpy as np
 from ...errors import CheckpointError
 from ...untrusted import JSONTooDeep, load_json, within
 from ..storage import LOCAL, Storage
+from .files import open_file
 
 
 class ShardedCheckpoint:
@@ -17,8 +18,6 @@ class ShardedCheckpoint:
     on demand."""
 
     def __init__(self, index: PurePath | str, storage: Storage = LOCAL):
-        from . import open_file
-
         self.path = index if isinstance(index, PurePath) else Path(index)
         self.where = storage.display(self.path)
         try:
