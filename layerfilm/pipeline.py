@@ -1,8 +1,11 @@
-"""render(config) and measure(config): the composition of the stages, nothing more.
+"""render(config) and measure(config): the composition of the stages.
 
-plan (discover + extract) -> layouts (load + project) -> frames (interpolate, raster, shade,
-compose) -> encode.  Checkpoints are streamed one at a time; only the 2-D keyframe layouts
-stay in memory, and frames stream into ffmpeg as they are made.
+plan (discover + extract) -> layouts (the cloud stream, projected; drift in the same pass) ->
+film (interpolate, raster, shade, compose) -> encode.  Checkpoints are streamed one at a time;
+only the 2-D keyframe layouts stay in memory, and frames stream into ffmpeg as they are made.
+Besides the order of the stages it holds only what needs several of them: the one check that
+needs the plan (``--loss-strip`` without a loss curve), the film made again at another size
+for ``--stills``, and every output put in place together (:class:`~layerfilm.atomic.Staged`).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-from . import atomic, cluster, drift, encode, frames, layouts, manifest, shade, stats, stills
+from . import atomic, cluster, drift, encode, film, layouts, manifest, shade, stats, stills
 from .config import RenderConfig, StatsConfig
 from .errors import CheckpointError
 from .plan import Plan, make_plan
@@ -30,7 +33,7 @@ class RenderResult:
     jobs: int = 1
     plan: Plan | None = None  # what was drawn (the manifest lists its checkpoints)
     panels: tuple[dict, ...] = ()  # what each panel's projection did (layouts.Keyframes.panels)
-    drawing: dict | None = None  # how it was drawn (frames.Film.describe): the manifest keeps it
+    drawing: dict | None = None  # how it was drawn (film.Film.describe): the manifest keeps it
     manifest: dict | None = None  # the manifest written beside the film
 
 
@@ -59,8 +62,8 @@ def render(config: RenderConfig, progress: Progress = QUIET) -> RenderResult:
     cfg = config.validated()
     t0 = time.perf_counter()
     with atomic.Staged() as staged, cluster.runner(cluster.scheduler_address(cfg.scheduler)) as run:
-        spec = frames.FilmSpec.of(cfg)
-        plan = make_plan(cfg, cfg.metrics, frames.panels_fit(spec))
+        spec = film.FilmSpec.of(cfg)
+        plan = make_plan(cfg, cfg.metrics, film.panels_fit(spec))
         for path, why in plan.skipped:  # known before any layout is computed
             progress.warn(f"skipped {path}: {why}")
         if cfg.loss_strip and plan.loss is None:
@@ -71,25 +74,25 @@ def render(config: RenderConfig, progress: Progress = QUIET) -> RenderResult:
                                                    cfg.needs_drift, cfg.fourier_ref, run)
         said = set(plan.changed())  # the layouts' store named these (not cached)
         if cfg.order == "settle":
-            plan, keys, measured = frames.settle_order(plan, keys, measured, drift.Settling.of(cfg))
-        film = frames.prepare(plan, keys, spec, measured)
+            plan, keys, measured = film.settle_order(plan, keys, measured, drift.Settling.of(cfg))
+        picture = film.prepare(plan, keys, spec, measured)
         loaded = time.perf_counter() - t0
 
         palette = shade.palette(cfg.cmap)
-        keep = (stills.Stills(film.keyframe_frames(), stills.tile_keyframes(len(plan.refs), cfg.stills_every),
-                              film.n_frames, film.size, lambda size: frames.keyframe_maker(
-                                  frames.prepare(plan, keys, dataclasses.replace(spec, size=size), measured)))
+        keep = (stills.Stills(picture.keyframe_frames(), stills.tile_keyframes(len(plan.refs), cfg.stills_every),
+                              picture.n_frames, picture.size, lambda size: film.keyframe_maker(
+                                  film.prepare(plan, keys, dataclasses.replace(spec, size=size), measured)))
                 if cfg.stills_dir is not None else None)
         png_dir, still_dir = _stage_folder(staged, cfg.frames_dir), _stage_folder(staged, cfg.stills_dir)
         film_file = staged.file(cfg.output)
         out = encode.Output(film_file, cfg.format, cfg.fps, palette, cfg.jobs, png_dir, cfg.output)
-        done = encode.encode_film(film, out, run, keep, progress)
+        done = encode.encode_film(picture, out, run, keep, progress)
         if keep is not None:
             keep.write(still_dir, palette)
         seconds = {"load+project": loaded, "render": done.render_s, "encode": done.encode_s,
                    "wall": time.perf_counter() - t0}
-        result = RenderResult(cfg.output, film.n_frames, len(plan.refs), seconds, film_file.stat().st_size,
-                              keys.nonfinite, done.command, done.jobs, plan, keys.panels, film.describe())
+        result = RenderResult(cfg.output, picture.n_frames, len(plan.refs), seconds, film_file.stat().st_size,
+                              keys.nonfinite, done.command, done.jobs, plan, keys.panels, picture.describe())
         result.manifest = manifest.write(cfg, result, staged)
         _changed_later(plan, said, progress)
         staged.commit()

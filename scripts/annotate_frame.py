@@ -36,7 +36,7 @@ def main() -> None:
     from matplotlib import font_manager
     from PIL import Image, ImageDraw, ImageFont
 
-    from layerfilm import compose, frames, layouts, overlays, shade
+    from layerfilm import compose, film as films, layouts, overlays, shade
     from layerfilm.config import RenderConfig, parse_size
     from layerfilm.plan import make_plan
 
@@ -52,9 +52,9 @@ def main() -> None:
                        caption="4-block GPT (d_model 48) learning a + b mod 97").validated()
     plan = make_plan(cfg)
     keys, drift = layouts.layouts_and_drift(plan, cfg.projection, cfg.seed, use_cache=cfg.cache)
-    film = frames.prepare(plan, keys, frames.FilmSpec.of(cfg), drift)
+    film = films.prepare(plan, keys, films.FilmSpec.of(cfg), drift)
     k = int(np.flatnonzero(plan.steps == a.step)[0])
-    index = frames.keyframe_maker(film)(k)
+    index = films.keyframe_maker(film)(k)
     img = Image.fromarray(shade.palette(cfg.cmap)[index], "RGB")
 
     lay = film.layout

@@ -76,19 +76,19 @@ def test_color_range_fixed_for_the_whole_film(tmp_path, run_dir, monkeypatch):
     """The span is the densest pixel of any frame, keyframes and every frame between them
     (computed here with the numpy twins of interpolation and splatting), and the same for
     every frame."""
-    from layerfilm import frames, layouts, plan, shade
+    from layerfilm import film as film_stage, layouts, plan, shade
     from layerfilm.config import Selection
 
     spans, films = [], []
     original = shade.Shader.__call__
-    prepare = frames.prepare
+    prepare = film_stage.prepare
 
     def call(self, counts, frame):
         spans.append(self.span)
         original(self, counts, frame)
 
     monkeypatch.setattr(shade.Shader, "__call__", call)
-    monkeypatch.setattr(frames, "prepare", lambda *a, **k: films.append(prepare(*a, **k)) or films[-1])
+    monkeypatch.setattr(film_stage, "prepare", lambda *a, **k: films.append(prepare(*a, **k)) or films[-1])
     assert runner.invoke(app, ["render", str(run_dir), str(tmp_path / "f.gif"), "--fps", "3",
                                "--size", "320x180", "-q"]).exit_code == 0
     assert len(spans) == 10 and len(set(spans)) == 1

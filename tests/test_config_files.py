@@ -149,7 +149,7 @@ def test_output_options_are_the_path_typed_ones():
 
 
 def test_info_takes_seed_and_metrics_as_render_does(tmp_path, run_dir, monkeypatch):
-    from layerfilm import describe
+    from layerfilm import info
 
     loss = tmp_path / "loss.csv"
     loss.write_text("step,loss\n0,2.5\n100,2.0\n200,1.5\n")
@@ -157,7 +157,7 @@ def test_info_takes_seed_and_metrics_as_render_does(tmp_path, run_dir, monkeypat
     assert result.exit_code == 0, result.output
     assert f"3 values from {loss}" in result.output
     seen = []
-    monkeypatch.setattr(describe, "describe", lambda config: seen.append(config) or [])
+    monkeypatch.setattr(info, "report", lambda config: seen.append(config) or [])
     result = runner.invoke(cli.app, ["info", str(run_dir), "--seed", "7", "--metrics", str(loss)])
     assert result.exit_code == 0, result.output
     assert (seen[-1].seed, seen[-1].metrics) == (7, loss)

@@ -197,12 +197,12 @@ def test_contact_sheet_of_large_frames_stays_readable(tmp_path, monkeypatch):
     """13 tiles of 1280x720 frames would make a 5,132 px wide sheet of shrunken text: the sheet
     is at most 4,096 px wide, its tiles are each checkpoint's frame drawn at the tile size (the
     layout of that size, its real step in the header), and first/last stay the film's frames."""
-    from layerfilm import frames
+    from layerfilm import film as film_stage
     from test_cli import _ink_contains
 
     made = []
-    prepare = frames.prepare
-    monkeypatch.setattr(frames, "prepare", lambda *a, **k: made.append(prepare(*a, **k)) or made[-1])
+    prepare = film_stage.prepare
+    monkeypatch.setattr(film_stage, "prepare", lambda *a, **k: made.append(prepare(*a, **k)) or made[-1])
     run = write_run(tmp_path / "run", n=13, d=8, vocab=12)
     out = tmp_path / "stills"
     result = runner.invoke(app, ["render", str(run), str(tmp_path / "f.mkv"), "--size", "1280x720",
@@ -222,7 +222,7 @@ def test_contact_sheet_of_large_frames_stays_readable(tmp_path, monkeypatch):
         tile = sheet[y:y + th, x:x + tw]
         header = tile[:tile_film.layout.header - 2].any(axis=2)
         assert _ink_contains(header, f"step {k * 100:,}", tile_film.layout.font), k
-        expected = frames.keyframe_maker(tile_film)(k)
+        expected = film_stage.keyframe_maker(tile_film)(k)
         assert np.array_equal(tile, stills_palette()[expected]), k
 
 

@@ -11,7 +11,7 @@ import pytest
 from safetensors.numpy import save_file
 from typer.testing import CliRunner
 
-from layerfilm import compose, cues, drift, frames, overlays, shade, stats
+from layerfilm import compose, cues, drift, film as film_stage, header, overlays, shade, stats
 from layerfilm.cli import app
 from layerfilm.compose import FrameSpec, grid_layout
 
@@ -71,22 +71,22 @@ def test_ink_stays_in_its_boxes(tmp_path, size):
     (tmp_path / "c.jsonl").write_text('{"step": 0, "text": "the cat is possible and the dog is '
                                       'not, said the model, a great many times over"}\n')
     made = []
-    prepare = frames.prepare
+    prepare = film_stage.prepare
 
     def keep(*a, **k):
         made.append(prepare(*a, **k))
         return made[-1]
 
     import layerfilm.pipeline as pipeline
-    original = pipeline.frames.prepare
-    pipeline.frames.prepare = keep
+    original = pipeline.film.prepare
+    pipeline.film.prepare = keep
     try:
         result = runner.invoke(app, ["render", str(run), str(tmp_path / "f.gif"), "--size", size,
                                      "--fps", "2", "--frames", str(tmp_path / "png"), "--tokens-per-step",
                                      "4096", "--caption", "a 12-block test model " * 4,
                                      "--captions", str(tmp_path / "c.jsonl"), "-q"])
     finally:
-        pipeline.frames.prepare = original
+        pipeline.film.prepare = original
     assert result.exit_code == 0, result.output
     lay = made[0].layout
     allowed = np.zeros((lay.size[1], lay.size[0]), dtype=bool)
@@ -101,10 +101,10 @@ def test_ink_stays_in_its_boxes(tmp_path, size):
 
 def _capture_film(monkeypatch):
     films = []
-    prepare = frames.prepare
+    prepare = film_stage.prepare
     import layerfilm.pipeline as pipeline
 
-    monkeypatch.setattr(pipeline.frames, "prepare",
+    monkeypatch.setattr(pipeline.film, "prepare",
                         lambda *a, **k: films.append(prepare(*a, **k)) or films[-1])
     return films
 
@@ -239,8 +239,8 @@ def test_tokens_from_trainer_state(tmp_path):
     plan = plan_of(run)
     np.testing.assert_array_equal(checkpoint_tokens(plan.refs), [0, 100_000, np.nan, 300_000])
     np.testing.assert_array_equal(plan.tokens, [0, 100_000, 200_000, 300_000])  # the log fills in
-    assert frames.tokens_seen(plan, None)(150) == pytest.approx(150_000)
-    assert frames.tokens_seen(plan, 7)(150) == 1050
+    assert header.tokens_seen(plan, None)(150) == pytest.approx(150_000)
+    assert header.tokens_seen(plan, 7)(150) == 1050
 
 
 def test_captions_from_their_step_on_and_bad_files(tmp_path, monkeypatch):

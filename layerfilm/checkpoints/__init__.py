@@ -9,7 +9,7 @@ from .formats import (CHECKPOINT_SUFFIXES, HF_WEIGHTS, SAFETENSORS_SUFFIXES, TOR
                       SafetensorsFile, ShardedCheckpoint, TensorSource, TorchFile, drawn_ranges,
                       open_checkpoint, open_file)
 from .runs import check_one_run
-from .losslog import (METRICS_NAMES, LossCurve, checkpoint_tokens, load_captions, load_loss_curve,
+from .losslog import (METRICS_NAMES, LossCurve, checkpoint_tokens, load_loss_curve,
                       load_loss_file)
 from .sources import Source, is_url, open_source
 from .storage import LOCAL, LocalStorage, Storage, cache_root, coalesce
@@ -19,7 +19,7 @@ __all__ = [
     "CHECKPOINT_SUFFIXES", "HF_WEIGHTS", "SAFETENSORS_SUFFIXES", "TORCH_SUFFIXES", "CheckpointRef",
     "discover", "check_one_run", "parse_step", "parse_tokens", "select_steps", "DcpCheckpoint", "SafetensorsFile",
     "ShardedCheckpoint", "TensorSource", "TorchFile", "drawn_ranges", "open_checkpoint", "open_file",
-    "METRICS_NAMES", "LossCurve", "checkpoint_tokens", "load_captions", "load_loss_curve",
+    "METRICS_NAMES", "LossCurve", "checkpoint_tokens", "load_loss_curve",
     "load_loss_file", "LOCAL", "LocalStorage", "Storage", "coalesce", "cache_root", "Source",
     "is_url", "open_source", "RemoteError", "Traffic", "TOTAL", "human_bytes",
 ]

@@ -216,31 +216,3 @@ def checkpoint_tokens(refs: Iterable[CheckpointRef], loss: LossCurve | None = No
             tokens = float(values[hit[0]]) if hit.size else None
         out.append(np.nan if tokens is None else float(tokens))
     return np.array(out, dtype=np.float64)
-
-
-def load_captions(path: str | os.PathLike) -> list[tuple[int, str]]:
-    """``--captions FILE.jsonl``: one ``{"step": N, "text": "..."}`` per line (blank lines
-    skipped), as (step, text) sorted by step.  A line that is not that raises
-    :class:`CheckpointError` naming the file and the line."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"cannot read the captions: {getattr(e, 'strerror', None) or e}", path) from None
-    out = {}
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = load_json(line)
-        except ValueError as e:
-            raise CheckpointError(f"line {n}: not JSON ({getattr(e, 'msg', e)})", path) from None
-        step = row.get("step") if isinstance(row, dict) else None
-        caption = row.get("text") if isinstance(row, dict) else None
-        if not isinstance(step, int) or isinstance(step, bool) or step < 0 or not isinstance(caption, str):
-            raise CheckpointError(f'line {n}: expected {{"step": N, "text": "..."}} with a whole '
-                                  "step >= 0 and a text", path)
-        out[step] = " ".join(caption.split())
-    if not out:
-        raise CheckpointError('no captions in it (one {"step": N, "text": "..."} per line)', path)
-    return sorted(out.items())

@@ -80,12 +80,12 @@ def info(
     file), how many bytes a render reads, and how much of each panel's variance its two drawn
     axes hold."""
     params = dict(locals())  # the parameters, before any other name is bound
-    from ..describe import describe
+    from ..info import report
 
     cli_config = _config_of(InfoConfig, params, ("ctx", "config_file"), checkpoints=as_location)
     config, _ = resolve(cli_config, _given_on_command_line(ctx), config_file)
     _notes(False)
-    for line in describe(config):
+    for line in report(config):
         typer.echo(line)
 
 

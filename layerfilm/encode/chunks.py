@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import atomic
 from ..cluster import Dask
-from ..frames import Film, FrameMaker
+from ..film import Film, FrameMaker
 from ..progress import QUIET, Progress
 from .ffmpeg import FORMATS, FilmWriter, PngFolderWriter, _Ffmpeg, join
 

@@ -13,7 +13,7 @@ from .plan import make_plan, read_estimate
 from .project import Fourier
 
 
-def describe(config: InfoConfig) -> list[str]:
+def report(config: InfoConfig) -> list[str]:
     """The lines ``layerfilm info`` prints for ``config`` (validated)."""
     config = config.validated()
     plan = make_plan(config, config.metrics)

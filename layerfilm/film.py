@@ -1,4 +1,4 @@
-"""Keyframe layouts -> frame ``f`` of the film: interpolate, rasterize, shade and compose.
+"""The film: keyframe layouts -> frame ``f``: interpolate, rasterize, shade and compose.
 
 :func:`prepare` fixes everything before the first frame -- the timeline, each panel's reach,
 the frame's layout and scales, the film's colour span, the header, captions, legend and cues
@@ -14,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import checkpoints, compose, cues, interpolate, overlays, project, raster, shade
-from .checkpoints import LossCurve
+from . import compose, cues, header, interpolate, overlays, project, raster, shade
 from .config import RenderConfig
 from .layouts import Keyframes
 from .plan import Plan
@@ -134,74 +133,6 @@ def settle_order(plan: Plan, keys: Keyframes, measured: Drift, settling: Settlin
     return plan.reordered(order), keys.reordered(order, plan.starts), measured.reordered(order)
 
 
-@dataclasses.dataclass(frozen=True)
-class TokensSeen:
-    """The training tokens seen at a step (``None`` when unknown): ``per_step`` tokens a step,
-    else interpolated between ``(at, values)`` counts from ``at[0]`` on.  (Plain data, so a
-    film can travel to cluster workers.)"""
-
-    per_step: int | None = None
-    at: np.ndarray | None = None
-    values: np.ndarray | None = None
-
-    def __call__(self, step: float) -> float | None:
-        if self.per_step:
-            return step * self.per_step
-        return float(np.interp(step, self.at, self.values)) if step >= self.at[0] else None
-
-
-def tokens_seen(plan: Plan, tokens_per_step: int | None) -> TokensSeen | None:
-    """The tokens seen at each step: the step times ``--tokens-per-step``, else interpolated
-    between the checkpoints' own counts when every one is known, else between the log's;
-    ``None`` when none of these exists."""
-    if tokens_per_step:
-        return TokensSeen(per_step=tokens_per_step)
-    if plan.tokens is not None and np.isfinite(plan.tokens).all():
-        return TokensSeen(at=plan.steps.astype(np.float64), values=np.asarray(plan.tokens, float))
-    if plan.loss is not None and plan.loss.tokens is not None:
-        at, values = plan.loss.tokens
-        return TokensSeen(at=np.asarray(at, float), values=np.asarray(values, float))
-    return None
-
-
-@dataclasses.dataclass(frozen=True)
-class Field:
-    """One header field's text at a step (``None``: left empty): ``"step"``, ``"tokens"``,
-    ``"lr"`` or ``"loss"``.  Plain data, so a film can travel to cluster workers."""
-
-    kind: str
-    loss: LossCurve | None = None
-    tokens: TokensSeen | None = None
-
-    def __call__(self, s: float) -> str | None:
-        if self.kind == "step":
-            return f"step {int(round(s)):,}"
-        if self.kind == "tokens":
-            t = self.tokens(s)
-            return None if t is None else f"{overlays.format_tokens(t)} tokens"
-        v = self.loss.lr_at(s) if self.kind == "lr" else self.loss.at(s)
-        if v is None:
-            return None
-        return f"lr {overlays.format_lr(v)}" if self.kind == "lr" else f"loss {v:.4g}"
-
-
-def _header_fields(plan: Plan, spec: FilmSpec) -> tuple[dict, tuple]:
-    """The header's fields: name -> text at a step, and the widest text of each."""
-    loss, tokens = plan.loss, tokens_seen(plan, spec.tokens_per_step)
-    fields = {"step": Field("step")}
-    widest = [("step", f"step {int(plan.steps.max()):,}")]
-    if tokens is not None:
-        fields["tokens"] = Field("tokens", tokens=tokens)
-        widest.append(("tokens", "88.8M tokens"))
-    if loss is not None and loss.lr is not None:
-        fields["lr"] = Field("lr", loss)
-        widest.append(("lr", "lr 8.8e-08"))
-    if loss is not None:
-        fields["loss"] = Field("loss", loss)
-        widest.append(("loss", "loss 8.888e-08"))
-    return fields, tuple(widest)
-
-
 def _frame_spec(spec: FilmSpec, layers, labels: list[str], captions: list[tuple[int, str]],
                 extents=None, title: str = "", widest: tuple = (), shares: tuple = ()) -> compose.FrameSpec:
     """What the frame has to hold (see :class:`compose.FrameSpec`): the one description both
@@ -226,7 +157,7 @@ def panels_fit(spec: FilmSpec):
     after a minute of loading).  How far each panel's dots reach is not known yet; whether the
     panels fit at all does not depend on it."""
     def check(layers) -> None:
-        captions = checkpoints.load_captions(spec.captions) if spec.captions is not None else []
+        captions = header.load_captions(spec.captions) if spec.captions is not None else []
         frame = _frame_spec(spec, layers, [l.label for l in layers], captions)
         if spec.order == "settle":  # panels reordered later may lose their bands: the looser case
             frame = dataclasses.replace(frame, groups=None)
@@ -254,8 +185,8 @@ def prepare(plan: Plan, keys: Keyframes, spec: FilmSpec, measured: Drift | None 
         times = interpolate.keyframe_times(len(plan.refs), spec.keyframe_frames)
     n_frames = interpolate.frame_count(times)
     extremes = interpolate.curve_extremes(keys.P, times)
-    fields, widest = _header_fields(plan, spec)
-    captions = checkpoints.load_captions(spec.captions) if spec.captions is not None else []
+    fields, widest = header.header_fields(plan, spec.tokens_per_step)
+    captions = header.load_captions(spec.captions) if spec.captions is not None else []
     labels = [l.label for l in plan.layers]
     for l, panel in enumerate(keys.panels):
         if panel.get("plane"):  # a Fourier plane: say which frequency the ring is drawn in
