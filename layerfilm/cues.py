@@ -27,7 +27,8 @@ import threading
 import numpy as np
 
 from . import shade
-from .compose import Layout, baseline_in, draw_text, text_width
+from .grid import Grid
+from .text import baseline_in, draw_text, text_width
 from .overlays import CURSOR, CURVE_AHEAD, CURVE_PAST, current_interval, polyline
 
 DECADES = 2.0
@@ -70,11 +71,11 @@ class PanelCues:
     of dots (and what is pinned) is shown.
     """
 
-    def __init__(self, layout: Layout, times: np.ndarray, steps: np.ndarray, points: np.ndarray,
+    def __init__(self, grid: Grid, times: np.ndarray, steps: np.ndarray, points: np.ndarray,
                  rate: np.ndarray | None = None, settle: np.ndarray | None = None,
                  rebel: np.ndarray | None = None, rebel_z: float = 3.0, announce: bool = False,
                  pinned: np.ndarray | None = None):
-        self.layout, self.times = layout, np.asarray(times, dtype=np.float64)
+        self.grid, self.times = grid, np.asarray(times, dtype=np.float64)
         self.steps = np.asarray(steps, dtype=np.float64)
         self.points, self.announce = np.asarray(points), announce
         self.pinned, self.marks_at = self._pinned_notes(pinned)
@@ -92,10 +93,10 @@ class PanelCues:
         self.border[self.rebel] = shade.REBEL
         self.lines = [self._line(l) for l in range(L)]
         self._flatten()
-        W, H = layout.size
+        W, H = grid.size
         self.mark_idx = np.concatenate(
             [(np.arange(y0, y1)[:, None] * W + np.arange(x0, x1)[None, :]).ravel()
-             for x0, y0, x1, y1 in layout.mark if x1 > x0 and y1 > y0]
+             for x0, y0, x1, y1 in grid.mark if x1 > x0 and y1 > y0]
             or [np.zeros(0, dtype=np.int64)]).astype(np.int64)
         self._scratch = np.zeros((H, W), dtype=np.uint8)  # marks are drawn here, box by box
         self._scratch_lock = threading.Lock()
@@ -118,7 +119,7 @@ class PanelCues:
         """Everything drawn per frame as flat frame indices, so a frame costs a few vectorised
         assignments whatever the number of panels: each panel's border pixels, its activity
         line's pixels (with their frame column and colour), and its box's rows."""
-        lay, W = self.layout, self.layout.size[0]
+        lay, W = self.grid, self.grid.size[0]
         idx, owner = [], []
         for l, (x0, y0, x1, y1) in enumerate(lay.rects):
             xs, ys = np.arange(x0 - 1, x1 + 1), np.arange(y0 - 1, y1 + 1)
@@ -151,14 +152,14 @@ class PanelCues:
                                        for l in np.flatnonzero(self.has_line)], dtype=np.int64)
 
     def x_of(self, l: int, step) -> np.ndarray:
-        x0, _, x1, _ = self.layout.spark[l]
+        x0, _, x1, _ = self.grid.spark[l]
         s0, s1 = self.steps[0], max(self.steps[-1], self.steps[0] + 1)
         return x0 + (np.asarray(step, dtype=np.float64) - s0) / (s1 - s0) * (x1 - x0 - 1)
 
     def _pinned_notes(self, pinned: np.ndarray | None) -> tuple[list[str], np.ndarray]:
         """Each panel's pinned note (the longest that leaves the mark a settled step's room)
         and the box left to its marks, right of the note."""
-        lay, pf = self.layout, self.layout.panel_font
+        lay, pf = self.grid, self.grid.panel_font
         notes, boxes = [], np.array(lay.mark, dtype=np.int64).reshape(-1, 4)
         for l, (x0, y0, x1, y1) in enumerate(boxes):
             n = 0 if pinned is None else int(pinned[l])
@@ -171,7 +172,7 @@ class PanelCues:
 
     def _line(self, l: int):
         """Panel ``l``'s activity line: (mask, ahead, past) images of its box, or None."""
-        x0, y0, x1, y1 = (int(v) for v in self.layout.spark[l])
+        x0, y0, x1, y1 = (int(v) for v in self.grid.spark[l])
         if x1 <= x0:
             return None
         w, h = x1 - x0, y1 - y0
@@ -195,7 +196,7 @@ class PanelCues:
         return mask, ahead.astype(np.uint8), past.astype(np.uint8)
 
     def draw_static(self, bg: np.ndarray) -> None:
-        lay = self.layout
+        lay = self.grid
         for l, box in enumerate(lay.mark):
             if self.pinned[l]:
                 x0, y0, x1, y1 = (int(v) for v in box)
@@ -220,7 +221,7 @@ class PanelCues:
         option a list of ``(accent, text)`` pieces, an accent (palette index, or None) drawn
         as a small square before its text."""
         x0, y0, x1, y1 = (int(v) for v in self.marks_at[l])
-        pf = self.layout.panel_font
+        pf = self.grid.panel_font
         if x1 <= x0 or not pf:
             return
         square, gap = max(3, round(pf * 0.55)), max(2, pf // 4)
@@ -246,7 +247,7 @@ class PanelCues:
         indices, palette indices) -- drawn once per state, not per frame."""
         with self._scratch_lock:
             scratch = self._scratch
-            for l in range(len(self.layout.rects)):
+            for l in range(len(self.grid.rects)):
                 if self.rebel[l, k] or settled[l]:
                     self._mark(scratch, l, self._accents(l, k, settled[l]), dim=False)
                 elif self.announce:
@@ -286,7 +287,7 @@ class PanelCues:
         settled = step >= self.settle_at
         if len(self.line_idx):
             lines = self.lines_at
-            x0, x1 = self.layout.spark[lines, 0], self.layout.spark[lines, 2]
+            x0, x1 = self.grid.spark[lines, 0], self.grid.spark[lines, 2]
             s0, s1 = self.steps[0], max(self.steps[-1], self.steps[0] + 1)
             cx = np.clip(np.round(x0 + (step - s0) / (s1 - s0) * (x1 - x0 - 1)).astype(np.int64),
                          x0, x1 - 1)

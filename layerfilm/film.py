@@ -1,7 +1,7 @@
 """The film: keyframe layouts -> frame ``f``: interpolate, rasterize, shade and compose.
 
 :func:`prepare` fixes everything before the first frame -- the timeline, each panel's reach,
-the frame's layout and scales, the film's colour span, the header, captions, legend and cues
+the frame's grid and scales, the film's colour span, the header, captions, legend and cues
 -- into a read-only :class:`Film`, from a :class:`FilmSpec` (the few choices that decide the
 picture).  A :class:`FrameMaker` (one per render job: it owns its buffers) then makes any frame
 of it.
@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from . import compose, cues, header, interpolate, overlays, project, raster, shade
+from .grid import FrameSpec, Grid, arrange, fonts
+from .text import text_width
 from .config import RenderConfig
 from .layouts import Keyframes
 from .plan import Plan
@@ -68,7 +70,7 @@ class Film:
     P: np.ndarray
     times: np.ndarray
     steps: np.ndarray
-    layout: compose.Layout
+    grid: Grid
     starts: np.ndarray
     shader: shade.Shader
     labels: list[str]
@@ -79,20 +81,20 @@ class Film:
     @property
     def size(self) -> tuple[int, int]:
         """``(width, height)`` of every frame, in pixels."""
-        return self.layout.size
+        return self.grid.size
 
     def keyframe_frames(self) -> list[int]:
         """The frame number of each keyframe."""
         return [int(t) for t in self.times]
 
     def rasterizer(self) -> raster.Rasterizer:
-        lay = self.layout
+        lay = self.grid
         return raster.Rasterizer(lay.size, lay.rects, lay.scale, lay.sigma, self.starts)
 
     def describe(self) -> dict:
         """How the film was drawn, for the manifest: per panel its scale, scale bar, dot size
         and how many (frame, dot) pairs were pinned to its edge, and the colour span."""
-        lay = self.layout
+        lay = self.grid
         out = np.zeros(len(self.labels), dtype=np.int64) if self.outside is None else self.outside
         return {"color_span": round(float(self.shader.span), 6),
                 "panels": {label: {"pixels_per_unit": round(float(lay.scale[l]), 6),
@@ -110,7 +112,7 @@ class FrameMaker:
     def __init__(self, film: Film):
         self.film = film
         self.rasterize = film.rasterizer()
-        self.compose = compose.FrameComposer(film.layout, film.labels, film.shader, film.overlays)
+        self.compose = compose.FrameComposer(film.grid, film.labels, film.shader, film.overlays)
         self.interp = interpolate.Interpolator(film.P, film.times)
 
     def __call__(self, f: int) -> np.ndarray:
@@ -134,17 +136,17 @@ def settle_order(plan: Plan, keys: Keyframes, measured: Drift, settling: Settlin
 
 
 def _frame_spec(spec: FilmSpec, layers, labels: list[str], captions: list[tuple[int, str]],
-                extents=None, title: str = "", widest: tuple = (), shares: tuple = ()) -> compose.FrameSpec:
-    """What the frame has to hold (see :class:`compose.FrameSpec`): the one description both
-    the plan-time fit check and the film's layout measure."""
-    lf = compose.fonts(spec.size)[1]
+                extents=None, title: str = "", widest: tuple = (), shares: tuple = ()) -> FrameSpec:
+    """What the frame has to hold (see :class:`FrameSpec`): the one description both
+    the plan-time fit check and the film's grid measure."""
+    lf = fonts(spec.size)[1]
     one_line = spec.size[0] - 2 * max(4, lf // 2)
     groups = [l.group for l in layers]  # encoder/decoder row bands, unless reordered
     points = np.array([l.n_points for l in layers])
-    return compose.FrameSpec(
+    return FrameSpec(
         spec.size, tuple(labels), tuple(points), extents,
         tuple(groups) if groups == sorted(groups) else None, title, widest,
-        captions=(2 if any(compose.text_width(t, lf) > one_line for _, t in captions) else 1)
+        captions=(2 if any(text_width(t, lf) > one_line for _, t in captions) else 1)
         if captions else 0, caption=spec.caption is not None,
         strip=overlays.strip_height(spec.size) if spec.loss_strip else 0,
         shared=spec.scale == "shared", point_size=spec.point_size, cues=spec.cues, shares=shares)
@@ -161,7 +163,7 @@ def panels_fit(spec: FilmSpec):
         frame = _frame_spec(spec, layers, [l.label for l in layers], captions)
         if spec.order == "settle":  # panels reordered later may lose their bands: the looser case
             frame = dataclasses.replace(frame, groups=None)
-        compose.grid_layout(frame)
+        arrange(frame)
     return check
 
 
@@ -192,27 +194,27 @@ def prepare(plan: Plan, keys: Keyframes, spec: FilmSpec, measured: Drift | None 
         if panel.get("plane"):  # a Fourier plane: say which frequency the ring is drawn in
             labels[l] = f"{labels[l]} k {panel['k']}/{panel['period']}"
     points = np.array([l.n_points for l in plan.layers])
-    layout = compose.grid_layout(_frame_spec(
+    grid = arrange(_frame_spec(
         spec, plan.layers, labels, captions, project.axis_ranges(extremes, starts), spec.title or plan.name,
         widest, tuple(_share_range(panel) for panel in keys.panels) if keys.panels else ()))
-    rasterizer = raster.Rasterizer(spec.size, layout.rects, layout.scale, layout.sigma, starts)
+    rasterizer = raster.Rasterizer(spec.size, grid.rects, grid.scale, grid.sigma, starts)
     shader = shade.Shader(rasterizer.span(keys.P, times), spec.color_scale)
     extras: list[compose.Overlay] = [
-        overlays.Header(layout, spec.title or plan.name, fields, n_frames),
-        overlays.ScaleBars(layout), overlays.Legend(layout, shader)]
+        overlays.Header(grid, spec.title or plan.name, fields, n_frames),
+        overlays.ScaleBars(grid), overlays.Legend(grid, shader)]
     if captions or spec.caption:
-        extras.append(overlays.Captions(layout, spec.caption, captions))
+        extras.append(overlays.Captions(grid, spec.caption, captions))
     if spec.loss_strip:
-        extras.append(overlays.LossStrip.below_panels(layout, plan.loss.steps, plan.loss.values,
+        extras.append(overlays.LossStrip.below_panels(grid, plan.loss.steps, plan.loss.values,
                                                       (float(plan.steps[0]), float(plan.steps[-1]))))
     if measured is not None and spec.drift:
-        extras.append(overlays.DriftBars(layout.rects, measured.rate, times))
+        extras.append(overlays.DriftBars(grid.rects, measured.rate, times))
     live = measured is not None and (spec.cues or spec.order == "settle")
     pinned = interpolate.outside_counts(keys.P, times, rasterizer.limits, starts, extremes)
     extras.append(cues.PanelCues(
-        layout, times, plan.steps, points, measured.rate if live else None,
+        grid, times, plan.steps, points, measured.rate if live else None,
         measured.settle_steps(spec.settling) if live else None,
         measured.rebel if live else None, spec.rebel_z, announce=spec.order == "settle",
         pinned=pinned))
-    return Film(keys.P, times, plan.steps.astype(np.float64), layout, starts, shader, labels,
+    return Film(keys.P, times, plan.steps.astype(np.float64), grid, starts, shader, labels,
                 n_frames, tuple(extras), pinned)

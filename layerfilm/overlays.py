@@ -1,6 +1,6 @@
 """Overlays: the parts of the frame beside the dots, drawn with the film's palette, each
 following the :class:`~layerfilm.compose.Overlay` protocol (``draw_static`` once, ``draw`` per
-frame) inside the boxes the :class:`~layerfilm.compose.Layout` gave it.
+frame) inside the boxes the :class:`~layerfilm.grid.Grid` gave it.
 
 * :class:`Header` -- the title, the step, tokens seen, learning rate and loss, a progress line;
 * :class:`LossStrip` -- the training loss under the panels with a cursor that follows the film;
@@ -19,8 +19,8 @@ from typing import Callable
 import numpy as np
 
 from . import shade
-from .compose import (LEGEND_TITLE, NO_BOX, Box, Layout, baseline_in, draw_text, fit_text, format_value,
-                      text_width)
+from .grid import LEGEND_TITLE, NO_BOX, Box, Grid
+from .text import baseline_in, draw_text, fit_text, format_value, text_width
 
 CURVE_PAST = shade.DENSITY_BASE + shade.DENSITY_LEVELS * 3 // 4  # a bright colormap colour
 CURVE_AHEAD = shade.TEXT_BASE + 5  # dim grey
@@ -74,30 +74,30 @@ class Header:
     """The title (static) and, per frame, the header's fields and a thin progress line.
 
     ``fields``: name -> function of the step giving the field's text (or ``None`` to leave it
-    empty), drawn right-aligned in the layout's box for that name (a field without a box is
+    empty), drawn right-aligned in the grid's box for that name (a field without a box is
     not drawn); ``n_frames``: the film's length, for the progress line.
     """
 
-    def __init__(self, layout: Layout, title: str, fields: dict[str, Callable[[float], str | None]],
+    def __init__(self, grid: Grid, title: str, fields: dict[str, Callable[[float], str | None]],
                  n_frames: int):
-        self.layout, self.title, self.n_frames = layout, title, n_frames
-        self.fields = [(layout.fields[name], fn) for name, fn in fields.items() if name in layout.fields]
-        self.baseline = layout.baseline
+        self.grid, self.title, self.n_frames = grid, title, n_frames
+        self.fields = [(grid.fields[name], fn) for name, fn in fields.items() if name in grid.fields]
+        self.baseline = grid.baseline
 
     def draw_static(self, bg: np.ndarray) -> None:
-        box, font = self.layout.title, self.layout.font
+        box, font = self.grid.title, self.grid.font
         draw_text(bg, fit_text(self.title, font, box[2] - box[0]), font, box[0], self.baseline,
                   clip=box)
 
     def draw(self, frame: np.ndarray, time: float, step: float) -> None:
-        font = self.layout.font
+        font = self.grid.font
         for box, fn in self.fields:
             text = fn(step)
             if text:
                 draw_text(frame, fit_text(text, font, box[2] - box[0]), font, box[2], self.baseline,
                           align="right", clip=box)
-        y = self.layout.header - 2
-        frame[y, :int(round(time / max(self.n_frames - 1, 1) * self.layout.size[0]))] = CURVE_AHEAD
+        y = self.grid.header - 2
+        frame[y, :int(round(time / max(self.n_frames - 1, 1) * self.grid.size[0]))] = CURVE_AHEAD
 
 
 class LossStrip:
@@ -134,12 +134,12 @@ class LossStrip:
         self.mask = mask
 
     @classmethod
-    def below_panels(cls, layout: Layout, steps: np.ndarray, values: np.ndarray,
+    def below_panels(cls, grid: Grid, steps: np.ndarray, values: np.ndarray,
                      span: tuple[float, float]) -> "LossStrip":
-        """The strip in the box ``layout`` keeps for it under the panels."""
-        x0, y0, x1, y1 = layout.strip
-        pad = max(3, layout.label_font // 3)
-        return cls((x0, y0 + pad, x1, y1), steps, values, span, layout.label_font)
+        """The strip in the box ``grid`` keeps for it under the panels."""
+        x0, y0, x1, y1 = grid.strip
+        pad = max(3, grid.label_font // 3)
+        return cls((x0, y0 + pad, x1, y1), steps, values, span, grid.label_font)
 
     def x_of(self, step) -> np.ndarray:
         """Frame column(s) of training step(s)."""
@@ -215,16 +215,16 @@ def drift_lengths(rate: np.ndarray, sides: np.ndarray, decades: float = 3.0) -> 
 
 
 class ScaleBars:
-    """Under each panel, a bar ``layout.bar_px[l]`` pixels long with a tick at each end and its
-    length in weight units (``layout.bar_value[l]``) beside it: the panel's honest scale; then
-    the share of the panel's variance its two axes hold (``layout.variance[l]``), since a
+    """Under each panel, a bar ``grid.bar_px[l]`` pixels long with a tick at each end and its
+    length in weight units (``grid.bar_value[l]``) beside it: the panel's honest scale; then
+    the share of the panel's variance its two axes hold (``grid.variance[l]``), since a
     scale only reads right knowing how much of the cloud the plane shows."""
 
-    def __init__(self, layout: Layout):
-        self.layout = layout
+    def __init__(self, grid: Grid):
+        self.grid = grid
 
     def draw_static(self, bg: np.ndarray) -> None:
-        lay, pf = self.layout, self.layout.panel_font
+        lay, pf = self.grid, self.grid.panel_font
         for l, box in enumerate(lay.scalebar):
             x0, y0, x1, y1 = (int(v) for v in box)
             if x1 <= x0:
@@ -255,11 +255,11 @@ class Legend:
     whose columns run on the film's log colour scale from one dot (a lone dot's centre) to
     the densest pixel of the film, with a tick at every power of ten between."""
 
-    def __init__(self, layout: Layout, shader: shade.Shader):
-        self.layout, self.shader = layout, shader
-        x0, y0, x1, y1 = layout.legend
-        lf = layout.label_font
-        self.base = baseline_in(layout.legend, lf)
+    def __init__(self, grid: Grid, shader: shade.Shader):
+        self.grid, self.shader = grid, shader
+        x0, y0, x1, y1 = grid.legend
+        lf = grid.label_font
+        self.base = baseline_in(grid.legend, lf)
         self.top_text = legend_span_text(shader.span)
         right = x1 - text_width(self.top_text, lf)
         room = right - x0 - lf - text_width("1", lf)
@@ -276,11 +276,11 @@ class Legend:
         return np.exp(np.linspace(0.0, np.log(self.shader.span), max(b - a, 1)))
 
     def draw_static(self, bg: np.ndarray) -> None:
-        x0, y0, x1, y1 = self.layout.legend
+        x0, y0, x1, y1 = self.grid.legend
         if x1 <= x0 or self.bar[1] <= self.bar[0]:
             return
-        lf = self.layout.label_font
-        box = self.layout.legend
+        lf = self.grid.label_font
+        box = self.grid.legend
         if self.title:
             draw_text(bg, self.title, lf, x0, self.base, dim=True, clip=box)
         draw_text(bg, "1", lf, self.one_x, self.base, clip=box)
@@ -315,17 +315,17 @@ class Captions:
     """The footer's text: a fixed ``caption`` (static) and per-checkpoint ``captions`` --
     ``(step, text)`` sorted by step, each shown from its step on until the next one's."""
 
-    def __init__(self, layout: Layout, caption: str | None, captions: list[tuple[int, str]]):
-        self.layout = layout
-        lf = layout.label_font
+    def __init__(self, grid: Grid, caption: str | None, captions: list[tuple[int, str]]):
+        self.grid = grid
+        lf = grid.label_font
         self.caption = caption
         self.steps = np.array([s for s, _ in captions], dtype=np.float64)
-        boxes = layout.captions
+        boxes = grid.captions
         self.lines = [wrap(t, lf, boxes[0][2] - boxes[0][0], len(boxes)) if boxes else []
                       for _, t in captions]
 
     def draw_static(self, bg: np.ndarray) -> None:
-        box, lf = self.layout.caption, self.layout.label_font
+        box, lf = self.grid.caption, self.grid.label_font
         if self.caption and box != NO_BOX:
             draw_text(bg, fit_text(self.caption, lf, box[2] - box[0]), lf, box[0],
                       baseline_in(box, lf), dim=True, clip=box)
@@ -334,6 +334,6 @@ class Captions:
         i = int(np.searchsorted(self.steps, step, side="right")) - 1
         if i < 0:
             return
-        lf = self.layout.label_font
-        for box, line in zip(self.layout.captions, self.lines[i]):
+        lf = self.grid.label_font
+        for box, line in zip(self.grid.captions, self.lines[i]):
             draw_text(frame, line, lf, box[0], baseline_in(box, lf), clip=box)

@@ -36,7 +36,8 @@ def main() -> None:
     from matplotlib import font_manager
     from PIL import Image, ImageDraw, ImageFont
 
-    from layerfilm import compose, film as films, layouts, overlays, shade
+    from layerfilm import film as films, layouts, overlays, shade
+    from layerfilm.text import text_width
     from layerfilm.config import RenderConfig, parse_size
     from layerfilm.plan import make_plan
 
@@ -57,12 +58,12 @@ def main() -> None:
     index = films.keyframe_maker(film)(k)
     img = Image.fromarray(shade.palette(cfg.cmap)[index], "RGB")
 
-    lay = film.layout
+    lay = film.grid
     r0 = lay.rects[0]
     (strip,) = [o for o in film.overlays if isinstance(o, overlays.LossStrip)]
     step_box = lay.fields["step"]
     pf = lay.panel_font
-    mark_left = lay.mark[0][2] - compose.text_width("rebel +3.8", pf) - max(3, round(pf * 0.55)) \
+    mark_left = lay.mark[0][2] - text_width("rebel +3.8", pf) - max(3, round(pf * 0.55)) \
         - max(2, pf // 4)
     marks = [  # (number, x, y): a marker beside what it names
         (1, step_box[0] - 14, lay.header // 2),                               # step and loss

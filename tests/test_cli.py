@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from layerfilm import compose, config, encode
+from layerfilm import config, encode, grid
+from layerfilm.text import text_mask
 from layerfilm.cli import app
 from layerfilm.config import RenderConfig
 
@@ -37,7 +38,7 @@ def _ink_contains(ink: np.ndarray, text: str, px: int, dim: bool = False) -> boo
     (non-background pixels)."""
     from layerfilm import shade
 
-    coverage = compose.text_mask(text, px)[0]
+    coverage = text_mask(text, px)[0]
     if dim:
         coverage = (coverage.astype(np.uint16) * 150 // 255).astype(np.uint8)
     mask = shade.text_index(coverage) > 0
@@ -60,7 +61,7 @@ def test_film_shows_motion_labels_and_header(tmp_path, run_dir, sent, headers):
     # Consecutive frames differ (points move every frame, no frozen stretches) ...
     assert all(not np.array_equal(a, b) for a, b in zip(sent, sent[1:]))
     # ... the header shows the run's name, the step and the loss of each frame, glyph for glyph
-    layout = compose.grid_layout(compose.FrameSpec((400, 240), ("embed", "L0", "L1")))
+    layout = grid.arrange(grid.FrameSpec((400, 240), ("embed", "L0", "L1")))
     ink = lambda frame: frame[:layout.header - 2].any(axis=2)  # noqa: E731  (above the progress line)
     assert headers[0] == 0 and headers[-1] == 300
     for frame, texts in ((first, ["run", "step 0", "loss 4"]), (last, ["run", "step 300", "loss 1"])):

@@ -103,7 +103,7 @@ def test_metrics_file_feeds_header_and_strip(tmp_path, run_dir, composer, monkey
 
     def call(self, counts, time, step):
         (header,) = [o for o in self.overlays if isinstance(o, overlays.Header)]
-        loss = dict(zip(self.layout.fields, [fn for _, fn in header.fields]))["loss"]
+        loss = dict(zip(self.grid.fields, [fn for _, fn in header.fields]))["loss"]
         seen.append((step, loss(step)))
         return original(self, counts, time, step)
 
@@ -216,12 +216,12 @@ def test_contact_sheet_of_large_frames_stays_readable(tmp_path, monkeypatch):
     assert (cols, tw, th) == (4, 1021, 574) and sheet.shape == (4 * 574 + 3 * 4, 4 * 1021 + 3 * 4, 3)
     assert sheet.shape[1] <= 4096
     tile_film = made[-1]
-    assert tile_film.layout.size == (1021, 574) and tile_film.layout.font >= 14
+    assert tile_film.grid.size == (1021, 574) and tile_film.grid.font >= 14
     for k in range(13):
         x, y = stills.tile_origin(k, 13, (1280, 720))
         tile = sheet[y:y + th, x:x + tw]
-        header = tile[:tile_film.layout.header - 2].any(axis=2)
-        assert _ink_contains(header, f"step {k * 100:,}", tile_film.layout.font), k
+        header = tile[:tile_film.grid.header - 2].any(axis=2)
+        assert _ink_contains(header, f"step {k * 100:,}", tile_film.grid.font), k
         expected = film_stage.keyframe_maker(tile_film)(k)
         assert np.array_equal(tile, stills_palette()[expected]), k
 

@@ -11,9 +11,10 @@ import pytest
 from safetensors.numpy import save_file
 from typer.testing import CliRunner
 
-from layerfilm import compose, cues, drift, film as film_stage, header, overlays, shade, stats
+from layerfilm import cues, drift, film as film_stage, header, overlays, shade, stats
 from layerfilm.cli import app
-from layerfilm.compose import FrameSpec, grid_layout
+from layerfilm.grid import FrameSpec, arrange
+from layerfilm.text import fit_text, text_width
 
 from conftest import SAMPLE, decode, densest_pixel, gpt_state, plan_of, rebel_run, write_run
 from test_cli import _ink_contains
@@ -48,7 +49,7 @@ def test_no_text_box_overlaps_another_for_1_to_160_panels(size):
             spec = FrameSpec(size, labels, tuple([384] * n), title="a_rather_long_run_name_2024",
                              fields=FIELDS, captions=captions, caption=True, strip=strip,
                              extents=np.ones((n, 2)))
-            lay = grid_layout(spec)
+            lay = arrange(spec)
             boxes = lay.boxes()
             assert _overlaps(boxes) == [], (n, size, strip)
             for name, (x0, y0, x1, y1) in boxes:
@@ -56,11 +57,11 @@ def test_no_text_box_overlaps_another_for_1_to_160_panels(size):
             assert (lay.rects[:, 2] - lay.rects[:, 0] >= 8).all() and (lay.rects[:, 3] - lay.rects[:, 1] >= 8).all()
             if lay.panel_font:  # every label fitted into its box
                 for l, (x0, y0, x1, y1) in enumerate(lay.label):
-                    text = compose.fit_text(labels[l], lay.panel_font, x1 - x0)
-                    assert text and compose.text_width(text, lay.panel_font) <= x1 - x0
+                    text = fit_text(labels[l], lay.panel_font, x1 - x0)
+                    assert text and text_width(text, lay.panel_font) <= x1 - x0
     # 13 panels (GPT-2 small) on a 720p frame or larger: every panel gets its text.
     if w >= 1280:
-        assert grid_layout(FrameSpec(size, tuple(f"L{i}" for i in range(13)))).panel_font > 0
+        assert arrange(FrameSpec(size, tuple(f"L{i}" for i in range(13)))).panel_font > 0
 
 
 @pytest.mark.parametrize("size", ["320x180", "640x360", "1280x720"])
@@ -88,7 +89,7 @@ def test_ink_stays_in_its_boxes(tmp_path, size):
     finally:
         pipeline.film.prepare = original
     assert result.exit_code == 0, result.output
-    lay = made[0].layout
+    lay = made[0].grid
     allowed = np.zeros((lay.size[1], lay.size[0]), dtype=bool)
     for _, (x0, y0, x1, y1) in lay.boxes():
         allowed[y0:y1, x0:x1] = True
@@ -129,7 +130,7 @@ def test_scale_bars_and_legend_say_what_the_dots_show(tmp_path, monkeypatch, ind
     assert runner.invoke(app, ["render", str(run), str(tmp_path / "f.gif"), "--size", "960x540",
                                "--fps", "4", "-q"]).exit_code == 0
     film = films[0]
-    lay = film.layout
+    lay = film.grid
     P = layouts.keyframe_layouts(plan_of(run)).P
     last = index_frames[-1]
     checked = 0
@@ -180,7 +181,7 @@ def test_shared_scale_is_one_scale(tmp_path, monkeypatch):
     for scale in ("panel", "shared"):
         assert runner.invoke(app, ["render", str(run), str(tmp_path / "f.gif"), "--size", "640x360",
                                    "--fps", "1", "--scale", scale, "-q"]).exit_code == 0
-    own, shared = films[0].layout, films[1].layout
+    own, shared = films[0].grid, films[1].grid
     assert len(set(own.scale)) > 1 and len(set(shared.scale)) == 1
     assert shared.scale[0] == pytest.approx(own.scale.min(), rel=0.05)
     assert len(set(shared.bar_value)) == 1 and len(set(shared.bar_px)) == 1
@@ -207,7 +208,7 @@ def test_header_shows_tokens_lr_and_title(tmp_path, monkeypatch):
     r = runner.invoke(app, ["render", str(run), str(tmp_path / "f.gif"), "--size", "640x360", "--fps", "2",
                             "--title", "tiny GPT", "--frames", str(frames_dir), "-q"])
     assert r.exit_code == 0, r.output
-    lay = films[0].layout
+    lay = films[0].grid
     assert list(lay.fields) == ["step", "tokens", "lr", "loss"]
     f = lambda i: decode(frames_dir / f"frame_{i:06d}.png")[0]  # noqa: E731
     for i, texts in ((0, ["tiny GPT", "step 0", "1B tokens", "lr 1.0e-03", "loss 3"]),
@@ -222,7 +223,7 @@ def test_header_shows_tokens_lr_and_title(tmp_path, monkeypatch):
                             "--tokens-per-step", "500000", "--frames", str(tmp_path / "png2"), "-q"])
     assert r.exit_code == 0, r.output
     last = decode(tmp_path / "png2" / "frame_000004.png")[0]
-    assert _ink_contains(_header_ink(last, films[1].layout), "100M tokens", films[1].layout.font)
+    assert _ink_contains(_header_ink(last, films[1].grid), "100M tokens", films[1].grid.font)
 
 
 def test_tokens_from_trainer_state(tmp_path):
@@ -252,7 +253,7 @@ def test_captions_from_their_step_on_and_bad_files(tmp_path, monkeypatch):
                             "--captions", str(cap), "--caption", "GPT, 2 blocks", "--frames",
                             str(tmp_path / "png"), "-q"])
     assert r.exit_code == 0, r.output
-    lay = films[0].layout
+    lay = films[0].grid
     (line,) = lay.captions
 
     def shows(i, text, box, dim=False):
@@ -291,7 +292,7 @@ def test_cues_follow_the_stats(tmp_path, monkeypatch, index_frames):
     assert runner.invoke(app, ["render", str(run), str(tmp_path / "f.gif"), "--size", "960x540",
                                "--fps", str(fps), "-q"]).exit_code == 0
     film = films[0]
-    lay = film.layout
+    lay = film.grid
     plan = plan_of(run)
     s = stats.weight_stats(plan.refs, plan.layers)
     rebel = np.abs(np.nan_to_num(s.rebel)) >= 3
@@ -338,7 +339,7 @@ def test_a_rebel_that_settled_shows_both_marks(tmp_path, monkeypatch, index_fram
     fps = 2
     assert runner.invoke(app, ["render", str(run), str(tmp_path / "f.gif"), "--size", "960x540",
                                "--fps", str(fps), "-q"]).exit_code == 0
-    lay = films[0].layout
+    lay = films[0].grid
     plan = plan_of(run)
     s = stats.weight_stats(plan.refs, plan.layers)
     rebel = np.abs(np.nan_to_num(s.rebel)) >= 3
@@ -390,7 +391,7 @@ def test_manifest_counts_the_dots_pinned_to_an_edge(tmp_path, monkeypatch, index
     said = [line for line in r.output.splitlines() if "pinned" in line]
     assert said == ["dots drawn pinned to their panel's edge, beyond its range (frame x dot pairs): "
                     + ", ".join(f"{label} {n:,}" for label, n in zip(film.labels, want) if n)]
-    lay = film.layout
+    lay = film.grid
     for l, n in enumerate(want):
         x0, y0, x1, y1 = lay.mark[l]
         for frame in index_frames:
@@ -398,7 +399,7 @@ def test_manifest_counts_the_dots_pinned_to_an_edge(tmp_path, monkeypatch, index
             assert _ink_contains(ink, f"{n:,} pinned", lay.panel_font) == bool(n), (l, n)
     assert doc["color_span"] == pytest.approx(film.shader.span, rel=1e-6)
     for l, label in enumerate(film.labels):
-        assert doc["panels"][label]["pixels_per_unit"] == pytest.approx(film.layout.scale[l], rel=1e-6)
+        assert doc["panels"][label]["pixels_per_unit"] == pytest.approx(film.grid.scale[l], rel=1e-6)
 
 
 def test_scale_bar_says_the_captured_variance(tmp_path, monkeypatch, index_frames):
@@ -410,7 +411,7 @@ def test_scale_bar_says_the_captured_variance(tmp_path, monkeypatch, index_frame
     films = _capture_film(monkeypatch)
     assert runner.invoke(app, ["render", str(SAMPLE), str(tmp_path / "f.gif"), "--size", "960x540",
                                "--fps", "2", "--steps", "::2500", "-q"]).exit_code == 0
-    lay = films[0].layout
+    lay = films[0].grid
     plan = plan_of(SAMPLE, steps="::2500")
     shares = np.zeros((len(plan.layers), len(plan.refs)))
     for k, ref in enumerate(plan.refs):
@@ -435,7 +436,7 @@ def test_activity_lines_read_at_1080p(n):
     """At 1080p every panel's activity line is at least 2 % of the frame's height (22 pixels)
     tall, also for 129 panels, whose text is small (the rows under and above a panel stay
     within a third of its cell, so at 160 panels it is 20)."""
-    lay = grid_layout(FrameSpec((1920, 1080), tuple(f"L{i}" for i in range(n)), tuple([384] * n)))
+    lay = arrange(FrameSpec((1920, 1080), tuple(f"L{i}" for i in range(n)), tuple([384] * n)))
     spark = lay.spark[lay.spark[:, 2] > lay.spark[:, 0]]
     assert len(spark) == n
     assert (spark[:, 3] - spark[:, 1] >= 22).all(), (n, sorted(set(spark[:, 3] - spark[:, 1])))

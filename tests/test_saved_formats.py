@@ -1,4 +1,4 @@
-"""Checkpoint layouts written by the real libraries' own saving code: Hugging Face
+"""Checkpoints as the real libraries save them (folders and files): Hugging Face
 ``save_pretrained`` (whole, sharded, safetensors and torch pickles), Lightning's
 ``ModelCheckpoint`` and ``torch.distributed.checkpoint.save``.  Each is discovered with
 no flags, read back equal to what was saved, and rendered."""
@@ -378,9 +378,9 @@ def test_encoder_decoder_film_has_two_rows(tmp_path):
         _nudge(model, step + 1)
         model.save_pretrained(tmp_path / "run" / f"checkpoint-{step}")
     plan = plan_of(tmp_path / "run")
-    from layerfilm import compose
+    from layerfilm import grid
 
-    layout = compose.grid_layout(compose.FrameSpec((1280, 720), tuple(l.label for l in plan.layers),
+    layout = grid.arrange(grid.FrameSpec((1280, 720), tuple(l.label for l in plan.layers),
                                                    groups=tuple(l.group for l in plan.layers)))
     tops = {l.label: int(r[1]) for l, r in zip(plan.layers, layout.rects)}
     assert tops["embed"] == tops["enc L0"] == tops["enc L2"] < tops["dec L0"] == tops["dec L2"]
