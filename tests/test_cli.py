@@ -1,6 +1,7 @@
 """The command line, end to end: films decode bit-exact to the frames sent; bad input is one line."""
 
 import dataclasses
+import json
 import re
 
 import numpy as np
@@ -73,31 +74,29 @@ def test_film_shows_motion_labels_and_header(tmp_path, run_dir, sent, headers):
     assert len(same) >= 1 and all(np.array_equal(ink(sent[i]), ink(sent[same[0]])) for i in same)
 
 
-def test_color_range_fixed_for_the_whole_film(tmp_path, run_dir, monkeypatch):
+def test_color_range_fixed_for_the_whole_film(tmp_path, run_dir):
     """The span is the densest pixel of any frame, keyframes and every frame between them
-    (computed here with the numpy twins of interpolation and splatting), and the same for
-    every frame."""
-    from layerfilm import film as film_stage, layouts, plan, shade
-    from layerfilm.config import Selection
+    (computed here with the numpy twins of interpolation and splatting, on a film prepared
+    here through the public stages), recorded in the manifest, and the same for every frame:
+    the legend that shows it is the same pixels in every decoded frame."""
+    from layerfilm import film as film_stage, layouts, plan
+    from layerfilm.config import RenderConfig
 
-    spans, films = [], []
-    original = shade.Shader.__call__
-    prepare = film_stage.prepare
-
-    def call(self, counts, frame):
-        spans.append(self.span)
-        original(self, counts, frame)
-
-    monkeypatch.setattr(shade.Shader, "__call__", call)
-    monkeypatch.setattr(film_stage, "prepare", lambda *a, **k: films.append(prepare(*a, **k)) or films[-1])
-    assert runner.invoke(app, ["render", str(run_dir), str(tmp_path / "f.gif"), "--fps", "3",
+    out = tmp_path / "f.gif"
+    assert runner.invoke(app, ["render", str(run_dir), str(out), "--fps", "3",
                                "--size", "320x180", "-q"]).exit_code == 0
-    assert len(spans) == 10 and len(set(spans)) == 1
-    made = plan.make_plan(Selection(checkpoints=run_dir))
-    P = layouts.keyframe_layouts(made).P
-    film = films[0]
-    densest = densest_pixel(P, film.times, film.n_frames, film.rasterizer(), (180, 320))
-    assert spans[0] == pytest.approx(max(densest, 1.0), rel=1e-6)
+    recorded = json.loads(out.with_name("f.gif.json").read_text())["drawing"]["color_span"]
+    cfg = RenderConfig(checkpoints=run_dir, output=out, fps=3, size=(320, 180)).validated()
+    made = plan.make_plan(cfg)
+    keys = layouts.keyframe_layouts(made)
+    here = film_stage.prepare(made, keys, film_stage.FilmSpec.of(cfg))
+    densest = densest_pixel(keys.P, here.times, here.n_frames, here.rasterizer(), (180, 320))
+    assert recorded == pytest.approx(max(densest, 1.0), rel=1e-6)
+    x0, y0, x1, y1 = here.grid.legend
+    frames = decode(out)
+    assert len(frames) == here.n_frames == 10 and x1 > x0 and y1 > y0
+    legend = frames[:, y0:y1, x0:x1]
+    assert (legend == legend[0]).all() and legend[0].std() > 0
 
 
 def test_options_reach_the_config(tmp_path, run_dir, seen):
