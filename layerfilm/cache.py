@@ -210,14 +210,20 @@ def _store(path: Path, **arrays) -> str | None:
     return None
 
 
+# What the layout and drift code computes, in the keys of their entries: raised whenever a
+# change makes other layouts or numbers from the same checkpoints, so that no render reuses
+# what older code computed (2: every tracked keyframe's plane checked, issue 24).
+LAYOUTS = 2
+
+
 def layout_key(plan: Plan, options: str) -> str:
     """Checkpoint identities (path, size, mtime, step of every file, as taken when the plan was
     made: before any of their data was read) + everything that shapes a layout (``options``:
-    projection, seed, ...; the version; each panel's points)."""
+    projection, seed, ...; the version and :data:`LAYOUTS`; each panel's points)."""
     h = hashlib.sha256()
     for k in range(len(plan.refs)):
         h.update(f"{plan.identity(k)}\n".encode())
-    h.update(f"{__version__}|{options}\n".encode())
+    h.update(f"{__version__}|{LAYOUTS}|{options}\n".encode())
     for layer in plan.layers:
         for src in layer.sources:
             h.update(f"{layer.label}|{layer.dim}|{src.tensor}|{src.axis}|".encode())

@@ -216,3 +216,21 @@ def test_the_digest_memo_is_checked_too(tmp_path):
     memo.write_bytes(raw[:-1] + (b"0" if raw[-1:] != b"0" else b"1"))
     assert cache.sha256_file(p) == right
     assert cache.read_entry(memo) is not None  # written again, whole
+
+
+def test_layouts_that_older_code_computed_are_not_reused(tmp_path, run_dir, monkeypatch):
+    """The layout and drift entries are keyed by what the code computes (cache.LAYOUTS): once
+    it changes, an entry stored before is a miss, and the layouts are computed again."""
+    from conftest import plan_of
+    from layerfilm import layouts
+
+    render_ok(run_dir, tmp_path / "first.gif")
+    plan = plan_of(run_dir)
+    assert layouts.load_cached(plan) is not None
+    stored = sorted(p.name for p in cache.cache_dir().glob("*.lfc"))
+    monkeypatch.setattr(cache, "LAYOUTS", cache.LAYOUTS + 1)
+    assert layouts.load_cached(plan) is None
+    keys = layouts.cached_keyframe_layouts(plan)
+    assert layouts.load_cached(plan) is not None
+    assert len(sorted(cache.cache_dir().glob("*.lfc"))) > len(stored)
+    assert np.isfinite(keys.P).all()
