@@ -317,6 +317,25 @@ def _orthonormalize_rows(Z):
 
 
 @ngjit_fast
+def _ritz_pairs(w, V, Q, incoming, total, ritz, basis):
+    """The block ``Q`` (p, d)'s Ritz pairs, largest first, from its Rayleigh quotient's
+    eigenvalues ``w`` and eigenvectors ``V`` (ascending): ``ritz`` gets the p values, then the
+    top-two variance the block held coming in (``incoming``; the top two values when it is
+    negative: no pass was made) and the ``total``; the rows of ``basis`` (p, d) the vectors."""
+    p, d = Q.shape
+    for a in range(p):
+        ritz[a] = w[p - 1 - a]
+    ritz[p] = incoming if incoming >= 0.0 else w[p - 1] + w[p - 2]
+    ritz[p + 1] = total
+    for a in range(p):
+        for k in range(d):
+            s = 0.0
+            for j in range(p):
+                s += V[j, p - 1 - a] * Q[j, k]
+            basis[a, k] = s
+
+
+@ngjit_fast
 def tracked_pca_kernel(X, start, passes, scores, basis, ritz):
     """Top-two principal scores of X, refining the directions ``start`` by ``passes`` passes.
 
@@ -394,22 +413,13 @@ def tracked_pca_kernel(X, start, passes, scores, basis, ritz):
         for b in range(a):
             G[b, a] = G[a, b]
     w, V = np.linalg.eigh(G)  # ascending
-    for a in range(p):
-        ritz[a] = w[p - 1 - a]
-    ritz[p] = incoming if incoming >= 0.0 else w[p - 1] + w[p - 2]
-    ritz[p + 1] = total
     for i in range(n):
         for c in range(2):
             s = 0.0
             for j in range(p):
                 s += B[i, j] * V[j, p - 1 - c]
             scores[i, c] = s
-    for a in range(p):
-        for k in range(d):
-            s = 0.0
-            for j in range(p):
-                s += V[j, p - 1 - a] * Q[j, k]
-            basis[a, k] = s
+    _ritz_pairs(w, V, Q, incoming, total, ritz, basis)
 
 
 def tracked_pca_numpy(X, start, passes):

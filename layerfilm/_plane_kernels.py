@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._kernels import _orthonormalize_rows, ngjit_fast
+from ._kernels import _orthonormalize_rows, _ritz_pairs, ngjit_fast
 
 @ngjit_fast
 def centre_kernel(X, Xc):
@@ -99,16 +99,7 @@ def covariance_refine_kernel(C, Xc, start, passes, total, scores, basis, ritz):
         Q[:] = Z
     G = np.dot(np.dot(Q, C), Q.T).astype(np.float64)
     w, V = np.linalg.eigh((G + G.T) / 2)  # ascending
-    for a in range(p):
-        ritz[a] = w[p - 1 - a]
-    ritz[p] = incoming if incoming >= 0.0 else w[p - 1] + w[p - 2]
-    ritz[p + 1] = total
-    for a in range(p):
-        for k in range(d):
-            s = 0.0
-            for j in range(p):
-                s += V[j, p - 1 - a] * Q[j, k]
-            basis[a, k] = s
+    _ritz_pairs(w, V, Q, incoming, total, ritz, basis)
     scores[:] = np.dot(Xc, np.ascontiguousarray(basis[:2].T))
 
 
