@@ -224,8 +224,7 @@ def build(config: RenderConfig, result, film: Path | None = None) -> dict[str, A
         "checkpoints": {"folder": folder, "files": files, "loss": loss,
                         **({"remote": _source(plan)} if plan.url else {})},
         "model_config": _model_config(plan),
-        "options": {k: v for k, v in _public(config_mod.options_dict(config)).items()
-                    if k not in config_mod.RUN_ONLY},
+        "options": recorded_options(config),
         # Per panel: how its layouts were made (method, exact solves, corrections and exact
         # checks of tracked planes, a lower bound on the share of the exact top-two variance the
         # drawn plane held at every keyframe, the share of the panel's variance on the drawn
@@ -239,6 +238,12 @@ def build(config: RenderConfig, result, film: Path | None = None) -> dict[str, A
                      if result.jobs > 1 else None),
         },
     }
+
+
+def recorded_options(config: RenderConfig) -> dict[str, Any]:
+    """The options a manifest records: every resolved one that shapes the film, no secrets."""
+    return {k: v for k, v in _public(config_mod.options_dict(config)).items()
+            if k not in config_mod.RUN_ONLY}
 
 
 def _loss_entry(plan, path, memo: bool) -> dict[str, Any]:

@@ -125,7 +125,8 @@ def test_parameters_become_config_fields_by_name():
 # The config each command builds (a command not here builds none): checked against typer's own
 # list of commands, so a new command is placed here or the test below fails.
 _CONFIGS = {"render": config.RenderConfig, "info": config.InfoConfig, "stats": config.StatsConfig,
-            "publish": config.PublishConfig, "cache": None}
+            "publish": config.PublishConfig, "cache": None,
+            "watch": None}  # watch: its own options; the render options through render's parser
 
 
 def _shown(text: str) -> str:

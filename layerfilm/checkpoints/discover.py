@@ -37,6 +37,8 @@ _UNITS = {"K": 10**3, "M": 10**6, "B": 10**9, "T": 10**12}
 # Files trainers write beside the weights that are not the model (HF Trainer, Lightning, ...).
 _NOT_WEIGHTS = re.compile(r"^(?:optimizer|optim|scheduler|lr_scheduler|rng_state|training_args|"
                           r"scaler|trainer_state|ema_state)", re.I)
+# The Hugging Face Trainer saves into tmp-checkpoint-N/ and renames it checkpoint-N/ when done.
+_STAGING = re.compile(r"^tmp[-_]checkpoint", re.I)
 _SHARD = re.compile(r"-\d+-of-\d+$")
 _MAX_DEPTH = 3  # sub-folder levels searched below the folder given
 GONE = "no longer there: deleted or moved after it was listed"
@@ -273,6 +275,9 @@ def _find_units(storage: Storage, root: PurePath) -> Iterator[tuple[PurePath, st
             if p.name.startswith("."):
                 continue
             if storage.is_dir(p):
+                if _STAGING.match(p.name):
+                    yield p, "", "a save in progress (the Trainer's staging folder)"
+                    continue
                 if depth < _MAX_DEPTH:
                     yield from visit(p, depth + 1)
                 continue
@@ -292,7 +297,8 @@ def _find_units(storage: Storage, root: PurePath) -> Iterator[tuple[PurePath, st
 
 
 def discover(folder: str | os.PathLike | PurePath, skip_bad: bool = False, storage: Storage = LOCAL,
-             run: str | None = None) -> tuple[list[CheckpointRef], list[tuple[PurePath, str]]]:
+             run: str | None = None, few: bool = False
+             ) -> tuple[list[CheckpointRef], list[tuple[PurePath, str]]]:
     """Checkpoints under ``folder`` (up to three sub-folders deep), ordered by step.
 
     Finds single files, Hugging Face checkpoint folders (the step from the folder name, else
@@ -300,10 +306,13 @@ def discover(folder: str | os.PathLike | PurePath, skip_bad: bool = False, stora
     run (:func:`in_run`).  Returns ``(checkpoints, skipped)`` where ``skipped`` lists what looks
     like weights but cannot be placed (no step in its name), with the reason.  Raises
     :class:`CheckpointError` when there is nothing to film or two checkpoints claim the same
-    step (with ``skip_bad`` the later one is skipped instead).
+    step (with ``skip_bad`` the later one is skipped instead); ``few``: fewer than two (or
+    none, or no folder yet) is no error but what there is (a run that has just started).
     """
     root = folder if isinstance(folder, PurePath) else Path(folder)
     if not storage.is_dir(root):
+        if few and not storage.is_file(root):
+            return [], []
         if storage.is_file(root):
             raise CheckpointError("is a file; give the folder that holds the checkpoints",
                                   storage.display(root))
@@ -351,6 +360,8 @@ def discover(folder: str | os.PathLike | PurePath, skip_bad: bool = False, stora
             inside.add(step)
         found[step] = CheckpointRef(path, step, kind, storage, _tokens_in(path, root), named)
     refs = [found[s] for s in sorted(found)]
+    if few and len(refs) < 2:
+        return refs, skipped
     if not refs and run is not None:
         raise CheckpointError(f"--run {run} picks no checkpoint; the runs here: "
                               f"{', '.join(sorted(shown_run(r) for r in runs)) or 'none'}",

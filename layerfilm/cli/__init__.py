@@ -14,8 +14,9 @@ import typer
 from .commands import cache_command, info, publish, stats
 from .common import app
 from .render import render
+from .watch import watch
 
-__all__ = ["app", "main_entry", "render", "info", "stats", "publish", "cache_command"]
+__all__ = ["app", "main_entry", "render", "info", "stats", "publish", "cache_command", "watch"]
 
 
 def main_entry() -> None:

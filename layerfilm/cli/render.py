@@ -164,27 +164,12 @@ def render(
 
     A manifest OUTPUT.json is written beside the film.
     """
-    cli_config = _config_of(RenderConfig, locals(), OWN, checkpoints=as_location, size=parse_size)
+    config, recorded = render_config(ctx, locals())
+    if config is None:
+        return
     from .. import manifest
     from ..pipeline import render as render_film
 
-    given = _given_on_command_line(ctx)
-    if from_manifest is not None:
-        if config_file is not None:
-            raise ConfigError("--config and --from-manifest cannot be used together")
-        recorded = manifest.load(from_manifest)
-        config = manifest.config_from(recorded, from_manifest, cli_config, given)
-        source = f"{from_manifest} < command line"
-    else:
-        config, path = resolve(cli_config, given, config_file)
-        source = f"defaults < {path} < command line" if path else "defaults < command line"
-    if print_config:
-        typer.echo(options_toml(config, [f"layerfilm {__version__} render options ({source})"]),
-                   nl=False)
-        return
-    for name, value in (("CHECKPOINTS", config.checkpoints), ("OUTPUT", config.output)):
-        if value is None:
-            raise ConfigError(f"Missing argument '{name}' (see layerfilm render --help)")
     if from_manifest is not None:
         for warning in manifest.check_inputs(recorded, from_manifest, config):
             typer.echo(f"warning: {warning}", err=True)
@@ -215,6 +200,37 @@ def render(
             typer.echo(f"identical to the film recorded in {from_manifest} (sha256 {written['film']['sha256'][:16]}...)")
         elif same is False:
             typer.echo(f"warning: the film differs from the one recorded in {from_manifest}", err=True)
+
+
+def render_config(ctx: typer.Context, params: dict, command: str = "render"
+                  ) -> tuple[RenderConfig | None, dict | None]:
+    """The render options of a command line parsed by :func:`render` (``params``, its
+    parameters by name; ``ctx``, its context): the config file and ``--from-manifest`` applied,
+    and ``(config, recorded manifest or None)``; ``(None, None)`` when ``--print-config``
+    printed them (nothing else to do).  ``command`` names the command in messages."""
+    from .. import manifest
+
+    cli_config = _config_of(RenderConfig, params, OWN, checkpoints=as_location, size=parse_size)
+    given = _given_on_command_line(ctx)
+    config_file, from_manifest = params["config_file"], params["from_manifest"]
+    recorded = None
+    if from_manifest is not None:
+        if config_file is not None:
+            raise ConfigError("--config and --from-manifest cannot be used together")
+        recorded = manifest.load(from_manifest)
+        config = manifest.config_from(recorded, from_manifest, cli_config, given)
+        source = f"{from_manifest} < command line"
+    else:
+        config, path = resolve(cli_config, given, config_file)
+        source = f"defaults < {path} < command line" if path else "defaults < command line"
+    if params["print_config"]:
+        typer.echo(options_toml(config, [f"layerfilm {__version__} {command} options ({source})"]),
+                   nl=False)
+        return None, None
+    for name, value in (("CHECKPOINTS", config.checkpoints), ("OUTPUT", config.output)):
+        if value is None:
+            raise ConfigError(f"Missing argument '{name}' (see layerfilm {command} --help)")
+    return config, recorded
 
 
 def pinned_line(drawing: dict | None) -> str:
