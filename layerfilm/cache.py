@@ -224,11 +224,53 @@ def layout_key(plan: Plan, options: str) -> str:
     for k in range(len(plan.refs)):
         h.update(f"{plan.identity(k)}\n".encode())
     h.update(f"{__version__}|{LAYOUTS}|{options}\n".encode())
+    _panels_key(h, plan)
+    return h.hexdigest()[:32]
+
+
+def _panels_key(h, plan: Plan) -> None:
     for layer in plan.layers:
         for src in layer.sources:
             h.update(f"{layer.label}|{layer.dim}|{src.tensor}|{src.axis}|".encode())
             h.update(np.ascontiguousarray(src.index, dtype=np.int64).tobytes())
+
+
+def chunk_key(plan: Plan, options: str, chunk: range) -> str:
+    """:func:`layout_key` of one run of keyframes (``chunk``, laid out on its own; see
+    ``layouts.chunks``): the identities of its checkpoints and of the one before it (whose
+    clouds the change into the chunk is measured from), where it sits in the film, the
+    options and the panels' points.  A film that grows by a checkpoint finds every whole
+    chunk before its last one here."""
+    h = hashlib.sha256()
+    for k in range(max(chunk.start - 1, 0), chunk.stop):
+        h.update(f"{k}|{plan.identity(k)}\n".encode())
+    h.update(f"{__version__}|{LAYOUTS}|{options}|{chunk.start}:{chunk.stop}\n".encode())
+    _panels_key(h, plan)
     return h.hexdigest()[:32]
+
+
+def load_chunk(plan: Plan, options: str, chunk: range, warn: Warn | None = None
+               ) -> dict[str, np.ndarray] | None:
+    """The arrays :func:`store_chunk` kept for this chunk, or ``None``."""
+    path = cache_dir() / f"chunk-{chunk_key(plan, options, chunk)}.lfc"
+    found = _load_arrays(path, warn)
+    if found is not None:
+        _used(path)
+    return found
+
+
+def drop_chunk(plan: Plan, options: str, chunk: range) -> None:
+    """Remove a chunk's entry (one that a longer run of its keyframes supersedes)."""
+    try:
+        (cache_dir() / f"chunk-{chunk_key(plan, options, chunk)}.lfc").unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def store_chunk(plan: Plan, options: str, chunk: range, **arrays: np.ndarray) -> str | None:
+    """Cache one chunk's layouts (and what its projection did, its drift); ``None`` when
+    stored, else why not (see :func:`_store`)."""
+    return _store(cache_dir() / f"chunk-{chunk_key(plan, options, chunk)}.lfc", **arrays)
 
 
 def _entry_path(kind: str, plan: Plan, options: str) -> Path:

@@ -127,6 +127,19 @@ class ChunkLayouts:
     panels: list[dict]
     fixed: list[bool]  # panels drawn in a fixed frame (never turned)
     drift_sums: np.ndarray | None = None  # (L, len(chunk), DRIFT_WIDTH), see Keyframes
+    tracks: list[project.Track] | None = None  # each panel's state after the last keyframe
+
+
+@dataclasses.dataclass
+class Resumed:
+    """A chunk to lay out from where an earlier film's shorter run of the same keyframes
+    ended (``done``: its :class:`ChunkLayouts`, with its tracks)."""
+
+    chunk: range
+    done: ChunkLayouts
+
+    def __len__(self) -> int:
+        return len(self.chunk) - len(self.done.P)
 
 
 def _previous_clouds(source: clouds.WeightClouds, k: int) -> list[np.ndarray | None]:
@@ -134,14 +147,15 @@ def _previous_clouds(source: clouds.WeightClouds, k: int) -> list[np.ndarray | N
     return source.open(k - 1).clouds() if k > 0 else [None] * len(source.panels)
 
 
-def project_chunk(plan: Plan, how: list[project.Projection], drift: bool, chunk: range,
+def project_chunk(plan: Plan, how: list[project.Projection], drift: bool, chunk: range | Resumed,
                   advance=None) -> ChunkLayouts:
     """A task: read and project the keyframes in ``chunk`` (one checkpoint in memory at a
     time; the next one's drawn rows are prefetched while this one is projected).
 
     BLAS runs single-threaded here: the matrices are small, and a multi-threaded OpenBLAS
     sharing cores with any other busy process (a training run, ffmpeg) was measured 20-60x
-    slower than one thread.
+    slower than one thread.  A :class:`Resumed` chunk goes on from its tracks' state (the
+    same layouts, bit for bit, as laying out the whole chunk).
     """
     import scipy.linalg  # noqa: F401  (scipy has its own BLAS: load it before limiting threads)
     from threadpoolctl import threadpool_limits
@@ -150,16 +164,23 @@ def project_chunk(plan: Plan, how: list[project.Projection], drift: bool, chunk:
         return _project_chunk(plan, how, drift, chunk, advance or (lambda n=1: None))
 
 
-def _project_chunk(plan: Plan, how: list[project.Projection], drift: bool, chunk: range,
+def _project_chunk(plan: Plan, how: list[project.Projection], drift: bool, chunk: range | Resumed,
                    advance) -> ChunkLayouts:
     starts = plan.starts
+    done = chunk.done if isinstance(chunk, Resumed) else None
+    chunk = chunk.chunk if isinstance(chunk, Resumed) else chunk
     P = np.empty((len(chunk), starts[-1], 2), dtype=np.float32)
-    tracks = [project.Track() for _ in plan.layers]
+    tracks = done.tracks if done is not None else [project.Track() for _ in plan.layers]
+    first = chunk.start + (len(done.P) if done is not None else 0)
     threads = _threads(how)
     # The layers' drift is measured from the very clouds projected (a film reads only what it
     # draws); the change into a chunk's first keyframe needs the keyframe before it too.
     source = clouds.of(plan)
-    meter = DriftMeter(chunk, _previous_clouds(source, chunk.start)) if drift else None
+    meter = DriftMeter(chunk, _previous_clouds(source, first)) if drift else None
+    if done is not None:
+        P[:len(done.P)] = done.P
+        if meter is not None:
+            meter.sums[:, :len(done.P)] = done.drift_sums
 
     def project_layers(frame: clouds.Keyframe, part: int) -> None:
         # Each layer has its own track, so which thread projects it never changes the result.
@@ -172,7 +193,7 @@ def _project_chunk(plan: Plan, how: list[project.Projection], drift: bool, chunk
             P[k - chunk.start, starts[l]:starts[l + 1]] = project.project_keyframe(cloud, how[l], tracks[l])
 
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-        frames = source.stream(chunk)
+        frames = source.stream(range(first, chunk.stop))
         for frame in frames:  # one checkpoint in memory at a time
             parts = [pool.submit(project_layers, frame, part) for part in range(threads)]
             frames.read_ahead()  # the next one's rows are fetched while this one is projected
@@ -182,7 +203,7 @@ def _project_chunk(plan: Plan, how: list[project.Projection], drift: bool, chunk
             advance(1)
     panels = [{"label": layer.label, **t.stats.as_dict(), **t.info} for layer, t in zip(plan.layers, tracks)]
     return ChunkLayouts(chunk.start, P, panels, [t.fixed_frame for t in tracks],
-                        meter.sums if meter is not None else None)
+                        meter.sums if meter is not None else None, tracks)
 
 
 def stitch(parts: list[ChunkLayouts], starts: np.ndarray) -> tuple[np.ndarray, list[dict], np.ndarray | None]:
@@ -208,17 +229,128 @@ def stitch(parts: list[ChunkLayouts], starts: np.ndarray) -> tuple[np.ndarray, l
 def keyframe_layouts(plan: Plan, projection: str = "pca", seed: int = 0,
                      progress: Progress = QUIET, fourier_ref: int | None = None,
                      run: cluster.InProcess | cluster.Dask | None = None,
-                     drift: bool = False) -> Keyframes:
+                     drift: bool = False, use_cache: bool = False) -> Keyframes:
     """Read, extract and project every keyframe, in chunks of keyframes run by ``run`` (this
     process by default, else a Dask cluster: the same tasks, the same layouts bit for bit);
-    with ``drift``, each layer's drift is measured in the same pass (``drift_sums``)."""
+    with ``drift``, each layer's drift is measured in the same pass (``drift_sums``).  With
+    ``use_cache``, chunks laid out before (by a film of fewer checkpoints of the same run:
+    ``layerfilm watch``) come from the cache, and those computed go there."""
     run = run or cluster.InProcess()
     how = projections(plan, projection, seed, fourier_ref, run)
     runs = chunks(len(plan.refs), _sequential(how))
-    parts = run.map(project_chunk, runs, plan, how, drift, stage="Loading + projecting",
-                    progress=progress, weights=[len(c) for c in runs])
+    memo = _chunk_options(plan, cache_key(projection, seed, fourier_ref), how, fourier_ref) \
+        if use_cache else None
+    parts: list = [_cached_chunk(plan, memo, c, drift, progress) for c in runs]
+    if memo is not None:  # the run grew: chunks go on from where a shorter film left them
+        parts = [part or _resumable(plan, memo, c, drift, how, progress) for c, part in zip(runs, parts)]
+    todo = [(i, part or runs[i]) for i, part in enumerate(parts)
+            if part is None or isinstance(part, Resumed)]
+    made = run.map(project_chunk, [t for _, t in todo], plan, how, drift, stage="Loading + projecting",
+                   progress=progress, weights=[len(t) for _, t in todo]) if todo else []
+    for (i, task), part in zip(todo, made):
+        parts[i] = part
+        if memo is not None:
+            _keep_chunk(plan, memo, runs[i], part)
+            if isinstance(task, Resumed):  # the shorter run is not needed again
+                cache.drop_chunk(plan, memo, range(task.chunk.start, task.chunk.start + len(task.done.P)))
     P, panels, sums = stitch(parts, plan.starts)
     return Keyframes(P, int(np.isnan(P).any(axis=2).sum()), tuple(panels), sums)
+
+
+def _chunk_options(plan: Plan, options: str, how: list[project.Projection],
+                   fourier_ref: int | None) -> str | None:
+    """What besides its checkpoints decides a chunk's layouts, or ``None`` where a chunk is not
+    laid out on its own (a warm-started projection lays out the run in one go).  A Fourier
+    plane is fitted at one checkpoint (the last, unless ``--fourier-ref``): its identity too."""
+    if _sequential(how):
+        return None
+    if any(isinstance(p, project.Fourier) for p in how):
+        options += f"|fitted at {plan.identity(fourier_reference(plan, fourier_ref))}"
+    return options
+
+
+def _cached_chunk(plan: Plan, memo: str | None, chunk: range, drift: bool,
+                  progress: Progress, how: list[project.Projection] | None = None
+                  ) -> ChunkLayouts | None:
+    """The chunk's layouts as a film of the same keyframes left them in the cache (with
+    ``how``, the panels' tracks too, to go on from), or ``None``."""
+    found = cache.load_chunk(plan, memo, chunk, progress.warn) if memo is not None else None
+    if found is None:
+        return None
+    L, n = len(plan.layers), plan.starts[-1]
+    try:
+        P, fixed, panels = found["P"], found["fixed"], json.loads(str(found["panels"]))
+        sums = found["drift_sums"] if "drift_sums" in found else None
+        ok = (P.shape == (len(chunk), n, 2) and fixed.shape == (L,) and len(panels) == L
+              and (sums is not None and sums.shape[:2] == (L, len(chunk)) or not drift))
+        tracks = _tracks_of(found, P[-1], plan, how) if ok and how is not None else None
+    except (KeyError, ValueError, TypeError, IndexError):
+        ok = False
+    if not ok:
+        return None
+    return ChunkLayouts(chunk.start, P, panels, [bool(f) for f in fixed], sums if drift else None,
+                        tracks)
+
+
+def _resumable(plan: Plan, memo: str, chunk: range, drift: bool, how: list[project.Projection],
+               progress: Progress) -> Resumed | None:
+    """``chunk``, to go on from the longest run of its first keyframes that a film of fewer
+    checkpoints laid out (``layerfilm watch``: the one before this), or ``None``."""
+    for stop in range(chunk.stop - 1, chunk.start, -1):
+        done = _cached_chunk(plan, memo, range(chunk.start, stop), drift, progress, how)
+        if done is not None and done.tracks is not None:
+            return Resumed(chunk, done)
+    return None
+
+
+_STATS_INT = ("keyframes", "exact", "corrected", "extra_passes", "exact_checks")
+_STATS_FLOAT = ("captured_min", "share_min", "share_max")
+
+
+def _track_arrays(tracks: list[project.Track]) -> dict[str, np.ndarray]:
+    """What each panel's projection carries to the next keyframe, as arrays (never pickled):
+    its records exactly (not rounded as in ``panels``), what it reported, a tracked plane."""
+    out = {"t_method": np.array([t.stats.method for t in tracks]),
+           "t_int": np.array([[getattr(t.stats, k) for k in _STATS_INT] for t in tracks], dtype=np.int64),
+           "t_float": np.array([[np.nan if getattr(t.stats, k) is None else getattr(t.stats, k)
+                                 for k in _STATS_FLOAT] for t in tracks], dtype=np.float64),
+           "t_info": np.array(json.dumps([t.info for t in tracks])),
+           "t_planes": np.array([t.planes is not None for t in tracks])}
+    for l, t in enumerate(tracks):
+        if t.planes is not None and t.planes.basis is not None:
+            out[f"t_basis_{l}"] = t.planes.basis
+    return out
+
+
+def _tracks_of(found: dict[str, np.ndarray], last: np.ndarray, plan: Plan,
+               how: list[project.Projection]) -> list[project.Track] | None:
+    """The panels' tracks from :func:`_track_arrays` (``last``: the chunk's last layouts), or
+    ``None`` for an entry stored without them."""
+    if "t_method" not in found:
+        return None
+    info = json.loads(str(found["t_info"]))
+    tracks = []
+    for l, layer in enumerate(plan.layers):
+        stats = pca.PlaneStats(str(found["t_method"][l]),
+                               *(int(v) for v in found["t_int"][l]),
+                               *(None if np.isnan(v) else float(v) for v in found["t_float"][l]))
+        span = slice(plan.starts[l], plan.starts[l + 1])
+        track = project.Track(layout=np.array(last[span]), fixed_frame=bool(found["fixed"][l]),
+                              stats=stats, info=info[l])
+        if found["t_planes"][l]:
+            track.planes = pca.PlaneTracker(how[l].seed, stats)
+            if f"t_basis_{l}" in found:
+                track.planes.basis = np.array(found[f"t_basis_{l}"])
+        tracks.append(track)
+    return tracks
+
+
+def _keep_chunk(plan: Plan, memo: str, chunk: range, part: ChunkLayouts) -> None:
+    extra = {"drift_sums": part.drift_sums} if part.drift_sums is not None else {}
+    if part.tracks is not None:
+        extra.update(_track_arrays(part.tracks))
+    cache.keep(plan, lambda: cache.store_chunk(plan, memo, chunk, P=part.P, fixed=np.array(part.fixed),
+                                               panels=np.array(json.dumps(part.panels)), **extra))
 
 
 def drift_chunk(plan: Plan, chunk: range, advance=None) -> np.ndarray:
@@ -277,7 +409,7 @@ def cached_keyframe_layouts(plan: Plan, projection: str = "pca", seed: int = 0,
     key = cache_key(projection, seed, fourier_ref)
     keys = _load_cached(plan, key, progress) if use_cache else None
     if keys is None:
-        keys = keyframe_layouts(plan, projection, seed, progress, fourier_ref, run, drift)
+        keys = keyframe_layouts(plan, projection, seed, progress, fourier_ref, run, drift, use_cache)
         if use_cache:
             why = cache.keep(plan, lambda: cache.store_layouts(
                 plan, key, keys.P, keys.nonfinite, json.dumps(list(keys.panels))))

@@ -104,13 +104,14 @@ def test_a_damaged_entry_is_a_miss_removed(tmp_path, run_dir, damage):
     render_ok(run_dir, tmp_path / "first.gif")
     render_ok(run_dir, tmp_path / "fresh.gif", "--no-cache")
     found = sorted(cache.cache_dir().glob("*.lfc"))
-    assert [p.name.split("-")[0] for p in found] == sorted(["layouts", "drift"])
+    # The film's layouts, its drift, and its one chunk of keyframes (what a grown film reuses).
+    assert [p.name.split("-")[0] for p in found] == sorted(["layouts", "drift", "chunk"])
     damaged = {p: damage(p.read_bytes()) for p in found}
     for p, raw in damaged.items():
         p.write_bytes(raw)
     said = warnings(render_ok(run_dir, tmp_path / "again.gif"))
     assert (tmp_path / "again.gif").read_bytes() == (tmp_path / "fresh.gif").read_bytes()
-    assert len(said) == 2 and all("damaged cache entry" in w for w in said), said
+    assert len(said) == 3 and all("damaged cache entry" in w for w in said), said
     for p, raw in damaged.items():  # stored again, whole
         assert p.read_bytes() != raw and cache.read_entry(p) is not None
     # stats reads the layouts entry too: damaged, it is removed and the columns left empty.

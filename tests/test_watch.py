@@ -252,3 +252,53 @@ def test_watch_waits_for_a_folder_that_is_not_there_yet(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "waiting for checkpoints" in done.stdout and "done" in done.stdout
     assert not (tmp_path / "a.gif").exists()
+
+
+# -- what an update costs ----------------------------------------------------------------------
+
+def test_a_grown_film_goes_on_from_the_cached_layouts_and_is_the_same_film(tmp_path, monkeypatch):
+    """A film grown by a checkpoint reads only the new checkpoint (and, for the change into
+    it, the one before), lays out only it -- whole chunks from the cache, the last chunk going
+    on from its tracked planes -- and is bit for bit the film rendered afresh.  Chunks of 4
+    keyframes here (64 in films), so that growing crosses a chunk's end; panels 80 wide, so
+    their planes are tracked."""
+    import dataclasses
+
+    from layerfilm import pca
+    from layerfilm.checkpoints import CheckpointRef, SafetensorsFile
+    from layerfilm.config import RenderConfig
+    from layerfilm.pipeline import render
+
+    monkeypatch.setattr(pca, "CHUNK", 4)
+    src = write_run(tmp_path / "src", n=9, d=80)
+    run = tmp_path / "run"
+    run.mkdir()
+    reads = []
+    for name in ("prefetch", "read", "read_into"):
+        original = getattr(SafetensorsFile, name)
+
+        def recorded(self, *a, _original=original, **kw):
+            reads.append(Path(str(self.path)).name)
+            return _original(self, *a, **kw)
+
+        monkeypatch.setattr(SafetensorsFile, name, recorded)
+    assert CheckpointRef  # opened by name only: what matters is which files' data is read
+    base = RenderConfig(checkpoints=run, output=tmp_path / "grown.gif", size=(160, 90),
+                        frames_per_keyframe=2, fps=4)
+    names = sorted(p.name for p in src.glob("*.safetensors"))
+    for n in (6, 7, 9):
+        for name in names[:n]:
+            if not (run / name).exists():
+                shutil.copy2(src / name, run / name)
+        reads.clear()
+        grown = render(base)
+        assert any(p["method"] == "tracked pca" for p in grown.panels)
+        if n == 7:  # from 6: the 7th read, and the 6th for the change into it; nothing else
+            assert set(reads) == {names[5], names[6]}, sorted(set(reads))
+        if n == 9:  # from 7: chunk [4, 8) goes on from [4, 7), chunk [8, 9) is new
+            assert set(reads) == {names[6], names[7], names[8]}, sorted(set(reads))
+        fresh = render(dataclasses.replace(base, output=tmp_path / "fresh.gif", cache=False))
+        assert _sha(tmp_path / "grown.gif") == _sha(tmp_path / "fresh.gif"), n
+        assert grown.panels == fresh.panels
+        assert json.loads(Path(f"{tmp_path / 'grown.gif'}.json").read_text())["drawing"] == \
+            json.loads(Path(f"{tmp_path / 'fresh.gif'}.json").read_text())["drawing"]
