@@ -128,6 +128,39 @@ def run_floor(command: list[str], raw: Path, out: Path) -> tuple[float, float]:
     return wall, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
 
 
+def run_grow(work: Path, d: int, size, fpk: int, max_points: int, formats, repeat: int = 3
+             ) -> dict[str, tuple[list[dict], list[dict]]]:
+    """``layerfilm watch``'s update: a film of 100 checkpoints (16 blocks) brought up to date
+    with a 101st, reusing the layout cache the 100-checkpoint film left, against a render of
+    the 101 with no cache; ``repeat`` pairs per format, each update from the same cache."""
+    series = make_series(work / "ckpts-16x101", 16, d, 101)
+    ckpts = sorted(series.glob("*.safetensors"))
+    folder = work / "grow"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    for path in ckpts[:100]:
+        os.link(path, folder / path.name)
+    out = {}
+    for fmt in formats:
+        base = dict(ckpts=str(folder), fps=25, fpk=fpk, size=size, max_points=max_points,
+                    out=str(work / f"grow.{fmt}"))
+        before = Path(tempfile.mkdtemp(prefix="layerfilm-bench-grow-"))
+        (folder / ckpts[100].name).unlink(missing_ok=True)
+        run_layerfilm(dict(base, cache=True), {"LAYERFILM_CACHE_DIR": str(before)})
+        os.link(ckpts[100], folder / ckpts[100].name)
+        update, fresh = [], []
+        for _ in range(repeat):
+            cache = Path(tempfile.mkdtemp(prefix="layerfilm-bench-grow-"))
+            shutil.copytree(before, cache, dirs_exist_ok=True)
+            update.append(run_layerfilm(dict(base, cache=True), {"LAYERFILM_CACHE_DIR": str(cache)}))
+            fresh.append(run_layerfilm(dict(base, out=str(work / f"grow-fresh.{fmt}"))))
+            shutil.rmtree(cache, ignore_errors=True)
+        shutil.rmtree(before, ignore_errors=True)
+        out[fmt] = (update, fresh)
+    shutil.rmtree(folder, ignore_errors=True)
+    return out
+
+
 def run_peer(ckpts: Path, size, fpk: int, sample_frames: int, max_points: int, workdir: Path) -> float:
     """Seconds per frame of the hand-written matplotlib loop people use today."""
     import imageio_ffmpeg
@@ -234,11 +267,12 @@ def main() -> None:
     # Layout cache: a re-render of the first format (another file name) reusing the cached layouts.
     reuse = run_layerfilm(dict(base, out=str(work / f"cached.{formats[0]}"), cache=True), env)
     fill = rows[0][1]
+    grow = run_grow(work, d, size, a.fpk, max_points, ("gif", "webm"))
     peer = run_peer(ckpts, size, a.fpk, a.peer_frames, max_points, work)
     for raw in raws.values():
         raw.unlink()
     # The films (GBs at full scale) go too: only the series is kept, for the next run.
-    for pattern in ("film*", "floor.*", "capture.*", "cached.*", "warm.gif*", "tiny.gif*", "peer*"):
+    for pattern in ("film*", "floor.*", "capture.*", "cached.*", "warm.gif*", "tiny.gif*", "peer*", "grow*"):
         for made in work.glob(pattern):
             if made.is_file():
                 made.unlink()
@@ -272,6 +306,13 @@ def main() -> None:
     print(f"layout cache, {formats[0]}: {fill['wall']:.1f} s without it, {reuse['wall']:.1f} s reusing it "
           f"(load+project {fill['seconds']['load+project']:.1f} s -> {reuse['seconds']['load+project']:.2f} s; "
           f"speed-up {fill['wall'] / reuse['wall']:.2f}x)")
+    for fmt, (update, fresh) in grow.items():
+        u, f = np.median([r["wall"] for r in update]), np.median([r["wall"] for r in fresh])
+        lp = np.median([r["seconds"]["load+project"] for r in update])
+        lpf = np.median([r["seconds"]["load+project"] for r in fresh])
+        print(f"watch, {fmt}: a 100-checkpoint film grown by one: {u:.2f} s (load+project {lp:.2f} s) "
+              f"against {f:.2f} s (load+project {lpf:.2f} s) for the 101 afresh: {u / f:.2f}x "
+              f"(median of {len(update)}; the rest is drawing and encoding every frame again)")
     print(f"start-up (tiny render, whole process): {cold:.1f} s with an empty numba cache, "
           f"{warm:.1f} s with it filled ({cold / warm:.1f}x)")
 
