@@ -26,7 +26,7 @@ from . import checkpoints
 from .checkpoints import CheckpointRef
 from .checkpoints.unfinished import Stillness, why_unfinished
 from .config import RenderConfig, parse_steps
-from .errors import ConfigError, LayerfilmError
+from .errors import CheckpointError, ConfigError, LayerfilmError
 from .progress import QUIET, Progress
 
 LOCAL_INTERVAL = 2.0  # seconds between looks at a local folder
@@ -48,9 +48,12 @@ class Look:
         return tuple(r.step for r in self.ready)
 
 
-def look(config: RenderConfig, stillness: Stillness) -> Look:
+def look(config: RenderConfig, stillness: Stillness, finished: set | None = None) -> Look:
     """The checkpoints under ``config.checkpoints`` that are complete now, and those that are
-    not (see the module docstring); ``config``'s ``--run`` and ``--steps`` apply."""
+    not (see the module docstring); ``config``'s ``--run`` and ``--steps`` apply.
+    ``finished``: what earlier looks found complete (path and identity), not looked into again
+    (a header read is a request, for a checkpoint on the Hub or in a bucket)."""
+    finished = set() if finished is None else finished
     source = checkpoints.open_source(config.checkpoints, config.storage_options, config.revisions,
                                      config.keep_downloads)
     refs, _ = checkpoints.discover(source.root, True, source.storage, config.run, few=True)
@@ -58,18 +61,25 @@ def look(config: RenderConfig, stillness: Stillness) -> Look:
         start, stop, every = config.step_range
         refs = checkpoints.select_steps(refs, start, stop, every)
     states = any(r.kind.startswith("Hugging Face Trainer") for r in refs)
-    ready: list[CheckpointRef] = []
+    ready: list[tuple[CheckpointRef, str]] = []
     waiting: list[tuple[str, str]] = []
     for ref in refs:
-        why = why_unfinished(ref, states)
+        try:
+            known = (str(ref.path), ref.identity())
+        except CheckpointError as e:  # gone since it was listed (a trainer's rotation)
+            waiting.append((ref.storage.display(ref.path), e.problem))
+            continue
+        why = None if known in finished else why_unfinished(ref, states)
         if why is None and not stillness.still(ref):
             why = "still changing"
-        if why is not None:
+        if why is None:
+            finished.add(known)
+        else:
             waiting.append((ref.storage.display(ref.path), why))
-        elif not waiting:
-            ready.append(ref)
-    key = tuple((str(r.path), r.step, r.identity()) for r in ready)
-    return Look(tuple(ready), tuple(waiting), key)
+        if why is None and not waiting:
+            ready.append((ref, known[1]))
+    key = tuple((str(r.path), r.step, ident) for r, ident in ready)
+    return Look(tuple(r for r, _ in ready), tuple(waiting), key)
 
 
 def shown_by_output(config: RenderConfig, found: Look) -> bool:
@@ -117,6 +127,44 @@ class Update:
     error: str | None = None  # the one line a failed render gave (the film is the one before)
 
 
+class _Watcher:
+    """What a watch remembers from look to look, and what it does with each look."""
+
+    def __init__(self, config: RenderConfig, progress: Progress, say: Callable[[str], None],
+                 clock: Callable[[], float]):
+        self.config, self.progress, self.say, self.clock = config, progress, say, clock
+        self.shown: tuple | None = None  # the key of the checkpoints the film shows (or failed to)
+        self.told: tuple = ()  # the waiting ones last said
+        self.said_few = False
+        self.updates: list[Update] = []
+        self.last_new = clock()  # when the set of complete checkpoints last changed
+
+    def saw(self, found: Look) -> None:
+        config, say = self.config, self.say
+        if found.waiting and found.waiting != self.told:
+            where, why = found.waiting[0]
+            more = f" (and {len(found.waiting) - 1} more)" if len(found.waiting) > 1 else ""
+            say(f"waiting for {where}{more}: {why}")
+        self.told = found.waiting
+        if len(found.ready) < 2:
+            if self.shown is None and not self.said_few:
+                say(f"waiting for checkpoints in {config.checkpoints} (a film needs two complete ones)")
+                self.said_few = True
+            return
+        if self.shown is None and shown_by_output(config, found):
+            self.shown = found.key
+            say(f"{config.output} is up to date: {len(found.ready)} checkpoints, steps "
+                f"{found.steps[0]:,}..{found.steps[-1]:,}")
+        if found.key != self.shown:
+            self.shown, self.last_new = found.key, self.clock()
+            self.updates.append(_update(config, found, self.progress, say, self.clock))
+
+    def stopped(self) -> None:
+        good = [u for u in self.updates if u.error is None]
+        self.say(f"stopped: {self.config.output} is the film of steps {good[-1].steps[0]:,}.."
+                 f"{good[-1].steps[-1]:,}" if good else "stopped: no film was written")
+
+
 def watch(config: RenderConfig, *, interval: float | None = None, settle: float = SETTLE,
           idle_exit: float | None = None, once: bool = False, progress: Progress = QUIET,
           say: Callable[[str], None] = print, clock: Callable[[], float] = time.monotonic,
@@ -125,44 +173,35 @@ def watch(config: RenderConfig, *, interval: float | None = None, settle: float 
     again at every look that finds the set changed, until ``idle_exit`` seconds pass without a
     new complete checkpoint (forever when ``None``; Ctrl-C ends it and leaves the last film).
     Returns what each update did.  Options that make no sense for a film that is rewritten
-    (``--frames``, ``--from-manifest``) were refused by the caller."""
+    (``--frames``, ``--from-manifest``) were refused by the caller.  A look that fails (the
+    network) is said and tried again, except the first: a wrong folder or URL is an error."""
     config = config.validated()
     remote = not isinstance(config.checkpoints, PurePath)
     interval = interval if interval is not None else (REMOTE_INTERVAL if remote else LOCAL_INTERVAL)
-    stillness = Stillness(settle)
-    shown: tuple | None = None  # the key of the checkpoints the film shows (or failed to)
-    told: tuple = ()  # the waiting ones last said
-    said_few = False
-    updates: list[Update] = []
-    last_new = clock()
+    stillness, finished = Stillness(settle), set()
+    w = _Watcher(config, progress, say, clock)
+    looked = False
     try:
         while True:
-            found = look(config, stillness)
-            if found.waiting != told and found.waiting:
-                where, why = found.waiting[0]
-                more = f" (and {len(found.waiting) - 1} more)" if len(found.waiting) > 1 else ""
-                say(f"waiting for {where}{more}: {why}")
-            told = found.waiting
-            if shown is None and len(found.ready) >= 2 and shown_by_output(config, found):
-                shown = found.key
-                say(f"{config.output} is up to date: {len(found.ready)} checkpoints, steps "
-                    f"{found.steps[0]:,}..{found.steps[-1]:,}")
-            if found.key != shown and len(found.ready) >= 2:
-                shown, last_new = found.key, clock()
-                updates.append(_update(config, found, progress, say, clock))
-            elif len(found.ready) < 2 and shown is None and not said_few:
-                say(f"waiting for checkpoints in {config.checkpoints} (a film needs two complete ones)")
-                said_few = True
+            try:
+                found = look(config, stillness, finished)
+            except ConfigError:
+                raise
+            except LayerfilmError as e:
+                if not looked:
+                    raise
+                say(f"cannot look at the checkpoints now ({e}); trying again")
+            else:
+                w.saw(found)
+            looked = True
             if once:
-                return updates
-            if idle_exit is not None and clock() - last_new >= idle_exit:
+                return w.updates
+            if idle_exit is not None and clock() - w.last_new >= idle_exit:
                 say(f"no new checkpoint for {idle_exit:g} s: done")
-                return updates
+                return w.updates
             sleep(interval)
     except KeyboardInterrupt:
-        good = [u for u in updates if u.error is None]
-        say(f"stopped: {config.output} is the film of steps {good[-1].steps[0]:,}..{good[-1].steps[-1]:,}"
-            if good else "stopped: no film was written")
+        w.stopped()
         raise
 
 

@@ -244,3 +244,46 @@ def test_a_reader_of_one_panel_fetches_only_its_rows(tmp_path, moto, s3):
     assert spans and all(lo <= s and e < hi for s, e in spans), (spans, lo, hi)
     drawn = sum(e - s for name, index, axis in plan.drawn() for s, e in ckpt.byte_ranges(name, index, axis))
     assert sum(e - s + 1 for s, e in spans) < 0.5 * drawn
+
+
+def test_watch_follows_a_bucket_as_checkpoints_are_uploaded(tmp_path, moto, s3):
+    """``layerfilm watch s3://...``: each look lists the bucket; a checkpoint uploaded between
+    looks joins the film, one already seen complete is not fetched again to check it, and the
+    last film is the plain render's."""
+    import threading
+
+    from layerfilm.config import RenderConfig
+    from layerfilm.watch import watch
+
+    src = write_run(tmp_path / "src", n=3)
+    files = tree(src)
+    names = sorted(files)
+    s3_put(moto, "live", {f"run/{k}": files[k] for k in names[:2]})
+    out = tmp_path / "live.gif"
+    config = RenderConfig(checkpoints="s3://live/run", output=out, size=(160, 90),
+                          frames_per_keyframe=2, fps=4).validated()
+    said: list[str] = []
+    looks = []
+
+    def sleep(seconds):
+        looks.append(len(said))
+        if len(looks) == 2:  # after two looks at two checkpoints, the third arrives
+            threading.Thread(target=s3_put, args=(moto, "live", {f"run/{names[2]}": files[names[2]]})
+                             ).run()
+        if len(looks) > 8:
+            raise AssertionError(f"no end: {said}")
+
+    s3.clear()
+    # Time is counted in looks: the watch ends three looks after the last new checkpoint.
+    updates = watch(config, interval=0, settle=0, idle_exit=3, say=said.append, sleep=sleep,
+                    clock=lambda: float(len(looks)))
+    assert [u.steps for u in updates] == [(0, 100), (0, 100, 200)], said
+    assert all(u.error is None for u in updates)
+    # Headers read to check a checkpoint complete: once per checkpoint, not once per look.
+    heads = [e for e in data_gets(s3) if e[1].endswith(names[0])]
+    assert len(heads) <= 3, heads  # the check, the render's plan and its read of the rows
+    plain = tmp_path / "plain.gif"
+    assert cli("render", "s3://live/run", plain, "--size", "160x90", "--frames-per-keyframe", "2",
+               "--fps", "4").exit_code == 0
+    assert out.read_bytes() == plain.read_bytes()
+    assert len(decode(out)) == 5

@@ -26,6 +26,7 @@ from .storage import LOCAL, Storage
 
 TRAINER_STATE = "trainer_state.json"
 _ZIP_MAGIC = b"PK\x03\x04"
+_FIRST_READ = 64 * 1024  # a safetensors header's length and (usually) the header, in one read
 
 
 def why_unfinished(ref: CheckpointRef, states_expected: bool = False) -> str | None:
@@ -76,11 +77,12 @@ def _file_unfinished(path: PurePath, st: Storage) -> str | None:
 def _safetensors_unfinished(path: PurePath, st: Storage, size: int) -> str | None:
     if size < 8:
         return f"{size} bytes so far: its header is not written yet"
-    (n,) = struct.unpack("<Q", st.read(path, 0, 8))
+    first = st.read(path, 0, min(size, getattr(st, "first_read", _FIRST_READ)))  # one request
+    (n,) = struct.unpack("<Q", first[:8])
     if 8 + n > size:
         return f"{size:,} bytes so far, its header alone takes {8 + n:,}"
     try:
-        header = json.loads(st.read(path, 8, 8 + n))
+        header = json.loads(first[8:8 + n] if 8 + n <= len(first) else st.read(path, 8, 8 + n))
         end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
                   default=0)
     except (ValueError, TypeError, KeyError, IndexError, AttributeError):
