@@ -271,3 +271,39 @@ def test_stats_of_a_hub_repository_equal_the_local_ones(tmp_path, hub, proxy):
     assert local.exit_code == 0 and remote.exit_code == 0, remote.output
     assert (tmp_path / "local" / "layer_stats.csv").read_text() == \
         (tmp_path / "hub" / "layer_stats.csv").read_text()
+
+
+def test_watch_follows_new_revisions(tmp_path, hub, proxy):
+    """``layerfilm watch hf://ORG/REPO``: each look lists the repository's revisions; a
+    checkpoint pushed as a new branch between looks joins the film."""
+    from layerfilm.config import RenderConfig
+    from layerfilm.watch import watch
+
+    run = write_run(tmp_path / "src", n=3, d=16, every=100)
+    files = sorted(run.glob("*.safetensors"))
+    repo = new_repo(hub["mirrors"], "testorg/growing")
+    commit_files(repo, {"README.md": b"a run still training\n"})
+    for step, f in zip((0, 100), files):
+        commit_files(repo, {"model.safetensors": f}, branch=f"step{step}")
+    git(repo, "checkout", "-q", "main")
+    out = tmp_path / "live.gif"
+    config = RenderConfig(checkpoints="hf://testorg/growing", output=out, size=(160, 90),
+                          frames_per_keyframe=2, fps=4).validated()
+    said, looks = [], []
+
+    def sleep(seconds):
+        looks.append(len(said))
+        if len(looks) == 2:
+            commit_files(repo, {"model.safetensors": files[2]}, branch="step200")
+            git(repo, "checkout", "-q", "main")
+        assert len(looks) < 10, said
+
+    updates = watch(config, interval=0, settle=0, idle_exit=3, say=said.append, sleep=sleep,
+                    clock=lambda: float(len(looks)))
+    assert [u.steps for u in updates] == [(0, 100), (0, 100, 200)], said
+    assert all(u.error is None for u in updates), said
+    plain = tmp_path / "plain.gif"
+    done = cli("render", "hf://testorg/growing", plain, "--size", "160x90", "--frames-per-keyframe",
+               "2", "--fps", "4")
+    assert done.exit_code == 0, done.output
+    assert out.read_bytes() == plain.read_bytes()
