@@ -302,3 +302,36 @@ def test_a_grown_film_goes_on_from_the_cached_layouts_and_is_the_same_film(tmp_p
         assert grown.panels == fresh.panels
         assert json.loads(Path(f"{tmp_path / 'grown.gif'}.json").read_text())["drawing"] == \
             json.loads(Path(f"{tmp_path / 'fresh.gif'}.json").read_text())["drawing"]
+
+
+def test_a_trainer_rotating_its_checkpoints_is_followed(tmp_path):
+    """``save_total_limit``: the trainer deletes its oldest checkpoint as it saves a new one;
+    the next film shows the checkpoints there are then (and says nothing of a damaged file)."""
+    from layerfilm.config import RenderConfig
+    from layerfilm.watch import watch
+
+    src = write_run(tmp_path / "src", n=5)
+    names = sorted(p.name for p in src.glob("*.safetensors"))
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in names[:3]:
+        shutil.copy2(src / name, run / name)
+    said, looks = [], []
+
+    def sleep(seconds):
+        looks.append(len(said))
+        if len(looks) == 1:
+            (run / names[0]).unlink()
+            shutil.copy2(src / names[3], run / names[3])
+        if len(looks) == 2:
+            (run / names[1]).unlink()
+            shutil.copy2(src / names[4], run / names[4])
+        assert len(looks) < 10, said
+
+    config = RenderConfig(checkpoints=run, output=tmp_path / "live.gif", size=(160, 90),
+                          frames_per_keyframe=2, fps=4)
+    updates = watch(config, interval=0, settle=0, idle_exit=3, say=said.append, sleep=sleep,
+                    clock=lambda: float(len(looks)))
+    assert [u.steps for u in updates] == [(0, 100, 200), (100, 200, 300), (200, 300, 400)], said
+    assert all(u.error is None for u in updates) and not any("damaged" in s for s in said), said
+    assert len(decode(tmp_path / "live.gif")) == 5
