@@ -45,8 +45,8 @@ def _rel(path: PurePath, root: PurePath) -> str:
         else path.relative_to(root).as_posix()
 
 
-def identities(plan, verify: bool = False, memo: bool = True, digest: str = "xxh3"
-               ) -> list[dict[str, Any]]:
+def identities(plan, verify: bool = False, memo: bool = True, digest: str = "xxh3",
+               read: dict[str, dict] | None = None) -> list[dict[str, Any]]:
     """One entry per file of every checkpoint drawn: its path (relative to the folder), step,
     size, and what identifies its contents without reading what the film does not draw.
 
@@ -58,6 +58,11 @@ def identities(plan, verify: bool = False, memo: bool = True, digest: str = "xxh
     lists (the Hub's commit and LFS sha256 or git blob id, an S3 ETag).  ``verify``: the sha256
     of every file in full as well (``--verify-inputs``).
 
+    The digests of the drawn bytes are the ones the render made as it read them (``read``:
+    ``layouts.Keyframes.read``), else the ones an earlier render of the same files and points
+    remembered (``memo``), else -- nothing read them in this render -- they are read here (see
+    :func:`_drawn_digests`).
+
     Size and time are the ones the plan took before reading (what the cache keys say was
     read); a local file that is not the same now (or changed while it was hashed) gets no
     digest, which would be of other bytes than the film's, but ``changed_while_read``.
@@ -66,11 +71,11 @@ def identities(plan, verify: bool = False, memo: bool = True, digest: str = "xxh
     for k in range(len(plan.refs)):
         files = plan.identities[k]
         if plan.storage is not checkpoints.LOCAL:
-            out.extend(_checkpoint_entries(plan, k, what, verify, memo, digest))
+            out.extend(_checkpoint_entries(plan, k, what, verify, memo, digest, read))
             continue
         try:
             entries = None if plan.changed(k) else \
-                _checkpoint_entries(plan, k, what, verify, memo, digest)
+                _checkpoint_entries(plan, k, what, verify, memo, digest, read)
         except CheckpointError:
             if not plan.changed(k):
                 raise
@@ -96,19 +101,13 @@ def _base_entry(plan, k: int, path: PurePath, ident: str) -> dict[str, Any]:
     return entry
 
 
-def _checkpoint_entries(plan, k: int, what: str, verify: bool, memo: bool, digest: str
-                        ) -> list[dict[str, Any]]:
+def _checkpoint_entries(plan, k: int, what: str, verify: bool, memo: bool, digest: str,
+                        read: dict[str, dict] | None) -> list[dict[str, Any]]:
     """The entries of checkpoint ``k``'s files (see :func:`identities`; ``what``: the drawn
     points' key, :func:`_drawn_key`)."""
-    storage, ref, files = plan.storage, plan.refs[k], plan.identities[k]
-    key = f"{plan.identity(k)}|{what}|{digest}"
+    storage, files = plan.storage, plan.identities[k]
     local = storage is checkpoints.LOCAL
-    known = _known_digests(key) if memo and local else None
-    if known is None and local and any(p.suffix == ".safetensors" for p, _ in files):
-        ranges = checkpoints.drawn_ranges(ref.open(), plan.drawn()) or {}
-        known = {str(p): _read_digests(Path(p), r, digest) for p, r in ranges.items()}
-        if memo and not plan.changed(k):  # digests of the bytes the key names, nothing else
-            _remember_digests(key, known)
+    known = _drawn_digests(plan, k, what, memo, digest, read) if local else None
     out = []
     for path, ident in files:
         entry = _base_entry(plan, k, path, ident)
@@ -123,6 +122,38 @@ def _checkpoint_entries(plan, k: int, what: str, verify: bool, memo: bool, diges
                 entry["sha256"] = _remote_sha256(storage, path)
         out.append(entry)
     return out
+
+
+def _drawn_digests(plan, k: int, what: str, memo: bool, digest: str,
+                   read: dict[str, dict] | None) -> dict[str, dict] | None:
+    """The digests of the drawn bytes of local checkpoint ``k``'s files that a format reads by
+    ranges (safetensors; file as text -> ``header_sha256``, ``read_<digest>``, ``read_bytes``;
+    ``None`` when none of its files is a safetensors file), from the first that has them:
+
+    1. the render, which hashed them as it read them (``read``: a reader hashes all of a
+       checkpoint's files or none, so one of them there means all are);
+    2. the memo of an earlier render of the same files (size and time) and points;
+    3. the files, read here: only when nothing read them in this render (its layouts and drift
+       came from the cache) and no memo has them (or it is not to be trusted: ``--from-manifest``
+       checks bytes changed in place, size and time kept).  Those are added to ``read``."""
+    files = plan.identities[k]
+    key = f"{plan.identity(k)}|{what}|{digest}"
+    name = f"read_{digest}"
+    if read is not None:
+        made = {str(p): read[str(p)] for p, _ in files if name in read.get(str(p), {})}
+        if made:
+            if memo and not plan.changed(k):  # so that a re-render from the cache reads nothing
+                _remember_digests(key, made)
+            return made
+    known = _known_digests(key) if memo else None
+    if known is None and any(p.suffix == ".safetensors" for p, _ in files):
+        ranges = checkpoints.drawn_ranges(plan.refs[k].open(), plan.drawn()) or {}
+        known = {str(p): _read_digests(Path(p), r, digest) for p, r in ranges.items()}
+        if memo and not plan.changed(k):  # digests of the bytes the key names, nothing else
+            _remember_digests(key, known)
+        if read is not None:
+            read.update(known)
+    return known
 
 
 def _drawn_key(drawn) -> str:
@@ -157,11 +188,9 @@ def _remember_digests(key: str, digests: dict) -> None:
 def _read_digests(path: Path, ranges: list[tuple[int, int]], digest: str) -> dict[str, Any]:
     """sha256 of the header (the first range), and ``digest`` (``"xxh3"``: XXH3-128, or
     ``"sha256"``) of every drawn byte, in file order."""
-    import xxhash
-
     header, rest = ranges[0], ranges[1:]
     first = checkpoints.LOCAL.read(path, *header)
-    h = xxhash.xxh3_128() if digest == "xxh3" else hashlib.sha256()
+    h = checkpoints.READ_DIGESTS[digest]()
     for chunk in checkpoints.LOCAL.read_ranges(path, rest):
         h.update(chunk)
     return {"header_sha256": hashlib.sha256(first).hexdigest(), f"read_{digest}": h.hexdigest(),
@@ -192,7 +221,7 @@ def build(config: RenderConfig, result, film: Path | None = None) -> dict[str, A
     """The manifest of a finished render (``result`` is the pipeline's ``RenderResult``) whose
     film's bytes are now at ``film`` (default: ``config.output``)."""
     plan = result.plan
-    files = identities(plan, config.verify_inputs, config.cache)
+    files = identities(plan, config.verify_inputs, config.cache, read=result.read)
     loss = None
     if plan.loss is not None:
         source = plan.loss.path

@@ -35,6 +35,9 @@ class RenderResult:
     panels: tuple[dict, ...] = ()  # what each panel's projection did (layouts.Keyframes.panels)
     drawing: dict | None = None  # how it was drawn (film.Film.describe): the manifest keeps it
     manifest: dict | None = None  # the manifest written beside the film
+    # The digests of the drawn bytes of each local safetensors file, made as the film read them
+    # (layouts.Keyframes.read; file as text -> digests): the manifest reads nothing again.
+    read: dict = dataclasses.field(default_factory=dict)
 
 
 def _stage_folder(staged: atomic.Staged, path: Path | None) -> Path | None:
@@ -73,6 +76,7 @@ def render(config: RenderConfig, progress: Progress = QUIET) -> RenderResult:
         keys, measured = layouts.layouts_and_drift(plan, cfg.projection, cfg.seed, progress, cfg.cache,
                                                    cfg.needs_drift, cfg.fourier_ref, run)
         said = set(plan.changed())  # the layouts' store named these (not cached)
+        read = dict(keys.read)  # what the pass that read the checkpoints made of their bytes
         if cfg.order == "settle":
             plan, keys, measured = film.settle_order(plan, keys, measured, drift.Settling.of(cfg))
         picture = film.prepare(plan, keys, spec, measured)
@@ -92,7 +96,8 @@ def render(config: RenderConfig, progress: Progress = QUIET) -> RenderResult:
         seconds = {"load+project": loaded, "render": done.render_s, "encode": done.encode_s,
                    "wall": time.perf_counter() - t0}
         result = RenderResult(cfg.output, picture.n_frames, len(plan.refs), seconds, film_file.stat().st_size,
-                              keys.nonfinite, done.command, done.jobs, plan, keys.panels, picture.describe())
+                              keys.nonfinite, done.command, done.jobs, plan, keys.panels, picture.describe(),
+                              read=read)
         result.manifest = manifest.write(cfg, result, staged)
         _changed_later(plan, said, progress)
         staged.commit()
