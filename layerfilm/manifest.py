@@ -46,7 +46,7 @@ def _rel(path: PurePath, root: PurePath) -> str:
 
 
 def identities(plan, verify: bool = False, memo: bool = True, digest: str = "xxh3",
-               read: dict[str, dict] | None = None) -> list[dict[str, Any]]:
+               read: dict[str, dict] | None = None, drawn: bool = True) -> list[dict[str, Any]]:
     """One entry per file of every checkpoint drawn: its path (relative to the folder), step,
     size, and what identifies its contents without reading what the film does not draw.
 
@@ -61,7 +61,8 @@ def identities(plan, verify: bool = False, memo: bool = True, digest: str = "xxh
     The digests of the drawn bytes are the ones the render made as it read them (``read``:
     ``layouts.Keyframes.read``), else the ones an earlier render of the same files and points
     remembered (``memo``), else -- nothing read them in this render -- they are read here (see
-    :func:`_drawn_digests`).
+    :func:`_drawn_digests`).  ``drawn=False``: none (``--from-manifest`` checks them once the
+    render has read the bytes, :func:`check_read`).
 
     Size and time are the ones the plan took before reading (what the cache keys say was
     read); a local file that is not the same now (or changed while it was hashed) gets no
@@ -71,11 +72,11 @@ def identities(plan, verify: bool = False, memo: bool = True, digest: str = "xxh
     for k in range(len(plan.refs)):
         files = plan.identities[k]
         if plan.storage is not checkpoints.LOCAL:
-            out.extend(_checkpoint_entries(plan, k, what, verify, memo, digest, read))
+            out.extend(_checkpoint_entries(plan, k, what, verify, memo, digest, read, drawn))
             continue
         try:
             entries = None if plan.changed(k) else \
-                _checkpoint_entries(plan, k, what, verify, memo, digest, read)
+                _checkpoint_entries(plan, k, what, verify, memo, digest, read, drawn)
         except CheckpointError:
             if not plan.changed(k):
                 raise
@@ -102,12 +103,17 @@ def _base_entry(plan, k: int, path: PurePath, ident: str) -> dict[str, Any]:
 
 
 def _checkpoint_entries(plan, k: int, what: str, verify: bool, memo: bool, digest: str,
-                        read: dict[str, dict] | None) -> list[dict[str, Any]]:
+                        read: dict[str, dict] | None, drawn: bool) -> list[dict[str, Any]]:
     """The entries of checkpoint ``k``'s files (see :func:`identities`; ``what``: the drawn
     points' key, :func:`_drawn_key`)."""
-    storage, files = plan.storage, plan.identities[k]
+    storage, ref, files = plan.storage, plan.refs[k], plan.identities[k]
     local = storage is checkpoints.LOCAL
-    known = _drawn_digests(plan, k, what, memo, digest, read) if local else None
+    known: dict[str, dict] | None = None
+    if local and drawn:
+        known = _drawn_digests(plan, k, what, memo, digest, read)
+    elif local and any(p.suffix == ".safetensors" for p, _ in files):
+        # Those to be checked once read (check_read) get nothing here, not their full sha256.
+        known = {str(p): {} for p in checkpoints.drawn_ranges(ref.open(), []) or {}}
     out = []
     for path, ident in files:
         entry = _base_entry(plan, k, path, ident)
@@ -388,10 +394,12 @@ def check_inputs(doc: dict[str, Any], path: Path, config: RenderConfig) -> list[
     """Refuse (:class:`CheckpointError`) when a checkpoint or loss log the manifest lists is
     missing or changed; return warnings for other differences (versions).
 
-    The identities are computed again as the manifest recorded them (see :func:`identities`):
-    the drawn bytes of local safetensors files are read and hashed with the manifest's digest
-    (``read_xxh3``, or an older manifest's ``read_sha256``: a value changed in place,
-    size and time kept, is found), full files hashed where the manifest has their sha256."""
+    The identities are computed again as the manifest recorded them (see :func:`identities`),
+    all but the digests of the drawn bytes of local safetensors files (``header_sha256``,
+    ``read_xxh3``): the render reads those bytes anyway, and :func:`check_read` checks what it
+    read before a frame is made (a value changed in place, size and time kept, is found).  Full
+    files are hashed here where the manifest has their sha256.  An older manifest's
+    ``read_sha256`` is checked here, by reading the drawn bytes before the render does."""
     from .plan import make_plan
 
     recorded = list(doc["checkpoints"].get("files") or [])
@@ -414,21 +422,16 @@ def check_inputs(doc: dict[str, Any], path: Path, config: RenderConfig) -> list[
     plan = make_plan(config, config.metrics)
     verify = any("sha256" in e and "read_sha256" not in e and "read_xxh3" not in e
                  for e in recorded) or config.verify_inputs
-    digest = "sha256" if any("read_sha256" in e for e in recorded) else "xxh3"  # as recorded
-    now = {e["path"]: e for e in identities(plan, verify, memo=False, digest=digest)}
+    legacy = any("read_sha256" in e for e in recorded)  # checked here, as it always was
+    digest = "sha256" if legacy else "xxh3"
+    now = {e["path"]: e for e in identities(plan, verify, memo=False, digest=digest, drawn=legacy)}
     for entry in recorded:
         fresh = now.get(entry["path"])
         target = f"{where.rstrip('/')}/{entry['path']}"
         if fresh is None:
             raise CheckpointError(f"listed in {path} but not among the checkpoints now; cannot "
                                   "reproduce the film", target)
-        if entry.get(CHANGED) or fresh.get(CHANGED):
-            raise CheckpointError(f"changed while {'the film' if entry.get(CHANGED) else 'it'} "
-                                  "was read; cannot reproduce the film", target)
-        for key in _COMPARED:
-            if key in entry and key in fresh and entry[key] != fresh[key]:
-                raise CheckpointError(f"changed since {path} was written ({key} differs); "
-                                      "the film would not be the same", target)
+        _compare(entry, fresh, path, target)
     warnings = []
     if doc.get("layerfilm") != __version__:
         warnings.append(f"{path} was written by layerfilm {doc.get('layerfilm')}, this is "
@@ -438,6 +441,49 @@ def check_inputs(doc: dict[str, Any], path: Path, config: RenderConfig) -> list[
         warnings.append(f"{path} was encoded by ffmpeg {recorded}, this is "
                         f"{encode.ffmpeg_version()}: the bytes may differ")
     return warnings
+
+
+def check_read(doc: dict[str, Any], path: Path, plan, read: dict[str, dict]) -> None:
+    """Refuse (:class:`CheckpointError` naming the file) when the drawn bytes the render read
+    of a local safetensors file are not the ones the manifest ``doc`` (at ``path``) recorded
+    (``header_sha256``, ``read_xxh3``), or the file changed while it was read.
+
+    ``read``: the digests the render made as it read (``layouts.Keyframes.read``), so nothing
+    is read again; a checkpoint the render did not read (layouts and drift from the cache,
+    whose keys cannot tell a value changed in place) is read here, never taken from the memo,
+    and its digests are added to ``read`` for the new manifest.  The render calls this before
+    the first frame is made, inside its :class:`~layerfilm.atomic.Staged`: a refusal leaves
+    no film and no manifest."""
+    recorded = {e["path"]: e for e in doc["checkpoints"].get("files") or [] if "read_xxh3" in e}
+    if not recorded or plan.storage is not checkpoints.LOCAL:
+        return
+    what, where = _drawn_key(plan.drawn()), plan.where.rstrip("/")
+    for k in range(len(plan.refs)):
+        files = [(_rel(p, plan.folder), str(p)) for p, _ in plan.identities[k]]
+        if not any(rel in recorded for rel, _ in files):
+            continue
+        known = None if plan.changed(k) else _drawn_digests(plan, k, what, False, "xxh3", read)
+        for rel, full in files:
+            if rel not in recorded:
+                continue
+            target = f"{where}/{rel}"
+            if known is None or plan.changed(k):
+                raise CheckpointError("changed while it was read; cannot reproduce the film", target)
+            if full not in known:  # no longer a file read by ranges
+                raise CheckpointError(f"changed since {path} was written (read_xxh3 differs); "
+                                      "the film would not be the same", target)
+            _compare(recorded[rel], known[full], path, target)
+
+
+def _compare(entry: dict[str, Any], fresh: dict[str, Any], path: Path, target: str) -> None:
+    """Refuse a file whose recorded identity ``entry`` differs from ``fresh``, its identity now."""
+    if entry.get(CHANGED) or fresh.get(CHANGED):
+        raise CheckpointError(f"changed while {'the film' if entry.get(CHANGED) else 'it'} "
+                              "was read; cannot reproduce the film", target)
+    for key in _COMPARED:
+        if key in entry and key in fresh and entry[key] != fresh[key]:
+            raise CheckpointError(f"changed since {path} was written ({key} differs); "
+                                  "the film would not be the same", target)
 
 
 def same_film(recorded: dict[str, Any], written: dict[str, Any]) -> bool | None:

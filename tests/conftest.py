@@ -187,7 +187,7 @@ def capture(monkeypatch, name):
 
     got = []
 
-    def fake(cfg, progress):
+    def fake(cfg, progress, **kwargs):
         got.append(cfg)
         raise SystemExit(0)
 

@@ -161,14 +161,15 @@ def test_frames_folder_gets_the_manifest(tmp_path, run_dir):
     assert doc["film"]["sha256"] == sha(tmp_path / "f.gif")
 
 
-def test_changed_or_missing_checkpoint_is_refused(tmp_path):
+def test_changed_or_missing_checkpoint_is_refused(tmp_path, sent):
     run = write_run(tmp_path / "run", n=3)
     out = tmp_path / "f.gif"
     render(run, out, "--fps", "2", "--size", "128x72")
     write_run(tmp_path / "run", n=3, seed=1)  # same names, other weights
+    sent.clear()
     result = runner.invoke(app, ["render", "--from-manifest", str(tmp_path / "f.gif.json"),
                                  str(tmp_path / "g.gif")])
-    assert result.exit_code == 1
+    assert result.exit_code == 1 and sent == []  # no frame made
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "step_000000.safetensors: changed since" in lines[0], result.output
     assert not (tmp_path / "g.gif").exists()
@@ -282,10 +283,13 @@ def test_render_reads_no_checkpoint_whole_for_the_manifest(tmp_path, run_dir, mo
     assert [f["sha256"] for f in doc["checkpoints"]["files"]] == [sha(f) for f in files]
 
 
-@pytest.mark.parametrize("verify", [[], ["--verify-inputs"]])
-def test_from_manifest_refuses_a_drawn_value_changed_in_place(tmp_path, verify):
+@pytest.mark.parametrize("verify", [[], ["--verify-inputs"], ["--no-cache"]])
+def test_from_manifest_refuses_a_drawn_value_changed_in_place(tmp_path, verify, sent):
     """One drawn weight changed in place, the file's size and modification time restored: the
-    layout cache and the digest memo would both take it for the same file."""
+    layout cache and the digest memo would both take it for the same file.  Found before the
+    render (the whole file's sha256 with --verify-inputs) or once it has read the drawn bytes
+    (the layouts cached: read for the check alone; --no-cache: as the layouts read them),
+    before a frame is made, leaving no film, manifest or temporary behind."""
     import os
 
     from conftest import plan_of
@@ -305,12 +309,14 @@ def test_from_manifest_refuses_a_drawn_value_changed_in_place(tmp_path, verify):
     target.write_bytes(bytes(raw))
     os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert target.stat().st_size == st.st_size and target.stat().st_mtime_ns == st.st_mtime_ns
+    sent.clear()
     result = runner.invoke(app, ["render", "--from-manifest", str(tmp_path / "f.gif.json"),
                                  str(tmp_path / "g.gif")])
-    assert result.exit_code == 1
-    assert "step_000100.safetensors: changed since" in result.output
-    assert ("read_xxh3 differs" if not verify else "sha256 differs") in result.output
-    assert not (tmp_path / "g.gif").exists()
+    assert result.exit_code == 1 and sent == []  # no frame made
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "step_000100.safetensors: changed since" in lines[0], result.output
+    assert ("sha256 differs" if "--verify-inputs" in verify else "read_xxh3 differs") in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.gif", "f.gif.json", "run"]
 
 
 def test_a_manifest_with_the_older_read_sha256_is_checked_with_sha256(tmp_path):
@@ -402,6 +408,24 @@ def test_the_drawn_bytes_are_hashed_as_the_film_reads_them(tmp_path, fetched):
         docs.append(json.loads((tmp_path / f"f{i}.gif.json").read_text()))
         _read_digests_are_the_files(docs[-1], run)
     assert all(d["checkpoints"]["files"] == docs[0]["checkpoints"]["files"] for d in docs)
+
+
+@pytest.mark.parametrize("flags", [["--no-cache"], []])
+def test_from_manifest_reads_the_drawn_bytes_once(tmp_path, fetched, flags):
+    """The check of the drawn bytes is made on what the render reads, not by reading them
+    before it: once per file, whether the render reads them (no cache) or only the check does
+    (layouts from the cache, whose keys cannot see a value changed in place)."""
+    run = _big_run(tmp_path / "run")
+    names = sorted(f.name for f in run.glob("*.safetensors"))
+    render(run, tmp_path / "f.gif", "--fps", "2", "--size", "160x90", *flags)
+    fetched.clear()
+    result = render("--from-manifest", tmp_path / "f.gif.json", tmp_path / "g.gif")
+    assert "identical to the film recorded" in result.output
+    _fetched_once(fetched, names)
+    doc = json.loads((tmp_path / "g.gif.json").read_text())
+    assert doc["checkpoints"]["files"] == \
+        json.loads((tmp_path / "f.gif.json").read_text())["checkpoints"]["files"]
+    _read_digests_are_the_files(doc, run)
 
 
 def test_a_sharded_run_is_hashed_shard_by_shard_as_it_is_read(tmp_path, fetched):
