@@ -1,7 +1,9 @@
 """Checkpoints -> aligned 2-D keyframe layouts of every panel (the ``project`` stage driven over
 a run), and each layer's drift measured in the same pass: the clouds read from one
 :class:`~layerfilm.clouds.CloudStream` (one checkpoint in memory at a time, the next one's read
-ahead), layers projected in parallel threads, results memoised in the cache."""
+ahead), layers projected in parallel threads, results memoised in the cache.  The bytes each
+pass reads are hashed as they are read (:data:`READ_DIGEST`) and the digests come back with its
+results, for the manifest."""
 
 from __future__ import annotations
 
@@ -17,6 +19,10 @@ from .errors import ConfigError
 from .plan import Plan
 from .progress import QUIET, Progress
 
+# The digest of the drawn bytes that a pass over every checkpoint makes as it reads them
+# (Keyframes.read): the manifest's read_xxh3.
+READ_DIGEST = "xxh3"
+
 
 @dataclasses.dataclass(frozen=True)
 class Keyframes:
@@ -30,13 +36,16 @@ class Keyframes:
     # (L, K, DRIFT_WIDTH) float64: each layer's :func:`~layerfilm.drift.measure_cloud` at each
     # keyframe, when measured in this pass.
     drift_sums: np.ndarray | None = None
+    # The digests of what this pass read (local safetensors file, as text -> header_sha256,
+    # read_xxh3, read_bytes), hashed as it was read; empty when it read nothing (the cache).
+    read: dict[str, dict] = dataclasses.field(default_factory=dict, compare=False)
 
     def reordered(self, order: list[int], starts: np.ndarray) -> "Keyframes":
         """The same layouts with the panels (``starts``: (L+1,) offsets) in ``order``."""
         points = np.concatenate([np.arange(starts[l], starts[l + 1]) for l in order])
         panels = tuple(self.panels[l] for l in order) if self.panels else ()
         sums = self.drift_sums[order] if self.drift_sums is not None else None
-        return Keyframes(self.P[:, points], self.nonfinite, panels, sums)
+        return Keyframes(self.P[:, points], self.nonfinite, panels, sums, self.read)
 
 
 def fourier_reference(plan: Plan, fourier_ref: int | None) -> int:
@@ -128,6 +137,7 @@ class ChunkLayouts:
     fixed: list[bool]  # panels drawn in a fixed frame (never turned)
     drift_sums: np.ndarray | None = None  # (L, len(chunk), DRIFT_WIDTH), see Keyframes
     tracks: list[project.Track] | None = None  # each panel's state after the last keyframe
+    read: dict[str, dict] = dataclasses.field(default_factory=dict)  # its keyframes' files, see Keyframes
 
 
 @dataclasses.dataclass
@@ -145,6 +155,12 @@ class Resumed:
 def _previous_clouds(source: clouds.WeightClouds, k: int) -> list[np.ndarray | None]:
     """Every panel's cloud at keyframe ``k - 1`` (for the change into ``k``), or none at 0."""
     return source.open(k - 1).clouds() if k > 0 else [None] * len(source.panels)
+
+
+def _read_in(source: clouds.WeightClouds, chunk: range) -> dict[str, dict]:
+    """The digests ``source`` made of the files of the keyframes in ``chunk`` as it read them
+    (the one before, read again for the drift into the first, is its own chunk's)."""
+    return {path: d for k in chunk for path, d in source.read.get(k, {}).items()}
 
 
 def project_chunk(plan: Plan, how: list[project.Projection], drift: bool, chunk: range | Resumed,
@@ -175,7 +191,7 @@ def _project_chunk(plan: Plan, how: list[project.Projection], drift: bool, chunk
     threads = _threads(how)
     # The layers' drift is measured from the very clouds projected (a film reads only what it
     # draws); the change into a chunk's first keyframe needs the keyframe before it too.
-    source = clouds.of(plan)
+    source = clouds.of(plan, digest=READ_DIGEST)
     meter = DriftMeter(chunk, _previous_clouds(source, first)) if drift else None
     if done is not None:
         P[:len(done.P)] = done.P
@@ -203,7 +219,7 @@ def _project_chunk(plan: Plan, how: list[project.Projection], drift: bool, chunk
             advance(1)
     panels = [{"label": layer.label, **t.stats.as_dict(), **t.info} for layer, t in zip(plan.layers, tracks)]
     return ChunkLayouts(chunk.start, P, panels, [t.fixed_frame for t in tracks],
-                        meter.sums if meter is not None else None, tracks)
+                        meter.sums if meter is not None else None, tracks, _read_in(source, chunk))
 
 
 def stitch(parts: list[ChunkLayouts], starts: np.ndarray) -> tuple[np.ndarray, list[dict], np.ndarray | None]:
@@ -254,7 +270,8 @@ def keyframe_layouts(plan: Plan, projection: str = "pca", seed: int = 0,
             if isinstance(task, Resumed):  # the shorter run is not needed again
                 cache.drop_chunk(plan, memo, range(task.chunk.start, task.chunk.start + len(task.done.P)))
     P, panels, sums = stitch(parts, plan.starts)
-    return Keyframes(P, int(np.isnan(P).any(axis=2).sum()), tuple(panels), sums)
+    read = {path: d for c in parts for path, d in c.read.items()}
+    return Keyframes(P, int(np.isnan(P).any(axis=2).sum()), tuple(panels), sums, read)
 
 
 def _chunk_options(plan: Plan, options: str, how: list[project.Projection],
@@ -353,26 +370,30 @@ def _keep_chunk(plan: Plan, memo: str, chunk: range, part: ChunkLayouts) -> None
                                                panels=np.array(json.dumps(part.panels)), **extra))
 
 
-def drift_chunk(plan: Plan, chunk: range, advance=None) -> np.ndarray:
+def drift_chunk(plan: Plan, chunk: range, advance=None) -> tuple[np.ndarray, dict[str, dict]]:
     """A task: each layer's drift sums (see :class:`Keyframes`) over the keyframes in ``chunk``,
-    reading only (for when the layouts came from the cache)."""
-    source = clouds.of(plan)
+    reading only (for when the layouts came from the cache), and the digests of what it read
+    (see ``Keyframes.read``)."""
+    source = clouds.of(plan, digest=READ_DIGEST)
     meter = DriftMeter(chunk, _previous_clouds(source, chunk.start))
     for frame in source.stream(chunk):
         for l, cloud in enumerate(frame.clouds()):
             meter.measure(l, frame.index, cloud)
         if advance is not None:
             advance(1)
-    return meter.sums
+    return meter.sums, _read_in(source, chunk)
 
 
 def drift_sums(plan: Plan, progress: Progress = QUIET,
-               run: cluster.InProcess | cluster.Dask | None = None) -> np.ndarray:
-    """Each layer's drift sums over every keyframe (:func:`drift_chunk` in chunks, on ``run``)."""
+               run: cluster.InProcess | cluster.Dask | None = None
+               ) -> tuple[np.ndarray, dict[str, dict]]:
+    """Each layer's drift sums over every keyframe (:func:`drift_chunk` in chunks, on ``run``),
+    and the digests of what was read (see ``Keyframes.read``)."""
     runs = chunks(len(plan.refs))
     parts = (run or cluster.InProcess()).map(drift_chunk, runs, plan, stage="Measuring layers",
                                              progress=progress, weights=[len(c) for c in runs])
-    return np.concatenate(parts, axis=1)
+    return (np.concatenate([sums for sums, _ in parts], axis=1),
+            {path: d for _, read in parts for path, d in read.items()})
 
 
 def cache_key(projection: str, seed: int, fourier_ref: int | None) -> str:
@@ -424,7 +445,8 @@ def layouts_and_drift(plan: Plan, projection: str, seed: int, progress: Progress
     """The keyframe layouts (:func:`cached_keyframe_layouts`, on ``run``) and, when ``drift``,
     each layer's :class:`~layerfilm.drift.Drift` -- measured in the same pass over the
     checkpoints when the layouts have to be computed, read from the cache when it was measured
-    before."""
+    before.  The layouts' ``read`` holds the digests of what the pass that read the
+    checkpoints read (empty when none did)."""
     found = None
     if drift and use_cache:
         cached = cache.load_arrays("drift", plan, progress.warn)
@@ -438,12 +460,15 @@ def layouts_and_drift(plan: Plan, projection: str, seed: int, progress: Progress
                                    run, drift=drift and found is None)
     if drift and found is None:
         sums = keys.drift_sums  # None when the layouts came from the cache
-        found = drift_of(sums if sums is not None else drift_sums(plan, progress, run),
-                         plan.steps, plan.layers)
+        alone = sums is None
+        if alone:  # then this is the pass that reads the checkpoints: its digests go with the layouts
+            sums, read = drift_sums(plan, progress, run)
+            keys = dataclasses.replace(keys, read=read)
+        found = drift_of(sums, plan.steps, plan.layers)
         if use_cache:
             growth = found.growth if found.growth is not None else np.zeros(0)
             why = cache.keep(plan, lambda: cache.store_arrays("drift", plan, norm=found.norm,
                                                               rel_prev=found.rel_prev, growth=growth))
-            if why is not None and sums is None:  # else the layouts' store just said why
+            if why is not None and alone:  # else the layouts' store just said why
                 progress.warn(f"{why}: the layers' drift is not cached")
     return keys, found

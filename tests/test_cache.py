@@ -76,11 +76,14 @@ def test_a_checkpoint_rewritten_while_read_is_not_cached(tmp_path):
     assert list(cache.cache_dir().glob("layouts-*")) == []
     assert list(cache.cache_dir().glob("drift-*")) == []
     # The manifest records what was read (the size and time from before) and no digest of the
-    # new bytes; a re-render from it is refused.
+    # new bytes (nor of the mix the render hashed as it read them); a re-render from it is
+    # refused.
     doc = result.manifest  # written by the render, with the film
     entry = next(f for f in doc["checkpoints"]["files"] if f["path"] == target.name)
     assert entry[manifest.CHANGED] is True and entry["mtime_ns"] == before.st_mtime_ns
-    assert "read_sha256" not in entry and "sha256" not in entry
+    assert not {"read_xxh3", "read_sha256", "header_sha256", "sha256"} & set(entry)
+    # Nor remembered for a re-render: the digest memo holds the two other checkpoints only.
+    assert len(list((cache.cache_dir() / "read-digests").glob("*.json"))) == 2
     refused = layerfilm("render", "--from-manifest", tmp_path / "a.gif.json", tmp_path / "b.gif")
     assert refused.returncode == 1 and "changed while the film was read" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "b.gif").exists()

@@ -291,12 +291,13 @@ def test_layout_cache_skips_loading_and_is_invalidated(tmp_path, run_dir, monkey
     again = layouts.cached_keyframe_layouts(plan())
     assert len(opened) == 4 and np.array_equal(first.P, again.P)  # the plan's checks only
     # The first film measures each layer's drift (for its cues) once, reading the keyframes
-    # but projecting nothing, and its manifest hashes the drawn bytes (remembered for the next);
-    # then another colormap / size / format reads no keyframe at all.
+    # but projecting nothing, and hashing the drawn bytes as it reads them (its manifest opens
+    # nothing again; the digests are remembered for the next); then another colormap / size /
+    # format reads no keyframe at all.
     opened.clear()
     args = ["render", str(run_dir), str(tmp_path / "a.gif"), "--fps", "2", "-q"]
     assert runner.invoke(app, args).exit_code == 0
-    assert len(opened) == 4 + 4 + 4
+    assert len(opened) == 4 + 4
     opened.clear()
     assert runner.invoke(app, args + ["--cmap", "viridis", "--size", "320x200"]).exit_code == 0
     assert len(opened) == 4
@@ -311,7 +312,7 @@ def test_layout_cache_skips_loading_and_is_invalidated(tmp_path, run_dir, monkey
     assert len(opened) == 8
     opened.clear()
     assert runner.invoke(app, args + ["--no-cache"]).exit_code == 0
-    assert len(opened) == 4 + 4 + 4  # and the manifest hashes the drawn bytes again (no memo)
+    assert len(opened) == 4 + 4  # the manifest's digests made as the layouts read (no memo)
 
 
 def test_corrupt_cache_is_ignored(tmp_path, run_dir):
