@@ -245,52 +245,56 @@ def stitch(parts: list[ChunkLayouts], starts: np.ndarray) -> tuple[np.ndarray, l
 def keyframe_layouts(plan: Plan, projection: str = "pca", seed: int = 0,
                      progress: Progress = QUIET, fourier_ref: int | None = None,
                      run: cluster.InProcess | cluster.Dask | None = None,
-                     drift: bool = False, use_cache: bool = False) -> Keyframes:
+                     drift: bool = False, use_cache: bool = False, only_cached: bool = False
+                     ) -> Keyframes | None:
     """Read, extract and project every keyframe, in chunks of keyframes run by ``run`` (this
     process by default, else a Dask cluster: the same tasks, the same layouts bit for bit);
     with ``drift``, each layer's drift is measured in the same pass (``drift_sums``).  With
-    ``use_cache``, chunks laid out before (by a film of fewer checkpoints of the same run:
-    ``layerfilm watch``) come from the cache, and those computed go there."""
+    ``use_cache``, chunks laid out before (by this film, or by one of fewer checkpoints of the
+    same run: ``layerfilm watch``) come from the cache, and those computed go there;
+    ``only_cached``: ``None`` unless every chunk is there (nothing is read)."""
     run = run or cluster.InProcess()
-    how = projections(plan, projection, seed, fourier_ref, run)
-    runs = chunks(len(plan.refs), _sequential(how))
-    memo = _chunk_options(plan, cache_key(projection, seed, fourier_ref), how, fourier_ref) \
-        if use_cache else None
-    parts: list = [_cached_chunk(plan, memo, c, drift, progress) for c in runs]
-    if memo is not None:  # the run grew: chunks go on from where a shorter film left them
-        parts = [part or _resumable(plan, memo, c, drift, how, progress) for c, part in zip(runs, parts)]
+    runs = chunks(len(plan.refs), projection == "umap")  # UMAP: warm-started over the whole run
+    memo = _chunk_options(plan, projection, seed, fourier_ref) if use_cache else None
+    parts: list = [_cached_chunk(plan, memo, c, drift, progress, seed) for c in runs]
+    if memo is not None and projection != "umap":  # the run grew: go on from a shorter film's
+        parts = [part or _resumable(plan, memo, c, drift, seed, progress) for c, part in zip(runs, parts)]
     todo = [(i, part or runs[i]) for i, part in enumerate(parts)
             if part is None or isinstance(part, Resumed)]
+    if todo and only_cached:
+        return None
+    how = projections(plan, projection, seed, fourier_ref, run) if todo else []
     made = run.map(project_chunk, [t for _, t in todo], plan, how, drift, stage="Loading + projecting",
                    progress=progress, weights=[len(t) for _, t in todo]) if todo else []
+    unkept = None
     for (i, task), part in zip(todo, made):
         parts[i] = part
         if memo is not None:
-            _keep_chunk(plan, memo, runs[i], part)
+            unkept = _keep_chunk(plan, memo, runs[i], part) or unkept
             if isinstance(task, Resumed):  # the shorter run is not needed again
                 cache.drop_chunk(plan, memo, range(task.chunk.start, task.chunk.start + len(task.done.P)))
+    if unkept is not None:
+        progress.warn(f"{unkept}: the layouts are not cached")
     P, panels, sums = stitch(parts, plan.starts)
     read = {path: d for c in parts for path, d in c.read.items()}
     return Keyframes(P, int(np.isnan(P).any(axis=2).sum()), tuple(panels), sums, read)
 
 
-def _chunk_options(plan: Plan, options: str, how: list[project.Projection],
-                   fourier_ref: int | None) -> str | None:
-    """What besides its checkpoints decides a chunk's layouts, or ``None`` where a chunk is not
-    laid out on its own (a warm-started projection lays out the run in one go).  A Fourier
-    plane is fitted at one checkpoint (the last, unless ``--fourier-ref``): its identity too."""
-    if _sequential(how):
-        return None
-    if any(isinstance(p, project.Fourier) for p in how):
+def _chunk_options(plan: Plan, projection: str, seed: int, fourier_ref: int | None) -> str:
+    """What besides its checkpoints decides a chunk's layouts: the options, and where a
+    Fourier plane is fitted (at one checkpoint: the last, unless ``--fourier-ref``), its
+    identity too (see :func:`projections`)."""
+    options = cache_key(projection, seed, fourier_ref)
+    if projection == "fourier" and any(extract.is_token_embedding(l) for l in plan.layers):
         options += f"|fitted at {plan.identity(fourier_reference(plan, fourier_ref))}"
     return options
 
 
 def _cached_chunk(plan: Plan, memo: str | None, chunk: range, drift: bool,
-                  progress: Progress, how: list[project.Projection] | None = None
-                  ) -> ChunkLayouts | None:
-    """The chunk's layouts as a film of the same keyframes left them in the cache (with
-    ``how``, the panels' tracks too, to go on from), or ``None``."""
+                  progress: Progress, seed: int) -> ChunkLayouts | None:
+    """The chunk's layouts as a film of the same keyframes left them in the cache, with the
+    panels' tracks to go on from when they were kept (``seed``: the projection's), or
+    ``None``."""
     found = cache.load_chunk(plan, memo, chunk, progress.warn) if memo is not None else None
     if found is None:
         return None
@@ -300,7 +304,7 @@ def _cached_chunk(plan: Plan, memo: str | None, chunk: range, drift: bool,
         sums = found["drift_sums"] if "drift_sums" in found else None
         ok = (P.shape == (len(chunk), n, 2) and fixed.shape == (L,) and len(panels) == L
               and (sums is not None and sums.shape[:2] == (L, len(chunk)) or not drift))
-        tracks = _tracks_of(found, P[-1], plan, how) if ok and how is not None else None
+        tracks = _tracks_of(found, P[-1], plan, seed) if ok else None
     except (KeyError, ValueError, TypeError, IndexError):
         ok = False
     if not ok:
@@ -309,12 +313,12 @@ def _cached_chunk(plan: Plan, memo: str | None, chunk: range, drift: bool,
                         tracks)
 
 
-def _resumable(plan: Plan, memo: str, chunk: range, drift: bool, how: list[project.Projection],
+def _resumable(plan: Plan, memo: str, chunk: range, drift: bool, seed: int,
                progress: Progress) -> Resumed | None:
     """``chunk``, to go on from the longest run of its first keyframes that a film of fewer
     checkpoints laid out (``layerfilm watch``: the one before this), or ``None``."""
     for stop in range(chunk.stop - 1, chunk.start, -1):
-        done = _cached_chunk(plan, memo, range(chunk.start, stop), drift, progress, how)
+        done = _cached_chunk(plan, memo, range(chunk.start, stop), drift, progress, seed)
         if done is not None and done.tracks is not None:
             return Resumed(chunk, done)
     return None
@@ -340,7 +344,7 @@ def _track_arrays(tracks: list[project.Track]) -> dict[str, np.ndarray]:
 
 
 def _tracks_of(found: dict[str, np.ndarray], last: np.ndarray, plan: Plan,
-               how: list[project.Projection]) -> list[project.Track] | None:
+               seed: int) -> list[project.Track] | None:
     """The panels' tracks from :func:`_track_arrays` (``last``: the chunk's last layouts), or
     ``None`` for an entry stored without them."""
     if "t_method" not in found:
@@ -355,19 +359,19 @@ def _tracks_of(found: dict[str, np.ndarray], last: np.ndarray, plan: Plan,
         track = project.Track(layout=np.array(last[span]), fixed_frame=bool(found["fixed"][l]),
                               stats=stats, info=info[l])
         if found["t_planes"][l]:
-            track.planes = pca.PlaneTracker(how[l].seed, stats)
+            track.planes = pca.PlaneTracker(seed, stats)
             if f"t_basis_{l}" in found:
                 track.planes.basis = np.array(found[f"t_basis_{l}"])
         tracks.append(track)
     return tracks
 
 
-def _keep_chunk(plan: Plan, memo: str, chunk: range, part: ChunkLayouts) -> None:
+def _keep_chunk(plan: Plan, memo: str, chunk: range, part: ChunkLayouts) -> str | None:
     extra = {"drift_sums": part.drift_sums} if part.drift_sums is not None else {}
     if part.tracks is not None:
         extra.update(_track_arrays(part.tracks))
-    cache.keep(plan, lambda: cache.store_chunk(plan, memo, chunk, P=part.P, fixed=np.array(part.fixed),
-                                               panels=np.array(json.dumps(part.panels)), **extra))
+    return cache.keep(plan, lambda: cache.store_chunk(plan, memo, chunk, P=part.P, fixed=np.array(part.fixed),
+                                                      panels=np.array(json.dumps(part.panels)), **extra))
 
 
 def drift_chunk(plan: Plan, chunk: range, advance=None) -> tuple[np.ndarray, dict[str, dict]]:
@@ -405,12 +409,15 @@ def cache_key(projection: str, seed: int, fourier_ref: int | None) -> str:
 
 def load_cached(plan: Plan, projection: str = "pca", seed: int = 0,
                 fourier_ref: int | None = None, progress: Progress = QUIET) -> Keyframes | None:
-    """The keyframe layouts a render with these options cached, or ``None`` (nothing computed;
-    a damaged entry is removed, with a warning)."""
-    return _load_cached(plan, cache_key(projection, seed, fourier_ref), progress)
+    """The keyframe layouts a render with these options cached, or ``None`` (nothing read or
+    computed; a damaged entry is removed, with a warning)."""
+    return (_load_cached(plan, cache_key(projection, seed, fourier_ref), progress)
+            or keyframe_layouts(plan, projection, seed, progress, fourier_ref, use_cache=True,
+                                only_cached=True))
 
 
 def _load_cached(plan: Plan, key: str, progress: Progress) -> Keyframes | None:
+    """A whole film's layouts (UMAP's; other projections' are cached in chunks)."""
     found = cache.load_layouts(plan, key, progress.warn)
     if found is None:
         return None
@@ -423,15 +430,17 @@ def cached_keyframe_layouts(plan: Plan, projection: str = "pca", seed: int = 0,
                             fourier_ref: int | None = None,
                             run: cluster.InProcess | cluster.Dask | None = None,
                             drift: bool = False) -> Keyframes:
-    """:func:`keyframe_layouts`, memoised on disk (see :mod:`layerfilm.cache`); ``drift`` is
-    measured only when the layouts are computed (``drift_sums`` is ``None`` from the cache).
-    Layouts are cached only when no checkpoint changed while they were read, and a cache that
-    cannot be written is a warning, never a failed render."""
+    """:func:`keyframe_layouts`, memoised on disk (see :mod:`layerfilm.cache`): in chunks of
+    keyframes, UMAP's (one chunk, warm-started) as a whole; ``drift`` is measured only when the
+    layouts are computed (``drift_sums`` may be ``None`` from the cache).  Layouts are cached
+    only when no checkpoint changed while they were read, and a cache that cannot be written
+    is a warning, never a failed render."""
     key = cache_key(projection, seed, fourier_ref)
-    keys = _load_cached(plan, key, progress) if use_cache else None
+    keys = _load_cached(plan, key, progress) if use_cache and projection == "umap" else None
     if keys is None:
-        keys = keyframe_layouts(plan, projection, seed, progress, fourier_ref, run, drift, use_cache)
-        if use_cache:
+        keys = keyframe_layouts(plan, projection, seed, progress, fourier_ref, run, drift,
+                                use_cache and projection != "umap")
+        if use_cache and projection == "umap":
             why = cache.keep(plan, lambda: cache.store_layouts(
                 plan, key, keys.P, keys.nonfinite, json.dumps(list(keys.panels))))
             if why is not None:

@@ -322,7 +322,7 @@ def test_corrupt_cache_is_ignored(tmp_path, run_dir):
 
     keys = layouts.cached_keyframe_layouts(make_plan(Selection(checkpoints=run_dir)))
     entries = list(cache.cache_dir().glob("*.lfc"))
-    assert len(entries) == 1
+    assert [p.name.split("-")[0] for p in entries] == ["chunk"]  # the film's one run of keyframes
     for f in entries:
         f.write_bytes(b"garbage")
     again = layouts.cached_keyframe_layouts(make_plan(Selection(checkpoints=run_dir)))
@@ -407,7 +407,7 @@ def test_cache_is_capped_least_recently_used_first_and_can_be_shown_and_cleared(
     runs = [write_run(tmp_path / f"run{i}", n=3, seed=i) for i in range(3)]
     plans = [make_plan(Selection(checkpoints=r)) for r in runs]
     layouts.cached_keyframe_layouts(plans[0])
-    entry = next(cache.cache_dir().glob("layouts-*.lfc"))
+    entry = next(cache.cache_dir().glob("chunk-*.lfc"))
     size = entry.stat().st_size
     monkeypatch.setenv("LAYERFILM_CACHE_SIZE", str(int(2.5 * size)))  # room for two entries
     past = time.time() - 100
