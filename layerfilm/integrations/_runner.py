@@ -27,6 +27,12 @@ from typing import Any, Mapping
 from ..errors import ConfigError, LayerfilmError
 
 LOG = logging.getLogger("layerfilm")
+# Both callbacks' class docstring (they take the same arguments).
+CALLBACK_DOC = """Film the run while it trains (module docstring).  ``output``: the film (its suffix
+picks the format); ``every``: update the film after every this many saves; ``publish``: where
+the final film goes (``"USER/NAME"``, ``"hf://buckets/USER/NAME[/FOLDER]"`` or a mapping of
+``layerfilm publish`` options); ``render_options``: ``layerfilm render``'s options by their
+Python names (``size="960x540"``, ``fps=10``), checked here, before training."""
 NICE = 19  # the lowest CPU priority: the update gets only what training leaves idle
 ONE_THREAD = ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 # Render options that make no sense for a film rewritten after every save (watch refuses them

@@ -28,17 +28,13 @@ except ImportError:
     raise ImportError("layerfilm.integrations.transformers needs transformers, which is not "
                       "installed: pip install 'layerfilm[transformers]'") from None
 
-from ._runner import LOG, Runner, has_step_zero
+from ._runner import CALLBACK_DOC, LOG, Runner, has_step_zero
 
 STEP_ZERO = "checkpoint-0"
 
 
 class LayerfilmCallback(TrainerCallback):
-    """Film the run while it trains (module docstring).  ``output``: the film (its suffix picks
-    the format); ``every``: update the film after every this many saves; ``publish``: where the
-    final film goes (``"USER/NAME"``, ``"hf://buckets/USER/NAME[/FOLDER]"`` or a mapping of
-    ``layerfilm publish`` options); ``render_options``: ``layerfilm render``'s options by their
-    Python names (``size="960x540"``, ``fps=10``), checked here, before training."""
+    __doc__ = CALLBACK_DOC
 
     def __init__(self, output: str | os.PathLike, every: int = 1,
                  publish: str | Mapping[str, Any] | None = None, **render_options: Any):
