@@ -311,6 +311,14 @@ def wrap(text: str, px: int, width: int, lines: int) -> list[str]:
     return [fit_text(line, px, width) for line in out]
 
 
+def _caption_lines(text: str, px: int, width: int, lines: int) -> list[str]:
+    """A caption's footer lines: each of its own lines shortened to fit (``--prompt``: one per
+    prompt), or one text wrapped."""
+    if "\n" in text:
+        return [fit_text(line, px, width) for line in text.split("\n")[:lines]]
+    return wrap(text, px, width, lines)
+
+
 class Captions:
     """The footer's text: a fixed ``caption`` (static) and per-checkpoint ``captions`` --
     ``(step, text)`` sorted by step, each shown from its step on until the next one's."""
@@ -321,7 +329,7 @@ class Captions:
         self.caption = caption
         self.steps = np.array([s for s, _ in captions], dtype=np.float64)
         boxes = grid.captions
-        self.lines = [wrap(t, lf, boxes[0][2] - boxes[0][0], len(boxes)) if boxes else []
+        self.lines = [_caption_lines(t, lf, boxes[0][2] - boxes[0][0], len(boxes)) if boxes else []
                       for _, t in captions]
 
     def draw_static(self, bg: np.ndarray) -> None:

@@ -14,7 +14,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-from . import atomic, cluster, drift, encode, film, layouts, manifest, shade, stats, stills
+from . import atomic, cluster, completions, drift, encode, film, header, layouts, manifest, shade, stats, stills
 from .config import RenderConfig, StatsConfig
 from .errors import CheckpointError
 from .plan import Plan, make_plan
@@ -35,6 +35,7 @@ class RenderResult:
     panels: tuple[dict, ...] = ()  # what each panel's projection did (layouts.Keyframes.panels)
     drawing: dict | None = None  # how it was drawn (film.Film.describe): the manifest keeps it
     manifest: dict | None = None  # the manifest written beside the film
+    spoken: list | None = None  # --prompt: what each keyframe's checkpoint said (completions.Said)
 
 
 def _stage_folder(staged: atomic.Staged, path: Path | None) -> Path | None:
@@ -63,25 +64,30 @@ def render(config: RenderConfig, progress: Progress = QUIET) -> RenderResult:
     t0 = time.perf_counter()
     with atomic.Staged() as staged, cluster.runner(cluster.scheduler_address(cfg.scheduler)) as run:
         spec = film.FilmSpec.of(cfg)
-        plan = make_plan(cfg, cfg.metrics, film.panels_fit(spec))
+        prompts = cfg.all_prompts
+        plan = make_plan(cfg, cfg.metrics, film.panels_fit(spec, len(prompts)))
         for path, why in plan.skipped:  # known before any layout is computed
             progress.warn(f"skipped {path}: {why}")
         if cfg.loss_strip and plan.loss is None:
             raise CheckpointError("--loss-strip: no loss curve found beside the checkpoints "
                                   "(metrics.jsonl, metrics.csv, trainer_state.json, or a loss in "
                                   "the safetensors metadata); pass --metrics FILE", cfg.checkpoints)
+        spoken = (completions.run_prompts(plan, prompts, cfg.max_new_tokens, cfg.model_config,
+                                          cfg.tokenizer, progress) if prompts else None)
+        captions = None if spoken is None else completions.captions(
+            spoken, header.load_captions(cfg.captions) if cfg.captions is not None else None)
         keys, measured = layouts.layouts_and_drift(plan, cfg.projection, cfg.seed, progress, cfg.cache,
                                                    cfg.needs_drift, cfg.fourier_ref, run)
         said = set(plan.changed())  # the layouts' store named these (not cached)
         if cfg.order == "settle":
             plan, keys, measured = film.settle_order(plan, keys, measured, drift.Settling.of(cfg))
-        picture = film.prepare(plan, keys, spec, measured)
+        picture = film.prepare(plan, keys, spec, measured, captions)
         loaded = time.perf_counter() - t0
 
         palette = shade.palette(cfg.cmap)
         keep = (stills.Stills(picture.keyframe_frames(), stills.tile_keyframes(len(plan.refs), cfg.stills_every),
                               picture.n_frames, picture.size, lambda size: film.keyframe_maker(
-                                  film.prepare(plan, keys, dataclasses.replace(spec, size=size), measured)))
+                                  film.prepare(plan, keys, dataclasses.replace(spec, size=size), measured, captions)))
                 if cfg.stills_dir is not None else None)
         png_dir, still_dir = _stage_folder(staged, cfg.frames_dir), _stage_folder(staged, cfg.stills_dir)
         film_file = staged.file(cfg.output)
@@ -92,7 +98,8 @@ def render(config: RenderConfig, progress: Progress = QUIET) -> RenderResult:
         seconds = {"load+project": loaded, "render": done.render_s, "encode": done.encode_s,
                    "wall": time.perf_counter() - t0}
         result = RenderResult(cfg.output, picture.n_frames, len(plan.refs), seconds, film_file.stat().st_size,
-                              keys.nonfinite, done.command, done.jobs, plan, keys.panels, picture.describe())
+                              keys.nonfinite, done.command, done.jobs, plan, keys.panels, picture.describe(),
+                              spoken=spoken)
         result.manifest = manifest.write(cfg, result, staged)
         _changed_later(plan, said, progress)
         staged.commit()

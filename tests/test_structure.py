@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "layerfilm"
 ORDER = ["__init__", "_kernels", "_draw_kernels", "_plane_kernels", "errors", "atomic", "untrusted",
          "progress", "config", "checkpoints", "extract", "plan", "clouds", "pca", "project", "cache",
          "cluster", "drift", "layouts", "interpolate", "raster",
-         "shade", "text", "grid", "compose", "overlays", "cues", "stats", "header", "film", "encode", "stills",
+         "shade", "text", "grid", "compose", "overlays", "cues", "stats", "completions", "header", "film", "encode", "stills",
          "manifest", "publish", "pipeline", "watch", "info", "cli", "warmup",
          "__main__"]
 

@@ -80,7 +80,21 @@ class RenderConfig(Selection):
 
     ``frames_per_keyframe=None`` means one keyframe per second (= ``fps``);
     ``timeline="step"`` spaces keyframes by training step instead of evenly.
+    ``prompt``/``prompts``: texts each keyframe's checkpoint continues greedily (at most
+    ``max_new_tokens`` tokens), shown as its caption (:mod:`~layerfilm.completions`), with the
+    model's config from ``model_config`` and its tokenizer from ``tokenizer`` when they are not
+    beside the checkpoints.
     """
+
+    @property
+    def all_prompts(self) -> list[str]:
+        """``prompt`` then the lines of the ``prompts`` file (blank ones skipped), each with its
+        whitespace collapsed."""
+        out = [" ".join(p.split()) for p in self.prompt]
+        if self.prompts is not None:
+            out += [" ".join(line.split()) for line in
+                    self.prompts.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return out
 
     output: Path | None = None
     fps: int = 25
@@ -110,6 +124,11 @@ class RenderConfig(Selection):
     caption: str | None = None
     captions: Path | None = None
     tokens_per_step: int | None = None
+    prompt: tuple[str, ...] = ()  # --prompt, repeatable: each keyframe's greedy continuation
+    prompts: Path | None = None  # --prompts FILE: one prompt a line
+    max_new_tokens: int = 12
+    model_config: Path | None = None  # a folder with the model's config.json
+    tokenizer: Path | None = None  # a folder with the tokenizer's files
     scheduler: str | None = None  # a Dask scheduler's address (else $DASK_SCHEDULER_ADDRESS)
     verify_inputs: bool = False  # the manifest hashes every byte of every checkpoint
 
