@@ -14,6 +14,10 @@ asked for (``keyframe.cloud(l)``, from any thread).  The next keyframe's data is
 (:meth:`CloudStream.read_ahead`, so fetching overlaps the work on this one), else when it asks
 for the next.  At most two checkpoints are in memory: the one read and the one fetched
 (:data:`layerfilm.plan.IN_FLIGHT`).
+
+What a film read is identified as it is read: a source told to (``digest``) has each local
+safetensors file's drawn bytes hashed as they are fetched, in file order, and keeps the digests
+(:attr:`WeightClouds.read`) for the manifest -- which then reads nothing again.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import TYPE_CHECKING, Iterable, Protocol, Sequence
 
 import numpy as np
 
-from . import extract
+from . import checkpoints, extract
 
 if TYPE_CHECKING:
     from .checkpoints import CheckpointRef
@@ -53,14 +57,17 @@ class CloudSource(Protocol):
 
 
 class WeightKeyframe:
-    """A checkpoint opened for its panels' drawn weights (see :class:`WeightClouds`)."""
+    """A checkpoint opened for its panels' drawn weights (see :class:`WeightClouds`);
+    ``digests``: each of its files' digests of the bytes fetched (``digest`` given), else
+    ``None``."""
 
     def __init__(self, index: int, ref: CheckpointRef, layers: Sequence[extract.Layer],
-                 panels: Sequence[int]):
+                 panels: Sequence[int], digest: str | None = None):
         self.index, self.step, self.ref = index, ref.step, ref
         self._layers, self._panels = layers, panels
         self._ckpt = ref.open()
-        extract.prefetch(self._ckpt, [layers[l] for l in panels])
+        extract.prefetch(self._ckpt, [layers[l] for l in panels], digest)
+        self.digests = checkpoints.read_digests(self._ckpt) if digest is not None else None
         self._shapes = self._ckpt.shapes()
 
     def cloud(self, l: int) -> np.ndarray:
@@ -75,27 +82,41 @@ class WeightKeyframe:
 class WeightClouds:
     """The clouds of a run's weights: per checkpoint (``refs``), each panel's drawn rows or
     columns (``layers``: :class:`~layerfilm.extract.Layer`).  ``panels``: the panels read
-    (indices into ``layers``; all by default): only their rows are fetched."""
+    (indices into ``layers``; all by default): only their rows are fetched.
+
+    ``digest`` (a name in :data:`~layerfilm.checkpoints.formats.safetensors.READ_DIGESTS`),
+    with every panel read: each checkpoint opened has its files' drawn bytes hashed as they are
+    fetched; ``read[k]``: checkpoint ``k``'s digests (file, as text -> ``header_sha256``,
+    ``read_<digest>``, ``read_bytes``), for the formats that read ranges (safetensors)."""
 
     def __init__(self, refs: Sequence[CheckpointRef], layers: Sequence[extract.Layer],
-                 panels: Sequence[int] | None = None):
+                 panels: Sequence[int] | None = None, digest: str | None = None):
         self.refs, self.layers = refs, layers
         self.panels = list(range(len(layers)) if panels is None else panels)
+        # Only a read of every panel's rows is what a film reads (and a manifest names).
+        self.digest = digest if sorted(set(self.panels)) == list(range(len(layers))) else None
+        self.read: dict[int, dict[str, dict]] = {}
 
     def open(self, k: int) -> WeightKeyframe:
         """Checkpoint ``k`` opened, its panels' drawn rows fetched (in one go where the reader
         can), its clouds not yet made."""
-        return WeightKeyframe(k, self.refs[k], self.layers, self.panels)
+        frame = WeightKeyframe(k, self.refs[k], self.layers, self.panels, self.digest)
+        if frame.digests is not None:
+            self.read[k] = {str(p): d for p, d in frame.digests.items()}
+        return frame
 
     def stream(self, keyframes: Iterable[int] | None = None) -> CloudStream:
         """A :class:`CloudStream` over ``keyframes`` (indices into ``refs``; all by default)."""
         return CloudStream(self, range(len(self.refs)) if keyframes is None else keyframes)
 
 
-def of(plan: Plan, panels: Sequence[int] | None = None) -> WeightClouds:
+def of(plan: Plan, panels: Sequence[int] | None = None, digest: str | None = None) -> WeightClouds:
     """The source of ``plan``'s clouds (its weights: the one source today), for ``panels``
-    (indices into ``plan.layers``; all by default)."""
-    return WeightClouds(plan.refs, plan.layers, panels)
+    (indices into ``plan.layers``; all by default); ``digest``: local files' drawn bytes
+    hashed as they are read (see :class:`WeightClouds`; remote files are identified by what
+    their server lists)."""
+    local = isinstance(plan.storage, checkpoints.LocalStorage)
+    return WeightClouds(plan.refs, plan.layers, panels, digest if local else None)
 
 
 def stream(plan: Plan, keyframes: Iterable[int] | None = None,

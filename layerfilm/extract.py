@@ -303,12 +303,13 @@ def read_layer(ckpt: TensorSource, layer: Layer, shapes: dict[str, tuple[int, ..
     return cloud
 
 
-def prefetch(ckpt: TensorSource, layers: list[Layer]) -> None:
+def prefetch(ckpt: TensorSource, layers: list[Layer], digest: str | None = None) -> None:
     """Tell the checkpoint's reader which rows will be read next (readers that cannot use the
-    hint ignore it)."""
+    hint ignore it); ``digest``: have it hash them as they come in
+    (:func:`~layerfilm.checkpoints.read_digests`)."""
     hint = getattr(ckpt, "prefetch", None)
     if hint is not None:
-        hint([(s.tensor, s.index, s.axis) for layer in layers for s in layer.sources])
+        hint([(s.tensor, s.index, s.axis) for layer in layers for s in layer.sources], digest)
 
 
 def check_fits(where: str, layer: Layer, shapes: dict[str, tuple[int, ...]]) -> None:

@@ -1,7 +1,9 @@
 """Checkpoints -> aligned 2-D keyframe layouts of every panel (the ``project`` stage driven over
 a run), and each layer's drift measured in the same pass: the clouds read from one
 :class:`~layerfilm.clouds.CloudStream` (one checkpoint in memory at a time, the next one's read
-ahead), layers projected in parallel threads, results memoised in the cache."""
+ahead), layers projected in parallel threads, results memoised in the cache.  The bytes each
+pass reads are hashed as they are read (:data:`READ_DIGEST`) and the digests come back with its
+results, for the manifest."""
 
 from __future__ import annotations
 
@@ -17,6 +19,10 @@ from .errors import ConfigError
 from .plan import Plan
 from .progress import QUIET, Progress
 
+# The digest of the drawn bytes that a pass over every checkpoint makes as it reads them
+# (Keyframes.read): the manifest's read_xxh3.
+READ_DIGEST = "xxh3"
+
 
 @dataclasses.dataclass(frozen=True)
 class Keyframes:
@@ -30,13 +36,16 @@ class Keyframes:
     # (L, K, DRIFT_WIDTH) float64: each layer's :func:`~layerfilm.drift.measure_cloud` at each
     # keyframe, when measured in this pass.
     drift_sums: np.ndarray | None = None
+    # The digests of what this pass read (local safetensors file, as text -> header_sha256,
+    # read_xxh3, read_bytes), hashed as it was read; empty when it read nothing (the cache).
+    read: dict[str, dict] = dataclasses.field(default_factory=dict, compare=False)
 
     def reordered(self, order: list[int], starts: np.ndarray) -> "Keyframes":
         """The same layouts with the panels (``starts``: (L+1,) offsets) in ``order``."""
         points = np.concatenate([np.arange(starts[l], starts[l + 1]) for l in order])
         panels = tuple(self.panels[l] for l in order) if self.panels else ()
         sums = self.drift_sums[order] if self.drift_sums is not None else None
-        return Keyframes(self.P[:, points], self.nonfinite, panels, sums)
+        return Keyframes(self.P[:, points], self.nonfinite, panels, sums, self.read)
 
 
 def fourier_reference(plan: Plan, fourier_ref: int | None) -> int:
@@ -128,6 +137,7 @@ class ChunkLayouts:
     fixed: list[bool]  # panels drawn in a fixed frame (never turned)
     drift_sums: np.ndarray | None = None  # (L, len(chunk), DRIFT_WIDTH), see Keyframes
     tracks: list[project.Track] | None = None  # each panel's state after the last keyframe
+    read: dict[str, dict] = dataclasses.field(default_factory=dict)  # its keyframes' files, see Keyframes
 
 
 @dataclasses.dataclass
@@ -145,6 +155,12 @@ class Resumed:
 def _previous_clouds(source: clouds.WeightClouds, k: int) -> list[np.ndarray | None]:
     """Every panel's cloud at keyframe ``k - 1`` (for the change into ``k``), or none at 0."""
     return source.open(k - 1).clouds() if k > 0 else [None] * len(source.panels)
+
+
+def _read_in(source: clouds.WeightClouds, chunk: range) -> dict[str, dict]:
+    """The digests ``source`` made of the files of the keyframes in ``chunk`` as it read them
+    (the one before, read again for the drift into the first, is its own chunk's)."""
+    return {path: d for k in chunk for path, d in source.read.get(k, {}).items()}
 
 
 def project_chunk(plan: Plan, how: list[project.Projection], drift: bool, chunk: range | Resumed,
@@ -175,7 +191,7 @@ def _project_chunk(plan: Plan, how: list[project.Projection], drift: bool, chunk
     threads = _threads(how)
     # The layers' drift is measured from the very clouds projected (a film reads only what it
     # draws); the change into a chunk's first keyframe needs the keyframe before it too.
-    source = clouds.of(plan)
+    source = clouds.of(plan, digest=READ_DIGEST)
     meter = DriftMeter(chunk, _previous_clouds(source, first)) if drift else None
     if done is not None:
         P[:len(done.P)] = done.P
@@ -203,7 +219,7 @@ def _project_chunk(plan: Plan, how: list[project.Projection], drift: bool, chunk
             advance(1)
     panels = [{"label": layer.label, **t.stats.as_dict(), **t.info} for layer, t in zip(plan.layers, tracks)]
     return ChunkLayouts(chunk.start, P, panels, [t.fixed_frame for t in tracks],
-                        meter.sums if meter is not None else None, tracks)
+                        meter.sums if meter is not None else None, tracks, _read_in(source, chunk))
 
 
 def stitch(parts: list[ChunkLayouts], starts: np.ndarray) -> tuple[np.ndarray, list[dict], np.ndarray | None]:
@@ -229,51 +245,56 @@ def stitch(parts: list[ChunkLayouts], starts: np.ndarray) -> tuple[np.ndarray, l
 def keyframe_layouts(plan: Plan, projection: str = "pca", seed: int = 0,
                      progress: Progress = QUIET, fourier_ref: int | None = None,
                      run: cluster.InProcess | cluster.Dask | None = None,
-                     drift: bool = False, use_cache: bool = False) -> Keyframes:
+                     drift: bool = False, use_cache: bool = False, only_cached: bool = False
+                     ) -> Keyframes | None:
     """Read, extract and project every keyframe, in chunks of keyframes run by ``run`` (this
     process by default, else a Dask cluster: the same tasks, the same layouts bit for bit);
     with ``drift``, each layer's drift is measured in the same pass (``drift_sums``).  With
-    ``use_cache``, chunks laid out before (by a film of fewer checkpoints of the same run:
-    ``layerfilm watch``) come from the cache, and those computed go there."""
+    ``use_cache``, chunks laid out before (by this film, or by one of fewer checkpoints of the
+    same run: ``layerfilm watch``) come from the cache, and those computed go there;
+    ``only_cached``: ``None`` unless every chunk is there (nothing is read)."""
     run = run or cluster.InProcess()
-    how = projections(plan, projection, seed, fourier_ref, run)
-    runs = chunks(len(plan.refs), _sequential(how))
-    memo = _chunk_options(plan, cache_key(projection, seed, fourier_ref), how, fourier_ref) \
-        if use_cache else None
-    parts: list = [_cached_chunk(plan, memo, c, drift, progress) for c in runs]
-    if memo is not None:  # the run grew: chunks go on from where a shorter film left them
-        parts = [part or _resumable(plan, memo, c, drift, how, progress) for c, part in zip(runs, parts)]
+    runs = chunks(len(plan.refs), projection == "umap")  # UMAP: warm-started over the whole run
+    memo = _chunk_options(plan, projection, seed, fourier_ref) if use_cache else None
+    parts: list = [_cached_chunk(plan, memo, c, drift, progress, seed) for c in runs]
+    if memo is not None and projection != "umap":  # the run grew: go on from a shorter film's
+        parts = [part or _resumable(plan, memo, c, drift, seed, progress) for c, part in zip(runs, parts)]
     todo = [(i, part or runs[i]) for i, part in enumerate(parts)
             if part is None or isinstance(part, Resumed)]
+    if todo and only_cached:
+        return None
+    how = projections(plan, projection, seed, fourier_ref, run) if todo else []
     made = run.map(project_chunk, [t for _, t in todo], plan, how, drift, stage="Loading + projecting",
                    progress=progress, weights=[len(t) for _, t in todo]) if todo else []
+    unkept = None
     for (i, task), part in zip(todo, made):
         parts[i] = part
         if memo is not None:
-            _keep_chunk(plan, memo, runs[i], part)
+            unkept = _keep_chunk(plan, memo, runs[i], part) or unkept
             if isinstance(task, Resumed):  # the shorter run is not needed again
                 cache.drop_chunk(plan, memo, range(task.chunk.start, task.chunk.start + len(task.done.P)))
+    if unkept is not None:
+        progress.warn(f"{unkept}: the layouts are not cached")
     P, panels, sums = stitch(parts, plan.starts)
-    return Keyframes(P, int(np.isnan(P).any(axis=2).sum()), tuple(panels), sums)
+    read = {path: d for c in parts for path, d in c.read.items()}
+    return Keyframes(P, int(np.isnan(P).any(axis=2).sum()), tuple(panels), sums, read)
 
 
-def _chunk_options(plan: Plan, options: str, how: list[project.Projection],
-                   fourier_ref: int | None) -> str | None:
-    """What besides its checkpoints decides a chunk's layouts, or ``None`` where a chunk is not
-    laid out on its own (a warm-started projection lays out the run in one go).  A Fourier
-    plane is fitted at one checkpoint (the last, unless ``--fourier-ref``): its identity too."""
-    if _sequential(how):
-        return None
-    if any(isinstance(p, project.Fourier) for p in how):
+def _chunk_options(plan: Plan, projection: str, seed: int, fourier_ref: int | None) -> str:
+    """What besides its checkpoints decides a chunk's layouts: the options, and where a
+    Fourier plane is fitted (at one checkpoint: the last, unless ``--fourier-ref``), its
+    identity too (see :func:`projections`)."""
+    options = cache_key(projection, seed, fourier_ref)
+    if projection == "fourier" and any(extract.is_token_embedding(l) for l in plan.layers):
         options += f"|fitted at {plan.identity(fourier_reference(plan, fourier_ref))}"
     return options
 
 
 def _cached_chunk(plan: Plan, memo: str | None, chunk: range, drift: bool,
-                  progress: Progress, how: list[project.Projection] | None = None
-                  ) -> ChunkLayouts | None:
-    """The chunk's layouts as a film of the same keyframes left them in the cache (with
-    ``how``, the panels' tracks too, to go on from), or ``None``."""
+                  progress: Progress, seed: int) -> ChunkLayouts | None:
+    """The chunk's layouts as a film of the same keyframes left them in the cache, with the
+    panels' tracks to go on from when they were kept (``seed``: the projection's), or
+    ``None``."""
     found = cache.load_chunk(plan, memo, chunk, progress.warn) if memo is not None else None
     if found is None:
         return None
@@ -283,7 +304,7 @@ def _cached_chunk(plan: Plan, memo: str | None, chunk: range, drift: bool,
         sums = found["drift_sums"] if "drift_sums" in found else None
         ok = (P.shape == (len(chunk), n, 2) and fixed.shape == (L,) and len(panels) == L
               and (sums is not None and sums.shape[:2] == (L, len(chunk)) or not drift))
-        tracks = _tracks_of(found, P[-1], plan, how) if ok and how is not None else None
+        tracks = _tracks_of(found, P[-1], plan, seed) if ok else None
     except (KeyError, ValueError, TypeError, IndexError):
         ok = False
     if not ok:
@@ -292,12 +313,12 @@ def _cached_chunk(plan: Plan, memo: str | None, chunk: range, drift: bool,
                         tracks)
 
 
-def _resumable(plan: Plan, memo: str, chunk: range, drift: bool, how: list[project.Projection],
+def _resumable(plan: Plan, memo: str, chunk: range, drift: bool, seed: int,
                progress: Progress) -> Resumed | None:
     """``chunk``, to go on from the longest run of its first keyframes that a film of fewer
     checkpoints laid out (``layerfilm watch``: the one before this), or ``None``."""
     for stop in range(chunk.stop - 1, chunk.start, -1):
-        done = _cached_chunk(plan, memo, range(chunk.start, stop), drift, progress, how)
+        done = _cached_chunk(plan, memo, range(chunk.start, stop), drift, progress, seed)
         if done is not None and done.tracks is not None:
             return Resumed(chunk, done)
     return None
@@ -323,7 +344,7 @@ def _track_arrays(tracks: list[project.Track]) -> dict[str, np.ndarray]:
 
 
 def _tracks_of(found: dict[str, np.ndarray], last: np.ndarray, plan: Plan,
-               how: list[project.Projection]) -> list[project.Track] | None:
+               seed: int) -> list[project.Track] | None:
     """The panels' tracks from :func:`_track_arrays` (``last``: the chunk's last layouts), or
     ``None`` for an entry stored without them."""
     if "t_method" not in found:
@@ -338,41 +359,45 @@ def _tracks_of(found: dict[str, np.ndarray], last: np.ndarray, plan: Plan,
         track = project.Track(layout=np.array(last[span]), fixed_frame=bool(found["fixed"][l]),
                               stats=stats, info=info[l])
         if found["t_planes"][l]:
-            track.planes = pca.PlaneTracker(how[l].seed, stats)
+            track.planes = pca.PlaneTracker(seed, stats)
             if f"t_basis_{l}" in found:
                 track.planes.basis = np.array(found[f"t_basis_{l}"])
         tracks.append(track)
     return tracks
 
 
-def _keep_chunk(plan: Plan, memo: str, chunk: range, part: ChunkLayouts) -> None:
+def _keep_chunk(plan: Plan, memo: str, chunk: range, part: ChunkLayouts) -> str | None:
     extra = {"drift_sums": part.drift_sums} if part.drift_sums is not None else {}
     if part.tracks is not None:
         extra.update(_track_arrays(part.tracks))
-    cache.keep(plan, lambda: cache.store_chunk(plan, memo, chunk, P=part.P, fixed=np.array(part.fixed),
-                                               panels=np.array(json.dumps(part.panels)), **extra))
+    return cache.keep(plan, lambda: cache.store_chunk(plan, memo, chunk, P=part.P, fixed=np.array(part.fixed),
+                                                      panels=np.array(json.dumps(part.panels)), **extra))
 
 
-def drift_chunk(plan: Plan, chunk: range, advance=None) -> np.ndarray:
+def drift_chunk(plan: Plan, chunk: range, advance=None) -> tuple[np.ndarray, dict[str, dict]]:
     """A task: each layer's drift sums (see :class:`Keyframes`) over the keyframes in ``chunk``,
-    reading only (for when the layouts came from the cache)."""
-    source = clouds.of(plan)
+    reading only (for when the layouts came from the cache), and the digests of what it read
+    (see ``Keyframes.read``)."""
+    source = clouds.of(plan, digest=READ_DIGEST)
     meter = DriftMeter(chunk, _previous_clouds(source, chunk.start))
     for frame in source.stream(chunk):
         for l, cloud in enumerate(frame.clouds()):
             meter.measure(l, frame.index, cloud)
         if advance is not None:
             advance(1)
-    return meter.sums
+    return meter.sums, _read_in(source, chunk)
 
 
 def drift_sums(plan: Plan, progress: Progress = QUIET,
-               run: cluster.InProcess | cluster.Dask | None = None) -> np.ndarray:
-    """Each layer's drift sums over every keyframe (:func:`drift_chunk` in chunks, on ``run``)."""
+               run: cluster.InProcess | cluster.Dask | None = None
+               ) -> tuple[np.ndarray, dict[str, dict]]:
+    """Each layer's drift sums over every keyframe (:func:`drift_chunk` in chunks, on ``run``),
+    and the digests of what was read (see ``Keyframes.read``)."""
     runs = chunks(len(plan.refs))
     parts = (run or cluster.InProcess()).map(drift_chunk, runs, plan, stage="Measuring layers",
                                              progress=progress, weights=[len(c) for c in runs])
-    return np.concatenate(parts, axis=1)
+    return (np.concatenate([sums for sums, _ in parts], axis=1),
+            {path: d for _, read in parts for path, d in read.items()})
 
 
 def cache_key(projection: str, seed: int, fourier_ref: int | None) -> str:
@@ -384,12 +409,15 @@ def cache_key(projection: str, seed: int, fourier_ref: int | None) -> str:
 
 def load_cached(plan: Plan, projection: str = "pca", seed: int = 0,
                 fourier_ref: int | None = None, progress: Progress = QUIET) -> Keyframes | None:
-    """The keyframe layouts a render with these options cached, or ``None`` (nothing computed;
-    a damaged entry is removed, with a warning)."""
-    return _load_cached(plan, cache_key(projection, seed, fourier_ref), progress)
+    """The keyframe layouts a render with these options cached, or ``None`` (nothing read or
+    computed; a damaged entry is removed, with a warning)."""
+    return (_load_cached(plan, cache_key(projection, seed, fourier_ref), progress)
+            or keyframe_layouts(plan, projection, seed, progress, fourier_ref, use_cache=True,
+                                only_cached=True))
 
 
 def _load_cached(plan: Plan, key: str, progress: Progress) -> Keyframes | None:
+    """A whole film's layouts (UMAP's; other projections' are cached in chunks)."""
     found = cache.load_layouts(plan, key, progress.warn)
     if found is None:
         return None
@@ -402,15 +430,17 @@ def cached_keyframe_layouts(plan: Plan, projection: str = "pca", seed: int = 0,
                             fourier_ref: int | None = None,
                             run: cluster.InProcess | cluster.Dask | None = None,
                             drift: bool = False) -> Keyframes:
-    """:func:`keyframe_layouts`, memoised on disk (see :mod:`layerfilm.cache`); ``drift`` is
-    measured only when the layouts are computed (``drift_sums`` is ``None`` from the cache).
-    Layouts are cached only when no checkpoint changed while they were read, and a cache that
-    cannot be written is a warning, never a failed render."""
+    """:func:`keyframe_layouts`, memoised on disk (see :mod:`layerfilm.cache`): in chunks of
+    keyframes, UMAP's (one chunk, warm-started) as a whole; ``drift`` is measured only when the
+    layouts are computed (``drift_sums`` may be ``None`` from the cache).  Layouts are cached
+    only when no checkpoint changed while they were read, and a cache that cannot be written
+    is a warning, never a failed render."""
     key = cache_key(projection, seed, fourier_ref)
-    keys = _load_cached(plan, key, progress) if use_cache else None
+    keys = _load_cached(plan, key, progress) if use_cache and projection == "umap" else None
     if keys is None:
-        keys = keyframe_layouts(plan, projection, seed, progress, fourier_ref, run, drift, use_cache)
-        if use_cache:
+        keys = keyframe_layouts(plan, projection, seed, progress, fourier_ref, run, drift,
+                                use_cache and projection != "umap")
+        if use_cache and projection == "umap":
             why = cache.keep(plan, lambda: cache.store_layouts(
                 plan, key, keys.P, keys.nonfinite, json.dumps(list(keys.panels))))
             if why is not None:
@@ -424,7 +454,8 @@ def layouts_and_drift(plan: Plan, projection: str, seed: int, progress: Progress
     """The keyframe layouts (:func:`cached_keyframe_layouts`, on ``run``) and, when ``drift``,
     each layer's :class:`~layerfilm.drift.Drift` -- measured in the same pass over the
     checkpoints when the layouts have to be computed, read from the cache when it was measured
-    before."""
+    before.  The layouts' ``read`` holds the digests of what the pass that read the
+    checkpoints read (empty when none did)."""
     found = None
     if drift and use_cache:
         cached = cache.load_arrays("drift", plan, progress.warn)
@@ -438,12 +469,15 @@ def layouts_and_drift(plan: Plan, projection: str, seed: int, progress: Progress
                                    run, drift=drift and found is None)
     if drift and found is None:
         sums = keys.drift_sums  # None when the layouts came from the cache
-        found = drift_of(sums if sums is not None else drift_sums(plan, progress, run),
-                         plan.steps, plan.layers)
+        alone = sums is None
+        if alone:  # then this is the pass that reads the checkpoints: its digests go with the layouts
+            sums, read = drift_sums(plan, progress, run)
+            keys = dataclasses.replace(keys, read=read)
+        found = drift_of(sums, plan.steps, plan.layers)
         if use_cache:
             growth = found.growth if found.growth is not None else np.zeros(0)
             why = cache.keep(plan, lambda: cache.store_arrays("drift", plan, norm=found.norm,
                                                               rel_prev=found.rel_prev, growth=growth))
-            if why is not None and sums is None:  # else the layouts' store just said why
+            if why is not None and alone:  # else the layouts' store just said why
                 progress.warn(f"{why}: the layers' drift is not cached")
     return keys, found

@@ -45,8 +45,8 @@ def _rel(path: PurePath, root: PurePath) -> str:
         else path.relative_to(root).as_posix()
 
 
-def identities(plan, verify: bool = False, memo: bool = True, digest: str = "xxh3"
-               ) -> list[dict[str, Any]]:
+def identities(plan, verify: bool = False, memo: bool = True, digest: str = "xxh3",
+               read: dict[str, dict] | None = None, drawn: bool = True) -> list[dict[str, Any]]:
     """One entry per file of every checkpoint drawn: its path (relative to the folder), step,
     size, and what identifies its contents without reading what the film does not draw.
 
@@ -58,6 +58,12 @@ def identities(plan, verify: bool = False, memo: bool = True, digest: str = "xxh
     lists (the Hub's commit and LFS sha256 or git blob id, an S3 ETag).  ``verify``: the sha256
     of every file in full as well (``--verify-inputs``).
 
+    The digests of the drawn bytes are the ones the render made as it read them (``read``:
+    ``layouts.Keyframes.read``), else the ones an earlier render of the same files and points
+    remembered (``memo``), else -- nothing read them in this render -- they are read here (see
+    :func:`_drawn_digests`).  ``drawn=False``: none (``--from-manifest`` checks them once the
+    render has read the bytes, :func:`check_read`).
+
     Size and time are the ones the plan took before reading (what the cache keys say was
     read); a local file that is not the same now (or changed while it was hashed) gets no
     digest, which would be of other bytes than the film's, but ``changed_while_read``.
@@ -66,11 +72,11 @@ def identities(plan, verify: bool = False, memo: bool = True, digest: str = "xxh
     for k in range(len(plan.refs)):
         files = plan.identities[k]
         if plan.storage is not checkpoints.LOCAL:
-            out.extend(_checkpoint_entries(plan, k, what, verify, memo, digest))
+            out.extend(_checkpoint_entries(plan, k, what, verify, memo, digest, read, drawn))
             continue
         try:
             entries = None if plan.changed(k) else \
-                _checkpoint_entries(plan, k, what, verify, memo, digest)
+                _checkpoint_entries(plan, k, what, verify, memo, digest, read, drawn)
         except CheckpointError:
             if not plan.changed(k):
                 raise
@@ -96,19 +102,18 @@ def _base_entry(plan, k: int, path: PurePath, ident: str) -> dict[str, Any]:
     return entry
 
 
-def _checkpoint_entries(plan, k: int, what: str, verify: bool, memo: bool, digest: str
-                        ) -> list[dict[str, Any]]:
+def _checkpoint_entries(plan, k: int, what: str, verify: bool, memo: bool, digest: str,
+                        read: dict[str, dict] | None, drawn: bool) -> list[dict[str, Any]]:
     """The entries of checkpoint ``k``'s files (see :func:`identities`; ``what``: the drawn
     points' key, :func:`_drawn_key`)."""
     storage, ref, files = plan.storage, plan.refs[k], plan.identities[k]
-    key = f"{plan.identity(k)}|{what}|{digest}"
     local = storage is checkpoints.LOCAL
-    known = _known_digests(key) if memo and local else None
-    if known is None and local and any(p.suffix == ".safetensors" for p, _ in files):
-        ranges = checkpoints.drawn_ranges(ref.open(), plan.drawn()) or {}
-        known = {str(p): _read_digests(Path(p), r, digest) for p, r in ranges.items()}
-        if memo and not plan.changed(k):  # digests of the bytes the key names, nothing else
-            _remember_digests(key, known)
+    known: dict[str, dict] | None = None
+    if local and drawn:
+        known = _drawn_digests(plan, k, what, memo, digest, read)
+    elif local and any(p.suffix == ".safetensors" for p, _ in files):
+        # Those to be checked once read (check_read) get nothing here, not their full sha256.
+        known = {str(p): {} for p in checkpoints.drawn_ranges(ref.open(), []) or {}}
     out = []
     for path, ident in files:
         entry = _base_entry(plan, k, path, ident)
@@ -123,6 +128,38 @@ def _checkpoint_entries(plan, k: int, what: str, verify: bool, memo: bool, diges
                 entry["sha256"] = _remote_sha256(storage, path)
         out.append(entry)
     return out
+
+
+def _drawn_digests(plan, k: int, what: str, memo: bool, digest: str,
+                   read: dict[str, dict] | None) -> dict[str, dict] | None:
+    """The digests of the drawn bytes of local checkpoint ``k``'s files that a format reads by
+    ranges (safetensors; file as text -> ``header_sha256``, ``read_<digest>``, ``read_bytes``;
+    ``None`` when none of its files is a safetensors file), from the first that has them:
+
+    1. the render, which hashed them as it read them (``read``: a reader hashes all of a
+       checkpoint's files or none, so one of them there means all are);
+    2. the memo of an earlier render of the same files (size and time) and points;
+    3. the files, read here: only when nothing read them in this render (its layouts and drift
+       came from the cache) and no memo has them (or it is not to be trusted: ``--from-manifest``
+       checks bytes changed in place, size and time kept).  Those are added to ``read``."""
+    files = plan.identities[k]
+    key = f"{plan.identity(k)}|{what}|{digest}"
+    name = f"read_{digest}"
+    if read is not None:
+        made = {str(p): read[str(p)] for p, _ in files if name in read.get(str(p), {})}
+        if made:
+            if memo and not plan.changed(k):  # so that a re-render from the cache reads nothing
+                _remember_digests(key, made)
+            return made
+    known = _known_digests(key) if memo else None
+    if known is None and any(p.suffix == ".safetensors" for p, _ in files):
+        ranges = checkpoints.drawn_ranges(plan.refs[k].open(), plan.drawn()) or {}
+        known = {str(p): _read_digests(Path(p), r, digest) for p, r in ranges.items()}
+        if memo and not plan.changed(k):  # digests of the bytes the key names, nothing else
+            _remember_digests(key, known)
+        if read is not None:
+            read.update(known)
+    return known
 
 
 def _drawn_key(drawn) -> str:
@@ -157,11 +194,9 @@ def _remember_digests(key: str, digests: dict) -> None:
 def _read_digests(path: Path, ranges: list[tuple[int, int]], digest: str) -> dict[str, Any]:
     """sha256 of the header (the first range), and ``digest`` (``"xxh3"``: XXH3-128, or
     ``"sha256"``) of every drawn byte, in file order."""
-    import xxhash
-
     header, rest = ranges[0], ranges[1:]
     first = checkpoints.LOCAL.read(path, *header)
-    h = xxhash.xxh3_128() if digest == "xxh3" else hashlib.sha256()
+    h = checkpoints.READ_DIGESTS[digest]()
     for chunk in checkpoints.LOCAL.read_ranges(path, rest):
         h.update(chunk)
     return {"header_sha256": hashlib.sha256(first).hexdigest(), f"read_{digest}": h.hexdigest(),
@@ -192,7 +227,7 @@ def build(config: RenderConfig, result, film: Path | None = None) -> dict[str, A
     """The manifest of a finished render (``result`` is the pipeline's ``RenderResult``) whose
     film's bytes are now at ``film`` (default: ``config.output``)."""
     plan = result.plan
-    files = identities(plan, config.verify_inputs, config.cache)
+    files = identities(plan, config.verify_inputs, config.cache, read=result.read)
     loss = None
     if plan.loss is not None:
         source = plan.loss.path
@@ -377,10 +412,12 @@ def check_inputs(doc: dict[str, Any], path: Path, config: RenderConfig) -> list[
     """Refuse (:class:`CheckpointError`) when a checkpoint or loss log the manifest lists is
     missing or changed; return warnings for other differences (versions).
 
-    The identities are computed again as the manifest recorded them (see :func:`identities`):
-    the drawn bytes of local safetensors files are read and hashed with the manifest's digest
-    (``read_xxh3``, or an older manifest's ``read_sha256``: a value changed in place,
-    size and time kept, is found), full files hashed where the manifest has their sha256."""
+    The identities are computed again as the manifest recorded them (see :func:`identities`),
+    all but the digests of the drawn bytes of local safetensors files (``header_sha256``,
+    ``read_xxh3``): the render reads those bytes anyway, and :func:`check_read` checks what it
+    read before a frame is made (a value changed in place, size and time kept, is found).  Full
+    files are hashed here where the manifest has their sha256.  An older manifest's
+    ``read_sha256`` is checked here, by reading the drawn bytes before the render does."""
     from .plan import make_plan
 
     recorded = list(doc["checkpoints"].get("files") or [])
@@ -403,21 +440,16 @@ def check_inputs(doc: dict[str, Any], path: Path, config: RenderConfig) -> list[
     plan = make_plan(config, config.metrics)
     verify = any("sha256" in e and "read_sha256" not in e and "read_xxh3" not in e
                  for e in recorded) or config.verify_inputs
-    digest = "sha256" if any("read_sha256" in e for e in recorded) else "xxh3"  # as recorded
-    now = {e["path"]: e for e in identities(plan, verify, memo=False, digest=digest)}
+    legacy = any("read_sha256" in e for e in recorded)  # checked here, as it always was
+    digest = "sha256" if legacy else "xxh3"
+    now = {e["path"]: e for e in identities(plan, verify, memo=False, digest=digest, drawn=legacy)}
     for entry in recorded:
         fresh = now.get(entry["path"])
         target = f"{where.rstrip('/')}/{entry['path']}"
         if fresh is None:
             raise CheckpointError(f"listed in {path} but not among the checkpoints now; cannot "
                                   "reproduce the film", target)
-        if entry.get(CHANGED) or fresh.get(CHANGED):
-            raise CheckpointError(f"changed while {'the film' if entry.get(CHANGED) else 'it'} "
-                                  "was read; cannot reproduce the film", target)
-        for key in _COMPARED:
-            if key in entry and key in fresh and entry[key] != fresh[key]:
-                raise CheckpointError(f"changed since {path} was written ({key} differs); "
-                                      "the film would not be the same", target)
+        _compare(entry, fresh, path, target)
     warnings = []
     if doc.get("layerfilm") != __version__:
         warnings.append(f"{path} was written by layerfilm {doc.get('layerfilm')}, this is "
@@ -427,6 +459,49 @@ def check_inputs(doc: dict[str, Any], path: Path, config: RenderConfig) -> list[
         warnings.append(f"{path} was encoded by ffmpeg {recorded}, this is "
                         f"{encode.ffmpeg_version()}: the bytes may differ")
     return warnings
+
+
+def check_read(doc: dict[str, Any], path: Path, plan, read: dict[str, dict]) -> None:
+    """Refuse (:class:`CheckpointError` naming the file) when the drawn bytes the render read
+    of a local safetensors file are not the ones the manifest ``doc`` (at ``path``) recorded
+    (``header_sha256``, ``read_xxh3``), or the file changed while it was read.
+
+    ``read``: the digests the render made as it read (``layouts.Keyframes.read``), so nothing
+    is read again; a checkpoint the render did not read (layouts and drift from the cache,
+    whose keys cannot tell a value changed in place) is read here, never taken from the memo,
+    and its digests are added to ``read`` for the new manifest.  The render calls this before
+    the first frame is made, inside its :class:`~layerfilm.atomic.Staged`: a refusal leaves
+    no film and no manifest."""
+    recorded = {e["path"]: e for e in doc["checkpoints"].get("files") or [] if "read_xxh3" in e}
+    if not recorded or plan.storage is not checkpoints.LOCAL:
+        return
+    what, where = _drawn_key(plan.drawn()), plan.where.rstrip("/")
+    for k in range(len(plan.refs)):
+        files = [(_rel(p, plan.folder), str(p)) for p, _ in plan.identities[k]]
+        if not any(rel in recorded for rel, _ in files):
+            continue
+        known = None if plan.changed(k) else _drawn_digests(plan, k, what, False, "xxh3", read)
+        for rel, full in files:
+            if rel not in recorded:
+                continue
+            target = f"{where}/{rel}"
+            if known is None or plan.changed(k):
+                raise CheckpointError("changed while it was read; cannot reproduce the film", target)
+            if full not in known:  # no longer a file read by ranges
+                raise CheckpointError(f"changed since {path} was written (read_xxh3 differs); "
+                                      "the film would not be the same", target)
+            _compare(recorded[rel], known[full], path, target)
+
+
+def _compare(entry: dict[str, Any], fresh: dict[str, Any], path: Path, target: str) -> None:
+    """Refuse a file whose recorded identity ``entry`` differs from ``fresh``, its identity now."""
+    if entry.get(CHANGED) or fresh.get(CHANGED):
+        raise CheckpointError(f"changed while {'the film' if entry.get(CHANGED) else 'it'} "
+                              "was read; cannot reproduce the film", target)
+    for key in _COMPARED:
+        if key in entry and key in fresh and entry[key] != fresh[key]:
+            raise CheckpointError(f"changed since {path} was written ({key} differs); "
+                                  "the film would not be the same", target)
 
 
 def same_film(recorded: dict[str, Any], written: dict[str, Any]) -> bool | None:

@@ -36,6 +36,9 @@ class RenderResult:
     drawing: dict | None = None  # how it was drawn (film.Film.describe): the manifest keeps it
     manifest: dict | None = None  # the manifest written beside the film
     spoken: list | None = None  # --prompt: what each keyframe's checkpoint said (completions.Said)
+    # The digests of the drawn bytes of each local safetensors file, made as the film read them
+    # (layouts.Keyframes.read; file as text -> digests): the manifest reads nothing again.
+    read: dict = dataclasses.field(default_factory=dict)
 
 
 def _stage_folder(staged: atomic.Staged, path: Path | None) -> Path | None:
@@ -54,12 +57,17 @@ def _changed_later(plan: Plan, said: set[str], progress: Progress) -> None:
                       "was read; its manifest records no digest of it")
 
 
-def render(config: RenderConfig, progress: Progress = QUIET) -> RenderResult:
+def render(config: RenderConfig, progress: Progress = QUIET,
+           recorded: tuple[dict, Path] | None = None) -> RenderResult:
     """Render the film described by ``config`` to ``config.output`` (see :class:`RenderConfig`;
     validated here unless it already was), with its manifest and its ``--frames`` and
     ``--stills`` folders, in this process or on the Dask cluster ``config.scheduler`` names.
     They are all put in place together once every one is written; any failure leaves the
-    older ones as they were."""
+    older ones as they were.
+
+    ``recorded``: the manifest (and its path) the film is made again from (``--from-manifest``,
+    checked beforehand by :func:`~layerfilm.manifest.check_inputs`): the drawn bytes read
+    are checked against it (:func:`~layerfilm.manifest.check_read`) before the first frame."""
     cfg = config.validated()
     t0 = time.perf_counter()
     with atomic.Staged() as staged, cluster.runner(cluster.scheduler_address(cfg.scheduler)) as run:
@@ -79,6 +87,9 @@ def render(config: RenderConfig, progress: Progress = QUIET) -> RenderResult:
         keys, measured = layouts.layouts_and_drift(plan, cfg.projection, cfg.seed, progress, cfg.cache,
                                                    cfg.needs_drift, cfg.fourier_ref, run)
         said = set(plan.changed())  # the layouts' store named these (not cached)
+        read = dict(keys.read)  # what the pass that read the checkpoints made of their bytes
+        if recorded is not None:
+            manifest.check_read(*recorded, plan, read)
         if cfg.order == "settle":
             plan, keys, measured = film.settle_order(plan, keys, measured, drift.Settling.of(cfg))
         picture = film.prepare(plan, keys, spec, measured, captions)
@@ -99,7 +110,7 @@ def render(config: RenderConfig, progress: Progress = QUIET) -> RenderResult:
                    "wall": time.perf_counter() - t0}
         result = RenderResult(cfg.output, picture.n_frames, len(plan.refs), seconds, film_file.stat().st_size,
                               keys.nonfinite, done.command, done.jobs, plan, keys.panels, picture.describe(),
-                              spoken=spoken)
+                              spoken=spoken, read=read)
         result.manifest = manifest.write(cfg, result, staged)
         _changed_later(plan, said, progress)
         staged.commit()

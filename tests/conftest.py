@@ -162,13 +162,32 @@ def headers(monkeypatch):
     return steps
 
 
+@pytest.fixture
+def fetched(monkeypatch):
+    """Every ranged read of checkpoint data made in this process, as the storage is asked for
+    it (``LocalStorage.read_ranges``: how the readers fetch the drawn rows, and how anything
+    else would read them again): ``(file name, [(start, end), ...])`` per call.  The first
+    bytes read with a safetensors header at each open are not in it."""
+    from layerfilm.checkpoints import LocalStorage
+
+    log = []
+    original = LocalStorage.read_ranges
+
+    def read_ranges(self, path, ranges):
+        log.append((Path(path).name, [(int(s), int(e)) for s, e in ranges]))
+        return original(self, path, ranges)
+
+    monkeypatch.setattr(LocalStorage, "read_ranges", read_ranges)
+    return log
+
+
 def capture(monkeypatch, name):
     """Replace ``pipeline.<name>`` from now on by one that records its config and exits."""
     from layerfilm import pipeline
 
     got = []
 
-    def fake(cfg, progress):
+    def fake(cfg, progress, **kwargs):
         got.append(cfg)
         raise SystemExit(0)
 

@@ -73,14 +73,17 @@ def test_a_checkpoint_rewritten_while_read_is_not_cached(tmp_path):
     assert report.done and target.read_bytes() == (other / target.name).read_bytes()
     changed = [w for w in report.warned if "changed while it was read" in w]
     assert len(changed) == 1 and str(target) in changed[0], report.warned
-    assert list(cache.cache_dir().glob("layouts-*")) == []
+    assert list(cache.cache_dir().glob("chunk-*")) == []
     assert list(cache.cache_dir().glob("drift-*")) == []
     # The manifest records what was read (the size and time from before) and no digest of the
-    # new bytes; a re-render from it is refused.
+    # new bytes (nor of the mix the render hashed as it read them); a re-render from it is
+    # refused.
     doc = result.manifest  # written by the render, with the film
     entry = next(f for f in doc["checkpoints"]["files"] if f["path"] == target.name)
     assert entry[manifest.CHANGED] is True and entry["mtime_ns"] == before.st_mtime_ns
-    assert "read_sha256" not in entry and "sha256" not in entry
+    assert not {"read_xxh3", "read_sha256", "header_sha256", "sha256"} & set(entry)
+    # Nor remembered for a re-render: the digest memo holds the two other checkpoints only.
+    assert len(list((cache.cache_dir() / "read-digests").glob("*.json"))) == 2
     refused = layerfilm("render", "--from-manifest", tmp_path / "a.gif.json", tmp_path / "b.gif")
     assert refused.returncode == 1 and "changed while the film was read" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "b.gif").exists()
@@ -104,18 +107,18 @@ def test_a_damaged_entry_is_a_miss_removed(tmp_path, run_dir, damage):
     render_ok(run_dir, tmp_path / "first.gif")
     render_ok(run_dir, tmp_path / "fresh.gif", "--no-cache")
     found = sorted(cache.cache_dir().glob("*.lfc"))
-    # The film's layouts, its drift, and its one chunk of keyframes (what a grown film reuses).
-    assert [p.name.split("-")[0] for p in found] == sorted(["layouts", "drift", "chunk"])
+    # The film's layouts (its one run of keyframes: what a grown film reuses too) and its drift.
+    assert [p.name.split("-")[0] for p in found] == sorted(["drift", "chunk"])
     damaged = {p: damage(p.read_bytes()) for p in found}
     for p, raw in damaged.items():
         p.write_bytes(raw)
     said = warnings(render_ok(run_dir, tmp_path / "again.gif"))
     assert (tmp_path / "again.gif").read_bytes() == (tmp_path / "fresh.gif").read_bytes()
-    assert len(said) == 3 and all("damaged cache entry" in w for w in said), said
+    assert len(said) == 2 and all("damaged cache entry" in w for w in said), said
     for p, raw in damaged.items():  # stored again, whole
         assert p.read_bytes() != raw and cache.read_entry(p) is not None
     # stats reads the layouts entry too: damaged, it is removed and the columns left empty.
-    layout = next(cache.cache_dir().glob("layouts-*.lfc"))
+    layout = next(cache.cache_dir().glob("chunk-*.lfc"))
     layout.write_bytes(damage(layout.read_bytes()))
     done = layerfilm("stats", run_dir, "--out", tmp_path / "stats")
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
@@ -131,12 +134,16 @@ def test_entries_are_never_unpickled(tmp_path, run_dir):
 
     plan = plan_of(run_dir)
     layouts.cached_keyframe_layouts(plan)
-    path = next(cache.cache_dir().glob("layouts-*.lfc"))
+    path = next(cache.cache_dir().glob("chunk-*.lfc"))
     payload = cache._arrays_payload(P=np.array([Evil(tmp_path / "ran")], dtype=object),
-                                    nonfinite=0, info=np.array(""))
+                                    fixed=np.zeros(0), panels=np.array(""))
     cache.write_entry(path, payload)
     warned = []
-    assert cache.load_layouts(plan, layouts.cache_key("pca", 0, None), warned.append) is None
+
+    class Warn:
+        warn = staticmethod(warned.append)
+
+    assert layouts.load_cached(plan, progress=Warn()) is None
     assert not (tmp_path / "ran").exists() and not path.exists() and len(warned) == 1
 
 
@@ -176,7 +183,7 @@ def test_a_full_cache_disk_is_a_warning_and_leaves_nothing(tmp_path, run_dir, mo
         # No layouts and no temporary file of them left: what the disk lost is only the small
         # entries that did fit (the drift's, digests).
         assert list((disk / "cache").rglob("*.part")) == []
-        assert list((disk / "cache").glob("layouts-*")) == []
+        assert list((disk / "cache").glob("chunk-*")) == []
         kept = sum(-(-p.stat().st_size // 4096) * 4096 for p in (disk / "cache").rglob("*") if p.is_file())
         assert _free(disk) >= free - kept
 

@@ -236,6 +236,109 @@ def test_sharded_checkpoint_reads_ahead_shard_by_shard(tmp_path, monkeypatch):
     assert len(reads) == 2
 
 
+def _union_of(path, wanted) -> bytes:
+    """The bytes the reads in ``wanted`` cover (rows of a tensor, or all of it for columns or
+    ``None``), each once, in file order: found from the header by hand, read by plain reads."""
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    covered = np.zeros(len(raw), dtype=bool)
+    for name, index, axis in wanted:
+        if name not in header:
+            continue
+        e = header[name]
+        begin, end = (8 + n + o for o in e["data_offsets"])
+        if index is None or axis == 1:
+            covered[begin:end] = True
+        else:
+            row = (end - begin) // e["shape"][0]
+            for r in index:
+                covered[begin + r * row:begin + (r + 1) * row] = True
+    return np.frombuffer(raw, np.uint8)[covered].tobytes()
+
+
+def _header_sha(path) -> str:
+    import hashlib
+
+    raw = path.read_bytes()
+    return hashlib.sha256(raw[:8 + int.from_bytes(raw[:8], "little")]).hexdigest()
+
+
+@pytest.mark.parametrize("digest", ["xxh3", "sha256"])
+def test_prefetch_hashes_what_it_fetches_each_byte_once_in_file_order(tmp_path, digest):
+    """Rows of one tensor, its columns (so all of it) and rows of another, asked for in any
+    order: the digest is of the bytes they cover, each once, in file order -- what the manifest
+    computes from :func:`drawn_ranges` by reading them (its fallback), and what hashing them
+    here by hand gives."""
+    import hashlib
+    import itertools
+
+    import xxhash
+
+    from layerfilm import manifest
+    from layerfilm.checkpoints import drawn_ranges
+
+    rng = np.random.default_rng(4)
+    path = tmp_path / "m.safetensors"
+    save_file({"a": rng.normal(size=(3000, 32)).astype(np.float16),
+               "b": rng.normal(size=(2000, 24)).astype(np.float32),
+               "c": rng.normal(size=(50, 7)).astype(np.float32)}, str(path))
+    wanted = [("b", np.array([5, 6, 7, 1500, 1999]), 0), ("a", np.array([0, 9, 2999]), 0),
+              ("a", np.array([3, 4]), 1), ("a", np.array([2998, 2999]), 0)]
+    union = _union_of(path, wanted)
+    want = {"header_sha256": _header_sha(path), "read_bytes": len(union),
+            f"read_{digest}": (xxhash.xxh3_128 if digest == "xxh3" else hashlib.sha256)(union).hexdigest()}
+    for order in itertools.permutations(wanted):
+        f = SafetensorsFile(path)
+        f.prefetch(list(order), digest)
+        assert f.read_digest == want
+    ranges = drawn_ranges(SafetensorsFile(path), wanted)[path]
+    assert manifest._read_digests(path, ranges, digest) == want
+    # Apart (the usual case): each tensor's bytes in one go, still in file order.
+    apart = [("b", np.array([1, 2]), 0), ("c", None, 0), ("a", np.array([7]), 0)]
+    f = SafetensorsFile(path)
+    f.prefetch(apart, digest)
+    assert f.read_digest[f"read_{digest}"] == (xxhash.xxh3_128 if digest == "xxh3" else hashlib.sha256)(
+        _union_of(path, apart)).hexdigest()
+    # Without a digest asked for, or with rows fetched before: none (not all were hashed here).
+    f = SafetensorsFile(path)
+    f.prefetch(wanted)
+    assert f.read_digest is None
+    f.prefetch(wanted[:1] + [("c", None, 0)], digest)
+    assert f.read_digest is None
+
+
+def test_a_sharded_checkpoint_is_hashed_shard_by_shard(tmp_path):
+    """Each shard's digest is of the rows it holds; a shard that also holds a tensor the index
+    places elsewhere gets none (the manifest counts what the file holds, the film reads what
+    the index says), and then the checkpoint has no digests from its read."""
+    import xxhash
+
+    from layerfilm.checkpoints import read_digests
+
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(size=(900, 16)).astype(np.float32), rng.normal(size=(700, 16)).astype(np.float32)
+    one, two = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
+    save_file({"a": a}, str(tmp_path / one))
+    save_file({"b": b}, str(tmp_path / two))
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {"a": one, "b": two}}))
+    wanted = [("a", np.array([1, 800]), 0), ("b", np.array([3]), 1)]
+    ckpt = open_checkpoint(index)
+    ckpt.prefetch(wanted, "xxh3")
+    got = read_digests(ckpt)
+    assert sorted(got) == [tmp_path / one, tmp_path / two]
+    for name in (one, two):
+        assert got[tmp_path / name] == {
+            "header_sha256": _header_sha(tmp_path / name),
+            "read_xxh3": xxhash.xxh3_128(_union_of(tmp_path / name, wanted)).hexdigest(),
+            "read_bytes": len(_union_of(tmp_path / name, wanted))}
+    save_file({"b": b, "a": a}, str(tmp_path / two))  # a stale copy of "a" in the second shard
+    ckpt = open_checkpoint(index)
+    ckpt.prefetch(wanted, "xxh3")
+    assert read_digests(ckpt) is None
+
+
 def test_trainer_files_and_unindexed_shards_are_not_checkpoints(tmp_path):
     run = write_run(tmp_path / "run", n=2)
     for name in ("optimizer.pt", "scheduler.pt", "rng_state_0.pth", "training_args.bin"):

@@ -291,12 +291,13 @@ def test_layout_cache_skips_loading_and_is_invalidated(tmp_path, run_dir, monkey
     again = layouts.cached_keyframe_layouts(plan())
     assert len(opened) == 4 and np.array_equal(first.P, again.P)  # the plan's checks only
     # The first film measures each layer's drift (for its cues) once, reading the keyframes
-    # but projecting nothing, and its manifest hashes the drawn bytes (remembered for the next);
-    # then another colormap / size / format reads no keyframe at all.
+    # but projecting nothing, and hashing the drawn bytes as it reads them (its manifest opens
+    # nothing again; the digests are remembered for the next); then another colormap / size /
+    # format reads no keyframe at all.
     opened.clear()
     args = ["render", str(run_dir), str(tmp_path / "a.gif"), "--fps", "2", "-q"]
     assert runner.invoke(app, args).exit_code == 0
-    assert len(opened) == 4 + 4 + 4
+    assert len(opened) == 4 + 4
     opened.clear()
     assert runner.invoke(app, args + ["--cmap", "viridis", "--size", "320x200"]).exit_code == 0
     assert len(opened) == 4
@@ -311,7 +312,7 @@ def test_layout_cache_skips_loading_and_is_invalidated(tmp_path, run_dir, monkey
     assert len(opened) == 8
     opened.clear()
     assert runner.invoke(app, args + ["--no-cache"]).exit_code == 0
-    assert len(opened) == 4 + 4 + 4  # and the manifest hashes the drawn bytes again (no memo)
+    assert len(opened) == 4 + 4  # the manifest's digests made as the layouts read (no memo)
 
 
 def test_corrupt_cache_is_ignored(tmp_path, run_dir):
@@ -321,7 +322,7 @@ def test_corrupt_cache_is_ignored(tmp_path, run_dir):
 
     keys = layouts.cached_keyframe_layouts(make_plan(Selection(checkpoints=run_dir)))
     entries = list(cache.cache_dir().glob("*.lfc"))
-    assert len(entries) == 1
+    assert [p.name.split("-")[0] for p in entries] == ["chunk"]  # the film's one run of keyframes
     for f in entries:
         f.write_bytes(b"garbage")
     again = layouts.cached_keyframe_layouts(make_plan(Selection(checkpoints=run_dir)))
@@ -406,7 +407,7 @@ def test_cache_is_capped_least_recently_used_first_and_can_be_shown_and_cleared(
     runs = [write_run(tmp_path / f"run{i}", n=3, seed=i) for i in range(3)]
     plans = [make_plan(Selection(checkpoints=r)) for r in runs]
     layouts.cached_keyframe_layouts(plans[0])
-    entry = next(cache.cache_dir().glob("layouts-*.lfc"))
+    entry = next(cache.cache_dir().glob("chunk-*.lfc"))
     size = entry.stat().st_size
     monkeypatch.setenv("LAYERFILM_CACHE_SIZE", str(int(2.5 * size)))  # room for two entries
     past = time.time() - 100

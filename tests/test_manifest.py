@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -25,9 +26,10 @@ def header_sha(path) -> str:
     return hashlib.sha256(raw[:8 + n]).hexdigest()
 
 
-def drawn_digest(path, run, digest="xxh3", **selection) -> str:
-    """XXH3-128 (or sha256) of the bytes of every drawn row, in file order, found from the
-    safetensors header by hand (not by layerfilm's reader)."""
+def drawn_bytes(path, run, **selection) -> bytes:
+    """The bytes of every drawn row (columns: the whole tensor), each once, in file order,
+    found from the safetensors header by hand (not by layerfilm's reader) and read with plain
+    file reads."""
     from conftest import plan_of
 
     plan = plan_of(run, **selection)
@@ -37,6 +39,8 @@ def drawn_digest(path, run, digest="xxh3", **selection) -> str:
     spans = set()
     for layer in plan.layers:
         for src in layer.sources:
+            if src.tensor not in header:  # a shard: another shard holds it
+                continue
             e = header[src.tensor]
             begin, end = (8 + n + o for o in e["data_offsets"])
             if src.axis == 0 and len(e["shape"]) == 2:
@@ -51,9 +55,15 @@ def drawn_digest(path, run, digest="xxh3", **selection) -> str:
         if b > a:
             bytes_ += raw[a:b]
             covered = b
+    return bytes(bytes_)
+
+
+def drawn_digest(path, run, digest="xxh3", **selection) -> str:
+    """XXH3-128 (or sha256) of the bytes of every drawn row, in file order (:func:`drawn_bytes`)."""
     import xxhash
 
-    return (xxhash.xxh3_128 if digest == "xxh3" else hashlib.sha256)(bytes(bytes_)).hexdigest()
+    return (xxhash.xxh3_128 if digest == "xxh3" else hashlib.sha256)(
+        drawn_bytes(path, run, **selection)).hexdigest()
 
 
 def render(*args):
@@ -151,14 +161,15 @@ def test_frames_folder_gets_the_manifest(tmp_path, run_dir):
     assert doc["film"]["sha256"] == sha(tmp_path / "f.gif")
 
 
-def test_changed_or_missing_checkpoint_is_refused(tmp_path):
+def test_changed_or_missing_checkpoint_is_refused(tmp_path, sent):
     run = write_run(tmp_path / "run", n=3)
     out = tmp_path / "f.gif"
     render(run, out, "--fps", "2", "--size", "128x72")
     write_run(tmp_path / "run", n=3, seed=1)  # same names, other weights
+    sent.clear()
     result = runner.invoke(app, ["render", "--from-manifest", str(tmp_path / "f.gif.json"),
                                  str(tmp_path / "g.gif")])
-    assert result.exit_code == 1
+    assert result.exit_code == 1 and sent == []  # no frame made
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "step_000000.safetensors: changed since" in lines[0], result.output
     assert not (tmp_path / "g.gif").exists()
@@ -272,10 +283,13 @@ def test_render_reads_no_checkpoint_whole_for_the_manifest(tmp_path, run_dir, mo
     assert [f["sha256"] for f in doc["checkpoints"]["files"]] == [sha(f) for f in files]
 
 
-@pytest.mark.parametrize("verify", [[], ["--verify-inputs"]])
-def test_from_manifest_refuses_a_drawn_value_changed_in_place(tmp_path, verify):
+@pytest.mark.parametrize("verify", [[], ["--verify-inputs"], ["--no-cache"]])
+def test_from_manifest_refuses_a_drawn_value_changed_in_place(tmp_path, verify, sent):
     """One drawn weight changed in place, the file's size and modification time restored: the
-    layout cache and the digest memo would both take it for the same file."""
+    layout cache and the digest memo would both take it for the same file.  Found before the
+    render (the whole file's sha256 with --verify-inputs) or once it has read the drawn bytes
+    (the layouts cached: read for the check alone; --no-cache: as the layouts read them),
+    before a frame is made, leaving no film, manifest or temporary behind."""
     import os
 
     from conftest import plan_of
@@ -295,12 +309,14 @@ def test_from_manifest_refuses_a_drawn_value_changed_in_place(tmp_path, verify):
     target.write_bytes(bytes(raw))
     os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert target.stat().st_size == st.st_size and target.stat().st_mtime_ns == st.st_mtime_ns
+    sent.clear()
     result = runner.invoke(app, ["render", "--from-manifest", str(tmp_path / "f.gif.json"),
                                  str(tmp_path / "g.gif")])
-    assert result.exit_code == 1
-    assert "step_000100.safetensors: changed since" in result.output
-    assert ("read_xxh3 differs" if not verify else "sha256 differs") in result.output
-    assert not (tmp_path / "g.gif").exists()
+    assert result.exit_code == 1 and sent == []  # no frame made
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "step_000100.safetensors: changed since" in lines[0], result.output
+    assert ("sha256 differs" if "--verify-inputs" in verify else "read_xxh3 differs") in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.gif", "f.gif.json", "run"]
 
 
 def test_a_manifest_with_the_older_read_sha256_is_checked_with_sha256(tmp_path):
@@ -335,3 +351,111 @@ def test_from_manifest_accepts_an_untouched_copy_with_new_times(tmp_path):
         os.utime(f, (1, 1))
     result = render("--from-manifest", tmp_path / "f.gif.json", moved, tmp_path / "g.gif")
     assert "identical to the film recorded" in result.output
+
+
+# Read once: the drawn bytes are hashed as the film reads them, never read again for the
+# manifest or for --from-manifest's check.
+
+def _big_run(folder):
+    """fp16 checkpoints whose drawn rows lie well past the first 64 KiB (read with the
+    header), some tensors drawn by rows (a subset), some by columns (whole)."""
+    run = write_run(folder, n=4, d=64, vocab=3000, dtype=np.float16)
+    assert min(f.stat().st_size for f in run.glob("*.safetensors")) > 8 * 65536
+    return run
+
+
+def _fetched_once(fetched, names):
+    """Each file's drawn rows fetched in exactly one ranged read, no byte of it twice."""
+    from collections import Counter
+
+    from layerfilm.checkpoints import coalesce
+
+    assert Counter(name for name, _ in fetched) == {n: 1 for n in names}, fetched
+    for name, ranges in fetched:
+        assert sum(e - s for s, e in ranges) == sum(e - s for s, e in coalesce(ranges)), name
+
+
+def _read_digests_are_the_files(doc, run):
+    """Every entry's digests equal XXH3-128 and sha256 computed here over the file's bytes."""
+    import xxhash
+
+    files = sorted(run.glob("*.safetensors"))
+    assert [e["path"] for e in doc["checkpoints"]["files"]] == [f.name for f in files]
+    for entry, f in zip(doc["checkpoints"]["files"], files):
+        drawn = drawn_bytes(f, run)
+        assert entry["read_xxh3"] == xxhash.xxh3_128(drawn).hexdigest(), f.name
+        assert entry["read_bytes"] == len(drawn) and entry["header_sha256"] == header_sha(f)
+
+
+def test_the_drawn_bytes_are_hashed_as_the_film_reads_them(tmp_path, fetched):
+    """The manifest's digests equal XXH3-128 over the drawn bytes read by plain file reads;
+    a render fetches each file's drawn rows once, and nothing reads them again for the
+    manifest.  A re-render from the cache reads nothing (the digests were remembered as the
+    first render read); with that memo gone they are read once, by the manifest."""
+    from layerfilm import cache
+
+    run = _big_run(tmp_path / "run")
+    names = sorted(f.name for f in run.glob("*.safetensors"))
+    docs = []
+    for i, (flags, reads) in enumerate([(["--no-cache"], names), ([], names), ([], []),
+                                        ("memo gone", names)]):
+        if flags == "memo gone":
+            shutil.rmtree(cache.cache_dir() / "read-digests")
+            flags = []
+        fetched.clear()
+        render(run, tmp_path / f"f{i}.gif", "--fps", "2", "--size", "160x90", *flags)
+        _fetched_once(fetched, reads)
+        docs.append(json.loads((tmp_path / f"f{i}.gif.json").read_text()))
+        _read_digests_are_the_files(docs[-1], run)
+    assert all(d["checkpoints"]["files"] == docs[0]["checkpoints"]["files"] for d in docs)
+
+
+@pytest.mark.parametrize("flags", [["--no-cache"], []])
+def test_from_manifest_reads_the_drawn_bytes_once(tmp_path, fetched, flags):
+    """The check of the drawn bytes is made on what the render reads, not by reading them
+    before it: once per file, whether the render reads them (no cache) or only the check does
+    (layouts from the cache, whose keys cannot see a value changed in place)."""
+    run = _big_run(tmp_path / "run")
+    names = sorted(f.name for f in run.glob("*.safetensors"))
+    render(run, tmp_path / "f.gif", "--fps", "2", "--size", "160x90", *flags)
+    fetched.clear()
+    result = render("--from-manifest", tmp_path / "f.gif.json", tmp_path / "g.gif")
+    assert "identical to the film recorded" in result.output
+    _fetched_once(fetched, names)
+    doc = json.loads((tmp_path / "g.gif.json").read_text())
+    assert doc["checkpoints"]["files"] == \
+        json.loads((tmp_path / "f.gif.json").read_text())["checkpoints"]["files"]
+    _read_digests_are_the_files(doc, run)
+
+
+def test_a_sharded_run_is_hashed_shard_by_shard_as_it_is_read(tmp_path, fetched):
+    """Checkpoint folders of two safetensors shards and an index: each shard's digests are made
+    as its rows are fetched (one read per shard) and equal the bytes' own."""
+    from safetensors.numpy import load_file, save_file
+
+    flat = _big_run(tmp_path / "flat")
+    run = tmp_path / "run"
+    for f in sorted(flat.glob("*.safetensors")):
+        sd, folder = load_file(str(f)), run / f"checkpoint-{int(f.stem.split('_')[1])}"
+        folder.mkdir(parents=True)
+        names = sorted(sd)
+        shards = {"model-00001-of-00002.safetensors": names[::2],
+                  "model-00002-of-00002.safetensors": names[1::2]}
+        for shard, keys in shards.items():
+            save_file({k: sd[k] for k in keys}, str(folder / shard))
+        (folder / "model.safetensors.index.json").write_text(json.dumps(
+            {"weight_map": {k: shard for shard, keys in shards.items() for k in keys}}))
+    fetched.clear()
+    render(run, tmp_path / "f.gif", "--fps", "2", "--size", "160x90", "--no-cache")
+    shard_files = sorted(run.glob("*/*.safetensors"))
+    from collections import Counter
+
+    assert Counter(name for name, _ in fetched) == Counter(f.name for f in shard_files)
+    entries = {e["path"]: e for e in json.loads((tmp_path / "f.gif.json").read_text())
+               ["checkpoints"]["files"]}
+    import xxhash
+
+    for f in shard_files:
+        entry = entries[f"{f.parent.name}/{f.name}"]
+        assert entry["read_xxh3"] == xxhash.xxh3_128(drawn_bytes(f, run)).hexdigest()
+        assert entry["header_sha256"] == header_sha(f) and "sha256" not in entry

@@ -265,7 +265,7 @@ def test_drift_measured_with_the_layouts_equals_its_own_pass(tmp_path, run_dir):
     # Three passes measure it: the layouts' own, the reading-only pass (when the layouts come
     # from the cache) and the stats'.
     keys, fused = layouts.layouts_and_drift(plan, "pca", 0, use_cache=False)
-    alone = drift.drift_of(layouts.drift_sums(plan), plan.steps, plan.layers)
+    alone = drift.drift_of(layouts.drift_sums(plan)[0], plan.steps, plan.layers)
     full = stats.weight_stats(plan.refs, plan.layers)
     for d in (alone, full):
         np.testing.assert_array_equal(fused.norm, d.norm)

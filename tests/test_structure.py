@@ -11,7 +11,7 @@ ORDER = ["__init__", "_kernels", "_draw_kernels", "_plane_kernels", "errors", "a
          "progress", "config", "checkpoints", "extract", "plan", "clouds", "pca", "project", "cache",
          "cluster", "drift", "layouts", "interpolate", "raster",
          "shade", "text", "grid", "compose", "overlays", "cues", "stats", "completions", "header", "film", "encode", "stills",
-         "manifest", "publish", "pipeline", "watch", "info", "cli", "warmup",
+         "manifest", "publish", "pipeline", "watch", "info", "cli", "integrations", "warmup",
          "__main__"]
 
 

@@ -300,5 +300,42 @@ def test_a_grown_film_goes_on_from_the_cached_layouts_and_is_the_same_film(tmp_p
         fresh = render(dataclasses.replace(base, output=tmp_path / "fresh.gif", cache=False))
         assert _sha(tmp_path / "grown.gif") == _sha(tmp_path / "fresh.gif"), n
         assert grown.panels == fresh.panels
-        assert json.loads(Path(f"{tmp_path / 'grown.gif'}.json").read_text())["drawing"] == \
-            json.loads(Path(f"{tmp_path / 'fresh.gif'}.json").read_text())["drawing"]
+        docs = [json.loads(Path(f"{tmp_path / name}.json").read_text()) for name in ("grown.gif", "fresh.gif")]
+        assert docs[0]["drawing"] == docs[1]["drawing"]
+        # The digests of what each file's drawn rows hold: from this pass for what it read, from
+        # the earlier ones for the rest -- the same as a render that read them all.
+        assert docs[0]["checkpoints"]["files"] == docs[1]["checkpoints"]["files"]
+        assert all("read_xxh3" in f for f in docs[0]["checkpoints"]["files"])
+
+
+def test_a_trainer_rotating_its_checkpoints_is_followed(tmp_path):
+    """``save_total_limit``: the trainer deletes its oldest checkpoint as it saves a new one;
+    the next film shows the checkpoints there are then (and says nothing of a damaged file)."""
+    from layerfilm.config import RenderConfig
+    from layerfilm.watch import watch
+
+    src = write_run(tmp_path / "src", n=5)
+    names = sorted(p.name for p in src.glob("*.safetensors"))
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in names[:3]:
+        shutil.copy2(src / name, run / name)
+    said, looks = [], []
+
+    def sleep(seconds):
+        looks.append(len(said))
+        if len(looks) == 1:
+            (run / names[0]).unlink()
+            shutil.copy2(src / names[3], run / names[3])
+        if len(looks) == 2:
+            (run / names[1]).unlink()
+            shutil.copy2(src / names[4], run / names[4])
+        assert len(looks) < 10, said
+
+    config = RenderConfig(checkpoints=run, output=tmp_path / "live.gif", size=(160, 90),
+                          frames_per_keyframe=2, fps=4)
+    updates = watch(config, interval=0, settle=0, idle_exit=3, say=said.append, sleep=sleep,
+                    clock=lambda: float(len(looks)))
+    assert [u.steps for u in updates] == [(0, 100, 200), (100, 200, 300), (200, 300, 400)], said
+    assert all(u.error is None for u in updates) and not any("damaged" in s for s in said), said
+    assert len(decode(tmp_path / "live.gif")) == 5

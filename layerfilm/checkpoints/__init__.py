@@ -5,9 +5,9 @@ Buckets; ``sources``: a folder or URL -> storage), which ones there are and thei
 the loss logged beside them (``losslog``).  torch, fsspec and the Hub client are imported only where they are needed."""
 
 from .discover import CheckpointRef, discover, parse_step, parse_tokens, select_steps
-from .formats import (CHECKPOINT_SUFFIXES, HF_WEIGHTS, SAFETENSORS_SUFFIXES, TORCH_SUFFIXES, DcpCheckpoint,
-                      SafetensorsFile, ShardedCheckpoint, TensorSource, TorchFile, drawn_ranges,
-                      open_checkpoint, open_file)
+from .formats import (CHECKPOINT_SUFFIXES, HF_WEIGHTS, READ_DIGESTS, SAFETENSORS_SUFFIXES,
+                      TORCH_SUFFIXES, DcpCheckpoint, SafetensorsFile, ShardedCheckpoint, TensorSource,
+                      TorchFile, drawn_ranges, open_checkpoint, open_file, read_digests)
 from .runs import check_one_run
 from .losslog import (METRICS_NAMES, LossCurve, checkpoint_tokens, load_loss_curve,
                       load_loss_file)
@@ -16,9 +16,11 @@ from .storage import LOCAL, LocalStorage, Storage, cache_root, coalesce
 from .transfer import TOTAL, RemoteError, Traffic, human_bytes
 
 __all__ = [
-    "CHECKPOINT_SUFFIXES", "HF_WEIGHTS", "SAFETENSORS_SUFFIXES", "TORCH_SUFFIXES", "CheckpointRef",
+    "CHECKPOINT_SUFFIXES", "HF_WEIGHTS", "READ_DIGESTS", "SAFETENSORS_SUFFIXES", "TORCH_SUFFIXES",
+    "CheckpointRef",
     "discover", "check_one_run", "parse_step", "parse_tokens", "select_steps", "DcpCheckpoint", "SafetensorsFile",
     "ShardedCheckpoint", "TensorSource", "TorchFile", "drawn_ranges", "open_checkpoint", "open_file",
+    "read_digests",
     "METRICS_NAMES", "LossCurve", "checkpoint_tokens", "load_loss_curve",
     "load_loss_file", "LOCAL", "LocalStorage", "Storage", "coalesce", "cache_root", "Source",
     "is_url", "open_source", "RemoteError", "Traffic", "TOTAL", "human_bytes",

@@ -224,11 +224,11 @@ def cache_command(
         typer.echo(f"removed {files} files ({size / 1e6:.1f} MB) from {cache.cache_dir()}")
         return
     found = cache.entries()
-    layouts = [e for e in found if e[0].name.startswith("layouts-")]
+    layouts = [e for e in found if e[0].name.startswith(("layouts-", "chunk-"))]
     parts = cache.leftovers()
     total = sum(size for _, size, _ in found)
     typer.echo(f"cache       {cache.cache_dir()}")
-    typer.echo(f"holds       {len(layouts)} layout entries, {len(found) - len(layouts)} file digests, "
+    typer.echo(f"holds       {len(layouts)} layout entries, {len(found) - len(layouts)} others (drift, digests), "
                f"{total / 1e6:.1f} MB")
     typer.echo(f"unfinished  {len(parts)} .part files, {sum(size for _, size, _ in parts) / 1e6:.1f} MB"
                + (" (layerfilm cache --clear removes them)" if parts else ""))

@@ -190,7 +190,8 @@ def render(
             typer.echo(f"warning: {warning}", err=True)
     _notes(quiet)
     remote = not isinstance(config.checkpoints, Path)
-    result = render_film(config, _progress(quiet, remote))
+    result = render_film(config, _progress(quiet, remote),
+                         recorded=(recorded, from_manifest) if from_manifest is not None else None)
     written = result.manifest
     mb = result.bytes / 1e6
     s = result.seconds

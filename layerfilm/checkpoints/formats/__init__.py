@@ -14,7 +14,7 @@ from ..storage import LOCAL, Storage, coalesce
 from .dcp import DcpCheckpoint
 from .files import CHECKPOINT_SUFFIXES, HF_WEIGHTS, SAFETENSORS_SUFFIXES, TORCH_SUFFIXES, open_file
 from .pickles import TorchFile
-from .safetensors import SafetensorsFile
+from .safetensors import READ_DIGESTS, SafetensorsFile
 from .sharded import ShardedCheckpoint
 
 
@@ -77,6 +77,23 @@ def drawn_ranges(ckpt: TensorSource, wanted) -> dict[PurePath, list[tuple[int, i
     return {ckpt.path: [(0, ckpt.header_bytes)] + coalesce(ranges)}
 
 
-__all__ = ["CHECKPOINT_SUFFIXES", "HF_WEIGHTS", "SAFETENSORS_SUFFIXES", "TORCH_SUFFIXES",
+def read_digests(ckpt: TensorSource) -> dict[PurePath, dict] | None:
+    """Each file's digests of what ``ckpt``'s reader fetched when it was told to hash
+    (``prefetch(wanted, digest)``: :attr:`SafetensorsFile.read_digest`), keyed as
+    :func:`drawn_ranges` keys the same files; ``None`` unless every file has them (a format
+    read whole, a shard not hashed)."""
+    if isinstance(ckpt, ShardedCheckpoint):
+        out: dict[PurePath, dict] = {}
+        for shard in ckpt.shards.values():
+            found = read_digests(shard)
+            if found is None:
+                return None
+            out.update(found)
+        return out
+    found = getattr(ckpt, "read_digest", None) if isinstance(ckpt, SafetensorsFile) else None
+    return {ckpt.path: found} if found is not None else None
+
+
+__all__ = ["CHECKPOINT_SUFFIXES", "HF_WEIGHTS", "READ_DIGESTS", "SAFETENSORS_SUFFIXES", "TORCH_SUFFIXES",
            "TensorSource", "open_file", "open_checkpoint", "DcpCheckpoint", "TorchFile",
-           "SafetensorsFile", "ShardedCheckpoint", "drawn_ranges"]
+           "SafetensorsFile", "ShardedCheckpoint", "drawn_ranges", "read_digests"]
