@@ -49,6 +49,7 @@ class FilmSpec:
     order: str
     rebel_z: float
     settling: Settling
+    label_tokens: tuple[str, ...] = ()  # --points activations: probe tokens labelled
 
     @classmethod
     def of(cls, config: RenderConfig) -> "FilmSpec":
@@ -227,6 +228,14 @@ def prepare(plan: Plan, keys: Keyframes, spec: FilmSpec, measured: Drift | None 
         extras.append(overlays.DriftBars(grid.rects, measured.rate, times))
     live = measured is not None and (spec.cues or spec.order == "settle")
     pinned = interpolate.outside_counts(keys.P, times, rasterizer.limits, starts, extremes)
+    if spec.label_tokens and plan.probe is not None:
+        marked = plan.probe.labelled(spec.label_tokens)
+        if marked:
+            L = len(plan.layers)
+            at = np.array([starts[l] + i for l in range(L) for i in marked], dtype=np.int64)
+            extras.append(overlays.TokenLabels(
+                grid, rasterizer.xform, keys.P[:, at], times, np.repeat(np.arange(L), len(marked)),
+                [plan.probe.texts[i] for i in marked] * L))
     extras.append(cues.PanelCues(
         grid, times, plan.steps, points, measured.rate if live else None,
         measured.settle_steps(spec.settling) if live else None,

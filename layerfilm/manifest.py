@@ -418,7 +418,7 @@ def check_inputs(doc: dict[str, Any], path: Path, config: RenderConfig) -> list[
     read before a frame is made (a value changed in place, size and time kept, is found).  Full
     files are hashed here where the manifest has their sha256.  An older manifest's
     ``read_sha256`` is checked here, by reading the drawn bytes before the render does."""
-    from .plan import make_plan
+    from .activations import make_plan
 
     recorded = list(doc["checkpoints"].get("files") or [])
     where = str(config.checkpoints)

@@ -17,7 +17,8 @@ from pathlib import Path
 from . import atomic, cluster, completions, drift, encode, film, header, layouts, manifest, shade, stats, stills
 from .config import RenderConfig, StatsConfig
 from .errors import CheckpointError
-from .plan import Plan, make_plan
+from .activations import make_plan
+from .plan import Plan
 from .progress import QUIET, Progress
 
 
@@ -76,6 +77,9 @@ def render(config: RenderConfig, progress: Progress = QUIET,
         plan = make_plan(cfg, cfg.metrics, film.panels_fit(spec, len(prompts)))
         for path, why in plan.skipped:  # known before any layout is computed
             progress.warn(f"skipped {path}: {why}")
+        for text in cfg.label_tokens if plan.probe is not None else ():
+            if not plan.probe.labelled((text,)):
+                progress.warn(f"--label-tokens {text!r}: no dot of the probe is that token")
         if cfg.loss_strip and plan.loss is None:
             raise CheckpointError("--loss-strip: no loss curve found beside the checkpoints "
                                   "(metrics.jsonl, metrics.csv, trainer_state.json, or a loss in "
@@ -135,7 +139,7 @@ def measure(config: StatsConfig, progress: Progress = QUIET) -> StatsResult:
         plan = make_plan(cfg)
         for path, why in plan.skipped:
             progress.warn(f"skipped {path}: {why}")
-        result = stats.weight_stats(plan.refs, plan.layers, progress, run)
+        result = stats.weight_stats(plan.refs, plan.layers, progress, run, plan)
         keys = layouts.load_cached(plan, cfg.projection, cfg.seed, cfg.fourier_ref, progress)
         if keys is not None:
             where = "from the layout cache"

@@ -57,6 +57,13 @@ class Selection(_Validated):
     keep_downloads: bool = False
     storage_options: dict[str, Any] | None = None  # a config-file table, never a flag
     max_memory: str | None = None  # kept as text, as typed; None: the memory available now
+    # --points activations: the probe text (one sequence a line) whose tokens are the dots, the
+    # token positions drawn of each line ("all", or indices such as "-1" or "0,2"), and where the
+    # model's config and tokenizer are when they are not beside the checkpoints (also --prompt's)
+    probe: Path | None = None
+    probe_positions: str = "all"
+    model_config: Path | None = None  # a folder with the model's config.json
+    tokenizer: Path | None = None  # a folder with the tokenizer's files
 
     @property
     def memory_budget(self) -> int | None:
@@ -127,8 +134,7 @@ class RenderConfig(Selection):
     prompt: tuple[str, ...] = ()  # --prompt, repeatable: each keyframe's greedy continuation
     prompts: Path | None = None  # --prompts FILE: one prompt a line
     max_new_tokens: int = 12
-    model_config: Path | None = None  # a folder with the model's config.json
-    tokenizer: Path | None = None  # a folder with the tokenizer's files
+    label_tokens: tuple[str, ...] = ()  # --points activations: tokens whose text is drawn beside their dot
     scheduler: str | None = None  # a Dask scheduler's address (else $DASK_SCHEDULER_ADDRESS)
     verify_inputs: bool = False  # the manifest hashes every byte of every checkpoint
 

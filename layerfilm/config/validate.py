@@ -11,7 +11,7 @@ from typing import Callable
 
 from ..errors import ConfigError
 from .values import (COLOR_SCALES, ORDERS, POINTS, PROJECTIONS, REPO_ID, REPO_TYPES, SCALES, SUFFIXES,
-                     TIMELINES, URL, Remote, parse_memory, parse_steps)
+                     TIMELINES, URL, Remote, parse_memory, parse_positions, parse_steps)
 
 
 # ---- validation: one check per field name ---------------------------------------------------
@@ -255,6 +255,32 @@ def _model_folders(c) -> None:
         _fail("tokenizer", "--tokenizer needs a folder with the tokenizer's files", c.tokenizer)
 
 
+@_check("probe", "probe_positions", "label_tokens")
+def _probe(c) -> None:
+    acts = c.points == "activations"
+    if acts and c.probe is None:
+        _fail("probe", "--points activations needs --probe FILE: the text whose tokens are the "
+                       "dots, one sequence a line")
+    if not acts:
+        if c.probe is not None:
+            _fail("probe", f"--probe is for --points activations (got --points {c.points})")
+        if getattr(c, "label_tokens", ()):
+            _fail("label_tokens", "--label-tokens marks probe tokens: it needs --points activations")
+        return
+    if not c.probe.is_file():
+        _fail("probe", "--probe: no such file", c.probe)
+    if c.tensor is not None or c.layer_pattern is not None:
+        _fail("probe", "--tensor and --layer-pattern pick weights; --points activations draws "
+                       "one panel per layer's output")
+    try:
+        parse_positions(c.probe_positions)
+    except ValueError as e:
+        _fail("probe_positions", str(e))
+    for text in getattr(c, "label_tokens", ()):
+        if not text.strip() or "\n" in text:
+            _fail("label_tokens", f"--label-tokens: each must be a token's text, got {text!r}")
+
+
 @_check("tokens_per_step")
 def _tokens_per_step(c) -> None:
     if c.tokens_per_step is not None and c.tokens_per_step < 1:
@@ -348,6 +374,7 @@ _ORDER = ("checkpoints", "revisions", "storage_options", "output", "fps", "frame
           "points", "tensor", "order", "settle_threshold", "settle_fraction", "rebel_z", "metrics",
           "stills_dir", "stills_every", "steps", "timeline", "point_size", "scale", "title",
           "caption", "captions", "prompt", "prompts", "max_new_tokens", "model_config", "tokenizer",
+          "probe", "probe_positions", "label_tokens",
           "tokens_per_step", "layer_pattern", "run", "out", "repo_id", "bucket", "repo_type",
           "max_memory", "cmap")
 assert set(_ORDER) == set(_CHECKS)
