@@ -58,6 +58,13 @@ def _changed_later(plan: Plan, said: set[str], progress: Progress) -> None:
                       "was read; its manifest records no digest of it")
 
 
+def _unlabelled(plan: Plan, texts: tuple[str, ...], progress: Progress) -> None:
+    """Name each ``--label-tokens`` text that no dot of the probe reads."""
+    for text in texts if plan.probe is not None else ():
+        if not plan.probe.labelled((text,)):
+            progress.warn(f"--label-tokens {text!r}: no dot of the probe is that token")
+
+
 def render(config: RenderConfig, progress: Progress = QUIET,
            recorded: tuple[dict, Path] | None = None) -> RenderResult:
     """Render the film described by ``config`` to ``config.output`` (see :class:`RenderConfig`;
@@ -77,9 +84,7 @@ def render(config: RenderConfig, progress: Progress = QUIET,
         plan = make_plan(cfg, cfg.metrics, film.panels_fit(spec, len(prompts)))
         for path, why in plan.skipped:  # known before any layout is computed
             progress.warn(f"skipped {path}: {why}")
-        for text in cfg.label_tokens if plan.probe is not None else ():
-            if not plan.probe.labelled((text,)):
-                progress.warn(f"--label-tokens {text!r}: no dot of the probe is that token")
+        _unlabelled(plan, cfg.label_tokens, progress)
         if cfg.loss_strip and plan.loss is None:
             raise CheckpointError("--loss-strip: no loss curve found beside the checkpoints "
                                   "(metrics.jsonl, metrics.csv, trainer_state.json, or a loss in "
