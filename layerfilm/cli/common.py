@@ -157,7 +157,7 @@ RebelOpt = Annotated[float, typer.Option(
 # --prompt (render and stats): run each keyframe's checkpoint (docs/model.md).
 PromptOpt = Annotated[Optional[list[str]], typer.Option(
     help="Run each keyframe's checkpoint on this text and show its greedy continuation as the "
-         "keyframe's caption (repeatable: one line each; needs layerfilm[model]; docs/model.md).",
+         "keyframe's caption (repeatable: one line each; needs layerfilm\\[model]; docs/model.md).",
     show_default=False)]
 PromptsOpt = Annotated[Optional[Path], typer.Option(
     help="A file of prompts, one a line, as --prompt.", show_default=False)]
