@@ -268,6 +268,9 @@ def open_runner(plan: Plan, model_config: Path | None = None, tokenizer: Path | 
             raise ConfigError(f"--prompt: no {MODEL_CONFIG} in or beside the checkpoints and no "
                               "nanoGPT model_args in them: pass --model-config DIR (a folder with "
                               "the model's config.json)", plan.where, field="model_config")
+    if tokenizer is not None and _first_with([Path(tokenizer)], TOKENIZER_FILES) is None:
+        raise ConfigError(f"--tokenizer: no tokenizer files in it ({', '.join(TOKENIZER_FILES)})",
+                          tokenizer, field="tokenizer")
     tok_dir = tokenizer or _first_with(([config_dir] if config_dir else []) + dirs, TOKENIZER_FILES)
     if tok_dir is None:
         raise ConfigError("--prompt: no tokenizer in or beside the checkpoints: pass --tokenizer "

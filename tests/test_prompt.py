@@ -152,6 +152,8 @@ def test_llama_bare_safetensors_series_with_model_config_and_tokenizer(tmp_path)
     base = ["render", str(run), str(film), *SMALL, "--prompt", "w3 w4", "--max-new-tokens", "6"]
     _one_line(runner.invoke(app, base), 2, str(run), "--model-config DIR")
     _one_line(runner.invoke(app, base + ["--model-config", str(cfg_dir)]), 2, "--tokenizer DIR")
+    _one_line(runner.invoke(app, base + ["--model-config", str(cfg_dir), "--tokenizer", str(cfg_dir)]), 2,
+              str(cfg_dir), "--tokenizer: no tokenizer files in it")
     _one_line(runner.invoke(app, base + ["--model-config", str(tmp_path / "tok")]), 2,
               "--model-config needs a folder with the model's config.json")
     r = runner.invoke(app, base + ["--model-config", str(cfg_dir), "--tokenizer", str(tok_dir)])
