@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from pathlib import Path, PurePath
 
 from . import checkpoints
@@ -24,7 +25,6 @@ from .progress import QUIET, Progress
 MODEL_CONFIG = "config.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 ARROW = "\u2192"  # prompt -> completion, in captions
-MAX_PROMPTS = 8  # caption lines a frame can give them
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,20 +37,6 @@ class Said:
     def caption(self) -> str:
         """One line per prompt, ``12 45 = -> 57``, joined by newlines."""
         return "\n".join(f"{p} {ARROW} {c}" for p, c in self.completions)
-
-
-def load_prompts(prompt: tuple[str, ...], prompts: Path | None) -> list[str]:
-    """The prompts of ``--prompt TEXT`` (in order given) then of ``--prompts FILE`` (one a line,
-    blank lines skipped), whitespace inside each collapsed to single spaces."""
-    out = [" ".join(p.split()) for p in prompt]
-    if prompts is not None:
-        try:
-            text = Path(prompts).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"cannot read the prompts: {getattr(e, 'strerror', None) or e}",
-                              prompts, field="prompts") from None
-        out += [" ".join(line.split()) for line in text.splitlines() if line.strip()]
-    return out
 
 
 def captions(said: list[Said], given: list[tuple[int, str]] | None = None) -> list[tuple[int, str]]:
@@ -66,6 +52,24 @@ def captions(said: list[Said], given: list[tuple[int, str]] | None = None) -> li
         if text:
             out.append((step, "\n".join(text)))
     return out
+
+
+def record(said: list[Said], max_new_tokens: int, paths: list[str]) -> dict | None:
+    """The manifest's ``completions``: the prompts, the decoding, and per keyframe its
+    checkpoint (``paths``, one per keyframe) and step and what it said to each prompt
+    (prompt -> completion); ``None`` without prompts."""
+    if not said:
+        return None
+    return {"decoding": "greedy", "max_new_tokens": max_new_tokens,
+            "prompts": [p for p, _ in said[0].completions],
+            "checkpoints": [{"path": path, "step": s.step, "completions": dict(s.completions)}
+                            for path, s in zip(paths, said)]}
+
+
+def rows(said: list[Said]) -> list[tuple[int, str, str]]:
+    """``(step, prompt, completion)`` for every keyframe and prompt, keyframes in order: the
+    rows of ``layerfilm stats``' ``completions.csv``."""
+    return [(s.step, p, c) for s in said for p, c in s.completions]
 
 
 def _need_model_extra():
@@ -148,22 +152,13 @@ class Runner:
         import torch
 
         src = ref.open()
-        have = src.shapes()
-        by_name = _name_map(have)
         params = dict(self.model.named_parameters(remove_duplicate=False))
-        tied = _tied(self.model)
-        done = set()
         with torch.no_grad():
-            for name, param in params.items():
-                found = by_name.get(name)
+            for name, found in self.reads(src.shapes(), src.where).items():
+                param = params[name]
                 if found is None:
-                    if tied.get(name) in done or (name in tied and tied[name] in by_name):
-                        continue
-                    if self.zero_missing_bias and name.endswith(".bias"):
-                        param.zero_()
-                        continue
-                    raise CheckpointError(f"no tensor for the model's {name} (the config does not "
-                                          "describe these weights: pass --model-config DIR)", src.where)
+                    param.zero_()
+                    continue
                 value = torch.from_numpy(src.read(found))
                 if name in self.transposed:
                     value = value.T
@@ -172,7 +167,26 @@ class Runner:
                                           f"{name} is {tuple(param.shape)} (pass --model-config DIR "
                                           "for this series)", src.where)
                 param.copy_(value)
-                done.add(name)
+
+    def reads(self, have: dict[str, tuple[int, ...]], where: str = "") -> dict[str, str | None]:
+        """Model parameter name -> the checkpoint tensor (of those in ``have``) copied into it,
+        or ``None`` for a nanoGPT ``bias=False`` bias (zeros); a parameter tied to one that is
+        read is left out.  :class:`CheckpointError` for a parameter no tensor gives."""
+        by_name = _name_map(have)
+        tied = _tied(self.model)
+        out: dict[str, str | None] = {}
+        for name, _ in self.model.named_parameters(remove_duplicate=False):
+            found = by_name.get(name)
+            if found is not None:
+                out[name] = found
+            elif tied.get(name) in out or (name in tied and tied[name] in by_name):
+                continue
+            elif self.zero_missing_bias and name.endswith(".bias"):
+                out[name] = None
+            else:
+                raise CheckpointError(f"no tensor for the model's {name} (the config does not "
+                                      "describe these weights: pass --model-config DIR)", where or None)
+        return out
 
     def complete(self, prompt: str, max_new_tokens: int) -> str:
         """The greedy continuation of ``prompt``: at most ``max_new_tokens`` tokens (fewer
@@ -240,6 +254,11 @@ def open_runner(plan: Plan, model_config: Path | None = None, tokenizer: Path | 
     torch, transformers = _need_model_extra()
     from transformers.pytorch_utils import Conv1D
 
+    if plan.url and (model_config is None or tokenizer is None):
+        raise ConfigError(f"--prompt on remote checkpoints: pass --model-config DIR and --tokenizer DIR "
+                          f"(local folders with the model's {MODEL_CONFIG} and its tokenizer; "
+                          "nothing but the weights is fetched)", plan.url,
+                          field="model_config" if model_config is None else "tokenizer")
     dirs = _candidates(plan)
     nanogpt = None
     config_dir = model_config or _first_with(dirs, (MODEL_CONFIG,))
@@ -248,11 +267,15 @@ def open_runner(plan: Plan, model_config: Path | None = None, tokenizer: Path | 
         if nanogpt is None:
             raise ConfigError(f"--prompt: no {MODEL_CONFIG} in or beside the checkpoints and no "
                               "nanoGPT model_args in them: pass --model-config DIR (a folder with "
-                              "the model's config.json)", field="model_config")
+                              "the model's config.json)", plan.where, field="model_config")
+    if tokenizer is not None and _first_with([Path(tokenizer)], TOKENIZER_FILES) is None:
+        raise ConfigError(f"--tokenizer: no tokenizer files in it ({', '.join(TOKENIZER_FILES)})",
+                          tokenizer, field="tokenizer")
     tok_dir = tokenizer or _first_with(([config_dir] if config_dir else []) + dirs, TOKENIZER_FILES)
     if tok_dir is None:
         raise ConfigError("--prompt: no tokenizer in or beside the checkpoints: pass --tokenizer "
-                          "DIR (a folder with tokenizer.json or the tokenizer's files)", field="tokenizer")
+                          "DIR (a folder with tokenizer.json or the tokenizer's files)", plan.where,
+                          field="tokenizer")
     import logging
 
     quiet = [logging.getLogger(n) for n in ("transformers", "transformers.modeling_utils")]
@@ -319,6 +342,22 @@ def _transposed(ref, model, conv1d: set) -> set:
     return set()
 
 
+def fetch_bytes(plan: Plan, runner: Runner) -> int:
+    """The bytes :func:`run_prompts` reads from ``plan``'s storage: every tensor the model takes,
+    whole, from every keyframe's checkpoint (a torch pickle: the whole file)."""
+    total = 0
+    for ref in plan.refs:
+        src = ref.open()
+        itemsize = getattr(src, "itemsize", None)
+        if itemsize is None:
+            total += sum(plan.storage.size(p) for p in ref.files())
+            continue
+        shapes = src.shapes()
+        total += sum(itemsize(n) * math.prod(shapes[n])
+                     for n in runner.reads(shapes, src.where).values() if n is not None)
+    return total
+
+
 def run_prompts(plan: Plan, prompts: list[str], max_new_tokens: int, model_config: Path | None = None,
                 tokenizer: Path | None = None, progress: Progress = QUIET) -> list[Said]:
     """Every keyframe of ``plan`` run on ``prompts``: one :class:`Said` per keyframe, in order.
@@ -326,6 +365,11 @@ def run_prompts(plan: Plan, prompts: list[str], max_new_tokens: int, model_confi
     same."""
     runner = open_runner(plan, model_config, tokenizer)
     import torch
+
+    if plan.url:  # running needs whole tensors, not the rows the film draws: say how much first
+        progress.warn(f"--prompt runs every keyframe's checkpoint whole: fetching "
+                      f"{checkpoints.human_bytes(fetch_bytes(plan, runner))} of weights from "
+                      f"{plan.url} ({len(plan.refs)} checkpoints)")
 
     was = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)

@@ -23,7 +23,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from . import __version__, atomic, cache, checkpoints, config as config_mod, encode
+from . import __version__, atomic, cache, checkpoints, completions, config as config_mod, encode
 from .config import Remote, RenderConfig
 from .errors import CheckpointError, ConfigError, LayerfilmError
 from .untrusted import load_json, within
@@ -259,7 +259,8 @@ def build(config: RenderConfig, result, film: Path | None = None) -> dict[str, A
         "checkpoints": {"folder": folder, "files": files, "loss": loss,
                         **({"remote": _source(plan)} if plan.url else {})},
         "model_config": _model_config(plan),
-        "completions": _completions(plan, getattr(result, "spoken", None), config),
+        "completions": completions.record(getattr(result, "spoken", None) or [], config.max_new_tokens,
+                                          [_rel(ref.path, plan.folder) for ref in plan.refs]),
         "options": recorded_options(config),
         # Per panel: how its layouts were made (method, exact solves, corrections and exact
         # checks of tracked planes, a lower bound on the share of the exact top-two variance the
@@ -302,18 +303,6 @@ def _public(options: dict[str, Any]) -> dict[str, Any]:
         options = {**options, "storage_options": {k: v for k, v in so.items()
                                                   if not _SECRET.search(k)} or None}
     return options
-
-
-def _completions(plan, said, config: RenderConfig) -> dict[str, Any] | None:
-    """``--prompt``: the prompts, the decoding, and per keyframe its checkpoint (path and step)
-    and what it said to each prompt (prompt -> completion); ``None`` without prompts."""
-    if not said:
-        return None
-    return {"decoding": "greedy", "max_new_tokens": config.max_new_tokens,
-            "prompts": [p for p, _ in said[0].completions],
-            "checkpoints": [{"path": _rel(ref.path, plan.folder), "step": s.step,
-                             "completions": dict(s.completions)}
-                            for ref, s in zip(plan.refs, said)]}
 
 
 def _model_config(plan) -> dict[str, Any] | None:

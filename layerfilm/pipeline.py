@@ -133,6 +133,7 @@ class StatsResult:
     heatmap: Path
     layouts: str  # where the layout columns came from, or why they are empty
     plan: Plan | None = None  # what was measured (``plan.skipped``: checkpoints left out)
+    completions: Path | None = None  # --prompt: completions.csv
 
 
 def measure(config: StatsConfig, progress: Progress = QUIET) -> StatsResult:
@@ -144,6 +145,9 @@ def measure(config: StatsConfig, progress: Progress = QUIET) -> StatsResult:
         plan = make_plan(cfg)
         for path, why in plan.skipped:
             progress.warn(f"skipped {path}: {why}")
+        prompts = cfg.all_prompts
+        spoken = (completions.run_prompts(plan, prompts, cfg.max_new_tokens, cfg.model_config,
+                                          cfg.tokenizer, progress) if prompts else None)
         result = stats.weight_stats(plan.refs, plan.layers, progress, run, plan)
         keys = layouts.load_cached(plan, cfg.projection, cfg.seed, cfg.fourier_ref, progress)
         if keys is not None:
@@ -164,4 +168,8 @@ def measure(config: StatsConfig, progress: Progress = QUIET) -> StatsResult:
     stats.write_csv(result, settling, csv_path)
     stats.write_heatmap(result, settling, png_path, f"{plan.name}: relative change per 100 steps",
                         cfg.rebel_z)
-    return StatsResult(result, csv_path, png_path, where, plan)
+    said_path = None
+    if spoken is not None:
+        said_path = cfg.out / "completions.csv"
+        stats.write_completions(completions.rows(spoken), said_path)
+    return StatsResult(result, csv_path, png_path, where, plan, said_path)

@@ -218,6 +218,16 @@ def write_csv(stats: LayerStats, settling: Settling, path: Path) -> None:
     atomic.write_bytes(path, csv_text(stats, settling).encode())
 
 
+def write_completions(rows: list[tuple[int, str, str]], path: Path) -> None:
+    """``--prompt``: ``step,prompt,completion``, one row per keyframe and prompt, to ``path``
+    atomically."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["step", "prompt", "completion"])
+    w.writerows(rows)
+    atomic.write_bytes(path, buf.getvalue().encode())
+
+
 def write_heatmap(stats: Drift, settling: Settling, path: Path, title: str = "",
                   rebel_z: float = 3.0) -> None:
     """A PNG heatmap of :attr:`Drift.rate`: layers (rows) x steps (columns), log colour scale,

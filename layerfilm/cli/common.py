@@ -142,7 +142,7 @@ PointsOpt = Annotated[str, typer.Option(
     help=f"What the dots are: {' | '.join(POINTS)} (neurons: each block's residual-stream rows/"
          "columns; embeddings: the token embedding alone; rows/cols: one panel per weight "
          "matrix, its rows or columns; activations: each layer's hidden states on --probe's "
-         "tokens, one dot a token, needs layerfilm[model]).")]
+         "tokens, one dot a token, needs layerfilm\\[model]).")]
 ProbeOpt = Annotated[Optional[Path], typer.Option(
     help="--points activations: a text file, one sequence a line, whose tokens are the dots "
          "(docs/activations.md).", show_default=False)]
@@ -167,6 +167,16 @@ FractionOpt = Annotated[float, typer.Option(
 RebelOpt = Annotated[float, typer.Option(
     help="A layer is a rebel while its drift's z-score against the two layers on either side "
          "reaches this.")]
+# --prompt (render and stats): run each keyframe's checkpoint (docs/model.md).
+PromptOpt = Annotated[Optional[list[str]], typer.Option(
+    help="Run each keyframe's checkpoint on this text and show its greedy continuation as the "
+         "keyframe's caption (repeatable: one line each; needs layerfilm\\[model]; docs/model.md).",
+    show_default=False)]
+PromptsOpt = Annotated[Optional[Path], typer.Option(
+    help="A file of prompts, one a line, as --prompt.", show_default=False)]
+MaxNewTokensOpt = Annotated[int, typer.Option(
+    help="--prompt: tokens generated at most, 1 to 256 (fewer where the model's context ends "
+         "or it says end-of-text).")]
 
 
 

@@ -32,14 +32,19 @@ from .common import (
     KeepOpt,
     LayerPatternOpt,
     MaxMemoryOpt,
+    MaxNewTokensOpt,
+    ModelConfigOpt,
     PointsOpt,
     ProbeOpt,
     ProbePositionsOpt,
+    PromptOpt,
+    PromptsOpt,
     RebelOpt,
     RevisionsOpt,
     SchedulerOpt,
     RunOpt,
     SkipBadOpt,
+    TokenizerOpt,
     StepsOpt,
     TensorOpt,
     ThresholdOpt,
@@ -145,21 +150,11 @@ def render(
     captions: Annotated[Optional[Path], typer.Option(
         help='JSONL of {"step": N, "text": "..."}: each text shown from step N on (e.g. a sample '
              "completion per checkpoint).", show_default=False)] = None,
-    prompt: Annotated[Optional[list[str]], typer.Option(
-        help="Run each keyframe's checkpoint on this text and show its greedy continuation as "
-             "the keyframe's caption (repeatable: one line each; needs layerfilm[model]).",
-        show_default=False)] = None,
-    prompts: Annotated[Optional[Path], typer.Option(
-        help="A file of prompts, one a line, as --prompt.", show_default=False)] = None,
-    max_new_tokens: Annotated[int, typer.Option(
-        help="--prompt: tokens generated at most (fewer where the model's context ends or it "
-             "says end-of-text).")] = 12,
-    model_config: Annotated[Optional[Path], typer.Option(
-        help="--prompt: a folder with the model's config.json (default: in or beside the "
-             "checkpoints; nanoGPT checkpoints carry their own).", show_default=False)] = None,
-    tokenizer: Annotated[Optional[Path], typer.Option(
-        help="--prompt: a folder with the tokenizer's files (default: in or beside the "
-             "checkpoints).", show_default=False)] = None,
+    prompt: PromptOpt = None,
+    prompts: PromptsOpt = None,
+    max_new_tokens: MaxNewTokensOpt = 12,
+    model_config: ModelConfigOpt = None,
+    tokenizer: TokenizerOpt = None,
     probe: ProbeOpt = None,
     probe_positions: ProbePositionsOpt = "all",
     label_tokens: Annotated[Optional[list[str]], typer.Option(

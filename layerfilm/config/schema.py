@@ -81,17 +81,9 @@ class Selection(_Validated):
         return Selection(**{f.name: getattr(self, f.name) for f in dataclasses.fields(Selection)})
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class RenderConfig(Selection):
-    """Everything that decides what a film looks like.
-
-    ``frames_per_keyframe=None`` means one keyframe per second (= ``fps``);
-    ``timeline="step"`` spaces keyframes by training step instead of evenly.
-    ``prompt``/``prompts``: texts each keyframe's checkpoint continues greedily (at most
-    ``max_new_tokens`` tokens), shown as its caption (:mod:`~layerfilm.completions`), with the
-    model's config from ``model_config`` and its tokenizer from ``tokenizer`` when they are not
-    beside the checkpoints.
-    """
+class _Prompting:
+    """What ``render`` and ``stats`` share for ``--prompt`` (fields ``prompt``, ``prompts``,
+    ``max_new_tokens``, ``model_config``, ``tokenizer``)."""
 
     @property
     def all_prompts(self) -> list[str]:
@@ -102,6 +94,19 @@ class RenderConfig(Selection):
             out += [" ".join(line.split()) for line in
                     self.prompts.read_text(encoding="utf-8").splitlines() if line.strip()]
         return out
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RenderConfig(_Prompting, Selection):
+    """Everything that decides what a film looks like.
+
+    ``frames_per_keyframe=None`` means one keyframe per second (= ``fps``);
+    ``timeline="step"`` spaces keyframes by training step instead of evenly.
+    ``prompt``/``prompts``: texts each keyframe's checkpoint continues greedily (at most
+    ``max_new_tokens`` tokens), shown as its caption (:mod:`~layerfilm.completions`), with the
+    model's config from ``model_config`` and its tokenizer from ``tokenizer`` when they are not
+    beside the checkpoints.
+    """
 
     output: Path | None = None
     fps: int = 25
@@ -154,11 +159,12 @@ class RenderConfig(Selection):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class StatsConfig(Selection):
+class StatsConfig(_Prompting, Selection):
     """What ``layerfilm stats`` measures and where it writes (``out``: a folder).
 
     ``projection`` picks whose cached layouts fill the layout columns; ``layouts`` computes
-    them when none are cached.
+    them when none are cached; ``prompt``/``prompts`` (as for render) add each keyframe's
+    completions as ``completions.csv``.
     """
 
     out: Path = Path("layerfilm-stats")
@@ -168,6 +174,9 @@ class StatsConfig(Selection):
     projection: str = "pca"
     fourier_ref: int | None = None
     layouts: bool = False
+    prompt: tuple[str, ...] = ()  # as for render: completions.csv, one row per keyframe and prompt
+    prompts: Path | None = None
+    max_new_tokens: int = 12
     scheduler: str | None = None  # a Dask scheduler's address (else $DASK_SCHEDULER_ADDRESS)
 
 
