@@ -358,18 +358,51 @@ def fetch_bytes(plan: Plan, runner: Runner) -> int:
     return total
 
 
+def say_fetch(plan: Plan, runner: Runner, progress: Progress, what: str, note: str = "") -> None:
+    """For a remote series: say, before it starts, how many bytes running ``what`` fetches
+    (whole tensors, not the rows a film draws); ``note`` ends the line's parenthesis."""
+    if plan.url:
+        progress.warn(f"{what} runs every keyframe's checkpoint whole: fetching "
+                      f"{checkpoints.human_bytes(fetch_bytes(plan, runner))} of weights from "
+                      f"{plan.url} ({len(plan.refs)} checkpoints{note})")
+
+
+def manifest_entries(plan: Plan, said: list[Said] | None, max_new_tokens: int, paths: list[str]) -> dict:
+    """The manifest's record of what ran the model: ``completions`` (:func:`record`) and
+    ``probe`` (``--points activations``: its lines, dots and the key of everything that decides
+    its clouds besides the weights -- probe bytes, positions, model config, tokenizer)."""
+    probe = getattr(plan, "probe", None)
+    return {"completions": record(said or [], max_new_tokens, paths),
+            "probe": None if probe is None else {"lines": len(probe.lines), "points": len(probe.points),
+                                                 "key": probe.key}}
+
+
+def check_recorded(doc: dict, path: Path, plan: Plan, prompts: list[str]) -> None:
+    """``--from-manifest``: refuse (:class:`ConfigError` naming the file) a probe or prompts
+    other than those the manifest ``doc`` (at ``path``) recorded -- a file edited since, or a
+    model config or tokenizer changed: the film would not be the same."""
+    probe, recorded = getattr(plan, "probe", None), doc.get("probe")
+    if probe is not None and recorded and recorded.get("key") != probe.key:
+        raise ConfigError(f"changed since {path} was written (the probe, its positions, or the "
+                          "model's config or tokenizer): the film would not be the same",
+                          probe.path, field="probe")
+    said = doc.get("completions")
+    if said and said.get("prompts") != prompts:
+        raise ConfigError(f"the prompts are not those {path} recorded ({len(prompts)} now, "
+                          f"{len(said.get('prompts') or [])} then): the film would not be the same",
+                          path, field="prompts")
+
+
 def run_prompts(plan: Plan, prompts: list[str], max_new_tokens: int, model_config: Path | None = None,
                 tokenizer: Path | None = None, progress: Progress = QUIET) -> list[Said]:
     """Every keyframe of ``plan`` run on ``prompts``: one :class:`Said` per keyframe, in order.
     Greedy decoding on the CPU with torch's deterministic algorithms, so a re-render says the
     same."""
-    runner = open_runner(plan, model_config, tokenizer)
+    probe = getattr(plan, "probe", None)  # --points activations too: its model, built once
+    runner = probe.runner(plan) if probe is not None else open_runner(plan, model_config, tokenizer)
     import torch
 
-    if plan.url:  # running needs whole tensors, not the rows the film draws: say how much first
-        progress.warn(f"--prompt runs every keyframe's checkpoint whole: fetching "
-                      f"{checkpoints.human_bytes(fetch_bytes(plan, runner))} of weights from "
-                      f"{plan.url} ({len(plan.refs)} checkpoints)")
+    say_fetch(plan, runner, progress, "--prompt")
 
     was = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)

@@ -58,11 +58,16 @@ def _changed_later(plan: Plan, said: set[str], progress: Progress) -> None:
                       "was read; its manifest records no digest of it")
 
 
-def _unlabelled(plan: Plan, texts: tuple[str, ...], progress: Progress) -> None:
-    """Name each ``--label-tokens`` text that no dot of the probe reads."""
-    for text in texts if plan.probe is not None else ():
+def _about_the_probe(plan: Plan, texts: tuple[str, ...], progress: Progress) -> None:
+    """``--points activations``: name each ``--label-tokens`` text that no dot of the probe
+    reads; for a remote series, say what running the model fetches."""
+    if plan.probe is None:
+        return
+    for text in texts:
         if not plan.probe.labelled((text,)):
             progress.warn(f"--label-tokens {text!r}: no dot of the probe is that token")
+    completions.say_fetch(plan, plan.probe.runner(plan), progress, "--points activations",
+                          "; none if its layouts are cached")
 
 
 def render(config: RenderConfig, progress: Progress = QUIET,
@@ -84,7 +89,7 @@ def render(config: RenderConfig, progress: Progress = QUIET,
         plan = make_plan(cfg, cfg.metrics, film.panels_fit(spec, len(prompts)))
         for path, why in plan.skipped:  # known before any layout is computed
             progress.warn(f"skipped {path}: {why}")
-        _unlabelled(plan, cfg.label_tokens, progress)
+        _about_the_probe(plan, cfg.label_tokens, progress)
         if cfg.loss_strip and plan.loss is None:
             raise CheckpointError("--loss-strip: no loss curve found beside the checkpoints "
                                   "(metrics.jsonl, metrics.csv, trainer_state.json, or a loss in "

@@ -272,3 +272,47 @@ def test_bad_input_is_one_line(tmp_path, monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_transformers)
     fails("--points", "activations", "--probe", str(run / "probe.txt"), says="layerfilm[model]")
+
+
+def test_prompts_and_probe_share_one_model_and_from_manifest_refuses_a_changed_probe(tmp_path, monkeypatch):
+    """With --prompt and --points activations the model is built once (weights replaced per
+    keyframe) and says what a prompt-only render says; the manifest records the probe's key and
+    the prompts, and --from-manifest refuses a probe or a prompts file edited since, naming it."""
+    import json
+
+    from layerfilm import completions
+
+    run = write_series(tmp_path / "gpt2")
+    (tmp_path / "prompts.txt").write_text("the cat\nwe go\n")
+    small = ["--size", "320x180", "--fps", "2", "-q", "--no-cache", "--max-new-tokens", "3"]
+    built = []
+    real = completions.open_runner
+    monkeypatch.setattr(completions, "open_runner", lambda *a, **k: built.append(1) or real(*a, **k))
+    both = tmp_path / "both.gif"
+    r = runner.invoke(app, ["render", str(run), str(both), "--points", "activations", "--probe",
+                            str(run / "probe.txt"), "--prompts", str(tmp_path / "prompts.txt"), *small])
+    assert r.exit_code == 0, r.output
+    assert len(built) == 1
+    alone = tmp_path / "alone.gif"
+    r = runner.invoke(app, ["render", str(run), str(alone), "--prompts", str(tmp_path / "prompts.txt"), *small])
+    assert r.exit_code == 0, r.output
+    manifest = tmp_path / "both.gif.json"
+    doc, other = json.loads(manifest.read_text()), json.loads((tmp_path / "alone.gif.json").read_text())
+    assert doc["completions"]["checkpoints"] == other["completions"]["checkpoints"]
+    assert doc["probe"]["points"] == len(PROBE.split()) and doc["probe"]["key"].startswith("activations|")
+    assert other["probe"] is None
+    again = runner.invoke(app, ["render", "--from-manifest", str(manifest), str(tmp_path / "again.gif")])
+    assert again.exit_code == 0, again.output
+    assert (tmp_path / "again.gif").read_bytes() == both.read_bytes()
+
+    def refused(says: str, names: str):
+        r = runner.invoke(app, ["render", "--from-manifest", str(manifest), str(tmp_path / "no.gif")])
+        assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+        assert len(r.output.strip().splitlines()) == 1 and says in r.output and names in r.output, r.output
+        assert not (tmp_path / "no.gif").exists()
+
+    (tmp_path / "prompts.txt").write_text("the cat\nwe go\nthe dog\n")
+    refused("the prompts are not those", manifest.name)
+    (tmp_path / "prompts.txt").write_text("the cat\nwe go\n")
+    (run / "probe.txt").write_text(PROBE.replace("cat", "dog"))
+    refused("changed since", "probe.txt")

@@ -342,3 +342,10 @@ def test_remote_series_says_what_it_fetches_first(tmp_path, moto, s3):
     local = runner.invoke(app, ["render", str(run), str(tmp_path / "l.gif"), *opts, *given])
     assert local.exit_code == 0, local.output
     assert _said(tmp_path / "r.gif") == _said(tmp_path / "l.gif")
+    # --points activations runs the model too, and says so first (nothing cached yet).
+    (tmp_path / "probe.txt").write_text("w1 w2 w3\nw4 w5 w6\n")
+    acts = ["--points", "activations", "--probe", str(tmp_path / "probe.txt"), *SMALL, *given]
+    r = runner.invoke(app, ["render", "s3://prompts/run", str(tmp_path / "a.gif"), *acts])
+    assert r.exit_code == 0, r.output
+    assert (f"--points activations runs every keyframe's checkpoint whole: fetching {human_bytes(wanted)} "
+            "of weights from s3://prompts/run (3 checkpoints; none if its layouts are cached)") in r.output
