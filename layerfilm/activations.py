@@ -87,6 +87,14 @@ class Probe:
                 self.model.runner = open_model(plan, self.model_config, self.tokenizer)
             return self.model.runner
 
+    @property
+    def drawn(self) -> list[int]:
+        """The hidden states drawn, one panel each: all of them, but the embedding output when
+        every dot is the same token at the same position (one point at every checkpoint,
+        e.g. ``--probe-positions -1`` on lines that all end in ``=``)."""
+        same = {(self.ids[line][pos], pos) for line, pos in self.points.tolist()}
+        return list(range(1 if len(same) == 1 else 0, self.layers))
+
     def labelled(self, texts: tuple[str, ...]) -> list[int]:
         """The dots marked by ``--label-tokens`` ``texts``: for each text, the first
         :data:`LABELS_PER_TEXT` dots whose token reads it (spaces around it ignored)."""
@@ -123,12 +131,13 @@ def make_plan(selection: Selection, metrics: Path | None = None,
 def panels(probe: Probe) -> list[extract.Layer]:
     """One panel per hidden state, labelled as the weight panels are: ``embed`` (the
     embedding output), then ``L0``, ``L1``, ... (the output of each block; the last one as
-    transformers gives it, after the final norm)."""
+    transformers gives it, after the final norm); no ``embed`` panel where it would be one
+    point (:attr:`Probe.drawn`)."""
     n = len(probe.points)
     index = np.arange(n, dtype=np.int64)
     return [extract.Layer("embed" if i == 0 else f"L{i - 1}", "", probe.dim,
                           (extract.PointSource(f"hidden_states[{i}]", 0, index),), n)
-            for i in range(probe.layers)]
+            for i in probe.drawn]
 
 
 def _tokenizer_identity(tok) -> str:
@@ -197,7 +206,8 @@ def load_probe(plan: Plan, selection: Selection) -> Probe:
 
 
 def hidden_states(runner, probe: Probe) -> list[np.ndarray]:
-    """Every panel's cloud with the weights now in ``runner``'s model: ``layers`` arrays of
+    """Every panel's cloud with the weights now in ``runner``'s model: one array per drawn
+    hidden state (:attr:`Probe.drawn`), each
     ``(n, dim)`` float32, row ``i`` the hidden state at ``probe.points[i]``.  Lines of one
     length run together (no padding), in float32 on the CPU with torch's deterministic
     algorithms."""
@@ -205,7 +215,8 @@ def hidden_states(runner, probe: Probe) -> list[np.ndarray]:
 
     model = runner.model
     base = getattr(model, model.base_model_prefix, model)  # no logits: only the hidden states
-    out = [np.empty((len(probe.points), probe.dim), dtype=np.float32) for _ in range(probe.layers)]
+    panel_of = {state: l for l, state in enumerate(probe.drawn)}
+    out = [np.empty((len(probe.points), probe.dim), dtype=np.float32) for _ in panel_of]
     by_length: dict[int, list[int]] = {}
     for i, ids in enumerate(probe.ids):
         by_length.setdefault(len(ids), []).append(i)
@@ -224,8 +235,8 @@ def hidden_states(runner, probe: Probe) -> list[np.ndarray]:
                         if (r := row_of.get((i, p))) is not None]
                 rows = np.array([t[0] for t in take], dtype=np.int64)
                 sel = (torch.tensor([t[1] for t in take]), torch.tensor([t[2] for t in take]))
-                for l, s in enumerate(states):
-                    out[l][rows] = s[sel].float().numpy()
+                for state, l in panel_of.items():
+                    out[l][rows] = states[state][sel].float().numpy()
     finally:
         torch.use_deterministic_algorithms(was)
     return out
