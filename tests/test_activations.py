@@ -316,3 +316,22 @@ def test_prompts_and_probe_share_one_model_and_from_manifest_refuses_a_changed_p
     (tmp_path / "prompts.txt").write_text("the cat\nwe go\n")
     (run / "probe.txt").write_text(PROBE.replace("cat", "dog"))
     refused("changed since", "probe.txt")
+
+
+def test_a_panel_that_would_be_one_point_is_left_out(tmp_path):
+    """Every line ending in the same token, drawn at -1: the embedding output is one point at
+    every checkpoint, so there is no embed panel; the blocks' panels are the model's own states."""
+    run = write_series(tmp_path / "gpt2")
+    (run / "same.txt").write_text("the cat sat\nwe go sat\na big sat\nthe dog sat\n")
+    plan = activations.make_plan(Selection(checkpoints=run, points="activations",
+                                           probe=run / "same.txt", probe_positions="-1"))
+    assert [layer.label for layer in plan.layers] == ["L0", "L1"]
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(run / "checkpoint-200")).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(str(run))
+    with torch.no_grad():
+        last = [[h[0, -1].numpy() for h in model(torch.tensor([tok(line)["input_ids"]]),
+                                                 output_hidden_states=True).hidden_states]
+                for line in (run / "same.txt").read_text().splitlines()]
+    assert all(np.array_equal(row[0], last[0][0]) for row in last)  # the embedding output: one point
+    for l, cloud in enumerate(clouds.of(plan).open(1).clouds()):
+        np.testing.assert_allclose(cloud, np.stack([row[l + 1] for row in last]), rtol=1e-5, atol=1e-5)
