@@ -3,6 +3,7 @@ matplotlib peer, all measured in this one run.  Prints ratios; asserts nothing.
 
     python bench/bench.py            # the full scale: 128 blocks x ~1,000 points, 180 keyframes, 1080p
     python bench/bench.py --quick    # a small run to check the machinery (~1 minute)
+    python bench/bench.py --activations   # seconds per keyframe of --points activations (GPT-2-124M)
 
 The series are made once in --workdir and kept; the films, raw frames and other outputs of a
 run are deleted at its end (a full run writes about 9 GB while it runs).
@@ -213,11 +214,20 @@ def main() -> None:
     ap.add_argument("--real-size", action="store_true",
                     help="GPT-2-124M x 30 fp32 and Llama-1B x 8 bf16 series (35 GB, made once): wall "
                          "time, bytes read and peak RSS against one sha256 pass (bench/real_size.py)")
+    ap.add_argument("--activations", action="store_true",
+                    help="seconds per keyframe of --points activations: GPT-2-124M shape, 512-token "
+                         "probe, 3 keyframes (bench/activations.py)")
     ap.add_argument("--formats", default=",".join(FORMATS))
     ap.add_argument("--fpk", type=int, default=5, help="frames per keyframe (default 5)")
     ap.add_argument("--peer-frames", type=int, default=12, help="frames to time the peer on")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "layerfilm-bench")
     a = ap.parse_args()
+    if a.activations:
+        import activations
+
+        a.workdir.mkdir(parents=True, exist_ok=True)
+        activations.run(a.workdir)
+        return
     if a.real_size:
         import real_size
 

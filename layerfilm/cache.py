@@ -229,6 +229,8 @@ def layout_key(plan: Plan, options: str) -> str:
 
 
 def _panels_key(h, plan: Plan) -> None:
+    if plan.probe is not None:  # hidden states: the probe, model config and tokenizer decide them
+        h.update(f"{plan.probe.key}\n".encode())
     for layer in plan.layers:
         for src in layer.sources:
             h.update(f"{layer.label}|{layer.dim}|{src.tensor}|{src.axis}|".encode())

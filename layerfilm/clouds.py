@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Iterable, Protocol, Sequence
 
 import numpy as np
 
-from . import checkpoints, extract
+from . import activations, checkpoints, extract
 
 if TYPE_CHECKING:
     from .checkpoints import CheckpointRef
@@ -110,11 +110,15 @@ class WeightClouds:
         return CloudStream(self, range(len(self.refs)) if keyframes is None else keyframes)
 
 
-def of(plan: Plan, panels: Sequence[int] | None = None, digest: str | None = None) -> WeightClouds:
-    """The source of ``plan``'s clouds (its weights: the one source today), for ``panels``
-    (indices into ``plan.layers``; all by default); ``digest``: local files' drawn bytes
-    hashed as they are read (see :class:`WeightClouds`; remote files are identified by what
-    their server lists)."""
+def of(plan: Plan, panels: Sequence[int] | None = None, digest: str | None = None
+       ) -> WeightClouds | activations.ActivationClouds:
+    """The source of ``plan``'s clouds, for ``panels`` (indices into ``plan.layers``; all by
+    default): its weights, or with a probe (``--points activations``) the hidden states of
+    its tokens (:class:`~layerfilm.activations.ActivationClouds`); ``digest``: local files'
+    drawn bytes hashed as they are read (see :class:`WeightClouds`; remote files are
+    identified by what their server lists)."""
+    if plan.probe is not None:
+        return activations.ActivationClouds(plan, panels)
     local = isinstance(plan.storage, checkpoints.LocalStorage)
     return WeightClouds(plan.refs, plan.layers, panels, digest if local else None)
 
@@ -122,7 +126,7 @@ def of(plan: Plan, panels: Sequence[int] | None = None, digest: str | None = Non
 def stream(plan: Plan, keyframes: Iterable[int] | None = None,
            panels: Sequence[int] | None = None) -> CloudStream:
     """``plan``'s clouds over ``keyframes`` (all by default), for ``panels`` (all by default)."""
-    return of(plan, panels).stream(keyframes)
+    return CloudStream(of(plan, panels), range(len(plan.refs)) if keyframes is None else keyframes)
 
 
 class CloudStream:

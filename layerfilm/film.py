@@ -49,6 +49,7 @@ class FilmSpec:
     order: str
     rebel_z: float
     settling: Settling
+    label_tokens: tuple[str, ...] = ()  # --points activations: probe tokens labelled
 
     @classmethod
     def of(cls, config: RenderConfig) -> "FilmSpec":
@@ -146,20 +147,32 @@ def _frame_spec(spec: FilmSpec, layers, labels: list[str], captions: list[tuple[
     return FrameSpec(
         spec.size, tuple(labels), tuple(points), extents,
         tuple(groups) if groups == sorted(groups) else None, title, widest,
-        captions=(2 if any(text_width(t, lf) > one_line for _, t in captions) else 1)
-        if captions else 0, caption=spec.caption is not None,
+        captions=max(caption_lines(t, lf, one_line) for _, t in captions) if captions else 0,
+        caption=spec.caption is not None,
         strip=overlays.strip_height(spec.size) if spec.loss_strip else 0,
         shared=spec.scale == "shared", point_size=spec.point_size, cues=spec.cues, shares=shares)
 
 
-def panels_fit(spec: FilmSpec):
+def caption_lines(text: str, px: int, width: int) -> int:
+    """Footer lines a per-keyframe caption takes: one per line of a caption of several (each
+    shortened to fit, as ``--prompt``'s one line per prompt), else one, or two when it is wider
+    than the frame (wrapped)."""
+    if "\n" in text:
+        return text.count("\n") + 1
+    return 2 if text_width(text, px) > width else 1
+
+
+def panels_fit(spec: FilmSpec, prompts: int = 0):
     """A check for :func:`~layerfilm.plan.make_plan` to run once the panels are planned from
     the first checkpoint: :class:`ConfigError` when they cannot fit in a ``spec.size`` frame,
     before any other checkpoint is opened or any data read (100,000 panels were refused only
     after a minute of loading).  How far each panel's dots reach is not known yet; whether the
-    panels fit at all does not depend on it."""
+    panels fit at all does not depend on it.  ``prompts``: caption lines ``--prompt`` will add,
+    one a prompt, whose text the model has not said yet."""
     def check(layers) -> None:
         captions = header.load_captions(spec.captions) if spec.captions is not None else []
+        if prompts:
+            captions = [(0, "\n".join(["?"] * (prompts + bool(captions))))]
         frame = _frame_spec(spec, layers, [l.label for l in layers], captions)
         if spec.order == "settle":  # panels reordered later may lose their bands: the looser case
             frame = dataclasses.replace(frame, groups=None)
@@ -174,11 +187,14 @@ def _share_range(panel: dict) -> tuple[float, float] | None:
     return None if lo is None or hi is None else (float(lo), float(hi))
 
 
-def prepare(plan: Plan, keys: Keyframes, spec: FilmSpec, measured: Drift | None = None) -> Film:
+def prepare(plan: Plan, keys: Keyframes, spec: FilmSpec, measured: Drift | None = None,
+            said: list[tuple[int, str]] | None = None) -> Film:
     """Everything about the film that is fixed before its first frame (see :class:`Film`).
 
     ``measured`` (the layers' drift) is needed for the cues, ``--drift`` and ``--order
-    settle``; the panels are drawn in ``plan``'s order.
+    settle``; the panels are drawn in ``plan``'s order.  ``said``: the per-keyframe captions
+    ``--prompt`` made (``completions.captions``: with ``--captions`` already merged in), shown
+    instead of the ``--captions`` file's.
     """
     starts = plan.starts
     if spec.timeline == "step":
@@ -188,7 +204,8 @@ def prepare(plan: Plan, keys: Keyframes, spec: FilmSpec, measured: Drift | None 
     n_frames = interpolate.frame_count(times)
     extremes = interpolate.curve_extremes(keys.P, times)
     fields, widest = header.header_fields(plan, spec.tokens_per_step)
-    captions = header.load_captions(spec.captions) if spec.captions is not None else []
+    captions = said if said is not None else \
+        header.load_captions(spec.captions) if spec.captions is not None else []
     labels = [l.label for l in plan.layers]
     for l, panel in enumerate(keys.panels):
         if panel.get("plane"):  # a Fourier plane: say which frequency the ring is drawn in
@@ -211,6 +228,14 @@ def prepare(plan: Plan, keys: Keyframes, spec: FilmSpec, measured: Drift | None 
         extras.append(overlays.DriftBars(grid.rects, measured.rate, times))
     live = measured is not None and (spec.cues or spec.order == "settle")
     pinned = interpolate.outside_counts(keys.P, times, rasterizer.limits, starts, extremes)
+    if spec.label_tokens and plan.probe is not None:
+        marked = plan.probe.labelled(spec.label_tokens)
+        if marked:
+            L = len(plan.layers)
+            at = np.array([starts[l] + i for l in range(L) for i in marked], dtype=np.int64)
+            extras.append(overlays.TokenLabels(
+                grid, rasterizer.xform, keys.P[:, at], times, np.repeat(np.arange(L), len(marked)),
+                [plan.probe.texts[i] for i in marked] * L))
     extras.append(cues.PanelCues(
         grid, times, plan.steps, points, measured.rate if live else None,
         measured.settle_steps(spec.settling) if live else None,

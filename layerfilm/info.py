@@ -9,7 +9,8 @@ from pathlib import PurePath
 from . import checkpoints
 from .config import InfoConfig
 from .layouts import axis_shares, projections
-from .plan import make_plan, read_estimate
+from .activations import make_plan
+from .plan import read_estimate
 from .project import Fourier
 
 

@@ -152,12 +152,12 @@ class Resumed:
         return len(self.chunk) - len(self.done.P)
 
 
-def _previous_clouds(source: clouds.WeightClouds, k: int) -> list[np.ndarray | None]:
+def _previous_clouds(source: clouds.CloudSource, k: int) -> list[np.ndarray | None]:
     """Every panel's cloud at keyframe ``k - 1`` (for the change into ``k``), or none at 0."""
     return source.open(k - 1).clouds() if k > 0 else [None] * len(source.panels)
 
 
-def _read_in(source: clouds.WeightClouds, chunk: range) -> dict[str, dict]:
+def _read_in(source: clouds.CloudSource, chunk: range) -> dict[str, dict]:
     """The digests ``source`` made of the files of the keyframes in ``chunk`` as it read them
     (the one before, read again for the drift into the first, is its own chunk's)."""
     return {path: d for k in chunk for path, d in source.read.get(k, {}).items()}
@@ -209,7 +209,7 @@ def _project_chunk(plan: Plan, how: list[project.Projection], drift: bool, chunk
             P[k - chunk.start, starts[l]:starts[l + 1]] = project.project_keyframe(cloud, how[l], tracks[l])
 
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-        frames = source.stream(range(first, chunk.stop))
+        frames = clouds.CloudStream(source, range(first, chunk.stop))
         for frame in frames:  # one checkpoint in memory at a time
             parts = [pool.submit(project_layers, frame, part) for part in range(threads)]
             frames.read_ahead()  # the next one's rows are fetched while this one is projected
@@ -380,7 +380,7 @@ def drift_chunk(plan: Plan, chunk: range, advance=None) -> tuple[np.ndarray, dic
     (see ``Keyframes.read``)."""
     source = clouds.of(plan, digest=READ_DIGEST)
     meter = DriftMeter(chunk, _previous_clouds(source, chunk.start))
-    for frame in source.stream(chunk):
+    for frame in clouds.CloudStream(source, chunk):
         for l, cloud in enumerate(frame.clouds()):
             meter.measure(l, frame.index, cloud)
         if advance is not None:

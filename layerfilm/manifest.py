@@ -23,7 +23,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from . import __version__, atomic, cache, checkpoints, config as config_mod, encode
+from . import __version__, atomic, cache, checkpoints, completions, config as config_mod, encode
 from .config import Remote, RenderConfig
 from .errors import CheckpointError, ConfigError, LayerfilmError
 from .untrusted import load_json, within
@@ -259,6 +259,8 @@ def build(config: RenderConfig, result, film: Path | None = None) -> dict[str, A
         "checkpoints": {"folder": folder, "files": files, "loss": loss,
                         **({"remote": _source(plan)} if plan.url else {})},
         "model_config": _model_config(plan),
+        **completions.manifest_entries(plan, getattr(result, "spoken", None), config.max_new_tokens,
+                                       [_rel(ref.path, plan.folder) for ref in plan.refs]),
         "options": recorded_options(config),
         # Per panel: how its layouts were made (method, exact solves, corrections and exact
         # checks of tracked planes, a lower bound on the share of the exact top-two variance the
@@ -305,8 +307,7 @@ def _public(options: dict[str, Any]) -> dict[str, Any]:
 
 def _model_config(plan) -> dict[str, Any] | None:
     """A small ``config.json`` in the checkpoint folder or beside the last checkpoint."""
-    storage = plan.storage
-    last = plan.refs[-1].path
+    storage, last = plan.storage, plan.refs[-1].path
     for candidate in (plan.folder / MODEL_CONFIG, last.parent / MODEL_CONFIG,
                       last / MODEL_CONFIG):
         try:
@@ -405,7 +406,7 @@ def check_inputs(doc: dict[str, Any], path: Path, config: RenderConfig) -> list[
     read before a frame is made (a value changed in place, size and time kept, is found).  Full
     files are hashed here where the manifest has their sha256.  An older manifest's
     ``read_sha256`` is checked here, by reading the drawn bytes before the render does."""
-    from .plan import make_plan
+    from .activations import make_plan
 
     recorded = list(doc["checkpoints"].get("files") or [])
     where = str(config.checkpoints)
@@ -425,6 +426,7 @@ def check_inputs(doc: dict[str, Any], path: Path, config: RenderConfig) -> list[
             raise CheckpointError(f"changed since {path} was written (sha256 differs); "
                                   "the film would not be the same", lp)
     plan = make_plan(config, config.metrics)
+    completions.check_recorded(doc, path, plan, config.all_prompts)
     verify = any("sha256" in e and "read_sha256" not in e and "read_xxh3" not in e
                  for e in recorded) or config.verify_inputs
     legacy = any("read_sha256" in e for e in recorded)  # checked here, as it always was

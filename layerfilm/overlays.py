@@ -7,7 +7,8 @@ frame) inside the boxes the :class:`~layerfilm.grid.Grid` gave it.
 * :class:`DriftBars` -- a bar under each panel, as long as the layer's current rate of change;
 * :class:`ScaleBars` -- each panel's scale, a bar of a round length in weight units;
 * :class:`Legend` -- what the colours mean: how many dots overlap;
-* :class:`Captions` -- a fixed caption and per-checkpoint captions in the footer.
+* :class:`Captions` -- a fixed caption and per-checkpoint captions in the footer;
+* :class:`TokenLabels` -- ``--label-tokens``: probe tokens' text beside their dots.
 
 The per-panel activity, settled and rebel cues are in :mod:`layerfilm.cues`.
 """
@@ -311,6 +312,14 @@ def wrap(text: str, px: int, width: int, lines: int) -> list[str]:
     return [fit_text(line, px, width) for line in out]
 
 
+def _caption_lines(text: str, px: int, width: int, lines: int) -> list[str]:
+    """A caption's footer lines: each of its own lines shortened to fit (``--prompt``: one per
+    prompt), or one text wrapped."""
+    if "\n" in text:
+        return [fit_text(line, px, width) for line in text.split("\n")[:lines]]
+    return wrap(text, px, width, lines)
+
+
 class Captions:
     """The footer's text: a fixed ``caption`` (static) and per-checkpoint ``captions`` --
     ``(step, text)`` sorted by step, each shown from its step on until the next one's."""
@@ -321,7 +330,7 @@ class Captions:
         self.caption = caption
         self.steps = np.array([s for s, _ in captions], dtype=np.float64)
         boxes = grid.captions
-        self.lines = [wrap(t, lf, boxes[0][2] - boxes[0][0], len(boxes)) if boxes else []
+        self.lines = [_caption_lines(t, lf, boxes[0][2] - boxes[0][0], len(boxes)) if boxes else []
                       for _, t in captions]
 
     def draw_static(self, bg: np.ndarray) -> None:
@@ -337,3 +346,55 @@ class Captions:
         lf = self.grid.label_font
         for box, line in zip(self.grid.captions, self.lines[i]):
             draw_text(frame, line, lf, box[0], baseline_in(box, lf), clip=box)
+
+
+class TokenLabels:
+    """``--label-tokens``: chosen probe tokens' text beside their dots, in every panel, each
+    following its dot from frame to frame (its interpolated position, pinned to the panel's
+    edge as the dot is), with a small white cross on the dot.
+
+    ``P``: (K, n, 2) the keyframe layouts of the labelled dots in every panel, panel after
+    panel (``panel``: (n,) which panel each is in); ``times``: (K,) the keyframes' frame times;
+    ``texts``: (n,) what each says; ``xform``/``rects``: the rasterizer's (where a dot lands)."""
+
+    def __init__(self, grid: Grid, xform: np.ndarray, P: np.ndarray, times: np.ndarray,
+                 panel: np.ndarray, texts: list[str]):
+        from .interpolate import Interpolator
+
+        self.rects, self.xform = grid.rects, xform
+        self.panel, self.texts = np.asarray(panel, dtype=np.int64), texts
+        self.interp = Interpolator(P, times)
+        # Legible in a panel of any size: a fifth of its height, at least 8 px, at most the
+        # panel titles' size (or 13 px when panels are too small for titles).
+        h = (grid.rects[:, 3] - grid.rects[:, 1]).astype(np.int64)
+        top = grid.panel_font or 13
+        self.px = np.clip(h // 5, 8, max(8, top)).astype(np.int64)
+
+    def draw_static(self, bg: np.ndarray) -> None:
+        pass
+
+    def positions(self, time: float) -> np.ndarray:
+        """(n, 2) float64 pixel ``(x, y)`` of each labelled dot's centre at frame ``time``."""
+        xy = self.interp.at(time).astype(np.float64)
+        sx, ox, sy, oy, hw, hh = (self.xform[self.panel, i] for i in range(6))
+        u, v = xy[:, 0] * sx, xy[:, 1] * sy
+        r = np.maximum(np.maximum(np.abs(u) / hw, np.abs(v) / hh), 1.0)
+        return np.stack([u / r + ox, v / r + oy], axis=1)
+
+    def draw(self, frame: np.ndarray, time: float, step: float) -> None:
+        for (x, y), l, text in zip(self.positions(time), self.panel, self.texts):
+            if not (np.isfinite(x) and np.isfinite(y)):
+                continue
+            x0, y0, x1, y1 = (int(v) for v in self.rects[l])
+            ix, iy, px = int(np.floor(x)), int(np.floor(y)), int(self.px[l])
+            arm = max(2, px // 4)
+            ys, xs = slice(max(iy, y0), min(iy + 1, y1)), slice(max(ix - arm, x0), min(ix + arm + 1, x1))
+            frame[ys, xs] = CURSOR
+            ys, xs = slice(max(iy - arm, y0), min(iy + arm + 1, y1)), slice(max(ix, x0), min(ix + 1, x1))
+            frame[ys, xs] = CURSOR
+            width = text_width(text, px)
+            gap = arm + 2
+            right = ix + gap + width <= x1
+            tx = ix + gap if right else ix - gap
+            draw_text(frame, text, px, tx, iy + px // 3, align="left" if right else "right",
+                      clip=(x0, y0, x1, y1))

@@ -14,10 +14,11 @@ import dataclasses
 import time
 from pathlib import Path
 
-from . import atomic, cluster, drift, encode, film, layouts, manifest, shade, stats, stills
+from . import atomic, cluster, completions, drift, encode, film, header, layouts, manifest, shade, stats, stills
 from .config import RenderConfig, StatsConfig
 from .errors import CheckpointError
-from .plan import Plan, make_plan
+from .activations import make_plan
+from .plan import Plan
 from .progress import QUIET, Progress
 
 
@@ -35,6 +36,7 @@ class RenderResult:
     panels: tuple[dict, ...] = ()  # what each panel's projection did (layouts.Keyframes.panels)
     drawing: dict | None = None  # how it was drawn (film.Film.describe): the manifest keeps it
     manifest: dict | None = None  # the manifest written beside the film
+    spoken: list | None = None  # --prompt: what each keyframe's checkpoint said (completions.Said)
     # The digests of the drawn bytes of each local safetensors file, made as the film read them
     # (layouts.Keyframes.read; file as text -> digests): the manifest reads nothing again.
     read: dict = dataclasses.field(default_factory=dict)
@@ -56,6 +58,18 @@ def _changed_later(plan: Plan, said: set[str], progress: Progress) -> None:
                       "was read; its manifest records no digest of it")
 
 
+def _about_the_probe(plan: Plan, texts: tuple[str, ...], progress: Progress) -> None:
+    """``--points activations``: name each ``--label-tokens`` text that no dot of the probe
+    reads; for a remote series, say what running the model fetches."""
+    if plan.probe is None:
+        return
+    for text in texts:
+        if not plan.probe.labelled((text,)):
+            progress.warn(f"--label-tokens {text!r}: no dot of the probe is that token")
+    completions.say_fetch(plan, plan.probe.runner(plan), progress, "--points activations",
+                          "; none if its layouts are cached")
+
+
 def render(config: RenderConfig, progress: Progress = QUIET,
            recorded: tuple[dict, Path] | None = None) -> RenderResult:
     """Render the film described by ``config`` to ``config.output`` (see :class:`RenderConfig`;
@@ -71,13 +85,19 @@ def render(config: RenderConfig, progress: Progress = QUIET,
     t0 = time.perf_counter()
     with atomic.Staged() as staged, cluster.runner(cluster.scheduler_address(cfg.scheduler)) as run:
         spec = film.FilmSpec.of(cfg)
-        plan = make_plan(cfg, cfg.metrics, film.panels_fit(spec))
+        prompts = cfg.all_prompts
+        plan = make_plan(cfg, cfg.metrics, film.panels_fit(spec, len(prompts)))
         for path, why in plan.skipped:  # known before any layout is computed
             progress.warn(f"skipped {path}: {why}")
+        _about_the_probe(plan, cfg.label_tokens, progress)
         if cfg.loss_strip and plan.loss is None:
             raise CheckpointError("--loss-strip: no loss curve found beside the checkpoints "
                                   "(metrics.jsonl, metrics.csv, trainer_state.json, or a loss in "
                                   "the safetensors metadata); pass --metrics FILE", cfg.checkpoints)
+        spoken = (completions.run_prompts(plan, prompts, cfg.max_new_tokens, cfg.model_config,
+                                          cfg.tokenizer, progress) if prompts else None)
+        captions = None if spoken is None else completions.captions(
+            spoken, header.load_captions(cfg.captions) if cfg.captions is not None else None)
         keys, measured = layouts.layouts_and_drift(plan, cfg.projection, cfg.seed, progress, cfg.cache,
                                                    cfg.needs_drift, cfg.fourier_ref, run)
         said = set(plan.changed())  # the layouts' store named these (not cached)
@@ -86,13 +106,13 @@ def render(config: RenderConfig, progress: Progress = QUIET,
             manifest.check_read(*recorded, plan, read)
         if cfg.order == "settle":
             plan, keys, measured = film.settle_order(plan, keys, measured, drift.Settling.of(cfg))
-        picture = film.prepare(plan, keys, spec, measured)
+        picture = film.prepare(plan, keys, spec, measured, captions)
         loaded = time.perf_counter() - t0
 
         palette = shade.palette(cfg.cmap)
         keep = (stills.Stills(picture.keyframe_frames(), stills.tile_keyframes(len(plan.refs), cfg.stills_every),
                               picture.n_frames, picture.size, lambda size: film.keyframe_maker(
-                                  film.prepare(plan, keys, dataclasses.replace(spec, size=size), measured)))
+                                  film.prepare(plan, keys, dataclasses.replace(spec, size=size), measured, captions)))
                 if cfg.stills_dir is not None else None)
         png_dir, still_dir = _stage_folder(staged, cfg.frames_dir), _stage_folder(staged, cfg.stills_dir)
         film_file = staged.file(cfg.output)
@@ -104,7 +124,7 @@ def render(config: RenderConfig, progress: Progress = QUIET,
                    "wall": time.perf_counter() - t0}
         result = RenderResult(cfg.output, picture.n_frames, len(plan.refs), seconds, film_file.stat().st_size,
                               keys.nonfinite, done.command, done.jobs, plan, keys.panels, picture.describe(),
-                              read=read)
+                              spoken=spoken, read=read)
         result.manifest = manifest.write(cfg, result, staged)
         _changed_later(plan, said, progress)
         staged.commit()
@@ -118,6 +138,7 @@ class StatsResult:
     heatmap: Path
     layouts: str  # where the layout columns came from, or why they are empty
     plan: Plan | None = None  # what was measured (``plan.skipped``: checkpoints left out)
+    completions: Path | None = None  # --prompt: completions.csv
 
 
 def measure(config: StatsConfig, progress: Progress = QUIET) -> StatsResult:
@@ -129,7 +150,10 @@ def measure(config: StatsConfig, progress: Progress = QUIET) -> StatsResult:
         plan = make_plan(cfg)
         for path, why in plan.skipped:
             progress.warn(f"skipped {path}: {why}")
-        result = stats.weight_stats(plan.refs, plan.layers, progress, run)
+        prompts = cfg.all_prompts
+        spoken = (completions.run_prompts(plan, prompts, cfg.max_new_tokens, cfg.model_config,
+                                          cfg.tokenizer, progress) if prompts else None)
+        result = stats.weight_stats(plan.refs, plan.layers, progress, run, plan)
         keys = layouts.load_cached(plan, cfg.projection, cfg.seed, cfg.fourier_ref, progress)
         if keys is not None:
             where = "from the layout cache"
@@ -149,4 +173,8 @@ def measure(config: StatsConfig, progress: Progress = QUIET) -> StatsResult:
     stats.write_csv(result, settling, csv_path)
     stats.write_heatmap(result, settling, png_path, f"{plan.name}: relative change per 100 steps",
                         cfg.rebel_z)
-    return StatsResult(result, csv_path, png_path, where, plan)
+    said_path = None
+    if spoken is not None:
+        said_path = cfg.out / "completions.csv"
+        stats.write_completions(completions.rows(spoken), said_path)
+    return StatsResult(result, csv_path, png_path, where, plan, said_path)

@@ -35,6 +35,9 @@ class Plan:
     # (CheckpointRef.file_identities): what the cache keys and the manifest say was read.
     identities: tuple[tuple[tuple[PurePath, str], ...], ...] = \
         dataclasses.field(default=(), compare=False, repr=False)
+    # --points activations: the probe whose tokens' hidden states the panels hold
+    # (activations.Probe); None for weight panels.
+    probe: object | None = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
     def where(self) -> str:
@@ -46,7 +49,10 @@ class Plan:
         return sum(self.storage.size(p) for ref in self.refs for p in ref.files())
 
     def drawn(self) -> list[tuple[str, "np.ndarray | None", int]]:
-        """``(tensor, index, axis)`` of every read a keyframe makes."""
+        """``(tensor, index, axis)`` of every read a keyframe makes (a model run on a probe
+        reads every tensor whole)."""
+        if self.probe is not None:
+            return [(name, None, 0) for name in self.probe.tensors]
         return [(s.tensor, s.index, s.axis) for layer in self.layers for s in layer.sources]
 
     @property
@@ -176,6 +182,9 @@ def make_plan(selection: Selection, metrics: Path | None = None,
     def plan_first(where: str, shapes: dict, itemsize: int | None) -> None:
         # The panels are planned, and checked, from the first checkpoint that opens, before any
         # other is opened: panels that cannot fit, or reads too big for memory, fail at once.
+        if sel.points == "activations":  # panels of a model's hidden states: activations.make_plan
+            planned.append([])
+            return
         try:
             layers = extract.plan_panels(shapes, sel.max_points, sel.seed, sel.points, sel.tensor,
                                          sel.layer_pattern)

@@ -97,9 +97,11 @@ def _nanmedian(values: np.ndarray) -> float:
 
 
 def weight_stats(refs: list[checkpoints.CheckpointRef], layers: list[extract.Layer],
-                 progress: Progress = QUIET, run=None) -> LayerStats:
+                 progress: Progress = QUIET, run=None, plan=None) -> LayerStats:
     """Read every keyframe once and measure each layer's weights, in chunks of keyframes run
-    by ``run`` (this process by default, else a Dask cluster: the same numbers either way).
+    by ``run`` (this process by default, else a Dask cluster: the same numbers either way);
+    ``plan`` (whose ``refs`` and ``layers`` these are): its clouds, hidden states too
+    (``--points activations``, :func:`layerfilm.clouds.of`).
 
     A tensor that is missing or changed shape raises :class:`~layerfilm.errors.CheckpointError`.
     """
@@ -107,7 +109,7 @@ def weight_stats(refs: list[checkpoints.CheckpointRef], layers: list[extract.Lay
 
     K, L = len(refs), len(layers)
     runs = layouts.chunks(K)
-    parts = (run or InProcess()).map(weights_chunk, runs, refs, layers, stage="Measuring layers",
+    parts = (run or InProcess()).map(weights_chunk, runs, refs, layers, plan, stage="Measuring layers",
                                      progress=progress, weights=[len(c) for c in runs])
     rel_first, mean_abs, cosine = (np.concatenate([p[i] for p in parts], axis=1) for i in (1, 2, 3))
     base = drift_of(np.concatenate([p[0] for p in parts], axis=1), np.array([r.step for r in refs]), layers)
@@ -117,7 +119,7 @@ def weight_stats(refs: list[checkpoints.CheckpointRef], layers: list[extract.Lay
                       displacement=nan, residual=nan.copy())
 
 
-def weights_chunk(refs: list[checkpoints.CheckpointRef], layers: list[extract.Layer], chunk: range,
+def weights_chunk(refs: list[checkpoints.CheckpointRef], layers: list[extract.Layer], plan, chunk: range,
                   advance=None) -> tuple[np.ndarray, ...]:
     """A task: :func:`weight_stats`' numbers for the keyframes in ``chunk`` -- the drift sums
     (L, n, DRIFT_WIDTH) and the change from the first keyframe, its mean size and the update cosine,
@@ -125,8 +127,8 @@ def weights_chunk(refs: list[checkpoints.CheckpointRef], layers: list[extract.La
     n, L = len(chunk), len(layers)
     rel_first, mean_abs, cosine = (np.full((L, n), np.nan) for _ in range(3))
     lo = max(0, chunk.start - 2)  # the two keyframes before the chunk give its first updates
-    source = clouds.WeightClouds(refs, layers)
-    frames = source.stream(range(lo, chunk.stop))
+    source = clouds.WeightClouds(refs, layers) if plan is None else clouds.of(plan)
+    frames = clouds.CloudStream(source, range(lo, chunk.stop))
     # The first keyframe stays open all along (each keyframe's change from it): the stream's own
     # first one where the stream starts there (its clouds read again, the file not opened again).
     first = next(frames) if lo == 0 else source.open(0)
@@ -214,6 +216,16 @@ def csv_text(stats: LayerStats, settling: Settling) -> str:
 def write_csv(stats: LayerStats, settling: Settling, path: Path) -> None:
     """Write :func:`csv_text` to ``path`` atomically."""
     atomic.write_bytes(path, csv_text(stats, settling).encode())
+
+
+def write_completions(rows: list[tuple[int, str, str]], path: Path) -> None:
+    """``--prompt``: ``step,prompt,completion``, one row per keyframe and prompt, to ``path``
+    atomically."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["step", "prompt", "completion"])
+    w.writerows(rows)
+    atomic.write_bytes(path, buf.getvalue().encode())
 
 
 def write_heatmap(stats: Drift, settling: Settling, path: Path, title: str = "",

@@ -9,7 +9,8 @@ with full-batch AdamW and strong weight decay, the classic grokking recipe
 * ``step_XXXXXX.safetensors`` every ``--ckpt-every`` steps (float16, with
   step / loss / val_loss / train_acc / val_acc in the header metadata),
 * ``metrics.jsonl`` with one JSON object every ``--log-every`` steps,
-* ``README.md`` describing the run.
+* ``README.md`` describing the run,
+* ``config.json`` and a tokenizer, so transformers can run the checkpoints (``--prompt``).
 
 Everything is seeded and runs on one CPU thread, so a rerun with the same torch
 build reproduces the files byte for byte (about 10 minutes).
@@ -185,6 +186,36 @@ def save_checkpoint(tensors: dict, path: Path, meta: dict) -> None:
             fh.write(raw + b" " * (n - len(raw)))
 
 
+def write_model_files(out: Path, p: int, n_layer: int, d_model: int, n_head: int, d_ff: int) -> None:
+    """``config.json`` (the Hugging Face GPT-2 configuration this model is: same attention
+    scaling, LayerNorm eps 1e-5, biases, ReLU, untied ``lm_head``; GPT-2's Conv1D stores the
+    Linear weights transposed, which layerfilm recognises by their shapes) and a WordLevel
+    ``tokenizer.json`` (tokens "0".."p-1" and "=", split at whitespace; "+" is read as a space),
+    so ``layerfilm render --prompt "12 + 45 ="`` can run every checkpoint.  Written by hand, so
+    the sample needs neither transformers nor tokenizers to be made."""
+    config = {
+        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": p + 1,
+        "n_positions": 3, "n_embd": d_model, "n_layer": n_layer, "n_head": n_head,
+        "n_inner": d_ff, "activation_function": "relu", "layer_norm_epsilon": 1e-5,
+        "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "scale_attn_weights": True,
+        "tie_word_embeddings": False, "bos_token_id": None, "eos_token_id": None,
+    }
+    vocab = {str(i): i for i in range(p)}
+    vocab["="] = p
+    tokenizer = {
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": [],
+        "normalizer": {"type": "Sequence", "normalizers": [
+            {"type": "Replace", "pattern": {"String": "+"}, "content": " "},
+            {"type": "Replace", "pattern": {"String": "="}, "content": " = "}]},
+        "pre_tokenizer": {"type": "WhitespaceSplit"}, "post_processor": None, "decoder": None,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"},
+    }
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (out / "tokenizer.json").write_text(json.dumps(tokenizer, indent=2) + "\n")
+    (out / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 3}, indent=2) + "\n")
+
+
 # --------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -207,7 +238,13 @@ def main(argv=None) -> int:
     ap.add_argument("--ckpt-every", type=int, default=100)
     ap.add_argument("--log-every", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--model-files-only", action="store_true",
+                    help="write only config.json and the tokenizer into --out (no training)")
     args = ap.parse_args(argv)
+    if args.model_files_only:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        write_model_files(Path(args.out), args.p, args.n_layer, args.d_model, args.n_head, args.d_ff)
+        return 0
 
     torch.set_num_threads(args.threads)
     random.seed(args.seed)
@@ -230,6 +267,7 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    write_model_files(out, p, args.n_layer, args.d_model, args.n_head, args.d_ff)
     for f in out.glob("step_*.safetensors"):
         f.unlink()
 
@@ -340,6 +378,10 @@ Full-batch AdamW (the recipe of Power et al. 2022 and Nanda et al. 2023): lr {ar
   `loss` (train), `val_loss`, `train_acc` and `val_acc` as strings.
 * `metrics.jsonl`: one JSON object every {args.log_every} steps with keys
   `step`, `loss` (train), `val_loss`, `train_acc`, `val_acc`.
+* `config.json`, `tokenizer.json`, `tokenizer_config.json`: the same model as a Hugging Face
+  GPT-2 (`n_positions` 3, ReLU, untied `lm_head`; its Conv1D weights are these Linear weights
+  transposed) and a word-level tokenizer (tokens `0`..`{p - 1}` and `=`; `+` reads as a space), so
+  `layerfilm render {out} film.webm --prompt "12 + 45 ="` shows each checkpoint's answer.
 """
     (out / "README.md").write_text(readme)
     total = sum(f.stat().st_size for f in out.iterdir() if f.is_file())

@@ -179,8 +179,10 @@ def test_selection_options_are_validated_as_for_render(tmp_path, run_dir, args, 
 def test_shared_options_are_stats_parameters_with_render_defaults_and_types():
     names = config.option_names(StatsConfig)
     assert names == ["settle_threshold", "settle_fraction", "rebel_z", "projection", "fourier_ref",
+                     "prompt", "prompts", "max_new_tokens",
                      "scheduler", "points", "tensor", "max_points", "seed", "steps", "layer_pattern", "skip_bad",
-                     "run", "revisions", "keep_downloads", "storage_options", "max_memory"]
+                     "run", "revisions", "keep_downloads", "storage_options", "max_memory",
+                     "probe", "probe_positions", "model_config", "tokenizer"]
     names = [n for n in names if n not in config.FILE_ONLY]
     params = inspect.signature(cli.stats).parameters
     render, stats_ = typing.get_type_hints(RenderConfig), typing.get_type_hints(StatsConfig)
@@ -251,12 +253,15 @@ def test_print_config_round_trips_and_render_reads_it(tmp_path, monkeypatch, see
     assert lines[0].startswith("# layerfilm ") and "stats options (defaults < layerfilm.toml < " \
         "command line)" in lines[0]
     assert lines[1:] == ["# settle_threshold is not set", "settle_fraction = 0.25", "rebel_z = 3.0",
-                         'projection = "pca"', "# fourier_ref is not set", "# scheduler is not set",
+                         'projection = "pca"', "# fourier_ref is not set", "prompt = []",
+                         "# prompts is not set", "max_new_tokens = 12", "# scheduler is not set",
                          'points = "neurons"',
                          "# tensor is not set", "max_points = 2000", "seed = 3", 'steps = "::500"',
                          "# layer_pattern is not set", "skip_bad = true", "# run is not set",
                          "# revisions is not set", "keep_downloads = false",
-                         "# storage_options is not set", "# max_memory is not set"]
+                         "# storage_options is not set", "# max_memory is not set",
+                         "# probe is not set", 'probe_positions = "all"', "# model_config is not set",
+                         "# tokenizer is not set"]
     (tmp_path / "saved.toml").write_text(first.output)
     (tmp_path / "layerfilm.toml").unlink()
     again = runner.invoke(app, ["stats", "--print-config", "--config", "saved.toml"])

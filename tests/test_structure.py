@@ -8,7 +8,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "layerfilm"
 
 # Data flows down this list; a module may import only modules above it.
 ORDER = ["__init__", "_kernels", "_draw_kernels", "_plane_kernels", "errors", "atomic", "untrusted",
-         "progress", "config", "checkpoints", "extract", "plan", "clouds", "pca", "project", "cache",
+         "progress", "config", "checkpoints", "extract", "plan", "completions", "activations", "clouds", "pca", "project", "cache",
          "cluster", "drift", "layouts", "interpolate", "raster",
          "shade", "text", "grid", "compose", "overlays", "cues", "stats", "header", "film", "encode", "stills",
          "manifest", "publish", "pipeline", "watch", "info", "cli", "integrations", "warmup",

@@ -27,7 +27,13 @@ from .common import (
     KeepOpt,
     LayerPatternOpt,
     MaxMemoryOpt,
+    MaxNewTokensOpt,
+    ModelConfigOpt,
     PointsOpt,
+    ProbeOpt,
+    ProbePositionsOpt,
+    PromptOpt,
+    PromptsOpt,
     RebelOpt,
     SchedulerOpt,
     RevisionsOpt,
@@ -35,6 +41,7 @@ from .common import (
     SkipBadOpt,
     StepsOpt,
     TensorOpt,
+    TokenizerOpt,
     ThresholdOpt,
     _config_of,
     _given_on_command_line,
@@ -60,6 +67,10 @@ def info(
         help="As for render: the loss log to show instead of the one found beside the checkpoints.",
         show_default=False)] = None,
     points: PointsOpt = "neurons",
+    probe: ProbeOpt = None,
+    probe_positions: ProbePositionsOpt = "all",
+    model_config: ModelConfigOpt = None,
+    tokenizer: TokenizerOpt = None,
     tensor: TensorOpt = None,
     steps: StepsOpt = None,
     layer_pattern: LayerPatternOpt = None,
@@ -101,6 +112,10 @@ def stats(
     settle_fraction: FractionOpt = SETTLE_FRACTION,
     rebel_z: RebelOpt = REBEL_Z,
     points: PointsOpt = "neurons",
+    probe: ProbeOpt = None,
+    probe_positions: ProbePositionsOpt = "all",
+    model_config: ModelConfigOpt = None,
+    tokenizer: TokenizerOpt = None,
     tensor: TensorOpt = None,
     max_points: Annotated[int, typer.Option(help="As for render: most points per layer.")] = 2000,
     seed: Annotated[int, typer.Option(help="As for render.")] = 0,
@@ -110,6 +125,9 @@ def stats(
         "--layouts", help="Compute the keyframe layouts when none are cached (as render does).")
     ] = False,
     fourier_ref: FourierRefOpt = None,
+    prompt: PromptOpt = None,
+    prompts: PromptsOpt = None,
+    max_new_tokens: MaxNewTokensOpt = 12,
     scheduler: SchedulerOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     steps: StepsOpt = None,
@@ -128,7 +146,8 @@ def stats(
         "and exit.")] = False,
 ) -> None:
     """Per-layer drift of CHECKPOINTS: a CSV, a heatmap PNG, each layer's settling step and
-    the layers that move against their neighbours.
+    the layers that move against their neighbours; with --prompt, what each keyframe said
+    (completions.csv).
 
     Options come from the command line, else from the config file, else their defaults.
     """
@@ -140,7 +159,7 @@ def stats(
     from ..stats import summary
 
     cli_config = _config_of(StatsConfig, params, ("ctx", "quiet", "config_file", "print_config"),
-                            checkpoints=as_location)
+                            checkpoints=as_location, prompt=lambda v: tuple(v or ()))
     config, path = resolve(cli_config, _given_on_command_line(ctx), config_file)
     if print_config:
         source = f"defaults < {path} < command line" if path else "defaults < command line"
@@ -163,6 +182,9 @@ def stats(
     typer.echo(f"layout columns: {result.layouts}")
     s = result.stats
     typer.echo(f"wrote {result.csv} ({len(s.steps) * len(s.labels)} rows) and {result.heatmap}")
+    if result.completions is not None:
+        typer.echo(f"wrote {result.completions} ({len(s.steps)} keyframes x "
+                   f"{len(config.all_prompts)} prompts)")
 
 
 @app.command()

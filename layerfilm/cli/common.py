@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import sys
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -140,7 +141,20 @@ SkipBadOpt = Annotated[bool, typer.Option(
 PointsOpt = Annotated[str, typer.Option(
     help=f"What the dots are: {' | '.join(POINTS)} (neurons: each block's residual-stream rows/"
          "columns; embeddings: the token embedding alone; rows/cols: one panel per weight "
-         "matrix, its rows or columns).")]
+         "matrix, its rows or columns; activations: each layer's hidden states on --probe's "
+         "tokens, one dot a token, needs layerfilm\\[model]).")]
+ProbeOpt = Annotated[Optional[Path], typer.Option(
+    help="--points activations: a text file, one sequence a line, whose tokens are the dots "
+         "(docs/activations.md).", show_default=False)]
+ProbePositionsOpt = Annotated[str, typer.Option(
+    help="--points activations: which tokens of each probe line are dots: all, or indices such "
+         "as -1 (the last) or 0,2.")]
+ModelConfigOpt = Annotated[Optional[Path], typer.Option(
+    help="--points activations, --prompt: a folder with the model's config.json (default: in or "
+         "beside the checkpoints; nanoGPT checkpoints carry their own).", show_default=False)]
+TokenizerOpt = Annotated[Optional[Path], typer.Option(
+    help="--points activations, --prompt: a folder with the tokenizer's files (default: in or "
+         "beside the checkpoints).", show_default=False)]
 TensorOpt = Annotated[Optional[str], typer.Option(
     help="Draw only tensors whose name matches this regular expression (e.g. 'mlp.c_fc', 'wte').",
     show_default=False)]
@@ -153,6 +167,16 @@ FractionOpt = Annotated[float, typer.Option(
 RebelOpt = Annotated[float, typer.Option(
     help="A layer is a rebel while its drift's z-score against the two layers on either side "
          "reaches this.")]
+# --prompt (render and stats): run each keyframe's checkpoint (docs/model.md).
+PromptOpt = Annotated[Optional[list[str]], typer.Option(
+    help="Run each keyframe's checkpoint on this text and show its greedy continuation as the "
+         "keyframe's caption (repeatable: one line each; needs layerfilm\\[model]; docs/model.md).",
+    show_default=False)]
+PromptsOpt = Annotated[Optional[Path], typer.Option(
+    help="A file of prompts, one a line, as --prompt.", show_default=False)]
+MaxNewTokensOpt = Annotated[int, typer.Option(
+    help="--prompt: tokens generated at most, 1 to 256 (fewer where the model's context ends "
+         "or it says end-of-text).")]
 
 
 

@@ -32,12 +32,19 @@ from .common import (
     KeepOpt,
     LayerPatternOpt,
     MaxMemoryOpt,
+    MaxNewTokensOpt,
+    ModelConfigOpt,
     PointsOpt,
+    ProbeOpt,
+    ProbePositionsOpt,
+    PromptOpt,
+    PromptsOpt,
     RebelOpt,
     RevisionsOpt,
     SchedulerOpt,
     RunOpt,
     SkipBadOpt,
+    TokenizerOpt,
     StepsOpt,
     TensorOpt,
     ThresholdOpt,
@@ -143,6 +150,16 @@ def render(
     captions: Annotated[Optional[Path], typer.Option(
         help='JSONL of {"step": N, "text": "..."}: each text shown from step N on (e.g. a sample '
              "completion per checkpoint).", show_default=False)] = None,
+    prompt: PromptOpt = None,
+    prompts: PromptsOpt = None,
+    max_new_tokens: MaxNewTokensOpt = 12,
+    model_config: ModelConfigOpt = None,
+    tokenizer: TokenizerOpt = None,
+    probe: ProbeOpt = None,
+    probe_positions: ProbePositionsOpt = "all",
+    label_tokens: Annotated[Optional[list[str]], typer.Option(
+        help="--points activations: draw these tokens' text beside their dots (comma-separated "
+             "or repeated; the first few dots of each).", show_default=False)] = None,
     tokens_per_step: Annotated[Optional[int], typer.Option(
         help="Training tokens per step, for the header's tokens seen (default: from names or "
              "trainer_state.json).", show_default=False)] = None,
@@ -203,6 +220,11 @@ def render(
             typer.echo(f"warning: the film differs from the one recorded in {from_manifest}", err=True)
 
 
+def split_labels(given: list[str] | None) -> tuple[str, ...]:
+    """``--label-tokens`` as given (repeated, each comma-separated) -> the token texts."""
+    return tuple(t.strip() for text in given or () for t in text.split(",") if t.strip())
+
+
 def render_config(ctx: typer.Context, params: dict, command: str = "render"
                   ) -> tuple[RenderConfig | None, dict | None]:
     """The render options of a command line parsed by :func:`render` (``params``, its
@@ -211,7 +233,8 @@ def render_config(ctx: typer.Context, params: dict, command: str = "render"
     printed them (nothing else to do).  ``command`` names the command in messages."""
     from .. import manifest
 
-    cli_config = _config_of(RenderConfig, params, OWN, checkpoints=as_location, size=parse_size)
+    cli_config = _config_of(RenderConfig, params, OWN, checkpoints=as_location, size=parse_size,
+                              prompt=lambda v: tuple(v or ()), label_tokens=split_labels)
     given = _given_on_command_line(ctx)
     config_file, from_manifest = params["config_file"], params["from_manifest"]
     recorded = None

@@ -57,6 +57,13 @@ class Selection(_Validated):
     keep_downloads: bool = False
     storage_options: dict[str, Any] | None = None  # a config-file table, never a flag
     max_memory: str | None = None  # kept as text, as typed; None: the memory available now
+    # --points activations: the probe text (one sequence a line) whose tokens are the dots, the
+    # token positions drawn of each line ("all", or indices such as "-1" or "0,2"), and where the
+    # model's config and tokenizer are when they are not beside the checkpoints (also --prompt's)
+    probe: Path | None = None
+    probe_positions: str = "all"
+    model_config: Path | None = None  # a folder with the model's config.json
+    tokenizer: Path | None = None  # a folder with the tokenizer's files
 
     @property
     def memory_budget(self) -> int | None:
@@ -74,12 +81,31 @@ class Selection(_Validated):
         return Selection(**{f.name: getattr(self, f.name) for f in dataclasses.fields(Selection)})
 
 
+class _Prompting:
+    """What ``render`` and ``stats`` share for ``--prompt`` (fields ``prompt``, ``prompts``,
+    ``max_new_tokens``, ``model_config``, ``tokenizer``)."""
+
+    @property
+    def all_prompts(self) -> list[str]:
+        """``prompt`` then the lines of the ``prompts`` file (blank ones skipped), each with its
+        whitespace collapsed."""
+        out = [" ".join(p.split()) for p in self.prompt]
+        if self.prompts is not None:
+            out += [" ".join(line.split()) for line in
+                    self.prompts.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return out
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class RenderConfig(Selection):
+class RenderConfig(_Prompting, Selection):
     """Everything that decides what a film looks like.
 
     ``frames_per_keyframe=None`` means one keyframe per second (= ``fps``);
     ``timeline="step"`` spaces keyframes by training step instead of evenly.
+    ``prompt``/``prompts``: texts each keyframe's checkpoint continues greedily (at most
+    ``max_new_tokens`` tokens), shown as its caption (:mod:`~layerfilm.completions`), with the
+    model's config from ``model_config`` and its tokenizer from ``tokenizer`` when they are not
+    beside the checkpoints.
     """
 
     output: Path | None = None
@@ -110,6 +136,10 @@ class RenderConfig(Selection):
     caption: str | None = None
     captions: Path | None = None
     tokens_per_step: int | None = None
+    prompt: tuple[str, ...] = ()  # --prompt, repeatable: each keyframe's greedy continuation
+    prompts: Path | None = None  # --prompts FILE: one prompt a line
+    max_new_tokens: int = 12
+    label_tokens: tuple[str, ...] = ()  # --points activations: tokens whose text is drawn beside their dot
     scheduler: str | None = None  # a Dask scheduler's address (else $DASK_SCHEDULER_ADDRESS)
     verify_inputs: bool = False  # the manifest hashes every byte of every checkpoint
 
@@ -129,11 +159,12 @@ class RenderConfig(Selection):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class StatsConfig(Selection):
+class StatsConfig(_Prompting, Selection):
     """What ``layerfilm stats`` measures and where it writes (``out``: a folder).
 
     ``projection`` picks whose cached layouts fill the layout columns; ``layouts`` computes
-    them when none are cached.
+    them when none are cached; ``prompt``/``prompts`` (as for render) add each keyframe's
+    completions as ``completions.csv``.
     """
 
     out: Path = Path("layerfilm-stats")
@@ -143,6 +174,9 @@ class StatsConfig(Selection):
     projection: str = "pca"
     fourier_ref: int | None = None
     layouts: bool = False
+    prompt: tuple[str, ...] = ()  # as for render: completions.csv, one row per keyframe and prompt
+    prompts: Path | None = None
+    max_new_tokens: int = 12
     scheduler: str | None = None  # a Dask scheduler's address (else $DASK_SCHEDULER_ADDRESS)
 
 

@@ -11,7 +11,7 @@ from typing import Callable
 
 from ..errors import ConfigError
 from .values import (COLOR_SCALES, ORDERS, POINTS, PROJECTIONS, REPO_ID, REPO_TYPES, SCALES, SUFFIXES,
-                     TIMELINES, URL, Remote, parse_memory, parse_steps)
+                     TIMELINES, URL, Remote, parse_memory, parse_positions, parse_steps)
 
 
 # ---- validation: one check per field name ---------------------------------------------------
@@ -219,6 +219,68 @@ def _captions(c) -> None:
         _fail("captions", "--captions: no such file", c.captions)
 
 
+MAX_PROMPTS = 8  # one caption line each: more would crowd the frame
+MAX_NEW_TOKENS = 256
+
+
+@_check("prompt", "prompts")
+def _prompts(c) -> None:
+    for text in c.prompt:
+        if not text.strip() or any(ch in text for ch in "\n\r"):
+            _fail("prompt", f"--prompt must be one line of text, got {text!r}")
+    if c.prompts is not None:
+        try:
+            c.prompts.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            _fail("prompts", f"--prompts: cannot read it ({getattr(e, 'strerror', None) or e})", c.prompts)
+    n = len(c.all_prompts)
+    if c.prompts is not None and n == len(c.prompt):
+        _fail("prompts", "--prompts: no prompts in it (one a line)", c.prompts)
+    if n > MAX_PROMPTS:
+        _fail("prompt", f"at most {MAX_PROMPTS} prompts (one caption line each), got {n}")
+
+
+@_check("max_new_tokens")
+def _max_new_tokens(c) -> None:
+    if not 1 <= c.max_new_tokens <= MAX_NEW_TOKENS:
+        _fail("max_new_tokens", f"--max-new-tokens must be between 1 and {MAX_NEW_TOKENS}, "
+                                f"got {c.max_new_tokens}")
+
+
+@_check("model_config", "tokenizer")
+def _model_folders(c) -> None:
+    if c.model_config is not None and not (c.model_config / "config.json").is_file():
+        _fail("model_config", "--model-config needs a folder with the model's config.json", c.model_config)
+    if c.tokenizer is not None and not c.tokenizer.is_dir():
+        _fail("tokenizer", "--tokenizer needs a folder with the tokenizer's files", c.tokenizer)
+
+
+@_check("probe", "probe_positions", "label_tokens")
+def _probe(c) -> None:
+    acts = c.points == "activations"
+    if acts and c.probe is None:
+        _fail("probe", "--points activations needs --probe FILE: the text whose tokens are the "
+                       "dots, one sequence a line")
+    if not acts:
+        if c.probe is not None:
+            _fail("probe", f"--probe is for --points activations (got --points {c.points})")
+        if getattr(c, "label_tokens", ()):
+            _fail("label_tokens", "--label-tokens marks probe tokens: it needs --points activations")
+        return
+    if not c.probe.is_file():
+        _fail("probe", "--probe: no such file", c.probe)
+    if c.tensor is not None or c.layer_pattern is not None:
+        _fail("probe", "--tensor and --layer-pattern pick weights; --points activations draws "
+                       "one panel per layer's output")
+    try:
+        parse_positions(c.probe_positions)
+    except ValueError as e:
+        _fail("probe_positions", str(e))
+    for text in getattr(c, "label_tokens", ()):
+        if not text.strip() or "\n" in text:
+            _fail("label_tokens", f"--label-tokens: each must be a token's text, got {text!r}")
+
+
 @_check("tokens_per_step")
 def _tokens_per_step(c) -> None:
     if c.tokens_per_step is not None and c.tokens_per_step < 1:
@@ -311,8 +373,10 @@ _ORDER = ("checkpoints", "revisions", "storage_options", "output", "fps", "frame
           "size", "projection", "fourier_ref", "max_points", "color_scale", "frames_dir", "jobs",
           "points", "tensor", "order", "settle_threshold", "settle_fraction", "rebel_z", "metrics",
           "stills_dir", "stills_every", "steps", "timeline", "point_size", "scale", "title",
-          "caption", "captions", "tokens_per_step", "layer_pattern", "run", "out", "repo_id", "bucket",
-          "repo_type", "max_memory", "cmap")
+          "caption", "captions", "prompt", "prompts", "max_new_tokens", "model_config", "tokenizer",
+          "probe", "probe_positions", "label_tokens",
+          "tokens_per_step", "layer_pattern", "run", "out", "repo_id", "bucket", "repo_type",
+          "max_memory", "cmap")
 assert set(_ORDER) == set(_CHECKS)
 
 

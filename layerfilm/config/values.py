@@ -19,7 +19,25 @@ TIMELINES = ("keyframe", "step")
 SUFFIXES = {".webm": "webm", ".gif": "gif", ".webp": "webp", ".mp4": "mp4", ".mkv": "mkv"}
 ORDERS = ("film", "settle")
 SCALES = ("panel", "shared")
-POINTS = ("neurons", "embeddings", "rows", "cols")
+POINTS = ("neurons", "embeddings", "rows", "cols", "activations")
+
+
+def parse_positions(text: str) -> tuple[int, ...] | None:
+    """``--probe-positions``: ``"all"`` -> ``None`` (every token of each probe line), else
+    comma-separated token indices into each line, negative ones from its end (``"-1"``: the
+    last token).  :class:`ValueError` for anything else."""
+    if text.strip() == "all":
+        return None
+    try:
+        out = tuple(int(p) for p in text.split(","))
+    except ValueError:
+        raise ValueError(f"--probe-positions must be 'all' or token indices such as -1 or 0,2, "
+                         f"got {text!r}") from None
+    if len(set(out)) != len(out):
+        raise ValueError(f"--probe-positions names a position twice: {text!r}")
+    return out
+
+
 # A layer has settled once its rate stays below this share of its own early pace (see
 # drift.Settling); with --settle-threshold instead once its change per 100 steps stays below that.
 SETTLE_FRACTION = 0.25
