@@ -255,6 +255,8 @@ def build(config: RenderConfig, result, film: Path | None = None) -> dict[str, A
             "size": list(config.size),
             "keyframes": result.keyframes,
         },
+        **({"preview": _preview_entry(config, result.preview)}
+           if getattr(result, "preview", None) is not None else {}),
         "drawing": getattr(result, "drawing", None),
         "checkpoints": {"folder": folder, "files": files, "loss": loss,
                         **({"remote": _source(plan)} if plan.url else {})},
@@ -273,6 +275,12 @@ def build(config: RenderConfig, result, film: Path | None = None) -> dict[str, A
                      if result.jobs > 1 else None),
         },
     }
+
+
+def _preview_entry(config: RenderConfig, preview) -> dict[str, Any]:
+    """The lossy ``--preview`` beside the film: where, how big, how it was encoded."""
+    return {"path": os.path.abspath(preview.path), "bytes": preview.bytes,
+            "settings": encode.preview.settings(config.size, config.fps), "command": preview.command}
 
 
 def recorded_options(config: RenderConfig) -> dict[str, Any]:

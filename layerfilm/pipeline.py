@@ -38,6 +38,7 @@ class RenderResult:
     # The digests of the drawn bytes of each local safetensors file, made as the film read them
     # (layouts.Keyframes.read; file as text -> digests): the manifest reads nothing again.
     read: dict = dataclasses.field(default_factory=dict)
+    preview: encode.preview.Preview | None = None  # the lossy --preview written beside the film
 
 
 def _stage_folder(staged: atomic.Staged, path: Path | None) -> Path | None:
@@ -96,7 +97,9 @@ def render(config: RenderConfig, progress: Progress = QUIET,
                 if cfg.stills_dir is not None else None)
         png_dir, still_dir = _stage_folder(staged, cfg.frames_dir), _stage_folder(staged, cfg.stills_dir)
         film_file = staged.file(cfg.output)
-        out = encode.Output(film_file, cfg.format, cfg.fps, palette, cfg.jobs, png_dir, cfg.output)
+        preview_file = staged.file(cfg.preview) if cfg.preview is not None else None
+        out = encode.Output(film_file, cfg.format, cfg.fps, palette, cfg.jobs, png_dir, cfg.output,
+                            preview_file, cfg.preview)
         done = encode.encode_film(picture, out, run, keep, progress)
         if keep is not None:
             keep.write(still_dir, palette)
@@ -105,6 +108,9 @@ def render(config: RenderConfig, progress: Progress = QUIET,
         result = RenderResult(cfg.output, picture.n_frames, len(plan.refs), seconds, film_file.stat().st_size,
                               keys.nonfinite, done.command, done.jobs, plan, keys.panels, picture.describe(),
                               read=read)
+        if preview_file is not None:
+            result.preview = encode.preview.Preview(cfg.preview, preview_file.stat().st_size,
+                                                    encode.preview.command(picture.size, cfg.fps))
         result.manifest = manifest.write(cfg, result, staged)
         _changed_later(plan, said, progress)
         staged.commit()
