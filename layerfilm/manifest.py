@@ -258,6 +258,9 @@ def build(config: RenderConfig, result, film: Path | None = None) -> dict[str, A
         **({"preview": _preview_entry(config, result.preview)}
            if getattr(result, "preview", None) is not None else {}),
         "drawing": getattr(result, "drawing", None),
+        # What happened in the run, measured on the drawn weights (stats.story): settling
+        # steps, rebels, the intervals the whole model moved most; the published card says it.
+        **({"story": result.story} if getattr(result, "story", None) is not None else {}),
         "checkpoints": {"folder": folder, "files": files, "loss": loss,
                         **({"remote": _source(plan)} if plan.url else {})},
         "model_config": _model_config(plan),

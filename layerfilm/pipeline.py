@@ -39,6 +39,7 @@ class RenderResult:
     # (layouts.Keyframes.read; file as text -> digests): the manifest reads nothing again.
     read: dict = dataclasses.field(default_factory=dict)
     preview: encode.preview.Preview | None = None  # the lossy --preview written beside the film
+    story: dict | None = None  # what happened in the run (stats.story), when the drift was measured
 
 
 def _stage_folder(staged: atomic.Staged, path: Path | None) -> Path | None:
@@ -108,6 +109,8 @@ def render(config: RenderConfig, progress: Progress = QUIET,
         result = RenderResult(cfg.output, picture.n_frames, len(plan.refs), seconds, film_file.stat().st_size,
                               keys.nonfinite, done.command, done.jobs, plan, keys.panels, picture.describe(),
                               read=read)
+        if measured is not None:
+            result.story = stats.story(measured, drift.Settling.of(cfg), cfg.rebel_z)
         if preview_file is not None:
             result.preview = encode.preview.Preview(cfg.preview, preview_file.stat().st_size,
                                                     encode.preview.command(picture.size, cfg.fps))
