@@ -4,9 +4,10 @@ frames in the same pass as the lossless film (a second ffmpeg fed each frame as 
 
 Why a second ffmpeg and not a transcode of the finished film: the frames are already in memory
 as they are made, so the preview costs their RGB conversion and the H.264 encode; a transcode
-costs the same encode plus decoding the lossless film again (on the 2-core box, decoding the
-sample's 1,251-frame 720p WebM took 7 s of CPU, its GIF 3 s, against about 9 s for the whole
-preview encode) and cannot start before the film is finished.
+costs the same encode plus decoding the lossless film again, and cannot start before the film
+is finished.  Measured on the shared 2-core box (rough): the sample's 1,251-frame 720p WebM
+took 14.8 s, 21.4 s with ``--preview`` (+6.6 s), against 8.6 s wall (16 s CPU) for transcoding
+the finished WebM afterwards; decoding that WebM alone costs 7 s of CPU, the GIF 3 s.
 
 Settings (``docs/rendering.md``): ``libx264 -preset veryfast -crf 23``, capped by the VBV at
 :data:`KBPS_720P` kbit/s for a 1280x720 frame (in proportion to the pixels at other sizes), so
