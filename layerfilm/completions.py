@@ -21,8 +21,10 @@ from . import checkpoints
 from .errors import CheckpointError, ConfigError, first_line
 from .plan import Plan
 from .progress import QUIET, Progress
+from .untrusted import load_json
 
 MODEL_CONFIG = "config.json"
+CONFIG_DOC_MAX = 256 * 1024  # a model config the manifest records, when no larger
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 ARROW = "\u2192"  # prompt -> completion, in captions
 
@@ -70,6 +72,22 @@ def rows(said: list[Said]) -> list[tuple[int, str, str]]:
     """``(step, prompt, completion)`` for every keyframe and prompt, keyframes in order: the
     rows of ``layerfilm stats``' ``completions.csv``."""
     return [(s.step, p, c) for s in said for p, c in s.completions]
+
+
+def config_doc(plan) -> dict | None:
+    """A small ``config.json`` in the checkpoint folder or beside the last checkpoint (the
+    manifest records it), or ``None``."""
+    storage, last = plan.storage, plan.refs[-1].path
+    for candidate in (plan.folder / MODEL_CONFIG, last.parent / MODEL_CONFIG,
+                      last / MODEL_CONFIG):
+        try:
+            if storage.is_file(candidate) and storage.size(candidate) <= CONFIG_DOC_MAX:
+                doc = load_json(storage.read(candidate, 0, storage.size(candidate)))
+                if isinstance(doc, dict):
+                    return doc
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def _need_model_extra():

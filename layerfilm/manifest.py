@@ -30,8 +30,6 @@ from .untrusted import load_json, within
 
 FORMAT = 2  # manifest layout version (1: every file's full sha256; still read)
 FRAMES_MANIFEST = "manifest.json"  # the manifest inside a --frames folder
-MODEL_CONFIG = "config.json"  # a model config beside the checkpoints, recorded when small
-_MODEL_CONFIG_MAX = 256 * 1024
 
 
 def manifest_path(film: str | os.PathLike) -> Path:
@@ -255,10 +253,15 @@ def build(config: RenderConfig, result, film: Path | None = None) -> dict[str, A
             "size": list(config.size),
             "keyframes": result.keyframes,
         },
+        **({"preview": encode.preview.entry(result.preview, config.size, config.fps)}
+           if getattr(result, "preview", None) is not None else {}),
         "drawing": getattr(result, "drawing", None),
+        # What happened in the run, measured on the drawn weights (stats.story): settling
+        # steps, rebels, the intervals the whole model moved most; the published card says it.
+        **({"story": result.story} if getattr(result, "story", None) is not None else {}),
         "checkpoints": {"folder": folder, "files": files, "loss": loss,
                         **({"remote": _source(plan)} if plan.url else {})},
-        "model_config": _model_config(plan),
+        "model_config": completions.config_doc(plan),
         **completions.manifest_entries(plan, getattr(result, "spoken", None), config.max_new_tokens,
                                        [_rel(ref.path, plan.folder) for ref in plan.refs]),
         "options": recorded_options(config),
@@ -303,21 +306,6 @@ def _public(options: dict[str, Any]) -> dict[str, Any]:
         options = {**options, "storage_options": {k: v for k, v in so.items()
                                                   if not _SECRET.search(k)} or None}
     return options
-
-
-def _model_config(plan) -> dict[str, Any] | None:
-    """A small ``config.json`` in the checkpoint folder or beside the last checkpoint."""
-    storage, last = plan.storage, plan.refs[-1].path
-    for candidate in (plan.folder / MODEL_CONFIG, last.parent / MODEL_CONFIG,
-                      last / MODEL_CONFIG):
-        try:
-            if storage.is_file(candidate) and storage.size(candidate) <= _MODEL_CONFIG_MAX:
-                doc = load_json(storage.read(candidate, 0, storage.size(candidate)))
-                if isinstance(doc, dict):
-                    return doc
-        except (OSError, ValueError):
-            continue
-    return None
 
 
 def write(config: RenderConfig, result, staged: atomic.Staged) -> dict[str, Any]:

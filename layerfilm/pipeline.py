@@ -40,6 +40,8 @@ class RenderResult:
     # The digests of the drawn bytes of each local safetensors file, made as the film read them
     # (layouts.Keyframes.read; file as text -> digests): the manifest reads nothing again.
     read: dict = dataclasses.field(default_factory=dict)
+    preview: encode.preview.Preview | None = None  # the lossy --preview written beside the film
+    story: dict | None = None  # what happened in the run (stats.story), when the drift was measured
 
 
 def _stage_folder(staged: atomic.Staged, path: Path | None) -> Path | None:
@@ -70,6 +72,35 @@ def _about_the_probe(plan: Plan, texts: tuple[str, ...], progress: Progress) -> 
                           "; none if its layouts are cached")
 
 
+def _before_layouts(plan: Plan, cfg: RenderConfig, prompts: list[str], progress: Progress):
+    """What is said and checked before any layout is made: skipped checkpoints, the probe,
+    a loss strip without a loss; then each keyframe's answers to ``prompts`` and the captions
+    they make (both ``None`` without prompts)."""
+    for path, why in plan.skipped:
+        progress.warn(f"skipped {path}: {why}")
+    _about_the_probe(plan, cfg.label_tokens, progress)
+    if cfg.loss_strip and plan.loss is None:
+        raise CheckpointError("--loss-strip: no loss curve found beside the checkpoints "
+                              "(metrics.jsonl, metrics.csv, trainer_state.json, or a loss in "
+                              "the safetensors metadata); pass --metrics FILE", cfg.checkpoints)
+    if not prompts:
+        return None, None
+    spoken = completions.run_prompts(plan, prompts, cfg.max_new_tokens, cfg.model_config,
+                                     cfg.tokenizer, progress)
+    given = header.load_captions(cfg.captions) if cfg.captions is not None else None
+    return spoken, completions.captions(spoken, given)
+
+
+def _tell(result: RenderResult, cfg: RenderConfig, measured, preview_file: Path | None, size) -> None:
+    """What the manifest adds about the film: the run's story (from the drift the film
+    measured) and the ``--preview`` written beside it."""
+    if measured is not None:
+        result.story = stats.story(measured, drift.Settling.of(cfg), cfg.rebel_z)
+    if preview_file is not None:
+        result.preview = encode.preview.Preview(cfg.preview, preview_file.stat().st_size,
+                                                encode.preview.command(size, cfg.fps))
+
+
 def render(config: RenderConfig, progress: Progress = QUIET,
            recorded: tuple[dict, Path] | None = None) -> RenderResult:
     """Render the film described by ``config`` to ``config.output`` (see :class:`RenderConfig`;
@@ -87,17 +118,7 @@ def render(config: RenderConfig, progress: Progress = QUIET,
         spec = film.FilmSpec.of(cfg)
         prompts = cfg.all_prompts
         plan = make_plan(cfg, cfg.metrics, film.panels_fit(spec, len(prompts)))
-        for path, why in plan.skipped:  # known before any layout is computed
-            progress.warn(f"skipped {path}: {why}")
-        _about_the_probe(plan, cfg.label_tokens, progress)
-        if cfg.loss_strip and plan.loss is None:
-            raise CheckpointError("--loss-strip: no loss curve found beside the checkpoints "
-                                  "(metrics.jsonl, metrics.csv, trainer_state.json, or a loss in "
-                                  "the safetensors metadata); pass --metrics FILE", cfg.checkpoints)
-        spoken = (completions.run_prompts(plan, prompts, cfg.max_new_tokens, cfg.model_config,
-                                          cfg.tokenizer, progress) if prompts else None)
-        captions = None if spoken is None else completions.captions(
-            spoken, header.load_captions(cfg.captions) if cfg.captions is not None else None)
+        spoken, captions = _before_layouts(plan, cfg, prompts, progress)
         keys, measured = layouts.layouts_and_drift(plan, cfg.projection, cfg.seed, progress, cfg.cache,
                                                    cfg.needs_drift, cfg.fourier_ref, run)
         said = set(plan.changed())  # the layouts' store named these (not cached)
@@ -116,7 +137,9 @@ def render(config: RenderConfig, progress: Progress = QUIET,
                 if cfg.stills_dir is not None else None)
         png_dir, still_dir = _stage_folder(staged, cfg.frames_dir), _stage_folder(staged, cfg.stills_dir)
         film_file = staged.file(cfg.output)
-        out = encode.Output(film_file, cfg.format, cfg.fps, palette, cfg.jobs, png_dir, cfg.output)
+        preview_file = staged.file(cfg.preview) if cfg.preview is not None else None
+        out = encode.Output(film_file, cfg.format, cfg.fps, palette, cfg.jobs, png_dir, cfg.output,
+                            preview_file, cfg.preview)
         done = encode.encode_film(picture, out, run, keep, progress)
         if keep is not None:
             keep.write(still_dir, palette)
@@ -125,6 +148,7 @@ def render(config: RenderConfig, progress: Progress = QUIET,
         result = RenderResult(cfg.output, picture.n_frames, len(plan.refs), seconds, film_file.stat().st_size,
                               keys.nonfinite, done.command, done.jobs, plan, keys.panels, picture.describe(),
                               spoken=spoken, read=read)
+        _tell(result, cfg, measured, preview_file, picture.size)
         result.manifest = manifest.write(cfg, result, staged)
         _changed_later(plan, said, progress)
         staged.commit()

@@ -58,6 +58,7 @@ class Film:
     in_repo: str
     manifest: dict[str, Any] | None
     companions: list[Upload]
+    preview: Upload | None = None  # the lossy --preview the manifest names, when it is there
 
     @property
     def run(self) -> str:
@@ -95,13 +96,15 @@ def collect(films: list[Path], path_in_repo: str = "") -> list[Film]:
                 rel = f"{p.parent.name}/{p.name}"
             return f"{prefix}/{rel}" if prefix else rel
 
-        found: dict[Path, None] = {}
+        # Keyed by the absolute path: the same still reached as films/a-stills/first.png (beside
+        # the film) and /home/you/films/a-stills/first.png (the manifest's --stills) is one file.
+        found: dict[Path, Path] = {}
         stem = film.name[: -len(film.suffix)]
         for p in sorted(film.parent.iterdir()):
             if p.is_file() and p.resolve() not in given and p != side \
                     and p.name[len(stem):len(stem) + 1] in (".", "-", "_") and p.name.startswith(stem) \
                     and p.suffix.lower() in COMPANION_SUFFIXES and not _is_other_manifest(p):
-                found[p] = None
+                found.setdefault(Path(os.path.abspath(p)), p)
         folders = [film.parent / f"{stem}{s}" for s in COMPANION_DIRS]
         if doc is not None:
             frames = (doc.get("options") or {}).get("frames_dir")
@@ -112,25 +115,43 @@ def collect(films: list[Path], path_in_repo: str = "") -> list[Film]:
             if folder.is_dir():
                 for p in sorted(folder.iterdir()):
                     if p.is_file() and p.suffix.lower() in COMPANION_SUFFIXES and p.name != FRAMES_MANIFEST:
-                        found[p] = None
-        companions = [Upload(p, in_repo(p)) for p in found]
+                        found.setdefault(Path(os.path.abspath(p)), p)
+        preview = _preview(doc)
+        if preview is not None:
+            found.pop(Path(os.path.abspath(preview)), None)
+        companions = [Upload(p, in_repo(p)) for p in found.values()]
         if doc is not None:
             doc = portable(doc, film.parent)
             companions.insert(0, Upload(side, in_repo(side), (json.dumps(doc, indent=2) + "\n").encode()))
-        out.append(Film(film, in_repo(film), doc, companions))
+        lossy = Upload(preview, in_repo(preview)) if preview is not None else None
+        out.append(Film(film, in_repo(film), doc, companions + ([lossy] if lossy else []), lossy))
     return out
+
+
+def _preview(doc: Any) -> Path | None:
+    """The lossy ``--preview`` a manifest names, when it is there with the size recorded."""
+    entry = doc.get("preview") if isinstance(doc, dict) else None
+    if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+        return None
+    path = Path(entry["path"])
+    try:
+        return path if path.is_file() and path.stat().st_size == entry.get("bytes") else None
+    except OSError:
+        return None
 
 
 def portable(doc: Any, base: Path) -> Any:
     """``doc`` with every absolute local path made relative to ``base`` (the published
     folder): what is uploaded names no one's home or scratch folders, and the links still
-    hold beside the film."""
+    hold beside the film.  A path further away than ``base``'s own folder (``../../...``)
+    keeps only its name: the way there would spell out this machine's folders."""
     if isinstance(doc, dict):
         return {k: portable(v, base) for k, v in doc.items()}
     if isinstance(doc, list):
         return [portable(v, base) for v in doc]
     if isinstance(doc, str) and os.path.isabs(doc):
-        return Path(os.path.relpath(doc, base)).as_posix()
+        rel = Path(os.path.relpath(doc, os.path.abspath(base))).as_posix()
+        return Path(doc).name if rel.startswith("../../") or rel == "../.." else rel
     return doc
 
 
@@ -210,8 +231,15 @@ def card(films: list[Film], repo_id: str, how: str | None = None) -> str:
                 lines += [f"![{run}: training film]({_url(film.in_repo)})", ""]
         for film in members:
             lines.append(f"- [{film.in_repo}]({_url(film.in_repo)}): {_describe(film)}")
+        previews = list(dict.fromkeys(f.preview.in_repo for f in members if f.preview is not None))
+        for in_repo in previews:
+            lines.append(f"- [{in_repo}]({_url(in_repo)}): **lossy preview** (H.264 MP4, plays on "
+                         f"phones and forums; labelled \"lossy preview\" in its corner), "
+                         f"{_size_of(members, in_repo)}")
         lines.append("")
         doc = next((f.manifest for f in members if f.manifest), None)
+        if doc is not None and isinstance(doc.get("story"), dict):
+            lines += story_lines(doc["story"])
         if doc is not None:
             files = doc["checkpoints"].get("files") or []
             if files:
@@ -220,10 +248,12 @@ def card(films: list[Film], repo_id: str, how: str | None = None) -> str:
             if doc.get("model_config"):
                 lines += ["Model config (`config.json` beside the checkpoints):", "", "```json",
                           json.dumps(doc["model_config"], indent=2, sort_keys=True), "```", ""]
-        companions = list(dict.fromkeys(u for f in members for u in f.companions))
+        # Each file once, by its path in the repository (two films of a run share its stills).
+        companions = list({u.in_repo: u for f in members for u in f.companions}.values())
         stills = [u for u in companions if u.local.suffix.lower() in (".png", ".jpg", ".jpeg")]
         other = [u for u in companions
-                 if u not in stills and not u.in_repo.endswith(tuple(f"{s}.json" for s in SUFFIXES))]
+                 if u not in stills and u.in_repo not in previews
+                 and not u.in_repo.endswith(tuple(f"{s}.json" for s in SUFFIXES))]
         if stills:
             lines += ["Stills:", ""] + [f"![{Path(u.in_repo).name}]({_url(u.in_repo)})" for u in stills] + [""]
         if other:
@@ -234,6 +264,45 @@ def card(films: list[Film], repo_id: str, how: str | None = None) -> str:
     how = how or f"--repo-id {repo_id}"
     lines += [f"Published with `layerfilm publish {how}` (layerfilm {__version__}).", ""]
     return "\n".join(lines)
+
+
+def _size_of(members: list[Film], in_repo: str) -> str:
+    up = next(f.preview for f in members if f.preview is not None and f.preview.in_repo == in_repo)
+    return f"{up.size / 1e6:.1f} MB"
+
+
+def _steps(a: int, b: int) -> str:
+    return f"step {a:,}" if a == b else f"steps {a:,}–{b:,}"
+
+
+def story_lines(story: dict) -> list[str]:
+    """The card's short account of what happened in a run, from its manifest's ``story``
+    (:func:`layerfilm.stats.story`: the numbers ``layerfilm stats`` reports)."""
+    out = ["What happened (measured on the drawn weights, as `layerfilm stats` reports it):", ""]
+    settled, moving = story.get("settled") or [], story.get("still_moving") or []
+    if settled:
+        first, last = settled[0], settled[-1]
+        line = f"- **Settled** first: {first['layer']} at step {first['step']:,}"
+        if len(settled) > 1:
+            line += f"; last: {last['layer']} at step {last['step']:,}"
+        line += (f"; still moving at the end: {', '.join(moving)}." if moving else ".")
+        out.append(line)
+    else:
+        out.append(f"- **No layer settled** (settled: {story.get('settling', '')}): every one kept "
+                   "moving to the end.")
+    rebels = story.get("rebels") or []
+    if rebels:
+        out.append(f"- **Rebels** (moving against their neighbours, |z| ≥ {story.get('rebel_z', 3):g}): "
+                   + "; ".join(f"{r['layer']} at {_steps(*r['steps'])} (z {r['z']:+.1f} at step {r['at']:,})"
+                               for r in rebels) + ".")
+    else:
+        out.append(f"- **No rebel**: no layer moved against its neighbours (|z| ≥ {story.get('rebel_z', 3):g}).")
+    most = story.get("moved_most") or []
+    if most:
+        out.append("- **The whole model moved most** from "
+                   + ", ".join(f"step {m['from']:,} to {m['to']:,} ({100 * m['rate_per_100']:.3g} % per 100 steps)"
+                               for m in most) + ".")
+    return out + [""]
 
 
 def _url(in_repo: str) -> str:
@@ -259,7 +328,11 @@ def _render_again(film: Film) -> list[str]:
     try:
         values = options_from_table(known, Path("manifest.json"), nullable=True)
         config = RenderConfig(**{k: v for k, v in values.items()})
-        toml = options_toml(config).rstrip("\n")
+        # The manifest's paths are relative to the film's folder (portable); TOML writes paths
+        # absolute, which here would be this machine's working folder: keep them relative.
+        here = os.path.abspath(".")
+        toml = "\n".join(line.replace(json.dumps(here + os.sep)[:-1], '"', 1).replace(
+            json.dumps(here), '"."', 1) for line in options_toml(config).rstrip("\n").splitlines())
     except LayerfilmError:
         toml = "\n".join(f"{k} = {json.dumps(v)}" for k, v in known.items() if v is not None)
     folder = Path(doc["checkpoints"]["folder"]).name

@@ -315,3 +315,46 @@ def summary(stats: LayerStats, config) -> tuple[str, list[tuple[str, str]], list
     lines.append(f"rebels (|z| >= {config.rebel_z:g}): {'; '.join(rebels)}" if rebels
                  else f"no rebel (no layer's |z| reaches {config.rebel_z:g})")
     return f"settling: {settling.describe()}", columns, rows, lines
+
+
+def story(drift: Drift, settling: Settling, rebel_z: float, top: int = 3) -> dict:
+    """What happened in the run, for the manifest and the published card: each panel's
+    settling step (``settled``, in step order) or ``still_moving``; every rebel run of
+    keyframes (``|z| >= rebel_z``, consecutive keyframes joined; its first and last step and its
+    strongest z); and the ``top`` intervals in which the whole model moved most
+    (``moved_most``: the change of all drawn weights together, ``sqrt(sum_l ||W_l,k -
+    W_l,k-1||^2) / sqrt(sum_l ||W_l,k-1||^2)``, per 100 steps of that interval, largest first).
+    The same numbers as ``layerfilm stats`` (its CSV's ``settle_step``, ``rebel_z``,
+    ``weight_norm`` and ``rel_change_prev``)."""
+    settle = drift.settle_steps(settling)
+    settled = sorted((float(settle[l]), l) for l in range(len(drift.labels)) if np.isfinite(settle[l]))
+    rebels = []
+    for l, label in enumerate(drift.labels):
+        z = np.nan_to_num(drift.rebel[l], nan=0.0)
+        hit = np.abs(z) >= rebel_z
+        k = 0
+        while k < len(hit):
+            if not hit[k]:
+                k += 1
+                continue
+            end = k
+            while end + 1 < len(hit) and hit[end + 1]:
+                end += 1
+            peak = k + int(np.argmax(np.abs(z[k:end + 1])))
+            rebels.append({"layer": label, "steps": [int(drift.steps[k]), int(drift.steps[end])],
+                           "z": round(float(z[peak]), 2), "at": int(drift.steps[peak])})
+            k = end + 1
+    rebels.sort(key=lambda r: (r["steps"][0], r["layer"]))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        moved = np.sqrt(np.nansum((drift.rel_prev[:, 1:] * drift.norm[:, :-1]) ** 2, axis=0))
+        size = np.sqrt(np.nansum(drift.norm[:, :-1] ** 2, axis=0))
+        gap = np.diff(drift.steps.astype(np.float64))
+        whole = np.where((size > 0) & (gap > 0), moved / size * 100.0 / gap, np.nan)
+    order = [int(k) for k in np.argsort(-np.nan_to_num(whole, nan=-1.0), kind="stable")
+             if np.isfinite(whole[k])][:top]
+    return {"settling": settling.describe(), "rebel_z": rebel_z,
+            "settled": [{"layer": drift.labels[l], "step": int(s)} for s, l in settled],
+            "still_moving": [label for l, label in enumerate(drift.labels) if not np.isfinite(settle[l])],
+            "rebels": rebels,
+            "moved_most": [{"from": int(drift.steps[k]), "to": int(drift.steps[k + 1]),
+                            "rate_per_100": round(float(whole[k]), 6)} for k in order]}

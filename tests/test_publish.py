@@ -134,7 +134,7 @@ def hub():
     server.server_close()
 
 
-def run_publish(args, hub, tmp_path, token=TOKEN):
+def run_publish(args, hub, tmp_path, token=TOKEN, cwd=None):
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("HF_") and k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
     env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf_home"), HF_HUB_DISABLE_XET="1",
@@ -142,7 +142,7 @@ def run_publish(args, hub, tmp_path, token=TOKEN):
     if token:
         env["HF_TOKEN"] = token
     return subprocess.run([sys.executable, "-m", "layerfilm", "publish", *map(str, args)],
-                          capture_output=True, text=True, env=env, timeout=120)
+                          capture_output=True, text=True, env=env, timeout=120, cwd=cwd)
 
 
 @pytest.fixture
@@ -335,3 +335,123 @@ def test_what_is_published_names_no_local_folder(tmp_path, hub):
     assert manifest["checkpoints"]["folder"] == "../grok"
     assert manifest["checkpoints"]["loss"]["path"] == "../loss.jsonl"
     assert manifest["options"]["stills_dir"] == "../shots"
+
+
+def _sent(hub) -> dict[str, bytes]:
+    """Every file of the one commit, by repository path, with the bytes that arrived."""
+    header, ops = hub.commit()
+    return {path: hub.blobs[op["value"]["oid"]] if op["key"] == "lfsFile"
+            else base64.b64decode(op["value"]["content"]) for path, op in ops.items()}
+
+
+def _story_from_csv(path: Path, rebel_z: float = 3.0):
+    """What the card should say, worked out from ``layerfilm stats``'s CSV alone: the layers
+    in settling order, the (layer, step) pairs with |rebel_z| >= 3, and the three intervals
+    (ending at a step) in which all drawn weights together changed most per 100 steps."""
+    import csv
+
+    rows = list(csv.DictReader(path.open()))
+    settle = {r["layer"]: int(r["settle_step"]) for r in rows if r["settle_step"]}
+    rebels = {(r["layer"], int(r["step"])) for r in rows
+              if r["rebel_z"] and abs(float(r["rebel_z"])) >= rebel_z}
+    steps = sorted({int(r["step"]) for r in rows})
+    norm = {(r["layer"], int(r["step"])): float(r["weight_norm"]) for r in rows}
+    layers = list(dict.fromkeys(r["layer"] for r in rows))
+    whole = {}
+    for a, b in zip(steps, steps[1:]):
+        moved = sum((float(r["rel_change_prev"]) * norm[r["layer"], a]) ** 2
+                    for r in rows if int(r["step"]) == b and r["rel_change_prev"])
+        size = sum(norm[l, a] ** 2 for l in layers)
+        whole[b] = (moved / size) ** 0.5 * 100 / (b - a)
+    top = sorted(whole, key=lambda s: -whole[s])[:3]
+    return sorted(settle, key=lambda l: (settle[l], layers.index(l))), rebels, top
+
+
+def test_published_sample_names_no_local_path_tells_its_story_and_lists_stills_once(
+        tmp_path, hub, monkeypatch):
+    """The sample rendered from a working folder with relative paths (as make batch does: the
+    manifest then names the stills both beside the film and by its absolute --stills path),
+    with a preview, a loss log given by path and stats beside it: nothing uploaded holds a
+    local path; the card's summary is what `layerfilm stats` says; each still is shown once."""
+    from conftest import SAMPLE
+
+    work = tmp_path / "work"
+    (work / "films").mkdir(parents=True)
+    monkeypatch.chdir(work)
+    common = ["--fps", "2", "--size", "320x180", "-q"]
+    for film, extra in (("films/grok.gif", ["--stills", "films/grok-stills", "--preview",
+                                            "films/grok.mp4", "--metrics", str(SAMPLE / "metrics.jsonl"),
+                                            "--loss-strip"]),
+                        ("films/grok.webm", [])):
+        r = runner.invoke(app, ["render", str(SAMPLE), film, *common, *extra])
+        assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["stats", str(SAMPLE), "--out", "films/grok-stats", "-q"])
+    assert r.exit_code == 0, r.output
+    result = run_publish(["films/grok.webm", "films/grok.gif", "--repo-id", "alice/grok"], hub,
+                         tmp_path, cwd=work)
+    assert result.returncode == 0, result.stderr
+    sent = _sent(hub)
+    assert "grok.mp4" in sent and sent["grok.mp4"] == (work / "films" / "grok.mp4").read_bytes()
+    local = {str(tmp_path), str(tmp_path.resolve()), str(work), str(SAMPLE), str(SAMPLE.resolve()),
+             str(Path(__file__).resolve().parents[1]), os.getcwd()}
+    if len(Path.home().parts) > 1:
+        local.add(str(Path.home()))
+    for path, data in sent.items():
+        leaks = [d for d in local if d.encode() in data]
+        assert not leaks, (path, leaks)
+    manifest = json.loads(sent["grok.gif.json"])
+    assert manifest["checkpoints"]["folder"] == "sample_checkpoints"  # far away: the name only
+    assert manifest["preview"]["path"] == "grok.mp4"
+    assert manifest["options"]["stills_dir"] == "grok-stills"
+
+    card = sent["README.md"].decode()
+    for still in ("first.png", "last.png", "contact_sheet.png"):
+        assert card.count(f"(grok-stills/{still})") == 1, still
+    assert "[grok.mp4](grok.mp4): **lossy preview**" in card
+    assert 'stills_dir = "grok-stills"' in card and 'preview = "grok.mp4"' in card
+
+    order, rebels, top = _story_from_csv(work / "films" / "grok-stats" / "layer_stats.csv")
+    assert rebels  # the sample's embedding at step 2,400
+    told = card[card.index("What happened"):card.index("Checkpoints:")]
+    if order:
+        assert f"first: {order[0]} at step" in told
+    else:
+        assert "**No layer settled**" in told
+    said_rebels = {(m[0], int(m[1].replace(",", ""))) for m in
+                   __import__("re").findall(r"(\w+) at steps? [\d,–]+ \(z [+-][\d.]+ at step ([\d,]+)\)", told)}
+    assert {layer for layer, _ in said_rebels} == {layer for layer, _ in rebels}
+    assert said_rebels <= rebels  # each rebel's strongest step is one where stats flags it
+    most = told[told.index("moved most"):]
+    ends = [int(m.replace(",", "")) for m in __import__("re").findall(r"to ([\d,]+) \(", most)]
+    assert ends == top
+
+
+def test_card_names_the_layers_that_settled_first_and_last_as_stats_does(tmp_path):
+    from test_stats import _freezing_run
+
+    run = _freezing_run(tmp_path / "freeze")
+    out = tmp_path / "films"
+    out.mkdir()
+    r = runner.invoke(app, ["render", str(run), str(out / "f.gif"), "--fps", "2", "--size", "128x72", "-q"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["stats", str(run), "--out", str(out / "f-stats"), "-q"])
+    assert r.exit_code == 0, r.output
+    order, rebels, top = _story_from_csv(out / "f-stats" / "layer_stats.csv")
+    assert len(order) >= 2
+    r = runner.invoke(app, ["publish", str(out / "f.gif"), "--repo-id", "a/b", "--dry-run"])
+    assert r.exit_code == 0, r.output
+    import csv
+    settle = {row["layer"]: int(row["settle_step"])
+              for row in csv.DictReader((out / "f-stats" / "layer_stats.csv").open()) if row["settle_step"]}
+    assert (f"first: {order[0]} at step {settle[order[0]]:,}; last: {order[-1]} at step "
+            f"{settle[order[-1]]:,}") in r.output
+
+
+def test_portable_keeps_only_the_name_of_a_path_far_from_the_film():
+    from layerfilm.publish import portable
+
+    doc = {"a": "/home/you/films/stills", "b": "/home/you/grok", "c": ["/data/runs/x/config"],
+           "model": {"_name_or_path": "/home/you/models/gpt2"}, "d": "relative/x", "e": "/home/you/films"}
+    assert portable(doc, Path("/home/you/films")) == {
+        "a": "stills", "b": "../grok", "c": ["config"], "model": {"_name_or_path": "../models/gpt2"},
+        "d": "relative/x", "e": "."}

@@ -119,6 +119,10 @@ def render(
     stills_every: Annotated[Optional[int], typer.Option(
         help="Contact sheet: one tile every N keyframes (and the last) (default: about 12 tiles).",
         show_default=False)] = None,
+    preview: Annotated[Optional[Path], typer.Option(
+        help="Also write a small lossy H.264 copy (.mp4, at most about 7 MB a minute at 720p, "
+             "labelled 'lossy preview') from the same frames, for sites that take no large or "
+             "lossless video.", show_default=False)] = None,
     config_file: Annotated[Optional[Path], typer.Option(
         "--config", help=f"Read options from this TOML file instead of ./{CONFIG_FILE} or "
         "\\[tool.layerfilm] in ./pyproject.toml; options given here override it.",
@@ -203,6 +207,9 @@ def render(
         f"[load+project {s['load+project']:.1f} s, render {s['render']:.1f} s, "
         f"encode {s['encode']:.1f} s{f', {result.jobs} jobs' if result.jobs > 1 else ''}]"
         + _fetched(result.plan))
+    if result.preview is not None:
+        typer.echo(f"wrote {result.preview.path} (lossy preview, H.264, "
+                   f"{result.preview.bytes / 1e6:.1f} MB)")
     pinned = pinned_line(result.drawing)
     if pinned:
         typer.echo(pinned)

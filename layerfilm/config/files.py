@@ -48,12 +48,17 @@ def option_types() -> dict[str, Any]:
     return {name: hints[name] for name in option_names()}
 
 
+# Options naming an extra output file (beside the film), like the ``*_dir`` folders.
+OUTPUT_FILES = ("preview",)
+
+
 def output_options() -> list[str]:
     """Options typed ``Path`` and named ``*_dir``: folders where extra outputs go (``--frames``,
-    ``--stills``).  A re-render from a manifest writes them again only when they are given on
-    the command line.  (Other paths, such as ``metrics``, are inputs.)"""
+    ``--stills``), and the extra output files (:data:`OUTPUT_FILES`: ``--preview``).  A
+    re-render from a manifest writes them again only when they are given on the command line.
+    (Other paths, such as ``metrics``, are inputs.)"""
     return [n for n, t in option_types().items()
-            if n.endswith("_dir") and Path in (t, *typing.get_args(t))]
+            if (n.endswith("_dir") or n in OUTPUT_FILES) and Path in (t, *typing.get_args(t))]
 
 
 def load_options_file(path: Path | None = None,

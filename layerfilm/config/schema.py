@@ -128,6 +128,7 @@ class RenderConfig(_Prompting, Selection):
     rebel_z: float = REBEL_Z
     stills_dir: Path | None = None
     stills_every: int | None = None  # None: about a dozen tiles
+    preview: Path | None = None  # a small lossy H.264 .mp4 made from the same frames
     timeline: str = "keyframe"
     point_size: float | None = None  # None: from each panel's size and number of dots
     scale: str = "panel"

@@ -173,6 +173,21 @@ def _stills_dir(c) -> None:
             _fail("stills_dir", "--stills and --frames need different folders", d)
 
 
+@_check("preview")
+def _preview(c) -> None:
+    p = c.preview
+    if p is None:
+        return
+    if p.suffix.lower() != ".mp4":
+        _fail("preview", f"--preview writes an H.264 .mp4; give a name ending in .mp4, got {p.name!r}", p)
+    if p.is_dir():
+        _fail("preview", "--preview is a folder; give a file name such as preview.mp4", p)
+    if not p.resolve().parent.is_dir():
+        _fail("preview", "the folder of --preview does not exist", p)
+    if c.output is not None and p.resolve() == c.output.resolve():
+        _fail("preview", "--preview must not be the film itself", p)
+
+
 @_check("stills_every")
 def _stills_every(c) -> None:
     if c.stills_every is not None and c.stills_every < 1:
@@ -372,7 +387,7 @@ def _repo_type(c) -> None:
 _ORDER = ("checkpoints", "revisions", "storage_options", "output", "fps", "frames_per_keyframe",
           "size", "projection", "fourier_ref", "max_points", "color_scale", "frames_dir", "jobs",
           "points", "tensor", "order", "settle_threshold", "settle_fraction", "rebel_z", "metrics",
-          "stills_dir", "stills_every", "steps", "timeline", "point_size", "scale", "title",
+          "stills_dir", "stills_every", "preview", "steps", "timeline", "point_size", "scale", "title",
           "caption", "captions", "prompt", "prompts", "max_new_tokens", "model_config", "tokenizer",
           "probe", "probe_positions", "label_tokens",
           "tokens_per_step", "layer_pattern", "run", "out", "repo_id", "bucket", "repo_type",

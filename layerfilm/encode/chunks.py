@@ -22,6 +22,7 @@ from .. import atomic
 from ..cluster import Dask
 from ..film import Film, FrameMaker
 from ..progress import QUIET, Progress
+from . import preview as previews
 from .ffmpeg import FORMATS, FilmWriter, PngFolderWriter, _Ffmpeg, join
 
 
@@ -32,7 +33,9 @@ class Output:
     ``jobs`` (chunks made and encoded in parallel, then joined), ``frames_dir`` (every frame
     also as a PNG into this existing folder, on this machine only; ``None``: no PNGs) and
     ``shown`` (the name errors give the film while ``path`` is a staged temporary; ``None``:
-    ``path``).  The frame size is not here: it is the film's own, :attr:`Film.size`."""
+    ``path``); ``preview`` (the lossy H.264 preview, written from the same frames, see
+    :mod:`~layerfilm.encode.preview`; ``None``: none) and ``preview_shown`` (its name in
+    errors).  The frame size is not here: it is the film's own, :attr:`Film.size`."""
 
     path: Path
     format: str
@@ -41,6 +44,8 @@ class Output:
     jobs: int = 1
     frames_dir: Path | None = None
     shown: Path | None = None
+    preview: Path | None = None
+    preview_shown: Path | None = None
 
     def chunks(self, n_frames: int) -> list[range]:
         """The runs of frames encoded apart and joined: :attr:`jobs` of them (at most one a
@@ -115,16 +120,22 @@ Chunk = tuple[float, float, list[str]]  # seconds making frames, seconds encodin
 def write_chunk(film: Film, out: Output, frames: range, path: Path,
                 taps: Sequence[Callable[[int, np.ndarray], None]] = (),
                 advance: Callable[[int], None] = lambda n=1: None,
-                stop: threading.Event | None = None) -> Chunk:
+                stop: threading.Event | None = None, preview: Path | None = None) -> Chunk:
     """Frames ``frames`` of ``film``, made by a :class:`FrameMaker` of their own, encoded into
-    ``path`` (and PNGs into ``out.frames_dir``) and handed to each tap."""
+    ``path`` (and PNGs into ``out.frames_dir``, the lossy preview into ``preview``) and handed
+    to each tap."""
     size = film.size
     writer = FilmWriter(path, size, out.fps, out.format, out.palette, out.shown or out.path)
     pngs = (PngFolderWriter(out.frames_dir, size, out.fps, out.palette, frames.start)
             if out.frames_dir is not None else None)
-    with writer, (pngs or contextlib.nullcontext()):
-        render_s, encode_s = write_frames(FrameMaker(film), frames, [writer] + ([pngs] if pngs else []),
-                                          taps, advance, stop)
+    lossy = (previews.PreviewWriter(preview, size, out.fps, out.palette,
+                                    out.preview_shown or out.preview, previews.spot(film))
+             if preview is not None else None)
+    writers = [w for w in (writer, pngs, lossy) if w is not None]
+    with contextlib.ExitStack() as stack:
+        for w in writers:
+            stack.enter_context(w)
+        render_s, encode_s = write_frames(FrameMaker(film), frames, writers, taps, advance, stop)
         t = time.perf_counter()
     return render_s, encode_s + time.perf_counter() - t, writer.command  # ffmpeg finishing the file
 
@@ -137,6 +148,7 @@ class Segment:
     data: bytes
     chunk: Chunk
     kept: dict[int, np.ndarray]
+    preview: bytes | None = None  # the chunk's lossy preview, when the output has one
 
 
 def render_segment(film: Film, out: Output, wanted: frozenset[int], frames: range,
@@ -152,21 +164,23 @@ def render_segment(film: Film, out: Output, wanted: frozenset[int], frames: rang
 
     with tempfile.TemporaryDirectory(prefix="layerfilm-segment-") as tmp:
         path = Path(tmp) / f"segment.{out.format}"
-        chunk = write_chunk(film, out, frames, path, [keep], advance or (lambda n=1: None))
-        return Segment(path.read_bytes(), chunk, kept)
+        lossy = Path(tmp) / "preview.mp4" if out.preview is not None else None
+        chunk = write_chunk(film, out, frames, path, [keep], advance or (lambda n=1: None),
+                            preview=lossy)
+        return Segment(path.read_bytes(), chunk, kept, lossy.read_bytes() if lossy else None)
 
 
 def _here(film: Film, out: Output, chunks: list[range], paths: list[Path], keep,
-          advance: Callable[[int], None]) -> list[Chunk]:
+          advance: Callable[[int], None], lossy: list[Path | None]) -> list[Chunk]:
     """The chunks made and encoded in threads of this process (the numba kernels release the
     GIL); a failing chunk stops the others at their next frame."""
     taps = (keep.offer,) if keep is not None else ()
     if len(chunks) == 1:
-        return [write_chunk(film, out, chunks[0], paths[0], taps, advance)]
+        return [write_chunk(film, out, chunks[0], paths[0], taps, advance, preview=lossy[0])]
     stop = threading.Event()
     with concurrent.futures.ThreadPoolExecutor(len(chunks)) as pool:
-        futures = [pool.submit(write_chunk, film, out, c, p, taps, advance, stop)
-                   for c, p in zip(chunks, paths)]
+        futures = [pool.submit(write_chunk, film, out, c, p, taps, advance, stop, q)
+                   for c, p, q in zip(chunks, paths, lossy)]
         try:
             return [f.result() for f in futures]
         except BaseException:
@@ -175,13 +189,16 @@ def _here(film: Film, out: Output, chunks: list[range], paths: list[Path], keep,
 
 
 def _on_cluster(run: Dask, film: Film, out: Output, chunks: list[range], paths: list[Path], keep,
-                progress: Progress) -> list[Chunk]:
-    """The chunks made and encoded as tasks on the cluster, their bytes written to ``paths``."""
+                progress: Progress, lossy: list[Path | None]) -> list[Chunk]:
+    """The chunks made and encoded as tasks on the cluster, their bytes written to ``paths``
+    (their previews' to ``lossy``)."""
     wanted = frozenset(keep.wanted) if keep is not None else frozenset()
     segments = run.map(render_segment, chunks, film, out, wanted, stage=f"Rendering {out.path.name}",
                        progress=progress, weights=[len(c) for c in chunks])
-    for path, segment in zip(paths, segments):
+    for path, preview, segment in zip(paths, lossy, segments):
         atomic.write_bytes(path, segment.data)
+        if preview is not None:
+            atomic.write_bytes(preview, segment.preview)
         for f, frame in segment.kept.items():
             keep.offer(f, frame)
     return [segment.chunk for segment in segments]
@@ -197,11 +214,15 @@ def encode_film(film: Film, out: Output, run=None, keep=None, progress: Progress
     there), else in threads here; then joined without re-encoding.  No chunk file is left.
     """
     chunks = out.chunks(film.n_frames)
-    with chunk_files(out.path, len(chunks)) as paths:
+    with chunk_files(out.path, len(chunks)) as paths, \
+            (chunk_files(out.preview, len(chunks)) if out.preview is not None
+             else contextlib.nullcontext([None] * len(chunks))) as lossy:
         if isinstance(run, Dask):
-            done = _on_cluster(run, film, out, chunks, paths, keep, progress)
+            done = _on_cluster(run, film, out, chunks, paths, keep, progress, lossy)
         else:
             with progress.stage(f"Rendering {out.path.name}", film.n_frames) as advance:
-                done = _here(film, out, chunks, paths, keep, advance)
+                done = _here(film, out, chunks, paths, keep, advance, lossy)
         command = done[0][2] if len(paths) == 1 else join(paths, out.path, out.format, out.shown)
+        if out.preview is not None and len(lossy) > 1:
+            join(lossy, out.preview, previews.encoder(film.size), out.preview_shown or out.preview)
     return Encoded(sum(d[0] for d in done), sum(d[1] for d in done), command, len(chunks))

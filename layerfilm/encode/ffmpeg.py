@@ -80,11 +80,11 @@ def encoder_command(encoder: Encoder, size: tuple[int, int], fps: int, start_num
     ]
 
 
-def join_command(listing: str | os.PathLike, output: str | os.PathLike, fmt: str,
+def join_command(listing: str | os.PathLike, output: str | os.PathLike, fmt: str | Encoder,
                  exe: str | None = None) -> list[str]:
     """The ffmpeg command that joins the chunks named in ``listing`` into ``output`` by
-    copying packets (no re-encoding)."""
-    enc = FORMATS[fmt]
+    copying packets (no re-encoding); ``fmt``: a key of :data:`FORMATS`, or an encoder."""
+    enc = fmt if isinstance(fmt, Encoder) else FORMATS[fmt]
     return [exe or ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "concat",
             "-safe", "0", "-i", str(listing), "-c", "copy", *enc.mux_args, "-f", enc.muxer,
             str(output)]
@@ -194,13 +194,17 @@ class _Ffmpeg:
 
     def write(self, frame: np.ndarray) -> None:
         """Send one ``(H, W)`` uint8 index frame."""
+        if self.encoder.pix_fmt_in == "pal8":
+            self._send(memoryview(np.ascontiguousarray(frame)).cast("B"), self._pal_bytes)
+        else:
+            palette_rgb_kernel(frame, self.palette, self._rgb)
+            self._send(memoryview(self._rgb).cast("B"))
+
+    def _send(self, *parts) -> None:
+        """Write one frame's bytes (``parts``) to ffmpeg's stdin."""
         try:
-            if self.encoder.pix_fmt_in == "pal8":
-                self._proc.stdin.write(memoryview(np.ascontiguousarray(frame)).cast("B"))
-                self._proc.stdin.write(self._pal_bytes)
-            else:
-                palette_rgb_kernel(frame, self.palette, self._rgb)
-                self._proc.stdin.write(memoryview(self._rgb).cast("B"))
+            for part in parts:
+                self._proc.stdin.write(part)
         except (BrokenPipeError, OSError):
             self._proc.wait()
             raise EncodeError(f"ffmpeg stopped after {self.frames_written} frames: {self._stderr()}",
@@ -293,7 +297,7 @@ def concat_listing(chunks: Sequence[Path]) -> str:
     return "".join("file '" + str(c.resolve()).replace("'", "'\\''") + "'\n" for c in chunks)
 
 
-def join(chunks: list[Path], path: Path, fmt: str, shown: Path | None = None) -> list[str]:
+def join(chunks: list[Path], path: Path, fmt: str | Encoder, shown: Path | None = None) -> list[str]:
     """Join encoded chunks into ``path`` with the concat demuxer, copying packets (no
     re-encoding); atomic like :class:`FilmWriter`; errors name ``shown`` (default ``path``).
     Returns the ffmpeg command used."""
