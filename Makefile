@@ -13,7 +13,7 @@ LOCK   ?= constraints/test.txt
 LATEST ?= .venv-latest
 EXTRAS := .[torch,test,dask]
 
-.PHONY: demo test test-latest lock sample bench clean batch
+.PHONY: demo demo-model test test-latest lock sample bench clean batch
 
 $(VENV)/.base: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,17 @@ demo: $(VENV)/.base
 	$(LF) render sample_checkpoints films/sample.gif --size 960x540
 	@echo
 	@echo "Films written: $(CURDIR)/films/sample.webm and $(CURDIR)/films/sample.gif"
+
+# The sample run, run: each checkpoint's answers to three sums as captions, and the hidden
+# states of its probe (every "a + 40 =") layer by layer, where the answers form a ring.
+# Needs torch and transformers (layerfilm[model]): installed here as for `make test`.
+demo-model: $(VENV)/.dev
+	@mkdir -p films
+	$(LF) render sample_checkpoints films/sample-answers.webm --prompt "12 + 45 =" --prompt "3 + 5 =" --prompt "60 + 60 ="
+	$(LF) render sample_checkpoints films/sample-rings.webm --points activations \
+		--probe sample_checkpoints/probe.txt --probe-positions -1 --prompt "12 + 45 ="
+	@echo
+	@echo "Films written: $(CURDIR)/films/sample-answers.webm and $(CURDIR)/films/sample-rings.webm"
 
 test: $(VENV)/.dev
 	$(PY) -m pytest -q
