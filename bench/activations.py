@@ -1,4 +1,4 @@
-"""Seconds per keyframe of ``--points activations`` for a GPT-2-124M-shaped model (``GPT2Config()``'s
+"""Seconds per keyframe of ``--points activations`` and ``--prompt`` for a GPT-2-124M-shaped model (``GPT2Config()``'s
 default sizes, random init, built from its config and saved with ``save_pretrained`` as
 safetensors -- nothing downloaded) on a 512-token probe: ``python bench/bench.py --activations``.
 
@@ -63,3 +63,14 @@ def run(workdir: Path) -> None:
           f"model built once: {built:.1f} s]")
     print(f"  seconds per keyframe (weights copied in + forward pass): "
           + ", ".join(f"{s:.2f}" for s in per) + f"; median {sorted(per)[len(per) // 2]:.2f}")
+    # --prompt on the same model: the weights are in; one prompt of 16 tokens, 12 generated.
+    runner, prompt = plan.probe.runner(plan), " ".join(f"w{i}" for i in range(16))
+    said = []
+    for k in range(len(plan.refs)):
+        t = time.perf_counter()
+        runner.load(plan.refs[k])
+        loaded = time.perf_counter() - t
+        runner.complete(prompt, 12)
+        said.append((loaded, time.perf_counter() - t - loaded))
+    print("  --prompt per keyframe (weights copied in + 12 tokens generated greedily): "
+          + ", ".join(f"{a:.2f} + {b:.2f}" for a, b in said) + " s")

@@ -3,7 +3,7 @@ matplotlib peer, all measured in this one run.  Prints ratios; asserts nothing.
 
     python bench/bench.py            # the full scale: 128 blocks x ~1,000 points, 180 keyframes, 1080p
     python bench/bench.py --quick    # a small run to check the machinery (~1 minute)
-    python bench/bench.py --activations   # seconds per keyframe of --points activations (GPT-2-124M)
+    python bench/bench.py --activations   # only the model rows: --points activations, --prompt (GPT-2-124M)
 
 The series are made once in --workdir and kept; the films, raw frames and other outputs of a
 run are deleted at its end (a full run writes about 9 GB while it runs).
@@ -325,6 +325,10 @@ def main() -> None:
               f"(median of {len(update)}; the rest is drawing and encoding every frame again)")
     print(f"start-up (tiny render, whole process): {cold:.1f} s with an empty numba cache, "
           f"{warm:.1f} s with it filled ({cold / warm:.1f}x)")
+    if not a.quick:  # the model runs: --points activations and --prompt, GPT-2-124M shape
+        import activations
+
+        activations.run(a.workdir)
 
 
 if __name__ == "__main__":

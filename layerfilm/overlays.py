@@ -351,7 +351,8 @@ class Captions:
 class TokenLabels:
     """``--label-tokens``: chosen probe tokens' text beside their dots, in every panel, each
     following its dot from frame to frame (its interpolated position, pinned to the panel's
-    edge as the dot is), with a small white cross on the dot.
+    edge as the dot is), with a small white cross on the dot; where dots of one text crowd
+    together, the text is drawn once (beside the first) and every one keeps its cross.
 
     ``P``: (K, n, 2) the keyframe layouts of the labelled dots in every panel, panel after
     panel (``panel``: (n,) which panel each is in); ``times``: (K,) the keyframes' frame times;
@@ -382,6 +383,7 @@ class TokenLabels:
         return np.stack([u / r + ox, v / r + oy], axis=1)
 
     def draw(self, frame: np.ndarray, time: float, step: float) -> None:
+        said: list[tuple[int, str, int, int, int, int]] = []  # texts drawn: panel, text, box
         for (x, y), l, text in zip(self.positions(time), self.panel, self.texts):
             if not (np.isfinite(x) and np.isfinite(y)):
                 continue
@@ -396,5 +398,10 @@ class TokenLabels:
             gap = arm + 2
             right = ix + gap + width <= x1
             tx = ix + gap if right else ix - gap
+            box = (tx if right else tx - width, iy - px, tx + width if right else tx, iy + px // 2)
+            if any(m == l and t == text and box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3]
+                   for m, t, *b in said):
+                continue  # the same text already beside a dot here: said once, crosses on each
+            said.append((l, text, *box))
             draw_text(frame, text, px, tx, iy + px // 3, align="left" if right else "right",
                       clip=(x0, y0, x1, y1))
