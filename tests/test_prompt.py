@@ -207,6 +207,21 @@ def test_nanogpt_checkpoint_dict_runs_as_the_equivalent_gpt2(tmp_path, bias):
                            for s, m in models.items()}
     # The context ends the continuation: 4 prompt tokens + 9 new ones (the last needs no position).
     assert all(len(c["w5 w6 w7 w8"].split()) == 9 for c in _said(film).values())
+    # --points activations runs the same mapped model: its clouds are the GPT-2's own states.
+    from layerfilm import activations, clouds
+    from layerfilm.config import Selection
+
+    (tmp_path / "probe.txt").write_text("w1 w2 w3 w4\nw9 w8 w7\n")
+    plan = activations.make_plan(Selection(checkpoints=run, points="activations",
+                                           probe=tmp_path / "probe.txt", tokenizer=tok_dir))
+    for k, (step, model) in enumerate(models.items()):
+        with torch.no_grad():
+            own = [np.concatenate([h[0].numpy() for h in model(torch.tensor([tok(line)["input_ids"]]),
+                                                               output_hidden_states=True).hidden_states[l:l + 1]])
+                   for l in range(3) for line in ("w1 w2 w3 w4", "w9 w8 w7")]
+        got = clouds.of(plan).open(k).clouds()
+        for l in range(3):
+            np.testing.assert_allclose(got[l], np.concatenate(own[2 * l:2 * l + 2]), rtol=1e-5, atol=1e-5)
 
 
 def test_captions_show_what_each_keyframe_said_and_rerender_is_bit_identical(tmp_path, monkeypatch):
