@@ -102,7 +102,7 @@ def _need_model_extra():
 
 
 def _local_dir(storage, path: PurePath) -> Path | None:
-    return Path(path) if storage is checkpoints.LOCAL and Path(path).is_dir() else None
+    return Path(path) if isinstance(storage, checkpoints.LocalStorage) and Path(path).is_dir() else None
 
 
 def _candidates(plan: Plan) -> list[Path]:
@@ -121,7 +121,8 @@ def _candidates(plan: Plan) -> list[Path]:
 def _nanogpt_args(plan: Plan) -> dict | None:
     """The ``model_args`` of a nanoGPT checkpoint dict (the first keyframe's), or ``None``."""
     ref = plan.refs[0]
-    if ref.path.suffix.lower() not in checkpoints.TORCH_SUFFIXES or ref.storage is not checkpoints.LOCAL:
+    local = isinstance(ref.storage, checkpoints.LocalStorage)  # a plan sent to a worker: a copy
+    if ref.path.suffix.lower() not in checkpoints.TORCH_SUFFIXES or not local:
         return None
     import torch
 

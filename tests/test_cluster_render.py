@@ -162,3 +162,20 @@ def test_stats_on_a_cluster_are_the_one_machine_numbers(tmp_path, procs):
         result = runner.invoke(app, ["stats", str(run), "--out", str(tmp_path / where), "-q", *extra])
         assert result.exit_code == 0, result.output
     assert _sha(tmp_path / "here" / "layer_stats.csv") == _sha(tmp_path / "there" / "layer_stats.csv")
+
+
+def test_an_activation_film_with_prompts_on_a_cluster_is_the_one_machine_film(tmp_path, procs):
+    """--points activations on the workers: each builds its own model from the plan (a plan
+    sent to a worker carries no model) and runs the sample's probe; the film, its answers and
+    its manifest's probe entry are this machine's, bit for bit."""
+    pytest.importorskip("transformers")
+    here, there = tmp_path / "here.gif", tmp_path / "there.gif"
+    options = ["--size", "320x180", "--frames-per-keyframe", "2", "--steps", "::500", "--points",
+               "activations", "--probe", SAMPLE / "probe.txt", "--probe-positions", "-1",
+               "--prompt", "12 + 45 ="]
+    _render(SAMPLE, here, *options)
+    _render(SAMPLE, there, *options, "--scheduler", procs.address)
+    assert _sha(here) == _sha(there)
+    docs = [json.loads((tmp_path / f"{n}.gif.json").read_text()) for n in ("here", "there")]
+    assert docs[0]["probe"] == docs[1]["probe"] and docs[0]["completions"] == docs[1]["completions"]
+    assert docs[0]["completions"]["checkpoints"][-1]["completions"] == {"12 + 45 =": "57"}
