@@ -307,3 +307,51 @@ def test_watch_follows_new_revisions(tmp_path, hub, proxy):
                "2", "--fps", "4")
     assert done.exit_code == 0, done.output
     assert out.read_bytes() == plain.read_bytes()
+
+
+def test_prompts_and_activations_of_a_hub_repository_equal_the_local_ones(tmp_path, hub, proxy):
+    """hf:// with --prompt and --points activations: whole tensors are fetched (the command
+    says how many bytes first), the config and tokenizer are local, and the answers and the
+    film are those of the same checkpoints on disk."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from safetensors.torch import save_file
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from layerfilm.checkpoints import human_bytes
+
+    words = [f"w{i}" for i in range(20)]
+    config = transformers.GPT2Config(vocab_size=21, n_positions=16, n_embd=16, n_layer=2, n_head=2,
+                                     bos_token_id=None, eos_token_id=None)
+    here, model_dir = tmp_path / "gpt", tmp_path / "model"  # the title is the folder's name
+    here.mkdir()
+    config.save_pretrained(model_dir)
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words + ["<unk>"])}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>").save_pretrained(model_dir)
+    repo = new_repo(hub["mirrors"], "testorg/gpt")
+    commit_files(repo, {"README.md": b"a tiny GPT-2, one revision per checkpoint\n"})
+    torch.manual_seed(3)
+    model, total = transformers.GPT2LMHeadModel(config), 0
+    for step in (100, 200, 300):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.5 * torch.randn_like(p))
+        sd = {n: t.contiguous() for n, t in model.state_dict().items() if n != "lm_head.weight"}
+        total += sum(t.numel() * t.element_size() for t in sd.values())
+        save_file(sd, str(here / f"step_{step:06d}.safetensors"))
+        commit_files(repo, {"model.safetensors": here / f"step_{step:06d}.safetensors"}, branch=f"step{step}")
+    git(repo, "checkout", "-q", "main")
+    (tmp_path / "probe.txt").write_text("w1 w2 w3\nw4 w5 w6 w7\n")
+    opts = ["--fps", "2", "--size", "160x90", "-q", "--no-cache", "--model-config", model_dir,
+            "--tokenizer", model_dir, "--prompt", "w1 w2", "--max-new-tokens", "3",
+            "--points", "activations", "--probe", tmp_path / "probe.txt"]
+    remote = cli("render", "hf://testorg/gpt", tmp_path / "hub.gif", *opts)
+    assert remote.exit_code == 0, remote.output
+    assert f"--prompt runs every keyframe's checkpoint whole: fetching {human_bytes(total)}" in remote.output
+    local = cli("render", here, tmp_path / "local.gif", *opts)
+    assert local.exit_code == 0, local.output
+    assert np.array_equal(decode(tmp_path / "local.gif"), decode(tmp_path / "hub.gif"))
+    said = [json.loads((tmp_path / f"{n}.gif.json").read_text())["completions"]["checkpoints"]
+            for n in ("hub", "local")]
+    assert [c["completions"] for c in said[0]] == [c["completions"] for c in said[1]]
