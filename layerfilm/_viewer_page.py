@@ -8,8 +8,8 @@ body{margin:0;background:#000;color:#ddd;font:14px system-ui,sans-serif}
 #top{display:flex;gap:1em;align-items:center;padding:4px 8px;flex-wrap:wrap}
 #top b{color:#fff} #fields span{margin-right:1em} #note{color:#fb4;font-size:12px}
 #bar{display:flex;gap:8px;align-items:center;padding:2px 8px}
-#bar input{flex:1} #stage{position:relative;display:inline-block}
-canvas{display:block;max-width:100%;image-rendering:pixelated}
+#bar input{flex:1} #stage{position:relative;width:fit-content;max-width:100%}
+canvas{display:block;max-width:100%;max-height:calc(100vh - 90px);width:auto;height:auto}
 #tip{position:absolute;pointer-events:none;background:rgba(20,20,28,.92);border:1px solid #555;
  padding:4px 6px;font-size:12px;white-space:pre;display:none;z-index:2}
 #cap{padding:2px 8px;white-space:pre-wrap;color:#ccc}
@@ -224,8 +224,10 @@ cv.addEventListener('mousemove', function (ev) {
   const s = document.createElement('div'); s.className = 'rate'; s.title = 'rate of change over the run (log)';
   s.innerHTML = sparkline(l); tip.appendChild(s);
   const b = cv.getBoundingClientRect();
-  tip.style.left = (ev.clientX - b.left + 14) + 'px'; tip.style.top = (ev.clientY - b.top + 14) + 'px';
-  tip.style.display = 'block';
+  tip.style.display = 'block';  // beside the pointer, on the side with room
+  const x = ev.clientX - b.left, y = ev.clientY - b.top;
+  tip.style.left = (x + 14 + tip.offsetWidth > b.width ? Math.max(0, x - 14 - tip.offsetWidth) : x + 14) + 'px';
+  tip.style.top = (y + 14 + tip.offsetHeight > b.height ? Math.max(0, y - 14 - tip.offsetHeight) : y + 14) + 'px';
 });
 cv.addEventListener('mouseleave', function () { tip.style.display = 'none'; hover = null; });
 cv.addEventListener('click', function (ev) {

@@ -68,20 +68,6 @@ def record(said: list[Said], max_new_tokens: int, paths: list[str]) -> dict | No
                             for path, s in zip(paths, said)]}
 
 
-def recorded_captions(doc: dict, given_file=None) -> list[tuple[int, str]] | None:
-    """The captions a film made with ``--prompt`` showed, from its manifest ``doc``'s
-    ``completions`` (and the ``--captions`` file ``given_file``, merged as the film did);
-    ``None`` when the film ran no prompts."""
-    from .header import load_captions
-
-    done = doc.get("completions") if isinstance(doc, dict) else None
-    if not isinstance(done, dict) or not isinstance(done.get("checkpoints"), list):
-        return None
-    said = [Said(int(c["step"]), tuple((str(p), str(t)) for p, t in c["completions"].items()))
-            for c in done["checkpoints"]]
-    return captions(said, load_captions(given_file) if given_file is not None else None)
-
-
 def rows(said: list[Said]) -> list[tuple[int, str, str]]:
     """``(step, prompt, completion)`` for every keyframe and prompt, keyframes in order: the
     rows of ``layerfilm stats``' ``completions.csv``."""

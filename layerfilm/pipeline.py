@@ -171,7 +171,7 @@ def view(config: RenderConfig, out: Path, recorded: dict | None = None,
     spec = film.FilmSpec.of(cfg)
     with cluster.runner(cluster.scheduler_address(cfg.scheduler)) as run:
         plan = make_plan(cfg, cfg.metrics, film.panels_fit(spec, len(cfg.all_prompts)))
-        captions = completions.recorded_captions(recorded, cfg.captions) if recorded else None
+        captions = viewer.recorded_captions(recorded, cfg.captions) if recorded else None
         keys, measured = layouts.layouts_and_drift(plan, cfg.projection, cfg.seed, progress, cfg.cache,
                                                    True, cfg.fourier_ref, run)
     if cfg.order == "settle":

@@ -224,3 +224,18 @@ def of_film(picture: Film, plan: Plan, keys_panels: tuple[dict, ...], measured: 
     return page_data(picture, plan, measured, Settling.of(config), config.rebel_z, keys_panels,
                      fields, captions, config.caption, config.title or plan.name, config.cmap,
                      config.fps)
+
+
+def recorded_captions(doc: dict, given_file=None) -> list[tuple[int, str]] | None:
+    """The captions a film made with ``--prompt`` showed, from its manifest ``doc``'s
+    ``completions`` (and the ``--captions`` file ``given_file``, merged as the film did);
+    ``None`` when the film ran no prompts."""
+    from .completions import Said, captions
+    from .header import load_captions
+
+    done = doc.get("completions") if isinstance(doc, dict) else None
+    if not isinstance(done, dict) or not isinstance(done.get("checkpoints"), list):
+        return None
+    said = [Said(int(c["step"]), tuple((str(p), str(t)) for p, t in c["completions"].items()))
+            for c in done["checkpoints"]]
+    return captions(said, load_captions(given_file) if given_file is not None else None)

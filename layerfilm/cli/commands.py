@@ -231,8 +231,8 @@ def publish(
 @app.command()
 @_one_line_errors
 def view(
-    manifest_file: Annotated[Path, typer.Argument(
-        metavar="MANIFEST", help="A film's manifest (OUT.json, written beside it by render).")],
+    manifest: Annotated[Path, typer.Argument(
+        help="A film's manifest (OUT.json, written beside it by render).")],
     out: Annotated[Optional[Path], typer.Option(
         help="Where to write the page (default: the manifest's name with .html).",
         show_default=False)] = None,
@@ -242,13 +242,13 @@ def view(
     (the same keyframes, interpolation and numbers as the film; layouts from the cache)."""
     import dataclasses
 
-    from .. import manifest
+    from .. import manifest as manifests
     from ..config import RenderConfig
     from ..pipeline import view as make_page
 
-    doc = manifest.load(manifest_file)
-    config = manifest.config_from(doc, manifest_file, RenderConfig(), ())
-    out = out if out is not None else manifest_file.with_suffix(".html")
+    doc = manifests.load(manifest)
+    config = manifests.config_from(doc, manifest, RenderConfig(), ())
+    out = out if out is not None else manifest.with_suffix(".html")
     config = dataclasses.replace(config, html=out)
     _notes(quiet)
     page = make_page(config, out, doc, _progress(quiet, not isinstance(config.checkpoints, Path)))
