@@ -325,3 +325,17 @@ def test_size_of_a_128_panel_page(tmp_path):
           f"{per / 1e6:.2f} MB ({viewer.BYTES_PER_KEYFRAME_DOT:.2f} B per keyframe x dot); "
           f"180 keyframes would be {(fixed + 180 * per) / 1e6:.1f} MB, kept {kept}: {projected / 1e6:.1f} MB")
     assert projected < 50e6
+
+
+def test_quantize_and_subsample():
+    rng = np.random.default_rng(0)
+    P = rng.standard_normal((5, 40, 2)).astype(np.float32) * np.array([3.0, 0.5], np.float32)
+    P[2, 7, 1] = np.nan
+    q, a = viewer.quantize(P)
+    back = viewer.dequantize(q, a)
+    assert np.isnan(back[2, 7]).all() and np.isfinite(np.delete(back.reshape(-1, 2), 2 * 40 + 7, 0)).all()
+    ok = np.isfinite(P).all(axis=-1)  # a dot with one non-finite coordinate is not drawn
+    assert np.abs(back[ok] - P[ok]).max() <= (a / viewer.QMAX).max() + 1e-6
+    assert list(viewer.kept_keyframes(10, 100)) == list(range(10))
+    kept = viewer.kept_keyframes(180, 130_000)
+    assert kept[0] == 0 and kept[-1] == 179 and len(kept) * 130_000 * viewer.BYTES_PER_KEYFRAME_DOT <= viewer.MAX_POSITION_BYTES
