@@ -24,6 +24,9 @@ $(VENV)/.base: pyproject.toml $(LOCK)
 $(VENV)/.dev: $(VENV)/.base
 	$(PY) -m pip install --quiet -c $(LOCK) "$(TORCH)"
 	$(PY) -m pip install --quiet -c $(LOCK) -e "$(EXTRAS)"
+	@# The viewer page's tests open it in headless Chromium (Debian's package).
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) \
+		|| echo "warning: no chromium: the viewer page tests will be skipped"
 	touch $@
 
 demo: $(VENV)/.base

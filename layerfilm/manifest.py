@@ -255,6 +255,9 @@ def build(config: RenderConfig, result, film: Path | None = None) -> dict[str, A
         },
         **({"preview": encode.preview.entry(result.preview, config.size, config.fps)}
            if getattr(result, "preview", None) is not None else {}),
+        **({"page": {"path": os.path.basename(result.page["path"]), "bytes": result.page["bytes"],
+                     "keyframes": result.page["keyframes"]}}
+           if getattr(result, "page", None) is not None else {}),
         "drawing": getattr(result, "drawing", None),
         # What happened in the run, measured on the drawn weights (stats.story): settling
         # steps, rebels, the intervals the whole model moved most; the published card says it.

@@ -14,7 +14,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-from . import atomic, cluster, completions, drift, encode, film, header, layouts, manifest, shade, stats, stills
+from . import atomic, cluster, completions, drift, encode, film, header, layouts, manifest, shade, stats, stills, viewer
 from .config import RenderConfig, StatsConfig
 from .errors import CheckpointError
 from .activations import make_plan
@@ -42,6 +42,7 @@ class RenderResult:
     read: dict = dataclasses.field(default_factory=dict)
     preview: encode.preview.Preview | None = None  # the lossy --preview written beside the film
     story: dict | None = None  # what happened in the run (stats.story), when the drift was measured
+    page: dict | None = None  # --html: the viewer page written beside the film (path, bytes, keyframes kept)
 
 
 def _stage_folder(staged: atomic.Staged, path: Path | None) -> Path | None:
@@ -149,10 +150,35 @@ def render(config: RenderConfig, progress: Progress = QUIET,
                               keys.nonfinite, done.command, done.jobs, plan, keys.panels, picture.describe(),
                               spoken=spoken, read=read)
         _tell(result, cfg, measured, preview_file, picture.size)
+        if cfg.html is not None:
+            page = viewer.of_film(picture, plan, keys.panels, measured, cfg, captions)
+            result.page = {"path": str(cfg.html), "bytes": viewer.write(staged.file(cfg.html), page),
+                           "keyframes": len(page["kept"])}
         result.manifest = manifest.write(cfg, result, staged)
         _changed_later(plan, said, progress)
         staged.commit()
     return result
+
+
+def view(config: RenderConfig, out: Path, recorded: dict | None = None,
+         progress: Progress = QUIET) -> dict:
+    """``layerfilm view``: the viewer page of the film ``config`` describes (read from its
+    manifest ``recorded``), written to ``out``: the same plan, the layouts and drift from the
+    cache (computed when not cached), the same film prepared, no frame encoded.  ``--prompt``
+    captions are what the manifest recorded (the model is not run again).  Returns the page's
+    ``{"path", "bytes", "keyframes"}``."""
+    cfg = config.validated()
+    spec = film.FilmSpec.of(cfg)
+    with cluster.runner(cluster.scheduler_address(cfg.scheduler)) as run:
+        plan = make_plan(cfg, cfg.metrics, film.panels_fit(spec, len(cfg.all_prompts)))
+        captions = viewer.recorded_captions(recorded, cfg.captions) if recorded else None
+        keys, measured = layouts.layouts_and_drift(plan, cfg.projection, cfg.seed, progress, cfg.cache,
+                                                   True, cfg.fourier_ref, run)
+    if cfg.order == "settle":
+        plan, keys, measured = film.settle_order(plan, keys, measured, drift.Settling.of(cfg))
+    picture = film.prepare(plan, keys, spec, measured, captions)
+    page = viewer.of_film(picture, plan, keys.panels, measured, cfg, captions)
+    return {"path": str(out), "bytes": viewer.write(out, page), "keyframes": len(page["kept"])}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -126,7 +126,8 @@ def test_parameters_become_config_fields_by_name():
 # list of commands, so a new command is placed here or the test below fails.
 _CONFIGS = {"render": config.RenderConfig, "info": config.InfoConfig, "stats": config.StatsConfig,
             "publish": config.PublishConfig, "cache": None,
-            "watch": None}  # watch: its own options; the render options through render's parser
+            "watch": None,  # watch: its own options; the render options through render's parser
+            "view": None}  # view: a manifest and --out
 
 
 def _shown(text: str) -> str:

@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "layerfilm"
 ORDER = ["__init__", "_kernels", "_draw_kernels", "_plane_kernels", "errors", "atomic", "untrusted",
          "progress", "config", "checkpoints", "extract", "plan", "completions", "activations", "clouds", "pca", "project", "cache",
          "cluster", "drift", "layouts", "interpolate", "raster",
-         "shade", "text", "grid", "compose", "overlays", "cues", "stats", "header", "film", "encode", "stills",
+         "shade", "text", "grid", "compose", "overlays", "cues", "stats", "header", "film", "encode", "stills", "_viewer_page", "viewer",
          "manifest", "publish", "pipeline", "watch", "info", "cli", "integrations", "warmup",
          "__main__"]
 

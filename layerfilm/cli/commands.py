@@ -228,6 +228,34 @@ def publish(
                    + (f" ({done.commit_url})" if done.commit_url else ""))
 
 
+@app.command()
+@_one_line_errors
+def view(
+    manifest: Annotated[Path, typer.Argument(
+        help="A film's manifest (OUT.json, written beside it by render).")],
+    out: Annotated[Optional[Path], typer.Option(
+        help="Where to write the page (default: the manifest's name with .html).",
+        show_default=False)] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Write the viewer page of the film a manifest describes: one self-contained HTML file
+    (the same keyframes, interpolation and numbers as the film; layouts from the cache)."""
+    import dataclasses
+
+    from .. import manifest as manifests
+    from ..config import RenderConfig
+    from ..pipeline import view as make_page
+
+    doc = manifests.load(manifest)
+    config = manifests.config_from(doc, manifest, RenderConfig(), ())
+    out = out if out is not None else manifest.with_suffix(".html")
+    config = dataclasses.replace(config, html=out)
+    _notes(quiet)
+    page = make_page(config, out, doc, _progress(quiet, not isinstance(config.checkpoints, Path)))
+    typer.echo(f"wrote {page['path']} (viewer page, {page['bytes'] / 1e6:.1f} MB, "
+               f"{page['keyframes']} keyframes)")
+
+
 @app.command("cache")
 @_one_line_errors
 def cache_command(

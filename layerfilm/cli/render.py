@@ -123,6 +123,10 @@ def render(
         help="Also write a small lossy H.264 copy (.mp4, at most about 7 MB a minute at 720p, "
              "labelled 'lossy preview') from the same frames, for sites that take no large or "
              "lossless video.", show_default=False)] = None,
+    html: Annotated[Optional[Path], typer.Option(
+        help="Also write a viewer page (one self-contained .html file: play, scrub, enlarge a "
+             "panel, hover for its numbers and a dot's identity), drawn from the film's own "
+             "keyframes.", show_default=False)] = None,
     config_file: Annotated[Optional[Path], typer.Option(
         "--config", help=f"Read options from this TOML file instead of ./{CONFIG_FILE} or "
         "\\[tool.layerfilm] in ./pyproject.toml; options given here override it.",
@@ -210,6 +214,8 @@ def render(
     if result.preview is not None:
         typer.echo(f"wrote {result.preview.path} (lossy preview, H.264, "
                    f"{result.preview.bytes / 1e6:.1f} MB)")
+    if result.page is not None:
+        typer.echo(f"wrote {result.page['path']} (viewer page, {result.page['bytes'] / 1e6:.1f} MB)")
     pinned = pinned_line(result.drawing)
     if pinned:
         typer.echo(pinned)

@@ -49,7 +49,7 @@ def option_types() -> dict[str, Any]:
 
 
 # Options naming an extra output file (beside the film), like the ``*_dir`` folders.
-OUTPUT_FILES = ("preview",)
+OUTPUT_FILES = ("preview", "html")
 
 
 def output_options() -> list[str]:

@@ -129,6 +129,7 @@ class RenderConfig(_Prompting, Selection):
     stills_dir: Path | None = None
     stills_every: int | None = None  # None: about a dozen tiles
     preview: Path | None = None  # a small lossy H.264 .mp4 made from the same frames
+    html: Path | None = None  # the viewer page: one self-contained HTML file (layerfilm.viewer)
     timeline: str = "keyframe"
     point_size: float | None = None  # None: from each panel's size and number of dots
     scale: str = "panel"
@@ -156,7 +157,7 @@ class RenderConfig(_Prompting, Selection):
     def needs_drift(self) -> bool:
         """Whether the film draws numbers measured on the weights (cues, drift bars, settle
         order)."""
-        return self.cues or self.drift or self.order == "settle"
+        return self.cues or self.drift or self.order == "settle" or self.html is not None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

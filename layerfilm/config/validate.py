@@ -188,6 +188,19 @@ def _preview(c) -> None:
         _fail("preview", "--preview must not be the film itself", p)
 
 
+@_check("html")
+def _html(c) -> None:
+    p = c.html
+    if p is None:
+        return
+    if p.suffix.lower() not in (".html", ".htm"):
+        _fail("html", f"--html writes a web page; give a name ending in .html, got {p.name!r}", p)
+    if p.is_dir():
+        _fail("html", "--html is a folder; give a file name such as film.html", p)
+    if not p.resolve().parent.is_dir():
+        _fail("html", "the folder of --html does not exist", p)
+
+
 @_check("stills_every")
 def _stills_every(c) -> None:
     if c.stills_every is not None and c.stills_every < 1:
@@ -387,7 +400,7 @@ def _repo_type(c) -> None:
 _ORDER = ("checkpoints", "revisions", "storage_options", "output", "fps", "frames_per_keyframe",
           "size", "projection", "fourier_ref", "max_points", "color_scale", "frames_dir", "jobs",
           "points", "tensor", "order", "settle_threshold", "settle_fraction", "rebel_z", "metrics",
-          "stills_dir", "stills_every", "preview", "steps", "timeline", "point_size", "scale", "title",
+          "stills_dir", "stills_every", "preview", "html", "steps", "timeline", "point_size", "scale", "title",
           "caption", "captions", "prompt", "prompts", "max_new_tokens", "model_config", "tokenizer",
           "probe", "probe_positions", "label_tokens",
           "tokens_per_step", "layer_pattern", "run", "out", "repo_id", "bucket", "repo_type",
