@@ -255,7 +255,7 @@ def build(config: RenderConfig, result, film: Path | None = None) -> dict[str, A
         },
         **({"preview": encode.preview.entry(result.preview, config.size, config.fps)}
            if getattr(result, "preview", None) is not None else {}),
-        **({"page": {"path": os.path.basename(result.page["path"]), "bytes": result.page["bytes"],
+        **({"page": {"path": os.path.abspath(result.page["path"]), "bytes": result.page["bytes"],
                      "keyframes": result.page["keyframes"]}}
            if getattr(result, "page", None) is not None else {}),
         "drawing": getattr(result, "drawing", None),

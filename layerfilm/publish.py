@@ -59,6 +59,7 @@ class Film:
     manifest: dict[str, Any] | None
     companions: list[Upload]
     preview: Upload | None = None  # the lossy --preview the manifest names, when it is there
+    page: Upload | None = None  # the --html viewer page the manifest names, when it is there
 
     @property
     def run(self) -> str:
@@ -116,21 +117,25 @@ def collect(films: list[Path], path_in_repo: str = "") -> list[Film]:
                 for p in sorted(folder.iterdir()):
                     if p.is_file() and p.suffix.lower() in COMPANION_SUFFIXES and p.name != FRAMES_MANIFEST:
                         found.setdefault(Path(os.path.abspath(p)), p)
-        preview = _preview(doc)
-        if preview is not None:
-            found.pop(Path(os.path.abspath(preview)), None)
+        preview, page = _beside(doc, "preview"), _beside(doc, "page")
+        for p in (preview, page):
+            if p is not None:
+                found.pop(Path(os.path.abspath(p)), None)
         companions = [Upload(p, in_repo(p)) for p in found.values()]
         if doc is not None:
             doc = portable(doc, film.parent)
             companions.insert(0, Upload(side, in_repo(side), (json.dumps(doc, indent=2) + "\n").encode()))
         lossy = Upload(preview, in_repo(preview)) if preview is not None else None
-        out.append(Film(film, in_repo(film), doc, companions + ([lossy] if lossy else []), lossy))
+        viewer = Upload(page, in_repo(page)) if page is not None else None
+        out.append(Film(film, in_repo(film), doc, companions + [u for u in (lossy, viewer) if u],
+                        lossy, viewer))
     return out
 
 
-def _preview(doc: Any) -> Path | None:
-    """The lossy ``--preview`` a manifest names, when it is there with the size recorded."""
-    entry = doc.get("preview") if isinstance(doc, dict) else None
+def _beside(doc: Any, key: str) -> Path | None:
+    """The file a manifest's ``key`` entry names (the lossy ``preview``, the viewer ``page``),
+    when it is there with the size recorded."""
+    entry = doc.get(key) if isinstance(doc, dict) else None
     if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
         return None
     path = Path(entry["path"])
@@ -236,6 +241,10 @@ def card(films: list[Film], repo_id: str, how: str | None = None) -> str:
             lines.append(f"- [{in_repo}]({_url(in_repo)}): **lossy preview** (H.264 MP4, plays on "
                          f"phones and forums; labelled \"lossy preview\" in its corner), "
                          f"{_size_of(members, in_repo)}")
+        for in_repo in dict.fromkeys(f.page.in_repo for f in members if f.page is not None):
+            lines.append(f"- [{in_repo}]({_url(in_repo)}): **viewer page** (one self-contained HTML "
+                         "file: download and open it to scrub by step, enlarge a panel, hover a "
+                         "panel for its numbers and a dot for what it is)")
         lines.append("")
         doc = next((f.manifest for f in members if f.manifest), None)
         if doc is not None and isinstance(doc.get("story"), dict):
@@ -252,7 +261,7 @@ def card(films: list[Film], repo_id: str, how: str | None = None) -> str:
         companions = list({u.in_repo: u for f in members for u in f.companions}.values())
         stills = [u for u in companions if u.local.suffix.lower() in (".png", ".jpg", ".jpeg")]
         other = [u for u in companions
-                 if u not in stills and u.in_repo not in previews
+                 if u not in stills and u.in_repo not in previews and not u.in_repo.endswith(".html")
                  and not u.in_repo.endswith(tuple(f"{s}.json" for s in SUFFIXES))]
         if stills:
             lines += ["Stills:", ""] + [f"![{Path(u.in_repo).name}]({_url(u.in_repo)})" for u in stills] + [""]

@@ -381,7 +381,7 @@ def test_published_sample_names_no_local_path_tells_its_story_and_lists_stills_o
     common = ["--fps", "2", "--size", "320x180", "-q"]
     for film, extra in (("films/grok.gif", ["--stills", "films/grok-stills", "--preview",
                                             "films/grok.mp4", "--metrics", str(SAMPLE / "metrics.jsonl"),
-                                            "--loss-strip"]),
+                                            "--loss-strip", "--html", "films/grok.html"]),
                         ("films/grok.webm", [])):
         r = runner.invoke(app, ["render", str(SAMPLE), film, *common, *extra])
         assert r.exit_code == 0, r.output
@@ -408,6 +408,9 @@ def test_published_sample_names_no_local_path_tells_its_story_and_lists_stills_o
     for still in ("first.png", "last.png", "contact_sheet.png"):
         assert card.count(f"(grok-stills/{still})") == 1, still
     assert "[grok.mp4](grok.mp4): **lossy preview**" in card
+    assert sent["grok.html"] == (work / "films" / "grok.html").read_bytes()
+    assert card.count("(grok.html)") == 1 and "[grok.html](grok.html): **viewer page**" in card
+    assert manifest["page"]["path"] == "grok.html"
     assert 'stills_dir = "grok-stills"' in card and 'preview = "grok.mp4"' in card
 
     order, rebels, top = _story_from_csv(work / "films" / "grok-stats" / "layer_stats.csv")

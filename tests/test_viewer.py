@@ -172,7 +172,7 @@ def test_page_is_self_contained_and_recorded(rendered):
     assert "http://" not in text and "https://" not in text and "<link" not in text
     assert "src=" not in text  # no script or image fetched
     doc = json.loads((out / "s.gif.json").read_text())
-    assert doc["page"] == {"path": "s.html", "bytes": (out / "s.html").stat().st_size, "keyframes": 51}
+    assert doc["page"] == {"path": str(out / "s.html"), "bytes": (out / "s.html").stat().st_size, "keyframes": 51}
 
 
 @needs_chromium
