@@ -335,3 +335,23 @@ def test_a_panel_that_would_be_one_point_is_left_out(tmp_path):
     assert all(np.array_equal(row[0], last[0][0]) for row in last)  # the embedding output: one point
     for l, cloud in enumerate(clouds.of(plan).open(1).clouds()):
         np.testing.assert_allclose(cloud, np.stack([row[l + 1] for row in last]), rtol=1e-5, atol=1e-5)
+
+
+def test_viewer_page_names_each_dot_by_its_probe_token(tmp_path):
+    """--html on an activation film: a dot's identity on the page is its probe token's text and
+    where it stands in the probe (file line, token position), in every panel."""
+    from layerfilm import viewer
+
+    run = write_series(tmp_path / "gpt2")
+    page = tmp_path / "a.html"
+    r = runner.invoke(app, ["render", str(run), str(tmp_path / "a.gif"), "--points", "activations",
+                            "--probe", str(run / "probe.txt"), "--size", "320x180", "--fps", "2", "-q",
+                            "--html", str(page)])
+    assert r.exit_code == 0, r.output
+    data = viewer.read_data(page)
+    want = [w for line in PROBE.splitlines() for w in line.split()]
+    where = [f"line {n}, token {p}" for n, line in enumerate(PROBE.splitlines(), 1)
+             for p in range(len(line.split()))]
+    assert len(data["identities"]) == 3
+    for ident in data["identities"]:
+        assert ident["kind"] == "tokens" and ident["texts"] == want and ident["where"] == where
