@@ -265,6 +265,12 @@ def _first_with(dirs: list[Path], names: tuple[str, ...]) -> Path | None:
     return next((d for d in dirs if any((d / n).is_file() for n in names)), None)
 
 
+def beside(plan: Plan, names: tuple[str, ...]) -> Path | None:
+    """The nearest local folder in or beside ``plan``'s checkpoints holding one of ``names``
+    (where :func:`open_runner` looks for a config or tokenizer), or ``None``."""
+    return _first_with(_candidates(plan), names)
+
+
 def open_runner(plan: Plan, model_config: Path | None = None, tokenizer: Path | None = None) -> Runner:
     """The model and tokenizer for ``plan``'s checkpoints, built once: the config from
     ``model_config``, else a ``config.json`` in the first checkpoint's folder or beside it, else

@@ -101,7 +101,7 @@ def _tokenizer_texts(plan: Plan, n: int) -> list[str] | None:
     from . import completions
 
     try:
-        found = completions._first_with(completions._candidates(plan), ("tokenizer.json",))
+        found = completions.beside(plan, ("tokenizer.json",))
     except Exception:  # a remote series, or nothing local: no token texts
         return None
     if found is None:
