@@ -117,7 +117,7 @@ def collect(films: list[Path], path_in_repo: str = "") -> list[Film]:
                 for p in sorted(folder.iterdir()):
                     if p.is_file() and p.suffix.lower() in COMPANION_SUFFIXES and p.name != FRAMES_MANIFEST:
                         found.setdefault(Path(os.path.abspath(p)), p)
-        preview, page = _beside(doc, "preview"), _beside(doc, "page")
+        preview, page = _beside(doc, "preview", (".mp4",)), _beside(doc, "page", (".html", ".htm"))
         for p in (preview, page):
             if p is not None:
                 found.pop(Path(os.path.abspath(p)), None)
@@ -132,13 +132,16 @@ def collect(films: list[Path], path_in_repo: str = "") -> list[Film]:
     return out
 
 
-def _beside(doc: Any, key: str) -> Path | None:
+def _beside(doc: Any, key: str, suffixes: tuple[str, ...]) -> Path | None:
     """The file a manifest's ``key`` entry names (the lossy ``preview``, the viewer ``page``),
-    when it is there with the size recorded."""
+    when it is there with the size recorded and one of ``suffixes`` (a manifest edited to name
+    another file -- a key, a config -- never has it uploaded)."""
     entry = doc.get(key) if isinstance(doc, dict) else None
     if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
         return None
     path = Path(entry["path"])
+    if path.suffix.lower() not in suffixes:
+        return None
     try:
         return path if path.is_file() and path.stat().st_size == entry.get("bytes") else None
     except OSError:

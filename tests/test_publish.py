@@ -458,3 +458,32 @@ def test_portable_keeps_only_the_name_of_a_path_far_from_the_film():
     assert portable(doc, Path("/home/you/films")) == {
         "a": "stills", "b": "../grok", "c": ["config"], "model": {"_name_or_path": "../models/gpt2"},
         "d": "relative/x", "e": "."}
+
+
+def test_a_manifest_edited_to_name_another_file_as_preview_or_page_uploads_neither(tmp_path):
+    """publish uploads the preview and page a manifest names; one edited to name another file
+    of the same size (a key, a config) has it left out: only an .mp4 preview and an .html page."""
+    from conftest import SAMPLE
+
+    from layerfilm.publish import collect
+
+    film = tmp_path / "grok.gif"
+    r = runner.invoke(app, ["render", str(SAMPLE), str(film), "--fps", "2", "--size", "160x90", "-q",
+                            "--steps", "::2500", "--preview", str(tmp_path / "grok.mp4"),
+                            "--html", str(tmp_path / "grok.html")])
+    assert r.exit_code == 0, r.output
+    side = tmp_path / "grok.gif.json"
+    doc = json.loads(side.read_text())
+    uploads = {u.local for f in collect([film]) for u in f.companions}
+    assert {tmp_path / "grok.mp4", tmp_path / "grok.html"} <= uploads
+    secrets = tmp_path / "elsewhere"
+    secrets.mkdir()
+    for key in ("preview", "page"):
+        secret = secrets / f"id_{key}"
+        secret.write_bytes(b"s" * doc[key]["bytes"])
+        doc[key]["path"] = str(secret)
+    side.write_text(json.dumps(doc))
+    found = collect([film])
+    uploads = {u.local for f in found for u in f.companions}
+    assert not any(str(p).startswith(str(secrets)) for p in uploads)
+    assert found[0].preview is None and found[0].page is None
