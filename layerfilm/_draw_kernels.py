@@ -40,16 +40,20 @@ def footprint_table(sigma: float) -> np.ndarray:
 
 
 @ngjit
-def take_max(counts, y0, y1):
-    """The largest value in rows ``y0:y1`` of ``counts``, which are set to zero (one pass, no
-    GIL: the colour span's pass runs in threads)."""
-    top = 0.0
-    for y in range(y0, y1):
-        for x in range(counts.shape[1]):
-            v = counts[y, x]
-            if v > top:
-                top = v
-            counts[y, x] = 0.0
+def take_max(counts, boxes):
+    """The largest value of ``counts`` inside ``boxes`` ((M, 4) int64 ``[x0, y0, x1, y1)``),
+    which are set to zero (one pass, no GIL: the colour span's pass runs in threads)."""
+    top = np.float32(0.0)
+    flat = counts.reshape(-1)
+    width = counts.shape[1]
+    for m in range(boxes.shape[0]):
+        x0, x1 = np.uint64(boxes[m, 0]), np.uint64(boxes[m, 2])
+        for y in range(boxes[m, 1], boxes[m, 3]):
+            row = np.uint64(y * width)
+            for x in range(row + x0, row + x1):
+                v = flat[x]
+                top = max(top, v)
+                flat[x] = 0.0
     return top
 
 
@@ -62,13 +66,22 @@ def splat_kernel(xy, starts, xform, rect, table, offset, radius, counts):
     half-open; table: every panel's :func:`footprint_table` flattened, one after another,
     panel l's from ``offset[l]``; radius: (L,) int64 its R; counts: (H, W) float32, added to
     in place.  Weights below :data:`FLOOR` (beyond the cut-off circle) are not deposited.
+
+    Written for speed with the exact sums of the plain loop: indices are unsigned (numba
+    checks a signed index for wrap-around at every access), and each tap of the footprint's
+    square inside the rect adds its weight or +0.0 (which leaves a non-negative float32 as it
+    is) rather than branching on the cut-off, which the CPU cannot predict.
     """
     ex, ey = np.empty(127), np.empty(127)
+    flat = counts.reshape(-1)
+    width = counts.shape[1]
+    row_step = np.uint64(width)
     for l in range(starts.shape[0] - 1):
         sx, ox, sy, oy, hw, hh = xform[l, 0], xform[l, 1], xform[l, 2], xform[l, 3], xform[l, 4], xform[l, 5]
         x0, y0, x1, y1 = rect[l, 0], rect[l, 1], rect[l, 2], rect[l, 3]
         R = radius[l]
         n = 2 * R + 1
+        un = np.uint64(n)
         base = offset[l]
         for i in range(starts[l], starts[l + 1]):
             u, v = xy[i, 0] * sx, xy[i, 1] * sy
@@ -84,28 +97,23 @@ def splat_kernel(xy, starts, xform, rect, table, offset, radius, counts):
             px, py = min(int(tx), PHASES - 1), min(int(ty), PHASES - 1)
             tx -= px
             ty -= py
-            rx, ry = base + px * n, base + py * n
-            for j in range(n):
+            rx, ry = np.uint64(base + px * n), np.uint64(base + py * n)
+            for j in range(un):
                 a, b = table[rx + j], table[ry + j]
-                ex[j] = a + tx * (table[rx + n + j] - a)
-                ey[j] = b + ty * (table[ry + n + j] - b)
+                ex[j] = a + tx * (table[rx + un + j] - a)
+                ey[j] = b + ty * (table[ry + un + j] - b)
             cx, cy = int(ix) - R, int(iy) - R
-            # Only taps whose own factor reaches FLOOR can (the other factor is at most 1).
             ax, bx, ay, by = max(0, x0 - cx), min(n, x1 - cx), max(0, y0 - cy), min(n, y1 - cy)
-            while ax < bx and ex[ax] < FLOOR:
-                ax += 1
-            while bx > ax and ex[bx - 1] < FLOOR:
-                bx -= 1
-            while ay < by and ey[ay] < FLOOR:
-                ay += 1
-            while by > ay and ey[by - 1] < FLOOR:
-                by -= 1
-            for jy in range(ay, by):
+            if ax >= bx or ay >= by:
+                continue
+            at = np.uint64((cy + ay) * width + cx)
+            jx0, jx1 = np.uint64(ax), np.uint64(bx)
+            for jy in range(np.uint64(ay), np.uint64(by)):
                 wy = ey[jy]
-                for jx in range(ax, bx):
+                for jx in range(jx0, jx1):
                     w = ex[jx] * wy
-                    if w >= FLOOR:
-                        counts[cy + jy, cx + jx] += np.float32(w)
+                    flat[at + jx] += np.float32(w if w >= FLOOR else 0.0)
+                at += row_step
 
 
 def splat_numpy(xy, starts, xform, rect, table, offset, radius, counts):
@@ -219,29 +227,37 @@ def curve_extremes_numpy(P, times):
 # at its centre) sits well up the colormap and only the film's densest pixel reaches the top.
 
 @ngjit
-def shade_kernel(counts, bits, lut, frame):
-    """Write palette indices for every pixel with density into ``frame`` and zero ``counts``.
+def shade_kernel(counts, bits, lut, frame, boxes):
+    """Write palette indices for every pixel with density inside ``boxes`` into ``frame`` and
+    zero ``counts`` there.
 
     counts: (H, W) float32 (reset to 0 on return, ready for the next frame); bits: the same
     memory viewed as uint32; lut: a :class:`ShadeTable`'s arrays (see :func:`shade_table`);
-    frame: (H, W) uint8, written in place.  Gives exactly :func:`shade_numpy`'s indices
-    without a logarithm per pixel: a float's bit pattern orders positive floats, so its top
-    bits pick a bin of the table, and each bin holds at most one colour boundary.
+    frame: (H, W) uint8, written in place; boxes: (M, 4) int64 ``[x0, y0, x1, y1)`` regions
+    that hold every density (the panels' rects: nothing is deposited outside them).  Gives
+    exactly :func:`shade_numpy`'s indices without a logarithm per pixel: a float's bit pattern
+    orders positive floats, so its top bits pick a bin of the table, and each bin holds at
+    most one colour boundary.
     """
     lo, hi, shift, first, base, top, start_level, boundary = lut
-    for y in range(counts.shape[0]):
-        for x in range(counts.shape[1]):
-            c = counts[y, x]
-            if c > 0.0:
-                if c < lo:
-                    j = 0
-                elif c >= hi:
-                    j = top
-                else:
-                    b = (bits[y, x] >> shift) - first
-                    j = start_level[b] + (1 if c >= boundary[b] else 0)
-                frame[y, x] = base + j
-                counts[y, x] = 0.0
+    c_flat, b_flat, f_flat = counts.reshape(-1), bits.reshape(-1), frame.reshape(-1)
+    width = counts.shape[1]
+    for m in range(boxes.shape[0]):
+        x0, x1 = np.uint64(boxes[m, 0]), np.uint64(boxes[m, 2])
+        for y in range(boxes[m, 1], boxes[m, 3]):
+            row = np.uint64(y * width)
+            for x in range(row + x0, row + x1):
+                c = c_flat[x]
+                if c > 0.0:
+                    if c < lo:
+                        j = 0
+                    elif c >= hi:
+                        j = top
+                    else:
+                        k = np.uint64((b_flat[x] >> shift) - first)
+                        j = start_level[k] + (1 if c >= boundary[k] else 0)
+                    f_flat[x] = base + j
+                    c_flat[x] = 0.0
 
 
 def shade_levels(c, span, floor, log_scale, levels):

@@ -150,6 +150,31 @@ def palette_rgb_kernel(frame, palette, out):
             out[y, x, 2] = palette[i, 2]
 
 
+@ngjit
+def palette_rgb_changed_kernel(words, seen_words, frame, seen, palette, out):
+    """:func:`palette_rgb_kernel` for the pixels that differ from the last frame converted:
+    ``out`` (H*W*3 uint8, flat) already holds ``palette[seen]``; each 8-pixel word of
+    ``frame`` (H*W uint8, flat; ``words`` the same memory as uint64) that differs from
+    ``seen``'s is converted and copied into ``seen``.  Consecutive frames of a film differ in
+    a small part (the dots, the cursor, the numbers), so most of a frame costs one compare
+    per 8 pixels."""
+    for w in range(words.shape[0]):
+        if words[w] != seen_words[w]:
+            seen_words[w] = words[w]
+            for p in range(np.uint64(w * 8), np.uint64(w * 8 + 8)):
+                i = frame[p]
+                q = p * np.uint64(3)
+                out[q] = palette[i, 0]
+                out[q + np.uint64(1)] = palette[i, 1]
+                out[q + np.uint64(2)] = palette[i, 2]
+    for p in range(words.shape[0] * 8, frame.shape[0]):  # the last pixels, fewer than 8
+        i = frame[p]
+        seen[p] = i
+        out[3 * p] = palette[i, 0]
+        out[3 * p + 1] = palette[i, 1]
+        out[3 * p + 2] = palette[i, 2]
+
+
 def palette_rgb_numpy(frame, palette, out):
     """The numpy twin of :func:`palette_rgb_kernel`."""
     np.take(palette, frame, axis=0, out=out)

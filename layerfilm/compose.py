@@ -54,12 +54,13 @@ class FrameComposer:
         for overlay in overlays:
             overlay.draw_static(bg)
         self.background = bg
+        self.boxes = np.ascontiguousarray(grid.rects, dtype=np.int64)  # where densities are
         self.frame = bg.copy()
 
     def __call__(self, counts: np.ndarray, time: float, step: float) -> np.ndarray:
         frame = self.frame
         np.copyto(frame, self.background)
-        self.shader(counts, frame)
+        self.shader(counts, frame, self.boxes)
         for overlay in self.overlays:
             overlay.draw(frame, time, step)
         return frame

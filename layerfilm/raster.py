@@ -87,8 +87,7 @@ class Rasterizer:
         :class:`~layerfilm.interpolate.Interpolator` places them -- the film's colour span,
         fixed before the first frame (at least 1, a lone dot's centre).  Keyframes alone are
         not enough: dots converging between two keyframes pile up denser than at either."""
-        # Deposits stay inside the panels' rects, so only their rows are searched and cleared.
-        y0, y1 = (int(self.rects[:, 1].min()), int(self.rects[:, 3].max())) if len(self.rects) else (0, 0)
+        # Deposits stay inside the panels' rects, so only they are searched and cleared.
         n_frames = interpolate.frame_count(times)
 
         def densest(part: range) -> float:
@@ -97,7 +96,7 @@ class Rasterizer:
             for f in part:
                 splat_kernel(at(f), self.starts, self.xform, self.rects,
                              *self.footprint, counts)
-                top = max(top, take_max(counts, y0, y1))
+                top = max(top, float(take_max(counts, self.rects)))
             return top
 
         n = threads()

@@ -105,6 +105,10 @@ class Shader:
         return DENSITY_BASE + shade_levels(density, self.span, self.floor, self.scale == "log",
                                            DENSITY_LEVELS)
 
-    def __call__(self, counts: np.ndarray, frame: np.ndarray) -> None:
-        """Write indices where ``counts > 0`` into ``frame`` and reset ``counts`` to 0."""
-        shade_kernel(counts, counts.view(np.uint32), self.table, frame)
+    def __call__(self, counts: np.ndarray, frame: np.ndarray, boxes: np.ndarray | None = None) -> None:
+        """Write indices where ``counts > 0`` into ``frame`` and reset ``counts`` to 0; only
+        inside ``boxes`` ((M, 4) int64 ``[x0, y0, x1, y1)``, e.g. the panels' rects) when given,
+        which must then hold every density."""
+        if boxes is None:
+            boxes = np.array([[0, 0, counts.shape[1], counts.shape[0]]], dtype=np.int64)
+        shade_kernel(counts, counts.view(np.uint32), self.table, frame, boxes)

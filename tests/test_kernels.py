@@ -202,6 +202,60 @@ def test_palette_rgb_kernel_equals_numpy_twin():
     np.testing.assert_array_equal(a, pal[frame])
 
 
+@pytest.mark.parametrize("size", [(53, 37), (64, 8), (5, 3)])  # odd sizes: the tail under 8 pixels
+def test_rgb_frames_converts_only_what_changed_and_equals_the_palette_lookup(size):
+    """Film writers convert only the pixels that changed since the last frame: every frame
+    of a sequence (unchanged, a few pixels, the tail, everything) still reads palette[frame]."""
+    from layerfilm.encode.ffmpeg import RGBFrames
+
+    rng = np.random.default_rng(4)
+    w, h = size
+    pal = rng.integers(0, 256, (256, 3)).astype(np.uint8)
+    rgb = RGBFrames(size, pal)
+    frame = rng.integers(0, 256, (h, w)).astype(np.uint8)
+    for change in ["none", "few", "last", "all", "first", "none"]:
+        if change == "few":
+            frame[rng.integers(0, h, 5), rng.integers(0, w, 5)] += 1
+        elif change == "last":
+            frame[-1, -1] += 7
+        elif change == "first":
+            frame[0, 0] += 3
+        elif change == "all":
+            frame = rng.integers(0, 256, (h, w)).astype(np.uint8)
+        np.testing.assert_array_equal(rgb(frame), pal[frame])
+
+
+def test_take_max_finds_the_largest_inside_the_boxes_and_clears_only_them():
+    rng = np.random.default_rng(5)
+    counts = rng.random((40, 61)).astype(np.float32)
+    counts[0, 0] = 50.0  # outside every box: neither seen nor cleared
+    boxes = np.array([[3, 2, 20, 30], [25, 5, 61, 40]], np.int64)
+    want = max(counts[2:30, 3:20].max(), counts[5:40, 25:61].max())
+    before = counts.copy()
+    assert D.take_max(counts, boxes) == want
+    inside = np.zeros(counts.shape, bool)
+    inside[2:30, 3:20] = inside[5:40, 25:61] = True
+    assert not counts[inside].any() and np.array_equal(counts[~inside], before[~inside])
+
+
+def test_shade_kernel_in_boxes_shades_only_there():
+    """The composer shades only the panels' rects (nothing is deposited elsewhere): inside
+    them the indices are the whole-frame kernel's, outside nothing is read or written."""
+    rng = np.random.default_rng(6)
+    shader = Shader(span=30.0)
+    counts = np.where(rng.random((50, 70)) < 0.5, rng.exponential(5, (50, 70)), 0).astype(np.float32)
+    boxes = np.array([[0, 0, 30, 20], [40, 10, 70, 50]], np.int64)
+    inside = np.zeros(counts.shape, bool)
+    for x0, y0, x1, y1 in boxes:
+        inside[y0:y1, x0:x1] = True
+    whole, part = np.full(counts.shape, 9, np.uint8), np.full(counts.shape, 9, np.uint8)
+    c = counts.copy()
+    shader(counts.copy(), whole)
+    shader(c, part, boxes)
+    np.testing.assert_array_equal(part[inside], whole[inside])
+    assert (part[~inside] == 9).all() and np.array_equal(c[~inside], counts[~inside]) and not c[inside].any()
+
+
 @pytest.mark.parametrize("transposed", [False, True])
 def test_half_to_float_is_exact_for_every_bit_pattern(transposed):
     bits = np.arange(65536, dtype=np.uint16).reshape(512, 128)  # normals, subnormals, ±0, ±Inf, NaNs

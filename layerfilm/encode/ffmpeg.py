@@ -33,7 +33,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .. import atomic
-from .._kernels import palette_rgb_kernel
+from .._kernels import palette_rgb_changed_kernel, palette_rgb_kernel
 from ..errors import EncodeError
 
 
@@ -144,6 +144,31 @@ def dies_with_us() -> Callable[[], None] | None:
     return preexec
 
 
+class RGBFrames:
+    """(H, W) uint8 palette-index frames -> (H, W, 3) uint8 RGB in a buffer of its own,
+    converting only the pixels that changed since the previous frame it converted (the
+    buffer holds that frame until the next call)."""
+
+    def __init__(self, size: tuple[int, int], palette: np.ndarray):
+        w, h = size
+        self.palette = np.ascontiguousarray(palette, dtype=np.uint8)
+        self.rgb = np.empty((h, w, 3), dtype=np.uint8)
+        self._seen = np.empty(h * w, dtype=np.uint8)
+        self._seen_words = self._seen[:(h * w) // 8 * 8].view(np.uint64)
+        self._fresh = True
+
+    def __call__(self, frame: np.ndarray) -> np.ndarray:
+        if self._fresh:
+            palette_rgb_kernel(frame, self.palette, self.rgb)
+            self._seen[:] = frame.reshape(-1)
+            self._fresh = False
+            return self.rgb
+        flat = np.ascontiguousarray(frame).reshape(-1)
+        palette_rgb_changed_kernel(flat[:self._seen_words.shape[0] * 8].view(np.uint64), self._seen_words,
+                                   flat, self._seen, self.palette, self.rgb.reshape(-1))
+        return self.rgb
+
+
 class _Ffmpeg:
     """One ffmpeg process fed ``(H, W)`` uint8 palette-index frames on stdin: RGB encoders
     receive ``palette[frame]``, ``pal8`` encoders the indices with the palette.  Used as a
@@ -160,7 +185,7 @@ class _Ffmpeg:
         self.palette = np.ascontiguousarray(palette, dtype=np.uint8)
         self._pal_bytes = palette_bytes(self.palette)
         w, h = size
-        self._rgb = np.empty((h, w, 3), dtype=np.uint8)
+        self._rgb = RGBFrames(size, self.palette)
         self.frames_written = 0
         self._proc: subprocess.Popen | None = None
         self._log = None
@@ -197,8 +222,7 @@ class _Ffmpeg:
         if self.encoder.pix_fmt_in == "pal8":
             self._send(memoryview(np.ascontiguousarray(frame)).cast("B"), self._pal_bytes)
         else:
-            palette_rgb_kernel(frame, self.palette, self._rgb)
-            self._send(memoryview(self._rgb).cast("B"))
+            self._send(memoryview(self._rgb(frame)).cast("B"))
 
     def _send(self, *parts) -> None:
         """Write one frame's bytes (``parts``) to ffmpeg's stdin."""

@@ -25,9 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .._kernels import palette_rgb_kernel
 from ..text import text_mask
-from .ffmpeg import Encoder, FilmWriter, _Ffmpeg, encoder_command
+from .ffmpeg import Encoder, FilmWriter, RGBFrames, _Ffmpeg, encoder_command
 
 LABEL = "lossy preview"
 KBPS_720P = 960  # the VBV cap at 1280x720: 960 kbit/s is 7.2 MB a minute
@@ -130,16 +129,16 @@ class PreviewWriter(FilmWriter):
         self._tmp: Path | None = None
         if shown is not None:
             self.shown = Path(shown)
-        w, h = size
-        self._film = np.empty((h, w, 3), np.uint8)
-        self._rgb[...] = self.palette[0]  # the background fills an odd size's extra row/column
+        self._film = RGBFrames(size, self.palette)
+        w, h = even(size)
+        self._out = np.empty((h, w, 3), np.uint8)
+        self._out[...] = self.palette[0]  # the background fills an odd size's extra row/column
 
     def write(self, frame: np.ndarray) -> None:
         h, w = frame.shape
-        palette_rgb_kernel(frame, self.palette, self._film)
-        self._rgb[:h, :w] = self._film
-        stamp(self._rgb, self.at, (w, h))
-        self._send(memoryview(self._rgb).cast("B"))
+        self._out[:h, :w] = self._film(frame)
+        stamp(self._out, self.at, (w, h))
+        self._send(memoryview(self._out).cast("B"))
 
 
 def command(size: tuple[int, int], fps: int) -> list[str]:
