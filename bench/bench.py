@@ -21,6 +21,8 @@ Columns:
 Below the table, each format's CPU seconds (user + system: layerfilm with its ffmpeg, and ffmpeg
 alone on the floor) and the least lf/floor that much work allows on this machine's cores:
 (layerfilm's CPU seconds / cores) / floor -- what a perfect overlap of every stage would reach.
+Last, layerfilm's own CPU per frame, in-process (bench/frame_cost.py): the colour span's pass
+and the frame loop, split by part.
 """
 
 from __future__ import annotations
@@ -325,6 +327,9 @@ def main() -> None:
               f"(median of {len(update)}; the rest is drawing and encoding every frame again)")
     print(f"start-up (tiny render, whole process): {cold:.1f} s with an empty numba cache, "
           f"{warm:.1f} s with it filled ({cold / warm:.1f}x)")
+    import frame_cost
+
+    frame_cost.run(ckpts, size, a.fpk, max_points)
     if not a.quick:  # the model runs: --points activations and --prompt, GPT-2-124M shape
         import activations
 
