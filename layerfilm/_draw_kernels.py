@@ -58,7 +58,7 @@ def take_max(counts, boxes):
 
 
 @ngjit
-def splat_kernel(xy, starts, xform, rect, table, offset, radius, counts):
+def splat_kernel(xy, starts, xform, rect, table, offset, radius, counts, touched):
     """Add every point of every panel into ``counts``.
 
     xy: (N, 2) float32; starts: (L+1,) int64 offsets of each panel's points;
@@ -66,6 +66,9 @@ def splat_kernel(xy, starts, xform, rect, table, offset, radius, counts):
     half-open; table: every panel's :func:`footprint_table` flattened, one after another,
     panel l's from ``offset[l]``; radius: (L,) int64 its R; counts: (H, W) float32, added to
     in place.  Weights below :data:`FLOOR` (beyond the cut-off circle) are not deposited.
+    touched: (L, 4) int64, set to the box ``[x0, y0, x1, y1)`` inside each panel's rect that
+    holds every pixel this call added to (empty, x0 == x1, when none): what shading and the
+    colour span's pass need to look at.
 
     Written for speed with the exact sums of the plain loop: indices are unsigned (numba
     checks a signed index for wrap-around at every access), and each tap of the footprint's
@@ -83,6 +86,7 @@ def splat_kernel(xy, starts, xform, rect, table, offset, radius, counts):
         n = 2 * R + 1
         un = np.uint64(n)
         base = offset[l]
+        lo_x, lo_y, hi_x, hi_y = x1, y1, x0, y0
         for i in range(starts[l], starts[l + 1]):
             u, v = xy[i, 0] * sx, xy[i, 1] * sy
             if not (np.isfinite(u) and np.isfinite(v)):
@@ -106,6 +110,8 @@ def splat_kernel(xy, starts, xform, rect, table, offset, radius, counts):
             ax, bx, ay, by = max(0, x0 - cx), min(n, x1 - cx), max(0, y0 - cy), min(n, y1 - cy)
             if ax >= bx or ay >= by:
                 continue
+            lo_x, hi_x = min(lo_x, cx + ax), max(hi_x, cx + bx)
+            lo_y, hi_y = min(lo_y, cy + ay), max(hi_y, cy + by)
             at = np.uint64((cy + ay) * width + cx)
             jx0, jx1 = np.uint64(ax), np.uint64(bx)
             for jy in range(np.uint64(ay), np.uint64(by)):
@@ -114,6 +120,9 @@ def splat_kernel(xy, starts, xform, rect, table, offset, radius, counts):
                     w = ex[jx] * wy
                     flat[at + jx] += np.float32(w if w >= FLOOR else 0.0)
                 at += row_step
+        if lo_x >= hi_x:  # nothing drawn
+            lo_x, lo_y, hi_x, hi_y = x0, y0, x0, y0
+        touched[l, 0], touched[l, 1], touched[l, 2], touched[l, 3] = lo_x, lo_y, hi_x, hi_y
 
 
 def splat_numpy(xy, starts, xform, rect, table, offset, radius, counts):

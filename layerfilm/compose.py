@@ -30,8 +30,9 @@ class Overlay(Protocol):
 class FrameComposer:
     """Builds each frame: the static background, the shaded points, the overlays.
 
-    ``__call__(counts, time, step)`` returns an ``(H, W)`` uint8 index frame (a buffer reused
-    from frame to frame) and resets ``counts``.
+    ``__call__(counts, time, step, boxes)`` returns an ``(H, W)`` uint8 index frame (a buffer
+    reused from frame to frame) and resets ``counts``; ``boxes`` ((M, 4) ``[x0, y0, x1, y1)``,
+    default the panels' rects) hold every pixel with a count.
     """
 
     BORDER = shade.TEXT_BASE + 2  # a dim grey
@@ -54,13 +55,14 @@ class FrameComposer:
         for overlay in overlays:
             overlay.draw_static(bg)
         self.background = bg
-        self.boxes = np.ascontiguousarray(grid.rects, dtype=np.int64)  # where densities are
+        self.rects = np.ascontiguousarray(grid.rects, dtype=np.int64)  # nothing is drawn outside
         self.frame = bg.copy()
 
-    def __call__(self, counts: np.ndarray, time: float, step: float) -> np.ndarray:
+    def __call__(self, counts: np.ndarray, time: float, step: float,
+                 boxes: np.ndarray | None = None) -> np.ndarray:
         frame = self.frame
         np.copyto(frame, self.background)
-        self.shader(counts, frame, self.boxes)
+        self.shader(counts, frame, self.rects if boxes is None else boxes)
         for overlay in self.overlays:
             overlay.draw(frame, time, step)
         return frame

@@ -119,7 +119,8 @@ class FrameMaker:
     def __call__(self, f: int) -> np.ndarray:
         film = self.film
         step = int(round(np.interp(f, film.times, film.steps)))
-        return self.compose(self.rasterize(self.interp.at(f)), f, step)
+        counts = self.rasterize(self.interp.at(f))
+        return self.compose(counts, f, step, self.rasterize.touched)
 
 
 def keyframe_maker(film: Film):

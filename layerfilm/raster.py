@@ -64,6 +64,8 @@ class Rasterizer:
         self.offset = np.concatenate([[0], np.cumsum([t.size for t in tables])]).astype(np.int64)
         self.table = np.concatenate([t.ravel() for t in tables]) if tables else np.zeros(0)
         self.counts = np.zeros((h, w), dtype=np.float32)
+        # Per panel, the box holding every pixel the last call drew into (set by the kernel).
+        self.touched = self.rects.copy()
 
     @property
     def footprint(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -77,8 +79,10 @@ class Rasterizer:
 
     def __call__(self, xy: np.ndarray) -> np.ndarray:
         """Add ``xy`` (N, 2) float32 into the count buffer and return it (owned by the caller
-        until it is reset, e.g. by :class:`layerfilm.shade.Shader`)."""
-        splat_kernel(xy, self.starts, self.xform, self.rects, *self.footprint, self.counts)
+        until it is reset, e.g. by :class:`layerfilm.shade.Shader`).  With the buffer all zero
+        beforehand, :attr:`touched` then holds every pixel with a count: only those boxes need
+        shading (and resetting)."""
+        splat_kernel(xy, self.starts, self.xform, self.rects, *self.footprint, self.counts, self.touched)
         return self.counts
 
     def span(self, P: np.ndarray, times: np.ndarray) -> float:
@@ -87,16 +91,16 @@ class Rasterizer:
         :class:`~layerfilm.interpolate.Interpolator` places them -- the film's colour span,
         fixed before the first frame (at least 1, a lone dot's centre).  Keyframes alone are
         not enough: dots converging between two keyframes pile up denser than at either."""
-        # Deposits stay inside the panels' rects, so only they are searched and cleared.
+        # Only the boxes each frame drew into are searched and cleared.
         n_frames = interpolate.frame_count(times)
 
         def densest(part: range) -> float:
-            counts, top = np.zeros_like(self.counts), 0.0
+            counts, touched, top = np.zeros_like(self.counts), self.rects.copy(), 0.0
             at = interpolate.Interpolator(P, times).at  # each thread its own buffers
             for f in part:
                 splat_kernel(at(f), self.starts, self.xform, self.rects,
-                             *self.footprint, counts)
-                top = max(top, float(take_max(counts, self.rects)))
+                             *self.footprint, counts, touched)
+                top = max(top, float(take_max(counts, touched)))
             return top
 
         n = threads()

@@ -154,9 +154,9 @@ def headers(monkeypatch):
     steps = []
     original = compose.FrameComposer.__call__
 
-    def call(self, counts, time, step):
+    def call(self, counts, time, step, boxes=None):
         steps.append(step)
-        return original(self, counts, time, step)
+        return original(self, counts, time, step, boxes)
 
     monkeypatch.setattr(compose.FrameComposer, "__call__", call)
     return steps

@@ -75,10 +75,31 @@ def test_splat_kernel_equals_numpy_twin(sigma):
     xy[5] = np.nan
     xy[6] = [np.inf, 0]
     a, b = np.zeros((50, 100), np.float32), np.zeros((50, 100), np.float32)
-    D.splat_kernel(xy, starts, r.xform, rects, *r.footprint, a)
+    touched = np.full((2, 4), -1, np.int64)
+    D.splat_kernel(xy, starts, r.xform, rects, *r.footprint, a, touched)
     D.splat_numpy(xy, starts, r.xform, rects, *r.footprint, b)
     np.testing.assert_array_equal(a, b)  # same deposits in the same order: the same bits
     assert a[:, :2].sum() == 0 and a[:3].sum() == 0 and a[:, 42:50].sum() == 0  # nothing outside panels
+    for (x0, y0, x1, y1), (r0, s0, r1, s1) in zip(touched, rects):  # every count inside its box
+        assert r0 <= x0 < x1 <= r1 and s0 <= y0 < y1 <= s1
+        inside = np.zeros(a.shape, bool)
+        inside[y0:y1, x0:x1] = True
+        panel = np.zeros(a.shape, bool)
+        panel[s0:s1, r0:r1] = True
+        assert not a[panel & ~inside].any()
+        ys, xs = np.nonzero(a[y0:y1, x0:x1])  # and the box is no larger than the footprints
+        assert ys.min() <= 1 and xs.min() <= 1 and ys.max() >= y1 - y0 - 2 and xs.max() >= x1 - x0 - 2
+
+
+def test_splat_kernel_marks_a_panel_with_nothing_drawn_as_empty():
+    rects, starts = _panels()
+    r = Rasterizer((100, 50), rects, np.array([10.0, 20.0]), np.array([1.0, 1.0]), starts)
+    xy = np.zeros((500, 2), np.float32)
+    xy[300:] = np.nan  # panel 1: no finite dot
+    counts = r(xy)
+    (a0, b0, a1, b1), (c0, d0, c1, d1) = r.touched
+    assert a1 > a0 and b1 > b0 and c1 == c0  # panel 1's box is empty
+    assert counts[:, 50:].sum() == 0
 
 
 def test_splat_footprint_against_an_independent_gaussian():
