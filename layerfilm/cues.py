@@ -94,13 +94,10 @@ class PanelCues:
         self.lines = [self._line(l) for l in range(L)]
         self._flatten()
         W, H = grid.size
-        self.mark_idx = np.concatenate(
-            [(np.arange(y0, y1)[:, None] * W + np.arange(x0, x1)[None, :]).ravel()
-             for x0, y0, x1, y1 in grid.mark if x1 > x0 and y1 > y0]
-            or [np.zeros(0, dtype=np.int64)]).astype(np.int64)
         self._scratch = np.zeros((H, W), dtype=np.uint8)  # marks are drawn here, box by box
         self._scratch_lock = threading.Lock()
         self._marks = functools.lru_cache(maxsize=MARK_STATES)(self._mark_layer)
+        self._panel_marks: dict = {}  # (panel, dim, options) -> its mark as (indices, values)
         self.lines_at = np.flatnonzero(self.has_line)
         self.settle_at = np.where(np.isfinite(self.settle), self.settle, np.inf)
 
@@ -108,6 +105,7 @@ class PanelCues:
         # Films travel to cluster workers: the lock and the memo are made anew there.
         state = dict(self.__dict__)
         del state["_scratch_lock"], state["_marks"]
+        state["_panel_marks"] = {}
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -244,23 +242,41 @@ class PanelCues:
 
     def _mark_layer(self, k: int, settled: tuple[bool, ...]) -> tuple[np.ndarray, np.ndarray]:
         """The marks of every panel in interval ``k`` with these panels settled, as (flat
-        indices, palette indices) -- drawn once per state, not per frame."""
+        indices, palette indices) -- drawn once per state, not per frame, and each panel's
+        mark once per text (most panels say the same thing in most intervals)."""
+        parts = []
+        for l in range(len(self.grid.rects)):
+            if self.rebel[l, k] or settled[l]:
+                options, dim = self._accents(l, k, settled[l]), False
+            elif self.announce:
+                s = self.settle[l]
+                options, dim = [[(None, t)] for t in (
+                    [f"settles {int(s):,}", f"{int(s):,}"] if np.isfinite(s)
+                    else ["still moving", "moving"])], True
+            else:
+                options, dim = self._dots(l), True
+            key = (l, dim, tuple(tuple(o) for o in options))
+            drawn = self._panel_marks.get(key)
+            if drawn is None:
+                drawn = self._panel_marks[key] = self._draw_mark(l, options, dim)
+            parts.append(drawn)
+        if not parts:
+            return np.zeros(0, np.int64), np.zeros(0, np.uint8)
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def _draw_mark(self, l: int, options: list, dim: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Panel ``l``'s mark (:meth:`_mark`) as (flat indices, palette indices)."""
+        x0, y0, x1, y1 = (int(v) for v in self.grid.mark[l])
+        if x1 <= x0 or y1 <= y0:
+            return np.zeros(0, np.int64), np.zeros(0, np.uint8)
         with self._scratch_lock:
             scratch = self._scratch
-            for l in range(len(self.grid.rects)):
-                if self.rebel[l, k] or settled[l]:
-                    self._mark(scratch, l, self._accents(l, k, settled[l]), dim=False)
-                elif self.announce:
-                    s = self.settle[l]
-                    self._mark(scratch, l, [[(None, t)] for t in (
-                        [f"settles {int(s):,}", f"{int(s):,}"] if np.isfinite(s)
-                        else ["still moving", "moving"])])
-                else:
-                    self._mark(scratch, l, self._dots(l))
-            idx = self.mark_idx[scratch.reshape(-1)[self.mark_idx] != 0]
-            values = scratch.reshape(-1)[idx].copy()
-            scratch.reshape(-1)[self.mark_idx] = 0
-        return idx, values
+            self._mark(scratch, l, options, dim=dim)
+            box = scratch[y0:y1, x0:x1]
+            ys, xs = np.nonzero(box)
+            values = box[ys, xs].copy()
+            box[...] = 0
+        return (ys + y0) * scratch.shape[1] + xs + x0, values
 
     def _accents(self, l: int, k: int, settled: bool) -> list[list[tuple[int, str]]]:
         """Panel ``l``'s settled and rebel marks in interval ``k``, longest first: both when
