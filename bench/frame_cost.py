@@ -34,9 +34,32 @@ def prepared(ckpts: Path, size: tuple[int, int], fpk: int, max_points: int):
     return plan, keys, measured, spec, cfg
 
 
+def _writer_parts():
+    """What FilmWriter does with a frame: its RGB conversion and its pipe set-up -- or, in a
+    layerfilm from before they were parts of their own (to measure an older commit with this
+    script), the whole-frame palette lookup and the default pipe."""
+    try:
+        from layerfilm.encode.ffmpeg import RGBFrames, widen_pipe
+    except ImportError:
+        from layerfilm._kernels import palette_rgb_kernel
+
+        class RGBFrames:
+            def __init__(self, size, palette):
+                self.palette, self.rgb = palette, np.empty((size[1], size[0], 3), np.uint8)
+
+            def __call__(self, frame):
+                palette_rgb_kernel(frame, self.palette, self.rgb)
+                return self.rgb
+
+        def widen_pipe(stream):
+            pass
+    return RGBFrames, widen_pipe
+
+
 def run(ckpts: Path, size: tuple[int, int], fpk: int = 5, max_points: int = 2000) -> dict:
-    from layerfilm import film, interpolate, raster, shade
-    from layerfilm.encode.ffmpeg import RGBFrames, widen_pipe
+    from layerfilm import film, raster, shade
+
+    RGBFrames, widen_pipe = _writer_parts()
 
     plan, keys, measured, spec, cfg = prepared(ckpts, size, fpk, max_points)
     picture = film.prepare(plan, keys, spec, measured)
