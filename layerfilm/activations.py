@@ -259,11 +259,14 @@ class ActivationKeyframe:
 class ActivationClouds:
     """The clouds of ``plan``'s probe (``plan.probe``): per checkpoint, the hidden states of
     the probe's tokens after each layer.  ``panels``: the panels handed out by ``clouds()``
-    (all by default).  ``read`` stays empty: the manifest hashes the files itself."""
+    (all by default).  ``digest`` (see :class:`~layerfilm.clouds.WeightClouds`): the files'
+    drawn bytes -- every tensor -- are hashed as the model's weights are read from them,
+    ``read[k]`` checkpoint ``k``'s digests, so the manifest reads nothing again."""
 
-    def __init__(self, plan: Plan, panels=None):
+    def __init__(self, plan: Plan, panels=None, digest: str | None = None):
         self.plan, self.probe = plan, plan.probe
         self.panels = list(range(len(plan.layers)) if panels is None else panels)
+        self.digest = digest
         self.read: dict[int, dict[str, dict]] = {}
 
     def open(self, k: int) -> ActivationKeyframe:
@@ -272,6 +275,8 @@ class ActivationClouds:
         runner = self.probe.runner(self.plan)
         ref = self.plan.refs[k]
         with self.probe.model.lock:
-            runner.load(ref)
+            digests = runner.load(ref, self.probe.tensors, self.digest)
             states = hidden_states(runner, self.probe)
+        if digests is not None:
+            self.read[k] = {str(p): d for p, d in digests.items()}
         return ActivationKeyframe(k, ref.step, states, self.panels)

@@ -117,9 +117,9 @@ def of(plan: Plan, panels: Sequence[int] | None = None, digest: str | None = Non
     its tokens (:class:`~layerfilm.activations.ActivationClouds`); ``digest``: local files'
     drawn bytes hashed as they are read (see :class:`WeightClouds`; remote files are
     identified by what their server lists)."""
-    if plan.probe is not None:
-        return activations.ActivationClouds(plan, panels)
     local = isinstance(plan.storage, checkpoints.LocalStorage)
+    if plan.probe is not None:
+        return activations.ActivationClouds(plan, panels, digest if local else None)
     return WeightClouds(plan.refs, plan.layers, panels, digest if local else None)
 
 

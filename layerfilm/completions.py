@@ -164,28 +164,44 @@ class Runner:
     zero_missing_bias: bool  # nanoGPT bias=False: biases absent from the checkpoint are zeros
     positions: int | None  # the longest sequence the model takes, when its config says
 
-    def load(self, ref) -> None:
+    def load(self, ref, hashed: tuple[str, ...] | None = None, digest: str | None = None
+             ) -> dict | None:
         """Copy checkpoint ``ref``'s tensors into the model, tensor by tensor (peak memory: the
         model and one tensor); a parameter the checkpoint lacks is an error, unless it is tied
-        to one it has."""
+        to one it has.  ``hashed`` and ``digest``: also read these tensors (a film's drawn
+        ones: every tensor), all in file order, hashing their bytes as they are read; returns
+        each file's digests (see :func:`~layerfilm.checkpoints.read_whole_hashed`; ``None``
+        without, or for formats read whole)."""
         import torch
 
         src = ref.open()
         params = dict(self.model.named_parameters(remove_duplicate=False))
-        with torch.no_grad():
-            for name, found in self.reads(src.shapes(), src.where).items():
-                param = params[name]
-                if found is None:
-                    param.zero_()
-                    continue
-                value = torch.from_numpy(src.read(found))
+        wanted = self.reads(src.shapes(), src.where)
+        into: dict[str, list[str]] = {}  # checkpoint tensor -> the parameters it fills
+        for name, found in wanted.items():
+            into.setdefault(found, []).append(name)
+
+        def keep(tensor: str, array) -> None:
+            for name in into.pop(tensor, ()):
+                value = torch.from_numpy(array)
                 if name in self.transposed:
                     value = value.T
+                param = params[name]
                 if tuple(value.shape) != tuple(param.shape):
-                    raise CheckpointError(f"{found}: shape {tuple(value.shape)} where the model's "
+                    raise CheckpointError(f"{tensor}: shape {tuple(value.shape)} where the model's "
                                           f"{name} is {tuple(param.shape)} (pass --model-config DIR "
                                           "for this series)", src.where)
                 param.copy_(value)
+
+        digests = None
+        with torch.no_grad():
+            for name in into.pop(None, ()):  # nanoGPT bias=False: zeros
+                params[name].zero_()
+            if hashed is not None and digest is not None:
+                digests = checkpoints.read_whole_hashed(src, hashed, digest, keep)
+            for tensor in list(into):  # those not among the hashed ones
+                keep(tensor, src.read(tensor))
+        return digests
 
     def reads(self, have: dict[str, tuple[int, ...]], where: str = "") -> dict[str, str | None]:
         """Model parameter name -> the checkpoint tensor (of those in ``have``) copied into it,

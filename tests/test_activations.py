@@ -38,20 +38,21 @@ def _tokenizer(folder: Path) -> None:
     PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(str(folder))
 
 
-def _config(kind: str):
+def _config(kind: str, width: int = 16):
     if kind == "gpt2":
-        return transformers.GPT2Config(vocab_size=len(WORDS) + 1, n_positions=16, n_embd=16, n_layer=2,
+        return transformers.GPT2Config(vocab_size=len(WORDS) + 1, n_positions=16, n_embd=width, n_layer=2,
                                        n_head=2, bos_token_id=None, eos_token_id=None)
     return transformers.LlamaConfig(vocab_size=len(WORDS) + 1, hidden_size=16, intermediate_size=32,
                                     num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
                                     max_position_embeddings=16, bos_token_id=None, eos_token_id=None)
 
 
-def write_series(folder: Path, kind: str = "gpt2", n: int = 3) -> Path:
+def write_series(folder: Path, kind: str = "gpt2", n: int = 3, width: int = 16) -> Path:
     """``n`` Hugging Face ``checkpoint-N/`` folders of one model whose weights move from one to
-    the next (``save_pretrained``, safetensors), the tokenizer beside them."""
+    the next (``save_pretrained``, safetensors), the tokenizer beside them; ``width``: GPT-2's
+    hidden size."""
     torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(_config(kind))
+    model = transformers.AutoModelForCausalLM.from_config(_config(kind, width))
     folder.mkdir(parents=True)
     for k in range(n):
         with torch.no_grad():
@@ -355,3 +356,46 @@ def test_viewer_page_names_each_dot_by_its_probe_token(tmp_path):
     assert len(data["identities"]) == 3
     for ident in data["identities"]:
         assert ident["kind"] == "tokens" and ident["texts"] == want and ident["where"] == where
+
+
+def test_activation_films_hash_the_weights_as_the_model_reads_them(tmp_path, fetched):
+    """Running the model reads every tensor whole, once: the manifest's digests of each file
+    are made on the way (XXH3-128 over every float tensor's bytes in file order, found here
+    from the header by hand), nothing reads the files again, and --from-manifest re-renders
+    the same film checking those digests against what it reads."""
+    import hashlib
+    import json
+
+    import xxhash
+
+    run = write_series(tmp_path / "gpt2", width=64)  # files past the first 64 KiB read with the header
+    out = tmp_path / "a.gif"
+    args = ["--points", "activations", "--probe", str(run / "probe.txt"), "--size", "320x180",
+            "--fps", "2", "-q", "--no-cache"]
+    fetched.clear()
+    r = runner.invoke(app, ["render", str(run), str(out), *args])
+    assert r.exit_code == 0, r.output
+    files = sorted(run.glob("*/model.safetensors"))
+    doc = json.loads((tmp_path / "a.gif.json").read_text())
+    entries = {e["path"]: e for e in doc["checkpoints"]["files"]}
+    for f in files:
+        raw = f.read_bytes()
+        n = int.from_bytes(raw[:8], "little")
+        header = json.loads(raw[8:8 + n])
+        spans = sorted(tuple(v["data_offsets"]) for k, v in header.items()
+                       if k != "__metadata__" and v["dtype"] in ("F16", "BF16", "F32", "F64"))
+        drawn = b"".join(raw[8 + n + s:8 + n + e] for s, e in spans)
+        entry = entries[f"{f.parent.name}/{f.name}"]
+        assert entry["read_xxh3"] == xxhash.xxh3_128(drawn).hexdigest() and entry["read_bytes"] == len(drawn)
+        assert entry["header_sha256"] == hashlib.sha256(raw[:8 + n]).hexdigest()
+        assert len(raw) > 4 * 65536  # past the first 64 KiB, read with the header: fetched by range
+    # Every file (all named model.safetensors, laid out alike) fetched once, by the model: as
+    # many bytes as the files times the distinct ones fetched, and those inside the tensors.
+    got = [(s, e) for _, ranges in fetched for s, e in ranges]
+    distinct = set().union(*(range(s, e) for s, e in got))
+    assert sum(e - s for s, e in got) == len(files) * len(distinct) > 0
+    assert min(distinct) >= 8 + n
+    again = runner.invoke(app, ["render", "--from-manifest", str(tmp_path / "a.gif.json"),
+                                str(tmp_path / "b.gif")])
+    assert again.exit_code == 0 and "identical to the film recorded" in again.output, again.output
+    assert (tmp_path / "b.gif").read_bytes() == out.read_bytes()

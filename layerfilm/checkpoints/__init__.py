@@ -7,7 +7,8 @@ the loss logged beside them (``losslog``).  torch, fsspec and the Hub client are
 from .discover import CheckpointRef, discover, parse_step, parse_tokens, select_steps
 from .formats import (CHECKPOINT_SUFFIXES, HF_WEIGHTS, READ_DIGESTS, SAFETENSORS_SUFFIXES,
                       TORCH_SUFFIXES, DcpCheckpoint, SafetensorsFile, ShardedCheckpoint, TensorSource,
-                      TorchFile, drawn_ranges, open_checkpoint, open_file, read_digests)
+                      TorchFile, drawn_ranges, open_checkpoint, open_file, read_digests,
+                      read_whole_hashed)
 from .runs import check_one_run
 from .losslog import (METRICS_NAMES, LossCurve, checkpoint_tokens, load_loss_curve,
                       load_loss_file)
@@ -20,7 +21,7 @@ __all__ = [
     "CheckpointRef",
     "discover", "check_one_run", "parse_step", "parse_tokens", "select_steps", "DcpCheckpoint", "SafetensorsFile",
     "ShardedCheckpoint", "TensorSource", "TorchFile", "drawn_ranges", "open_checkpoint", "open_file",
-    "read_digests",
+    "read_digests", "read_whole_hashed",
     "METRICS_NAMES", "LossCurve", "checkpoint_tokens", "load_loss_curve",
     "load_loss_file", "LOCAL", "LocalStorage", "Storage", "coalesce", "cache_root", "Source",
     "is_url", "open_source", "RemoteError", "Traffic", "TOTAL", "human_bytes",

@@ -94,6 +94,35 @@ def read_digests(ckpt: TensorSource) -> dict[PurePath, dict] | None:
     return {ckpt.path: found} if found is not None else None
 
 
+def read_whole_hashed(ckpt: TensorSource, names, digest: str, keep) -> dict[PurePath, dict] | None:
+    """Read every tensor of ``names`` that ``ckpt`` holds whole, file by file in file order,
+    handing each to ``keep(name, array)``, and hash the bytes on the way:
+    each file's digests (keyed and made as :func:`read_digests` makes them for a
+    ``prefetch(wanted, digest)`` of the same tensors: ``header_sha256``, ``read_<digest>``,
+    ``read_bytes``) -- a run of the model identifies what it read without reading it again.
+    Formats read whole (torch pickles, Distributed Checkpoints), and a shard holding a tensor
+    the index places in another (its drawn ranges would count it): each tensor handed over,
+    ``None`` returned."""
+    held = ckpt.shapes()
+    names = [n for n in names if n in held]
+    files = ([(s, [n for n in names if ckpt.shard_of(n) is s]) for s in ckpt.shards.values()]
+             if isinstance(ckpt, ShardedCheckpoint) else [(ckpt, names)])
+    stray = isinstance(ckpt, ShardedCheckpoint) and any(
+        n in f.shapes() and ckpt.shard_of(n) is not f for f, _ in files for n in names)
+    if stray or not all(isinstance(f, SafetensorsFile) for f, _ in files):
+        for name in names:
+            keep(name, ckpt.read(name))
+        return None
+    out: dict[PurePath, dict] = {}
+    for f, part in files:
+        h, n = READ_DIGESTS[digest](), 0
+        for name in sorted(part, key=lambda t: (f.byte_ranges(t) or [(-1, -1)])[0]):
+            keep(name, f.read_hashed(name, h))
+            n += sum(e - s for s, e in f.byte_ranges(name))
+        out[f.path] = {"header_sha256": f.header_sha256, f"read_{digest}": h.hexdigest(), "read_bytes": n}
+    return out
+
+
 __all__ = ["CHECKPOINT_SUFFIXES", "HF_WEIGHTS", "READ_DIGESTS", "SAFETENSORS_SUFFIXES", "TORCH_SUFFIXES",
            "TensorSource", "open_file", "open_checkpoint", "DcpCheckpoint", "TorchFile",
-           "SafetensorsFile", "ShardedCheckpoint", "drawn_ranges", "read_digests"]
+           "SafetensorsFile", "ShardedCheckpoint", "drawn_ranges", "read_digests", "read_whole_hashed"]

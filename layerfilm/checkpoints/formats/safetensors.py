@@ -175,6 +175,16 @@ class SafetensorsFile:
             self.read_digest = {"header_sha256": self.header_sha256, f"read_{digest}": h.hexdigest(),
                                 "read_bytes": n}
 
+    def read_hashed(self, name: str, h) -> np.ndarray:
+        """:meth:`read` of tensor ``name`` whole, its bytes fed to the hash ``h`` on the way
+        (fetched once for both).  Feeding every tensor of a file in file order hashes what
+        hashing its :func:`~layerfilm.checkpoints.drawn_ranges` does."""
+        raw = b"".join(self._fetch(self.byte_ranges(name)))
+        h.update(raw)
+        if raw:
+            self._fetched[_key(name, None, 0)] = raw  # read takes it from here, not the file
+        return self.read(name)
+
     def _fetch(self, ranges: list[tuple[int, int]]) -> list[bytes]:
         head = len(self._head)
         rest = [(max(s, head), e) for s, e in ranges if e > head]

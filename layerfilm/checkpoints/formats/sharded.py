@@ -54,6 +54,10 @@ class ShardedCheckpoint:
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return dict(self._shapes)
 
+    def shard_of(self, name: str):
+        """The opened shard the index places tensor ``name`` in."""
+        return self._where[name]
+
     def read(self, name: str, index: np.ndarray | None = None, axis: int = 0) -> np.ndarray:
         return self._where[name].read(name, index, axis)
 
