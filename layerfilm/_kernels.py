@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from numba import types
+from numba.extending import intrinsic
 
 ngjit = numba.njit(cache=True, nogil=True, fastmath=False, error_model="numpy")
 # fastmath lets sums vectorise (reassociated); the results are the same run after run.
@@ -184,8 +186,9 @@ def palette_rgb_numpy(frame, palette, out):
 # numpy converts half floats one value at a time in software (~3.4 ns each here); most training
 # checkpoints are fp16.  This is the exact bit-level conversion, in three loops the compiler
 # vectorises: shift sign-less bits into place, rescale by 2**112 (which also turns fp16
-# subnormals into the right float32 normals), then restore Inf/NaN exponents and the sign.  It
-# makes the table of every bit pattern that the widen kernels below look fp16 values up in.
+# subnormals into the right float32 normals), then restore Inf/NaN exponents and the sign.  The
+# widen kernels below do the same per drawn row (a 256 KB table of every pattern, looked up
+# instead, fell out of cache between checkpoints).
 
 _TWO_POW_112 = np.float32(2.0 ** 112)
 
@@ -224,34 +227,57 @@ def half_to_float_numpy(src):
 _ROWS = 16  # rows of the source per block of a column gather
 
 
+@intrinsic
+def _as_f32(typingctx, x):
+    """The float32 whose bits are the uint32 ``x``."""
+    return types.float32(types.uint32), lambda ctx, builder, sig, args: builder.bitcast(
+        args[0], ctx.get_value_type(types.float32))
+
+
+@intrinsic
+def _as_u32(typingctx, x):
+    """The bits of the float32 ``x``, as a uint32."""
+    return types.uint32(types.float32), lambda ctx, builder, sig, args: builder.bitcast(
+        args[0], ctx.get_value_type(types.uint32))
+
+
 @ngjit
-def widen_bits_kernel(src, index, axis, half, table, out):
+def _half_bits(h):
+    """The float32 bits of the binary16 bits ``h`` (uint32): :func:`half_to_float_kernel`'s
+    arithmetic on one value, which vectorises (the same bits, shown for every pattern)."""
+    v = _as_u32(_as_f32((h & np.uint32(0x7FFF)) << np.uint32(13)) * _TWO_POW_112)
+    v |= (h & np.uint32(0x8000)) << np.uint32(16)
+    if (h & np.uint32(0x7C00)) == np.uint32(0x7C00):
+        v |= np.uint32(0x7F800000)
+    return v
+
+
+@ngjit
+def widen_bits_kernel(src, index, axis, half, out):
     """``out[r]`` = row ``index[r]`` (axis 0) or column ``index[r]`` (axis 1) of ``src`` as
-    float32.  src: (n, d) uint16 bit patterns -- IEEE binary16 (``half``: looked up in
-    ``table``, :func:`half_table`) or bfloat16 (the top half of a float32)."""
+    float32.  src: (n, d) uint16 bit patterns -- IEEE binary16 (``half``) or bfloat16 (the top
+    half of a float32).  Columns: blocks of source rows are widened whole, then transposed."""
     n, d = src.shape
     m = index.shape[0]
     bits = out.view(np.uint32)
     if axis == 0:
         for r in range(m):
             i = index[r]
-            if half:
-                for j in range(d):
-                    out[r, j] = table[src[i, j]]
-            else:
-                for j in range(d):
-                    bits[r, j] = np.uint32(src[i, j]) << np.uint32(16)
+            for j in range(d):
+                h = np.uint32(src[i, j])
+                bits[r, j] = _half_bits(h) if half else h << np.uint32(16)
         return
+    block = np.empty((_ROWS, d), np.uint32)
     for i0 in range(0, n, _ROWS):
         i1 = min(i0 + _ROWS, n)
+        for i in range(i0, i1):
+            for j in range(d):
+                h = np.uint32(src[i, j])
+                block[i - i0, j] = _half_bits(h) if half else h << np.uint32(16)
         for r in range(m):
             j = index[r]
-            if half:
-                for i in range(i0, i1):
-                    out[r, i] = table[src[i, j]]
-            else:
-                for i in range(i0, i1):
-                    bits[r, i] = np.uint32(src[i, j]) << np.uint32(16)
+            for i in range(i0, i1):
+                bits[r, i] = block[i - i0, j]
 
 
 @ngjit
@@ -271,19 +297,6 @@ def widen_float_kernel(src, index, axis, out):
             j = index[r]
             for i in range(i0, i1):
                 out[r, i] = src[i, j]
-
-
-_HALF_TABLE: list[np.ndarray] = []
-
-
-def half_table() -> np.ndarray:
-    """Every binary16 bit pattern as float32 (65,536 values, 256 KB: it stays in cache),
-    made once by :func:`half_to_float_kernel`."""
-    if not _HALF_TABLE:
-        out = np.empty((256, 256), np.float32)
-        half_to_float_kernel(np.arange(65536, dtype=np.uint16).reshape(256, 256), out)
-        _HALF_TABLE.append(out.reshape(65536))
-    return _HALF_TABLE[0]
 
 
 def widen_numpy(src, index, axis, kind):

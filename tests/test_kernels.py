@@ -289,6 +289,19 @@ def test_half_to_float_is_exact_for_every_bit_pattern(transposed):
     np.testing.assert_array_equal(out.view(np.uint32)[~nan], ref.view(np.uint32)[~nan])
 
 
+@pytest.mark.parametrize("axis", [0, 1])
+def test_widen_kernel_gives_half_to_float_bits_for_every_pattern(axis):
+    # The widen kernel converts fp16 in place of a table look-up: the same bits as
+    # half_to_float_kernel for all 65,536 patterns (NaN payloads too), drawn as rows or columns.
+    bits = np.arange(65536, dtype=np.uint16).reshape(512, 128)
+    ref = np.empty(bits.shape, np.float32)
+    K.half_to_float_kernel(bits, ref)
+    src = bits if axis == 0 else np.ascontiguousarray(bits.T)
+    out = np.empty(bits.shape, np.float32)
+    K.widen_bits_kernel(src, np.arange(512, dtype=np.int64), axis, True, out)
+    np.testing.assert_array_equal(out.view(np.uint32), ref.view(np.uint32))
+
+
 @pytest.mark.parametrize("kind", ["F16", "BF16", "F32", "F64"])
 @pytest.mark.parametrize("axis", [0, 1])
 def test_widen_kernels_gather_widen_and_transpose_like_numpy(kind, axis):
@@ -308,7 +321,7 @@ def test_widen_kernels_gather_widen_and_transpose_like_numpy(kind, axis):
     index[0] = 0  # the row or column holding the special values
     out = np.full((19, src.shape[1 - axis]), 7.0, np.float32)
     if view == "bits":
-        K.widen_bits_kernel(src, index, axis, kind == "F16", K.half_table(), out)
+        K.widen_bits_kernel(src, index, axis, kind == "F16", out)
     else:
         K.widen_float_kernel(src, index, axis, out)
     ref = K.widen_numpy(src, index, axis, kind)

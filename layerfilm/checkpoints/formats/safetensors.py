@@ -296,9 +296,6 @@ def _is_everything(index: np.ndarray, n: int) -> bool:
     return len(index) == n and (n == 0 or (index[0] == 0 and index[-1] == n - 1))
 
 
-_NO_TABLE = np.zeros(1, np.float32)  # bfloat16 needs no table
-
-
 def _widen(arr: np.ndarray, index: np.ndarray | None, axis: int, dtype: str,
            out: np.ndarray | None = None) -> np.ndarray:
     """Float32 rows, one per point: ``arr``'s rows ``index`` (axis 0; all when ``None``), or
@@ -311,8 +308,7 @@ def _widen(arr: np.ndarray, index: np.ndarray | None, axis: int, dtype: str,
         out = np.empty((len(picked), arr.shape[1 - axis]), dtype=np.float32)
     if dtype in ("F16", "BF16"):
         half = dtype == "F16"
-        _kernels.widen_bits_kernel(arr.view(np.uint16), picked, axis, half,
-                                   _kernels.half_table() if half else _NO_TABLE, out)
+        _kernels.widen_bits_kernel(arr.view(np.uint16), picked, axis, half, out)
     else:
         _kernels.widen_float_kernel(arr, picked, axis, out)
     return out
