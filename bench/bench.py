@@ -330,6 +330,9 @@ def main() -> None:
     import frame_cost
 
     frame_cost.run(ckpts, size, a.fpk, max_points)
+    from layout_cost import layout_cost  # issue 28: the layout phase's CPU per panel-keyframe
+
+    layout_cost(ckpts, size, a.fpk, max_points)
     if not a.quick:  # the model runs: --points activations and --prompt, GPT-2-124M shape
         import activations
 
