@@ -490,3 +490,30 @@ def test_curve_extremes_kernel_skips_only_curves_inside_their_ends():
     ends = np.maximum(np.abs(P[:-1]), np.abs(P[1:]))
     beyond = want > ends * (1 + 1e-6)
     assert 0.05 < beyond.mean() < 0.95  # both kinds of segment are there
+
+
+def test_top2_at_most_decides_as_numpys_cholesky():
+    # The certificate calls LAPACK's Cholesky directly: its verdict is np.linalg.cholesky's,
+    # also for bounds a hair either side of the top eigenvalues.
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((300, 40)).astype(np.float32) * np.linspace(3, 0.1, 40, dtype=np.float32)
+    C = X.T @ X
+    w, V = np.linalg.eigh(C.astype(np.float64))
+    q = V[:, -1].astype(np.float32)
+
+    def definite(A):
+        try:
+            np.linalg.cholesky(A)
+        except np.linalg.LinAlgError:
+            return False
+        return True
+
+    q64, verdicts = q.astype(np.float64), set()
+    for g1, g2 in rng.uniform(0.999, 1.001, (200, 2)):
+        b1, b2 = w[-1] * g1, w[-2] * g2
+        A1 = -C.astype(np.float64) + b1 * np.eye(40)
+        A2 = w[-1] * q64[:, None] * q64[None, :] - C.astype(np.float64) + b2 * np.eye(40)
+        expect = definite(A1) and definite(A2)
+        assert PK.top2_at_most(C, q, w[-1], b1, b2) == expect
+        verdicts.add(expect)
+    assert verdicts == {True, False}
