@@ -296,19 +296,36 @@ def _is_everything(index: np.ndarray, n: int) -> bool:
     return len(index) == n and (n == 0 or (index[0] == 0 and index[-1] == n - 1))
 
 
+_ARANGES: dict[int, np.ndarray] = {}  # 0..n-1 for a whole tensor's rows, made once per n
+
+
+def _all_of(n: int) -> np.ndarray:
+    picked = _ARANGES.get(n)
+    if picked is None:
+        if len(_ARANGES) > 256:
+            _ARANGES.clear()
+        picked = _ARANGES[n] = np.arange(n)
+        picked.flags.writeable = False
+    return picked
+
+
 def _widen(arr: np.ndarray, index: np.ndarray | None, axis: int, dtype: str,
            out: np.ndarray | None = None) -> np.ndarray:
     """Float32 rows, one per point: ``arr``'s rows ``index`` (axis 0; all when ``None``), or
     its columns ``index`` (axis 1), from a 2-D view of the stored dtype -- gathered, widened
     and (for columns) transposed in one pass by a kernel, into ``out`` when given."""
-    from ... import _kernels  # numba only once a tensor is read
+    global _kernels
+    if _kernels is None:
+        from ... import _kernels  # numba only once a tensor is read
 
-    picked = np.arange(arr.shape[axis]) if index is None else np.asarray(index, dtype=np.int64)
+    picked = _all_of(arr.shape[axis]) if index is None else np.asarray(index, dtype=np.int64)
     if out is None:
         out = np.empty((len(picked), arr.shape[1 - axis]), dtype=np.float32)
     if dtype in ("F16", "BF16"):
-        half = dtype == "F16"
-        _kernels.widen_bits_kernel(arr.view(np.uint16), picked, axis, half, out)
+        _kernels.widen_bits_kernel(arr.view(np.uint16), picked, axis, dtype == "F16", out)
     else:
         _kernels.widen_float_kernel(arr, picked, axis, out)
     return out
+
+
+_kernels = None  # layerfilm._kernels, imported at the first read
