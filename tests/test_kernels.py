@@ -6,6 +6,7 @@ import pytest
 from layerfilm import _draw_kernels as D
 from layerfilm import _kernels as K
 from layerfilm import _plane_kernels as PK
+from layerfilm import _read_kernels as RK
 from layerfilm.interpolate import Interpolator, frame_count, keyframe_times
 from layerfilm.raster import Rasterizer
 from layerfilm.shade import (CMAP_LOW, DENSITY_BASE, DENSITY_LEVELS, REBEL, SETTLED, TEXT_BASE, TEXT_LEVELS,
@@ -282,8 +283,8 @@ def test_half_to_float_is_exact_for_every_bit_pattern(transposed):
     bits = np.arange(65536, dtype=np.uint16).reshape(512, 128)  # normals, subnormals, ±0, ±Inf, NaNs
     src = bits.T if transposed else bits  # strided input, as a column read makes
     out = np.empty(src.shape, np.float32)
-    K.half_to_float_kernel(src, out)
-    ref = K.half_to_float_numpy(src)
+    RK.half_to_float_kernel(src, out)
+    ref = RK.half_to_float_numpy(src)
     nan = np.isnan(ref)
     assert nan.sum() == 2 * 1023 and np.isnan(out[nan]).all()
     np.testing.assert_array_equal(out.view(np.uint32)[~nan], ref.view(np.uint32)[~nan])
@@ -295,10 +296,10 @@ def test_widen_kernel_gives_half_to_float_bits_for_every_pattern(axis):
     # half_to_float_kernel for all 65,536 patterns (NaN payloads too), drawn as rows or columns.
     bits = np.arange(65536, dtype=np.uint16).reshape(512, 128)
     ref = np.empty(bits.shape, np.float32)
-    K.half_to_float_kernel(bits, ref)
+    RK.half_to_float_kernel(bits, ref)
     src = bits if axis == 0 else np.ascontiguousarray(bits.T)
     out = np.empty(bits.shape, np.float32)
-    K.widen_bits_kernel(src, np.arange(512, dtype=np.int64), axis, True, out)
+    RK.widen_bits_kernel(src, np.arange(512, dtype=np.int64), axis, True, out)
     np.testing.assert_array_equal(out.view(np.uint32), ref.view(np.uint32))
 
 
@@ -321,10 +322,10 @@ def test_widen_kernels_gather_widen_and_transpose_like_numpy(kind, axis):
     index[0] = 0  # the row or column holding the special values
     out = np.full((19, src.shape[1 - axis]), 7.0, np.float32)
     if view == "bits":
-        K.widen_bits_kernel(src, index, axis, kind == "F16", out)
+        RK.widen_bits_kernel(src, index, axis, kind == "F16", out)
     else:
-        K.widen_float_kernel(src, index, axis, out)
-    ref = K.widen_numpy(src, index, axis, kind)
+        RK.widen_float_kernel(src, index, axis, out)
+    ref = RK.widen_numpy(src, index, axis, kind)
     assert out.shape == ref.shape and np.isnan(out[0]).sum() == np.isnan(ref[0]).sum() == 1
     nan = np.isnan(ref)
     assert np.isnan(out[nan]).all()

@@ -316,7 +316,7 @@ def _widen(arr: np.ndarray, index: np.ndarray | None, axis: int, dtype: str,
     and (for columns) transposed in one pass by a kernel, into ``out`` when given."""
     global _kernels
     if _kernels is None:
-        from ... import _kernels  # numba only once a tensor is read
+        from ... import _read_kernels as _kernels  # numba only once a tensor is read
 
     picked = _all_of(arr.shape[axis]) if index is None else np.asarray(index, dtype=np.int64)
     if out is None:
@@ -328,4 +328,4 @@ def _widen(arr: np.ndarray, index: np.ndarray | None, axis: int, dtype: str,
     return out
 
 
-_kernels = None  # layerfilm._kernels, imported at the first read
+_kernels = None  # layerfilm._read_kernels, imported at the first read
