@@ -57,7 +57,7 @@ def _writer_parts():
 
 
 def run(ckpts: Path, size: tuple[int, int], fpk: int = 5, max_points: int = 2000) -> dict:
-    from layerfilm import film, raster, shade
+    from layerfilm import film, shade
 
     RGBFrames, widen_pipe = _writer_parts()
 
@@ -65,7 +65,7 @@ def run(ckpts: Path, size: tuple[int, int], fpk: int = 5, max_points: int = 2000
     picture = film.prepare(plan, keys, spec, measured)
     n = picture.n_frames
     times = picture.times
-    r = raster.Rasterizer(size, picture.grid.rects, picture.grid.scale, picture.grid.sigma, picture.starts)
+    r = picture.rasterizer()
     c0 = time.process_time()
     span = r.span(keys.P, times)
     span_ms = (time.process_time() - c0) / n * 1e3

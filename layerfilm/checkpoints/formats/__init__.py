@@ -116,9 +116,10 @@ def read_whole_hashed(ckpt: TensorSource, names, digest: str, keep) -> dict[Pure
     out: dict[PurePath, dict] = {}
     for f, part in files:
         h, n = READ_DIGESTS[digest](), 0
-        for name in sorted(part, key=lambda t: (f.byte_ranges(t) or [(-1, -1)])[0]):
+        spans = {name: f.byte_ranges(name) for name in part}
+        for name in sorted(part, key=lambda t: (spans[t] or [(-1, -1)])[0]):
             keep(name, f.read_hashed(name, h))
-            n += sum(e - s for s, e in f.byte_ranges(name))
+            n += sum(e - s for s, e in spans[name])
         out[f.path] = {"header_sha256": f.header_sha256, f"read_{digest}": h.hexdigest(), "read_bytes": n}
     return out
 
