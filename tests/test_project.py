@@ -345,6 +345,42 @@ def test_tracked_planes_hold_99_percent_of_the_exact_variance_at_every_keyframe(
         assert st.captured_min >= min(captured) - (1 - pca.CLOSE) - 1e-6
 
 
+def _flat(rng, n, d, K):
+    """Noise drifting as sqrt(keyframe) (the real-size bench's synthetic weights): a nearly
+    flat spectrum, where the certificate mostly falls short."""
+    base, drift = rng.normal(size=(n, d)), rng.normal(size=(n, d)) * 0.5
+    return [base + np.sqrt(k + 1) * drift for k in range(K)]
+
+
+@pytest.mark.parametrize("case, keyframes", [(_flat, 16), (_rank2_emerging, 24), (_sudden, 14)])
+def test_how_a_wide_plane_is_checked_never_changes_the_drawn_plane(case, keyframes, monkeypatch):
+    """Wide panels: the certificate, the exact check on the float32 covariance where it falls
+    short, and the chunk that skips the certificate once it has mostly fallen short all make
+    the same decision (correct below 99 %), so the drawn scores are bit for bit those of a
+    tracker that checks every keyframe exactly; and an exactly checked panel's captured_min
+    is numpy's float64 share of what the drawn planes held (to float32 precision)."""
+    from layerfilm import pca
+    from layerfilm.pca import PlaneTracker
+
+    monkeypatch.setattr(pca, "EXACT_CHECK_MAX", 0)  # these 512 x 160 clouds take the wide route
+    X = [x.astype(np.float32) for x in case(np.random.default_rng(1), 512, 160, keyframes)]
+    exact = [_eigh_top2(x) for x in X]
+    calls = []
+    real = pca.certified_share
+    monkeypatch.setattr(pca, "certified_share", lambda *a: calls.append(1) or real(*a))
+    routed = PlaneTracker(0)
+    drawn = [routed(x, k) for k, x in enumerate(X)]
+    if case is _flat:  # the certificate falls short, then is skipped for the rest of the chunk
+        assert 2 <= len(calls) < keyframes - routed.stats.exact and routed.stats.exact_checks >= 2
+    monkeypatch.setattr(pca, "certified_share", lambda *a: 0.0)  # every keyframe checked exactly
+    exactly = PlaneTracker(0)
+    for k, x in enumerate(X):
+        np.testing.assert_array_equal(exactly(x, k), drawn[k])
+    held = [(s.astype(np.float64) ** 2).sum() / e for s, e in zip(drawn, exact)]
+    assert exactly.stats.captured_min == pytest.approx(min(held), abs=2e-5)
+    assert min(held) >= pca.AUDIT_MIN and routed.stats.captured_min <= min(held) + 2e-5
+
+
 @pytest.mark.parametrize("n, d", [(400, 96), (90, 200)])
 def test_passes_on_the_covariance_matrix_are_the_passes_on_the_rows(n, d):
     """The narrow route (pca._Moments: passes on the covariance or Gram matrix formed once)
