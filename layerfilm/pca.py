@@ -62,6 +62,9 @@ _COLD_PASSES = 6  # otherwise: passes from a seeded random start, then as many a
 # CHECK_FAIL / len(LANCZOS_STEPS); a plane no stage certifies is checked by an exact solve.
 LANCZOS_STEPS = (16, 32, 64)
 CHECK_FAIL = 1e-6
+# The certificate's random start at a keyframe k is seeded [seed, k]; an exact solve too wide
+# for an eigendecomposition is bounded from [seed, SOLVE_STREAM] (seeds must be non-negative).
+SOLVE_STREAM = 2**32 - 1
 ROUNDING = 1e-4  # relative slack for the float32 products (their errors are ~1e-6)
 
 
@@ -383,7 +386,7 @@ class PlaneTracker:
                 break
             scores, basis, ritz = _refine(X, basis, 1)
         # Too wide for an eigendecomposition: what this plane holds is bounded, not known.
-        self.stats.audited(certified_share(X, basis, np.random.default_rng([self.seed, -1])))
+        self.stats.audited(certified_share(X, basis, np.random.default_rng([self.seed, SOLVE_STREAM])))
         return scores, basis, ritz
 
     def __call__(self, X: np.ndarray, keyframe: int) -> np.ndarray:

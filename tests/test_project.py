@@ -381,6 +381,30 @@ def test_how_a_wide_plane_is_checked_never_changes_the_drawn_plane(case, keyfram
     assert min(held) >= pca.AUDIT_MIN and routed.stats.captured_min <= min(held) + 2e-5
 
 
+@pytest.mark.parametrize("seed", [0, 7])
+def test_planes_too_wide_for_an_eigendecomposition_are_solved_and_bounded(seed, monkeypatch):
+    """Beyond EXACT_BASIS_MAX (Llama-1B's 2,048-wide panels of 2,000 points) a chunk start or
+    a correction is converged subspace iteration, bounded by the certificate from its own
+    seeded stream (a negative seed entry made every such panel raise, 2026-12-05 to 12-06):
+    the bound sits below what the drawn plane holds against numpy's eigh, and a second
+    tracker draws the same planes bit for bit."""
+    from layerfilm import pca
+    from layerfilm.pca import AUDIT_MIN, PlaneTracker
+
+    monkeypatch.setattr(pca, "EXACT_CHECK_MAX", 0)
+    monkeypatch.setattr(pca, "EXACT_BASIS_MAX", 32)  # these 400 x 96 clouds count as too wide
+    X = [x.astype(np.float32) for x in _sudden(np.random.default_rng(2), 400, 96, 10)]
+    exact = [_eigh_top2(x) for x in X]
+    one, two = PlaneTracker(seed), PlaneTracker(seed)
+    drawn = [one(x, k) for k, x in enumerate(X)]
+    for k, x in enumerate(X):
+        np.testing.assert_array_equal(two(x, k), drawn[k])
+    held = [(s.astype(np.float64) ** 2).sum() / e for s, e in zip(drawn, exact)]
+    st = one.stats
+    assert st.exact >= 1 and st.captured_min is not None
+    assert st.captured_min <= min(held) + 1e-6 and min(held) > AUDIT_MIN - 0.05
+
+
 @pytest.mark.parametrize("n, d", [(400, 96), (90, 200)])
 def test_passes_on_the_covariance_matrix_are_the_passes_on_the_rows(n, d):
     """The narrow route (pca._Moments: passes on the covariance or Gram matrix formed once)

@@ -279,6 +279,7 @@ def test_print_config_round_trips_and_render_reads_it(tmp_path, monkeypatch, see
     ("layouts = true\n", "layerfilm.toml: unknown key 'layouts'"),
     ('fps = "fast"\n', "layerfilm.toml: fps: expected a whole number, got 'fast'"),
     ("max_points = 1\n", "layerfilm.toml: max_points: --max-points must be at least 3, got 1"),
+    ("seed = -1\n", "layerfilm.toml: seed: --seed must be 0 or more, got -1"),  # numpy would raise
     ('steps = "5:1"\n', "layerfilm.toml: steps: --steps START must not exceed STOP, got 5:1"),
     ('layer-pattern = "("\n', "layerfilm.toml: layer_pattern: --layer-pattern '(' is not a valid"),
     ("settle_threshold = 0\n", "layerfilm.toml: settle_threshold: --settle-threshold must be"),

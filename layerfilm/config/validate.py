@@ -102,6 +102,12 @@ def _max_points(c) -> None:
         _fail("max_points", f"--max-points must be at least 3, got {c.max_points}")
 
 
+@_check("seed")
+def _seed(c) -> None:
+    if c.seed < 0:  # numpy's generators take non-negative seeds only
+        _fail("seed", f"--seed must be 0 or more, got {c.seed}")
+
+
 @_check("color_scale")
 def _color_scale(c) -> None:
     _one_of("color_scale", "--color-scale", c.color_scale, COLOR_SCALES)
@@ -398,7 +404,7 @@ def _repo_type(c) -> None:
 
 # Cheap checks first; the colormap check imports matplotlib.
 _ORDER = ("checkpoints", "revisions", "storage_options", "output", "fps", "frames_per_keyframe",
-          "size", "projection", "fourier_ref", "max_points", "color_scale", "frames_dir", "jobs",
+          "size", "projection", "fourier_ref", "max_points", "seed", "color_scale", "frames_dir", "jobs",
           "points", "tensor", "order", "settle_threshold", "settle_fraction", "rebel_z", "metrics",
           "stills_dir", "stills_every", "preview", "html", "steps", "timeline", "point_size", "scale", "title",
           "caption", "captions", "prompt", "prompts", "max_new_tokens", "model_config", "tokenizer",
