@@ -129,9 +129,18 @@ def format_value(v: float) -> str:
 def share_texts(share: tuple[float, float] | None) -> list[str]:
     """The captured variance beside a scale bar, longest first: the share of the panel's
     variance on its two drawn axes over the film, ``var 8–63%`` (one number when it stays
-    within a percent), or nothing when the projection measured none (UMAP)."""
+    within a percent), or nothing when the projection measured none (UMAP).  Below 1 % one
+    decimal (``0.1%``: a wide layer's flat spectrum), below 0.05 % ``<0.1%``, never a
+    ``0%`` that reads as nothing."""
     if share is None or not np.isfinite(share).all():
         return []
-    lo, hi = (int(round(100 * v)) for v in share)
+    lo, hi = (_percent(v) for v in share)
     span = f"{lo}%" if lo == hi else f"{lo}–{hi}%"
     return [f"var {span}", span]
+
+
+def _percent(v: float) -> str:
+    p = 100.0 * v
+    if round(p) >= 1:
+        return f"{round(p)}"
+    return f"{p:.1f}" if round(p, 1) >= 0.1 else "<0.1"

@@ -431,6 +431,18 @@ def test_scale_bar_says_the_captured_variance(tmp_path, monkeypatch, index_frame
     assert ranged >= 1
 
 
+@pytest.mark.parametrize("share, text", [
+    ((0.08, 0.61), "var 8–61%"), ((0.3, 0.304), "var 30%"),
+    # A wide layer's flat spectrum (Llama-1B-shaped noise: 2 of 2,048 axes) is not "0%".
+    ((0.00098, 0.0011), "var 0.1%"), ((0.004, 0.02), "var 0.4–2%"), ((0.0002, 0.0002), "var <0.1%"),
+])
+def test_captured_variance_below_one_percent_is_not_zero(share, text):
+    from layerfilm.text import share_texts
+
+    assert share_texts(share)[0] == text
+    assert share_texts(None) == [] and share_texts((np.nan, 0.5)) == []
+
+
 @pytest.mark.parametrize("n", [1, 5, 13, 60, 129])
 def test_activity_lines_read_at_1080p(n):
     """At 1080p every panel's activity line is at least 2 % of the frame's height (22 pixels)
