@@ -266,6 +266,27 @@ def test_manifest_records_how_each_panel_was_projected(tmp_path):
     assert 0.99 * min(exact) <= panels[0]["share_min"] and panels[0]["share_max"] <= max(exact) + 1e-6
 
 
+def test_panels_too_wide_for_an_eigendecomposition_render(tmp_path, monkeypatch):
+    """The route real-size wide panels take (Llama-1B: 2,000 points x 2,048, beyond
+    EXACT_BASIS_MAX), through a whole render with its threads: here every panel is made "too
+    wide" by lowering the limits.  From 2026-12-05 to 12-06 every such film crashed (a negative
+    seed for the certificate) and only the real-size bench could have shown it.  The film is
+    written and decodes, and its manifest records a certified bound in (0, 1] for every panel
+    (that it is a lower bound: test_project.py)."""
+    from layerfilm import pca
+
+    monkeypatch.setattr(pca, "EXACT_CHECK_MAX", 0)
+    monkeypatch.setattr(pca, "EXACT_BASIS_MAX", 16)
+    run = write_run(tmp_path / "run", n=4, seed=3, d=80, blocks=2, vocab=120)
+    render(run, tmp_path / "f.gif", "--fps", "2", "--size", "128x72", "--frames-per-keyframe", "2")
+    assert len(decode(tmp_path / "f.gif")) == 4 * 2 - 1
+    panels = json.loads((tmp_path / "f.gif.json").read_text())["projection"]["panels"]
+    assert [p["label"] for p in panels] == ["embed", "L0", "L1"]
+    for p in panels:
+        assert p["method"] == "tracked pca" and p["keyframes"] == 4 and p["exact"] >= 1
+        assert 0.0 < p["captured_min"] <= 1.0
+
+
 def test_render_reads_no_checkpoint_whole_for_the_manifest(tmp_path, run_dir, monkeypatch):
     hashed = []
     original = cache.sha256_file
