@@ -319,7 +319,12 @@ class _Moments:
             if top2_at_most(self.M, basis[0], r1, r1 * grow + ROUNDING * held,
                             r2 * grow + ROUNDING * held):
                 return target
-        return min(held / max(self.top2(), 1e-300), 1.0)
+        return self.exact_share(ritz)
+
+    def exact_share(self, ritz: np.ndarray) -> float:
+        """The share of the exact top-two variance that the plane with Ritz values ``ritz``
+        (its two variances first) holds, from this matrix's top two eigenvalues."""
+        return min(float((ritz[0] + ritz[1]) / max(self.top2(), 1e-300)), 1.0)
 
     def basis(self, p: int) -> np.ndarray:
         """The top ``p`` principal directions as orthonormal rows ``(p, d)`` float32."""
@@ -426,6 +431,7 @@ class PlaneTracker:
         exact top-two variance.
         """
         n, d = X.shape
+        solvable = min(n, d) <= EXACT_BASIS_MAX  # narrow enough for an exact solve
         if moments is not None:
             self.stats.exact_checks += 1
             floor = 1.0 if self.stats.captured_min is None else self.stats.captured_min
@@ -436,19 +442,17 @@ class PlaneTracker:
             # is skipped for the exact check below.  Counted per chunk, so any chunk still
             # gets the same answer; the decisions, and so the drawn planes, are the same.
             st = self.stats
-            hopeless = (min(n, d) <= EXACT_BASIS_MAX and st.exact_checks >= 2
-                        and 2 * st.exact_checks > st.keyframes - st.exact)
+            hopeless = solvable and st.exact_checks >= 2 and 2 * st.exact_checks > st.keyframes - st.exact
             share = 0.0 if hopeless else certified_share(
                 X, basis, np.random.default_rng([self.seed, keyframe]))
-            if share < AUDIT_MIN and min(n, d) <= EXACT_BASIS_MAX:
+            if share < AUDIT_MIN and solvable:
                 # The exact share, from the float32 covariance (or Gram) matrix's top two
                 # eigenvalues: 0.6-0.7x the cost of float64 ones (768 to 1,536 wide).  Only
                 # the check: the passes above ran on the rows and a correction is
                 # the float64 exact solve, so the drawn planes are what they were.
                 self.stats.exact_checks += 1
-                top2 = _Moments(X, _scratch(X.shape)).top2()
-                share = min(float((ritz[0] + ritz[1]) / max(top2, 1e-300)), 1.0)
-        if share < AUDIT_MIN and (moments is not None or min(n, d) <= EXACT_BASIS_MAX):
+                share = _Moments(X, _scratch(X.shape)).exact_share(ritz)
+        if share < AUDIT_MIN and (moments is not None or solvable):
             self.stats.corrected += 1
             return self._exact(X, basis.shape[0], moments)
         self.stats.audited(share)  # beyond EXACT_BASIS_MAX, the bound as it is
