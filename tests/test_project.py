@@ -357,9 +357,11 @@ def test_how_a_wide_plane_is_checked_never_changes_the_drawn_plane(case, keyfram
     """Wide panels: the certificate, the exact check on the float32 covariance where it falls
     short, and the chunk that skips the certificate once it has mostly fallen short all make
     the same decision (correct below 99 %), so the drawn scores are bit for bit those of a
-    tracker that checks every keyframe exactly; and an exactly checked panel's captured_min
-    is numpy's float64 share of what the drawn planes held (to float32 precision)."""
-    from layerfilm import pca
+    tracker that checks every keyframe on the covariance, by its Cholesky bound (which shows
+    most planes of a flat spectrum hold 99 %) or by the exact eigenvalues; and a panel checked
+    exactly has numpy's float64 share of what the drawn planes held as its captured_min (to
+    float32 precision), one checked by the bound at least 99 % and at most that."""
+    from layerfilm import _plane_kernels, pca
     from layerfilm.pca import PlaneTracker
 
     monkeypatch.setattr(pca, "EXACT_CHECK_MAX", 0)  # these 512 x 160 clouds take the wide route
@@ -372,13 +374,23 @@ def test_how_a_wide_plane_is_checked_never_changes_the_drawn_plane(case, keyfram
     drawn = [routed(x, k) for k, x in enumerate(X)]
     if case is _flat:  # the certificate falls short, then is skipped for the rest of the chunk
         assert 2 <= len(calls) < keyframes - routed.stats.exact and routed.stats.exact_checks >= 2
-    monkeypatch.setattr(pca, "certified_share", lambda *a: 0.0)  # every keyframe checked exactly
+    monkeypatch.setattr(pca, "certified_share", lambda *a: 0.0)  # every keyframe on the covariance
+    bounded = PlaneTracker(0)
+    shown = []
+    real_bound = _plane_kernels.top2_at_most
+    monkeypatch.setattr(_plane_kernels, "top2_at_most", lambda *a: shown.append(real_bound(*a)) or shown[-1])
+    for k, x in enumerate(X):
+        np.testing.assert_array_equal(bounded(x, k), drawn[k])
+    monkeypatch.setattr(_plane_kernels, "top2_at_most", lambda *a: False)  # never shown: exact shares
     exactly = PlaneTracker(0)
     for k, x in enumerate(X):
         np.testing.assert_array_equal(exactly(x, k), drawn[k])
     held = [(s.astype(np.float64) ** 2).sum() / e for s, e in zip(drawn, exact)]
     assert exactly.stats.captured_min == pytest.approx(min(held), abs=2e-5)
     assert min(held) >= pca.AUDIT_MIN and routed.stats.captured_min <= min(held) + 2e-5
+    assert pca.AUDIT_MIN <= bounded.stats.captured_min <= min(held) + 2e-5
+    if case is _flat:  # the bound shows most of these planes hold 99 %, without eigenvalues
+        assert 2 * sum(shown) > len(shown)
 
 
 @pytest.mark.parametrize("seed", [0, 7])
