@@ -8,6 +8,7 @@ results, for the manifest."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import json
 
@@ -208,18 +209,32 @@ def _project_chunk(plan: Plan, how: list[project.Projection], drift: bool, chunk
             tracks[l].keyframe = k
             P[k - chunk.start, starts[l]:starts[l + 1]] = project.project_keyframe(cloud, how[l], tracks[l])
 
-    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-        frames = clouds.CloudStream(source, range(first, chunk.stop))
-        for frame in frames:  # one checkpoint in memory at a time
-            parts = [pool.submit(project_layers, frame, part) for part in range(threads)]
-            frames.read_ahead()  # the next one's rows are fetched while this one is projected
-            for part in parts:
-                part.result()
+    # One thread per part of the panels, each taking its keyframes in order: a part done with
+    # a keyframe goes on to the next as soon as that is read, not waiting for the other parts
+    # (which left a core idle 7 % of the layout phase).  The next keyframe is fetched once the
+    # one before this is done, so at most two are in memory, as before.
+    with contextlib.ExitStack() as stack:
+        pools = [stack.enter_context(concurrent.futures.ThreadPoolExecutor(1)) for _ in range(threads)]
+        stack.callback(lambda: [pool.shutdown(cancel_futures=True) for pool in pools])  # on errors
+        frames, before = clouds.CloudStream(source, range(first, chunk.stop)), []
+        for frame in frames:
+            parts = [pool.submit(project_layers, frame, part) for part, pool in enumerate(pools)]
             del frame
-            advance(1)
+            _finished(before, advance)
+            frames.read_ahead()  # the next one's rows are fetched while this one is projected
+            before = parts
+        _finished(before, advance)
     panels = [{"label": layer.label, **t.stats.as_dict(), **t.info} for layer, t in zip(plan.layers, tracks)]
     return ChunkLayouts(chunk.start, P, panels, [t.fixed_frame for t in tracks],
                         meter.sums if meter is not None else None, tracks, _read_in(source, chunk))
+
+
+def _finished(parts: list[concurrent.futures.Future], advance) -> None:
+    """Wait for one keyframe's parts (raising what any raised) and count it done."""
+    for part in parts:
+        part.result()
+    if parts:
+        advance(1)
 
 
 def stitch(parts: list[ChunkLayouts], starts: np.ndarray) -> tuple[np.ndarray, list[dict], np.ndarray | None]:
