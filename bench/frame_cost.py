@@ -35,9 +35,10 @@ def prepared(ckpts: Path, size: tuple[int, int], fpk: int, max_points: int):
 
 
 def _writer_parts():
-    """What FilmWriter does with a frame: its RGB conversion and its pipe set-up -- or, in a
-    layerfilm from before they were parts of their own (to measure an older commit with this
-    script), the whole-frame palette lookup and the default pipe."""
+    """What FilmWriter does with a frame: its RGB conversion, its pipe set-up and how it sends
+    (handed over by vmsplice from two buffers in turn, where it can) -- or, in a layerfilm from
+    before they were parts of their own (to measure an older commit with this script), the
+    whole-frame palette lookup, the default pipe and plain writes."""
     try:
         from layerfilm.encode.ffmpeg import RGBFrames, widen_pipe
     except ImportError:
@@ -51,15 +52,48 @@ def _writer_parts():
                 palette_rgb_kernel(frame, self.palette, self.rgb)
                 return self.rgb
 
-        def widen_pipe(stream):
+        def widen_pipe(stream, size=0):
             pass
-    return RGBFrames, widen_pipe
+    try:
+        from layerfilm.encode.pipe import FramePipe, pipe_size
+    except ImportError:
+        class FramePipe:
+            spliced = False
+
+            def __init__(self, stream, frame_bytes):
+                self.stream = stream
+
+            def send(self, *parts):
+                for part in parts:
+                    self.stream.write(memoryview(part).cast("B"))
+
+        def pipe_size(frame_bytes):
+            return 1 << 20
+    return RGBFrames, widen_pipe, FramePipe, pipe_size
+
+
+class _Sink:
+    """``cat`` reading a pipe set up as FilmWriter sets up ffmpeg's, for frames of
+    ``frame_bytes``; :attr:`buffers` are the one or two buffers frames go from, in turn."""
+
+    def __init__(self, widen_pipe, FramePipe, pipe_size, frame_bytes, make_buffer):
+        self.proc = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+        try:
+            widen_pipe(self.proc.stdin, pipe_size(frame_bytes))
+        except TypeError:  # an older widen_pipe: one size for every frame
+            widen_pipe(self.proc.stdin)
+        self.pipe = FramePipe(self.proc.stdin, frame_bytes)
+        self.buffers = [make_buffer() for _ in range(2 if self.pipe.spliced else 1)]
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait()
 
 
 def run(ckpts: Path, size: tuple[int, int], fpk: int = 5, max_points: int = 2000) -> dict:
     from layerfilm import film, shade
 
-    RGBFrames, widen_pipe = _writer_parts()
+    RGBFrames, widen_pipe, FramePipe, pipe_size = _writer_parts()
 
     plan, keys, measured, spec, cfg = prepared(ckpts, size, fpk, max_points)
     picture = film.prepare(plan, keys, spec, measured)
@@ -71,9 +105,11 @@ def run(ckpts: Path, size: tuple[int, int], fpk: int = 5, max_points: int = 2000
     span_ms = (time.process_time() - c0) / n * 1e3
     assert span == picture.shader.span
     make = film.FrameMaker(picture)
-    rgb = RGBFrames(size, shade.palette(cfg.cmap))
-    sink = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
-    widen_pipe(sink.stdin)  # as FilmWriter does
+    pal = shade.palette(cfg.cmap)
+    w, h = size
+    rgb_sink = _Sink(widen_pipe, FramePipe, pipe_size, w * h * 3, lambda: RGBFrames(size, pal))
+    index_sink = _Sink(widen_pipe, FramePipe, pipe_size, w * h, lambda: np.empty((h, w), np.uint8))
+    palette_words = np.zeros(1024, np.uint8)  # what follows each index frame
     pick = range(n)  # every frame, in order, as a render makes them
     t = dict(make=0.0, rgb=0.0, send_rgb=0.0, send_index=0.0)
     try:
@@ -81,27 +117,33 @@ def run(ckpts: Path, size: tuple[int, int], fpk: int = 5, max_points: int = 2000
             c = time.thread_time()
             frame = make(f)
             d = time.thread_time()
-            out = rgb(frame)
+            out = rgb_sink.buffers[f % len(rgb_sink.buffers)](frame)
             e = time.thread_time()
-            sink.stdin.write(memoryview(out).cast("B"))
+            rgb_sink.pipe.send(out)
             g = time.thread_time()
-            sink.stdin.write(memoryview(frame).cast("B"))
-            h = time.thread_time()
+            index = frame
+            if index_sink.pipe.spliced:  # FilmWriter copies the frame out of the maker's buffer
+                index = index_sink.buffers[f % 2]
+                np.copyto(index, frame)
+            index_sink.pipe.send(index, palette_words)
+            h_ = time.thread_time()
             t["make"] += d - c
             t["rgb"] += e - d
             t["send_rgb"] += g - e
-            t["send_index"] += h - g
+            t["send_index"] += h_ - g
     finally:
-        sink.stdin.close()
-        sink.wait()
+        rgb_sink.close()
+        index_sink.close()
     ms = {k: v / len(pick) * 1e3 for k, v in t.items()}
     rgb_total = span_ms + ms["make"] + ms["rgb"] + ms["send_rgb"]
     gif_total = span_ms + ms["make"] + ms["send_index"]
     points = int(picture.starts[-1])
     print(f"\nframe cost, {size[0]}x{size[1]}, {len(plan.layers)} panels x {points // len(plan.layers):,} dots, "
           f"{n} frames (CPU ms per frame, all timed):")
+    how = "handed over (vmsplice)" if rgb_sink.pipe.spliced else "written"
     print(f"  colour span's pass {span_ms:5.2f}   frame: make {ms['make']:5.2f} (interpolate, splat, shade, "
-          f"overlays), RGB {ms['rgb']:4.2f}, pipe write {ms['send_rgb']:4.2f} (index frame {ms['send_index']:4.2f})")
+          f"overlays), RGB {ms['rgb']:4.2f}, pipe {ms['send_rgb']:4.2f} (index frame {ms['send_index']:4.2f}; "
+          f"{how})")
     print(f"  total: RGB films {rgb_total:5.2f} ms, GIF {gif_total:5.2f} ms (goal <= {GOAL_MS:g} at 1080p, "
           "128 panels x 1,000 dots)")
     return dict(span=span_ms, **ms, rgb_total=rgb_total, gif_total=gif_total)

@@ -35,6 +35,7 @@ import numpy as np
 from .. import atomic
 from .._kernels import palette_rgb_changed_kernel, palette_rgb_kernel
 from ..errors import EncodeError
+from .pipe import FramePipe, pipe_size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,7 +187,11 @@ class _Ffmpeg:
     """One ffmpeg process fed ``(H, W)`` uint8 palette-index frames on stdin: RGB encoders
     receive ``palette[frame]``, ``pal8`` encoders the indices with the palette.  Used as a
     context manager; subclasses say where the output goes (:meth:`_target`) and what happens
-    when ffmpeg has finished (:meth:`_finish`)."""
+    when ffmpeg has finished (:meth:`_finish`).  ``_splice``: whether frames may be handed to
+    the pipe without a copy (:class:`~.pipe.FramePipe`; a subclass sending a buffer of its own
+    that changes every frame says False)."""
+
+    _splice = True
 
     def __init__(self, path: str | os.PathLike, size: tuple[int, int], fps: int, encoder: Encoder,
                  palette: np.ndarray, start_number: int = 0):
@@ -198,7 +203,10 @@ class _Ffmpeg:
         self.palette = np.ascontiguousarray(palette, dtype=np.uint8)
         self._pal_bytes = palette_bytes(self.palette)
         w, h = size
+        self._pal = np.frombuffer(self._pal_bytes, np.uint8)  # sent after every pal8 frame
         self._rgb = RGBFrames(size, self.palette)
+        self._rgbs: tuple[RGBFrames, ...] = (self._rgb,)
+        self._pipe: FramePipe | None = None
         self.frames_written = 0
         self._proc: subprocess.Popen | None = None
         self._log = None
@@ -228,21 +236,30 @@ class _Ffmpeg:
         except OSError as e:
             self._cleanup()
             raise EncodeError(f"cannot start ffmpeg: {e}") from None
-        widen_pipe(self._proc.stdin)
+        w, h = self.size
+        frame_bytes = w * h * (1 if self.encoder.pix_fmt_in == "pal8" else 3)
+        widen_pipe(self._proc.stdin, pipe_size(frame_bytes))
+        self._pipe = FramePipe(self._proc.stdin, frame_bytes, self._splice)
+        if self._pipe.spliced:  # frames handed over go from two buffers in turn (see FramePipe)
+            self._rgbs = (self._rgb, RGBFrames(self.size, self.palette))
+            self._index = (np.empty((h, w), np.uint8), np.empty((h, w), np.uint8))
         return self
 
     def write(self, frame: np.ndarray) -> None:
         """Send one ``(H, W)`` uint8 index frame."""
+        turn = self.frames_written % 2
         if self.encoder.pix_fmt_in == "pal8":
-            self._send(memoryview(np.ascontiguousarray(frame)).cast("B"), self._pal_bytes)
+            if self._pipe.spliced:
+                np.copyto(self._index[turn], frame)  # the caller's frame changes next
+                frame = self._index[turn]
+            self._send(np.ascontiguousarray(frame), self._pal)
         else:
-            self._send(memoryview(self._rgb(frame)).cast("B"))
+            self._send(self._rgbs[turn % len(self._rgbs)](frame))
 
     def _send(self, *parts) -> None:
-        """Write one frame's bytes (``parts``) to ffmpeg's stdin."""
+        """Send one frame's parts (arrays, or bytes-like) to ffmpeg's stdin."""
         try:
-            for part in parts:
-                self._proc.stdin.write(part)
+            self._pipe.send(*parts)
         except (BrokenPipeError, OSError):
             self._proc.wait()
             raise EncodeError(f"ffmpeg stopped after {self.frames_written} frames: {self._stderr()}",

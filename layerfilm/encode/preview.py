@@ -121,6 +121,8 @@ class PreviewWriter(FilmWriter):
     """Writes the lossy preview of a film of ``size`` to ``path`` (atomically, as
     :class:`FilmWriter`), from the same ``(H, W)`` palette-index frames."""
 
+    _splice = False  # its one frame buffer changes every frame: written, not handed over
+
     def __init__(self, path: str | os.PathLike, size: tuple[int, int], fps: int,
                  palette: np.ndarray, shown: str | os.PathLike | None = None,
                  at: tuple[int, int] | None = None):
