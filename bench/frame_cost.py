@@ -35,12 +35,12 @@ def prepared(ckpts: Path, size: tuple[int, int], fpk: int, max_points: int):
 
 
 def _writer_parts():
-    """What FilmWriter does with a frame: its RGB conversion, its pipe set-up and how it sends
-    (handed over by vmsplice from two buffers in turn, where it can) -- or, in a layerfilm from
-    before they were parts of their own (to measure an older commit with this script), the
-    whole-frame palette lookup, the default pipe and plain writes."""
+    """What FilmWriter does with a frame: its RGB conversion and its pipe (sized for the frame
+    and, where it can, handed frames by vmsplice from two buffers in turn) -- or, in a layerfilm
+    from before they were parts of their own (to measure an older commit with this script), the
+    whole-frame palette lookup and plain writes into the pipe as that commit set it up."""
     try:
-        from layerfilm.encode.ffmpeg import RGBFrames, widen_pipe
+        from layerfilm.encode.ffmpeg import RGBFrames
     except ImportError:
         from layerfilm._kernels import palette_rgb_kernel
 
@@ -51,37 +51,33 @@ def _writer_parts():
             def __call__(self, frame):
                 palette_rgb_kernel(frame, self.palette, self.rgb)
                 return self.rgb
-
-        def widen_pipe(stream, size=0):
-            pass
     try:
-        from layerfilm.encode.pipe import FramePipe, pipe_size
+        from layerfilm.encode.pipe import FramePipe
     except ImportError:
         class FramePipe:
             spliced = False
 
             def __init__(self, stream, frame_bytes):
+                try:
+                    from layerfilm.encode.ffmpeg import widen_pipe
+                except ImportError:  # older still: the default pipe
+                    widen_pipe = None
+                if widen_pipe is not None:
+                    widen_pipe(stream)
                 self.stream = stream
 
             def send(self, *parts):
                 for part in parts:
                     self.stream.write(memoryview(part).cast("B"))
-
-        def pipe_size(frame_bytes):
-            return 1 << 20
-    return RGBFrames, widen_pipe, FramePipe, pipe_size
+    return RGBFrames, FramePipe
 
 
 class _Sink:
     """``cat`` reading a pipe set up as FilmWriter sets up ffmpeg's, for frames of
     ``frame_bytes``; :attr:`buffers` are the one or two buffers frames go from, in turn."""
 
-    def __init__(self, widen_pipe, FramePipe, pipe_size, frame_bytes, make_buffer):
+    def __init__(self, FramePipe, frame_bytes, make_buffer):
         self.proc = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
-        try:
-            widen_pipe(self.proc.stdin, pipe_size(frame_bytes))
-        except TypeError:  # an older widen_pipe: one size for every frame
-            widen_pipe(self.proc.stdin)
         self.pipe = FramePipe(self.proc.stdin, frame_bytes)
         self.buffers = [make_buffer() for _ in range(2 if self.pipe.spliced else 1)]
 
@@ -93,7 +89,7 @@ class _Sink:
 def run(ckpts: Path, size: tuple[int, int], fpk: int = 5, max_points: int = 2000) -> dict:
     from layerfilm import film, shade
 
-    RGBFrames, widen_pipe, FramePipe, pipe_size = _writer_parts()
+    RGBFrames, FramePipe = _writer_parts()
 
     plan, keys, measured, spec, cfg = prepared(ckpts, size, fpk, max_points)
     picture = film.prepare(plan, keys, spec, measured)
@@ -106,9 +102,9 @@ def run(ckpts: Path, size: tuple[int, int], fpk: int = 5, max_points: int = 2000
     assert span == picture.shader.span
     make = film.FrameMaker(picture)
     pal = shade.palette(cfg.cmap)
-    w, h = size
-    rgb_sink = _Sink(widen_pipe, FramePipe, pipe_size, w * h * 3, lambda: RGBFrames(size, pal))
-    index_sink = _Sink(widen_pipe, FramePipe, pipe_size, w * h, lambda: np.empty((h, w), np.uint8))
+    width, height = size
+    rgb_sink = _Sink(FramePipe, width * height * 3, lambda: RGBFrames(size, pal))
+    index_sink = _Sink(FramePipe, width * height, lambda: np.empty((height, width), np.uint8))
     palette_words = np.zeros(1024, np.uint8)  # what follows each index frame
     pick = range(n)  # every frame, in order, as a render makes them
     t = dict(make=0.0, rgb=0.0, send_rgb=0.0, send_index=0.0)
@@ -126,11 +122,11 @@ def run(ckpts: Path, size: tuple[int, int], fpk: int = 5, max_points: int = 2000
                 index = index_sink.buffers[f % 2]
                 np.copyto(index, frame)
             index_sink.pipe.send(index, palette_words)
-            h_ = time.thread_time()
+            h = time.thread_time()
             t["make"] += d - c
             t["rgb"] += e - d
             t["send_rgb"] += g - e
-            t["send_index"] += h_ - g
+            t["send_index"] += h - g
     finally:
         rgb_sink.close()
         index_sink.close()

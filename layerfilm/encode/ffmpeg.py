@@ -35,7 +35,7 @@ import numpy as np
 from .. import atomic
 from .._kernels import palette_rgb_changed_kernel, palette_rgb_kernel
 from ..errors import EncodeError
-from .pipe import FramePipe, pipe_size
+from .pipe import FramePipe, widen_pipe  # noqa: F401  (widen_pipe: bench/frame_cost.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,19 +124,6 @@ def _prctl():
         return None
 
 
-def widen_pipe(stream, size: int = 1 << 20) -> None:
-    """Give the pipe ``stream`` writes to a ``size``-byte buffer where the system allows
-    (Linux: up to /proc/sys/fs/pipe-max-size, 1 MiB by default), else leave it: a 1080p RGB
-    frame is 6 MB, and the default 64 KiB pipe makes both ends wake ~95 times a frame (the
-    write costs 1.3 ms of CPU with 1 MiB, 2.0 ms with 64 KiB, measured here)."""
-    try:
-        import fcntl
-
-        fcntl.fcntl(stream.fileno(), fcntl.F_SETPIPE_SZ, size)
-    except (ImportError, AttributeError, OSError, ValueError):  # not Linux
-        pass
-
-
 def dies_with_us() -> Callable[[], None] | None:
     """A ``preexec_fn`` that makes a child process get SIGKILL when this process dies, even by
     SIGKILL (Linux ``PR_SET_PDEATHSIG``): otherwise an ffmpeg outlives a killed render and
@@ -205,7 +192,8 @@ class _Ffmpeg:
         w, h = size
         self._pal = np.frombuffer(self._pal_bytes, np.uint8)  # sent after every pal8 frame
         self._rgb = RGBFrames(size, self.palette)
-        self._rgbs: tuple[RGBFrames, ...] = (self._rgb,)
+        self._rgbs: tuple[RGBFrames, ...] = (self._rgb,)  # two, and _index, when spliced
+        self._index: tuple[np.ndarray, ...] = ()
         self._pipe: FramePipe | None = None
         self.frames_written = 0
         self._proc: subprocess.Popen | None = None
@@ -238,7 +226,6 @@ class _Ffmpeg:
             raise EncodeError(f"cannot start ffmpeg: {e}") from None
         w, h = self.size
         frame_bytes = w * h * (1 if self.encoder.pix_fmt_in == "pal8" else 3)
-        widen_pipe(self._proc.stdin, pipe_size(frame_bytes))
         self._pipe = FramePipe(self._proc.stdin, frame_bytes, self._splice)
         if self._pipe.spliced:  # frames handed over go from two buffers in turn (see FramePipe)
             self._rgbs = (self._rgb, RGBFrames(self.size, self.palette))
