@@ -195,7 +195,8 @@ def make_plan(selection: Selection, metrics: Path | None = None,
         check_memory(where, itemsize, layers, shapes, budget, given)
         planned.append(layers)
 
-    headers = _headers(refs, sel.skip_bad, newest, skipped, storage, plan_first)
+    metadata: dict = {}  # the safetensors files' metadata, read with their headers
+    headers = _headers(refs, sel.skip_bad, newest, skipped, storage, plan_first, metadata)
     odd = checkpoints.check_one_run([(ref, shapes) for ref, _, shapes, _, _ in headers], folder, storage)
     layers = planned[0] if planned else None
     good: list[checkpoints.CheckpointRef] = []
@@ -220,7 +221,7 @@ def make_plan(selection: Selection, metrics: Path | None = None,
         raise CheckpointError(f"only {len(good)} of {len(refs)} checkpoints could be read{why}; "
                               "a film needs at least two", location)
     loss = (checkpoints.load_loss_file(metrics) if metrics is not None
-            else checkpoints.load_loss_curve(folder, good, storage))
+            else checkpoints.load_loss_curve(folder, good, storage, metadata))
     skipped = [(storage.display(p) if isinstance(p, PurePath) else p, why) for p, why in skipped]
     plan = Plan(folder, good, skipped, layers, loss, storage,
                 checkpoints.checkpoint_tokens(good, loss, storage), source.url, ignored,
@@ -231,19 +232,22 @@ def make_plan(selection: Selection, metrics: Path | None = None,
 
 
 def _headers(refs: list[checkpoints.CheckpointRef], skip_bad: bool, newest: int, skipped: list,
-             storage: Storage, first: Callable[[str, dict, int | None], None]
+             storage: Storage, first: Callable[[str, dict, int | None], None], metadata: dict
              ) -> list[tuple[checkpoints.CheckpointRef, str, dict, tuple, int | None]]:
     """``(ref, where, shapes, identities, itemsize)`` of every checkpoint that opens: its files'
     identities taken first, then headers only, so what each holds is known before any data is
     read; ``first(where, shapes, itemsize)`` is called on the first that opens, before any
     other is opened.  One that does not open stops the film (``skip_bad``: it joins
-    ``skipped``)."""
+    ``skipped``).  A safetensors file's metadata goes into ``metadata`` (path -> dict), so the
+    loss it may hold is not read again."""
     out = []
     for ref in refs:
         try:
             files = ref.file_identities()  # before its first byte is read: a rewrite shows
             ckpt = ref.open()
             out.append((ref, ckpt.where, ckpt.shapes(), files, getattr(ckpt, "itemsize", None)))
+            if isinstance(ckpt, checkpoints.SafetensorsFile):
+                metadata[ref.path] = ckpt.metadata
             del ckpt  # a torch pickle holds its tensors: one at a time
         except CheckpointError as e:
             if not skip_bad:

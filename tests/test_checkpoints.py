@@ -1,5 +1,6 @@
 import json
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -114,6 +115,28 @@ def test_bad_safetensors_named_in_one_line(tmp_path, make, message):
     with pytest.raises(CheckpointError, match=message) as e:
         open_checkpoint(path)
     assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_plan_reads_each_header_once_and_the_loss_from_it(tmp_path, monkeypatch):
+    # The loss in the checkpoints' metadata comes from the headers the plan read to check
+    # them, not from opening every file again (which took a third of planning 180 files).
+    from conftest import plan_of
+
+    run = write_run(tmp_path / "run", n=4)
+    opened = []
+    original = SafetensorsFile.__init__
+
+    def counted(self, path, *args, **kwargs):
+        opened.append(Path(str(path)).name)
+        original(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(SafetensorsFile, "__init__", counted)
+    plan = plan_of(run)
+    assert sorted(opened) == sorted(Path(str(r.path)).name for r in plan.refs)  # once each
+    want = load_loss_curve(run, discover(run)[0])  # the files opened for it (the old way)
+    assert plan.loss.source == want.source == "checkpoint metadata"
+    np.testing.assert_array_equal(plan.loss.steps, want.steps)
+    np.testing.assert_array_equal(plan.loss.values, want.values)
 
 
 def test_loss_curve_sources(tmp_path):

@@ -9,7 +9,7 @@ import io
 import math
 import os
 from pathlib import Path, PurePath
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import numpy as np
 
@@ -54,13 +54,15 @@ def _last(steps: np.ndarray, values: np.ndarray, step: float) -> float | None:
 
 
 def load_loss_curve(folder: PurePath | str | os.PathLike, refs: Iterable[CheckpointRef] = (),
-                    storage: Storage = LOCAL) -> LossCurve | None:
+                    storage: Storage = LOCAL, metadata: Mapping[PurePath, dict] | None = None
+                    ) -> LossCurve | None:
     """The loss curve logged beside the checkpoints, or ``None``.
 
     Looks for ``metrics.jsonl`` / ``log.jsonl`` / ``metrics.csv`` (columns ``step``
     and ``loss`` or ``train_loss``) in ``folder`` and the folders down to the
     checkpoints, and ``trainer_state.json`` (``log_history``) beside the last checkpoint;
-    falls back to a ``loss`` entry in each safetensors file's metadata.
+    falls back to a ``loss`` entry in each safetensors file's metadata (``metadata``: those
+    already read, by path, not read again).
     """
     folder = folder if isinstance(folder, PurePath) else Path(folder)
     refs = list(refs)
@@ -90,10 +92,12 @@ def load_loss_curve(folder: PurePath | str | os.PathLike, refs: Iterable[Checkpo
         if ref.path.suffix.lower() in SAFETENSORS_SUFFIXES:
             from .formats import SafetensorsFile
 
-            try:
-                meta = SafetensorsFile(ref.path, ref.storage).metadata
-            except CheckpointError:
-                continue
+            meta = (metadata or {}).get(ref.path)
+            if meta is None:
+                try:
+                    meta = SafetensorsFile(ref.path, ref.storage).metadata
+                except CheckpointError:
+                    continue
             loss = _float(meta.get("loss", meta.get("train_loss")))
             if loss is not None:
                 pairs.append((ref.step, loss))
