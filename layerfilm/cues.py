@@ -174,15 +174,14 @@ class PanelCues:
         if x1 <= x0:
             return None
         w, h = x1 - x0, y1 - y0
-        xs, ys, rebel_cols = [], [], np.zeros(w, dtype=bool)
-        for k in range(1, len(self.steps)):
-            y = (1 - self.level[l, k]) * (h - 1)
-            a, b = self.x_of(l, self.steps[k - 1]) - x0, self.x_of(l, self.steps[k]) - x0
-            xs += [a, b]
-            ys += [y, y]
-            if self.rebel[l, k]:
-                rebel_cols[int(round(a)):int(round(b)) + 1] = True
-        mask = polyline(np.array(xs), np.array(ys), w, h)
+        at = self.x_of(l, self.steps) - x0  # each keyframe's column
+        y = (1 - self.level[l, 1:]) * (h - 1)
+        xs = np.stack([at[:-1], at[1:]], axis=1).ravel()  # each interval's ends, in turn
+        ys = np.repeat(y, 2)
+        rebel_cols = np.zeros(w, dtype=bool)
+        for k in np.flatnonzero(self.rebel[l, 1:]) + 1:
+            rebel_cols[int(round(at[k - 1])):int(round(at[k])) + 1] = True
+        mask = polyline(xs, ys, w, h)
         # Rebel intervals are green from the first frame on, the line and a bar beneath it, so
         # the film shows when a layer breaks from its neighbours before the cursor gets there.
         bar = np.zeros((h, w), dtype=bool)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import compose, cues, header, interpolate, overlays, project, raster, shade
+from .cluster import threads
 from .grid import FrameSpec, Grid, arrange, fonts
 from .text import text_width
 from .config import RenderConfig
@@ -213,7 +214,7 @@ def prepare(plan: Plan, keys: Keyframes, spec: FilmSpec, measured: Drift | None 
             labels[l] = f"{labels[l]} k {panel['k']}/{panel['period']}"
     points = np.array([l.n_points for l in plan.layers])
     grid = arrange(_frame_spec(
-        spec, plan.layers, labels, captions, project.axis_ranges(extremes, starts), spec.title or plan.name,
+        spec, plan.layers, labels, captions, project.axis_ranges(extremes, starts, workers=threads()), spec.title or plan.name,
         widest, tuple(_share_range(panel) for panel in keys.panels) if keys.panels else ()))
     rasterizer = raster.Rasterizer(spec.size, grid.rects, grid.scale, grid.sigma, starts)
     shader = shade.Shader(rasterizer.span(keys.P, times), spec.color_scale)

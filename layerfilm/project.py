@@ -8,6 +8,7 @@ layer whose weights grow is seen to grow.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import warnings
 from typing import Protocol
@@ -243,7 +244,7 @@ def project_keyframe(X: np.ndarray, projection: Projection, track: Track) -> np.
 
 
 def axis_ranges(extremes: np.ndarray, starts: np.ndarray, quantile: float = 0.995,
-                cap: float = 1.5) -> np.ndarray:
+                cap: float = 1.5, workers: int = 1) -> np.ndarray:
     """How far each panel's drawing reaches along x and y, for the whole film.
 
     extremes: (M, N, 2) how far out each point goes along x and y (e.g. over each segment of
@@ -253,16 +254,19 @@ def axis_ranges(extremes: np.ndarray, starts: np.ndarray, quantile: float = 0.99
     points' reach (a few far outliers), in which case ``cap`` times that quantile, and the
     outliers are drawn pinned to the panel's edge (and counted, see
     :func:`layerfilm.interpolate.outside_counts`).  1.0 for a panel with nothing finite.
+    ``workers``: threads the panels are shared among (numpy's partition lets go of the GIL;
+    0.42 s in one on the bench film).
     """
-    out = np.ones((len(starts) - 1, 2))
-    for l in range(len(starts) - 1):
+    def reach(l: int) -> np.ndarray:
         cols = np.ascontiguousarray(extremes[:, starts[l]:starts[l + 1]].reshape(-1, 2).T)
         cols = [c if np.isfinite(c).all() else c[np.isfinite(c)] for c in cols]
         full = np.array([c.max() if c.size else 0.0 for c in cols])
         typical = np.array([np.quantile(c, quantile) if c.size else 0.0 for c in cols])
         half = np.where(typical > 0, np.minimum(full, cap * typical), full)
-        out[l] = np.where(half > 0, half, 1.0)
-    return out
+        return np.where(half > 0, half, 1.0)
+
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        return np.array(list(pool.map(reach, range(len(starts) - 1))), dtype=np.float64).reshape(-1, 2)
 
 
 # --projection fourier: how many trailing special tokens ('=', BOS, ...) may follow the residues,
