@@ -213,8 +213,9 @@ def prepare(plan: Plan, keys: Keyframes, spec: FilmSpec, measured: Drift | None 
         if panel.get("plane"):  # a Fourier plane: say which frequency the ring is drawn in
             labels[l] = f"{labels[l]} k {panel['k']}/{panel['period']}"
     points = np.array([l.n_points for l in plan.layers])
+    reach = project.axis_ranges(extremes, starts, workers=threads())
     grid = arrange(_frame_spec(
-        spec, plan.layers, labels, captions, project.axis_ranges(extremes, starts, workers=threads()), spec.title or plan.name,
+        spec, plan.layers, labels, captions, reach, spec.title or plan.name,
         widest, tuple(_share_range(panel) for panel in keys.panels) if keys.panels else ()))
     rasterizer = raster.Rasterizer(spec.size, grid.rects, grid.scale, grid.sigma, starts)
     shader = shade.Shader(rasterizer.span(keys.P, times), spec.color_scale)

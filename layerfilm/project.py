@@ -265,8 +265,13 @@ def axis_ranges(extremes: np.ndarray, starts: np.ndarray, quantile: float = 0.99
         half = np.where(typical > 0, np.minimum(full, cap * typical), full)
         return np.where(half > 0, half, 1.0)
 
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        return np.array(list(pool.map(reach, range(len(starts) - 1))), dtype=np.float64).reshape(-1, 2)
+    panels = range(len(starts) - 1)
+    if workers > 1:
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            found = list(pool.map(reach, panels))
+    else:
+        found = [reach(l) for l in panels]
+    return np.array(found, dtype=np.float64).reshape(-1, 2)
 
 
 # --projection fourier: how many trailing special tokens ('=', BOS, ...) may follow the residues,
