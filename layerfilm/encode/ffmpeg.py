@@ -35,7 +35,7 @@ import numpy as np
 from .. import atomic
 from .._kernels import palette_rgb_changed_kernel, palette_rgb_kernel
 from ..errors import EncodeError
-from .pipe import FramePipe, widen_pipe  # noqa: F401  (widen_pipe: bench/frame_cost.py)
+from .pipe import FramePipe
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,11 +188,8 @@ class _Ffmpeg:
         self.encoder = encoder
         self.start_number = start_number
         self.palette = np.ascontiguousarray(palette, dtype=np.uint8)
-        self._pal_bytes = palette_bytes(self.palette)
-        w, h = size
-        self._pal = np.frombuffer(self._pal_bytes, np.uint8)  # sent after every pal8 frame
-        self._rgb = RGBFrames(size, self.palette)
-        self._rgbs: tuple[RGBFrames, ...] = (self._rgb,)  # two, and _index, when spliced
+        self._pal = np.frombuffer(palette_bytes(self.palette), np.uint8)  # sent after each pal8 frame
+        self._rgbs: tuple[RGBFrames, ...] = (RGBFrames(size, self.palette),)  # two when spliced
         self._index: tuple[np.ndarray, ...] = ()
         self._pipe: FramePipe | None = None
         self.frames_written = 0
@@ -228,7 +225,7 @@ class _Ffmpeg:
         frame_bytes = w * h * (1 if self.encoder.pix_fmt_in == "pal8" else 3)
         self._pipe = FramePipe(self._proc.stdin, frame_bytes, self._splice)
         if self._pipe.spliced:  # frames handed over go from two buffers in turn (see FramePipe)
-            self._rgbs = (self._rgb, RGBFrames(self.size, self.palette))
+            self._rgbs += (RGBFrames(self.size, self.palette),)
             self._index = (np.empty((h, w), np.uint8), np.empty((h, w), np.uint8))
         return self
 
