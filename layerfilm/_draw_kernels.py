@@ -71,9 +71,12 @@ def splat_kernel(xy, starts, xform, rect, table, offset, radius, counts, touched
     colour span's pass need to look at.
 
     Written for speed with the exact sums of the plain loop: indices are unsigned (numba
-    checks a signed index for wrap-around at every access), and each tap of the footprint's
+    checks a signed index for wrap-around at every access), each tap of the footprint's
     square inside the rect adds its weight or +0.0 (which leaves a non-negative float32 as it
-    is) rather than branching on the cut-off, which the CPU cannot predict.
+    is) rather than branching on the cut-off, which the CPU cannot predict, and a point inside
+    its box is recognised by two comparisons, not two divisions (for ``a >= 0`` and ``b > 0``
+    the rounded ``a / b`` exceeds 1 exactly when ``a > b``; with ``b`` zero or negative,
+    ``a <= b`` leaves only 0 / 0, which pins nothing either).
     """
     ex, ey = np.empty(127), np.empty(127)
     flat = counts.reshape(-1)
@@ -91,10 +94,11 @@ def splat_kernel(xy, starts, xform, rect, table, offset, radius, counts, touched
             u, v = xy[i, 0] * sx, xy[i, 1] * sy
             if not (np.isfinite(u) and np.isfinite(v)):
                 continue
-            r = max(abs(u) / hw, abs(v) / hh)
-            if r > 1.0:
-                u /= r
-                v /= r
+            if not (abs(u) <= hw and abs(v) <= hh):  # divide only for a point beyond the box
+                r = max(abs(u) / hw, abs(v) / hh)
+                if r > 1.0:
+                    u /= r
+                    v /= r
             fx, fy = u + ox, v + oy
             ix, iy = np.floor(fx), np.floor(fy)
             tx, ty = (fx - ix) * PHASES, (fy - iy) * PHASES

@@ -92,6 +92,28 @@ def test_splat_kernel_equals_numpy_twin(sigma):
         assert ys.min() <= 1 and xs.min() <= 1 and ys.max() >= y1 - y0 - 2 and xs.max() >= x1 - x0 - 2
 
 
+def test_splat_kernel_pins_exactly_as_the_twin_at_the_edge_of_the_box():
+    # The kernel tells a point inside its box by comparisons, the twin by dividing: points on
+    # the edge, one float32 step either side of it and far beyond, and a panel too small to
+    # have a box at all (its half-width minus the pad is 0), must land on the same pixels.
+    rects = np.array([[2, 3, 42, 43], [50, 3, 54, 43]], np.int64)
+    edge = np.float32(18 / 8)  # half-width 20 - pad 2, at 8 pixels per unit: exact in float32
+    xs = np.array([edge, np.nextafter(edge, np.float32(0)), np.nextafter(edge, np.float32(9)), 9.0],
+                  np.float32)
+    first = [(sx * x, sy * y) for x in (0.0, *xs) for y in (0.0, *xs) for sx in (1, -1) for sy in (1, -1)]
+    second = [(sx * x, sy * y) for x in xs for y in (0.0, *xs) for sx in (1, -1) for sy in (1, -1)]
+    xy = np.array(first + second, np.float32)  # (0 / 0 in the box-less panel: the twin's NaN)
+    starts = np.array([0, len(first), len(first) + len(second)], np.int64)
+    r = Rasterizer((100, 50), rects, np.array([8.0, 8.0]), np.array([0.6, 0.6]), starts)
+    assert r.xform[0, 4] * r.xform[0, 0] ** -1 == edge and r.xform[1, 4] == 0.0
+    a, b = np.zeros((50, 100), np.float32), np.zeros((50, 100), np.float32)
+    D.splat_kernel(xy, starts, r.xform, rects, *r.footprint, a, np.zeros((2, 4), np.int64))
+    with np.errstate(divide="ignore", invalid="ignore"):  # the box of width 0
+        D.splat_numpy(xy, starts, r.xform, rects, *r.footprint, b)
+    np.testing.assert_array_equal(a, b)
+    assert a[:, 2:42].any() and a[:, 50:54].any()
+
+
 def test_splat_kernel_marks_a_panel_with_nothing_drawn_as_empty():
     rects, starts = _panels()
     r = Rasterizer((100, 50), rects, np.array([10.0, 20.0]), np.array([1.0, 1.0]), starts)
