@@ -114,6 +114,105 @@ def test_splat_kernel_pins_exactly_as_the_twin_at_the_edge_of_the_box():
     assert a[:, 2:42].any() and a[:, 50:54].any()
 
 
+def _crowd(seed, K=5, N=400):
+    """Keyframes of two panels whose dots gather into tight clumps and part again (dense
+    pixels between keyframes), a few far outside their panel (pinned), one not finite."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(8, 2)) * 0.8
+    home = centres[rng.integers(0, 8, N)]
+    P = np.stack([home + rng.normal(size=(N, 2)) * (0.02 if k % 2 else 0.6) for k in range(K)])
+    P[:, :4] *= 9.0  # beyond the panel: pinned onto its edge
+    P[2, 7] = np.nan
+    return P.astype(np.float32), np.array([0.0, 6.0, 9.0, 17.0, 20.0])[:K]
+
+
+@pytest.mark.parametrize("sigma", [[0.68, 0.68], [1.3, 2.7]])
+def test_bound_kernel_equals_numpy_twin_and_bounds_every_frame_it_covers(sigma):
+    # The bound for a group of frames is at least the densest pixel of each panel in each of
+    # those frames, measured by the numpy twins of the interpolation and the splat.
+    P, times = _crowd(2)
+    rects = np.array([[2, 3, 62, 53], [70, 3, 130, 53]], np.int64)
+    starts = np.array([0, 250, 400], np.int64)
+    r = Rasterizer((140, 60), rects, np.array([14.0, 9.0]), np.array(sigma), starts)
+    margin = D.bound_margin(np.diff(starts))
+    G, tight, moved = 5, [], 0
+    stack = np.empty((G, 400, 2), np.float32)
+    image, peaks = np.zeros((60, 140), np.float32), np.empty(2, np.float32)
+    for a in range(0, frame_count(times), G):
+        frames = range(a, min(a + G, frame_count(times)))
+        for j, f in enumerate(frames):
+            k = min(int(np.searchsorted(times, f, side="right")) - 1, len(times) - 2)
+            stack[j] = K.hermite_numpy(P, times, k, float(f))
+        D.bound_kernel(stack, len(frames), starts, r.xform, rects, r.falloff, r.falloff_offset,
+                       r.radius, image, peaks)
+        twin = D.bound_numpy(stack, len(frames), starts, r.xform, rects, r.falloff, r.falloff_offset,
+                             r.radius, image.shape)
+        np.testing.assert_array_equal(peaks, twin)
+        assert not image.any()  # left zero for the next group
+        for l in range(2):
+            densest = 0.0
+            for j in range(len(frames)):
+                counts = np.zeros_like(image)
+                D.splat_numpy(stack[j], starts[l:l + 2], r.xform[l:l + 1], rects[l:l + 1], r.table,
+                              r.offset[l:l + 1], r.radius[l:l + 1], counts)
+                densest = max(densest, float(counts.max()))
+            if np.isinf(peaks[l]):
+                moved += 1
+                continue
+            assert peaks[l] * margin[l] >= densest, (a, l)
+            tight.append(peaks[l] / densest)
+    assert tight and np.median(tight) < 2.0  # a bound, but a close one
+    assert moved >= 1  # the groups where dots race from clump to clump are left to the splat
+
+
+def test_colour_span_is_the_densest_pixel_of_every_frame_exactly():
+    # The span's pass splats only the (group, panel) pairs whose bound could beat what it has
+    # found: the result is the plain maximum over every frame, to the bit.
+    P, times = _crowd(3)
+    rects = np.array([[2 + 34 * i, 3 + 30 * j, 32 + 34 * i, 31 + 30 * j] for j in range(2) for i in range(4)],
+                     np.int64)
+    starts = np.arange(0, 401, 50, dtype=np.int64)
+    r = Rasterizer((140, 64), rects, np.full(8, 7.0), np.full(8, 0.68), starts)
+    want = 1.0
+    for f in range(frame_count(times)):
+        k = min(int(np.searchsorted(times, f, side="right")) - 1, len(times) - 2)
+        counts = np.zeros((64, 140), np.float32)
+        D.splat_numpy(K.hermite_numpy(P, times, k, float(f)), starts, r.xform, rects, *r.footprint, counts)
+        want = max(want, float(counts.max()))
+    assert want > 3.0
+    assert r.span(P, times) == want
+
+
+def test_colour_span_looks_past_a_high_bound_to_the_densest_pixel():
+    # Panel 1's six dots, 2 px apart, each move 7 px within a group of frames: their boxes
+    # overlap, so its bound is the highest, but no two meet (densest about 1); panel 0's two
+    # dots sit still on one spot (densest about 2).  The densest pixel is behind a lower bound.
+    times, scale = np.array([0.0, 8.0, 16.0]), 7.0
+    still = np.broadcast_to(np.array([0.5, -0.5]) / scale, (3, 2, 2))  # on a pixel centre
+    row = np.stack([np.stack([(2.0 * np.arange(6) + 0.875 * t - 12) / scale, np.zeros(6)], axis=1)
+                    for t in times])
+    P = np.concatenate([still, row], axis=1).astype(np.float32)
+    rects = np.array([[2, 2, 32, 32], [40, 2, 70, 32]], np.int64)
+    starts = np.array([0, 2, 8], np.int64)
+    r = Rasterizer((72, 34), rects, np.full(2, scale), np.full(2, 0.68), starts)
+    stack = np.stack([K.hermite_numpy(P, times, 0, float(f)) for f in range(8)])
+    peaks = np.empty(2, np.float32)
+    D.bound_kernel(stack, 8, starts, r.xform, rects, r.falloff, r.falloff_offset, r.radius,
+                   np.zeros((34, 72), np.float32), peaks)
+    densest = []
+    for l in range(2):
+        top = 0.0
+        for f in range(frame_count(times)):
+            counts = np.zeros((34, 72), np.float32)
+            k = min(f // 8, 1)
+            D.splat_numpy(K.hermite_numpy(P, times, k, float(f)), starts[l:l + 2], r.xform[l:l + 1],
+                          rects[l:l + 1], r.table, r.offset[l:l + 1], r.radius[l:l + 1], counts)
+            top = max(top, float(counts.max()))
+        densest.append(top)
+    assert peaks[1] > peaks[0] and densest[1] < 1.2 < 1.5 < densest[0]
+    assert r.span(P, times) == densest[0]
+
+
 def test_splat_kernel_marks_a_panel_with_nothing_drawn_as_empty():
     rects, starts = _panels()
     r = Rasterizer((100, 50), rects, np.array([10.0, 20.0]), np.array([1.0, 1.0]), starts)
