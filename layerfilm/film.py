@@ -218,6 +218,8 @@ def prepare(plan: Plan, keys: Keyframes, spec: FilmSpec, measured: Drift | None 
         spec, plan.layers, labels, captions, reach, spec.title or plan.name,
         widest, tuple(_share_range(panel) for panel in keys.panels) if keys.panels else ()))
     rasterizer = raster.Rasterizer(spec.size, grid.rects, grid.scale, grid.sigma, starts)
+    pinned = interpolate.outside_counts(keys.P, times, rasterizer.limits, starts, extremes)
+    del extremes  # (K-1, N, 2) float64: 376 MB on the bench film, not kept through the span's pass
     shader = shade.Shader(rasterizer.span(keys.P, times), spec.color_scale)
     extras: list[compose.Overlay] = [
         overlays.Header(grid, spec.title or plan.name, fields, n_frames),
@@ -230,7 +232,6 @@ def prepare(plan: Plan, keys: Keyframes, spec: FilmSpec, measured: Drift | None 
     if measured is not None and spec.drift:
         extras.append(overlays.DriftBars(grid.rects, measured.rate, times))
     live = measured is not None and (spec.cues or spec.order == "settle")
-    pinned = interpolate.outside_counts(keys.P, times, rasterizer.limits, starts, extremes)
     if spec.label_tokens and plan.probe is not None:
         marked = plan.probe.labelled(spec.label_tokens)
         if marked:
