@@ -29,14 +29,28 @@ PHASES = 64
 FLOOR = float(np.exp(-CUTOFF * CUTOFF / 2.0))  # the footprint's weight at its cut-off
 
 
+def footprint_radius(sigma: float) -> int:
+    """R: a footprint reaches R pixels either side of the pixel its centre is in."""
+    return min(int(np.ceil(CUTOFF * sigma)), 63)
+
+
 def footprint_table(sigma: float) -> np.ndarray:
     """``(PHASES + 1, 2R + 1)`` float64: row p holds exp(-d^2 / 2 sigma^2) at the 2R + 1 pixel
     centres around a point p / PHASES of the way through its pixel (R = ceil(CUTOFF sigma), at
-    most 63)."""
-    R = min(int(np.ceil(CUTOFF * sigma)), 63)
+    most 63: :func:`footprint_radius`)."""
+    R = footprint_radius(sigma)
     t = np.arange(PHASES + 1) / PHASES
     d = np.arange(2 * R + 1)[None, :] - R + 0.5 - t[:, None]
     return np.exp(-d * d / (2.0 * sigma * sigma))
+
+
+def footprint_steps(table: np.ndarray) -> np.ndarray:
+    """A :func:`footprint_table`'s differences from each row to the next (the last row 0), in
+    its shape: :func:`splat_kernel` reads them instead of forming each per point (the same
+    float64 subtraction, made once)."""
+    steps = np.zeros_like(table)
+    steps[:-1] = table[1:] - table[:-1]
+    return steps
 
 
 @ngjit
@@ -58,13 +72,13 @@ def take_max(counts, boxes):
 
 
 @ngjit
-def splat_kernel(xy, starts, xform, rect, table, offset, radius, counts, touched):
+def splat_kernel(xy, starts, xform, rect, table, steps, offset, radius, counts, touched):
     """Add every point of every panel into ``counts``.
 
     xy: (N, 2) float32; starts: (L+1,) int64 offsets of each panel's points;
     xform: (L, 6) float64 [sx, ox, sy, oy, hw, hh]; rect: (L, 4) int64 [x0, y0, x1, y1)
     half-open; table: every panel's :func:`footprint_table` flattened, one after another,
-    panel l's from ``offset[l]``; radius: (L,) int64 its R; counts: (H, W) float32, added to
+    panel l's from ``offset[l]``, and steps the same for its :func:`footprint_steps`; radius: (L,) int64 its R; counts: (H, W) float32, added to
     in place.  Weights below :data:`FLOOR` (beyond the cut-off circle) are not deposited.
     touched: (L, 4) int64, set to the box ``[x0, y0, x1, y1)`` inside each panel's rect that
     holds every pixel this call added to (empty, x0 == x1, when none): what shading and the
@@ -107,9 +121,8 @@ def splat_kernel(xy, starts, xform, rect, table, offset, radius, counts, touched
             ty -= py
             rx, ry = np.uint64(base + px * n), np.uint64(base + py * n)
             for j in range(un):
-                a, b = table[rx + j], table[ry + j]
-                ex[j] = a + tx * (table[rx + un + j] - a)
-                ey[j] = b + ty * (table[ry + un + j] - b)
+                ex[j] = table[rx + j] + tx * steps[rx + j]
+                ey[j] = table[ry + j] + ty * steps[ry + j]
             cx, cy = int(ix) - R, int(iy) - R
             ax, bx, ay, by = max(0, x0 - cx), min(n, x1 - cx), max(0, y0 - cy), min(n, y1 - cy)
             if ax >= bx or ay >= by:
@@ -117,6 +130,16 @@ def splat_kernel(xy, starts, xform, rect, table, offset, radius, counts, touched
             lo_x, hi_x = min(lo_x, cx + ax), max(hi_x, cx + bx)
             lo_y, hi_y = min(lo_y, cy + ay), max(hi_y, cy + by)
             at = np.uint64((cy + ay) * width + cx)
+            if n == 5 and ax == 0 and ay == 0 and bx == 5 and by == 5:
+                # The smallest dots (DOT_MIN: every panel of many points) away from the edge:
+                # the same deposits in loops of known length, which the compiler unrolls.
+                for jy in range(np.uint64(5)):
+                    wy = ey[jy]
+                    for jx in range(np.uint64(5)):
+                        w = ex[jx] * wy
+                        flat[at + jx] += np.float32(w if w >= FLOOR else 0.0)
+                    at += row_step
+                continue
             jx0, jx1 = np.uint64(ax), np.uint64(bx)
             for jy in range(np.uint64(ay), np.uint64(by)):
                 wy = ey[jy]
@@ -129,8 +152,9 @@ def splat_kernel(xy, starts, xform, rect, table, offset, radius, counts, touched
         touched[l, 0], touched[l, 1], touched[l, 2], touched[l, 3] = lo_x, lo_y, hi_x, hi_y
 
 
-def splat_numpy(xy, starts, xform, rect, table, offset, radius, counts):
-    """The numpy twin of :func:`splat_kernel` (same arguments, same in-place result)."""
+def splat_numpy(xy, starts, xform, rect, table, steps, offset, radius, counts):
+    """The numpy twin of :func:`splat_kernel` (same arguments, same in-place result; it forms
+    the rows' differences itself rather than reading ``steps``)."""
     for l in range(len(starts) - 1):
         (sx, ox, sy, oy, hw, hh), (x0, y0, x1, y1), R = xform[l], rect[l], int(radius[l])
         n = 2 * R + 1
@@ -174,7 +198,7 @@ MOVE = 8  # pixels a point may move within a group of frames (along x and y) to 
 def falloff_table(sigma: float) -> np.ndarray:
     """``(PHASES * (R + 2) + 1,)`` float64: exp(-d^2 / 2 sigma^2) at d = k / PHASES (R as in
     :func:`footprint_table`), computed as its rows are, so equal distances give equal bits."""
-    R = min(int(np.ceil(CUTOFF * sigma)), 63)
+    R = footprint_radius(sigma)
     d = np.arange(PHASES * (R + 2) + 1) / PHASES
     return np.exp(-d * d / (2.0 * sigma * sigma))
 

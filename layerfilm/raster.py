@@ -7,8 +7,8 @@ import concurrent.futures
 import numpy as np
 
 from . import interpolate
-from ._draw_kernels import (CUTOFF, bound_kernel, bound_margin, falloff_table, footprint_table,
-                            splat_kernel, take_max)
+from ._draw_kernels import (CUTOFF, bound_kernel, bound_margin, falloff_table, footprint_steps,
+                            footprint_table, splat_kernel, take_max)
 from ._kernels import hermite_kernel
 from .cluster import threads
 
@@ -66,6 +66,7 @@ class Rasterizer:
         self.radius = np.array([(t.shape[1] - 1) // 2 for t in tables], dtype=np.int64)
         self.offset = np.concatenate([[0], np.cumsum([t.size for t in tables])]).astype(np.int64)
         self.table = np.concatenate([t.ravel() for t in tables]) if tables else np.zeros(0)
+        self.steps = np.concatenate([footprint_steps(t).ravel() for t in tables]) if tables else np.zeros(0)
         falloff = [falloff_table(g) for g in self.sigma]
         self.falloff = np.concatenate(falloff) if falloff else np.zeros(0)
         self.falloff_offset = np.concatenate([[0], np.cumsum([len(f) for f in falloff])]).astype(np.int64)
@@ -74,9 +75,9 @@ class Rasterizer:
         self.touched = self.rects.copy()
 
     @property
-    def footprint(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(table, offset, radius)``: the splat kernel's footprint arguments."""
-        return self.table, self.offset, self.radius
+    def footprint(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(table, steps, offset, radius)``: the splat kernel's footprint arguments."""
+        return self.table, self.steps, self.offset, self.radius
 
     @property
     def limits(self) -> np.ndarray:
@@ -142,6 +143,6 @@ class Rasterizer:
             for f in range(*groups[g]):
                 hermite_kernel(rows, times, interpolate.segment(times, f)[0], float(f), xy)
                 splat_kernel(xy, local, self.xform[l:l + 1], self.rects[l:l + 1], self.table,
-                             self.offset[l:l + 1], self.radius[l:l + 1], counts, touched)
+                             self.steps, self.offset[l:l + 1], self.radius[l:l + 1], counts, touched)
                 best = max(best, float(take_max(counts, touched)))
         return best

@@ -153,7 +153,7 @@ def test_bound_kernel_equals_numpy_twin_and_bounds_every_frame_it_covers(sigma):
             densest = 0.0
             for j in range(len(frames)):
                 counts = np.zeros_like(image)
-                D.splat_numpy(stack[j], starts[l:l + 2], r.xform[l:l + 1], rects[l:l + 1], r.table,
+                D.splat_numpy(stack[j], starts[l:l + 2], r.xform[l:l + 1], rects[l:l + 1], r.table, r.steps,
                               r.offset[l:l + 1], r.radius[l:l + 1], counts)
                 densest = max(densest, float(counts.max()))
             if np.isinf(peaks[l]):
@@ -206,7 +206,7 @@ def test_colour_span_looks_past_a_high_bound_to_the_densest_pixel():
             counts = np.zeros((34, 72), np.float32)
             k = min(f // 8, 1)
             D.splat_numpy(K.hermite_numpy(P, times, k, float(f)), starts[l:l + 2], r.xform[l:l + 1],
-                          rects[l:l + 1], r.table, r.offset[l:l + 1], r.radius[l:l + 1], counts)
+                          rects[l:l + 1], r.table, r.steps, r.offset[l:l + 1], r.radius[l:l + 1], counts)
             top = max(top, float(counts.max()))
         densest.append(top)
     assert peaks[1] > peaks[0] and densest[1] < 1.2 < 1.5 < densest[0]
