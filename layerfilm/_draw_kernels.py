@@ -72,6 +72,31 @@ def take_max(counts, boxes):
 
 
 @ngjit
+def _five(table, steps, r, t):
+    """A 5-wide footprint's factors at phase row ``r``, ``t`` of the way to the next row."""
+    u = np.uint64(1)
+    return (table[r] + t * steps[r], table[r + u] + t * steps[r + u],
+            table[r + 2 * u] + t * steps[r + 2 * u], table[r + 3 * u] + t * steps[r + 3 * u],
+            table[r + 4 * u] + t * steps[r + 4 * u])
+
+
+@ngjit
+def _row5(flat, at, wy, e):
+    """One row of a 5-wide footprint's deposits (see :func:`splat_kernel`) from ``flat[at]``."""
+    u = np.uint64(1)
+    w = e[0] * wy
+    flat[at] += np.float32(w if w >= FLOOR else 0.0)
+    w = e[1] * wy
+    flat[at + u] += np.float32(w if w >= FLOOR else 0.0)
+    w = e[2] * wy
+    flat[at + 2 * u] += np.float32(w if w >= FLOOR else 0.0)
+    w = e[3] * wy
+    flat[at + 3 * u] += np.float32(w if w >= FLOOR else 0.0)
+    w = e[4] * wy
+    flat[at + 4 * u] += np.float32(w if w >= FLOOR else 0.0)
+
+
+@ngjit
 def splat_kernel(xy, starts, xform, rect, table, steps, offset, radius, counts, touched):
     """Add every point of every panel into ``counts``.
 
@@ -120,26 +145,27 @@ def splat_kernel(xy, starts, xform, rect, table, steps, offset, radius, counts, 
             tx -= px
             ty -= py
             rx, ry = np.uint64(base + px * n), np.uint64(base + py * n)
+            cx, cy = int(ix) - R, int(iy) - R
+            if n == 5 and x0 <= cx and cx + 5 <= x1 and y0 <= cy and cy + 5 <= y1:
+                # The smallest dots (DOT_MIN: every panel of many points) inside their panel:
+                # the same deposits, the factors kept in registers, the loops unrolled.
+                e, g = _five(table, steps, rx, tx), _five(table, steps, ry, ty)
+                lo_x, hi_x = min(lo_x, cx), max(hi_x, cx + 5)
+                lo_y, hi_y = min(lo_y, cy), max(hi_y, cy + 5)
+                at = np.uint64(cy * width + cx)
+                for jy in range(5):
+                    _row5(flat, at, g[jy], e)
+                    at += row_step
+                continue
             for j in range(un):
                 ex[j] = table[rx + j] + tx * steps[rx + j]
                 ey[j] = table[ry + j] + ty * steps[ry + j]
-            cx, cy = int(ix) - R, int(iy) - R
             ax, bx, ay, by = max(0, x0 - cx), min(n, x1 - cx), max(0, y0 - cy), min(n, y1 - cy)
             if ax >= bx or ay >= by:
                 continue
             lo_x, hi_x = min(lo_x, cx + ax), max(hi_x, cx + bx)
             lo_y, hi_y = min(lo_y, cy + ay), max(hi_y, cy + by)
             at = np.uint64((cy + ay) * width + cx)
-            if n == 5 and ax == 0 and ay == 0 and bx == 5 and by == 5:
-                # The smallest dots (DOT_MIN: every panel of many points) away from the edge:
-                # the same deposits in loops of known length, which the compiler unrolls.
-                for jy in range(np.uint64(5)):
-                    wy = ey[jy]
-                    for jx in range(np.uint64(5)):
-                        w = ex[jx] * wy
-                        flat[at + jx] += np.float32(w if w >= FLOOR else 0.0)
-                    at += row_step
-                continue
             jx0, jx1 = np.uint64(ax), np.uint64(bx)
             for jy in range(np.uint64(ay), np.uint64(by)):
                 wy = ey[jy]
