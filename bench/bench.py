@@ -89,7 +89,7 @@ if capture:  # record the exact bytes sent to ffmpeg, for the encode-only floor
     original = encode.FilmWriter.write
     def write(self, frame):
         if self.encoder.pix_fmt_in == "pal8":
-            sink.write(frame.tobytes()); sink.write(self._pal_bytes)
+            sink.write(frame.tobytes()); sink.write(self._pal.tobytes())
         else:
             sink.write(self.palette[frame].tobytes())
         original(self, frame)

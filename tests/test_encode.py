@@ -122,3 +122,29 @@ def test_frames_handed_to_the_pipe_without_a_copy_arrive_exact(tmp_path, fmt):
     assert got.shape == (n, h, w, 3)
     for i, f in enumerate(sent):
         np.testing.assert_array_equal(got[i], pal[f], err_msg=f"{fmt} frame {i}")
+
+
+@pytest.mark.parametrize("suffix, per_pixel", [(".gif", 1), (".mkv", 3)])
+def test_bench_captures_the_exact_frames_sent_to_ffmpeg(tmp_path, suffix, per_pixel):
+    # `make bench`'s encode-only floor replays what a render sent ffmpeg, recorded by a hook on
+    # the writer: it must keep up with the writer (a renamed attribute once broke `make bench`).
+    import importlib.util
+
+    from conftest import ROOT, SAMPLE
+    from layerfilm.config import RenderConfig
+    from layerfilm.encode.ffmpeg import palette_bytes
+
+    spec = importlib.util.spec_from_file_location("bench_main", ROOT / "bench" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    raw = tmp_path / "raw"
+    r = bench.run_layerfilm(dict(ckpts=str(SAMPLE), out=str(tmp_path / f"c{suffix}"), fps=4, fpk=2,
+                                 size=[160, 90], max_points=64, capture=str(raw)))
+    frame = 160 * 90 * per_pixel + (1024 if per_pixel == 1 else 0)
+    data = raw.read_bytes()
+    assert r["frames"] > 1 and len(data) == r["frames"] * frame
+    if per_pixel == 1:  # each index frame followed by the palette ffmpeg is sent
+        assert data[frame - 1024:frame] == palette_bytes(palette(RenderConfig.cmap))
+    else:  # the RGB frames are the lossless film's
+        first = decode(tmp_path / f"c{suffix}")[0]
+        assert np.frombuffer(data[:frame], np.uint8).reshape(90, 160, 3).tolist() == first.tolist()
