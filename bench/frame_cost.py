@@ -1,5 +1,6 @@
-"""layerfilm's own CPU per frame, in-process: the colour span's pass (every frame splatted once
-before the first is drawn, both threads' CPU) and the frame loop (interpolate, splat, shade,
+"""layerfilm's own CPU per frame, in-process: the colour span's pass (every frame's densest
+pixel found before the first is drawn: a bound per group of frames and the splats it cannot
+rule out, both threads' CPU) and the frame loop (interpolate, splat, shade,
 overlays; then the RGB conversion and the pipe write an RGB film pays, or the index frame a GIF
 sends), each as CPU milliseconds per frame of the film.  The pipe is drained by ``cat`` so no
 encoder's CPU is counted (or competes).  Called by bench.py; also runs alone:
