@@ -103,8 +103,8 @@ def splat_kernel(xy, starts, xform, rect, table, steps, offset, radius, counts, 
     xy: (N, 2) float32; starts: (L+1,) int64 offsets of each panel's points;
     xform: (L, 6) float64 [sx, ox, sy, oy, hw, hh]; rect: (L, 4) int64 [x0, y0, x1, y1)
     half-open; table: every panel's :func:`footprint_table` flattened, one after another,
-    panel l's from ``offset[l]``, and steps the same for its :func:`footprint_steps`; radius: (L,) int64 its R; counts: (H, W) float32, added to
-    in place.  Weights below :data:`FLOOR` (beyond the cut-off circle) are not deposited.
+    panel l's from ``offset[l]``; steps: the same for their :func:`footprint_steps`; radius:
+    (L,) int64 its R; counts: (H, W) float32, added to in place.  Weights below :data:`FLOOR` (beyond the cut-off circle) are not deposited.
     touched: (L, 4) int64, set to the box ``[x0, y0, x1, y1)`` inside each panel's rect that
     holds every pixel this call added to (empty, x0 == x1, when none): what shading and the
     colour span's pass need to look at.
@@ -244,7 +244,7 @@ def bound_kernel(stack, g, starts, xform, rect, falloff, offset, radius, image, 
     most = 1
     for l in range(rect.shape[0]):
         most = max(most, rect[l, 2] - rect[l, 0], rect[l, 3] - rect[l, 1])
-    fx_, fy_ = np.empty(most), np.empty(most)
+    col_w, row_w = np.empty(most), np.empty(most)
     flat = image.reshape(-1)
     width = image.shape[1]
     row_step = np.uint64(width)
@@ -284,19 +284,19 @@ def bound_kernel(stack, g, starts, xform, rect, falloff, offset, radius, image, 
             for X in range(cx0, cx1):
                 c = X + 0.5  # the pixel's centre; k / PHASES <= its distance to the box - 1 / PHASES
                 d = max(amin - c, c - amax) * PHASES - 1.0 - 1e-6
-                fx_[X - cx0] = falloff[base + (min(int(d), last) if d > 0.0 else 0)]
+                col_w[X - cx0] = falloff[base + (min(int(d), last) if d > 0.0 else 0)]
             for Y in range(cy0, cy1):
                 c = Y + 0.5
                 d = max(bmin - c, c - bmax) * PHASES - 1.0 - 1e-6
-                fy_[Y - cy0] = falloff[base + (min(int(d), last) if d > 0.0 else 0)]
+                row_w[Y - cy0] = falloff[base + (min(int(d), last) if d > 0.0 else 0)]
             lo_x, hi_x = min(lo_x, cx0), max(hi_x, cx1)
             lo_y, hi_y = min(lo_y, cy0), max(hi_y, cy1)
             at = np.uint64(cy0 * width + cx0)
             nx = np.uint64(cx1 - cx0)
             for jy in range(np.uint64(cy1 - cy0)):
-                wy = fy_[jy]
+                wy = row_w[jy]
                 for jx in range(nx):
-                    flat[at + jx] += np.float32(fx_[jx] * wy)
+                    flat[at + jx] += np.float32(col_w[jx] * wy)
                 at += row_step
         for y in range(lo_y, hi_y):  # the panel's largest, and the image left zero
             row = np.uint64(y * width)
