@@ -72,6 +72,21 @@ def take_max(counts, boxes):
 
 
 @ngjit
+def _centre(x, y, sx, ox, sy, oy, hw, hh):
+    """``(drawn, px, py)``: where the splat puts the centre of a point at data ``(x, y)`` (see
+    :func:`splat_kernel`'s ``xform``), pinned onto its panel's box; not drawn if not finite."""
+    u, v = x * sx, y * sy
+    if not (np.isfinite(u) and np.isfinite(v)):
+        return False, 0.0, 0.0
+    if not (abs(u) <= hw and abs(v) <= hh):  # divide only for a point beyond the box
+        r = max(abs(u) / hw, abs(v) / hh)
+        if r > 1.0:
+            u /= r
+            v /= r
+    return True, u + ox, v + oy
+
+
+@ngjit
 def _five(table, steps, r, t):
     """A 5-wide footprint's factors at phase row ``r``, ``t`` of the way to the next row."""
     u = np.uint64(1)
@@ -130,15 +145,9 @@ def splat_kernel(xy, starts, xform, rect, table, steps, offset, radius, counts, 
         base = offset[l]
         lo_x, lo_y, hi_x, hi_y = x1, y1, x0, y0
         for i in range(starts[l], starts[l + 1]):
-            u, v = xy[i, 0] * sx, xy[i, 1] * sy
-            if not (np.isfinite(u) and np.isfinite(v)):
+            drawn, fx, fy = _centre(xy[i, 0], xy[i, 1], sx, ox, sy, oy, hw, hh)
+            if not drawn:
                 continue
-            if not (abs(u) <= hw and abs(v) <= hh):  # divide only for a point beyond the box
-                r = max(abs(u) / hw, abs(v) / hh)
-                if r > 1.0:
-                    u /= r
-                    v /= r
-            fx, fy = u + ox, v + oy
             ix, iy = np.floor(fx), np.floor(fy)
             tx, ty = (fx - ix) * PHASES, (fy - iy) * PHASES
             px, py = min(int(tx), PHASES - 1), min(int(ty), PHASES - 1)
@@ -260,15 +269,9 @@ def bound_kernel(stack, g, starts, xform, rect, falloff, offset, radius, image, 
         for i in range(starts[l], starts[l + 1]):
             amin, amax, bmin, bmax = np.inf, -np.inf, np.inf, -np.inf
             for f in range(g):  # where the splat puts the point's centre in each frame
-                u, v = stack[f, i, 0] * sx, stack[f, i, 1] * sy
-                if not (np.isfinite(u) and np.isfinite(v)):
+                drawn, fx, fy = _centre(stack[f, i, 0], stack[f, i, 1], sx, ox, sy, oy, hw, hh)
+                if not drawn:
                     continue
-                if not (abs(u) <= hw and abs(v) <= hh):
-                    r = max(abs(u) / hw, abs(v) / hh)
-                    if r > 1.0:
-                        u /= r
-                        v /= r
-                fx, fy = u + ox, v + oy
                 amin, amax = min(amin, fx), max(amax, fx)
                 bmin, bmax = min(bmin, fy), max(bmax, fy)
             if amin > amax:  # not finite in any of the frames
