@@ -72,7 +72,7 @@ def take_max(counts, boxes):
 
 
 @ngjit
-def _centre(x, y, sx, ox, sy, oy, hw, hh):
+def splat_centre(x, y, sx, ox, sy, oy, hw, hh):
     """``(drawn, px, py)``: where the splat puts the centre of a point at data ``(x, y)`` (see
     :func:`splat_kernel`'s ``xform``), pinned onto its panel's box; not drawn if not finite."""
     u, v = x * sx, y * sy
@@ -112,6 +112,19 @@ def _row5(flat, at, wy, e):
 
 
 @ngjit
+def _row3(flat, at, wy, e):
+    """The middle three of :func:`_row5`'s deposits (a 5 x 5 footprint's top and bottom rows,
+    whose corners lie beyond the cut-off)."""
+    u = np.uint64(1)
+    w = e[1] * wy
+    flat[at + u] += np.float32(w if w >= FLOOR else 0.0)
+    w = e[2] * wy
+    flat[at + 2 * u] += np.float32(w if w >= FLOOR else 0.0)
+    w = e[3] * wy
+    flat[at + 3 * u] += np.float32(w if w >= FLOOR else 0.0)
+
+
+@ngjit
 def splat_kernel(xy, starts, xform, rect, table, steps, offset, radius, counts, touched):
     """Add every point of every panel into ``counts``.
 
@@ -119,10 +132,11 @@ def splat_kernel(xy, starts, xform, rect, table, steps, offset, radius, counts, 
     xform: (L, 6) float64 [sx, ox, sy, oy, hw, hh]; rect: (L, 4) int64 [x0, y0, x1, y1)
     half-open; table: every panel's :func:`footprint_table` flattened, one after another,
     panel l's from ``offset[l]``; steps: the same for their :func:`footprint_steps`; radius:
-    (L,) int64 its R; counts: (H, W) float32, added to in place.  Weights below :data:`FLOOR` (beyond the cut-off circle) are not deposited.
-    touched: (L, 4) int64, set to the box ``[x0, y0, x1, y1)`` inside each panel's rect that
-    holds every pixel this call added to (empty, x0 == x1, when none): what shading and the
-    colour span's pass need to look at.
+    (L,) int64 its R; counts: (H, W) float32, added to in place.  Weights below
+    :data:`FLOOR` (beyond the cut-off circle) are not deposited.  touched: (L, 4) int64, set
+    to the box ``[x0, y0, x1, y1)`` inside each panel's rect that holds every pixel this call
+    added to (empty, x0 == x1, when none): what shading and the colour span's pass need to
+    look at.
 
     Written for speed with the exact sums of the plain loop: indices are unsigned (numba
     checks a signed index for wrap-around at every access), each tap of the footprint's
@@ -145,7 +159,7 @@ def splat_kernel(xy, starts, xform, rect, table, steps, offset, radius, counts, 
         base = offset[l]
         lo_x, lo_y, hi_x, hi_y = x1, y1, x0, y0
         for i in range(starts[l], starts[l + 1]):
-            drawn, fx, fy = _centre(xy[i, 0], xy[i, 1], sx, ox, sy, oy, hw, hh)
+            drawn, fx, fy = splat_centre(xy[i, 0], xy[i, 1], sx, ox, sy, oy, hw, hh)
             if not drawn:
                 continue
             ix, iy = np.floor(fx), np.floor(fy)
@@ -157,14 +171,19 @@ def splat_kernel(xy, starts, xform, rect, table, steps, offset, radius, counts, 
             cx, cy = int(ix) - R, int(iy) - R
             if n == 5 and x0 <= cx and cx + 5 <= x1 and y0 <= cy and cy + 5 <= y1:
                 # The smallest dots (DOT_MIN: every panel of many points) inside their panel:
-                # the same deposits, the factors kept in registers, the loops unrolled.
+                # the same deposits, the factors kept in registers, the loops unrolled, and
+                # the square's corners left out: R = 2 means sigma <= 0.8, so the cut-off
+                # circle (2.5 sigma <= 2 px) never reaches a corner's centre (>= 2.12 px off;
+                # there the weight is below 0.7 FLOOR, its table error 7e-5): they add +0.0.
                 e, g = _five(table, steps, rx, tx), _five(table, steps, ry, ty)
                 lo_x, hi_x = min(lo_x, cx), max(hi_x, cx + 5)
                 lo_y, hi_y = min(lo_y, cy), max(hi_y, cy + 5)
                 at = np.uint64(cy * width + cx)
-                for jy in range(5):
-                    _row5(flat, at, g[jy], e)
-                    at += row_step
+                _row3(flat, at, g[0], e)
+                _row5(flat, at + row_step, g[1], e)
+                _row5(flat, at + 2 * row_step, g[2], e)
+                _row5(flat, at + 3 * row_step, g[3], e)
+                _row3(flat, at + 4 * row_step, g[4], e)
                 continue
             for j in range(un):
                 ex[j] = table[rx + j] + tx * steps[rx + j]
@@ -215,140 +234,6 @@ def splat_numpy(xy, starts, xform, rect, table, steps, offset, radius, counts):
         w = ex[:, None, :] * ey[:, :, None]
         keep = (xx >= x0) & (xx < x1) & (yy >= y0) & (yy < y1) & (w >= FLOOR)
         np.add.at(counts, (yy[keep], xx[keep]), w[keep].astype(np.float32))
-
-
-# --- a bound on a group of frames' densest pixel ---------------------------------------------
-# The colour span is the densest pixel of every frame.  Most panels of most frames are far
-# below it, and a cheap upper bound shows which: for a group of frames, each point's box (the
-# least and greatest pixel position it takes in those frames, pinned as the splat pins it)
-# bounds the weight it can give any pixel by the footprint at the box's nearest edge.  The
-# splat interpolates its footprint between sub-pixel phases 1 / PHASES apart, and the
-# Gaussian falls away from the centre, so that weight is at most the Gaussian at that
-# distance less 1 / PHASES: :func:`falloff_table` holds it at every multiple of 1 / PHASES.
-
-
-MOVE = 8  # pixels a point may move within a group of frames (along x and y) to be bounded
-
-
-def falloff_table(sigma: float) -> np.ndarray:
-    """``(PHASES * (R + 2) + 1,)`` float64: exp(-d^2 / 2 sigma^2) at d = k / PHASES (R as in
-    :func:`footprint_table`), computed as its rows are, so equal distances give equal bits."""
-    R = footprint_radius(sigma)
-    d = np.arange(PHASES * (R + 2) + 1) / PHASES
-    return np.exp(-d * d / (2.0 * sigma * sigma))
-
-
-@ngjit
-def bound_kernel(stack, g, starts, xform, rect, falloff, offset, radius, image, peaks):
-    """peaks[l] = the largest pixel of panel l in ``image`` after every point of the panel
-    adds, at each pixel its footprint could reach in any of the frames ``stack[:g]``, the most
-    it could give there: at least the densest pixel of panel l in any of those frames (up to
-    float32 rounding: see :func:`bound_margin`), or infinity where a point's box spans more
-    than :data:`MOVE` pixels beyond its footprint's square (too costly a bound, and too loose).
-
-    stack: (G, N, 2) float32 positions, g <= G of them used; starts, xform, rect, radius: as
-    :func:`splat_kernel`'s; falloff: every panel's :func:`falloff_table` one after another,
-    panel l's from ``offset[l]``; image: (H, W) float32, zero, left zero; peaks: (L,) float32.
-    """
-    most = 1
-    for l in range(rect.shape[0]):
-        most = max(most, rect[l, 2] - rect[l, 0], rect[l, 3] - rect[l, 1])
-    col_w, row_w = np.empty(most), np.empty(most)
-    flat = image.reshape(-1)
-    width = image.shape[1]
-    row_step = np.uint64(width)
-    for l in range(starts.shape[0] - 1):
-        sx, ox, sy, oy, hw, hh = xform[l, 0], xform[l, 1], xform[l, 2], xform[l, 3], xform[l, 4], xform[l, 5]
-        x0, y0, x1, y1 = rect[l, 0], rect[l, 1], rect[l, 2], rect[l, 3]
-        R = radius[l]
-        base = offset[l]
-        last = offset[l + 1] - base - 1
-        reach = (2 * R + 1 + MOVE) * (2 * R + 1 + MOVE)
-        lo_x, lo_y, hi_x, hi_y = x1, y1, x0, y0
-        top = np.float32(0.0)
-        for i in range(starts[l], starts[l + 1]):
-            amin, amax, bmin, bmax = np.inf, -np.inf, np.inf, -np.inf
-            for f in range(g):  # where the splat puts the point's centre in each frame
-                drawn, fx, fy = _centre(stack[f, i, 0], stack[f, i, 1], sx, ox, sy, oy, hw, hh)
-                if not drawn:
-                    continue
-                amin, amax = min(amin, fx), max(amax, fx)
-                bmin, bmax = min(bmin, fy), max(bmax, fy)
-            if amin > amax:  # not finite in any of the frames
-                continue
-            # The columns and rows the splat's (2R + 1)-square reaches from anywhere in the box.
-            cx0, cx1 = max(int(np.floor(amin)) - R, x0), min(int(np.floor(amax)) + R + 1, x1)
-            cy0, cy1 = max(int(np.floor(bmin)) - R, y0), min(int(np.floor(bmax)) + R + 1, y1)
-            if cx0 >= cx1 or cy0 >= cy1:
-                continue
-            if (cx1 - cx0) * (cy1 - cy0) > reach:  # moving too far to be worth bounding
-                top = np.float32(np.inf)
-                break
-            for X in range(cx0, cx1):
-                c = X + 0.5  # the pixel's centre; k / PHASES <= its distance to the box - 1 / PHASES
-                d = max(amin - c, c - amax) * PHASES - 1.0 - 1e-6
-                col_w[X - cx0] = falloff[base + (min(int(d), last) if d > 0.0 else 0)]
-            for Y in range(cy0, cy1):
-                c = Y + 0.5
-                d = max(bmin - c, c - bmax) * PHASES - 1.0 - 1e-6
-                row_w[Y - cy0] = falloff[base + (min(int(d), last) if d > 0.0 else 0)]
-            lo_x, hi_x = min(lo_x, cx0), max(hi_x, cx1)
-            lo_y, hi_y = min(lo_y, cy0), max(hi_y, cy1)
-            at = np.uint64(cy0 * width + cx0)
-            nx = np.uint64(cx1 - cx0)
-            for jy in range(np.uint64(cy1 - cy0)):
-                wy = row_w[jy]
-                for jx in range(nx):
-                    flat[at + jx] += np.float32(col_w[jx] * wy)
-                at += row_step
-        for y in range(lo_y, hi_y):  # the panel's largest, and the image left zero
-            row = np.uint64(y * width)
-            for x in range(row + np.uint64(lo_x), row + np.uint64(hi_x)):
-                top = max(top, flat[x])
-                flat[x] = 0.0
-        peaks[l] = top
-
-
-def bound_numpy(stack, g, starts, xform, rect, falloff, offset, radius, shape):
-    """The numpy twin of :func:`bound_kernel`: returns ``peaks`` (L,) float32."""
-    peaks = np.zeros(len(starts) - 1, np.float32)
-    for l in range(len(starts) - 1):
-        (sx, ox, sy, oy, hw, hh), (x0, y0, x1, y1), R = xform[l], rect[l], int(radius[l])
-        F = falloff[offset[l]:offset[l + 1]]
-        p = stack[:g, starts[l]:starts[l + 1]].astype(np.float64)
-        u, v = p[..., 0] * sx, p[..., 1] * sy  # (g, n)
-        ok = np.isfinite(u) & np.isfinite(v)
-        with np.errstate(invalid="ignore"):
-            r = np.maximum(np.maximum(np.abs(u) / hw, np.abs(v) / hh), 1.0)
-        fx = np.where(ok, u / np.where(ok, r, 1.0) + ox, np.nan)
-        fy = np.where(ok, v / np.where(ok, r, 1.0) + oy, np.nan)
-        image = np.zeros(shape, np.float32)
-        reach = (2 * R + 1 + MOVE) ** 2
-        for i in np.flatnonzero(ok.any(axis=0)):
-            box = []
-            for q, lo, hi in ((fx[:, i], x0, x1), (fy[:, i], y0, y1)):
-                a, b = np.nanmin(q), np.nanmax(q)
-                cols = np.arange(max(int(np.floor(a)) - R, lo), min(int(np.floor(b)) + R + 1, hi))
-                d = np.maximum(a - (cols + 0.5), (cols + 0.5) - b) * PHASES - 1.0 - 1e-6
-                k = np.where(d > 0, np.minimum(np.where(d > 0, d, 0).astype(np.int64), len(F) - 1), 0)
-                box.append((cols, F[k]))
-            (xs, wx), (ys, wy) = box
-            if len(xs) * len(ys) > reach:
-                image[y0, x0] = np.inf
-                break
-            if len(xs) and len(ys):
-                image[ys[0]:ys[-1] + 1, xs[0]:xs[-1] + 1] += (wy[:, None] * wx[None, :]).astype(np.float32)
-        peaks[l] = image.max()
-    return peaks
-
-
-def bound_margin(points: np.ndarray) -> np.ndarray:
-    """(L,) float64: a factor that makes :func:`bound_kernel`'s peaks for panels of ``points``
-    dots true upper bounds on what the splat deposits.  Each of a pixel's float32 sums (the
-    splat's and the bound's) is within (1 + 2^-24)^(n + 1) of its exact sum of n deposits, and
-    each deposit is within 2^-24 (float32) plus a few float64 ulps (the interpolation) of its
-    exact value: a factor of 1 + 4 (n + 2) 2^-24 covers both."""
-    return 1.0 + 4.0 * (np.asarray(points, dtype=np.float64) + 2.0) * 2.0 ** -24
 
 
 # --- how far the curves reach ----------------------------------------------------------------

@@ -7,9 +7,9 @@ import concurrent.futures
 import numpy as np
 
 from . import interpolate
-from ._draw_kernels import (CUTOFF, bound_kernel, bound_margin, falloff_table, footprint_steps,
-                            footprint_table, splat_kernel, take_max)
+from ._draw_kernels import CUTOFF, footprint_steps, footprint_table, splat_kernel, take_max
 from ._kernels import hermite_kernel
+from ._span_kernels import bound_kernel, bound_margin, falloff_table
 from .cluster import threads
 
 FWHM = 2.0 * np.sqrt(2.0 * np.log(2.0))  # a Gaussian's full width at half maximum, in sigmas
@@ -100,7 +100,7 @@ class Rasterizer:
         not enough: dots converging between two keyframes pile up denser than at either.
 
         Exact, without splatting every panel of every frame: each group of :data:`GROUP`
-        frames gets an upper bound per panel (:func:`~layerfilm._draw_kernels.bound_kernel`,
+        frames gets an upper bound per panel (:func:`~layerfilm._span_kernels.bound_kernel`,
         about three splats' work for the eight frames), then the (group, panel) pairs are splatted
         exactly, highest bound first, until the next bound is no higher than the densest
         pixel found.  On the bench film (129 panels, 896 frames) 257 of 14,448 pairs are

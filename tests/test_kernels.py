@@ -7,6 +7,7 @@ from layerfilm import _draw_kernels as D
 from layerfilm import _kernels as K
 from layerfilm import _plane_kernels as PK
 from layerfilm import _read_kernels as RK
+from layerfilm import _span_kernels as S
 from layerfilm.interpolate import Interpolator, frame_count, keyframe_times
 from layerfilm.raster import Rasterizer
 from layerfilm.shade import (CMAP_LOW, DENSITY_BASE, DENSITY_LEVELS, REBEL, SETTLED, TEXT_BASE, TEXT_LEVELS,
@@ -67,7 +68,7 @@ def _panels():
     return rects, starts
 
 
-@pytest.mark.parametrize("sigma", [[0.6, 0.6], [1.3, 2.7], [4.0, 0.9]])
+@pytest.mark.parametrize("sigma", [[0.6, 0.6], [0.8, 0.41], [1.3, 2.7], [4.0, 0.9]])
 def test_splat_kernel_equals_numpy_twin(sigma):
     rng = np.random.default_rng(1)
     rects, starts = _panels()
@@ -75,6 +76,7 @@ def test_splat_kernel_equals_numpy_twin(sigma):
     xy = (rng.normal(size=(500, 2)) * 1.2).astype(np.float32)  # some fall outside their panel
     xy[5] = np.nan
     xy[6] = [np.inf, 0]
+    xy[10:20] = np.arange(-5, 5)[:, None] / np.float32(10)  # on (just past) pixel corners
     a, b = np.zeros((50, 100), np.float32), np.zeros((50, 100), np.float32)
     touched = np.full((2, 4), -1, np.int64)
     D.splat_kernel(xy, starts, r.xform, rects, *r.footprint, a, touched)
@@ -134,7 +136,7 @@ def test_bound_kernel_equals_numpy_twin_and_bounds_every_frame_it_covers(sigma):
     rects = np.array([[2, 3, 62, 53], [70, 3, 130, 53]], np.int64)
     starts = np.array([0, 250, 400], np.int64)
     r = Rasterizer((140, 60), rects, np.array([14.0, 9.0]), np.array(sigma), starts)
-    margin = D.bound_margin(np.diff(starts))
+    margin = S.bound_margin(np.diff(starts))
     G, tight, moved = 5, [], 0
     stack = np.empty((G, 400, 2), np.float32)
     image, peaks = np.zeros((60, 140), np.float32), np.empty(2, np.float32)
@@ -143,9 +145,9 @@ def test_bound_kernel_equals_numpy_twin_and_bounds_every_frame_it_covers(sigma):
         for j, f in enumerate(frames):
             k = min(int(np.searchsorted(times, f, side="right")) - 1, len(times) - 2)
             stack[j] = K.hermite_numpy(P, times, k, float(f))
-        D.bound_kernel(stack, len(frames), starts, r.xform, rects, r.falloff, r.falloff_offset,
+        S.bound_kernel(stack, len(frames), starts, r.xform, rects, r.falloff, r.falloff_offset,
                        r.radius, image, peaks)
-        twin = D.bound_numpy(stack, len(frames), starts, r.xform, rects, r.falloff, r.falloff_offset,
+        twin = S.bound_numpy(stack, len(frames), starts, r.xform, rects, r.falloff, r.falloff_offset,
                              r.radius, image.shape)
         np.testing.assert_array_equal(peaks, twin)
         assert not image.any()  # left zero for the next group
@@ -197,7 +199,7 @@ def test_colour_span_looks_past_a_high_bound_to_the_densest_pixel():
     r = Rasterizer((72, 34), rects, np.full(2, scale), np.full(2, 0.68), starts)
     stack = np.stack([K.hermite_numpy(P, times, 0, float(f)) for f in range(8)])
     peaks = np.empty(2, np.float32)
-    D.bound_kernel(stack, 8, starts, r.xform, rects, r.falloff, r.falloff_offset, r.radius,
+    S.bound_kernel(stack, 8, starts, r.xform, rects, r.falloff, r.falloff_offset, r.radius,
                    np.zeros((34, 72), np.float32), peaks)
     densest = []
     for l in range(2):
