@@ -96,32 +96,27 @@ def _five(table, steps, r, t):
 
 
 @ngjit
-def _row5(flat, at, wy, e):
-    """One row of a 5-wide footprint's deposits (see :func:`splat_kernel`) from ``flat[at]``."""
-    u = np.uint64(1)
-    w = e[0] * wy
+def _tap(flat, at, w):
+    """One deposit of :func:`splat_kernel`: ``w`` where it reaches the cut-off, else +0.0."""
     flat[at] += np.float32(w if w >= FLOOR else 0.0)
-    w = e[1] * wy
-    flat[at + u] += np.float32(w if w >= FLOOR else 0.0)
-    w = e[2] * wy
-    flat[at + 2 * u] += np.float32(w if w >= FLOOR else 0.0)
-    w = e[3] * wy
-    flat[at + 3 * u] += np.float32(w if w >= FLOOR else 0.0)
-    w = e[4] * wy
-    flat[at + 4 * u] += np.float32(w if w >= FLOOR else 0.0)
 
 
 @ngjit
 def _row3(flat, at, wy, e):
-    """The middle three of :func:`_row5`'s deposits (a 5 x 5 footprint's top and bottom rows,
-    whose corners lie beyond the cut-off)."""
+    """The middle three deposits of a row of a 5 x 5 footprint (factors ``e`` times ``wy``)
+    from ``flat[at]``: its top and bottom rows, whose corners lie beyond the cut-off."""
     u = np.uint64(1)
-    w = e[1] * wy
-    flat[at + u] += np.float32(w if w >= FLOOR else 0.0)
-    w = e[2] * wy
-    flat[at + 2 * u] += np.float32(w if w >= FLOOR else 0.0)
-    w = e[3] * wy
-    flat[at + 3 * u] += np.float32(w if w >= FLOOR else 0.0)
+    _tap(flat, at + u, e[1] * wy)
+    _tap(flat, at + 2 * u, e[2] * wy)
+    _tap(flat, at + 3 * u, e[3] * wy)
+
+
+@ngjit
+def _row5(flat, at, wy, e):
+    """A whole row of a 5 x 5 footprint's deposits from ``flat[at]``."""
+    _tap(flat, at, e[0] * wy)
+    _row3(flat, at, wy, e)
+    _tap(flat, at + np.uint64(4), e[4] * wy)
 
 
 @ngjit
