@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 
 import numpy as np
 
@@ -125,24 +126,33 @@ class Rasterizer:
                              self.falloff_offset, self.radius, image, peaks)
                 bounds[g] = peaks * margin
 
+        # The pairs in order of their bounds, highest first, taken by both threads in turn:
+        # the first few find the densest pixel, and the rest are ruled out by their bounds
+        # (where dots race, as at one frame a keyframe, many are not: both threads splat).
+        lock, found = threading.Lock(), [1.0]
+
+        def exact(order) -> None:
+            counts, touched = np.zeros_like(self.counts), np.empty((1, 4), np.int64)
+            while True:
+                with lock:
+                    at = next(order, None)
+                    if at is None or not bounds.flat[at] > found[0]:
+                        return  # every pair after it is bounded lower still
+                g, l = divmod(at, L)
+                s, e = self.starts[l], self.starts[l + 1]
+                xy, rows = np.empty((e - s, 2), np.float32), P[:, s:e]
+                local = np.array([0, e - s], np.int64)
+                for f in range(*groups[g]):
+                    hermite_kernel(rows, times, interpolate.segment(times, f)[0], float(f), xy)
+                    splat_kernel(xy, local, self.xform[l:l + 1], self.rects[l:l + 1], self.table,
+                                 self.steps, self.offset[l:l + 1], self.radius[l:l + 1], counts, touched)
+                    top = float(take_max(counts, touched))
+                    with lock:
+                        found[0] = max(found[0], top)
+
         n = threads()
         with concurrent.futures.ThreadPoolExecutor(n) as pool:
             list(pool.map(bound, [range(i, len(groups), n) for i in range(n)]))
-        # The pairs in order of their bounds, highest first: the first few find the densest
-        # pixel, and the rest are ruled out by their bounds.
-        order = np.argsort(-bounds, axis=None, kind="stable")
-        best = 1.0
-        counts, touched = np.zeros_like(self.counts), np.empty((1, 4), np.int64)
-        for at in order:
-            g, l = divmod(int(at), L)
-            if not bounds[g, l] > best:
-                break
-            s, e = self.starts[l], self.starts[l + 1]
-            xy, rows = np.empty((e - s, 2), np.float32), P[:, s:e]
-            local = np.array([0, e - s], np.int64)
-            for f in range(*groups[g]):
-                hermite_kernel(rows, times, interpolate.segment(times, f)[0], float(f), xy)
-                splat_kernel(xy, local, self.xform[l:l + 1], self.rects[l:l + 1], self.table,
-                             self.steps, self.offset[l:l + 1], self.radius[l:l + 1], counts, touched)
-                best = max(best, float(take_max(counts, touched)))
-        return best
+            order = iter(np.argsort(-bounds, axis=None, kind="stable").tolist())
+            list(pool.map(exact, [order] * n))
+        return found[0]
