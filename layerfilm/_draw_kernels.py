@@ -29,6 +29,12 @@ PHASES = 64
 FLOOR = float(np.exp(-CUTOFF * CUTOFF / 2.0))  # the footprint's weight at its cut-off
 
 
+def gaussian(d: np.ndarray, sigma: float) -> np.ndarray:
+    """exp(-d^2 / 2 sigma^2), the footprint's profile: one expression for every table made
+    from it, so equal distances give equal bits."""
+    return np.exp(-d * d / (2.0 * sigma * sigma))
+
+
 def footprint_radius(sigma: float) -> int:
     """R: a footprint reaches R pixels either side of the pixel its centre is in."""
     return min(int(np.ceil(CUTOFF * sigma)), 63)
@@ -40,8 +46,7 @@ def footprint_table(sigma: float) -> np.ndarray:
     most 63: :func:`footprint_radius`)."""
     R = footprint_radius(sigma)
     t = np.arange(PHASES + 1) / PHASES
-    d = np.arange(2 * R + 1)[None, :] - R + 0.5 - t[:, None]
-    return np.exp(-d * d / (2.0 * sigma * sigma))
+    return gaussian(np.arange(2 * R + 1)[None, :] - R + 0.5 - t[:, None], sigma)
 
 
 def footprint_steps(table: np.ndarray) -> np.ndarray:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._draw_kernels import PHASES, footprint_radius, splat_centre
+from ._draw_kernels import PHASES, footprint_radius, gaussian, splat_centre
 from ._kernels import ngjit
 
 # The colour span is the densest pixel of every frame.  Most panels of most frames are far
@@ -25,11 +25,9 @@ MOVE = 8  # pixels a point may move within a group of frames (along x and y) to 
 
 def falloff_table(sigma: float) -> np.ndarray:
     """``(PHASES * (R + 2) + 1,)`` float64: exp(-d^2 / 2 sigma^2) at d = k / PHASES (R as in
-    :func:`~layerfilm._draw_kernels.footprint_table`), computed as its rows are, so equal
-    distances give equal bits."""
-    R = footprint_radius(sigma)
-    d = np.arange(PHASES * (R + 2) + 1) / PHASES
-    return np.exp(-d * d / (2.0 * sigma * sigma))
+    :func:`~layerfilm._draw_kernels.footprint_table`), by the same
+    :func:`~layerfilm._draw_kernels.gaussian` as its rows."""
+    return gaussian(np.arange(PHASES * (footprint_radius(sigma) + 2) + 1) / PHASES, sigma)
 
 
 @ngjit
