@@ -25,7 +25,9 @@ ngjit_fast = numba.njit(cache=True, nogil=True, fastmath=True, error_model="nump
 def hermite_kernel(P, times, k, t, out):
     """Positions at time ``t`` in segment ``k`` (``times[k] <= t <= times[k+1]``).
 
-    P: (K, N, 2) float32 keyframe positions; times: (K,) float64; out: (N, 2) float32.
+    P: (K, M) float32 keyframe coordinates -- (K, N, 2) layouts viewed as (K, 2N), so one
+    loop runs over every coordinate and vectorises (a loop over points with one over x and y
+    inside did not: 3.4x the time); times: (K,) float64; out: (M,) float32.
     """
     K = P.shape[0]
     t0 = times[k]
@@ -43,13 +45,22 @@ def hermite_kernel(P, times, k, t, out):
     kp = k + 2 if k + 2 < K else k + 1
     a0 = h10 * h / (times[k + 1] - times[km])
     a1 = h11 * h / (times[kp] - times[k])
+    here, there, before, after = P[k], P[k + 1], P[km], P[kp]
     for i in range(P.shape[1]):
-        for c in range(2):
-            p0 = P[k, i, c]
-            p1 = P[k + 1, i, c]
-            m0 = (p1 - P[km, i, c]) * a0
-            m1 = (P[kp, i, c] - p0) * a1
-            out[i, c] = h00 * p0 + m0 + h01 * p1 + m1
+        p0 = here[i]
+        p1 = there[i]
+        m0 = (p1 - before[i]) * a0
+        m1 = (after[i] - p0) * a1
+        out[i] = h00 * p0 + m0 + h01 * p1 + m1
+
+
+def hermite_at(P, times, k, t, out):
+    """:func:`hermite_kernel` for (K, N, 2) layouts ``P`` (contiguous in their last two axes,
+    as any ``P[:, a:b]`` of a C-contiguous array is: a view, not a copy) into the
+    C-contiguous ``out`` (N, 2)."""
+    flat = out.view()
+    flat.shape = (-1,)  # raises rather than write into a copy
+    hermite_kernel(P.reshape(P.shape[0], -1), times, k, t, flat)
 
 
 def hermite_numpy(P, times, k, t):

@@ -13,7 +13,7 @@ import concurrent.futures
 import numpy as np
 
 from ._draw_kernels import curve_extremes_kernel
-from ._kernels import hermite_kernel
+from ._kernels import hermite_at, hermite_kernel
 from .cluster import threads
 
 
@@ -65,11 +65,12 @@ class Interpolator:
         self.P = np.ascontiguousarray(P, dtype=np.float32)
         self.times = np.ascontiguousarray(times, dtype=np.float64)
         self.out = np.empty(self.P.shape[1:], dtype=np.float32)
+        self._flat = self.P.reshape(len(self.P), -1), self.out.reshape(-1)  # what the kernel takes
 
     def at(self, t: float) -> np.ndarray:
         """``(N, 2)`` float32 positions at time ``t`` (the returned buffer is reused)."""
         k, _ = segment(self.times, t)
-        hermite_kernel(self.P, self.times, k, float(t), self.out)
+        hermite_kernel(self._flat[0], self.times, k, float(t), self._flat[1])
         return self.out
 
 
@@ -110,7 +111,7 @@ def outside_counts(P: np.ndarray, times: np.ndarray, limits: np.ndarray, starts:
         xy = np.empty((len(idx), 2), dtype=np.float32)
         end = n_frames if k == len(times) - 2 else int(np.ceil(times[k + 1]))
         for f in range(int(np.ceil(times[k])), end):
-            hermite_kernel(sub, times, k, float(f), xy)
+            hermite_at(sub, times, k, float(f), xy)
             beyond = (np.abs(xy.astype(np.float64)) > lim[idx]).any(axis=1)
             np.add.at(out, panel[idx[beyond]], 1)
     return out

@@ -9,7 +9,7 @@ import numpy as np
 
 from . import interpolate
 from ._draw_kernels import CUTOFF, footprint_steps, footprint_table, splat_kernel, take_max
-from ._kernels import hermite_kernel
+from ._kernels import hermite_at
 from ._span_kernels import bound_kernel, bound_margin, falloff_table
 from .cluster import threads
 
@@ -121,7 +121,7 @@ class Rasterizer:
             for g in part:
                 a, b = groups[g]
                 for j, f in enumerate(range(a, b)):
-                    hermite_kernel(P, times, interpolate.segment(times, f)[0], float(f), stack[j])
+                    hermite_at(P, times, interpolate.segment(times, f)[0], float(f), stack[j])
                 bound_kernel(stack, b - a, self.starts, self.xform, self.rects, self.falloff,
                              self.falloff_offset, self.radius, image, peaks)
                 bounds[g] = peaks * margin
@@ -143,7 +143,7 @@ class Rasterizer:
                 xy, rows = np.empty((e - s, 2), np.float32), P[:, s:e]
                 local = np.array([0, e - s], np.int64)
                 for f in range(*groups[g]):
-                    hermite_kernel(rows, times, interpolate.segment(times, f)[0], float(f), xy)
+                    hermite_at(rows, times, interpolate.segment(times, f)[0], float(f), xy)
                     splat_kernel(xy, local, self.xform[l:l + 1], self.rects[l:l + 1], self.table,
                                  self.steps, self.offset[l:l + 1], self.radius[l:l + 1], counts, touched)
                     top = float(take_max(counts, touched))

@@ -27,8 +27,22 @@ def test_hermite_kernel_equals_numpy_twin(track):
     out = np.empty((40, 2), np.float32)
     for t in np.linspace(0, 20, 57):
         k = min(int(np.searchsorted(times, t, side="right")) - 1, len(times) - 2)
-        K.hermite_kernel(P, times, k, t, out)
+        K.hermite_at(P, times, k, t, out)
         np.testing.assert_allclose(out, K.hermite_numpy(P, times, k, t), rtol=1e-6, atol=1e-6)
+
+
+def test_hermite_of_a_panels_columns_is_the_films_to_the_bit(track):
+    """The colour span's exact splats interpolate one panel's points (``P[:, a:b]``, a
+    strided view): the very bits the film's frames get from the whole array."""
+    P, times = track
+    whole, part = np.empty((40, 2), np.float32), np.empty((17, 2), np.float32)
+    for t in np.linspace(0, 20, 57):
+        k = min(int(np.searchsorted(times, t, side="right")) - 1, len(times) - 2)
+        K.hermite_at(P, times, k, t, whole)
+        K.hermite_at(P[:, 11:28], times, k, t, part)
+        assert np.array_equal(part.view(np.uint32), whole[11:28].view(np.uint32))
+    with pytest.raises(AttributeError):  # never written into a copy of ``out``
+        K.hermite_at(P, times, 0, 1.0, np.empty((2, 40), np.float32).T)
 
 
 def test_passes_exactly_through_every_keyframe(track):
