@@ -130,6 +130,40 @@ def test_splat_kernel_pins_exactly_as_the_twin_at_the_edge_of_the_box():
     assert a[:, 2:42].any() and a[:, 50:54].any()
 
 
+def test_splat_kernel_small_dots_placed_at_once_as_one_by_one():
+    # The smallest dots (R = 2) are placed a panel at a time, every point's square in one
+    # branch-free pass: points pinned onto a box far inside the panel (a hand-made xform, so
+    # that a pinned point's own square would still fit the rect), points on pixel corners,
+    # not finite ones and squares across the rect's edge must land as the twin puts them, and
+    # each panel's touched box must be exactly the squares drawn.
+    rng = np.random.default_rng(7)
+    rects = np.array([[2, 3, 42, 43], [50, 3, 90, 43]], np.int64)
+    starts = np.array([0, 300, 500], np.int64)
+    r = Rasterizer((100, 50), rects, np.array([10.0, 10.0]), np.array([0.6, 0.6]), starts)
+    assert (r.radius == 2).all()
+    xform = r.xform.copy()
+    xform[0, 4:] = 6.0  # panel 0: a box of +-6 px inside a 40 px rect: pinning moves dots
+    xy = (rng.normal(size=(500, 2)) * 0.5).astype(np.float32)
+    xy[7], xy[8], xy[9] = np.nan, [0.1, np.inf], [1.78, -1.9]  # 1.78: a square over panel 1's edge
+    xy[310:320] = np.arange(-5, 5)[:, None] / np.float32(10)  # on pixel corners
+    a, b = np.zeros((50, 100), np.float32), np.zeros((50, 100), np.float32)
+    touched = np.full((2, 4), -1, np.int64)
+    D.splat_kernel(xy, starts, xform, rects, *r.footprint, a, touched)
+    D.splat_numpy(xy, starts, xform, rects, *r.footprint, b)
+    np.testing.assert_array_equal(a, b)
+    for l in range(2):
+        (sx, ox, sy, oy, hw, hh), (x0, y0, x1, y1) = xform[l], rects[l]
+        p = xy[starts[l]:starts[l + 1]].astype(np.float64)
+        u, v = p[:, 0] * sx, p[:, 1] * sy
+        ok = np.isfinite(u) & np.isfinite(v)
+        scale = np.maximum(np.maximum(np.abs(u[ok]) / hw, np.abs(v[ok]) / hh), 1.0)
+        cx = np.floor(u[ok] / scale + ox).astype(np.int64) - 2
+        cy = np.floor(v[ok] / scale + oy).astype(np.int64) - 2
+        want = [max(cx.min(), x0), max(cy.min(), y0), min(cx.max() + 5, x1), min(cy.max() + 5, y1)]
+        assert touched[l].tolist() == want
+    assert (np.abs(xy[:300] * 10) > 6).any(axis=1).sum() > 20  # pinned dots were there
+
+
 def _crowd(seed, K=5, N=400):
     """Keyframes of two panels whose dots gather into tight clumps and part again (dense
     pixels between keyframes), a few far outside their panel (pinned), one not finite."""
