@@ -31,6 +31,58 @@ def falloff_table(sigma: float) -> np.ndarray:
 
 
 @ngjit
+def _boxes(stack, g, s0, s1, xf, box, odd):
+    """``box[:, k]`` = the least and greatest x, then y, where the splat puts the centre of
+    point ``s0 + k`` in the frames ``stack[:g]`` (``xf``: the panel's row of ``xform``;
+    inf / -inf where it is never drawn).  Points inside their box in every frame are done in
+    one branch-free pass over the frames that the compiler vectorises (no pinning: the centre
+    is ``u + o``); the rest (pinned or not finite in some frame) again, frame by frame, by
+    :func:`~layerfilm._draw_kernels.splat_centre` itself."""
+    sx, ox, sy, oy, hw, hh = xf[0], xf[1], xf[2], xf[3], xf[4], xf[5]
+    n = s1 - s0
+    x_lo, x_hi, y_lo, y_hi = box[0], box[1], box[2], box[3]
+    for k in range(n):
+        x_lo[k], x_hi[k], y_lo[k], y_hi[k] = np.inf, -np.inf, np.inf, -np.inf
+        odd[k] = False
+    for f in range(g):
+        coords = stack[f].reshape(-1)[2 * s0:2 * s1]  # x, y, x, y, ...: unit-stride loads
+        for k in range(n):
+            u = coords[2 * k] * sx
+            v = coords[2 * k + 1] * sy
+            inside = (abs(u) <= hw) & (abs(v) <= hh)
+            fx, fy = u + ox, v + oy
+            a, b = (fx, fx) if inside else (np.inf, -np.inf)
+            c, d = (fy, fy) if inside else (np.inf, -np.inf)
+            x_lo[k] = a if a < x_lo[k] else x_lo[k]
+            x_hi[k] = b if b > x_hi[k] else x_hi[k]
+            y_lo[k] = c if c < y_lo[k] else y_lo[k]
+            y_hi[k] = d if d > y_hi[k] else y_hi[k]
+            odd[k] |= ~inside
+    for k in range(n):
+        if odd[k]:
+            amin, amax, bmin, bmax = np.inf, -np.inf, np.inf, -np.inf
+            for f in range(g):
+                drawn, fx, fy = splat_centre(stack[f, s0 + k, 0], stack[f, s0 + k, 1], sx, ox, sy, oy, hw, hh)
+                if drawn:
+                    amin, amax = min(amin, fx), max(amax, fx)
+                    bmin, bmax = min(bmin, fy), max(bmax, fy)
+            x_lo[k], x_hi[k], y_lo[k], y_hi[k] = amin, amax, bmin, bmax
+
+
+@ngjit
+def _edge_weights(w, c0, c1, lo, hi, falloff, base, last):
+    """``w[X - c0]`` for the pixel columns (or rows) ``c0 <= X < c1``: the most a point
+    anywhere in ``[lo, hi]`` gives there (see :func:`falloff_table`), by selects, not
+    branches."""
+    for X in range(c0, c1):
+        c = X + 0.5  # the pixel's centre; k / PHASES <= its distance to the box - 1 / PHASES
+        before, after = lo - c, c - hi
+        d = (before if before > after else after) * PHASES - 1.0 - 1e-6
+        k = int(d) if d > 0.0 else 0
+        w[X - c0] = falloff[base + (k if k < last else last)]
+
+
+@ngjit
 def bound_kernel(stack, g, starts, xform, rect, falloff, offset, radius, image, peaks):
     """peaks[l] = the largest pixel of panel l in ``image`` after every point of the panel
     adds, at each pixel its footprint could reach in any of the frames ``stack[:g]``, the most
@@ -43,15 +95,16 @@ def bound_kernel(stack, g, starts, xform, rect, falloff, offset, radius, image, 
     :func:`falloff_table` one after another, panel l's from ``offset[l]``; image: (H, W)
     float32, zero, left zero; peaks: (L,) float32.
     """
-    most = 1
+    most, points = 1, 1
     for l in range(rect.shape[0]):
         most = max(most, rect[l, 2] - rect[l, 0], rect[l, 3] - rect[l, 1])
+        points = max(points, starts[l + 1] - starts[l])
     col_w, row_w = np.empty(most), np.empty(most)
+    box, odd = np.empty((4, points)), np.empty(points, np.bool_)
     flat = image.reshape(-1)
     width = image.shape[1]
     row_step = np.uint64(width)
     for l in range(starts.shape[0] - 1):
-        sx, ox, sy, oy, hw, hh = xform[l, 0], xform[l, 1], xform[l, 2], xform[l, 3], xform[l, 4], xform[l, 5]
         x0, y0, x1, y1 = rect[l, 0], rect[l, 1], rect[l, 2], rect[l, 3]
         R = radius[l]
         base = offset[l]
@@ -59,14 +112,9 @@ def bound_kernel(stack, g, starts, xform, rect, falloff, offset, radius, image, 
         reach = (2 * R + 1 + MOVE) * (2 * R + 1 + MOVE)
         lo_x, lo_y, hi_x, hi_y = x1, y1, x0, y0
         top = np.float32(0.0)
-        for i in range(starts[l], starts[l + 1]):
-            amin, amax, bmin, bmax = np.inf, -np.inf, np.inf, -np.inf
-            for f in range(g):  # where the splat puts the point's centre in each frame
-                drawn, fx, fy = splat_centre(stack[f, i, 0], stack[f, i, 1], sx, ox, sy, oy, hw, hh)
-                if not drawn:
-                    continue
-                amin, amax = min(amin, fx), max(amax, fx)
-                bmin, bmax = min(bmin, fy), max(bmax, fy)
+        _boxes(stack, g, starts[l], starts[l + 1], xform[l], box, odd)
+        for k in range(starts[l + 1] - starts[l]):
+            amin, amax, bmin, bmax = box[0, k], box[1, k], box[2, k], box[3, k]
             if amin > amax:  # not finite in any of the frames
                 continue
             # The columns and rows the splat's (2R + 1)-square reaches from anywhere in the box.
@@ -77,14 +125,8 @@ def bound_kernel(stack, g, starts, xform, rect, falloff, offset, radius, image, 
             if (cx1 - cx0) * (cy1 - cy0) > reach:  # moving too far to be worth bounding
                 top = np.float32(np.inf)
                 break
-            for X in range(cx0, cx1):
-                c = X + 0.5  # the pixel's centre; k / PHASES <= its distance to the box - 1 / PHASES
-                d = max(amin - c, c - amax) * PHASES - 1.0 - 1e-6
-                col_w[X - cx0] = falloff[base + (min(int(d), last) if d > 0.0 else 0)]
-            for Y in range(cy0, cy1):
-                c = Y + 0.5
-                d = max(bmin - c, c - bmax) * PHASES - 1.0 - 1e-6
-                row_w[Y - cy0] = falloff[base + (min(int(d), last) if d > 0.0 else 0)]
+            _edge_weights(col_w, cx0, cx1, amin, amax, falloff, base, last)
+            _edge_weights(row_w, cy0, cy1, bmin, bmax, falloff, base, last)
             lo_x, hi_x = min(lo_x, cx0), max(hi_x, cx1)
             lo_y, hi_y = min(lo_y, cy0), max(hi_y, cy1)
             at = np.uint64(cy0 * width + cx0)

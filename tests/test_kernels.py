@@ -233,6 +233,34 @@ def test_colour_span_is_the_densest_pixel_of_every_frame_exactly():
     assert r.span(P, times) == want
 
 
+def test_bound_counts_dots_pinned_or_missing_in_some_frames():
+    # Points inside their box in every frame are boxed in one vectorised pass, the rest
+    # (pinned onto the box's edge, or not finite, in some frame) frame by frame: a pile of
+    # pinned dots is the densest pixel here, and must be under the bound.
+    rng = np.random.default_rng(3)
+    P = (rng.normal(size=(60, 2)) * 0.5 + rng.normal(size=(4, 60, 2)) * 0.05).astype(np.float32)
+    P[:, :30] = [40.0, 0.5]  # far beyond the right edge: pinned onto one spot, 30 deep
+    P[:, 30:34] = [2.7, -0.5]  # by the box's edge (2.8): inside, then pinned in between
+    P[1:3, 30:34] = [2.95, -0.5]
+    P[2, 40:45] = np.nan  # missing at one keyframe
+    times = np.array([0.0, 3.0, 6.0, 9.0])
+    rects = np.array([[2, 3, 62, 53]], np.int64)
+    starts = np.array([0, 60], np.int64)
+    r = Rasterizer((70, 60), rects, np.array([10.0]), np.array([0.68]), starts)
+    stack = np.stack([K.hermite_numpy(P, times, min(f // 3, 2), float(f)) for f in range(8)])
+    image, peaks = np.zeros((60, 70), np.float32), np.empty(1, np.float32)
+    S.bound_kernel(stack, 8, starts, r.xform, rects, r.falloff, r.falloff_offset, r.radius, image, peaks)
+    twin = S.bound_numpy(stack, 8, starts, r.xform, rects, r.falloff, r.falloff_offset, r.radius, image.shape)
+    np.testing.assert_array_equal(peaks, twin)
+    densest = 0.0
+    for j in range(8):
+        counts = np.zeros_like(image)
+        D.splat_numpy(stack[j], starts, r.xform, rects, r.table, r.steps, r.offset, r.radius, counts)
+        densest = max(densest, float(counts.max()))
+    assert densest > 20  # the pinned pile (30 dots on one spot)
+    assert np.isfinite(peaks[0]) and peaks[0] * S.bound_margin(np.diff(starts))[0] >= densest
+
+
 def test_colour_span_looks_past_a_high_bound_to_the_densest_pixel():
     # Panel 1's six dots, 2 px apart, each move 7 px within a group of frames: their boxes
     # overlap, so its bound is the highest, but no two meet (densest about 1); panel 0's two
