@@ -4,6 +4,15 @@ Kernels trust their inputs (validation happened in ``config/validate.py``) and r
 single-threaded on purpose: ffmpeg needs the other cores, and ``parallel=True``
 kernels fighting the encoder cost more than they win.  ``cache=True`` keeps the
 compiled code on disk so a second run starts fast.
+
+A hot loop is written for the compiler to vectorise it: one unit-stride loop over flat
+arrays (a (N, 2) array as 2N numbers, not a loop over points with one over x and y inside),
+selects (``a if c else b``, ``&`` of comparisons) instead of branches and of ``min``/``max``
+(which branch on NaN), separate 1-D arrays rather than columns of a 2-D one, and no two
+views of one buffer as different types.  Vectorised, the interpolation took 0.11 ms a bench
+frame instead of 0.38, the splat's placing of its points 1.0 ms less; whether a loop was
+vectorised shows in ``kernel.inspect_asm()`` of an uncached compile (``zmm``/``ymm``
+arithmetic such as ``vmulpd``).
 """
 
 from __future__ import annotations
