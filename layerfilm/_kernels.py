@@ -67,9 +67,9 @@ def hermite_at(P, times, k, t, out):
     """:func:`hermite_kernel` for (K, N, 2) layouts ``P`` (contiguous in their last two axes,
     as any ``P[:, a:b]`` of a C-contiguous array is: a view, not a copy) into the
     C-contiguous ``out`` (N, 2)."""
-    flat = out.view()
-    flat.shape = (-1,)  # raises rather than write into a copy
-    hermite_kernel(P.reshape(P.shape[0], -1), times, k, t, flat)
+    if not out.flags.c_contiguous:  # its reshape would be a copy, written and lost
+        raise ValueError("hermite_at writes into a C-contiguous (N, 2) array")
+    hermite_kernel(P.reshape(P.shape[0], -1), times, k, t, out.reshape(-1))
 
 
 def hermite_numpy(P, times, k, t):

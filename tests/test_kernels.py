@@ -41,7 +41,7 @@ def test_hermite_of_a_panels_columns_is_the_films_to_the_bit(track):
         K.hermite_at(P, times, k, t, whole)
         K.hermite_at(P[:, 11:28], times, k, t, part)
         assert np.array_equal(part.view(np.uint32), whole[11:28].view(np.uint32))
-    with pytest.raises(AttributeError):  # never written into a copy of ``out``
+    with pytest.raises(ValueError):  # never written into a copy of ``out``
         K.hermite_at(P, times, 0, 1.0, np.empty((2, 40), np.float32).T)
 
 
