@@ -98,6 +98,7 @@ class PanelCues:
         self._scratch_lock = threading.Lock()
         self._marks = functools.lru_cache(maxsize=MARK_STATES)(self._mark_layer)
         self._panel_marks: dict = {}  # (panel, dim, options) -> its mark as (indices, values)
+        self._ring_colours = (-1, None)  # (interval, each ring pixel's colour in it): per interval
         self.lines_at = np.flatnonzero(self.has_line)
         self.settle_at = np.where(np.isfinite(self.settle), self.settle, np.inf)
 
@@ -298,7 +299,11 @@ class PanelCues:
             return
         flat = frame.reshape(-1)
         k = current_interval(self.times, time)
-        flat[self.ring] = self.border[self.ring_owner, k]
+        at, colours = self._ring_colours  # one tuple: FrameMakers in threads share these cues
+        if at != k:
+            colours = self.border[self.ring_owner, k]
+            self._ring_colours = (k, colours)
+        flat[self.ring] = colours
         settled = step >= self.settle_at
         if len(self.line_idx):
             lines = self.lines_at
