@@ -77,6 +77,16 @@ def take_max(counts, boxes):
 
 
 @ngjit
+def unpinned_centre(x, y, sx, ox, sy, oy, hw, hh):
+    """``(inside, px, py)``: whether a point at data ``(x, y)`` lies inside its panel's box
+    (False when not finite), and where the splat puts its centre if so -- no branch, so the
+    loops that place a panel's points at once (:func:`_place_fives`, the span's bound)
+    vectorise; :func:`splat_centre` handles the rest."""
+    u, v = x * sx, y * sy
+    return (abs(u) <= hw) & (abs(v) <= hh), u + ox, v + oy
+
+
+@ngjit
 def splat_centre(x, y, sx, ox, sy, oy, hw, hh):
     """``(drawn, px, py)``: where the splat puts the centre of a point at data ``(x, y)`` (see
     :func:`splat_kernel`'s ``xform``), pinned onto its panel's box; not drawn if not finite."""
@@ -143,10 +153,8 @@ def _place_fives(xy, s0, s1, xf, rect, width, at, frac, phase, fast):
     px_, py_ = phase
     lo_x, lo_y, hi_x, hi_y = x1, y1, x0, y0
     for k in range(s1 - s0):
-        u = coords[2 * k] * sx
-        v = coords[2 * k + 1] * sy
-        inside = (abs(u) <= hw) & (abs(v) <= hh)  # False for NaN: the kernel's loop skips it
-        fx, fy = u + ox, v + oy
+        # Not inside (pinned, or not finite): left to the kernel's loop.
+        inside, fx, fy = unpinned_centre(coords[2 * k], coords[2 * k + 1], sx, ox, sy, oy, hw, hh)
         ix, iy = np.floor(fx), np.floor(fy)
         tx = (fx - ix) * PHASES if inside else 0.0  # nothing outside reaches a conversion
         ty = (fy - iy) * PHASES if inside else 0.0

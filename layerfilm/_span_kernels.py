@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._draw_kernels import PHASES, footprint_radius, gaussian, splat_centre
+from ._draw_kernels import PHASES, footprint_radius, gaussian, splat_centre, unpinned_centre
 from ._kernels import ngjit
 
 # The colour span is the densest pixel of every frame.  Most panels of most frames are far
@@ -47,10 +47,7 @@ def _boxes(stack, g, s0, s1, xf, box, odd):
     for f in range(g):
         coords = stack[f].reshape(-1)[2 * s0:2 * s1]  # x, y, x, y, ...: unit-stride loads
         for k in range(n):
-            u = coords[2 * k] * sx
-            v = coords[2 * k + 1] * sy
-            inside = (abs(u) <= hw) & (abs(v) <= hh)
-            fx, fy = u + ox, v + oy
+            inside, fx, fy = unpinned_centre(coords[2 * k], coords[2 * k + 1], sx, ox, sy, oy, hw, hh)
             a, b = (fx, fx) if inside else (np.inf, -np.inf)
             c, d = (fy, fy) if inside else (np.inf, -np.inf)
             x_lo[k] = a if a < x_lo[k] else x_lo[k]

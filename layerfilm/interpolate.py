@@ -13,7 +13,7 @@ import concurrent.futures
 import numpy as np
 
 from ._draw_kernels import curve_extremes_kernel
-from ._kernels import hermite_at, hermite_kernel
+from ._kernels import hermite_at
 from .cluster import threads
 
 
@@ -65,12 +65,11 @@ class Interpolator:
         self.P = np.ascontiguousarray(P, dtype=np.float32)
         self.times = np.ascontiguousarray(times, dtype=np.float64)
         self.out = np.empty(self.P.shape[1:], dtype=np.float32)
-        self._flat = self.P.reshape(len(self.P), -1), self.out.reshape(-1)  # what the kernel takes
 
     def at(self, t: float) -> np.ndarray:
         """``(N, 2)`` float32 positions at time ``t`` (the returned buffer is reused)."""
         k, _ = segment(self.times, t)
-        hermite_kernel(self._flat[0], self.times, k, float(t), self._flat[1])
+        hermite_at(self.P, self.times, k, float(t), self.out)
         return self.out
 
 
