@@ -138,3 +138,40 @@ def widen_numpy(src, index, axis, kind):
         src = (src.astype(np.uint32) << 16).view(np.float32)
     picked = src[index] if axis == 0 else src[:, index].T
     return np.ascontiguousarray(picked, dtype=np.float32)
+
+
+# --- ranged reads ------------------------------------------------------------------------------
+# A film's drawn rows are thousands of byte ranges a checkpoint (GPT-2-124M: ~10,000).  Read by
+# ``os.pread`` one Python call and one ``bytes`` object each, then joined, they cost 0.43 s of
+# CPU a checkpoint (310 MB in the page cache), most of it Python and the join's second copy,
+# all of it holding the GIL the projection threads need; these loops make the same calls
+# straight into the caller's buffers (libc's ``pread`` and ``posix_fadvise``, by name:
+# resolved when the kernel is loaded, so it caches like the others).  Their twin is
+# ``os.pread`` range by range (tests/test_checkpoints.py).
+
+_pread = types.ExternalFunction("pread", types.intp(types.int32, types.intp, types.uintp, types.int64))
+_fadvise = types.ExternalFunction("posix_fadvise", types.int32(types.int32, types.int64, types.int64, types.int32))
+
+
+@ngjit
+def pread_kernel(fd, starts, ends, dests):
+    """Bytes ``[starts[i], ends[i])`` of the open file ``fd`` to the addresses ``dests[i]``
+    (int64 arrays; the caller keeps the memory alive), each range until it is complete.
+    Returns ``-1``, or the first range that failed or met the end of the file (the caller
+    reads that one again to say why)."""
+    for i in range(starts.shape[0]):
+        at, dest = starts[i], dests[i]
+        while at < ends[i]:
+            got = _pread(np.int32(fd), dest, np.uintp(ends[i] - at), at)
+            if got <= 0:
+                return i
+            at += got
+            dest += got
+    return -1
+
+
+@ngjit
+def advise_kernel(fd, starts, ends, advice):
+    """``posix_fadvise(fd, start, length, advice)`` for every range (its result ignored: advice)."""
+    for i in range(starts.shape[0]):
+        _fadvise(np.int32(fd), starts[i], ends[i] - starts[i], np.int32(advice))

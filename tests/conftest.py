@@ -162,22 +162,34 @@ def headers(monkeypatch):
     return steps
 
 
+def spy_local_reads(monkeypatch, record) -> None:
+    """Have ``record(path, [(start, end), ...])`` called at every ranged read of a local file's
+    data, as the storage is asked for it (``LocalStorage.read_ranges``, or ``read_into``: the
+    drawn rows straight into the reader's buffers), before it is made."""
+    from layerfilm.checkpoints import LocalStorage
+
+    ranges, into = LocalStorage.read_ranges, LocalStorage.read_into
+
+    def read_ranges(self, path, asked):
+        record(path, [(int(s), int(e)) for s, e in asked])
+        return ranges(self, path, asked)
+
+    def read_into(self, path, starts, ends, dests):
+        record(path, list(zip(starts.tolist(), ends.tolist())))
+        return into(self, path, starts, ends, dests)
+
+    monkeypatch.setattr(LocalStorage, "read_ranges", read_ranges)
+    monkeypatch.setattr(LocalStorage, "read_into", read_into)
+
+
 @pytest.fixture
 def fetched(monkeypatch):
     """Every ranged read of checkpoint data made in this process, as the storage is asked for
-    it (``LocalStorage.read_ranges``: how the readers fetch the drawn rows, and how anything
-    else would read them again): ``(file name, [(start, end), ...])`` per call.  The first
-    bytes read with a safetensors header at each open are not in it."""
-    from layerfilm.checkpoints import LocalStorage
-
+    it (:func:`spy_local_reads`: how the readers fetch the drawn rows, and how anything else
+    would read them again): ``(file name, [(start, end), ...])`` per call.  The first bytes
+    read with a safetensors header at each open are not in it."""
     log = []
-    original = LocalStorage.read_ranges
-
-    def read_ranges(self, path, ranges):
-        log.append((Path(path).name, [(int(s), int(e)) for s, e in ranges]))
-        return original(self, path, ranges)
-
-    monkeypatch.setattr(LocalStorage, "read_ranges", read_ranges)
+    spy_local_reads(monkeypatch, lambda path, ranges: log.append((Path(path).name, ranges)))
     return log
 
 

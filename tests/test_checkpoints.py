@@ -10,7 +10,7 @@ from layerfilm.checkpoints import (SafetensorsFile, discover, load_loss_curve, o
                                    parse_step)
 from layerfilm.errors import CheckpointError
 
-from conftest import write_run
+from conftest import spy_local_reads, write_run
 
 
 @pytest.mark.parametrize("name, step", [
@@ -168,13 +168,8 @@ def test_parse_step_parents(tmp_path, name, step):
 
 
 def test_header_is_validated_before_any_data_is_read(tmp_path, monkeypatch):
-    from layerfilm.checkpoints import LocalStorage
-
     reads = []
-    original = LocalStorage.read_ranges
-    monkeypatch.setattr(LocalStorage, "read_ranges",
-                        lambda self, path, ranges: reads.append((path, list(ranges)))
-                        or original(self, path, ranges))
+    spy_local_reads(monkeypatch, lambda path, ranges: reads.append((path, ranges)))
     good = tmp_path / "good.safetensors"
     save_file({"w": np.ones((512, 512), np.float32)}, str(good))  # more than the header's read
     opened = SafetensorsFile(good)  # opening validates the header only
@@ -194,13 +189,8 @@ def test_local_reads_only_the_drawn_rows_and_keep_nothing(tmp_path, monkeypatch)
     they are read."""
     from safetensors.numpy import load_file
 
-    from layerfilm.checkpoints import LocalStorage
-
     reads = []
-    original = LocalStorage.read_ranges
-    monkeypatch.setattr(LocalStorage, "read_ranges",
-                        lambda self, path, ranges: reads.append(list(ranges))
-                        or original(self, path, ranges))
+    spy_local_reads(monkeypatch, lambda path, ranges: reads.append(ranges))
     rng = np.random.default_rng(0)
     path = tmp_path / "m.safetensors"
     save_file({"a": rng.normal(size=(1024, 32)).astype(np.float16),
@@ -236,12 +226,8 @@ def test_local_reads_only_the_drawn_rows_and_keep_nothing(tmp_path, monkeypatch)
 def test_sharded_checkpoint_reads_ahead_shard_by_shard(tmp_path, monkeypatch):
     # The next checkpoint is read while this one is projected, sharded ones too: one read
     # per shard for the drawn rows it holds, then none while the layers are read.
-    from layerfilm.checkpoints import LocalStorage
-
     reads = []
-    original = LocalStorage.read_ranges
-    monkeypatch.setattr(LocalStorage, "read_ranges",
-                        lambda self, path, ranges: reads.append(path.name) or original(self, path, ranges))
+    spy_local_reads(monkeypatch, lambda path, ranges: reads.append(path.name))
     rng = np.random.default_rng(2)
     want = {"a": rng.normal(size=(2000, 64)).astype(np.float32),
             "b": rng.normal(size=(64, 3000)).astype(np.float16)}
@@ -381,6 +367,7 @@ def test_storage_seam_ranged_reads_equal_the_local_read(tmp_path):
 
     class Ranged(LocalStorage):
         first_read = 16  # the header's first request: the tensors come by ranged reads
+        read_into = None  # as a remote storage: every read through read_ranges
 
         def __init__(self):
             self.ranges = []
@@ -422,3 +409,54 @@ def test_discovered_refs_carry_tokens_from_their_names(tmp_path):
     run = write_run(tmp_path / "run", n=2, name="step{step}-tokens{step}M/model.safetensors")
     refs, _ = discover(run)
     assert [(r.step, r.tokens) for r in refs] == [(0, 0), (100, 100 * 10**6)]
+
+
+def test_ranges_read_into_buffers_are_the_files_bytes(tmp_path):
+    """``LocalStorage.read_into`` (one loop of ``pread`` calls free of the GIL) against its twin,
+    ``os.pread`` range by range: scattered, touching and overlapping ranges, one at the end of
+    the file, to addresses inside one buffer in any order; and the ranges coalesced for the
+    read-ahead advice by numpy (``coalesced``) as ``coalesce`` merges them."""
+    import os
+
+    from layerfilm.checkpoints import LOCAL
+    from layerfilm.checkpoints.storage import coalesce, coalesced
+
+    rng = np.random.default_rng(5)
+    path = tmp_path / "blob"
+    data = rng.integers(0, 256, 3 << 20, dtype=np.uint8)
+    path.write_bytes(data.tobytes())
+    starts = np.sort(rng.integers(0, len(data) - 5000, 400)).astype(np.int64)
+    ends = starts + rng.integers(1, 5000, 400)
+    starts[-1], ends[-1] = len(data) - 100, len(data)
+    buf = np.zeros(int((ends - starts).sum()), np.uint8)
+    at = np.r_[0, np.cumsum(ends - starts)[:-1]]
+    order = rng.permutation(len(starts))  # the calls' order is not the buffer's
+    assert LOCAL.read_into(path, starts[order], ends[order], (buf.ctypes.data + at)[order]) is None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        want = b"".join(os.pread(fd, int(e - s), int(s)) for s, e in zip(starts, ends))
+    finally:
+        os.close(fd)
+    assert buf.tobytes() == want
+    for gap in (0, 1 << 12):
+        a, b = coalesced(starts[order], ends[order], gap)
+        assert list(zip(a.tolist(), b.tolist())) == coalesce(list(zip(starts.tolist(), ends.tolist())), gap)
+    # A range past the end of the file: which one, and how much of it there was.
+    more = np.array([0, len(data) - 10], np.int64), np.array([10, len(data) + 90], np.int64)
+    assert LOCAL.read_into(path, *more, np.array([buf.ctypes.data, buf.ctypes.data + 10])) == (1, 10)
+
+
+def test_a_file_cut_short_after_its_header_was_read_is_one_clear_error(tmp_path):
+    """A checkpoint truncated between opening (its header checked) and reading its rows (a
+    training run rewriting it): the reader's bytes straight into buffers end early, and that is
+    a CheckpointError naming the bytes, not a film of stale or zero rows."""
+    path = tmp_path / "m.safetensors"
+    save_file({"a": np.ones((4096, 64), np.float32)}, str(path))  # 1 MB: past the header's read
+    f = SafetensorsFile(path)
+    rows = np.arange(0, 4096, 7)
+    with open(path, "r+b") as fh:
+        fh.truncate(f.byte_ranges("a", rows)[-1][0] + 10)
+    with pytest.raises(CheckpointError, match=r"short read: bytes \d+-\d+ came back as 10 bytes"):
+        f.prefetch([("a", rows, 0)])
+    with pytest.raises(CheckpointError, match="short read"):
+        f.read("a", rows)  # asked for without the read-ahead

@@ -17,7 +17,7 @@ import numpy as np
 
 from ...errors import CheckpointError
 from ...untrusted import JSONTooDeep, load_json
-from ..storage import LOCAL, Storage, coalesce
+from ..storage import LOCAL, Storage
 
 _MAX_HEADER = 100 * 1024 * 1024
 _FIRST_READ = 64 * 1024  # header length + (usually) the whole header in one read
@@ -78,7 +78,7 @@ class SafetensorsFile:
         self.size = size
         self.header_bytes = 8 + n
         self._data_start = 8 + n
-        self._fetched: dict[tuple, bytes] = {}  # raw bytes of drawn rows, fetched ahead
+        self._fetched: dict[tuple, np.ndarray | bytes] = {}  # raw bytes of drawn rows, fetched ahead
         self._head = first  # the first bytes, read with the header: never fetched again
         self.header_sha256 = hashlib.sha256(first[:8] + raw).hexdigest()
         self.read_digest: dict[str, str | int] | None = None
@@ -135,13 +135,19 @@ class SafetensorsFile:
                     ) -> list[tuple[int, int]]:
         """The file's ``[start, end)`` byte ranges that :meth:`read` needs: the drawn rows of a
         2-D tensor (coalesced), else the whole tensor (columns are strided through it)."""
+        starts, ends = self._ranges(name, index, axis)
+        return list(zip(starts.tolist(), ends.tolist()))
+
+    def _ranges(self, name: str, index: np.ndarray | None, axis: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`byte_ranges` as two int64 arrays (starts, ends)."""
         dtype, shape, begin = self._entries[name]
         start = self._data_start + begin
         nbytes = math.prod(shape) * DTYPES[dtype].itemsize
+        if not nbytes:
+            return _NO_RANGES
         if index is None or axis != 0 or len(shape) != 2 or _is_everything(index, shape[0]):
-            return [(start, start + nbytes)] if nbytes else []
-        row = shape[1] * DTYPES[dtype].itemsize
-        return coalesce([(start + int(r) * row, start + (int(r) + 1) * row) for r in index])
+            return np.array([start], np.int64), np.array([start + nbytes], np.int64)
+        return _row_ranges(start, shape[1] * DTYPES[dtype].itemsize, index)
 
     def prefetch(self, wanted, digest: str | None = None) -> None:
         """Fetch the byte ranges of every ``(name, index, axis)`` in ``wanted`` held here in
@@ -151,23 +157,20 @@ class SafetensorsFile:
 
         ``digest`` (a name in :data:`READ_DIGESTS`): hash the bytes as they come in, so that
         what was read is identified without reading it again (:attr:`read_digest`)."""
-        keys, ranges, parts, again = [], [], [], False
+        keys, spans, again = [], [], False
         for name, index, axis in wanted:
             if name in self._entries and self._entries[name][2] >= 0 and \
                     self._entries[name][0] in FLOAT_DTYPES:
                 key = _key(name, index, axis)
-                if key not in self._fetched:
-                    r = self.byte_ranges(name, index, axis)
-                    keys.append((key, r))
-                    ranges += r
-                else:
+                if key in self._fetched:
                     again = True  # fetched before this call: its bytes are not hashed here
-        chunks = self._fetch(ranges) if ranges else []
-        i = 0
-        for key, r in keys:
-            self._fetched[key] = b"".join(chunks[i:i + len(r)])
-            parts.append((r, self._fetched[key]))
-            i += len(r)
+                elif key not in keys:
+                    keys.append(key)
+                    spans.append(self._ranges(name, index, axis))
+        parts = []
+        for key, (starts, ends), raw in zip(keys, spans, self._fetch_spans(spans)):
+            self._fetched[key] = raw
+            parts.append((starts, ends, raw))
         self.read_digest = None
         if digest is not None and not again:
             h = READ_DIGESTS[digest]()
@@ -179,13 +182,53 @@ class SafetensorsFile:
         """:meth:`read` of tensor ``name`` whole, its bytes fed to the hash ``h`` on the way
         (fetched once for both).  Feeding every tensor of a file in file order hashes what
         hashing its :func:`~layerfilm.checkpoints.drawn_ranges` does."""
-        raw = b"".join(self._fetch(self.byte_ranges(name)))
+        raw = self._fetch_spans([self._ranges(name, None, 0)])[0]
         h.update(raw)
-        if raw:
+        if len(raw):
             self._fetched[_key(name, None, 0)] = raw  # read takes it from here, not the file
         return self.read(name)
 
+    def _fetch_spans(self, spans: list[tuple[np.ndarray, np.ndarray]]) -> list:
+        """Each span's ranges (``(starts, ends)``) fetched and joined, as one buffer each (a
+        uint8 array, or ``bytes``), every range of every span requested in one go.  Local
+        files are read straight into the buffers (:meth:`LocalStorage.read_into`)."""
+        if not spans:
+            return []
+        read_into = getattr(self.storage, "read_into", None)
+        if read_into is None:
+            ranges = [r for starts, ends in spans for r in zip(starts.tolist(), ends.tolist())]
+            chunks, out, i = self._fetch(ranges), [], 0
+            for starts, _ in spans:
+                out.append(b"".join(chunks[i:i + len(starts)]))
+                i += len(starts)
+            return out
+        head, bufs, flat = np.frombuffer(self._head, np.uint8), [], []
+        for starts, ends in spans:
+            buf = np.empty(int((ends - starts).sum()), np.uint8)
+            at = np.r_[0, np.cumsum(ends - starts)[:-1]].astype(np.int64)
+            if len(starts) and starts[0] < len(head):  # bytes read with the header: copied
+                starts, at = starts.copy(), at.copy()
+                for i in np.flatnonzero(starts < len(head)):
+                    n = min(int(ends[i]), len(head)) - int(starts[i])
+                    buf[at[i]:at[i] + n] = head[starts[i]:starts[i] + n]
+                    starts[i] += n
+                    at[i] += n
+                rest = starts < ends
+                starts, ends, at = starts[rest], ends[rest], at[rest]
+            bufs.append(buf)
+            flat.append((starts, ends, buf.ctypes.data + at))
+        starts, ends, dests = (np.concatenate([f[j] for f in flat]).astype(np.int64) for j in range(3))
+        try:
+            short = read_into(self.path, starts, ends, dests)
+        except OSError as e:
+            raise CheckpointError(f"cannot read: {e.strerror or e}", self.where) from None
+        if short is not None:
+            i, n = short
+            raise CheckpointError(f"short read: bytes {starts[i]}-{ends[i]} came back as {n} bytes", self.where)
+        return bufs
+
     def _fetch(self, ranges: list[tuple[int, int]]) -> list[bytes]:
+        """Each range's bytes, through the storage's ``read_ranges`` (all asked for at once)."""
         head = len(self._head)
         rest = [(max(s, head), e) for s, e in ranges if e > head]
         try:
@@ -213,7 +256,7 @@ class SafetensorsFile:
         cheap = getattr(self.storage, "cheap_reads", False)  # local files: read again if asked
         raw = self._fetched.pop(key, None) if cheap else self._fetched.get(key)
         if raw is None:
-            raw = b"".join(self._fetch(self.byte_ranges(name, index, axis)))
+            raw = self._fetch_spans([self._ranges(name, index, axis)])[0]
             if not cheap:
                 self._fetched[key] = raw
         arr = np.frombuffer(raw, dtype=item)
@@ -241,20 +284,20 @@ def _xxh3():
 READ_DIGESTS = {"xxh3": _xxh3, "sha256": hashlib.sha256}
 
 
-def _hash_in_file_order(parts: list[tuple[list[tuple[int, int]], bytes]], h) -> int:
+def _hash_in_file_order(parts: list[tuple[np.ndarray, np.ndarray, bytes]], h) -> int:
     """Feed ``h`` every byte the ranges of ``parts`` cover, once each, in file order, and
     return how many: what hashing the coalesced ranges one after the other does
     (:func:`~layerfilm.checkpoints.drawn_ranges`).  ``parts``: per tensor read, its ranges
-    (sorted, disjoint) and their bytes joined, in the order they were asked for."""
-    parts = sorted((p for p in parts if p[0]), key=lambda p: p[0][0])
-    if all(a[0][-1][1] <= b[0][0][0] for a, b in zip(parts, parts[1:])):
-        for _, raw in parts:  # the usual case: tensors apart, each one's rows in order
+    (starts, ends: sorted, disjoint) and their bytes joined, in the order they were asked for."""
+    parts = sorted((p for p in parts if len(p[0])), key=lambda p: int(p[0][0]))
+    if all(a[1][-1] <= b[0][0] for a, b in zip(parts, parts[1:])):
+        for _, _, raw in parts:  # the usual case: tensors apart, each one's rows in order
             h.update(raw)
-        return sum(len(raw) for _, raw in parts)
+        return sum(len(raw) for _, _, raw in parts)
     pieces = []  # ranges of two reads overlap (rows and columns of one tensor): range by range
-    for ranges, raw in parts:
+    for starts, ends, raw in parts:
         view, at = memoryview(raw), 0
-        for s, e in ranges:
+        for s, e in zip(starts.tolist(), ends.tolist()):
             pieces.append((s, e, view[at:at + e - s]))
             at += e - s
     pieces.sort(key=lambda p: (p[0], p[1]))
@@ -266,6 +309,32 @@ def _hash_in_file_order(parts: list[tuple[list[tuple[int, int]], bytes]], h) -> 
             total += len(piece)
             done = e
     return total
+
+
+_NO_RANGES = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+# A plan's drawn rows are the same at every checkpoint, and so (where the tensors sit where
+# they sat) are their byte ranges: made once, by numpy.
+_ROW_RANGES: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _row_ranges(start: int, row: int, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The byte ranges of rows ``index`` (``row`` bytes each) of a tensor at ``start``,
+    coalesced where rows follow each other (starts, ends: sorted int64 arrays)."""
+    key = (start, row, _digest(index))
+    hit = _ROW_RANGES.get(key)
+    if hit is None:
+        rows = np.unique(np.asarray(index, dtype=np.int64))
+        if not len(rows):
+            return _NO_RANGES
+        first = np.r_[True, rows[1:] != rows[:-1] + 1]
+        last = np.r_[first[1:], True]
+        hit = (start + rows[first] * row, start + (rows[last] + 1) * row)
+        for a in hit:
+            a.flags.writeable = False
+        if len(_ROW_RANGES) > 4096:
+            _ROW_RANGES.clear()
+        _ROW_RANGES[key] = hit
+    return hit
 
 
 def _key(name: str, index: np.ndarray | None, axis: int) -> tuple:
