@@ -411,7 +411,7 @@ def test_discovered_refs_carry_tokens_from_their_names(tmp_path):
     assert [(r.step, r.tokens) for r in refs] == [(0, 0), (100, 100 * 10**6)]
 
 
-def test_ranges_read_into_buffers_are_the_files_bytes(tmp_path):
+def test_ranges_read_into_buffers_are_the_files_bytes(tmp_path, monkeypatch):
     """``LocalStorage.read_into`` (one loop of ``pread`` calls free of the GIL) against its twin,
     ``os.pread`` range by range: scattered, touching and overlapping ranges, one at the end of
     the file, to addresses inside one buffer in any order; and the ranges coalesced for the
@@ -441,6 +441,24 @@ def test_ranges_read_into_buffers_are_the_files_bytes(tmp_path):
     for gap in (0, 1 << 12):
         a, b = coalesced(starts[order], ends[order], gap)
         assert list(zip(a.tolist(), b.tolist())) == coalesce(list(zip(starts.tolist(), ends.tolist())), gap)
+    # A call that came back early (a signal) in the middle: that range is read again and the
+    # loop goes on after it, with the same bytes.
+    from layerfilm import _read_kernels
+
+    real, calls = _read_kernels.pread_kernel, []
+
+    def interrupted(fd, s, e, d):
+        calls.append(len(s))
+        if len(calls) > 1:
+            return real(fd, s, e, d)
+        real(fd, s[:7], e[:7], d[:7])
+        return 7
+
+    buf[:] = 0
+    monkeypatch.setattr(_read_kernels, "pread_kernel", interrupted)
+    assert LOCAL.read_into(path, starts, ends, buf.ctypes.data + at) is None
+    assert calls == [400, 392] and buf.tobytes() == want
+    monkeypatch.undo()
     # A range past the end of the file: which one, and how much of it there was.
     more = np.array([0, len(data) - 10], np.int64), np.array([10, len(data) + 90], np.int64)
     assert LOCAL.read_into(path, *more, np.array([buf.ctypes.data, buf.ctypes.data + 10])) == (1, 10)

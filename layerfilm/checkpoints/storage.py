@@ -18,7 +18,6 @@ from typing import Protocol, Sequence
 import numpy as np
 
 
-
 class Storage(Protocol):
     """What discovery and the readers need from the place the checkpoints are."""
 
@@ -95,18 +94,29 @@ class LocalStorage:
         the file to the address ``dests[i]`` (int64 arrays), in one loop free of the GIL (see
         :mod:`layerfilm._read_kernels`).  Returns ``None``, or ``(i, n)`` for the first range
         the file ended in (``n`` of its bytes were there); raises ``OSError``."""
+        import ctypes
+
         from .. import _read_kernels
 
         fd = os.open(path, os.O_RDONLY)
         try:
             if len(starts) > 1:
                 _advise_scattered(fd, starts, ends)
-            failed = int(_read_kernels.pread_kernel(fd, starts, ends, dests)) if len(starts) else -1
-            if failed < 0:
-                return None
-            # Read that range again here: an error raises its OSError, the end of the file
-            # tells how much there was.
-            return failed, len(_pread_whole(fd, int(starts[failed]), int(ends[failed])))
+            at = 0
+            while at < len(starts):
+                failed = int(_read_kernels.pread_kernel(fd, starts[at:], ends[at:], dests[at:]))
+                if failed < 0:
+                    return None
+                # That range read again here: an error raises its OSError, the end of the file
+                # tells how much there was, and a call that only came back early (a signal)
+                # is completed here and the loop goes on after it.
+                i = at + failed
+                chunk = _pread_whole(fd, int(starts[i]), int(ends[i]))
+                if len(chunk) < ends[i] - starts[i]:
+                    return i, len(chunk)
+                ctypes.memmove(int(dests[i]), chunk, len(chunk))
+                at = i + 1
+            return None
         finally:
             os.close(fd)
 
