@@ -17,7 +17,7 @@ import numpy as np
 
 from ...errors import CheckpointError
 from ...untrusted import JSONTooDeep, load_json
-from ..storage import LOCAL, Storage
+from ..storage import LOCAL, Storage, coalesced
 
 _MAX_HEADER = 100 * 1024 * 1024
 _FIRST_READ = 64 * 1024  # header length + (usually) the whole header in one read
@@ -323,12 +323,8 @@ def _row_ranges(start: int, row: int, index: np.ndarray) -> tuple[np.ndarray, np
     key = (start, row, _digest(index))
     hit = _ROW_RANGES.get(key)
     if hit is None:
-        rows = np.unique(np.asarray(index, dtype=np.int64))
-        if not len(rows):
-            return _NO_RANGES
-        first = np.r_[True, rows[1:] != rows[:-1] + 1]
-        last = np.r_[first[1:], True]
-        hit = (start + rows[first] * row, start + (rows[last] + 1) * row)
+        rows = np.asarray(index, dtype=np.int64)
+        hit = coalesced(start + rows * row, start + (rows + 1) * row)
         for a in hit:
             a.flags.writeable = False
         if len(_ROW_RANGES) > 4096:
