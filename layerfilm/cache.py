@@ -212,8 +212,9 @@ def _store(path: Path, **arrays) -> str | None:
 
 # What the layout and drift code computes, in the keys of their entries: raised whenever a
 # change makes other layouts or numbers from the same checkpoints, so that no render reuses
-# what older code computed (2: every tracked keyframe's plane checked, issue 24).
-LAYOUTS = 2
+# what older code computed (2: every tracked keyframe's plane checked, issue 24; 3: a first
+# keyframe's axes turned by a fixed rule, ``project.orient``).
+LAYOUTS = 3
 
 
 def layout_key(plan: Plan, options: str) -> str:

@@ -230,17 +230,35 @@ def project_keyframe(X: np.ndarray, projection: Projection, track: Track) -> np.
         track.fixed_frame = True
         track.layout = align(raw, None).astype(np.float32)
         return track.layout
-    previous_finite = track.layout is None or np.isfinite(track.layout).all()
-    if rows is None and done.method == "tracked pca" and previous_finite:
+    first = track.layout is None
+    if rows is None and done.method == "tracked pca" and (first or np.isfinite(track.layout).all()):
         # The wide-layer path with every weight finite: align in one float32 kernel call.
         from ._kernels import align_kernel
 
         out = np.empty_like(raw)
-        align_kernel(raw, track.layout if track.layout is not None else raw[:0], out)
-        track.layout = out
-        return out
-    track.layout = align(raw, track.layout).astype(np.float32)
+        align_kernel(raw, raw[:0] if first else track.layout, out)
+    else:
+        out = align(raw, track.layout).astype(np.float32)
+    track.layout = orient(out) if first else out
     return track.layout
+
+
+def orient(layout: np.ndarray) -> np.ndarray:
+    """``layout`` (centred, (n, 2)) with each axis turned, in place, so that the point
+    farthest out along it lies on its positive side.
+
+    A first keyframe has no earlier one to be turned onto, and an eigensolver's signs are
+    arbitrary: they differ between BLAS/LAPACK kernels (CPU families), so without a rule the
+    same checkpoints could be drawn mirrored on another machine.  Negating a column is exact.
+    """
+    for j in range(layout.shape[1]):
+        col = layout[:, j]
+        ok = np.isfinite(col)
+        if ok.any():
+            far = np.flatnonzero(ok)[np.argmax(np.abs(col[ok]))]
+            if col[far] < 0:
+                col *= -1
+    return layout
 
 
 def axis_ranges(extremes: np.ndarray, starts: np.ndarray, quantile: float = 0.995,

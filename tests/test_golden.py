@@ -42,6 +42,12 @@ CASES = {
                                       "--caption", "a synthetic 12-block run", "--tokens-per-step",
                                       "65536", "--scale", "shared"], (0, 4, 9)),
 }
+# Every case is compared bit for bit, but for tracked planes: they are solved in float32, whose
+# last bits depend on the CPU's BLAS kernels (AVX-512, AVX2, ...), so a few dots land a hair
+# apart and a faint edge deposit comes or goes.  Measured between kernel families: at most 26
+# of 57,600 pixels.  A turned, mirrored or moved panel changes hundreds
+# (test_project.test_layouts_are_the_same_with_another_cpus_blas_kernels checks the planes).
+MAY_DIFFER = {"wide_320x180": 0.002}
 
 
 def _checkpoints(kind: str, tmp_path: Path) -> Path:
@@ -71,21 +77,23 @@ def test_frames_equal_the_recorded_ones(tmp_path, name):
         pytest.skip("golden frames recorded")
     with np.load(path) as golden:
         assert sorted(golden.files) == sorted(f"frame_{f}" for f in keep)
-        report = [difference(name, f, got[f], golden[f"frame_{f}"]) for f in keep]
+        report = [difference(name, f, got[f], golden[f"frame_{f}"], MAY_DIFFER.get(name, 0.0))
+                  for f in keep]
     report = [line for line in report if line]
     assert not report, "; ".join(report)
 
 
-def difference(name: str, f: int, got: np.ndarray, want: np.ndarray) -> str:
-    """How frame ``f`` differs from its recorded one: empty when equal, else how many pixels
-    differ and by how much (the largest channel difference, and how many pixels differ by at
-    most 8 and by more), so a run with other library versions (``make test-latest``) says
-    whether a difference is a rounding or a changed picture."""
+def difference(name: str, f: int, got: np.ndarray, want: np.ndarray, may_differ: float = 0.0) -> str:
+    """How frame ``f`` differs from its recorded one: empty when equal (or when at most the
+    fraction ``may_differ`` of its pixels differ), else how many pixels differ and by how much
+    (the largest channel difference, and how many pixels differ by at most 8 and by more), so a
+    run with other library versions (``make test-latest``) says whether a difference is a
+    rounding or a changed picture."""
     if got.shape != want.shape:
         return f"{name} frame {f}: size {got.shape[1]}x{got.shape[0]}, recorded {want.shape[1]}x{want.shape[0]}"
     by = np.abs(got.astype(np.int16) - want.astype(np.int16)).max(axis=2)
     differ = by > 0
-    if not differ.any():
+    if differ.sum() <= may_differ * differ.size:
         return ""
     small = int((differ & (by <= 8)).sum())
     return (f"{name} frame {f}: {int(differ.sum())} of {differ.size} pixels differ "

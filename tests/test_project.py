@@ -103,6 +103,43 @@ def test_keyframes_do_not_flip():
     np.testing.assert_allclose(second, first, atol=1e-4)
 
 
+@pytest.mark.parametrize("d", [6, 80])  # an exact plane; a tracked one
+def test_a_first_keyframe_is_turned_by_a_rule_not_by_the_eigensolvers_signs(d):
+    # -X has the same principal plane; an eigensolver may return either sign for each axis.
+    # The rule: along each axis, the point farthest from the centre lies on the positive side.
+    rng = np.random.default_rng(8)
+    X = (rng.normal(size=(400, d)) * np.linspace(3, 1, d)).astype(np.float32)
+    first = project_keyframe(X, PCA(0), Track())
+    mirrored = project_keyframe(-X, PCA(0), Track())
+    far = np.abs(first).argmax(axis=0)
+    assert (first[far, [0, 1]] > 0).all()
+    np.testing.assert_allclose(mirrored, first, atol=1e-4 * np.abs(first).max())
+
+
+@pytest.mark.skipif(__import__("platform").machine() not in ("x86_64", "AMD64"),
+                    reason="OPENBLAS_CORETYPE names x86 kernel families")
+def test_layouts_are_the_same_with_another_cpus_blas_kernels(tmp_path):
+    # OpenBLAS picks its kernels by CPU (AVX-512, AVX2, SSE3 ...), and a float32 product's last
+    # bits depend on them.  Tracked planes must come out the same, not mirrored, with another
+    # family's kernels: the oldest (Prescott, SSE3) in a second process.
+    import subprocess
+    import sys
+
+    import layerfilm.layouts as layouts
+    from conftest import plan_of, write_run
+
+    run = write_run(tmp_path / "run", n=4, seed=3, d=80, blocks=3, vocab=120)
+    here = layouts.keyframe_layouts(plan_of(run)).P
+    code = ("import sys, numpy as np; sys.path.insert(0, 'tests'); from conftest import plan_of; "
+            "from layerfilm.layouts import keyframe_layouts; "
+            f"np.save({str(tmp_path / 'there.npy')!r}, keyframe_layouts(plan_of({str(run)!r})).P)")
+    env = dict(__import__("os").environ, OPENBLAS_CORETYPE="Prescott")
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=300)
+    there = np.load(tmp_path / "there.npy")
+    assert np.isfinite(here).all() and here.shape == there.shape
+    np.testing.assert_allclose(there, here, atol=1e-4 * np.abs(here).max())
+
+
 def test_nonfinite_rows_are_hidden_not_spread():
     rng = np.random.default_rng(4)
     X = rng.normal(size=(50, 5))
