@@ -15,9 +15,12 @@ A checkpoint still being written is never read: the film is cut at the step befo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import signal
+import threading
 import time
 from pathlib import Path, PurePath
 from typing import Callable
@@ -180,29 +183,64 @@ def watch(config: RenderConfig, *, interval: float | None = None, settle: float 
     interval = interval if interval is not None else (REMOTE_INTERVAL if remote else LOCAL_INTERVAL)
     stillness, finished = Stillness(settle), set()
     w = _Watcher(config, progress, say, clock)
+    with _remembered_interrupts() as interrupted:
+        try:
+            _loop(config, w, stillness, finished, interval, idle_exit, once, interrupted, clock, sleep)
+        except KeyboardInterrupt:
+            w.stopped()
+            raise
+    return w.updates
+
+
+def _loop(config: RenderConfig, w: _Watcher, stillness: Stillness, finished: set, interval: float,
+          idle_exit: float | None, once: bool, interrupted: Callable[[], bool], clock, sleep) -> None:
     looked = False
-    try:
-        while True:
-            try:
-                found = look(config, stillness, finished)
-            except ConfigError:
+    while True:
+        try:
+            found = look(config, stillness, finished)
+        except ConfigError:
+            raise
+        except LayerfilmError as e:
+            if not looked:
                 raise
-            except LayerfilmError as e:
-                if not looked:
-                    raise
-                say(f"cannot look at the checkpoints now ({e}); trying again")
-            else:
-                w.saw(found)
-            looked = True
-            if once:
-                return w.updates
-            if idle_exit is not None and clock() - w.last_new >= idle_exit:
-                say(f"no new checkpoint for {idle_exit:g} s: done")
-                return w.updates
-            sleep(interval)
-    except KeyboardInterrupt:
-        w.stopped()
-        raise
+            w.say(f"cannot look at the checkpoints now ({e}); trying again")
+        else:
+            w.saw(found)
+        looked = True
+        if once:
+            return
+        if idle_exit is not None and clock() - w.last_new >= idle_exit:
+            w.say(f"no new checkpoint for {idle_exit:g} s: done")
+            return
+        if interrupted():
+            raise KeyboardInterrupt
+        sleep(interval)
+
+
+@contextlib.contextmanager
+def _remembered_interrupts():
+    """Ctrl-C and SIGTERM raise ``KeyboardInterrupt`` as ever, and are remembered too (yields
+    ``interrupted()``): one that lands while the process forks (ffmpeg being started) is raised
+    inside Python's at-fork hooks (logging's), which print it as "Exception ignored" and go on,
+    and the watcher would then watch for ever.  Off the main thread signals cannot be caught:
+    nothing changes there."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    hit: list[int] = []
+
+    def remember(signum, frame):
+        hit.append(signum)
+        raise KeyboardInterrupt
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in before:
+        signal.signal(s, remember)
+    try:
+        yield lambda: bool(hit)
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
 
 
 def _update(config: RenderConfig, found: Look, progress: Progress, say, clock) -> Update:

@@ -233,6 +233,42 @@ def test_ctrl_c_leaves_the_last_complete_film(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["check.gif", "film.gif", "film.gif.json", "run"]
 
 
+def test_ctrl_c_while_ffmpeg_is_started_still_stops_the_watch(tmp_path):
+    # A SIGINT that lands while the process forks is raised inside Python's at-fork hooks,
+    # which print it ("Exception ignored") and go on: the watcher once watched on for ever.
+    # Here the signal is sent from such a hook, at the first fork after the first film.
+    run = write_run(tmp_path / "run", n=2)
+    script = tmp_path / "watcher.py"
+    script.write_text(f"""
+import os, signal, subprocess, sys
+from pathlib import Path
+from layerfilm.config import RenderConfig
+from layerfilm.watch import watch
+
+armed = []
+os.register_at_fork(after_in_parent=lambda: armed and armed.pop() and os.kill(os.getpid(), signal.SIGINT))
+
+def say(line):
+    print(line, flush=True)
+    if line.startswith("{tmp_path / 'film.gif'}:"):  # the first film is written
+        armed.append(True)
+        from layerfilm.encode.ffmpeg import dies_with_us
+
+        subprocess.run(["true"], preexec_fn=dies_with_us())  # a fork, as ffmpeg is started
+
+try:
+    watch(RenderConfig(checkpoints=Path({str(run)!r}), output=Path({str(tmp_path / 'film.gif')!r}),
+                       size=(160, 90), frames_per_keyframe=2), interval=0.05, settle=0, say=say)
+except KeyboardInterrupt:
+    sys.exit(130)
+""")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert "Exception ignored" in done.stderr and "KeyboardInterrupt" in done.stderr, done.stderr
+    assert done.returncode == 130, done.stdout + done.stderr
+    assert done.stdout.splitlines()[-1].startswith("stopped: "), done.stdout
+    assert len(decode(tmp_path / "film.gif")) > 0
+
+
 def test_watch_refuses_what_a_rewritten_film_cannot_keep(tmp_path):
     run = write_run(tmp_path / "run", n=2)
     for extra in (["--frames", tmp_path / "frames"], ["--stills", tmp_path / "stills"],
