@@ -505,7 +505,7 @@ def test_widen_kernel_gives_half_to_float_bits_for_every_pattern(axis):
 @pytest.mark.parametrize("kind", ["F16", "BF16", "F32", "F64"])
 @pytest.mark.parametrize("axis", [0, 1])
 def test_widen_kernels_gather_widen_and_transpose_like_numpy(kind, axis):
-    # Drawn rows, or drawn columns of a tensor read whole (blocks of 16 source rows: 53 rows
+    # Drawn rows, or drawn columns of a tensor read whole (blocks of 8 source rows: 53 rows
     # end in a part block), as float32 rows: against numpy's fancy index + conversion.
     rng = np.random.default_rng(3)
     w = rng.standard_normal((53, 37)) * 10.0 ** rng.integers(-9, 9, (53, 37))
