@@ -185,19 +185,19 @@ def watch(config: RenderConfig, *, interval: float | None = None, settle: float 
     w = _Watcher(config, progress, say, clock)
     with _remembered_interrupts() as interrupted:
         try:
-            _loop(config, w, stillness, finished, interval, idle_exit, once, interrupted, clock, sleep)
+            _loop(w, stillness, finished, interval, idle_exit, once, interrupted, sleep)
         except KeyboardInterrupt:
             w.stopped()
             raise
     return w.updates
 
 
-def _loop(config: RenderConfig, w: _Watcher, stillness: Stillness, finished: set, interval: float,
-          idle_exit: float | None, once: bool, interrupted: Callable[[], bool], clock, sleep) -> None:
+def _loop(w: _Watcher, stillness: Stillness, finished: set, interval: float, idle_exit: float | None,
+          once: bool, interrupted: Callable[[], bool], sleep: Callable[[float], None]) -> None:
     looked = False
     while True:
         try:
-            found = look(config, stillness, finished)
+            found = look(w.config, stillness, finished)
         except ConfigError:
             raise
         except LayerfilmError as e:
@@ -209,7 +209,7 @@ def _loop(config: RenderConfig, w: _Watcher, stillness: Stillness, finished: set
         looked = True
         if once:
             return
-        if idle_exit is not None and clock() - w.last_new >= idle_exit:
+        if idle_exit is not None and w.clock() - w.last_new >= idle_exit:
             w.say(f"no new checkpoint for {idle_exit:g} s: done")
             return
         if interrupted():
