@@ -1,6 +1,7 @@
-"""The numba kernels that draw frames -- splatting, shading, how far the curves reach --
-each beside a plain-numpy twin that tests compare it to (see :mod:`layerfilm._kernels` for
-the rules they follow: inputs trusted, single-threaded, compiled code cached on disk).
+"""The numba kernels that draw frames -- splatting and how far the curves reach (shading:
+:mod:`layerfilm._shade_kernels`) -- each beside a plain-numpy twin that tests compare it to
+(see :mod:`layerfilm._kernels` for the rules they follow: inputs trusted, single-threaded,
+compiled code cached on disk).
 """
 
 from __future__ import annotations
@@ -135,13 +136,14 @@ def _row5(flat, at, wy, e):
 
 
 @ngjit
-def _place_fives(xy, s0, s1, xf, rect, width, at, frac, phase, fast):
+def _place_fives(xy, s0, s1, xf, rect, width, org, at, frac, phase, fast):
     """Where the splat puts the 5 x 5 footprints of points ``s0 .. s1-1`` of a panel (R = 2;
     ``xf``, ``rect``: its rows of :func:`splat_kernel`'s ``xform`` and ``rect``): for point
     ``s0 + k`` drawn inside its box (no pinning) with its whole square inside the rect,
     ``fast[k]``, the square's first pixel ``at[k]`` (flat index) and per axis its phase row
     ``phase[a][k]`` and the fraction ``frac[a][k]`` towards the next; the others are left to
-    the kernel's own loop.  Returns the box ``[x0, y0, x1, y1)`` these squares cover.
+    the kernel's own loop (``width``, ``org``: pixel (x, y) is ``y * width + x - org`` of the
+    buffer deposited into).  Returns the box ``[x0, y0, x1, y1)`` these squares cover.
 
     One loop over the points with no branch (selects instead), which the compiler vectorises:
     the arithmetic of :func:`splat_kernel`'s per-point code, value for value (1.0 of its
@@ -167,7 +169,7 @@ def _place_fives(xy, s0, s1, xf, rect, width, at, frac, phase, fast):
         cy = np.int64(iy if inside else 0.0) - 2
         ok = inside & (x0 <= cx) & (cx + 5 <= x1) & (y0 <= cy) & (cy + 5 <= y1)
         fast[k] = ok
-        at[k] = cy * width + cx if ok else 0
+        at[k] = cy * width + cx - org if ok else 0
         lx, ly = (cx, cy) if ok else (x1, y1)
         hx, hy = (cx + 5, cy + 5) if ok else (x0, y0)
         lo_x = lx if lx < lo_x else lo_x
@@ -201,73 +203,89 @@ def splat_kernel(xy, starts, xform, rect, table, steps, offset, radius, counts, 
     :data:`~layerfilm.raster.DOT_MIN`: every panel of many points) are placed first, all of a
     panel's at once (:func:`_place_fives`), then deposited in order.
     """
-    ex, ey = np.empty(127), np.empty(127)
     flat = counts.reshape(-1)
-    width = counts.shape[1]
-    row_step = np.uint64(width)
+    scratch = splat_scratch(starts)
+    for l in range(starts.shape[0] - 1):
+        box = splat_panel(xy, l, starts, xform, rect, table, steps, offset, radius, flat,
+                           counts.shape[1], 0, scratch)
+        touched[l, 0], touched[l, 1], touched[l, 2], touched[l, 3] = box
+
+
+@ngjit
+def splat_scratch(starts):
+    """What :func:`splat_panel` works in: footprint factors and, per point of the largest
+    panel, :func:`_place_fives`'s placements."""
     most = 0
     for l in range(starts.shape[0] - 1):
         most = max(most, starts[l + 1] - starts[l])
-    first, fast = np.empty(most, np.int64), np.empty(most, np.bool_)
-    frac, phase = (np.empty(most), np.empty(most)), (np.empty(most, np.int64), np.empty(most, np.int64))
-    for l in range(starts.shape[0] - 1):
-        sx, ox, sy, oy, hw, hh = xform[l, 0], xform[l, 1], xform[l, 2], xform[l, 3], xform[l, 4], xform[l, 5]
-        x0, y0, x1, y1 = rect[l, 0], rect[l, 1], rect[l, 2], rect[l, 3]
-        R = radius[l]
-        n = 2 * R + 1
-        un = np.uint64(n)
-        base = offset[l]
-        lo_x, lo_y, hi_x, hi_y = x1, y1, x0, y0
-        s0 = starts[l]
-        fives = n == 5
-        if fives:
-            lo_x, lo_y, hi_x, hi_y = _place_fives(xy, s0, starts[l + 1], xform[l], rect[l], width, first,
-                                                  frac, phase, fast)
-        for i in range(s0, starts[l + 1]):
-            k = i - s0
-            if fives and fast[k]:
-                # The factors kept in registers, the rows unrolled, the square's corners left
-                # out: R = 2 means sigma <= 0.8, so the cut-off circle (2.5 sigma <= 2 px)
-                # never reaches a corner's centre (>= 2.12 px off; there the weight is below
-                # 0.7 FLOOR, its table error 7e-5): they add +0.0.
-                e = _five(table, steps, np.uint64(base + phase[0][k] * 5), frac[0][k])
-                g = _five(table, steps, np.uint64(base + phase[1][k] * 5), frac[1][k])
-                a = np.uint64(first[k])
-                _row3(flat, a, g[0], e)
-                _row5(flat, a + row_step, g[1], e)
-                _row5(flat, a + 2 * row_step, g[2], e)
-                _row5(flat, a + 3 * row_step, g[3], e)
-                _row3(flat, a + 4 * row_step, g[4], e)
-                continue
-            drawn, fx, fy = splat_centre(xy[i, 0], xy[i, 1], sx, ox, sy, oy, hw, hh)
-            if not drawn:
-                continue
-            ix, iy = np.floor(fx), np.floor(fy)
-            tx, ty = (fx - ix) * PHASES, (fy - iy) * PHASES
-            px, py = min(int(tx), PHASES - 1), min(int(ty), PHASES - 1)
-            tx -= px
-            ty -= py
-            rx, ry = np.uint64(base + px * n), np.uint64(base + py * n)
-            cx, cy = int(ix) - R, int(iy) - R
-            for j in range(un):
-                ex[j] = table[rx + j] + tx * steps[rx + j]
-                ey[j] = table[ry + j] + ty * steps[ry + j]
-            ax, bx, ay, by = max(0, x0 - cx), min(n, x1 - cx), max(0, y0 - cy), min(n, y1 - cy)
-            if ax >= bx or ay >= by:
-                continue
-            lo_x, hi_x = min(lo_x, cx + ax), max(hi_x, cx + bx)
-            lo_y, hi_y = min(lo_y, cy + ay), max(hi_y, cy + by)
-            at = np.uint64((cy + ay) * width + cx)
-            jx0, jx1 = np.uint64(ax), np.uint64(bx)
-            for jy in range(np.uint64(ay), np.uint64(by)):
-                wy = ey[jy]
-                for jx in range(jx0, jx1):
-                    w = ex[jx] * wy
-                    flat[at + jx] += np.float32(w if w >= FLOOR else 0.0)
-                at += row_step
-        if lo_x >= hi_x:  # nothing drawn
-            lo_x, lo_y, hi_x, hi_y = x0, y0, x0, y0
-        touched[l, 0], touched[l, 1], touched[l, 2], touched[l, 3] = lo_x, lo_y, hi_x, hi_y
+    return (np.empty(127), np.empty(127), np.empty(most, np.int64), np.empty(most, np.bool_),
+            (np.empty(most), np.empty(most)), (np.empty(most, np.int64), np.empty(most, np.int64)))
+
+
+@ngjit
+def splat_panel(xy, l, starts, xform, rect, table, steps, offset, radius, flat, width, org, scratch):
+    """Panel ``l``'s points of :func:`splat_kernel` added into ``flat``, where pixel (x, y) is
+    ``y * width + x - org`` (the frame's counts: ``width`` W, ``org`` 0; or a buffer of the
+    panel's rect alone); returns the box ``[x0, y0, x1, y1)`` of the pixels added to."""
+    ex, ey, first, fast, frac, phase = scratch
+    row_step = np.uint64(width)
+    sx, ox, sy, oy, hw, hh = xform[l, 0], xform[l, 1], xform[l, 2], xform[l, 3], xform[l, 4], xform[l, 5]
+    x0, y0, x1, y1 = rect[l, 0], rect[l, 1], rect[l, 2], rect[l, 3]
+    R = radius[l]
+    n = 2 * R + 1
+    un = np.uint64(n)
+    base = offset[l]
+    lo_x, lo_y, hi_x, hi_y = x1, y1, x0, y0
+    s0 = starts[l]
+    fives = n == 5
+    if fives:
+        lo_x, lo_y, hi_x, hi_y = _place_fives(xy, s0, starts[l + 1], xform[l], rect[l], width, org,
+                                              first, frac, phase, fast)
+    for i in range(s0, starts[l + 1]):
+        k = i - s0
+        if fives and fast[k]:
+            # The factors kept in registers, the rows unrolled, the square's corners left
+            # out: R = 2 means sigma <= 0.8, so the cut-off circle (2.5 sigma <= 2 px)
+            # never reaches a corner's centre (>= 2.12 px off; there the weight is below
+            # 0.7 FLOOR, its table error 7e-5): they add +0.0.
+            e = _five(table, steps, np.uint64(base + phase[0][k] * 5), frac[0][k])
+            g = _five(table, steps, np.uint64(base + phase[1][k] * 5), frac[1][k])
+            a = np.uint64(first[k])
+            _row3(flat, a, g[0], e)
+            _row5(flat, a + row_step, g[1], e)
+            _row5(flat, a + 2 * row_step, g[2], e)
+            _row5(flat, a + 3 * row_step, g[3], e)
+            _row3(flat, a + 4 * row_step, g[4], e)
+            continue
+        drawn, fx, fy = splat_centre(xy[i, 0], xy[i, 1], sx, ox, sy, oy, hw, hh)
+        if not drawn:
+            continue
+        ix, iy = np.floor(fx), np.floor(fy)
+        tx, ty = (fx - ix) * PHASES, (fy - iy) * PHASES
+        px, py = min(int(tx), PHASES - 1), min(int(ty), PHASES - 1)
+        tx -= px
+        ty -= py
+        rx, ry = np.uint64(base + px * n), np.uint64(base + py * n)
+        cx, cy = int(ix) - R, int(iy) - R
+        for j in range(un):
+            ex[j] = table[rx + j] + tx * steps[rx + j]
+            ey[j] = table[ry + j] + ty * steps[ry + j]
+        ax, bx, ay, by = max(0, x0 - cx), min(n, x1 - cx), max(0, y0 - cy), min(n, y1 - cy)
+        if ax >= bx or ay >= by:
+            continue
+        lo_x, hi_x = min(lo_x, cx + ax), max(hi_x, cx + bx)
+        lo_y, hi_y = min(lo_y, cy + ay), max(hi_y, cy + by)
+        at = np.uint64((cy + ay) * width + cx - org)
+        jx0, jx1 = np.uint64(ax), np.uint64(bx)
+        for jy in range(np.uint64(ay), np.uint64(by)):
+            wy = ey[jy]
+            for jx in range(jx0, jx1):
+                w = ex[jx] * wy
+                flat[at + jx] += np.float32(w if w >= FLOOR else 0.0)
+            at += row_step
+    if lo_x >= hi_x:  # nothing drawn
+        lo_x, lo_y, hi_x, hi_y = x0, y0, x0, y0
+    return lo_x, lo_y, hi_x, hi_y
 
 
 def splat_numpy(xy, starts, xform, rect, table, steps, offset, radius, counts):
@@ -372,102 +390,3 @@ def curve_extremes_numpy(P, times):
                 best = np.where(inside & (value > best), value, best)
             out[k] = np.where(np.isfinite(p0) & np.isfinite(p1), best, np.nan)
     return out
-
-
-# --- shading ---------------------------------------------------------------------------------
-# Density -> palette index.  Index ``base`` + j (j = 0 .. levels-1) holds colour j of the
-# colormap; pixels with no density keep the background frame's index.  On the log scale
-# level j is the nearest to (levels - 1) * log(c / floor) / log(span / floor), clipped to the
-# scale: ``floor`` is the faintest density drawn (a footprint's edge), so a lone dot (density 1
-# at its centre) sits well up the colormap and only the film's densest pixel reaches the top.
-
-@ngjit
-def shade_kernel(counts, bits, lut, frame, boxes):
-    """Write palette indices for every pixel with density inside ``boxes`` into ``frame`` and
-    zero ``counts`` there.
-
-    counts: (H, W) float32 (reset to 0 on return, ready for the next frame); bits: the same
-    memory viewed as uint32; lut: a :class:`ShadeTable`'s arrays (see :func:`shade_table`);
-    frame: (H, W) uint8, written in place; boxes: (M, 4) int64 ``[x0, y0, x1, y1)`` regions
-    that hold every density (the panels' rects: nothing is deposited outside them).  Gives
-    exactly :func:`shade_numpy`'s indices without a logarithm per pixel: a float's bit pattern
-    orders positive floats, so its top bits pick a bin of the table, and each bin holds at
-    most one colour boundary.
-    """
-    lo, hi, shift, first, base, top, start_level, boundary = lut
-    c_flat, b_flat, f_flat = counts.reshape(-1), bits.reshape(-1), frame.reshape(-1)
-    width = counts.shape[1]
-    for m in range(boxes.shape[0]):
-        x0, x1 = np.uint64(boxes[m, 0]), np.uint64(boxes[m, 2])
-        for y in range(boxes[m, 1], boxes[m, 3]):
-            row = np.uint64(y * width)
-            for x in range(row + x0, row + x1):
-                c = c_flat[x]
-                if c > 0.0:
-                    if c < lo:
-                        j = 0
-                    elif c >= hi:
-                        j = top
-                    else:
-                        k = np.uint64((b_flat[x] >> shift) - first)
-                        j = start_level[k] + (1 if c >= boundary[k] else 0)
-                    f_flat[x] = base + j
-                    c_flat[x] = 0.0
-
-
-def shade_levels(c, span, floor, log_scale, levels):
-    """Colour level (0 .. levels-1, int64) of densities ``c`` (float64): the formula that
-    :func:`shade_kernel`'s table reproduces exactly."""
-    c = np.asarray(c, dtype=np.float64)
-    v = np.log(np.maximum(c, floor) / floor) / np.log(span / floor) if log_scale else c / span
-    return np.minimum(np.floor(v * (levels - 1) + 0.5), levels - 1).astype(np.int64)
-
-
-def shade_table(span, floor, log_scale, base, levels):
-    """The lookup table :func:`shade_kernel` uses in place of :func:`shade_levels`.
-
-    For every level j its boundary -- the smallest float32 density that :func:`shade_levels`
-    gives level j or more -- is found by bisection on float32 bit patterns; the densities
-    between the first and the last boundary are then binned by the top bits of their bit
-    pattern, each bin storing its level at the start and the boundary inside it, if any.
-    Returns ``(lo, hi, shift, first, base, top, start_level, boundary)``.
-    """
-    top = levels - 1
-
-    def level(c32):
-        return shade_levels(c32.astype(np.float64), span, floor, log_scale, levels)
-
-    # Smallest positive float32 (as bits) reaching each level 1..top, all levels at once.
-    want = np.arange(1, top + 1)
-    lo_b = np.zeros(top, np.int64)
-    hi_b = np.full(top, np.float32(np.finfo(np.float32).max).view(np.uint32), np.int64)
-    while (hi_b - lo_b > 1).any():
-        mid = (lo_b + hi_b) // 2
-        ok = level(mid.astype(np.uint32).view(np.float32)) >= want
-        hi_b = np.where(ok, mid, hi_b)
-        lo_b = np.where(ok, lo_b, mid)
-    edges = hi_b  # bits of the boundaries, non-decreasing
-    for shift in range(13, -1, -1):  # bins fine enough that none holds two boundaries
-        b = edges >> shift
-        if (np.diff(b) > 0).all():
-            break
-    first, last = int(b[0]), int(b[-1])
-    starts = ((np.arange(first, last + 1, dtype=np.int64)) << shift).astype(np.uint32)
-    start_level = level(starts.view(np.float32)).astype(np.int64)
-    # The one boundary a bin can hold is that of the level after the bin's first one.
-    as_float = edges.astype(np.uint32).view(np.float32)  # as_float[j - 1]: level j's boundary
-    nxt = np.minimum(start_level + 1, top)
-    inside = (start_level < top) & ((edges[nxt - 1] >> shift) == np.arange(first, last + 1))
-    boundary = np.where(inside, as_float[nxt - 1], np.float32(np.inf)).astype(np.float32)
-    return (np.float32(as_float[0]), np.float32(as_float[-1]), np.uint32(shift), np.uint32(first),
-            np.uint8(base), np.int64(top), start_level, boundary)
-
-
-def shade_numpy(counts, span, floor, log_scale, base, levels, frame):
-    """The numpy twin of :func:`shade_kernel`."""
-    c = counts.astype(np.float64)
-    hit = c > 0
-    frame[hit] = (base + shade_levels(c[hit], span, floor, log_scale, levels)).astype(np.uint8)
-    counts[...] = 0
-
-

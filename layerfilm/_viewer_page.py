@@ -1,7 +1,7 @@
 """The viewer page's style and script (see :mod:`layerfilm.viewer`): plain JavaScript, no
 library, nothing fetched.  The interpolation is ``_kernels.hermite_kernel`` line for line, the
 panel transform and the pinning to a panel's edge ``_draw_kernels.splat_kernel``'s, the colour
-``_draw_kernels.shade_levels``' log scale with the film's span."""
+``_shade_kernels.shade_levels``' log scale with the film's span."""
 
 STYLE = """
 body{margin:0;background:#000;color:#ddd;font:14px system-ui,sans-serif}

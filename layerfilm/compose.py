@@ -6,7 +6,7 @@ everything sits is :mod:`.grid`'s, how text is drawn :mod:`.text`'s.
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -30,9 +30,10 @@ class Overlay(Protocol):
 class FrameComposer:
     """Builds each frame: the static background, the shaded points, the overlays.
 
-    ``__call__(counts, time, step, boxes)`` returns an ``(H, W)`` uint8 index frame (a buffer
-    reused from frame to frame) and resets ``counts``; ``boxes`` ((M, 4) ``[x0, y0, x1, y1)``,
-    default the panels' rects) hold every pixel with a count.
+    ``__call__(dots, time, step)`` returns an ``(H, W)`` uint8 index frame (a buffer reused
+    from frame to frame) in which ``dots(table, frame)`` has written the points' palette
+    indices with the shader's ``table`` (e.g. a bound
+    :meth:`~layerfilm.raster.Rasterizer.shade_into`).
     """
 
     BORDER = shade.TEXT_BASE + 2  # a dim grey
@@ -55,14 +56,12 @@ class FrameComposer:
         for overlay in overlays:
             overlay.draw_static(bg)
         self.background = bg
-        self.rects = np.ascontiguousarray(grid.rects, dtype=np.int64)  # nothing is drawn outside
         self.frame = bg.copy()
 
-    def __call__(self, counts: np.ndarray, time: float, step: float,
-                 boxes: np.ndarray | None = None) -> np.ndarray:
+    def __call__(self, dots: Callable[[tuple, np.ndarray], None], time: float, step: float) -> np.ndarray:
         frame = self.frame
         np.copyto(frame, self.background)
-        self.shader(counts, frame, self.rects if boxes is None else boxes)
+        dots(self.shader.table, frame)
         for overlay in self.overlays:
             overlay.draw(frame, time, step)
         return frame

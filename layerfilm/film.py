@@ -10,6 +10,7 @@ of it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -120,8 +121,7 @@ class FrameMaker:
     def __call__(self, f: int) -> np.ndarray:
         film = self.film
         step = int(round(np.interp(f, film.times, film.steps)))
-        counts = self.rasterize(self.interp.at(f))
-        return self.compose(counts, f, step, self.rasterize.touched)
+        return self.compose(functools.partial(self.rasterize.shade_into, self.interp.at(f)), f, step)
 
 
 def keyframe_maker(film: Film):

@@ -9,6 +9,7 @@ import numpy as np
 
 from . import interpolate
 from ._draw_kernels import CUTOFF, footprint_steps, footprint_table, splat_kernel, take_max
+from ._shade_kernels import splat_shade_kernel
 from ._kernels import hermite_at
 from ._span_kernels import bound_kernel, bound_margin, falloff_table
 from .cluster import threads
@@ -72,6 +73,7 @@ class Rasterizer:
         self.falloff = np.concatenate(falloff) if falloff else np.zeros(0)
         self.falloff_offset = np.concatenate([[0], np.cumsum([len(f) for f in falloff])]).astype(np.int64)
         self.counts = np.zeros((h, w), dtype=np.float32)
+        self._panel: np.ndarray | None = None  # shade_into's buffer, made at its first call
         # Per panel, the box holding every pixel the last call drew into (set by the kernel).
         self.touched = self.rects.copy()
 
@@ -92,6 +94,18 @@ class Rasterizer:
         shading (and resetting)."""
         splat_kernel(xy, self.starts, self.xform, self.rects, *self.footprint, self.counts, self.touched)
         return self.counts
+
+    def shade_into(self, xy: np.ndarray, table: tuple, frame: np.ndarray) -> None:
+        """Splat ``xy`` (N, 2) float32 and write its palette indices into ``frame`` with a
+        :class:`~layerfilm.shade.Shader`'s ``table``: what ``__call__`` and the shader give,
+        index for index, a panel at a time through a buffer of one panel's rect
+        (:func:`~layerfilm._shade_kernels.splat_shade_kernel`), which stays in the nearest
+        caches where the frame's count image did not.  Sets :attr:`touched` as ``__call__``."""
+        if self._panel is None:
+            w, h = self.rects[:, 2] - self.rects[:, 0], self.rects[:, 3] - self.rects[:, 1]
+            self._panel = np.zeros(max(int((w * h).max(initial=0)), 1), np.float32)
+        splat_shade_kernel(xy, self.starts, self.xform, self.rects, *self.footprint, self._panel,
+                           self._panel.view(np.uint32), self.touched, table, frame)
 
     def span(self, P: np.ndarray, times: np.ndarray) -> float:
         """The highest density of any pixel in any frame of the film: the keyframes ``P``

@@ -20,7 +20,8 @@ import functools
 
 import numpy as np
 
-from ._draw_kernels import CUTOFF, shade_kernel, shade_levels, shade_table
+from ._draw_kernels import CUTOFF
+from ._shade_kernels import shade_kernel, shade_levels, shade_table
 
 BACKGROUND = 0
 TEXT_BASE, TEXT_LEVELS = 1, 15
@@ -96,7 +97,7 @@ class Shader:
 
     @functools.cached_property
     def table(self) -> tuple:
-        """The exact lookup table of :func:`layerfilm._draw_kernels.shade_table`, made once."""
+        """The exact lookup table of :func:`layerfilm._shade_kernels.shade_table`, made once."""
         return shade_table(self.span, self.floor, self.scale == "log", DENSITY_BASE, DENSITY_LEVELS)
 
     def index(self, density) -> np.ndarray:

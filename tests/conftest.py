@@ -154,9 +154,9 @@ def headers(monkeypatch):
     steps = []
     original = compose.FrameComposer.__call__
 
-    def call(self, counts, time, step, boxes=None):
+    def call(self, dots, time, step):
         steps.append(step)
-        return original(self, counts, time, step, boxes)
+        return original(self, dots, time, step)
 
     monkeypatch.setattr(compose.FrameComposer, "__call__", call)
     return steps

@@ -101,11 +101,11 @@ def test_metrics_file_feeds_header_and_strip(tmp_path, run_dir, composer, monkey
     seen = []
     original = compose.FrameComposer.__call__
 
-    def call(self, counts, time, step, boxes=None):
+    def call(self, dots, time, step):
         (header,) = [o for o in self.overlays if isinstance(o, overlays.Header)]
         loss = dict(zip(self.grid.fields, [fn for _, fn in header.fields]))["loss"]
         seen.append((step, loss(step)))
-        return original(self, counts, time, step, boxes)
+        return original(self, dots, time, step)
 
     monkeypatch.setattr(compose.FrameComposer, "__call__", call)
     metrics = tmp_path / "log.csv"

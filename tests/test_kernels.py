@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from layerfilm import _draw_kernels as D
+from layerfilm import _shade_kernels as SH
 from layerfilm import _kernels as K
 from layerfilm import _plane_kernels as PK
 from layerfilm import _read_kernels as RK
@@ -358,7 +359,7 @@ def test_shade_kernel_equals_numpy_twin_and_resets(log, span):
     a, b = np.zeros(counts.shape, np.uint8), np.zeros(counts.shape, np.uint8)
     ca, cb = counts.copy(), counts.copy()
     shader(ca, a)
-    D.shade_numpy(cb, span, shader.floor, log, DENSITY_BASE, DENSITY_LEVELS, b)
+    SH.shade_numpy(cb, span, shader.floor, log, DENSITY_BASE, DENSITY_LEVELS, b)
     np.testing.assert_array_equal(a, b)
     assert not ca.any()
     assert (a[counts > 0] >= DENSITY_BASE).all() and (a[counts == 0] == 0).all()
@@ -475,6 +476,44 @@ def test_shade_kernel_in_boxes_shades_only_there():
     shader(c, part, boxes)
     np.testing.assert_array_equal(part[inside], whole[inside])
     assert (part[~inside] == 9).all() and np.array_equal(c[~inside], counts[~inside]) and not c[inside].any()
+
+
+
+@pytest.mark.parametrize("sigma", [[0.6, 0.6, 0.6], [0.8, 1.3, 4.0], [2.7, 0.41, 0.6]])
+def test_splat_shade_kernel_is_the_splat_then_the_shading(sigma):
+    """A frame's splat and shading fused panel by panel, through a buffer of one panel's rect,
+    give the whole-frame splat's boxes and the shading's indices pixel for pixel: points
+    inside, pinned to the edge, on pixel corners, not finite, squares across a rect's edge,
+    panels of different widths and one with nothing drawn; the buffer is all zero after, and
+    nothing outside the touched boxes is written."""
+    rng = np.random.default_rng(8)
+    rects = np.array([[2, 3, 42, 43], [50, 5, 97, 30], [60, 33, 70, 48]], np.int64)
+    starts = np.array([0, 300, 500, 500], np.int64)
+    r = Rasterizer((100, 50), rects, np.array([10.0, 9.0, 3.0]), np.array(sigma), starts)
+    xy = (rng.normal(size=(500, 2)) * 1.3).astype(np.float32)  # some pinned to the edge
+    xy[5], xy[6], xy[7] = np.nan, [np.inf, 0], [1.78, -1.9]
+    xy[310:320] = np.arange(-5, 5)[:, None] / np.float32(10)  # on pixel corners
+    xy[20:40] = xy[40]  # a pile-up: densities up the whole scale
+    shader = Shader(span=12.0)
+    counts, whole = np.zeros((50, 100), np.float32), np.full((50, 100), 7, np.uint8)
+    touched = np.full((3, 4), -1, np.int64)
+    D.splat_kernel(xy, starts, r.xform, rects, *r.footprint, counts, touched)
+    assert counts.max() > 1.0
+    shader(counts, whole, touched)
+    fused, box = np.full((50, 100), 7, np.uint8), np.full((3, 4), -1, np.int64)
+    buffer = np.zeros(40 * 40, np.float32)  # the largest rect, 40 x 40
+    SH.splat_shade_kernel(xy, starts, r.xform, rects, *r.footprint, buffer, buffer.view(np.uint32),
+                         box, shader.table, fused)
+    np.testing.assert_array_equal(box, touched)
+    np.testing.assert_array_equal(fused, whole)
+    assert (fused != 7).sum() > 1000 and not buffer.any()
+    assert box[2, 0] == box[2, 2]  # the empty panel's box is empty
+    # The Rasterizer's own: the same frame, the same boxes, frame after frame.
+    again = np.full((50, 100), 7, np.uint8)
+    for _ in range(2):
+        r.shade_into(xy, shader.table, again)
+        np.testing.assert_array_equal(again, whole)
+        np.testing.assert_array_equal(r.touched, touched)
 
 
 @pytest.mark.parametrize("transposed", [False, True])

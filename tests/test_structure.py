@@ -7,7 +7,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "layerfilm"
 
 # Data flows down this list; a module may import only modules above it.
-ORDER = ["__init__", "_kernels", "_read_kernels", "_draw_kernels", "_span_kernels", "_plane_kernels", "errors", "atomic", "untrusted",
+ORDER = ["__init__", "_kernels", "_read_kernels", "_draw_kernels", "_shade_kernels", "_span_kernels", "_plane_kernels", "errors", "atomic", "untrusted",
          "progress", "config", "checkpoints", "extract", "plan", "completions", "activations", "clouds", "pca", "project", "cache",
          "cluster", "drift", "layouts", "interpolate", "raster",
          "shade", "text", "grid", "compose", "overlays", "cues", "stats", "header", "film", "encode", "stills", "_viewer_page", "viewer",
