@@ -77,12 +77,13 @@ def _as_u32(typingctx, x):
 @ngjit
 def _half_bits(h):
     """The float32 bits of the binary16 bits ``h`` (uint32): :func:`half_to_float_kernel`'s
-    arithmetic on one value, which vectorises (the same bits, shown for every pattern)."""
+    arithmetic on one value (the same bits, shown for every pattern), without a branch, so
+    the loops calling it vectorise: an exponent of all ones (Inf/NaN) is the one for which
+    adding 0x0400 carries into bit 15 (0.73 -> 0.26 ns a value with the branch written as
+    an ``if``, which the compiler left scalar)."""
     v = _as_u32(_as_f32((h & np.uint32(0x7FFF)) << np.uint32(13)) * _TWO_POW_112)
-    v |= (h & np.uint32(0x8000)) << np.uint32(16)
-    if (h & np.uint32(0x7C00)) == np.uint32(0x7C00):
-        v |= np.uint32(0x7F800000)
-    return v
+    top = ((h & np.uint32(0x7C00)) + np.uint32(0x0400)) >> np.uint32(15)
+    return v | ((h & np.uint32(0x8000)) << np.uint32(16)) | (top * np.uint32(0x7F800000))
 
 
 @ngjit
@@ -93,12 +94,15 @@ def widen_bits_kernel(src, index, axis, half, out):
     n, d = src.shape
     m = index.shape[0]
     bits = out.view(np.uint32)
-    if axis == 0:
+    if axis == 0:  # a loop per kind, unsigned indices: they vectorise
         for r in range(m):
-            i = index[r]
-            for j in range(d):
-                h = np.uint32(src[i, j])
-                bits[r, j] = _half_bits(h) if half else h << np.uint32(16)
+            row, to = src[index[r]], bits[r]
+            if half:
+                for j in range(np.uint64(d)):
+                    to[j] = _half_bits(np.uint32(row[j]))
+            else:
+                for j in range(np.uint64(d)):
+                    to[j] = np.uint32(row[j]) << np.uint32(16)
         return
     block = np.empty((_ROWS, d), np.uint32)
     for i0 in range(0, n, _ROWS):

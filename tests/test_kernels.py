@@ -558,16 +558,18 @@ def test_widen_kernels_gather_widen_and_transpose_like_numpy(kind, axis):
         src, view = w.astype(np.float32 if kind == "F32" else np.float64), "float"
     index = np.sort(rng.choice(src.shape[axis], 19, replace=False)).astype(np.int64)
     index[0] = 0  # the row or column holding the special values
-    out = np.full((19, src.shape[1 - axis]), 7.0, np.float32)
-    if view == "bits":
-        RK.widen_bits_kernel(src, index, axis, kind == "F16", out)
-    else:
-        RK.widen_float_kernel(src, index, axis, out)
     ref = RK.widen_numpy(src, index, axis, kind)
-    assert out.shape == ref.shape and np.isnan(out[0]).sum() == np.isnan(ref[0]).sum() == 1
     nan = np.isnan(ref)
-    assert np.isnan(out[nan]).all()
-    np.testing.assert_array_equal(out.view(np.uint32)[~nan], ref.view(np.uint32)[~nan])
+    # Contiguous, and a view with gaps between values (the kernels' other loops).
+    for stored in (src, np.repeat(src, 2, axis=1)[:, ::2]):
+        out = np.full((19, src.shape[1 - axis]), 7.0, np.float32)
+        if view == "bits":
+            RK.widen_bits_kernel(stored, index, axis, kind == "F16", out)
+        else:
+            RK.widen_float_kernel(stored, index, axis, out)
+        assert out.shape == ref.shape and np.isnan(out[0]).sum() == np.isnan(ref[0]).sum() == 1
+        assert np.isnan(out[nan]).all()
+        np.testing.assert_array_equal(out.view(np.uint32)[~nan], ref.view(np.uint32)[~nan])
 
 
 @pytest.mark.parametrize("passes", [0, 1, 4])
