@@ -157,15 +157,15 @@ class SafetensorsFile:
 
         ``digest`` (a name in :data:`READ_DIGESTS`): hash the bytes as they come in, so that
         what was read is identified without reading it again (:attr:`read_digest`)."""
-        keys, spans, again = [], [], False
+        keys, spans, again = {}, [], False  # keys: a dict for its order and its lookups
         for name, index, axis in wanted:
-            if name in self._entries and self._entries[name][2] >= 0 and \
-                    self._entries[name][0] in FLOAT_DTYPES:
+            entry = self._entries.get(name)
+            if entry is not None and entry[2] >= 0 and entry[0] in FLOAT_DTYPES:
                 key = _key(name, index, axis)
                 if key in self._fetched:
                     again = True  # fetched before this call: its bytes are not hashed here
                 elif key not in keys:
-                    keys.append(key)
+                    keys[key] = None
                     spans.append(self._ranges(name, index, axis))
         parts = []
         for key, (starts, ends), raw in zip(keys, spans, self._fetch_spans(spans)):
@@ -202,22 +202,29 @@ class SafetensorsFile:
                 out.append(b"".join(chunks[i:i + len(starts)]))
                 i += len(starts)
             return out
-        head, bufs, flat = np.frombuffer(self._head, np.uint8), [], []
-        for starts, ends in spans:
-            buf = np.empty(int((ends - starts).sum()), np.uint8)
-            at = np.r_[0, np.cumsum(ends - starts)[:-1]].astype(np.int64)
-            if len(starts) and starts[0] < len(head):  # bytes read with the header: copied
-                starts, at = starts.copy(), at.copy()
-                for i in np.flatnonzero(starts < len(head)):
-                    n = min(int(ends[i]), len(head)) - int(starts[i])
-                    buf[at[i]:at[i] + n] = head[starts[i]:starts[i] + n]
-                    starts[i] += n
-                    at[i] += n
-                rest = starts < ends
-                starts, ends, at = starts[rest], ends[rest], at[rest]
-            bufs.append(buf)
-            flat.append((starts, ends, buf.ctypes.data + at))
-        starts, ends, dests = (np.concatenate([f[j] for f in flat]).astype(np.int64) for j in range(3))
+        # Every span's ranges at once (a checkpoint's hundreds of tensors cost no Python loop
+        # per tensor but the buffers' own): each span's buffer, and each range's place in it.
+        counts = np.array([len(st) for st, _ in spans], np.int64)
+        starts = np.concatenate([st for st, _ in spans]).astype(np.int64)
+        ends = np.concatenate([en for _, en in spans]).astype(np.int64)
+        first = np.zeros(len(spans) + 1, np.int64)
+        np.cumsum(counts, out=first[1:])
+        before = np.zeros(len(starts) + 1, np.int64)  # bytes of the ranges before each
+        np.cumsum(ends - starts, out=before[1:])
+        bufs = [np.empty(n, np.uint8) for n in (before[first[1:]] - before[first[:-1]]).tolist()]
+        span_of = np.repeat(np.arange(len(spans)), counts)
+        at = before[:-1] - before[first[:-1]][span_of]  # where each range goes in its buffer
+        dests = np.array([b.ctypes.data for b in bufs], np.int64)[span_of] + at
+        head = np.frombuffer(self._head, np.uint8)
+        near = np.flatnonzero(starts < len(head))
+        if len(near):  # bytes read with the header: copied
+            for i in near.tolist():
+                n = min(int(ends[i]), len(head)) - int(starts[i])
+                bufs[span_of[i]][at[i]:at[i] + n] = head[starts[i]:starts[i] + n]
+                starts[i] += n
+                dests[i] += n
+            rest = starts < ends
+            starts, ends, dests = starts[rest], ends[rest], dests[rest]
         try:
             short = read_into(self.path, starts, ends, dests)
         except OSError as e:
