@@ -89,8 +89,10 @@ def bound_kernel(stack, g, starts, xform, rect, falloff, offset, radius, image, 
 
     stack: (G, N, 2) float32 positions, g <= G of them used; starts, xform, rect, radius: as
     :func:`~layerfilm._draw_kernels.splat_kernel`'s; falloff: every panel's
-    :func:`falloff_table` one after another, panel l's from ``offset[l]``; image: (H, W)
-    float32, zero, left zero; peaks: (L,) float32.
+    :func:`falloff_table` one after another, panel l's from ``offset[l]``; image: float32,
+    zero, left zero, at least as many values as the largest panel's rect has pixels (each
+    panel's bounds are summed there, its pixel (x, y) at ``(y - y0) w + (x - x0)``: a buffer
+    that stays in cache, where the frame's own rows were a page apart); peaks: (L,) float32.
     """
     most, points = 1, 1
     for l in range(rect.shape[0]):
@@ -99,10 +101,10 @@ def bound_kernel(stack, g, starts, xform, rect, falloff, offset, radius, image, 
     col_w, row_w = np.empty(most), np.empty(most)
     box, odd = np.empty((4, points)), np.empty(points, np.bool_)
     flat = image.reshape(-1)
-    width = image.shape[1]
-    row_step = np.uint64(width)
     for l in range(starts.shape[0] - 1):
         x0, y0, x1, y1 = rect[l, 0], rect[l, 1], rect[l, 2], rect[l, 3]
+        width = x1 - x0
+        row_step = np.uint64(width)
         R = radius[l]
         base = offset[l]
         last = offset[l + 1] - base - 1
@@ -126,16 +128,16 @@ def bound_kernel(stack, g, starts, xform, rect, falloff, offset, radius, image, 
             _edge_weights(row_w, cy0, cy1, bmin, bmax, falloff, base, last)
             lo_x, hi_x = min(lo_x, cx0), max(hi_x, cx1)
             lo_y, hi_y = min(lo_y, cy0), max(hi_y, cy1)
-            at = np.uint64(cy0 * width + cx0)
+            at = np.uint64((cy0 - y0) * width + cx0 - x0)
             nx = np.uint64(cx1 - cx0)
             for jy in range(np.uint64(cy1 - cy0)):
                 wy = row_w[jy]
                 for jx in range(nx):
                     flat[at + jx] += np.float32(col_w[jx] * wy)
                 at += row_step
-        for y in range(lo_y, hi_y):  # the panel's largest, and the image left zero
-            row = np.uint64(y * width)
-            for x in range(row + np.uint64(lo_x), row + np.uint64(hi_x)):
+        for y in range(lo_y, hi_y):  # the panel's largest, and the buffer left zero
+            row = np.uint64((y - y0) * width)
+            for x in range(row + np.uint64(lo_x - x0), row + np.uint64(hi_x - x0)):
                 top = max(top, flat[x])
                 flat[x] = 0.0
         peaks[l] = top

@@ -78,6 +78,12 @@ class Rasterizer:
         self.touched = self.rects.copy()
 
     @property
+    def panel_pixels(self) -> int:
+        """Pixels of the largest panel's rect (at least 1): the per-panel buffers' length."""
+        w, h = self.rects[:, 2] - self.rects[:, 0], self.rects[:, 3] - self.rects[:, 1]
+        return max(int((w * h).max(initial=0)), 1)
+
+    @property
     def footprint(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """``(table, steps, offset, radius)``: the splat kernel's footprint arguments."""
         return self.table, self.steps, self.offset, self.radius
@@ -102,8 +108,7 @@ class Rasterizer:
         (:func:`~layerfilm._shade_kernels.splat_shade_kernel`), which stays in the nearest
         caches where the frame's count image did not.  Sets :attr:`touched` as ``__call__``."""
         if self._panel is None:
-            w, h = self.rects[:, 2] - self.rects[:, 0], self.rects[:, 3] - self.rects[:, 1]
-            self._panel = np.zeros(max(int((w * h).max(initial=0)), 1), np.float32)
+            self._panel = np.zeros(self.panel_pixels, np.float32)
         splat_shade_kernel(xy, self.starts, self.xform, self.rects, *self.footprint, self._panel,
                            self._panel.view(np.uint32), self.touched, table, frame)
 
@@ -131,7 +136,7 @@ class Rasterizer:
 
         def bound(part: range) -> None:
             stack = np.empty((GROUP,) + P.shape[1:], np.float32)  # each thread its own buffers
-            image, peaks = np.zeros_like(self.counts), np.empty(L, np.float32)
+            image, peaks = np.zeros(self.panel_pixels, np.float32), np.empty(L, np.float32)
             for g in part:
                 a, b = groups[g]
                 for j, f in enumerate(range(a, b)):
