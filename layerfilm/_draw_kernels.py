@@ -226,7 +226,8 @@ def splat_scratch(starts):
 def splat_panel(xy, l, starts, xform, rect, table, steps, offset, radius, flat, width, org, scratch):
     """Panel ``l``'s points of :func:`splat_kernel` added into ``flat``, where pixel (x, y) is
     ``y * width + x - org`` (the frame's counts: ``width`` W, ``org`` 0; or a buffer of the
-    panel's rect alone); returns the box ``[x0, y0, x1, y1)`` of the pixels added to."""
+    panel's rect alone; ``scratch``: :func:`splat_scratch`'s); returns the box
+    ``[x0, y0, x1, y1)`` of the pixels added to."""
     ex, ey, first, fast, frac, phase = scratch
     row_step = np.uint64(width)
     sx, ox, sy, oy, hw, hh = xform[l, 0], xform[l, 1], xform[l, 2], xform[l, 3], xform[l, 4], xform[l, 5]

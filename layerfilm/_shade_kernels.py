@@ -41,10 +41,10 @@ def _shade_box(c_flat, b_flat, c_width, c_org, lut, f_flat, f_width, x0, y0, x1,
     """:func:`shade_kernel` in the box ``[x0, y0, x1, y1)``, whose pixel (x, y) is
     ``y * c_width + x - c_org`` of the densities and ``y * f_width + x`` of the frame."""
     lo, hi, shift, first, base, top, start_level, boundary = lut
-    span = np.uint64(x1 - x0)
+    n = np.uint64(x1 - x0)
     for y in range(y0, y1):
         c_at, f_at = np.uint64(y * c_width + x0 - c_org), np.uint64(y * f_width + x0)
-        for i in range(span):
+        for i in range(n):
             x = c_at + i
             c = c_flat[x]
             if c > 0.0:
@@ -68,13 +68,13 @@ def splat_shade_kernel(xy, starts, xform, rect, table, steps, offset, radius, co
     image (8 MB at 1080p) went out to memory between the two passes.  The same sums, in the
     same order, so the same indices."""
     scratch = splat_scratch(starts)
-    f_width = frame.shape[1]
+    f_flat, f_width = frame.reshape(-1), frame.shape[1]
     for l in range(starts.shape[0] - 1):
         x0, y0, x1 = rect[l, 0], rect[l, 1], rect[l, 2]
         w, org = x1 - x0, y0 * (x1 - x0) + x0
         box = splat_panel(xy, l, starts, xform, rect, table, steps, offset, radius, counts, w, org, scratch)
         touched[l, 0], touched[l, 1], touched[l, 2], touched[l, 3] = box
-        _shade_box(counts, bits, w, org, lut, frame.reshape(-1), f_width, box[0], box[1], box[2], box[3])
+        _shade_box(counts, bits, w, org, lut, f_flat, f_width, box[0], box[1], box[2], box[3])
 
 
 def shade_levels(c, span, floor, log_scale, levels):
