@@ -60,24 +60,6 @@ def footprint_steps(table: np.ndarray) -> np.ndarray:
 
 
 @ngjit
-def take_max(counts, boxes):
-    """The largest value of ``counts`` inside ``boxes`` ((M, 4) int64 ``[x0, y0, x1, y1)``),
-    which are set to zero (one pass, no GIL: the colour span's pass runs in threads)."""
-    top = np.float32(0.0)
-    flat = counts.reshape(-1)
-    width = counts.shape[1]
-    for m in range(boxes.shape[0]):
-        x0, x1 = np.uint64(boxes[m, 0]), np.uint64(boxes[m, 2])
-        for y in range(boxes[m, 1], boxes[m, 3]):
-            row = np.uint64(y * width)
-            for x in range(row + x0, row + x1):
-                v = flat[x]
-                top = max(top, v)
-                flat[x] = 0.0
-    return top
-
-
-@ngjit
 def unpinned_centre(x, y, sx, ox, sy, oy, hw, hh):
     """``(inside, px, py)``: whether a point at data ``(x, y)`` lies inside its panel's box
     (False when not finite), and where the splat puts its centre if so -- no branch, so the

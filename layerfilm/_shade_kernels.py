@@ -39,8 +39,10 @@ def shade_kernel(counts, bits, lut, frame, boxes):
 @ngjit
 def _shade_box(c_flat, b_flat, c_width, c_org, lut, f_flat, f_width, x0, y0, x1, y1):
     """:func:`shade_kernel` in the box ``[x0, y0, x1, y1)``, whose pixel (x, y) is
-    ``y * c_width + x - c_org`` of the densities and ``y * f_width + x`` of the frame."""
+    ``y * c_width + x - c_org`` of the densities and ``y * f_width + x`` of the frame;
+    returns the largest density there."""
     lo, hi, shift, first, base, top, start_level, boundary = lut
+    most = np.float32(0.0)
     n = np.uint64(x1 - x0)
     for y in range(y0, y1):
         c_at, f_at = np.uint64(y * c_width + x0 - c_org), np.uint64(y * f_width + x0)
@@ -48,6 +50,7 @@ def _shade_box(c_flat, b_flat, c_width, c_org, lut, f_flat, f_width, x0, y0, x1,
             x = c_at + i
             c = c_flat[x]
             if c > 0.0:
+                most = max(most, c)
                 if c < lo:
                     j = 0
                 elif c >= hi:
@@ -57,16 +60,20 @@ def _shade_box(c_flat, b_flat, c_width, c_org, lut, f_flat, f_width, x0, y0, x1,
                     j = start_level[k] + (1 if c >= boundary[k] else 0)
                 f_flat[f_at + i] = base + j
                 c_flat[x] = 0.0
+    return most
 
 
 @ngjit
-def splat_shade_kernel(xy, starts, xform, rect, table, steps, offset, radius, counts, bits, touched, lut, frame):
+def splat_shade_kernel(xy, starts, xform, rect, table, steps, offset, radius, counts, bits, touched, lut, frame,
+                       peaks):
     """:func:`splat_kernel` then :func:`shade_kernel` over ``touched``, panel by panel through
     ``counts``, a float32 buffer (all zero, and zero again on return; ``bits``: the same
     memory as uint32) at least as long as the largest panel's rect: each panel's densities
     are deposited and shaded while they are in the nearest caches, where a frame's count
     image (8 MB at 1080p) went out to memory between the two passes.  The same sums, in the
-    same order, so the same indices."""
+    same order, so the same indices.  peaks: (L,) float32, set to each panel's densest pixel
+    (what the colour span's pass wants of a panel's exact splat: one kernel, compiled once,
+    for both)."""
     scratch = splat_scratch(starts)
     f_flat, f_width = frame.reshape(-1), frame.shape[1]
     for l in range(starts.shape[0] - 1):
@@ -74,7 +81,7 @@ def splat_shade_kernel(xy, starts, xform, rect, table, steps, offset, radius, co
         w, org = x1 - x0, y0 * (x1 - x0) + x0
         box = splat_panel(xy, l, starts, xform, rect, table, steps, offset, radius, counts, w, org, scratch)
         touched[l, 0], touched[l, 1], touched[l, 2], touched[l, 3] = box
-        _shade_box(counts, bits, w, org, lut, f_flat, f_width, box[0], box[1], box[2], box[3])
+        peaks[l] = _shade_box(counts, bits, w, org, lut, f_flat, f_width, box[0], box[1], box[2], box[3])
 
 
 def shade_levels(c, span, floor, log_scale, levels):

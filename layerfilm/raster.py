@@ -8,8 +8,8 @@ import threading
 import numpy as np
 
 from . import interpolate
-from ._draw_kernels import CUTOFF, footprint_steps, footprint_table, splat_kernel, take_max
-from ._shade_kernels import splat_shade_kernel
+from ._draw_kernels import CUTOFF, FLOOR, footprint_steps, footprint_table, splat_kernel
+from ._shade_kernels import shade_table, splat_shade_kernel
 from ._kernels import hermite_at
 from ._span_kernels import bound_kernel, bound_margin, falloff_table
 from .cluster import threads
@@ -39,6 +39,9 @@ def edge_pad(sigma: np.ndarray) -> np.ndarray:
     """(L,) float64 pixels kept between a panel's edge and the farthest dot centre, so that a
     dot at the edge of the range shows its bright core whole."""
     return np.ceil(np.asarray(sigma) * CUTOFF * 0.6) + 1.0
+
+
+_ANY_TABLE = shade_table(1.0, FLOOR, False, 0, 2)  # a shading the span's exact splats ignore
 
 
 class Rasterizer:
@@ -74,6 +77,7 @@ class Rasterizer:
         self.falloff_offset = np.concatenate([[0], np.cumsum([len(f) for f in falloff])]).astype(np.int64)
         self.counts = np.zeros((h, w), dtype=np.float32)
         self._panel: np.ndarray | None = None  # shade_into's buffer, made at its first call
+        self._peaks = np.empty(len(self.rects), np.float32)  # each panel's densest, of the last
         # Per panel, the box holding every pixel the last call drew into (set by the kernel).
         self.touched = self.rects.copy()
 
@@ -110,7 +114,7 @@ class Rasterizer:
         if self._panel is None:
             self._panel = np.zeros(self.panel_pixels, np.float32)
         splat_shade_kernel(xy, self.starts, self.xform, self.rects, *self.footprint, self._panel,
-                           self._panel.view(np.uint32), self.touched, table, frame)
+                           self._panel.view(np.uint32), self.touched, table, frame, self._peaks)
 
     def span(self, P: np.ndarray, times: np.ndarray) -> float:
         """The highest density of any pixel in any frame of the film: the keyframes ``P``
@@ -151,7 +155,10 @@ class Rasterizer:
         lock, found = threading.Lock(), [1.0]
 
         def exact(order) -> None:
-            counts, touched = np.zeros_like(self.counts), np.empty((1, 4), np.int64)
+            # The splat of one panel, through the frames' kernel (its shading into a scratch
+            # frame is not looked at): its densest pixel is what counts.
+            buffer, touched = np.zeros(self.panel_pixels, np.float32), np.empty((1, 4), np.int64)
+            scratch, top = np.zeros(self.counts.shape, np.uint8), np.empty(1, np.float32)
             while True:
                 with lock:
                     at = next(order, None)
@@ -163,11 +170,11 @@ class Rasterizer:
                 local = np.array([0, e - s], np.int64)
                 for f in range(*groups[g]):
                     hermite_at(rows, times, interpolate.segment(times, f)[0], float(f), xy)
-                    splat_kernel(xy, local, self.xform[l:l + 1], self.rects[l:l + 1], self.table,
-                                 self.steps, self.offset[l:l + 1], self.radius[l:l + 1], counts, touched)
-                    top = float(take_max(counts, touched))
+                    splat_shade_kernel(xy, local, self.xform[l:l + 1], self.rects[l:l + 1], self.table,
+                                       self.steps, self.offset[l:l + 1], self.radius[l:l + 1], buffer,
+                                       buffer.view(np.uint32), touched, _ANY_TABLE, scratch, top)
                     with lock:
-                        found[0] = max(found[0], top)
+                        found[0] = max(found[0], float(top[0]))
 
         n = threads()
         with concurrent.futures.ThreadPoolExecutor(n) as pool:

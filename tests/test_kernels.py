@@ -447,19 +447,6 @@ def test_rgb_frames_converts_only_what_changed_and_equals_the_palette_lookup(siz
         np.testing.assert_array_equal(rgb(frame), pal[frame])
 
 
-def test_take_max_finds_the_largest_inside_the_boxes_and_clears_only_them():
-    rng = np.random.default_rng(5)
-    counts = rng.random((40, 61)).astype(np.float32)
-    counts[0, 0] = 50.0  # outside every box: neither seen nor cleared
-    boxes = np.array([[3, 2, 20, 30], [25, 5, 61, 40]], np.int64)
-    want = max(counts[2:30, 3:20].max(), counts[5:40, 25:61].max())
-    before = counts.copy()
-    assert D.take_max(counts, boxes) == want
-    inside = np.zeros(counts.shape, bool)
-    inside[2:30, 3:20] = inside[5:40, 25:61] = True
-    assert not counts[inside].any() and np.array_equal(counts[~inside], before[~inside])
-
-
 def test_shade_kernel_in_boxes_shades_only_there():
     """The composer shades only the panels' rects (nothing is deposited elsewhere): inside
     them the indices are the whole-frame kernel's, outside nothing is read or written."""
@@ -499,13 +486,15 @@ def test_splat_shade_kernel_is_the_splat_then_the_shading(sigma):
     touched = np.full((3, 4), -1, np.int64)
     D.splat_kernel(xy, starts, r.xform, rects, *r.footprint, counts, touched)
     assert counts.max() > 1.0
+    densest = [counts[y0:y1, x0:x1].max() for x0, y0, x1, y1 in rects]
     shader(counts, whole, touched)
     fused, box = np.full((50, 100), 7, np.uint8), np.full((3, 4), -1, np.int64)
-    buffer = np.zeros(40 * 40, np.float32)  # the largest rect, 40 x 40
+    buffer, peaks = np.zeros(40 * 40, np.float32), np.full(3, -1, np.float32)  # rects <= 40 x 40
     SH.splat_shade_kernel(xy, starts, r.xform, rects, *r.footprint, buffer, buffer.view(np.uint32),
-                         box, shader.table, fused)
+                          box, shader.table, fused, peaks)
     np.testing.assert_array_equal(box, touched)
     np.testing.assert_array_equal(fused, whole)
+    np.testing.assert_array_equal(peaks, densest)  # each panel's densest pixel, to the bit
     assert (fused != 7).sum() > 1000 and not buffer.any()
     assert box[2, 0] == box[2, 2]  # the empty panel's box is empty
     # The Rasterizer's own: the same frame, the same boxes, frame after frame.
