@@ -45,7 +45,8 @@ _ANY_TABLE = shade_table(1.0, FLOOR, False, 0, 2)  # a shading the span's exact 
 
 
 class Rasterizer:
-    """Splats all panels' points into one ``(H, W)`` float32 count image.
+    """Splats all panels' points: shaded into a frame a panel at a time (:meth:`shade_into`,
+    what films use), or into one ``(H, W)`` float32 count image (``__call__``).
 
     rects: (L, 4) int64 ``[x0, y0, x1, y1)`` of each panel's interior in the frame; scale: (L,)
     pixels per data unit (the same along x and y), data (0, 0) at the rect's centre; sigma:

@@ -205,8 +205,8 @@ class SafetensorsFile:
         # Every span's ranges at once (a checkpoint's hundreds of tensors cost no Python loop
         # per tensor but the buffers' own): each span's buffer, and each range's place in it.
         counts = np.array([len(st) for st, _ in spans], np.int64)
-        starts = np.concatenate([st for st, _ in spans]).astype(np.int64)
-        ends = np.concatenate([en for _, en in spans]).astype(np.int64)
+        starts = np.concatenate([st for st, _ in spans], dtype=np.int64)  # new arrays: changed below
+        ends = np.concatenate([en for _, en in spans], dtype=np.int64)
         first = np.zeros(len(spans) + 1, np.int64)
         np.cumsum(counts, out=first[1:])
         before = np.zeros(len(starts) + 1, np.int64)  # bytes of the ranges before each
