@@ -369,6 +369,21 @@ def tracked_pca_numpy(X, start, passes):
 # --- alignment -----------------------------------------------------------------------------------
 
 @ngjit
+def all_finite(X):
+    """``np.isfinite(X).all()`` for a 2-D ``X``, without the GIL or a mask as large as ``X``
+    (a row at a time; the comparison is what ``isfinite`` is: ``|x| < inf`` is false for
+    NaN and the infinities)."""
+    n, d = X.shape
+    for i in range(n):
+        ok = True
+        for k in range(d):
+            ok &= abs(X[i, k]) < np.inf
+        if not ok:
+            return False
+    return True
+
+
+@ngjit
 def align_kernel(layout, previous, out):
     """Centre ``layout`` (n, 2) and rotate/reflect it onto ``previous`` (n, 2), into ``out``.
 

@@ -62,10 +62,20 @@ _COLD_PASSES = 6  # otherwise: passes from a seeded random start, then as many a
 # CHECK_FAIL / len(LANCZOS_STEPS); a plane no stage certifies is checked by an exact solve.
 LANCZOS_STEPS = (16, 32, 64)
 CHECK_FAIL = 1e-6
-# The certificate's random start at a keyframe k is seeded [seed, k]; an exact solve too wide
-# for an eigendecomposition is bounded from [seed, SOLVE_STREAM] (seeds must be non-negative).
+# Certificates' random starts: [seed, keyframe]; a solve too wide to decompose: [seed, SOLVE_STREAM].
 SOLVE_STREAM = 2**32 - 1
 ROUNDING = 1e-4  # relative slack for the float32 products (their errors are ~1e-6)
+
+_PK = None
+
+
+def _pk():
+    """:mod:`layerfilm._plane_kernels` (numba loads with it), kept in ``_PK`` once imported: a
+    relative import in a method held the GIL 3.5 us a call (3.11 resolves it in Python)."""
+    global _PK
+    if _PK is None:
+        from . import _plane_kernels as _PK
+    return _PK
 
 
 @dataclasses.dataclass
@@ -280,21 +290,16 @@ class _Moments:
     kernels in :mod:`layerfilm._plane_kernels`, free of the GIL)."""
 
     def __init__(self, X: np.ndarray, scratch: np.ndarray | None = None):
-        from ._plane_kernels import centre_kernel
-
-        # ``scratch``: an array of X's shape to centre into, kept by the caller: a fresh one
-        # per keyframe is fresh pages from the kernel, which doubled this step's cost.
+        # ``scratch``: X's shape, kept by the caller (fresh pages per keyframe cost 2x here)
         self.X, self.gram = X, X.shape[0] < X.shape[1]
         self.Xc = scratch if scratch is not None and scratch.shape == X.shape else np.empty_like(X)
-        centre_kernel(X, self.Xc)  # numpy's mean in float64 took 20x longer
+        _pk().centre_kernel(X, self.Xc)  # numpy's mean in float64 took 20x longer
         self.M = self.Xc @ self.Xc.T if self.gram else self.Xc.T @ self.Xc  # BLAS syrk
-        self.total = float(np.trace(self.M, dtype=np.float64))
+        self.total = _pk().trace_kernel(self.M)  # np.trace(M, dtype=float64), bit for bit
 
     def _top(self, k: int, vectors: bool) -> tuple[np.ndarray, np.ndarray]:
-        from ._plane_kernels import top_eigen
-
         w, Z = np.empty(k), np.empty((k if vectors else 1, self.M.shape[0]), np.float32)
-        top_eigen(self.M, k, vectors, w, Z)
+        _pk().top_eigen(self.M, k, vectors, w, Z)
         return w, Z
 
     def top2(self) -> float:
@@ -308,8 +313,6 @@ class _Moments:
         the top two eigenvalues at most its Ritz value times the matching ``1 + slack``
         (:func:`~layerfilm._plane_kernels.top2_at_most`, a third of the work of computing
         them)."""
-        from ._plane_kernels import top2_at_most
-
         held = float(ritz[0] + ritz[1])
         if held <= 0.0:
             return 1.0 if self.total <= 0.0 else 0.0
@@ -317,7 +320,7 @@ class _Moments:
         grow = 1.0 / target - 2 * ROUNDING  # 1 / (grow + 2 ROUNDING) == target
         if not self.gram and grow > 1 + ROUNDING:
             r1, r2 = max(float(ritz[0]), 0.0), max(float(ritz[1]), 0.0)
-            if top2_at_most(self.M, basis[0], r1, r1 * grow + ROUNDING * held,
+            if _pk().top2_at_most(self.M, basis[0], r1, r1 * grow + ROUNDING * held,
                             r2 * grow + ROUNDING * held):
                 return target
         return self.exact_share(ritz)
@@ -338,13 +341,11 @@ class _Moments:
     def refine(self, start: np.ndarray, passes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """What :func:`_refine` returns, from the covariance matrix (``n >= d``) instead of a
         sweep over the rows per pass."""
-        from ._plane_kernels import covariance_refine_kernel
-
         if self.gram:
             return _refine(self.X, start, passes)
         p, d = start.shape
         scores, basis, ritz = np.empty((len(self.X), 2), np.float32), np.empty((p, d), np.float32), np.empty(p + 2)
-        covariance_refine_kernel(self.M, self.Xc, np.ascontiguousarray(start, dtype=np.float32),
+        _pk().covariance_refine_kernel(self.M, self.Xc, np.ascontiguousarray(start, dtype=np.float32),
                                  passes, self.total, scores, basis, ritz)
         return scores, basis, ritz
 

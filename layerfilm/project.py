@@ -219,8 +219,9 @@ def project_keyframe(X: np.ndarray, projection: Projection, track: Track) -> np.
     with NaN/Inf take no part in the projection and stay NaN in the result, so they are not
     drawn.  The layout is centred and rotated/reflected onto the previous one (never scaled).
     """
+    kernels = _kernels()
     X = np.asarray(X)
-    rows = None if np.isfinite(X).all() else np.isfinite(X).all(axis=1)
+    rows = None if X.ndim == 2 and kernels.all_finite(X) else np.isfinite(X).all(axis=1)
     done = projection(X if rows is None else X[rows], track, rows)
     raw = done.xy
     if rows is not None:
@@ -231,16 +232,27 @@ def project_keyframe(X: np.ndarray, projection: Projection, track: Track) -> np.
         track.layout = align(raw, None).astype(np.float32)
         return track.layout
     first = track.layout is None
-    if rows is None and done.method == "tracked pca" and (first or np.isfinite(track.layout).all()):
+    if rows is None and done.method == "tracked pca" and (first or kernels.all_finite(track.layout)):
         # The wide-layer path with every weight finite: align in one float32 kernel call.
-        from ._kernels import align_kernel
-
         out = np.empty_like(raw)
-        align_kernel(raw, raw[:0] if first else track.layout, out)
+        kernels.align_kernel(raw, raw[:0] if first else track.layout, out)
     else:
         out = align(raw, track.layout).astype(np.float32)
     track.layout = orient(out) if first else out
     return track.layout
+
+
+_K = None  # layerfilm._kernels, imported by the first layout (see _kernels)
+
+
+def _kernels():
+    """:mod:`layerfilm._kernels` (numba loads with it, so this module imports without it),
+    kept once imported: a relative import in :func:`project_keyframe` held the GIL 3.5 us a
+    call, once per panel-keyframe."""
+    global _K
+    if _K is None:
+        from . import _kernels as _K
+    return _K
 
 
 def orient(layout: np.ndarray) -> np.ndarray:

@@ -747,3 +747,34 @@ def test_top2_at_most_decides_as_numpys_cholesky():
         assert PK.top2_at_most(C, q, w[-1], b1, b2) == expect
         verdicts.add(expect)
     assert verdicts == {True, False}
+
+
+def test_trace_kernel_is_numpys_float64_trace_bit_for_bit():
+    # The covariance's total variance feeds the tracked planes' shares (and so the films):
+    # the kernel must add the diagonal as numpy does -- pairwise, in buffers of 8,192 --
+    # at every size, including the unrolled block's edges and past one buffer.
+    rng = np.random.default_rng(8)
+    sizes = list(range(1, 140)) + [255, 256, 257, 1000, 8191, 8192, 8193, 9000]
+    for m in sizes:
+        if m <= 1000:
+            M = rng.normal(size=(m, m)).astype(np.float32) * np.float32(10.0 ** rng.uniform(-3, 3))
+        else:  # only the diagonal matters: a diagonal matrix of spread magnitudes
+            M = np.diag((rng.normal(size=m) * 10.0 ** rng.uniform(-4, 4, size=m)).astype(np.float32))
+        want = np.trace(M, dtype=np.float64)
+        got = PK.trace_kernel(M)
+        assert np.float64(got).tobytes() == want.tobytes(), m
+    assert PK.trace_kernel(np.zeros((0, 0), np.float32)) == 0.0
+
+
+def test_all_finite_is_isfinite_all():
+    rng = np.random.default_rng(9)
+    X = rng.normal(size=(300, 70)).astype(np.float32)
+    assert K.all_finite(X) and K.all_finite(X.astype(np.float64)) and K.all_finite(X[:0])
+    for bad in (np.nan, np.inf, -np.inf):
+        for i, j in ((0, 0), (299, 69), (150, 33)):
+            for Y in (X.copy(), X.astype(np.float64)):
+                Y[i, j] = bad
+                assert not K.all_finite(Y)
+                assert not K.all_finite(Y[:, ::-1])  # strided too
+    big = np.full((2, 3), np.finfo(np.float32).max, np.float32)
+    assert K.all_finite(big) == bool(np.isfinite(big).all())
