@@ -219,6 +219,17 @@ def test_json_loading_fuzz_depth_limit():
             load_json(raw)
         except ValueError:
             pass
+    # Nested far past the recursion limit, with strings, escapes and stray bytes on the way
+    # (what json_depth drops before it counts): refused as too deep or bad, never recursed into.
+    pieces = [b"[", b"{\"k\":", b'"\\"",', b'"[\\\\",', b"\\", b'"', b"\xc3\xa9", b"1,"]
+    for _ in range(50):
+        raw = b"".join(pieces[i] for i in rng.integers(0, len(pieces), size=4000))
+        assert raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH
+        try:
+            load_json(raw)
+        except ValueError:
+            pass
+    assert json_depth('{"a\\"[": [["]\\\\", {"\\u005b": []}]]}') == 5  # escapes and brackets in strings
 
 
 def _header_file(path, header: bytes, declared: int | None = None, data: int = 0):
@@ -256,6 +267,35 @@ def test_safetensors_header_fuzz_nesting_and_huge_sizes(tmp_path):
             assert str(e).startswith(f"{path}: ") and "\n" not in str(e)
             refused += 1
     assert opened and refused
+
+
+def test_safetensors_header_like_one_checked_before(tmp_path):
+    """A run's files share their tensors' entries, not their metadata: a header whose tensors
+    equal, as parsed, those of one checked before (with a data section as long) takes that
+    check's entries; a float where an int was, or a shorter data section, is checked afresh
+    and refused as it always was."""
+    from layerfilm.checkpoints import SafetensorsFile
+    from layerfilm.checkpoints.formats import safetensors as st
+
+    tensors = {"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}}
+    values = np.arange(4, dtype="<f4")
+
+    def write(name, header, data=values.tobytes()):
+        raw = json.dumps(header).encode()
+        path = tmp_path / f"{name}.safetensors"
+        path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+        return path
+
+    a = SafetensorsFile(write("a", {"__metadata__": {"loss": "1.5"}, **tensors}))
+    b = SafetensorsFile(write("b", {"__metadata__": {"loss": 2.25}, **tensors}))
+    assert b._entries is a._entries and b.metadata == {"loss": "2.25"}
+    np.testing.assert_array_equal(b.read("w"), values.reshape(2, 2))
+    as_float = {"w": {**tensors["w"], "data_offsets": [0, 16.0]}}
+    with pytest.raises(CheckpointError, match="invalid data offsets"):
+        SafetensorsFile(write("c", as_float))
+    with pytest.raises(CheckpointError, match="truncated"):
+        SafetensorsFile(write("d", tensors, data=values.tobytes()[:8]))
+    assert any(entries is a._entries for _, _, entries, _ in st._CHECKED)
 
 
 # ---- declared sizes: memory and panels checked at plan time ---------------------------------
