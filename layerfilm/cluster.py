@@ -45,6 +45,44 @@ def scheduler_address(given: str | None) -> str | None:
     return given or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
 
 
+class Rounds:
+    """Items worked on round after round by several threads (a film's layers, keyframe after
+    keyframe), each item's rounds in order (its state passes from one to the next).
+
+    In each round every thread takes the next item not yet taken (:meth:`run`, all of them on
+    the one iterator :meth:`round` gives), so the threads end a round within an item of each
+    other, where a fixed share each left one waiting while another ended its share.  An item
+    is taken only once its previous round is done; a failure stops every thread at its next
+    item (and is raised by the thread it happened in)."""
+
+    def __init__(self, items: int, first: int = 0):
+        self._order = threading.Condition()
+        self._done = [first - 1] * items  # each item's last round done
+        self._failed = False
+
+    def round(self) -> Iterator[int]:
+        """A round's items, to be shared by the threads that work on it."""
+        return iter(range(len(self._done)))
+
+    def run(self, k: int, items: Iterator[int], work: Callable[[int], None]) -> None:
+        """``work(item)`` for each item of round ``k`` that this thread takes from ``items``."""
+        while True:
+            with self._order:
+                i = next(items, None)
+                self._order.wait_for(lambda: i is None or self._failed or self._done[i] >= k - 1)
+            if i is None or self._failed:
+                return
+            try:
+                work(i)
+            except BaseException:
+                self._failed = True
+                raise
+            finally:
+                with self._order:
+                    self._done[i] = k
+                    self._order.notify_all()
+
+
 class InProcess:
     """Runs every task here, one after the other, in order."""
 

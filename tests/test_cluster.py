@@ -6,6 +6,7 @@ import socket
 import threading
 import time
 
+import numpy as np
 import pytest
 
 pytest.importorskip("distributed")
@@ -116,3 +117,59 @@ def test_dask_scheduler_address_is_dasks_own_variable(monkeypatch):
     monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", "tcp://127.0.0.1:8786")
     assert cluster.scheduler_address(None) == "tcp://127.0.0.1:8786"
     assert cluster.scheduler_address("tcp://127.0.0.1:9") == "tcp://127.0.0.1:9"
+
+
+def _rounds_driven(rounds, n_rounds: int, threads: int, work) -> list:
+    """Every round submitted at once to ``threads`` one-thread pools (as the layout pass does,
+    less its reading), so a thread free early runs ahead into the next round."""
+    import concurrent.futures
+    import functools
+
+    pools = [concurrent.futures.ThreadPoolExecutor(1) for _ in range(threads)]
+    try:
+        futures = []
+        for k in range(n_rounds):
+            items = rounds.round()
+            futures += [pool.submit(rounds.run, k, items, functools.partial(work, k)) for pool in pools]
+        return [f.exception(timeout=30) for f in futures]
+    finally:
+        for pool in pools:
+            pool.shutdown(cancel_futures=True)
+
+
+def test_rounds_share_items_and_keep_each_items_rounds_in_order():
+    # Items of uneven cost, the last of each round the slowest: threads take whichever is
+    # next, and one that runs ahead into the next round reaches the last item while another
+    # is still on it in the round before -- and waits, never working on it out of order.
+    rng = np.random.default_rng(3)
+    cost = rng.uniform(0, 0.001, size=(8, 7))
+    cost[:, -1] = 0.01
+    spans, by, lock = {i: [] for i in range(7)}, set(), threading.Lock()
+
+    def work(k: int, i: int) -> None:
+        began = time.perf_counter()
+        time.sleep(cost[k, i])
+        with lock:
+            spans[i].append((k, began, time.perf_counter()))
+            by.add(threading.get_ident())
+
+    assert _rounds_driven(cluster.Rounds(7), 8, 3, work) == [None] * 24
+    for i, done in spans.items():  # each item's rounds one after the other, in order
+        assert [k for k, _, _ in done] == list(range(8)), i
+        assert all(a[2] <= b[1] for a, b in zip(done, done[1:])), i
+    assert len(by) == 3
+
+
+def test_rounds_stop_every_thread_after_a_failure():
+    done, lock = [], threading.Lock()
+
+    def work(k: int, i: int) -> None:
+        if (k, i) == (2, 3):
+            raise CheckpointError("bad tensor", "ckpt-2")
+        time.sleep(0.001)
+        with lock:
+            done.append((k, i))
+
+    errors = _rounds_driven(cluster.Rounds(6), 10, 2, work)
+    assert [type(e) for e in errors if e is not None] == [CheckpointError]
+    assert max(k for k, _ in done) <= 3  # the others stopped at their next item
