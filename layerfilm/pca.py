@@ -321,7 +321,7 @@ class _Moments:
         if not self.gram and grow > 1 + ROUNDING:
             r1, r2 = max(float(ritz[0]), 0.0), max(float(ritz[1]), 0.0)
             if _pk().top2_at_most(self.M, basis[0], r1, r1 * grow + ROUNDING * held,
-                            r2 * grow + ROUNDING * held):
+                                  r2 * grow + ROUNDING * held):
                 return target
         return self.exact_share(ritz)
 
