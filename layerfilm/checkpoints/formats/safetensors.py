@@ -349,25 +349,24 @@ def _hash_in_file_order(parts: list[tuple[np.ndarray, np.ndarray, bytes]], h) ->
 
 
 _NO_RANGES = (np.zeros(0, np.int64), np.zeros(0, np.int64))
-# A plan's drawn rows are the same at every checkpoint, and so (where the tensors sit where
-# they sat) are their byte ranges: made once, by numpy.
+# A plan's drawn rows are the same at every checkpoint, and so are their byte ranges within
+# each tensor: coalesced once, by numpy, and moved to where the tensor sits in each file (a
+# run's headers differ in length with their metadata, and so do its tensors' places).
 _ROW_RANGES: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
 
 def _row_ranges(start: int, row: int, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The byte ranges of rows ``index`` (``row`` bytes each) of a tensor at ``start``,
     coalesced where rows follow each other (starts, ends: sorted int64 arrays)."""
-    key = (start, row, _digest(index))
+    key = (row, _digest(index))
     hit = _ROW_RANGES.get(key)
     if hit is None:
         rows = np.asarray(index, dtype=np.int64)
-        hit = coalesced(start + rows * row, start + (rows + 1) * row)
-        for a in hit:
-            a.flags.writeable = False
+        hit = coalesced(rows * row, (rows + 1) * row)
         if len(_ROW_RANGES) > 4096:
             _ROW_RANGES.clear()
         _ROW_RANGES[key] = hit
-    return hit
+    return hit[0] + start, hit[1] + start
 
 
 def _key(name: str, index: np.ndarray | None, axis: int) -> tuple:
