@@ -60,15 +60,21 @@ class Rounds:
         self._done = [first - 1] * items  # each item's last round done
         self._failed = False
 
-    def round(self) -> Iterator[int]:
+    def round(self) -> "_Round":
         """A round's items, to be shared by the threads that work on it."""
-        return iter(range(len(self._done)))
+        return _Round(len(self._done))
 
-    def run(self, k: int, items: Iterator[int], work: Callable[[int], None]) -> None:
+    def wait_taken(self, items: "_Round", count: int) -> None:
+        """Wait until ``count`` of a round's items are taken (or a thread failed)."""
+        with self._order:
+            self._order.wait_for(lambda: items.taken >= count or self._failed)
+
+    def run(self, k: int, items: "_Round", work: Callable[[int], None]) -> None:
         """``work(item)`` for each item of round ``k`` that this thread takes from ``items``."""
         while True:
             with self._order:
                 i = next(items, None)
+                self._order.notify_all()  # for wait_taken
                 self._order.wait_for(lambda: i is None or self._failed or self._done[i] >= k - 1)
             if i is None or self._failed:
                 return
@@ -81,6 +87,23 @@ class Rounds:
                 with self._order:
                     self._done[i] = k
                     self._order.notify_all()
+
+
+class _Round:
+    """One round's items, handed out in order (under :class:`Rounds`' lock), counting how
+    many are taken."""
+
+    def __init__(self, items: int):
+        self.items, self.taken = items, 0
+
+    def __iter__(self) -> "_Round":
+        return self
+
+    def __next__(self) -> int:
+        if self.taken >= self.items:
+            raise StopIteration
+        self.taken += 1
+        return self.taken - 1
 
 
 class InProcess:

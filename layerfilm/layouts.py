@@ -210,8 +210,8 @@ def _project_chunk(plan: Plan, how: list[project.Projection], drift: bool, chunk
 
     # Each layer has its own track, so which thread projects it never changes the result: the
     # threads share each keyframe's layers as they come free (a fixed share each left a core
-    # idle 11 % of the layout phase), and go on to the next keyframe as soon as it is read.
-    # The next keyframe is fetched once the one before this is done: at most two in memory.
+    # idle 11 % of the layout phase).  The next keyframe is fetched once the one before is
+    # done and half of this one's layers are read (their bytes let go): 1.5 keyframes at most.
     rounds = cluster.Rounds(len(plan.layers), first)
     with contextlib.ExitStack() as stack:
         pools = [stack.enter_context(concurrent.futures.ThreadPoolExecutor(1)) for _ in range(threads)]
@@ -222,6 +222,7 @@ def _project_chunk(plan: Plan, how: list[project.Projection], drift: bool, chunk
             parts = [pool.submit(rounds.run, frame.index, layers, work) for pool in pools]
             del frame
             _finished(before, advance)
+            rounds.wait_taken(layers, len(plan.layers) // 2)
             frames.read_ahead()  # the next one's rows are fetched while this one is projected
             before = parts
         _finished(before, advance)

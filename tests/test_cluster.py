@@ -173,3 +173,34 @@ def test_rounds_stop_every_thread_after_a_failure():
     errors = _rounds_driven(cluster.Rounds(6), 10, 2, work)
     assert [type(e) for e in errors if e is not None] == [CheckpointError]
     assert max(k for k, _ in done) <= 3  # the others stopped at their next item
+
+
+def test_rounds_wait_until_items_are_taken():
+    # What the layout pass waits for before it fetches the next keyframe: half of this one's
+    # layers taken (and so read); a failure ends the wait too.
+    import concurrent.futures
+
+    rounds, gate = cluster.Rounds(6), threading.Event()
+
+    def work(i: int) -> None:
+        if i >= 2:
+            gate.wait(10)
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        items = rounds.round()
+        futures = [pool.submit(rounds.run, 0, items, work) for _ in range(2)]
+        rounds.wait_taken(items, 4)  # 0 and 1 done at once, then 2 and 3 taken, held at the gate
+        assert items.taken == 4
+        gate.set()
+        assert [f.result(10) for f in futures] == [None, None] and items.taken == 6
+
+    rounds = cluster.Rounds(4)
+
+    def fails(i: int) -> None:
+        raise CheckpointError("bad tensor", "ckpt-0")
+
+    items = rounds.round()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        future = pool.submit(rounds.run, 0, items, fails)
+        rounds.wait_taken(items, 4)  # returns: the round failed after one item
+        assert items.taken == 1 and isinstance(future.exception(10), CheckpointError)
