@@ -76,7 +76,8 @@ class Rasterizer:
         falloff = [falloff_table(g) for g in self.sigma]
         self.falloff = np.concatenate(falloff) if falloff else np.zeros(0)
         self.falloff_offset = np.concatenate([[0], np.cumsum([len(f) for f in falloff])]).astype(np.int64)
-        self.counts = np.zeros((h, w), dtype=np.float32)
+        self.shape = (h, w)
+        self.counts: np.ndarray | None = None  # __call__'s count image, made at its first call
         self._panel: np.ndarray | None = None  # shade_into's buffer, made at its first call
         self._peaks = np.empty(len(self.rects), np.float32)  # each panel's densest, of the last
         # Per panel, the box holding every pixel the last call drew into (set by the kernel).
@@ -103,6 +104,8 @@ class Rasterizer:
         until it is reset, e.g. by :class:`layerfilm.shade.Shader`).  With the buffer all zero
         beforehand, :attr:`touched` then holds every pixel with a count: only those boxes need
         shading (and resetting)."""
+        if self.counts is None:
+            self.counts = np.zeros(self.shape, dtype=np.float32)
         splat_kernel(xy, self.starts, self.xform, self.rects, *self.footprint, self.counts, self.touched)
         return self.counts
 
@@ -159,7 +162,7 @@ class Rasterizer:
             # The splat of one panel, through the frames' kernel (its shading into a scratch
             # frame is not looked at): its densest pixel is what counts.
             buffer, touched = np.zeros(self.panel_pixels, np.float32), np.empty((1, 4), np.int64)
-            scratch, top = np.zeros(self.counts.shape, np.uint8), np.empty(1, np.float32)
+            scratch, top = np.zeros(self.shape, np.uint8), np.empty(1, np.float32)
             while True:
                 with lock:
                     at = next(order, None)

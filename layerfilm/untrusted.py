@@ -73,7 +73,7 @@ def load_json(raw: str | bytes | bytearray, **hooks):
     """``json.loads(raw, **hooks)``, refused with :class:`JSONTooDeep` when it nests deeper than
     :data:`MAX_JSON_DEPTH` (Python's parser recurses once per level and would otherwise raise
     ``RecursionError``, which no reader expects)."""
-    text = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else bytes(raw)
-    if text.count(b"[") + text.count(b"{") > MAX_JSON_DEPTH and json_depth(text) > MAX_JSON_DEPTH:
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else bytes(raw)
+    if data.count(b"[") + data.count(b"{") > MAX_JSON_DEPTH and json_depth(data) > MAX_JSON_DEPTH:
         raise JSONTooDeep(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
     return json.loads(raw, **hooks)
