@@ -294,7 +294,7 @@ def keyframe_layouts(plan: Plan, projection: str = "pca", seed: int = 0,
         progress.warn(f"{unkept}: the layouts are not cached")
     P, panels, sums = stitch(parts, plan.starts)
     read = {path: d for c in parts for path, d in c.read.items()}
-    return Keyframes(P, int(np.isnan(P).any(axis=2).sum()), tuple(panels), sums, read)
+    return Keyframes(P, project.hidden_points(P), tuple(panels), sums, read)
 
 
 def _chunk_options(plan: Plan, projection: str, seed: int, fourier_ref: int | None) -> str:

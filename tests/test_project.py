@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from layerfilm.project import (PCA, UMAP, Track, align, axis_ranges, pca_2d, procrustes_rotation,
-                               project_keyframe)
+from layerfilm.project import (PCA, UMAP, Track, align, axis_ranges, hidden_points, pca_2d,
+                               procrustes_rotation, project_keyframe)
 
 
 def rot(theta):
@@ -147,6 +147,18 @@ def test_nonfinite_rows_are_hidden_not_spread():
     X[9, 0] = np.inf
     out = project_keyframe(X, PCA(0), Track())
     assert np.isnan(out[[7, 9]]).all() and np.isfinite(np.delete(out, [7, 9], 0)).all()
+
+
+def test_hidden_points_counts_places_nan_in_either_coordinate():
+    rng = np.random.default_rng(5)
+    P = rng.normal(size=(7, 301, 2)).astype(np.float32)
+    P[0, 0, 0] = P[6, 300, 1] = P[3, 17] = np.nan  # x only, y only, both
+    P[2, rng.integers(0, 301, 40), rng.integers(0, 2, 40)] = np.nan
+    P[5, 5, 0] = np.inf  # not hidden: only NaN marks a hidden point
+    expected = int(np.isnan(P).any(axis=2).sum())
+    assert expected > 3 and hidden_points(P) == expected
+    assert hidden_points(P[:, ::2]) == int(np.isnan(P[:, ::2]).any(axis=2).sum())  # a strided view
+    assert hidden_points(np.zeros((0, 4, 2), np.float32)) == 0
 
 
 def _dense_curves(P, times, per_frame=400):
