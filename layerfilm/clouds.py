@@ -84,7 +84,7 @@ class WeightClouds:
     columns (``layers``: :class:`~layerfilm.extract.Layer`).  ``panels``: the panels read
     (indices into ``layers``; all by default): only their rows are fetched.
 
-    ``digest`` (a name in :data:`~layerfilm.checkpoints.formats.safetensors.READ_DIGESTS`),
+    ``digest`` (a name in :data:`~layerfilm.checkpoints.formats.digests.READ_DIGESTS`),
     with every panel read: each checkpoint opened has its files' drawn bytes hashed as they are
     fetched; ``read[k]``: checkpoint ``k``'s digests (file, as text -> ``header_sha256``,
     ``read_<digest>``, ``read_bytes``), for the formats that read ranges (safetensors)."""

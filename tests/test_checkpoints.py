@@ -317,6 +317,58 @@ def test_prefetch_hashes_what_it_fetches_each_byte_once_in_file_order(tmp_path, 
     assert f.read_digest is None
 
 
+def test_xxh3_kernel_is_the_xxhash_object():
+    """The read digest's GIL-free path (python-xxhash's exported C functions, called from a
+    kernel) gives what the xxhash object gives, fed the same buffers in the same order; it is
+    available with the locked xxhash (else films would take the slower path unnoticed)."""
+    import xxhash
+
+    from layerfilm import _read_kernels
+
+    fast = _read_kernels.xxh3()
+    assert fast is not None
+    rng = np.random.default_rng(6)
+    for trial in range(20):
+        bufs = [rng.integers(0, 256, int(n), dtype=np.uint8)
+                for n in rng.choice([0, 1, 3, 16, 17, 128, 240, 241, 1024, 65536, 98304], size=7)]
+        order = rng.permutation(len(bufs))[:rng.integers(0, len(bufs) + 1)].astype(np.int64)
+        h = xxhash.xxh3_128()
+        for j in order:
+            h.update(bufs[j])
+        addresses = np.array([b.ctypes.data for b in bufs], np.int64)
+        sizes = np.array([len(b) for b in bufs], np.int64)
+        assert fast.hexdigest(addresses, sizes, order) == h.hexdigest(), trial
+
+
+def test_files_of_one_run_share_a_read_plan_and_read_their_own_bytes(tmp_path):
+    """The checkpoints of a run list the same tensors, their metadata (and so where their data
+    starts) aside: the rows a film asks for are planned once and each file reads its own bytes
+    at its own offsets; the plan's digest is of each file's bytes."""
+    import xxhash
+
+    from layerfilm.checkpoints.formats import safetensors as st
+
+    rng = np.random.default_rng(7)
+    wanted = [("b", np.array([0, 1, 2, 40, 63]), 0), ("a", np.array([3, 5]), 1), ("c", None, 0),
+              ("a", np.array([0, 31]), 0)]
+    files, tensors = [], []
+    for i, meta in enumerate(["1.5", "2.25 and a much longer note" * 9]):
+        t = {"a": rng.normal(size=(32, 8)).astype(np.float16), "b": rng.normal(size=(64, 4)).astype(np.float32),
+             "c": rng.normal(size=(3, 5)).astype(np.float32)}
+        save_file(t, str(tmp_path / f"{i}.safetensors"), metadata={"loss": meta})
+        files.append(SafetensorsFile(tmp_path / f"{i}.safetensors"))
+        tensors.append(t)
+    assert files[0]._entries is files[1]._entries and files[0]._data_start != files[1]._data_start
+    assert st._read_plan(files[0]._entries, wanted) is st._read_plan(files[1]._entries, wanted)
+    for f, t in zip(files, tensors):
+        f.prefetch(wanted, "xxh3")
+        assert f.read_digest["read_xxh3"] == xxhash.xxh3_128(_union_of(f.path, wanted)).hexdigest()
+        np.testing.assert_array_equal(f.read("b", wanted[0][1]), t["b"][wanted[0][1]])
+        np.testing.assert_array_equal(f.read("a", wanted[1][1], 1), t["a"][:, wanted[1][1]].T.astype(np.float32))
+        np.testing.assert_array_equal(f.read("c", None), t["c"])
+        np.testing.assert_array_equal(f.read("a", wanted[3][1]), t["a"][wanted[3][1]].astype(np.float32))
+
+
 def test_a_sharded_checkpoint_is_hashed_shard_by_shard(tmp_path):
     """Each shard's digest is of the rows it holds; a shard that also holds a tensor the index
     places elsewhere gets none (the manifest counts what the file holds, the film reads what

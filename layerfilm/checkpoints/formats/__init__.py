@@ -12,9 +12,10 @@ import numpy as np
 from ...errors import CheckpointError
 from ..storage import LOCAL, Storage, coalesce
 from .dcp import DcpCheckpoint
+from .digests import READ_DIGESTS
 from .files import CHECKPOINT_SUFFIXES, HF_WEIGHTS, SAFETENSORS_SUFFIXES, TORCH_SUFFIXES, open_file
 from .pickles import TorchFile
-from .safetensors import READ_DIGESTS, SafetensorsFile
+from .safetensors import SafetensorsFile
 from .sharded import ShardedCheckpoint
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from ...errors import CheckpointError
 from ...untrusted import JSONTooDeep, load_json
 from ..storage import LOCAL, Storage, coalesced
+from .digests import READ_DIGESTS, hash_in_file_order
 
 _MAX_HEADER = 100 * 1024 * 1024
 _FIRST_READ = 64 * 1024  # header length + (usually) the whole header in one read
@@ -170,14 +171,7 @@ class SafetensorsFile:
 
     def _ranges(self, name: str, index: np.ndarray | None, axis: int) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`byte_ranges` as two int64 arrays (starts, ends)."""
-        dtype, shape, begin = self._entries[name]
-        start = self._data_start + begin
-        nbytes = math.prod(shape) * DTYPES[dtype].itemsize
-        if not nbytes:
-            return _NO_RANGES
-        if index is None or axis != 0 or len(shape) != 2 or _is_everything(index, shape[0]):
-            return np.array([start], np.int64), np.array([start + nbytes], np.int64)
-        return _row_ranges(start, shape[1] * DTYPES[dtype].itemsize, index)
+        return _tensor_ranges(self._entries[name], index, axis, self._data_start)
 
     def prefetch(self, wanted, digest: str | None = None) -> None:
         """Fetch the byte ranges of every ``(name, index, axis)`` in ``wanted`` held here in
@@ -187,25 +181,23 @@ class SafetensorsFile:
 
         ``digest`` (a name in :data:`READ_DIGESTS`): hash the bytes as they come in, so that
         what was read is identified without reading it again (:attr:`read_digest`)."""
-        keys, spans, again = {}, [], False  # keys: a dict for its order and its lookups
-        for name, index, axis in wanted:
-            entry = self._entries.get(name)
-            if entry is not None and entry[2] >= 0 and entry[0] in FLOAT_DTYPES:
-                key = _key(name, index, axis)
-                if key in self._fetched:
-                    again = True  # fetched before this call: its bytes are not hashed here
-                elif key not in keys:
-                    keys[key] = None
-                    spans.append(self._ranges(name, index, axis))
-        parts = []
-        for key, (starts, ends), raw in zip(keys, spans, self._fetch_spans(spans)):
-            self._fetched[key] = raw
-            parts.append((starts, ends, raw))
+        plan = None if self._fetched else _read_plan(self._entries, wanted)
+        if plan is None:  # some rows fetched already: what is left, planned here
+            plan = _ReadPlan(self._entries, wanted, self._fetched)
+        bufs, addresses = self._fetch_laid(plan.layout, self._data_start)
+        self._fetched.update(zip(plan.keys, bufs))
         self.read_digest = None
-        if digest is not None and not again:
-            h = READ_DIGESTS[digest]()
-            n = _hash_in_file_order(parts, h)
-            self.read_digest = {"header_sha256": self.header_sha256, f"read_{digest}": h.hexdigest(),
+        if digest is not None and not plan.again:
+            fast = _kernels_now().xxh3() if digest == "xxh3" and addresses is not None \
+                and plan.order is not None else None
+            if fast is not None:  # the hash below, in one call free of the GIL
+                hexdigest = fast.hexdigest(addresses, plan.layout.sizes_array, plan.order)
+                n = int(plan.layout.sizes_array.sum())
+            else:
+                h = READ_DIGESTS[digest]()
+                n = hash_in_file_order([(st, en, raw) for (st, en), raw in zip(plan.spans, bufs)], h)
+                hexdigest = h.hexdigest()
+            self.read_digest = {"header_sha256": self.header_sha256, f"read_{digest}": hexdigest,
                                 "read_bytes": n}
 
     def read_hashed(self, name: str, h) -> np.ndarray:
@@ -220,37 +212,31 @@ class SafetensorsFile:
 
     def _fetch_spans(self, spans: list[tuple[np.ndarray, np.ndarray]]) -> list:
         """Each span's ranges (``(starts, ends)``) fetched and joined, as one buffer each (a
-        uint8 array, or ``bytes``), every range of every span requested in one go.  Local
-        files are read straight into the buffers (:meth:`LocalStorage.read_into`)."""
-        if not spans:
-            return []
+        uint8 array, or ``bytes``), every range of every span requested in one go."""
+        return self._fetch_laid(_Layout(spans), 0)[0]
+
+    def _fetch_laid(self, laid: "_Layout", base: int) -> tuple[list, np.ndarray | None]:
+        """The buffers of :meth:`_fetch_spans` for spans laid out as ``laid`` (their ranges
+        ``base`` bytes on), and where each buffer is (``None`` for ``bytes``).  Local files are
+        read straight into the buffers (:meth:`LocalStorage.read_into`)."""
+        if not laid.sizes:
+            return [], None
         read_into = getattr(self.storage, "read_into", None)
         if read_into is None:
-            ranges = [r for starts, ends in spans for r in zip(starts.tolist(), ends.tolist())]
-            chunks, out, i = self._fetch(ranges), [], 0
-            for starts, _ in spans:
-                out.append(b"".join(chunks[i:i + len(starts)]))
-                i += len(starts)
-            return out
-        # Every span's ranges at once (a checkpoint's hundreds of tensors cost no Python loop
-        # per tensor but the buffers' own): each span's buffer, and each range's place in it.
-        counts = np.array([len(st) for st, _ in spans], np.int64)
-        starts = np.concatenate([st for st, _ in spans], dtype=np.int64)  # new arrays: changed below
-        ends = np.concatenate([en for _, en in spans], dtype=np.int64)
-        first = np.zeros(len(spans) + 1, np.int64)
-        np.cumsum(counts, out=first[1:])
-        before = np.zeros(len(starts) + 1, np.int64)  # bytes of the ranges before each
-        np.cumsum(ends - starts, out=before[1:])
-        bufs = [np.empty(n, np.uint8) for n in (before[first[1:]] - before[first[:-1]]).tolist()]
-        span_of = np.repeat(np.arange(len(spans)), counts)
-        at = before[:-1] - before[first[:-1]][span_of]  # where each range goes in its buffer
-        dests = np.array([b.ctypes.data for b in bufs], np.int64)[span_of] + at
+            ranges = list(zip((laid.starts + base).tolist(), (laid.ends + base).tolist()))
+            chunks, first = self._fetch(ranges), laid.first.tolist()
+            return [b"".join(chunks[a:b]) for a, b in zip(first, first[1:])], None
+        bufs = [np.empty(n, np.uint8) for n in laid.sizes]
+        addresses = np.array([b.ctypes.data for b in bufs], np.int64)
+        dests = addresses[laid.span_of] + laid.at
+        starts, ends = laid.starts + base, laid.ends + base
         head = np.frombuffer(self._head, np.uint8)
         near = np.flatnonzero(starts < len(head))
         if len(near):  # bytes read with the header: copied
             for i in near.tolist():
                 n = min(int(ends[i]), len(head)) - int(starts[i])
-                bufs[span_of[i]][at[i]:at[i] + n] = head[starts[i]:starts[i] + n]
+                at = laid.at[i]
+                bufs[laid.span_of[i]][at:at + n] = head[starts[i]:starts[i] + n]
                 starts[i] += n
                 dests[i] += n
             rest = starts < ends
@@ -262,7 +248,7 @@ class SafetensorsFile:
         if short is not None:
             i, n = short
             raise CheckpointError(f"short read: bytes {starts[i]}-{ends[i]} came back as {n} bytes", self.where)
-        return bufs
+        return bufs, addresses
 
     def _fetch(self, ranges: list[tuple[int, int]]) -> list[bytes]:
         """Each range's bytes, through the storage's ``read_ranges`` (all asked for at once)."""
@@ -310,45 +296,88 @@ class SafetensorsFile:
         return np.ascontiguousarray(whole)
 
 
-def _xxh3():
-    import xxhash
-
-    return xxhash.xxh3_128()
-
-
-# The digests of what a film read that manifests record (``read_<name>``): XXH3-128 (from the
-# xxhash package, fifteen times sha256's speed here), and the sha256 older manifests recorded.
-READ_DIGESTS = {"xxh3": _xxh3, "sha256": hashlib.sha256}
-
-
-def _hash_in_file_order(parts: list[tuple[np.ndarray, np.ndarray, bytes]], h) -> int:
-    """Feed ``h`` every byte the ranges of ``parts`` cover, once each, in file order, and
-    return how many: what hashing the coalesced ranges one after the other does
-    (:func:`~layerfilm.checkpoints.drawn_ranges`).  ``parts``: per tensor read, its ranges
-    (starts, ends: sorted, disjoint) and their bytes joined, in the order they were asked for."""
-    parts = sorted((p for p in parts if len(p[0])), key=lambda p: int(p[0][0]))
-    if all(a[1][-1] <= b[0][0] for a, b in zip(parts, parts[1:])):
-        for _, _, raw in parts:  # the usual case: tensors apart, each one's rows in order
-            h.update(raw)
-        return sum(len(raw) for _, _, raw in parts)
-    pieces = []  # ranges of two reads overlap (rows and columns of one tensor): range by range
-    for starts, ends, raw in parts:
-        view, at = memoryview(raw), 0
-        for s, e in zip(starts.tolist(), ends.tolist()):
-            pieces.append((s, e, view[at:at + e - s]))
-            at += e - s
-    pieces.sort(key=lambda p: (p[0], p[1]))
-    done = total = 0
-    for s, e, view in pieces:
-        if e > done:
-            piece = view[max(0, done - s):]
-            h.update(piece)
-            total += len(piece)
-            done = e
-    return total
-
-
 _NO_RANGES = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+
+
+def _tensor_ranges(entry: tuple[str, tuple[int, ...], int], index: np.ndarray | None, axis: int,
+                   base: int) -> tuple[np.ndarray, np.ndarray]:
+    """The byte ranges (starts, ends) that reading ``index`` on ``axis`` of the tensor
+    ``entry`` needs, ``base`` being where the data section starts: the drawn rows of a 2-D
+    tensor (coalesced), else the whole tensor (columns are strided through it)."""
+    dtype, shape, begin = entry
+    start = base + begin
+    nbytes = math.prod(shape) * DTYPES[dtype].itemsize
+    if not nbytes:
+        return _NO_RANGES
+    if index is None or axis != 0 or len(shape) != 2 or _is_everything(index, shape[0]):
+        return np.array([start], np.int64), np.array([start + nbytes], np.int64)
+    return _row_ranges(start, shape[1] * DTYPES[dtype].itemsize, index)
+
+
+class _Layout:
+    """Spans of ranges (``(starts, ends)`` each) laid out for one read into one buffer per
+    span: every range at once (``starts``, ``ends``), ``first[s]``: span ``s``'s first range,
+    ``sizes``: each buffer's bytes, ``span_of``/``at``: each range's buffer and place in it."""
+
+    def __init__(self, spans: list[tuple[np.ndarray, np.ndarray]]):
+        counts = np.array([len(st) for st, _ in spans], np.int64)
+        self.starts = np.concatenate([st for st, _ in spans] or [_NO_RANGES[0]], dtype=np.int64)
+        self.ends = np.concatenate([en for _, en in spans] or [_NO_RANGES[1]], dtype=np.int64)
+        self.first = np.zeros(len(spans) + 1, np.int64)
+        np.cumsum(counts, out=self.first[1:])
+        before = np.zeros(len(self.starts) + 1, np.int64)  # bytes of the ranges before each
+        np.cumsum(self.ends - self.starts, out=before[1:])
+        self.sizes_array = before[self.first[1:]] - before[self.first[:-1]]
+        self.sizes = self.sizes_array.tolist()
+        self.span_of = np.repeat(np.arange(len(spans)), counts)
+        self.at = before[:-1] - before[self.first[:-1]][self.span_of]
+
+
+class _ReadPlan:
+    """What :meth:`SafetensorsFile.prefetch` fetches of ``wanted`` from a file with these
+    ``entries``: each tensor's key once, in the order asked (``again``: one was in
+    ``fetched`` already), its ranges from the data section's start, laid out; and ``order``,
+    the spans in file order where no two overlap (then hashing them one after the other is
+    hashing every byte once in file order), else ``None``."""
+
+    def __init__(self, entries: Entries, wanted, fetched: dict | None = None):
+        self.entries, self.wanted = entries, wanted  # held: _read_plan's key has their ids
+        keys, spans, self.again = {}, [], False  # keys: a dict for its order and its lookups
+        for name, index, axis in wanted:
+            entry = entries.get(name)
+            if entry is not None and entry[2] >= 0 and entry[0] in FLOAT_DTYPES:
+                key = _key(name, index, axis)
+                if fetched and key in fetched:
+                    self.again = True  # fetched before this call: its bytes are not hashed here
+                elif key not in keys:
+                    keys[key] = None
+                    spans.append(_tensor_ranges(entry, index, axis, 0))
+        self.keys, self.spans, self.layout = list(keys), spans, _Layout(spans)
+        held = [i for i, (st, _) in enumerate(spans) if len(st)]
+        firsts = np.array([spans[i][0][0] for i in held], np.int64)
+        lasts = np.array([spans[i][1][-1] for i in held], np.int64)
+        order = np.argsort(firsts, kind="stable")
+        self.order = None if np.any(lasts[order[:-1]] > firsts[order[1:]]) \
+            else np.array(held, np.int64)[order]
+
+
+# A film asks every checkpoint for the same rows, and a run's checkpoints share their checked
+# entries (_parse): each plan is made once (its Python took ~5 ms of held GIL a bench file).
+_PLANS: dict[tuple, _ReadPlan] = {}
+
+
+def _read_plan(entries: Entries, wanted) -> _ReadPlan:
+    """The :class:`_ReadPlan` of ``wanted`` for ``entries``, kept by their identity (the
+    plan holds both, so no other object takes their ids while it is kept)."""
+    wanted = list(wanted)
+    key = (id(entries), tuple([(name, id(index), axis) for name, index, axis in wanted]))
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _ReadPlan(entries, wanted)
+        if len(_PLANS) >= 8:
+            _PLANS.clear()
+        _PLANS[key] = plan
+    return plan
 # A plan's drawn rows are the same at every checkpoint, and so are their byte ranges within
 # each tensor: coalesced once, by numpy, and moved to where the tensor sits in each file (a
 # run's headers differ in length with their metadata, and so do its tensors' places).
@@ -415,18 +444,22 @@ def _widen(arr: np.ndarray, index: np.ndarray | None, axis: int, dtype: str,
     """Float32 rows, one per point: ``arr``'s rows ``index`` (axis 0; all when ``None``), or
     its columns ``index`` (axis 1), from a 2-D view of the stored dtype -- gathered, widened
     and (for columns) transposed in one pass by a kernel, into ``out`` when given."""
-    global _kernels
-    if _kernels is None:
-        from ... import _read_kernels as _kernels  # numba only once a tensor is read
-
+    kernels = _kernels_now()
     picked = _all_of(arr.shape[axis]) if index is None else np.asarray(index, dtype=np.int64)
     if out is None:
         out = np.empty((len(picked), arr.shape[1 - axis]), dtype=np.float32)
     if dtype in ("F16", "BF16"):
-        _kernels.widen_bits_kernel(arr.view(np.uint16), picked, axis, dtype == "F16", out)
+        kernels.widen_bits_kernel(arr.view(np.uint16), picked, axis, dtype == "F16", out)
     else:
-        _kernels.widen_float_kernel(arr, picked, axis, out)
+        kernels.widen_float_kernel(arr, picked, axis, out)
     return out
 
 
 _kernels = None  # layerfilm._read_kernels, imported at the first read
+
+
+def _kernels_now():
+    global _kernels
+    if _kernels is None:
+        from ... import _read_kernels as _kernels  # numba only once a tensor is read
+    return _kernels
