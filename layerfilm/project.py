@@ -38,7 +38,7 @@ def umap_2d(X: np.ndarray, init: np.ndarray | None, seed: int) -> np.ndarray:
     if init is not None:
         # Small steps from where the points already are: at umap-learn's full learning rate,
         # 100 epochs moved a barely-changed cloud's points half the gap between its clusters
-        # on an AVX-512 host (as far as a cold start does); at a quarter, 0.15-0.30 of it.
+        # on an AVX-512 host (as far as a cold start does); at a quarter, 0.15-0.31 of it.
         kwargs["n_epochs"], kwargs["learning_rate"] = 100, 0.25
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
