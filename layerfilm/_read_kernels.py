@@ -118,6 +118,23 @@ def widen_bits_kernel(src, index, axis, half, out):
 
 
 @ngjit
+def widen_layer_kernel(srcs, picks, axes, half, out):
+    """:func:`widen_bits_kernel` of each source in turn (``srcs``, ``picks``, ``axes``:
+    tuples alike in type, and an int64 array) into the next ``len(picks[s])`` rows of ``out``:
+    a layer's tensors in one call.  Axis 2: the source's rows are the drawn ones already, all
+    taken in order."""
+    at = 0
+    for s in range(len(srcs)):
+        src, index = srcs[s], picks[s]
+        m = index.shape[0]
+        if axes[s] == 2:
+            widen_bits_kernel(src, np.arange(m), 0, half, out[at:at + m])
+        else:
+            widen_bits_kernel(src, index, axes[s], half, out[at:at + m])
+        at += m
+
+
+@ngjit
 def widen_float_kernel(src, index, axis, out):
     """:func:`widen_bits_kernel` for a float ``src`` (float32 or float64)."""
     n, d = src.shape

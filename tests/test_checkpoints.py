@@ -369,6 +369,42 @@ def test_files_of_one_run_share_a_read_plan_and_read_their_own_bytes(tmp_path):
         np.testing.assert_array_equal(f.read("a", wanted[3][1]), t["a"][wanted[3][1]].astype(np.float32))
 
 
+@pytest.mark.parametrize("kinds", [("F16",) * 4, ("BF16",) * 4, ("F16", "F32", "F16", "F16")])
+def test_a_layers_tensors_read_in_one_call_are_each_tensor_read(tmp_path, kinds):
+    """A layer's tensors widened by one kernel call (2-D 16-bit floats of one kind), or one by
+    one (any other mix): the rows of each as a numpy conversion gives them, in turn, whether
+    they were fetched ahead or not."""
+    rng = np.random.default_rng(8)
+    as_type = {"F16": np.float16, "F32": np.float32}
+    tensors, raw = {}, {}
+    for i, (kind, shape) in enumerate(zip(kinds, [(40, 12), (12, 50), (60, 12), (70, 12)])):
+        x = rng.normal(size=shape).astype(np.float32)
+        if kind == "BF16":
+            bits = (x.view(np.uint32) >> 16).astype(np.uint16)
+            tensors[f"t{i}"], raw[f"t{i}"] = bits, (bits.astype(np.uint32) << 16).view(np.float32)
+        else:
+            tensors[f"t{i}"] = x.astype(as_type[kind])
+            raw[f"t{i}"] = tensors[f"t{i}"].astype(np.float32)
+    path = tmp_path / "layer.safetensors"
+    header, data = {}, b""
+    for name, t in tensors.items():
+        kind = kinds[int(name[1:])]
+        header[name] = {"dtype": kind, "shape": list(t.shape), "data_offsets": [len(data), len(data) + t.nbytes]}
+        data += t.tobytes()
+    head = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(head)) + head + data)
+    parts = [("t0", np.array([0, 3, 4, 39]), 0), ("t1", np.array([1, 11]), 1),
+             ("t2", np.arange(60), 0), ("t3", np.array([2, 5, 6, 7, 68]), 0)]
+    want = np.concatenate([raw[n][i] if a == 0 else raw[n][:, i].T for n, i, a in parts])
+    for ahead in (False, True):
+        f = SafetensorsFile(path)
+        if ahead:
+            f.prefetch(parts)
+        out = np.full_like(want, np.nan)
+        f.read_layer_into(parts, out)
+        np.testing.assert_array_equal(out, want)
+
+
 def test_a_sharded_checkpoint_is_hashed_shard_by_shard(tmp_path):
     """Each shard's digest is of the rows it holds; a shard that also holds a tensor the index
     places elsewhere gets none (the manifest counts what the file holds, the film reads what

@@ -266,15 +266,34 @@ class SafetensorsFile:
                                       self.where)
         return chunks
 
-    def _read_ranges(self, name: str, index: np.ndarray | None, axis: int,
-                     out: np.ndarray | None = None) -> np.ndarray:
-        """:meth:`read` through ranged reads: the drawn rows, from what :meth:`prefetch`
-        fetched when it was told of them, else fetched now; kept for this file's lifetime when
-        reads are not cheap (remote: a reader may ask twice), let go once read when they are."""
-        dtype, shape, _ = self._entries[name]
-        item = DTYPES[dtype]
-        rows_only = index is not None and axis == 0 and len(shape) == 2 \
-            and not _is_everything(index, shape[0])
+    def read_layer_into(self, parts: list[tuple[str, np.ndarray, int]], out: np.ndarray) -> None:
+        """:meth:`read_into` of each ``(name, index, axis)`` in ``parts`` into the next rows of
+        ``out``: a layer's tensors, when all are 2-D 16-bit floats of one kind, widened by one
+        kernel call (one hand-over of the GIL a layer, not one a tensor), else one by one."""
+        kinds = {self._entries[name][0] for name, _, _ in parts}
+        shapes = [self._entries[name][1] for name, _, _ in parts]
+        picks = [np.ascontiguousarray(index, dtype=np.int64) for _, index, _ in parts]
+        if not (kinds <= {"F16", "BF16"} and len(kinds) == 1 and all(len(s) == 2 and min(s) > 0 for s in shapes)
+                and all(len(p) for p in picks) and len({p.flags.writeable for p in picks}) == 1):
+            at = 0
+            for name, index, axis in parts:
+                self.read_into(name, index, axis, out[at:at + len(index)])
+                at += len(index)
+            return
+        srcs, axes = [], np.empty(len(parts), np.int64)
+        for i, ((name, index, axis), shape) in enumerate(zip(parts, shapes)):
+            arr = np.frombuffer(self._raw(name, index, axis), np.uint16)
+            rows_only = axis == 0 and not _is_everything(index, shape[0])
+            srcs.append(arr.reshape((len(index), shape[1]) if rows_only else shape))
+            axes[i] = 2 if rows_only else axis
+        if len({a.flags.writeable for a in srcs}) > 1:  # bytes and arrays: not one type
+            srcs = [np.array(a) for a in srcs]
+        _kernels_now().widen_layer_kernel(tuple(srcs), tuple(picks), axes, kinds == {"F16"}, out)
+
+    def _raw(self, name: str, index: np.ndarray | None, axis: int):
+        """The bytes of a read (``(name, index, axis)``), from what :meth:`prefetch` fetched
+        when it was told of them, else fetched now; kept for this file's lifetime when reads
+        are not cheap (remote: a reader may ask twice), let go once read when they are."""
         key = _key(name, index, axis)
         cheap = getattr(self.storage, "cheap_reads", False)  # local files: read again if asked
         raw = self._fetched.pop(key, None) if cheap else self._fetched.get(key)
@@ -282,7 +301,15 @@ class SafetensorsFile:
             raw = self._fetch_spans([self._ranges(name, index, axis)])[0]
             if not cheap:
                 self._fetched[key] = raw
-        arr = np.frombuffer(raw, dtype=item)
+        return raw
+
+    def _read_ranges(self, name: str, index: np.ndarray | None, axis: int,
+                     out: np.ndarray | None = None) -> np.ndarray:
+        """:meth:`read` through ranged reads (:meth:`_raw`)."""
+        dtype, shape, _ = self._entries[name]
+        rows_only = index is not None and axis == 0 and len(shape) == 2 \
+            and not _is_everything(index, shape[0])
+        arr = np.frombuffer(self._raw(name, index, axis), dtype=DTYPES[dtype])
         if rows_only:
             return _widen(arr.reshape(len(index), shape[1]), None, 0, dtype, out)
         arr = arr.reshape(shape)
