@@ -296,9 +296,9 @@ def read_layer(ckpt: TensorSource, layer: Layer, shapes: dict[str, tuple[int, ..
         parts = [ckpt.read(s.tensor, s.index, s.axis) for s in layer.sources]
         return np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
     cloud = np.empty((sum(len(s.index) for s in layer.sources), layer.dim), dtype=np.float32)
-    whole = getattr(ckpt, "read_layer_into", None)
-    if whole is not None:  # every tensor's rows in one call
-        whole([(s.tensor, s.index, s.axis) for s in layer.sources], cloud)
+    at_once = getattr(ckpt, "read_layer_into", None)
+    if at_once is not None:  # every tensor's rows in one call
+        at_once([(s.tensor, s.index, s.axis) for s in layer.sources], cloud)
         return cloud
     at = 0
     for s in layer.sources:  # each tensor's rows widened straight into their place

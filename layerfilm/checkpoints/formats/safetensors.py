@@ -273,8 +273,9 @@ class SafetensorsFile:
         kinds = {self._entries[name][0] for name, _, _ in parts}
         shapes = [self._entries[name][1] for name, _, _ in parts]
         picks = [np.ascontiguousarray(index, dtype=np.int64) for _, index, _ in parts]
-        if not (kinds <= {"F16", "BF16"} and len(kinds) == 1 and all(len(s) == 2 and min(s) > 0 for s in shapes)
-                and all(len(p) for p in picks) and len({p.flags.writeable for p in picks}) == 1):
+        one_kind = len(kinds) == 1 and kinds <= {"F16", "BF16"}
+        if not (one_kind and all(len(s) == 2 and min(s) > 0 for s in shapes) and all(len(p) for p in picks)
+                and len({p.flags.writeable for p in picks}) == 1):  # else the tuples differ in type
             at = 0
             for name, index, axis in parts:
                 self.read_into(name, index, axis, out[at:at + len(index)])
