@@ -191,8 +191,8 @@ class SafetensorsFile:
             fast = _kernels_now().xxh3() if digest == "xxh3" and addresses is not None \
                 and plan.order is not None else None
             if fast is not None:  # the hash below, in one call free of the GIL
-                hexdigest = fast.hexdigest(addresses, plan.layout.sizes_array, plan.order)
-                n = int(plan.layout.sizes_array.sum())
+                hexdigest = fast.hexdigest(addresses, plan.layout.sizes, plan.order)
+                n = int(plan.layout.sizes.sum())
             else:
                 h = READ_DIGESTS[digest]()
                 n = hash_in_file_order([(st, en, raw) for (st, en), raw in zip(plan.spans, bufs)], h)
@@ -219,14 +219,14 @@ class SafetensorsFile:
         """The buffers of :meth:`_fetch_spans` for spans laid out as ``laid`` (their ranges
         ``base`` bytes on), and where each buffer is (``None`` for ``bytes``).  Local files are
         read straight into the buffers (:meth:`LocalStorage.read_into`)."""
-        if not laid.sizes:
+        if not len(laid.sizes):
             return [], None
         read_into = getattr(self.storage, "read_into", None)
         if read_into is None:
             ranges = list(zip((laid.starts + base).tolist(), (laid.ends + base).tolist()))
             chunks, first = self._fetch(ranges), laid.first.tolist()
             return [b"".join(chunks[a:b]) for a, b in zip(first, first[1:])], None
-        bufs = [np.empty(n, np.uint8) for n in laid.sizes]
+        bufs = [np.empty(n, np.uint8) for n in laid.sizes.tolist()]
         addresses = np.array([b.ctypes.data for b in bufs], np.int64)
         dests = addresses[laid.span_of] + laid.at
         starts, ends = laid.starts + base, laid.ends + base
@@ -355,8 +355,7 @@ class _Layout:
         np.cumsum(counts, out=self.first[1:])
         before = np.zeros(len(self.starts) + 1, np.int64)  # bytes of the ranges before each
         np.cumsum(self.ends - self.starts, out=before[1:])
-        self.sizes_array = before[self.first[1:]] - before[self.first[:-1]]
-        self.sizes = self.sizes_array.tolist()
+        self.sizes = before[self.first[1:]] - before[self.first[:-1]]
         self.span_of = np.repeat(np.arange(len(spans)), counts)
         self.at = before[:-1] - before[self.first[:-1]][self.span_of]
 
