@@ -35,15 +35,34 @@ def _sketch_hashes(n: int, d: int) -> tuple[np.ndarray, ...]:
             rng.integers(0, SKETCH, d), rng.choice([-1.0, 1.0], d))
 
 
-def measure_cloud(cloud: np.ndarray, previous: np.ndarray | None, out: np.ndarray) -> None:
+def measure_cloud(cloud: np.ndarray, previous: np.ndarray | None, out: np.ndarray,
+                  sketch: bool = True) -> None:
     """A layer's drift numbers at one keyframe into ``out`` (DRIFT_WIDTH,) float64: sum W**2,
     sum (W - W_prev)**2 (NaN without a ``previous`` cloud;
     :func:`~layerfilm._kernels.sq_norms_kernel`) and the sketch of its rows (every few rows of
     a cloud of more than :data:`SKETCH_MAX_VALUES` numbers; :func:`~layerfilm._kernels.sketch_kernel`),
-    from which the change between any two keyframes is estimated (:func:`gap_growth`)."""
+    from which the change between any two keyframes is estimated (:func:`gap_growth`) -- or,
+    without ``sketch``, NaN in its place (:func:`unsketched`)."""
     sq_norms_kernel(cloud, _NO_PREVIOUS if previous is None else previous, out[:2])
+    if not sketch:
+        out[2:] = np.nan
+        return
     rows = cloud[::-(-cloud.size // SKETCH_MAX_VALUES) or 1]
     sketch_kernel(rows, *_sketch_hashes(*rows.shape), out[2:])
+
+
+def needs_sketches(steps) -> bool:
+    """Whether a film of keyframes at ``steps`` uses the sketches (:func:`gap_growth`): only
+    when its gaps are uneven.  An evenly spaced film's rates are its changes as they are, so
+    the layouts' pass leaves the sketches out (a tenth of its CPU on the bench film)."""
+    gaps = np.diff(np.asarray(steps, dtype=np.float64))
+    return len(gaps) > 0 and not (gaps == gaps.min()).all()
+
+
+def unsketched(sums: np.ndarray) -> bool:
+    """Whether any keyframe of ``sums`` ((L, K, DRIFT_WIDTH)) was measured without its sketch
+    (all NaN; e.g. chunks an evenly spaced film cached, now part of an uneven one)."""
+    return bool(np.isnan(sums[:, :, 2:]).all(axis=2).any())
 
 
 class DriftMeter:
@@ -51,17 +70,18 @@ class DriftMeter:
     clouds are read, each against the same panel's cloud at the keyframe before (``previous``:
     every panel's cloud at ``keyframes.start - 1``, ``None`` where there is none).
 
-    ``sums``: (L, len(keyframes), DRIFT_WIDTH) float64, NaN until measured.  Panels may be
-    measured from different threads (each panel's own slots only)."""
+    ``sums``: (L, len(keyframes), DRIFT_WIDTH) float64, NaN until measured (the sketches'
+    slots stay NaN without ``sketch``: :func:`needs_sketches`).  Panels may be measured from
+    different threads (each panel's own slots only)."""
 
-    def __init__(self, keyframes: range, previous: list[np.ndarray | None]):
-        self.start = keyframes.start
+    def __init__(self, keyframes: range, previous: list[np.ndarray | None], sketch: bool = True):
+        self.start, self.sketch = keyframes.start, sketch
         self.previous = list(previous)
         self.sums = np.full((len(previous), len(keyframes), DRIFT_WIDTH), np.nan)
 
     def measure(self, l: int, k: int, cloud: np.ndarray) -> None:
         """Panel ``l``'s ``cloud`` at keyframe ``k`` (the next one after the last measured)."""
-        measure_cloud(cloud, self.previous[l], self.sums[l, k - self.start])
+        measure_cloud(cloud, self.previous[l], self.sums[l, k - self.start], self.sketch)
         self.previous[l] = cloud
 
 
@@ -242,10 +262,10 @@ def gap_growth(sketches: np.ndarray, norm: np.ndarray, steps: np.ndarray) -> np.
     are interpolated on log-log axes; beyond them the last measured slope is extended (held
     between 0 and 1); where nothing was measured the change is taken to grow with the gap.
     """
+    if not needs_sketches(steps):
+        return None
     gaps = np.diff(np.asarray(steps, dtype=np.float64))
     L, K = norm.shape
-    if K < 2 or (gaps == gaps.min()).all():
-        return None
     ratio = gaps / gaps.min()
     wanted = int(min(np.ceil(ratio.max()), K - 1))
     fine = gaps == gaps.min()

@@ -16,7 +16,7 @@ import json
 import numpy as np
 
 from . import cache, clouds, cluster, extract, pca, project
-from .drift import Drift, DriftMeter, drift_of
+from .drift import Drift, DriftMeter, drift_of, needs_sketches, unsketched
 from .errors import ConfigError
 from .plan import Plan
 from .progress import QUIET, Progress
@@ -194,7 +194,7 @@ def _project_chunk(plan: Plan, how: list[project.Projection], drift: bool, chunk
     # The layers' drift is measured from the very clouds projected (a film reads only what it
     # draws); the change into a chunk's first keyframe needs the keyframe before it too.
     source = clouds.of(plan, digest=READ_DIGEST)
-    meter = DriftMeter(chunk, _previous_clouds(source, first)) if drift else None
+    meter = DriftMeter(chunk, _previous_clouds(source, first), needs_sketches(plan.steps)) if drift else None
     if done is not None:
         P[:len(done.P)] = done.P
         if meter is not None:
@@ -396,7 +396,7 @@ def drift_chunk(plan: Plan, chunk: range, advance=None) -> tuple[np.ndarray, dic
     reading only (for when the layouts came from the cache), and the digests of what it read
     (see ``Keyframes.read``)."""
     source = clouds.of(plan, digest=READ_DIGEST)
-    meter = DriftMeter(chunk, _previous_clouds(source, chunk.start))
+    meter = DriftMeter(chunk, _previous_clouds(source, chunk.start), needs_sketches(plan.steps))
     for frame in clouds.CloudStream(source, chunk):
         for l, cloud in enumerate(frame.clouds()):
             meter.measure(l, frame.index, cloud)
@@ -485,8 +485,8 @@ def layouts_and_drift(plan: Plan, projection: str, seed: int, progress: Progress
     keys = cached_keyframe_layouts(plan, projection, seed, progress, use_cache, fourier_ref,
                                    run, drift=drift and found is None)
     if drift and found is None:
-        sums = keys.drift_sums  # None when the layouts came from the cache
-        alone = sums is None
+        sums = keys.drift_sums  # None from the cache; without sketches if an even film cached them
+        alone = sums is None or needs_sketches(plan.steps) and unsketched(sums)
         if alone:  # then this is the pass that reads the checkpoints: its digests go with the layouts
             sums, read = drift_sums(plan, progress, run)
             keys = dataclasses.replace(keys, read=read)

@@ -95,6 +95,33 @@ def test_growth_with_the_gap_equals_numpy_on_the_uneven_sample(sample_films, tmp
     np.testing.assert_allclose(even.rate[:, 1:], even.rel_prev[:, 1:])
 
 
+def test_sketches_are_left_out_of_even_films_and_measured_when_the_run_grows_unevenly(sample_films, tmp_path):
+    """Only uneven gaps use the sketches: an evenly spaced film's layout pass leaves them out
+    (its drift numbers as ``layerfilm stats`` measures them); the same run grown unevenly
+    (the even film's layouts in the cache, gone on from) measures them again, and its growth is
+    the one a pass without the cache and ``layerfilm stats`` find."""
+    from layerfilm import layouts
+
+    run = _link(tmp_path / "run", SAMPLE, [s for s in UNEVEN if s <= DENSE_TO])
+    keys, even = layouts.layouts_and_drift(plan_of(run), "pca", 0, use_cache=True, drift=True)
+    assert not drift.needs_sketches(even.steps) and even.growth is None
+    assert np.isnan(keys.drift_sums[:, :, 2:]).all() and drift.unsketched(keys.drift_sums)
+    by_stats = sample_films["even"]
+    np.testing.assert_array_equal(even.norm, by_stats.norm[:, by_stats.steps <= DENSE_TO])
+    np.testing.assert_array_equal(even.rel_prev, by_stats.rel_prev[:, by_stats.steps <= DENSE_TO])
+    for s in UNEVEN:
+        if s > DENSE_TO:
+            (run / f"step_{s:06d}.safetensors").symlink_to(SAMPLE / f"step_{s:06d}.safetensors")
+    plan = plan_of(run)
+    grown_keys, grown = layouts.layouts_and_drift(plan, "pca", 0, use_cache=True, drift=True)
+    fresh_keys, fresh = layouts.layouts_and_drift(plan, "pca", 0, use_cache=False, drift=True)
+    assert drift.needs_sketches(plan.steps) and not drift.unsketched(fresh_keys.drift_sums)
+    np.testing.assert_array_equal(grown_keys.P, fresh_keys.P)
+    np.testing.assert_array_equal(grown.growth, fresh.growth)
+    np.testing.assert_array_equal(grown.rel_prev, fresh.rel_prev)
+    np.testing.assert_array_equal(fresh.growth, sample_films["uneven"].growth)
+
+
 def test_rates_do_not_depend_on_checkpoint_spacing(sample_films):
     """The issue's case: filmed every 100 steps and unevenly (every 500 after 2,500), each
     layer's mean rate after 2,500 agrees within 20 % (the change per 100 steps taken at face
