@@ -189,6 +189,38 @@ def _share_range(panel: dict) -> tuple[float, float] | None:
     return None if lo is None or hi is None else (float(lo), float(hi))
 
 
+EXTREMES_RUNS = 8  # runs of panels whose curves' extremes are held at a time (see _extremes)
+
+
+def _extremes(P: np.ndarray, times: np.ndarray, starts: np.ndarray):
+    """``(l0, l1, s0, s1, extremes)`` for runs of panels ``l0 .. l1-1`` (points ``s0 .. s1-1``):
+    :func:`~layerfilm.interpolate.curve_extremes` of their points, each run's into the same
+    buffer.  The whole film's at once took 376 MB on the bench film, the peak of a render."""
+    L, N, segments = len(starts) - 1, P.shape[1], len(times) - 1
+    edges = np.unique(np.r_[0, np.searchsorted(starts, np.arange(1, EXTREMES_RUNS) * N / EXTREMES_RUNS),
+                            L])
+    block = np.empty(segments * int(np.diff(starts[edges]).max(initial=0)) * 2)
+    for l0, l1 in zip(edges[:-1].tolist(), edges[1:].tolist()):
+        s0, s1 = int(starts[l0]), int(starts[l1])
+        extremes = block[:segments * (s1 - s0) * 2].reshape(segments, s1 - s0, 2)
+        yield l0, l1, s0, s1, interpolate.curve_extremes(P[:, s0:s1], times, extremes)
+
+
+def _reach(P: np.ndarray, times: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """(L, 2) each panel's :func:`~layerfilm.project.axis_ranges` over the film's curves."""
+    return np.concatenate([np.empty((0, 2))] + [
+        project.axis_ranges(extremes, starts[l0:l1 + 1] - s0, workers=threads())
+        for l0, l1, s0, _, extremes in _extremes(P, times, starts)])
+
+
+def _pinned(P: np.ndarray, times: np.ndarray, limits: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """(L,) :func:`~layerfilm.interpolate.outside_counts` a run of panels at a time, from
+    their extremes found again (0.2 s of CPU on the bench film) rather than kept."""
+    return np.concatenate([np.zeros(0, np.int64)] + [
+        interpolate.outside_counts(P[:, s0:s1], times, limits[l0:l1], starts[l0:l1 + 1] - s0, extremes)
+        for l0, l1, s0, s1, extremes in _extremes(P, times, starts)])
+
+
 def prepare(plan: Plan, keys: Keyframes, spec: FilmSpec, measured: Drift | None = None,
             said: list[tuple[int, str]] | None = None) -> Film:
     """Everything about the film that is fixed before its first frame (see :class:`Film`).
@@ -204,7 +236,7 @@ def prepare(plan: Plan, keys: Keyframes, spec: FilmSpec, measured: Drift | None 
     else:
         times = interpolate.keyframe_times(len(plan.refs), spec.keyframe_frames)
     n_frames = interpolate.frame_count(times)
-    extremes = interpolate.curve_extremes(keys.P, times)
+    reach = _reach(keys.P, times, starts)
     fields, widest = header.header_fields(plan, spec.tokens_per_step)
     captions = said if said is not None else \
         header.load_captions(spec.captions) if spec.captions is not None else []
@@ -213,13 +245,11 @@ def prepare(plan: Plan, keys: Keyframes, spec: FilmSpec, measured: Drift | None 
         if panel.get("plane"):  # a Fourier plane: say which frequency the ring is drawn in
             labels[l] = f"{labels[l]} k {panel['k']}/{panel['period']}"
     points = np.array([l.n_points for l in plan.layers])
-    reach = project.axis_ranges(extremes, starts, workers=threads())
     grid = arrange(_frame_spec(
         spec, plan.layers, labels, captions, reach, spec.title or plan.name,
         widest, tuple(_share_range(panel) for panel in keys.panels) if keys.panels else ()))
     rasterizer = raster.Rasterizer(spec.size, grid.rects, grid.scale, grid.sigma, starts)
-    pinned = interpolate.outside_counts(keys.P, times, rasterizer.limits, starts, extremes)
-    del extremes  # (K-1, N, 2) float64: 376 MB on the bench film, not kept through the span's pass
+    pinned = _pinned(keys.P, times, rasterizer.limits, starts)
     shader = shade.Shader(rasterizer.span(keys.P, times), spec.color_scale)
     extras: list[compose.Overlay] = [
         overlays.Header(grid, spec.title or plan.name, fields, n_frames),

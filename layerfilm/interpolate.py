@@ -73,11 +73,12 @@ class Interpolator:
         return self.out
 
 
-def curve_extremes(P: np.ndarray, times: np.ndarray) -> np.ndarray:
+def curve_extremes(P: np.ndarray, times: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """How far out each point goes between keyframes: ``(K-1, N, 2)`` float64, the largest
     ``|x|`` and ``|y|`` on each segment's curve, both ends included -- found exactly, where the
-    cubic's derivative vanishes, not by sampling (NaN for points that are not finite)."""
-    out = np.empty((len(times) - 1,) + P.shape[1:])
+    cubic's derivative vanishes, not by sampling (NaN for points that are not finite); into
+    ``out`` (C order) when given."""
+    out = np.empty((len(times) - 1,) + P.shape[1:]) if out is None else out
     P = np.ascontiguousarray(P, dtype=np.float32)
     times = np.ascontiguousarray(times, dtype=np.float64)
     # Before the first frame nothing else runs: the segments are shared out to threads (the

@@ -222,6 +222,39 @@ def test_far_outliers_are_pinned_and_counted_exactly():
     assert got.tolist() == want.tolist() and got[0] > 0 and got[1] == 0
 
 
+def test_ranges_and_pinned_counts_found_a_run_of_panels_at_a_time_are_the_whole_films():
+    """``film.prepare`` finds the curves' extremes a run of panels at a time (the whole film's
+    at once was the peak of a render's memory): ranges and pinned counts are the same as from
+    the whole film's, on panels of uneven sizes (one empty) with far outliers and points that
+    are not finite, and the counts equal numpy's evaluation of every frame."""
+    from layerfilm import film
+    from layerfilm._kernels import hermite_numpy
+    from layerfilm.interpolate import curve_extremes, frame_count, outside_counts
+
+    rng = np.random.default_rng(6)
+    starts = np.array([0, 3, 40, 40, 300, 301, 520, 700])
+    P = rng.normal(size=(9, starts[-1], 2)).astype(np.float32)
+    P[3:5, 10] = [[60.0, 2.0], [-50.0, 30.0]]  # far outliers in two panels
+    P[4, 400] = [0.0, 45.0]
+    P[6, 200] = np.nan
+    times = np.arange(9) * 4.0
+    ext = curve_extremes(P, times)
+    half = axis_ranges(ext, starts)
+    got_half = film._reach(P, times, starts)
+    np.testing.assert_array_equal(got_half, half)
+    want = outside_counts(P, times, half, starts, ext)
+    got = film._pinned(P, times, half, starts)
+    np.testing.assert_array_equal(got, want)
+    by_numpy = np.zeros(len(starts) - 1, dtype=int)
+    for f in range(frame_count(times)):
+        xy = hermite_numpy(P, times, min(f // 4, 7), float(f)).astype(np.float64)
+        for l in range(len(starts) - 1):
+            sl = slice(starts[l], starts[l + 1])
+            with np.errstate(invalid="ignore"):
+                by_numpy[l] += int((np.abs(xy[sl]) > half[l]).any(axis=1).sum())
+    assert got.tolist() == by_numpy.tolist() and got[1] > 0 and got[5] > 0 and got[0] == 0
+
+
 def test_umap_is_warm_started_and_aligned():
     rng = np.random.default_rng(5)
     centers = rng.normal(size=(3, 8)) * 6
