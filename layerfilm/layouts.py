@@ -243,7 +243,7 @@ def stitch(parts: list[ChunkLayouts], starts: np.ndarray) -> tuple[np.ndarray, l
     """The chunks' layouts as one film: each chunk turned (rotation/reflection, per panel) onto
     where the previous one ended, as the keyframes within a chunk are; and each panel's
     projection record over the whole film."""
-    P = np.concatenate([c.P for c in parts])
+    P = _joined(parts)
     for i in range(1, len(parts)):
         a, b = parts[i].start, parts[i - 1].start + len(parts[i - 1].P) - 1
         for l in range(len(starts) - 1):
@@ -257,6 +257,19 @@ def stitch(parts: list[ChunkLayouts], starts: np.ndarray) -> tuple[np.ndarray, l
     sums = (np.concatenate([c.drift_sums for c in parts], axis=1)
             if all(c.drift_sums is not None for c in parts) else None)
     return P, panels, sums
+
+
+def _joined(parts: list[ChunkLayouts]) -> np.ndarray:
+    """The chunks' keyframes in one array (a single chunk's as it is), each chunk's ``P``
+    becoming its part of it once copied, so that its own is let go: the film's layouts are
+    held once, not twice (189 MB on the bench film, the peak of its layout phase)."""
+    if len(parts) == 1:
+        return parts[0].P
+    P, at = np.empty((sum(len(c.P) for c in parts),) + parts[0].P.shape[1:], parts[0].P.dtype), 0
+    for c in parts:
+        P[at:at + len(c.P)] = c.P
+        c.P, at = P[at:at + len(c.P)], at + len(c.P)
+    return P
 
 
 def keyframe_layouts(plan: Plan, projection: str = "pca", seed: int = 0,
@@ -321,7 +334,7 @@ def _cached_chunk(plan: Plan, memo: str | None, chunk: range, drift: bool,
         sums = found["drift_sums"] if "drift_sums" in found else None
         ok = (P.shape == (len(chunk), n, 2) and fixed.shape == (L,) and len(panels) == L
               and (sums is not None and sums.shape[:2] == (L, len(chunk)) or not drift))
-        tracks = _tracks_of(found, P[-1], plan, seed) if ok else None
+        tracks = project.tracks_of(found, P[-1], plan.starts, seed) if ok else None
     except (KeyError, ValueError, TypeError, IndexError):
         ok = False
     if not ok:
@@ -341,52 +354,10 @@ def _resumable(plan: Plan, memo: str, chunk: range, drift: bool, seed: int,
     return None
 
 
-_STATS_INT = ("keyframes", "exact", "corrected", "extra_passes", "exact_checks")
-_STATS_FLOAT = ("captured_min", "share_min", "share_max")
-
-
-def _track_arrays(tracks: list[project.Track]) -> dict[str, np.ndarray]:
-    """What each panel's projection carries to the next keyframe, as arrays (never pickled):
-    its records exactly (not rounded as in ``panels``), what it reported, a tracked plane."""
-    out = {"t_method": np.array([t.stats.method for t in tracks]),
-           "t_int": np.array([[getattr(t.stats, k) for k in _STATS_INT] for t in tracks], dtype=np.int64),
-           "t_float": np.array([[np.nan if getattr(t.stats, k) is None else getattr(t.stats, k)
-                                 for k in _STATS_FLOAT] for t in tracks], dtype=np.float64),
-           "t_info": np.array(json.dumps([t.info for t in tracks])),
-           "t_planes": np.array([t.planes is not None for t in tracks])}
-    for l, t in enumerate(tracks):
-        if t.planes is not None and t.planes.basis is not None:
-            out[f"t_basis_{l}"] = t.planes.basis
-    return out
-
-
-def _tracks_of(found: dict[str, np.ndarray], last: np.ndarray, plan: Plan,
-               seed: int) -> list[project.Track] | None:
-    """The panels' tracks from :func:`_track_arrays` (``last``: the chunk's last layouts), or
-    ``None`` for an entry stored without them."""
-    if "t_method" not in found:
-        return None
-    info = json.loads(str(found["t_info"]))
-    tracks = []
-    for l, layer in enumerate(plan.layers):
-        stats = pca.PlaneStats(str(found["t_method"][l]),
-                               *(int(v) for v in found["t_int"][l]),
-                               *(None if np.isnan(v) else float(v) for v in found["t_float"][l]))
-        span = slice(plan.starts[l], plan.starts[l + 1])
-        track = project.Track(layout=np.array(last[span]), fixed_frame=bool(found["fixed"][l]),
-                              stats=stats, info=info[l])
-        if found["t_planes"][l]:
-            track.planes = pca.PlaneTracker(seed, stats)
-            if f"t_basis_{l}" in found:
-                track.planes.basis = np.array(found[f"t_basis_{l}"])
-        tracks.append(track)
-    return tracks
-
-
 def _keep_chunk(plan: Plan, memo: str, chunk: range, part: ChunkLayouts) -> str | None:
     extra = {"drift_sums": part.drift_sums} if part.drift_sums is not None else {}
     if part.tracks is not None:
-        extra.update(_track_arrays(part.tracks))
+        extra.update(project.track_arrays(part.tracks))
     return cache.keep(plan, lambda: cache.store_chunk(plan, memo, chunk, P=part.P, fixed=np.array(part.fixed),
                                                       panels=np.array(json.dumps(part.panels)), **extra))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import json
 import warnings
 from typing import Protocol
 
@@ -406,3 +407,45 @@ def fourier_2d(X: np.ndarray, ids: np.ndarray, period: int, k: int,
     inside = ids < period
     centre = X[inside].mean(axis=0) if inside.any() else X.mean(axis=0)
     return (X - centre) @ plane
+
+
+# A chunk of layouts in the cache carries each panel's track, to be gone on from (watch).
+_STATS_INT = ("keyframes", "exact", "corrected", "extra_passes", "exact_checks")
+_STATS_FLOAT = ("captured_min", "share_min", "share_max")
+
+
+def track_arrays(tracks: list[Track]) -> dict[str, np.ndarray]:
+    """What each panel's projection carries to the next keyframe, as arrays (never pickled):
+    its records exactly (not rounded as in ``panels``), what it reported, a tracked plane."""
+    out = {"t_method": np.array([t.stats.method for t in tracks]),
+           "t_int": np.array([[getattr(t.stats, k) for k in _STATS_INT] for t in tracks], dtype=np.int64),
+           "t_float": np.array([[np.nan if getattr(t.stats, k) is None else getattr(t.stats, k)
+                                 for k in _STATS_FLOAT] for t in tracks], dtype=np.float64),
+           "t_info": np.array(json.dumps([t.info for t in tracks])),
+           "t_planes": np.array([t.planes is not None for t in tracks])}
+    for l, t in enumerate(tracks):
+        if t.planes is not None and t.planes.basis is not None:
+            out[f"t_basis_{l}"] = t.planes.basis
+    return out
+
+
+def tracks_of(found: dict[str, np.ndarray], last: np.ndarray, starts: np.ndarray,
+              seed: int) -> list[Track] | None:
+    """The panels' tracks from :func:`track_arrays` (``last``: the chunk's last layouts), or
+    ``None`` for an entry stored without them."""
+    if "t_method" not in found:
+        return None
+    info = json.loads(str(found["t_info"]))
+    tracks = []
+    for l in range(len(starts) - 1):
+        stats = PlaneStats(str(found["t_method"][l]), *(int(v) for v in found["t_int"][l]),
+                           *(None if np.isnan(v) else float(v) for v in found["t_float"][l]))
+        span = slice(starts[l], starts[l + 1])
+        track = Track(layout=np.array(last[span]), fixed_frame=bool(found["fixed"][l]),
+                      stats=stats, info=info[l])
+        if found["t_planes"][l]:
+            track.planes = PlaneTracker(seed, stats)
+            if f"t_basis_{l}" in found:
+                track.planes.basis = np.array(found[f"t_basis_{l}"])
+        tracks.append(track)
+    return tracks

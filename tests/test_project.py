@@ -255,6 +255,37 @@ def test_ranges_and_pinned_counts_found_a_run_of_panels_at_a_time_are_the_whole_
     assert got.tolist() == by_numpy.tolist() and got[1] > 0 and got[5] > 0 and got[0] == 0
 
 
+def test_stitched_chunks_are_turned_onto_each_other_and_held_once():
+    """Chunks of layouts joined into one film: the same numbers as concatenating them and
+    turning each panel of each chunk onto where the one before ended (numpy), and each
+    chunk's own array let go (its ``P`` is now its part of the film's)."""
+    from layerfilm import layouts
+    from layerfilm.pca import PlaneStats
+    from layerfilm.project import rotation_onto
+
+    rng = np.random.default_rng(8)
+    starts = np.array([0, 5, 12, 30])
+    sizes = [4, 3, 5]
+    parts, at = [], 0
+    for n in sizes:
+        parts.append(layouts.ChunkLayouts(at, rng.normal(size=(n, 30, 2)).astype(np.float32),
+                                          [PlaneStats(keyframes=n).as_dict()] * 3, [False, True, False]))
+        at += n
+    want = np.concatenate([c.P for c in parts])
+    for i in range(1, len(parts)):
+        a, b = parts[i].start, parts[i].start - 1
+        for l in (0, 2):  # panel 1 is drawn in a fixed frame: never turned
+            span = slice(starts[l], starts[l + 1])
+            R = rotation_onto(want[a, span], want[b, span])
+            want[a:a + sizes[i], span] = (want[a:a + sizes[i], span].astype(np.float64) @ R).astype(np.float32)
+    P, panels, sums = layouts.stitch(parts, starts)
+    np.testing.assert_array_equal(P, want)
+    assert all(np.shares_memory(c.P, P) for c in parts) and sums is None
+    assert [p["keyframes"] for p in panels] == [sum(sizes)] * 3
+    one = layouts.ChunkLayouts(0, want[:4].copy(), [PlaneStats(keyframes=4).as_dict()] * 3, [False] * 3)
+    assert layouts.stitch([one], starts)[0] is one.P  # a single chunk: not copied
+
+
 def test_umap_is_warm_started_and_aligned():
     rng = np.random.default_rng(5)
     centers = rng.normal(size=(3, 8)) * 6
