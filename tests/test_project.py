@@ -277,7 +277,8 @@ def test_stitched_chunks_are_turned_onto_each_other_and_held_once():
         for l in (0, 2):  # panel 1 is drawn in a fixed frame: never turned
             span = slice(starts[l], starts[l + 1])
             R = rotation_onto(want[a, span], want[b, span])
-            want[a:a + sizes[i], span] = (want[a:a + sizes[i], span].astype(np.float64) @ R).astype(np.float32)
+            turned = want[a:a + sizes[i], span].astype(np.float64) @ R
+            want[a:a + sizes[i], span] = turned.astype(np.float32)
     P, panels, sums = layouts.stitch(parts, starts)
     np.testing.assert_array_equal(P, want)
     assert all(np.shares_memory(c.P, P) for c in parts) and sums is None
