@@ -284,7 +284,7 @@ class SafetensorsFile:
         srcs, axes = [], np.empty(len(parts), np.int64)
         for i, ((name, index, axis), shape) in enumerate(zip(parts, shapes)):
             arr = np.frombuffer(self._raw(name, index, axis), np.uint16)
-            rows_only = axis == 0 and not _is_everything(index, shape[0])
+            rows_only = _rows_only(index, axis, shape)
             srcs.append(arr.reshape((len(index), shape[1]) if rows_only else shape))
             axes[i] = 2 if rows_only else axis
         if len({a.flags.writeable for a in srcs}) > 1:  # bytes and arrays: not one type
@@ -308,8 +308,7 @@ class SafetensorsFile:
                      out: np.ndarray | None = None) -> np.ndarray:
         """:meth:`read` through ranged reads (:meth:`_raw`)."""
         dtype, shape, _ = self._entries[name]
-        rows_only = index is not None and axis == 0 and len(shape) == 2 \
-            and not _is_everything(index, shape[0])
+        rows_only = _rows_only(index, axis, shape)
         arr = np.frombuffer(self._raw(name, index, axis), dtype=DTYPES[dtype])
         if rows_only:
             return _widen(arr.reshape(len(index), shape[1]), None, 0, dtype, out)
@@ -337,7 +336,7 @@ def _tensor_ranges(entry: tuple[str, tuple[int, ...], int], index: np.ndarray | 
     nbytes = math.prod(shape) * DTYPES[dtype].itemsize
     if not nbytes:
         return _NO_RANGES
-    if index is None or axis != 0 or len(shape) != 2 or _is_everything(index, shape[0]):
+    if not _rows_only(index, axis, shape):
         return np.array([start], np.int64), np.array([start + nbytes], np.int64)
     return _row_ranges(start, shape[1] * DTYPES[dtype].itemsize, index)
 
@@ -446,6 +445,12 @@ def _digest(index: np.ndarray) -> bytes:
     except TypeError:  # not weakly referable (a view of a non-array): not remembered
         pass
     return digest
+
+
+def _rows_only(index: np.ndarray | None, axis: int, shape: tuple[int, ...]) -> bool:
+    """Whether reading ``index`` on ``axis`` of a tensor of ``shape`` fetches only the drawn
+    rows (some rows of a 2-D tensor), not the whole tensor."""
+    return index is not None and axis == 0 and len(shape) == 2 and not _is_everything(index, shape[0])
 
 
 def _is_everything(index: np.ndarray, n: int) -> bool:
